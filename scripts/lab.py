@@ -10,6 +10,7 @@ lab's prefix, so `down` can find and remove it even after a crash midway.
     python3 scripts/lab.py down               # removes namespaces, processes, mounts, files
     python3 scripts/lab.py status             # inventory as JSON
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,16 +111,27 @@ class Lab:
     def ssh_command(self, address: str, *remote: str) -> list[str]:
         """The ssh argv that reaches a lab host as root, host key checked."""
         return [
-            "ssh", "-i", str(self.private_key),
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
-            f"root@{address}", *remote,
+            "ssh",
+            "-i",
+            str(self.private_key),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+            f"root@{address}",
+            *remote,
         ]
 
 
-def run(argv: list[str], check: bool = True, timeout: float = STEP_TIMEOUT,
-        input: str | None = None) -> subprocess.CompletedProcess:
+def run(
+    argv: list[str], check: bool = True, timeout: float = STEP_TIMEOUT, input: str | None = None
+) -> subprocess.CompletedProcess:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
     if check and result.returncode != 0:
         raise LabError(f"`{' '.join(argv)}` failed ({result.returncode}): {result.stderr.strip()}")
@@ -172,8 +184,20 @@ def ensure_keys(lab: Lab) -> None:
     lab.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(lab.state_dir, 0o700)
     if not lab.private_key.exists():
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{lab.prefix}-operator",
-             "-f", str(lab.private_key)])
+        run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"{lab.prefix}-operator",
+                "-f",
+                str(lab.private_key),
+            ]
+        )
     os.chmod(lab.private_key, 0o600)
 
 
@@ -186,8 +210,21 @@ def ensure_switch(lab: Lab) -> None:
     run(sw + ["link", "set", "br0", "up"])
     run(sw + ["link", "set", "lo", "up"])
     if not link_exists(lab.operator_link):
-        run(["ip", "link", "add", lab.operator_link, "type", "veth",
-             "peer", "name", f"{lab.prefix}-op", "netns", lab.switch_ns])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                lab.operator_link,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"{lab.prefix}-op",
+                "netns",
+                lab.switch_ns,
+            ]
+        )
     run(sw + ["link", "set", f"{lab.prefix}-op", "master", "br0", "up"])
     addr = f"{lab.operator_address}/{lab.prefix_len}"
     if addr not in run(["ip", "-o", "addr", "show", "dev", lab.operator_link]).stdout:
@@ -210,22 +247,26 @@ def write_host_files(lab: Lab, host: LabHost) -> Path:
     authorized.write_text(Path(f"{lab.private_key}.pub").read_text())
     os.chmod(authorized, 0o600)
     config = host.state_dir / "sshd_config"
-    config.write_text("\n".join([
-        f"ListenAddress {host.address}",
-        "Port 22",
-        f"HostKey {host_key}",
-        f"PidFile {host.state_dir / 'sshd.pid'}",
-        f"AuthorizedKeysFile {authorized}",
-        "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "UsePAM no",
-        "StrictModes no",
-        "Subsystem sftp internal-sftp",
-        "MaxStartups 50:30:100",
-        "MaxSessions 50",
-        "",
-    ]))
+    config.write_text(
+        "\n".join(
+            [
+                f"ListenAddress {host.address}",
+                "Port 22",
+                f"HostKey {host_key}",
+                f"PidFile {host.state_dir / 'sshd.pid'}",
+                f"AuthorizedKeysFile {authorized}",
+                "PermitRootLogin prohibit-password",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                "Subsystem sftp internal-sftp",
+                "MaxStartups 50:30:100",
+                "MaxSessions 50",
+                "",
+            ]
+        )
+    )
     return config
 
 
@@ -237,8 +278,21 @@ def ensure_host(lab: Lab, index: int) -> LabHost:
     if not link_exists(host.switch_port, lab.switch_ns):
         if link_exists(host.switch_port):  # left in the root namespace by a crash midway
             run(["ip", "link", "del", host.switch_port])
-        run(["ip", "link", "add", host.switch_port, "type", "veth",
-             "peer", "name", "eth0", "netns", host.netns])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                host.switch_port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                host.netns,
+            ]
+        )
         run(["ip", "link", "set", host.switch_port, "netns", lab.switch_ns])
     run(["ip", "-n", lab.switch_ns, "link", "set", host.switch_port, "master", "br0", "up"])
     hn = ["ip", "-n", host.netns]
@@ -252,25 +306,46 @@ def ensure_host(lab: Lab, index: int) -> LabHost:
             f"mount --bind {host.state_dir / p.strip('/').replace('/', '-')} {p}"
             for p in PRIVATE_DIRS
         )
-        run(["ip", "netns", "exec", host.netns, "unshare", "--mount", "--uts",
-             "--propagation", "private", "sh", "-c",
-             f"hostname {host.name} && {mounts} && mkdir -p /run/sshd && exec /usr/sbin/sshd -f {config} "
-             f"-E {host.state_dir / 'sshd.log'}"])
+        run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.netns,
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"hostname {host.name} && {mounts} && mkdir -p /run/sshd && "
+                f"exec /usr/sbin/sshd -f {config} "
+                f"-E {host.state_dir / 'sshd.log'}",
+            ]
+        )
     if not wait_for_port(host.address, 22, 10):
-        raise LabError(f"sshd of {host.name} does not answer on {host.address}:22 "
-                       f"(see {host.state_dir / 'sshd.log'})")
+        raise LabError(
+            f"sshd of {host.name} does not answer on {host.address}:22 "
+            f"(see {host.state_dir / 'sshd.log'})"
+        )
     return host
 
 
 def write_inventory(lab: Lab, hosts: list[LabHost]) -> dict:
     known = []
-    inventory = {"operator_address": lab.operator_address, "private_key_file": str(lab.private_key),
-                 "known_hosts_file": str(lab.known_hosts), "hosts": []}
+    inventory = {
+        "operator_address": lab.operator_address,
+        "private_key_file": str(lab.private_key),
+        "known_hosts_file": str(lab.known_hosts),
+        "hosts": [],
+    }
     for host in hosts:
         pub = (host.state_dir / "ssh_host_ed25519_key.pub").read_text().split()
         known.append(f"{host.address} {pub[0]} {pub[1]}")
-        inventory["hosts"].append({"name": host.name, "address": host.address,
-                                   "host_key": f"{pub[0]} {pub[1]}"})
+        inventory["hosts"].append(
+            {"name": host.name, "address": host.address, "host_key": f"{pub[0]} {pub[1]}"}
+        )
     lab.known_hosts.write_text("\n".join(known) + "\n")
     lab.inventory_file.write_text(json.dumps(inventory, indent=2) + "\n")
     return inventory

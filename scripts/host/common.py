@@ -1,0 +1,370 @@
+"""Shared helpers of the host scripts. Runs on the database host with only Python's stdlib.
+
+Parameters and secrets arrive as JSON on stdin, never on a command line. Progress goes to stderr,
+one JSON summary line to stdout. No function here logs a secret or an SQL text holding one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+APT_LOCK_WAIT = 300  # seconds; a fresh droplet's cloud-init may hold the dpkg lock
+COMMAND_TIMEOUT = 900  # seconds for any one command (apt and base backups can be slow)
+MARK_BEGIN = "# BEGIN mastodon-data (managed: edits here are overwritten)"
+MARK_END = "# END mastodon-data"
+NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class HostError(RuntimeError):
+    """A failure the operator can act on; the message says what and how."""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def read_params(required: list[str]) -> dict:
+    try:
+        params = json.load(sys.stdin)
+    except ValueError as exc:
+        raise HostError(f"parameters on stdin are not JSON ({exc})") from None
+    missing = [key for key in required if key not in params]
+    if missing:
+        raise HostError(f"parameters missing on stdin: {', '.join(missing)}")
+    for key in ("db_user", "db_name", "replication_user"):
+        if key in params and not NAME_RE.match(params[key]):
+            raise HostError(f"{key} {params[key]!r} is not a plain PostgreSQL name")
+    for key in ("db_password", "replication_password"):
+        value = params.get(key)
+        if value is not None and (
+            not value.isascii() or not value.isprintable() or len(value) < 16
+        ):
+            raise HostError(f"{key} must be at least 16 printable ASCII characters")
+    return params
+
+
+def run(
+    argv: list[str],
+    *,
+    input: str | None = None,
+    check: bool = True,
+    quiet_errors: bool = False,
+    timeout: float = COMMAND_TIMEOUT,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
+    """Runs argv; on failure raises HostError with its stderr (unless it may echo a secret)."""
+    try:
+        result = subprocess.run(
+            argv,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+    except subprocess.TimeoutExpired:
+        raise HostError(f"`{argv[0]}` did not finish within {timeout:.0f} s") from None
+    if check and result.returncode != 0:
+        detail = (
+            "(output withheld: it may quote a secret)" if quiet_errors else result.stderr.strip()
+        )
+        raise HostError(
+            f"`{' '.join(argv[:3])}` failed with exit code {result.returncode}: {detail}"
+        )
+    return result
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv]
+
+
+class Cluster:
+    """One Debian postgresql-common cluster (`<version>/main`)."""
+
+    def __init__(self, version: int, port: int = 5432, name: str = "main"):
+        self.version, self.port, self.name = int(version), int(port), name
+        self.bindir = Path(f"/usr/lib/postgresql/{self.version}/bin")
+        self.confdir = Path(f"/etc/postgresql/{self.version}/{name}")
+        self.datadir = Path(f"/var/lib/postgresql/{self.version}/{name}")
+
+    # --- installation and lifecycle -------------------------------------------------------
+    def installed(self) -> bool:
+        return (self.bindir / "postgres").exists()
+
+    def install(self) -> bool:
+        """Installs postgresql-<version>, from PGDG where the distro lacks it; False if present."""
+        if self.installed():
+            return False
+        apt = ["apt-get", "-q", "-y", "-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT}"]
+        noninteractive = {"DEBIAN_FRONTEND": "noninteractive"}
+        log(f"installing PostgreSQL {self.version}")
+        run(apt + ["update"], env=noninteractive)
+        run(apt + ["install", "postgresql-common", "openssl"], env=noninteractive)
+        policy = run(["apt-cache", "policy", f"postgresql-{self.version}"]).stdout
+        if "Candidate:" not in policy or "Candidate: (none)" in policy:
+            log(f"the distribution has no postgresql-{self.version}: adding the PGDG repository")
+            run(
+                ["/usr/share/postgresql-common/pgdg/apt.postgresql.org.sh", "-y"],
+                env=noninteractive,
+            )
+        run(apt + ["install", f"postgresql-{self.version}"], env=noninteractive)
+        return True
+
+    def exists(self) -> bool:
+        return (self.confdir / "postgresql.conf").exists()
+
+    def create(self) -> None:
+        log(f"creating cluster {self.version}/{self.name}")
+        run(
+            [
+                "pg_createcluster",
+                "--port",
+                str(self.port),
+                str(self.version),
+                self.name,
+                "--",
+                "--data-checksums",
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
+            ]
+        )
+
+    def running(self) -> bool:
+        result = run(["pg_ctlcluster", str(self.version), self.name, "status"], check=False)
+        return result.returncode == 0
+
+    def ctl(self, action: str) -> None:
+        log(f"{action} cluster {self.version}/{self.name}")
+        run(["pg_ctlcluster", str(self.version), self.name, action])
+
+    def start(self) -> bool:
+        if self.running():
+            return False
+        self.ctl("start")
+        return True
+
+    def stop(self) -> None:
+        if self.running():
+            run(["pg_ctlcluster", str(self.version), self.name, "stop", "-m", "fast"])
+
+    def system_identifier(self) -> str | None:
+        if not (self.datadir / "global" / "pg_control").exists():
+            return None
+        out = run(
+            [str(self.bindir / "pg_controldata"), str(self.datadir)], env={"LC_ALL": "C"}
+        ).stdout
+        match = re.search(r"Database system identifier:\s+(\d+)", out)
+        return match.group(1) if match else None
+
+    # --- SQL over the local socket, as the postgres superuser ---------------------------
+    def sql(self, statement: str, *, quiet_errors: bool = False, database: str = "postgres") -> str:
+        """Runs SQL (passed on stdin, so never on a command line) and returns unaligned output."""
+        argv = as_postgres(
+            [
+                str(self.bindir / "psql"),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-p",
+                str(self.port),
+                "-d",
+                database,
+            ]
+        )
+        return run(argv, input=statement, quiet_errors=quiet_errors).stdout.strip()
+
+    def sql_json(self, query: str):
+        out = self.sql(f"SELECT coalesce(json_agg(q), '[]') FROM ({query}) AS q;")
+        return json.loads(out)
+
+    def wait_ready(self, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            result = run(
+                as_postgres([str(self.bindir / "pg_isready"), "-q", "-p", str(self.port)]),
+                check=False,
+            )
+            if result.returncode == 0:
+                return
+            time.sleep(0.5)
+        raise HostError(
+            f"PostgreSQL {self.version}/{self.name} did not accept connections within "
+            f"{seconds:.0f} s; see /var/log/postgresql/postgresql-{self.version}-"
+            f"{self.name}.log"
+        )
+
+
+# --- files -----------------------------------------------------------------------------------
+def write_if_changed(
+    path: Path, content: str, *, mode: int = 0o644, owner: str | None = None
+) -> bool:
+    """Atomically writes content when it differs; returns whether it changed."""
+    if path.exists() and path.read_text() == content:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+    os.chmod(tmp, mode)
+    if owner:
+        shutil.chown(tmp, owner, owner)
+    os.replace(tmp, path)
+    return True
+
+
+def replace_managed_block(text: str, lines: list[str]) -> str:
+    """`text` with our marked block replaced by `lines` (placed first, so it wins in pg_hba)."""
+    kept, inside = [], False
+    for line in text.splitlines():
+        if line == MARK_BEGIN:
+            inside = True
+        elif line == MARK_END:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    block = [MARK_BEGIN, *lines, MARK_END]
+    # pg_hba is first-match: our hostssl lines go before Debian's defaults.
+    header = []
+    while kept and (kept[0].startswith("#") or not kept[0].strip()):
+        header.append(kept.pop(0))
+    return "\n".join(header + block + kept) + "\n"
+
+
+def ensure_certificate(cluster: Cluster, address: str) -> bool:
+    """A self-signed server certificate for the private address (kept once made)."""
+    crt, key = cluster.confdir / "server.crt", cluster.confdir / "server.key"
+    if crt.exists() and key.exists():
+        return False
+    log("making the server certificate")
+    run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "3650",
+            "-subj",
+            f"/CN={address}",
+            "-addext",
+            f"subjectAltName=IP:{address}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+        ]
+    )
+    for path, mode in ((key, 0o600), (crt, 0o644)):
+        shutil.chown(path, "postgres", "postgres")
+        os.chmod(path, mode)
+    return True
+
+
+def server_settings(cluster: Cluster, params: dict, replica_slots: int) -> dict[str, str]:
+    """Settings shared by primary and replicas (a standby needs the primary's limits or more)."""
+    senders = max(10, replica_slots + 4)  # headroom for base backups and a re-seed
+    return {
+        "listen_addresses": f"'localhost,{params['private_address']}'",
+        "port": str(cluster.port),
+        "ssl": "on",
+        "ssl_cert_file": f"'{cluster.confdir / 'server.crt'}'",
+        "ssl_key_file": f"'{cluster.confdir / 'server.key'}'",
+        "ssl_min_protocol_version": "'TLSv1.2'",
+        "password_encryption": "'scram-sha-256'",
+        "wal_level": "replica",
+        "max_wal_senders": str(senders),
+        "max_replication_slots": str(senders),
+        "wal_keep_size": f"'{params['wal_keep_size']}'",
+        "max_slot_wal_keep_size": f"'{params['max_slot_wal_keep_size']}'",
+        "hot_standby": "on",
+        "hot_standby_feedback": "on",
+        "wal_log_hints": "on",  # lets pg_rewind bring a failed primary back as a replica
+    }
+
+
+def write_settings(cluster: Cluster, settings: dict[str, str]) -> bool:
+    content = (
+        "# Written by mastodon-data; changes here are overwritten on the next run.\n"
+        + "".join(f"{key} = {value}\n" for key, value in sorted(settings.items()))
+    )
+    return write_if_changed(
+        cluster.confdir / "conf.d" / "mastodon-data.conf", content, owner="postgres"
+    )
+
+
+def apply_settings(cluster: Cluster, changed: bool) -> str:
+    """Starts, reloads or restarts only as much as the changed settings need."""
+    if cluster.start():
+        cluster.wait_ready()
+        return "started"
+    if not changed:
+        return "unchanged"
+    cluster.ctl("reload")
+    time.sleep(0.5)  # the postmaster applies a reload asynchronously
+    pending = cluster.sql("SELECT string_agg(name, ',') FROM pg_settings WHERE pending_restart;")
+    if pending:
+        log(f"restart needed for: {pending}")
+        cluster.ctl("restart")
+        cluster.wait_ready()
+        return "restarted"
+    return "reloaded"
+
+
+# --- SCRAM -------------------------------------------------------------------------------
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier, so only the verifier ever reaches the server."""
+    salt = salt or secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt)}$"
+        f"{b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
+    )
+
+
+def verifier_matches(verifier: str | None, password: str) -> bool:
+    match = re.fullmatch(r"SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)", verifier or "")
+    if not match:
+        return False
+    expected = scram_verifier(password, base64.b64decode(match.group(2)), int(match.group(1)))
+    return hmac.compare_digest(expected, verifier)
+
+
+def slot_name(replica_name: str) -> str:
+    return "mdata_" + re.sub(r"[^a-z0-9_]", "_", replica_name.lower())
+
+
+def pgpass_line(host: str, port: int, database: str, user: str, password: str) -> str:
+    esc = lambda value: str(value).replace("\\", "\\\\").replace(":", "\\:")  # noqa: E731
+    return ":".join(esc(v) for v in (host, port, database, user, password))
+
+
+def main_wrapper(body) -> None:
+    """Runs the script body; a HostError becomes one clear line on stderr and exit code 1."""
+    try:
+        summary = body()
+    except HostError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    print(json.dumps(summary, sort_keys=True), flush=True)

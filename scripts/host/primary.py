@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Makes this host the streaming-replication primary. Idempotent: a second run changes nothing.
+
+stdin (JSON): version, port, private_address, replicas [{name, address}], replication_user,
+replication_password, db_name, db_user, db_password, allowed_sources [CIDR], wal_keep_size,
+max_slot_wal_keep_size.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    Cluster,
+    HostError,
+    apply_settings,
+    ensure_certificate,
+    log,
+    main_wrapper,
+    read_params,
+    replace_managed_block,
+    scram_verifier,
+    server_settings,
+    slot_name,
+    verifier_matches,
+    write_if_changed,
+    write_settings,
+)
+
+REQUIRED = [
+    "version",
+    "port",
+    "private_address",
+    "replicas",
+    "replication_user",
+    "replication_password",
+    "db_name",
+    "db_user",
+    "db_password",
+    "allowed_sources",
+    "wal_keep_size",
+    "max_slot_wal_keep_size",
+]
+
+
+def host_network(address: str) -> str:
+    return str(ipaddress.ip_network(address))  # a bare address becomes /32 or /128
+
+
+def hba_lines(params: dict) -> list[str]:
+    lines = [
+        f"hostssl replication {params['replication_user']} {host_network(r['address'])} "
+        "scram-sha-256"
+        for r in params["replicas"]
+    ]
+    lines += [
+        f"hostssl {params['db_name']} {params['db_user']} {host_network(source)} scram-sha-256"
+        for source in params["allowed_sources"]
+    ]
+    return lines
+
+
+def write_hba(cluster: Cluster, lines: list[str]) -> bool:
+    path = cluster.confdir / "pg_hba.conf"
+    return write_if_changed(
+        path, replace_managed_block(path.read_text(), lines), mode=0o640, owner="postgres"
+    )
+
+
+def ensure_role(cluster: Cluster, name: str, password: str, attributes: str) -> str:
+    """Creates the role or corrects its attributes; sets the password only when it differs."""
+    rows = cluster.sql_json(
+        f"SELECT rolpassword, rolcanlogin, rolreplication FROM pg_authid WHERE rolname = '{name}'"
+    )
+    if rows and verifier_matches(rows[0]["rolpassword"], password):
+        wants_replication = "REPLICATION" in attributes.split()
+        if rows[0]["rolcanlogin"] and rows[0]["rolreplication"] == wants_replication:
+            return "unchanged"
+    verb = "ALTER" if rows else "CREATE"
+    # Only the SCRAM verifier is sent; errors are withheld since psql would echo the statement.
+    cluster.sql(
+        f"{verb} ROLE \"{name}\" WITH {attributes} PASSWORD '{scram_verifier(password)}';",
+        quiet_errors=True,
+    )
+    return "created" if verb == "CREATE" else "updated"
+
+
+def ensure_database(cluster: Cluster, name: str, owner: str) -> str:
+    rows = cluster.sql_json(
+        f"SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = '{name}'"
+    )
+    if not rows:
+        cluster.sql(
+            f'CREATE DATABASE "{name}" OWNER "{owner}" ENCODING \'UTF8\' TEMPLATE template0;'
+        )
+        return "created"
+    if rows[0]["owner"] != owner:
+        cluster.sql(f'ALTER DATABASE "{name}" OWNER TO "{owner}";')
+        return "owner fixed"
+    return "unchanged"
+
+
+def ensure_slots(cluster: Cluster, replicas: list[dict]) -> dict[str, str]:
+    """One physical slot per replica; stale slots of ours dropped so they hold no WAL."""
+    wanted = {slot_name(r["name"]) for r in replicas}
+    slots = {
+        row["slot_name"]: row
+        for row in cluster.sql_json(
+            "SELECT slot_name, active, wal_status FROM pg_replication_slots "
+            "WHERE slot_name LIKE 'mdata\\_%'"
+        )
+    }
+    report = {}
+    for name, row in list(slots.items()):
+        if name not in wanted and not row["active"]:
+            cluster.sql(f"SELECT pg_drop_replication_slot('{name}');")
+            report[name] = "dropped (replica no longer configured)"
+        elif name in wanted and row["wal_status"] == "lost" and not row["active"]:
+            # max_slot_wal_keep_size invalidated it: the replica must be re-seeded.
+            cluster.sql(f"SELECT pg_drop_replication_slot('{name}');")
+            del slots[name]
+            report[name] = "recreated (it was invalidated: its replica needs a re-seed)"
+    for name in sorted(wanted - slots.keys()):
+        cluster.sql(f"SELECT pg_create_physical_replication_slot('{name}');")
+        report.setdefault(name, "created")
+    return report
+
+
+def main() -> dict:
+    params = read_params(REQUIRED)
+    cluster = Cluster(params["version"], params["port"])
+    changed = []
+    if cluster.install():
+        changed.append("installed")
+    if not cluster.exists():
+        cluster.create()
+        changed.append("cluster created")
+    if cluster.system_identifier() is None:
+        raise HostError(
+            f"{cluster.datadir} holds no cluster; remove {cluster.confdir} to let "
+            "this script create one"
+        )
+    standby_signal = cluster.datadir / "standby.signal"
+    if standby_signal.exists():
+        raise HostError(
+            "this host is a standby (standby.signal exists); promote it first or "
+            "point the primary setting at the current primary"
+        )
+    touched = ensure_certificate(cluster, params["private_address"])
+    touched |= write_settings(cluster, server_settings(cluster, params, len(params["replicas"])))
+    touched |= write_hba(cluster, hba_lines(params))
+    action = apply_settings(cluster, touched)
+    if action != "unchanged":
+        changed.append(f"server {action}")
+    for name, password, attributes in (
+        (params["replication_user"], params["replication_password"], "LOGIN REPLICATION"),
+        (params["db_user"], params["db_password"], "LOGIN NOREPLICATION"),
+    ):
+        state = ensure_role(cluster, name, password, attributes)
+        if state != "unchanged":
+            changed.append(f"role {name} {state}")
+    state = ensure_database(cluster, params["db_name"], params["db_user"])
+    if state != "unchanged":
+        changed.append(f"database {params['db_name']} {state}")
+    slots = ensure_slots(cluster, params["replicas"])
+    changed += [f"slot {name} {state}" for name, state in slots.items()]
+    for line in changed:
+        log(line)
+    return {"role": "primary", "changed": changed, "system_identifier": cluster.system_identifier()}
+
+
+if __name__ == "__main__":
+    main_wrapper(main)

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Read-only report of this host's PostgreSQL: role, lag, slots, connections. Changes nothing.
+
+stdin (JSON): version, port.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Cluster, main_wrapper, read_params  # noqa: E402
+
+PRIMARY_QUERIES = {
+    "replicas": """SELECT application_name, client_addr::text, state, sync_state,
+        pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes,
+        extract(epoch FROM replay_lag)::float AS lag_seconds
+        FROM pg_stat_replication ORDER BY application_name""",
+    "slots": """SELECT slot_name, active, wal_status,
+        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
+        FROM pg_replication_slots ORDER BY slot_name""",
+}
+REPLICA_QUERIES = {
+    "receiver": """SELECT status, sender_host, sender_port, slot_name,
+        pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint
+            AS replay_backlog_bytes,
+        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float END
+            AS lag_seconds
+        FROM pg_stat_wal_receiver""",
+}
+
+
+def main() -> dict:
+    params = read_params(["version", "port"])
+    cluster = Cluster(params["version"], params["port"])
+    report = {
+        "host": socket.gethostname(),
+        "installed": cluster.installed(),
+        "cluster": cluster.exists(),
+        "running": False,
+    }
+    if not (report["installed"] and report["cluster"] and cluster.running()):
+        return report
+    info = cluster.sql_json("""SELECT pg_is_in_recovery() AS in_recovery,
+        (SELECT system_identifier::text FROM pg_control_system()) AS system_identifier,
+        pg_postmaster_start_time()::text AS postmaster_start_time,
+        current_setting('server_version') AS server_version,
+        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
+            AS client_connections""")[0]
+    report.update(info, running=True, role="replica" if info["in_recovery"] else "primary")
+    queries = REPLICA_QUERIES if info["in_recovery"] else PRIMARY_QUERIES
+    report.update({key: cluster.sql_json(query) for key, query in queries.items()})
+    return report
+
+
+if __name__ == "__main__":
+    main_wrapper(main)
