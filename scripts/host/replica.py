@@ -252,13 +252,15 @@ def main() -> dict:
     if ensure_pgpass(params):
         changed.append("pgpass written")
     primary_id = identify_primary(params)
-    if not cluster.exists():
+    fresh = not cluster.exists()
+    if fresh:
         cluster.create()
         changed.append("cluster created")
     local_id = cluster.system_identifier()
     standby = (cluster.datadir / "standby.signal").exists()
     if local_id != primary_id:
-        if local_id and (standby or has_user_data(cluster)) and not params.get("reseed"):
+        keep = local_id and not fresh and (standby or has_user_data(cluster))
+        if keep and not params.get("reseed"):
             raise HostError(
                 f"this host holds a cluster of another primary (system identifier {local_id}, "
                 f"the primary's is {primary_id}); it was left untouched. To wipe it and clone "

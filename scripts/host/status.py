@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Cluster, main_wrapper, read_params  # noqa: E402
 
 PRIMARY_QUERIES = {
-    "replicas": """SELECT application_name, client_addr::text, state, sync_state,
+    "replicas": """SELECT application_name, host(client_addr) AS client_addr, state, sync_state,
         pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes,
         extract(epoch FROM replay_lag)::float AS lag_seconds
         FROM pg_stat_replication ORDER BY application_name""",

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Runs the hosts-mode step plan directly over ssh: the same host scripts, parameters and order
+as the Pulumi program's `remote.Command`s. For the lab and for machines without the engine.
+
+    python3 scripts/apply_hosts.py --stack lab --secrets-file F [--known-hosts F] [--reseed NAME]
+
+Prints the stack outputs as JSON (the shape of `pulumi stack output --json --show-secrets`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from components import plan  # noqa: E402
+from components.config import SECRET_KEYS, ConfigError, parse_settings  # noqa: E402
+from components.outputs import stack_outputs  # noqa: E402
+from components.stack_file import read_stack_file  # noqa: E402
+
+STEP_TIMEOUT = 1800  # seconds; a base backup of a large primary takes a while
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def ssh_argv(node: plan.Node, key_file: Path, known_hosts: Path | None) -> list[str]:
+    checking = (["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+                if known_hosts else ["-o", "StrictHostKeyChecking=accept-new"])
+    return ["ssh", "-i", str(key_file), "-p", str(node.ssh_port), *checking,
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+            "-o", "IdentitiesOnly=yes", f"{node.ssh_user}@{node.public_address}",
+            plan.command_line(node.ssh_user)]
+
+
+def run_step(step: plan.Step, secrets: dict, key_file: Path, known_hosts: Path | None) -> str:
+    stdin = json.dumps(plan.payload(step, step.params, secrets))
+    try:
+        result = subprocess.run(ssh_argv(step.node, key_file, known_hosts), input=stdin, text=True,
+                                capture_output=True, timeout=STEP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"{step.name}: no answer within {STEP_TIMEOUT} s") from None
+    for line in result.stderr.splitlines():
+        print(f"[{step.name}] {line}", file=sys.stderr)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        if result.returncode == 255:
+            last = (f"ssh to {step.node.ssh_user}@{step.node.public_address}:{step.node.ssh_port}"
+                    f" failed: {last}")
+        raise StepFailed(f"{step.name} failed: {last}")
+    return result.stdout
+
+
+def apply(stack: str, secrets: dict, known_hosts: Path | None, reseed: frozenset[str]) -> dict:
+    raw, _ = read_stack_file(ROOT / f"Pulumi.{stack}.yaml")
+    settings = parse_settings(raw, set(secrets))
+    if settings.mode != "hosts":
+        raise ConfigError(f"stack {stack} is in {settings.mode} mode; only hosts mode runs "
+                          "without the engine")
+    nodes = plan.nodes_from_hosts(settings)
+    steps = plan.steps(settings, nodes, reseed=reseed)
+    with tempfile.TemporaryDirectory(prefix="mastodon-data-") as private_dir:
+        key_file = Path(private_dir) / "id"
+        key_file.touch(mode=0o600)
+        key_file.write_text(secrets["sshPrivateKey"].rstrip("\n") + "\n")
+        run = lambda step: run_step(step, secrets, key_file, known_hosts)  # noqa: E731
+        stdout = {"primary": run(steps[0])}
+        replicas = [s for s in steps if s.script == "replica"]
+        with ThreadPoolExecutor(max_workers=max(1, len(replicas))) as pool:
+            for step, out in zip(replicas, pool.map(run, replicas), strict=True):
+                stdout[step.name] = out
+        status = {s.node.name: run(s) for s in steps if s.script == "status"}
+    outputs = stack_outputs(settings, nodes, secrets["dbPassword"], status)
+    outputs["steps"] = {name: out.strip().splitlines()[-1] for name, out in stdout.items()}
+    return outputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--secrets-file", required=True, type=Path,
+                        help=f"JSON object with {', '.join(SECRET_KEYS)}")
+    parser.add_argument("--known-hosts", type=Path)
+    parser.add_argument("--reseed", action="append", default=[],
+                        help="replica name to wipe and clone again (a cluster of another primary)")
+    args = parser.parse_args(argv)
+    secrets = json.loads(args.secrets_file.read_text())
+    try:
+        outputs = apply(args.stack, secrets, args.known_hosts, frozenset(args.reseed))
+    except (ConfigError, StepFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(outputs, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
