@@ -49,7 +49,7 @@ from_installer() {
 go_build() {
   local name="$1" module="$2" version="$3" package="$4"; shift 4
   local dir="$ENGINE/build/$name" log="$ENGINE/logs/$name.log"
-  if [[ -x "$BIN/$name" && -f "$dir/built-$version" ]]; then record "$name" "ok:cached"; return 0; fi
+  if [[ -x "$BIN/$name" && -f "$dir/built-$version-v2" ]]; then record "$name" "ok:cached"; return 0; fi
   mkdir -p "$dir"
   cat >"$dir/go.mod" <<MOD
 module example.local/engine-$name
@@ -62,12 +62,13 @@ MOD
     cd "$dir" &&
     go get "$module@$version" &&
     go mod tidy &&
-    go build -o "$BIN/$name" "$package"
+    go build -ldflags "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$version" \
+      -o "$BIN/$name" "$package"
   ) >"$log" 2>&1
   if [[ $? -eq 0 ]]; then
-    touch "$dir/built-$version"; record "$name" "ok:go-build"
+    touch "$dir/built-$version-v2"; record "$name" "ok:go-build"
   else
-    record "$name" "error:$(grep -m1 -E 'not available|403|404|error|cannot' "$log" | tr -d '"\\' | cut -c1-300)"
+    record "$name" "error:$(grep -m1 -E 'not available|403|404|error|cannot|does not contain' "$log" | tr -d '"\\' | cut -c1-300)"
     return 1
   fi
 }

@@ -1,0 +1,29 @@
+"""The Pulumi program: configuration -> database hosts -> replication steps -> outputs."""
+import pulumi
+
+from components import plan, stack_config
+from components.outputs import env_output, host_outputs
+from components.replication import ReplicationSteps
+
+settings, secrets, reseed = stack_config.load()
+
+if settings.mode == "droplets":
+    from components.droplets import DropletTier
+
+    nodes = DropletTier("db", settings).nodes
+else:
+    nodes = plan.nodes_from_hosts(settings)
+
+replication = ReplicationSteps("replication", plan.steps(settings, nodes, reseed=reseed), secrets)
+
+# Addresses may be Outputs (droplets): resolve them, then map with the pure functions.
+resolved_nodes = pulumi.Output.all(
+    *[[n.name, n.role, n.public_address, n.private_address] for n in nodes]
+).apply(lambda rows: [plan.Node(*row) for row in rows])
+status = replication.status_stdout()
+hosts = pulumi.Output.all(resolved_nodes, *status.values()).apply(
+    lambda args: host_outputs(args[0], dict(zip(status, args[1:], strict=True))))
+for key in ("primary", "replicas", "replication"):
+    pulumi.export(key, hosts[key])
+pulumi.export("mastodon_env", pulumi.Output.secret(pulumi.Output.all(
+    resolved_nodes, secrets["dbPassword"]).apply(lambda args: env_output(settings, *args))))
