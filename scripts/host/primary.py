@@ -88,6 +88,14 @@ def ensure_role(cluster: Cluster, name: str, password: str, attributes: str) -> 
     return "created" if verb == "CREATE" else "updated"
 
 
+def ensure_monitoring(cluster: Cluster, role: str) -> bool:
+    """pg_monitor lets the app role read replication statistics (the replication check)."""
+    if cluster.sql(f"SELECT pg_has_role('{role}', 'pg_monitor', 'MEMBER');") == "t":
+        return False
+    cluster.sql(f'GRANT pg_monitor TO "{role}";')
+    return True
+
+
 def ensure_database(cluster: Cluster, name: str, owner: str) -> str:
     rows = cluster.sql_json(
         f"SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = '{name}'"
@@ -162,6 +170,8 @@ def main() -> dict:
         state = ensure_role(cluster, name, password, attributes)
         if state != "unchanged":
             changed.append(f"role {name} {state}")
+    if ensure_monitoring(cluster, params["db_user"]):
+        changed.append(f"role {params['db_user']} granted pg_monitor")
     state = ensure_database(cluster, params["db_name"], params["db_user"])
     if state != "unchanged":
         changed.append(f"database {params['db_name']} {state}")
