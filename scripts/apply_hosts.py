@@ -58,11 +58,12 @@ def run_step(step: plan.Step, secrets: dict, key_file: Path, known_hosts: Path |
     return result.stdout
 
 
-def apply(stack: str, secrets: dict, known_hosts: Path | None, reseed: frozenset[str]) -> dict:
-    raw, _ = read_stack_file(ROOT / f"Pulumi.{stack}.yaml")
+def apply(stack_file: Path, secrets: dict, known_hosts: Path | None,
+          reseed: frozenset[str] = frozenset()) -> dict:
+    raw, _ = read_stack_file(stack_file)
     settings = parse_settings(raw, set(secrets))
     if settings.mode != "hosts":
-        raise ConfigError(f"stack {stack} is in {settings.mode} mode; only hosts mode runs "
+        raise ConfigError(f"{stack_file.name} is in {settings.mode} mode; only hosts mode runs "
                           "without the engine")
     nodes = plan.nodes_from_hosts(settings)
     steps = plan.steps(settings, nodes, reseed=reseed)
@@ -84,7 +85,7 @@ def apply(stack: str, secrets: dict, known_hosts: Path | None, reseed: frozenset
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stack", required=True)
+    parser.add_argument("--stack", required=True, help="reads Pulumi.<stack>.yaml")
     parser.add_argument("--secrets-file", required=True, type=Path,
                         help=f"JSON object with {', '.join(SECRET_KEYS)}")
     parser.add_argument("--known-hosts", type=Path)
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     secrets = json.loads(args.secrets_file.read_text())
     try:
-        outputs = apply(args.stack, secrets, args.known_hosts, frozenset(args.reseed))
+        outputs = apply(ROOT / f"Pulumi.{args.stack}.yaml", secrets, args.known_hosts,
+                        frozenset(args.reseed))
     except (ConfigError, StepFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

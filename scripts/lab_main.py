@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
               "      Running the lab stack's steps directly over ssh instead "
               "(same scripts, parameters and order).", file=sys.stderr)
         try:
-            outputs = apply_hosts.apply(STACK, values, lab.known_hosts, frozenset())
+            outputs = apply_hosts.apply(ROOT / f"Pulumi.{STACK}.yaml", values, lab.known_hosts)
         except (apply_hosts.ConfigError, apply_hosts.StepFailed) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

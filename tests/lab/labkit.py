@@ -1,0 +1,73 @@
+"""Helpers of the lab tests: a test lab of its own (prefix, subnet and directory differ from
+`make lab`'s), with four hosts: a primary, two replicas and a spare that joins later."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import lab as lab_hosts
+import yaml
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+
+TEST_LAB = lab_hosts.Lab(prefix="mlabt", subnet="10.252.0.0/24",
+                         state_dir=Path("/var/lib/mastodon-lab-test"))
+
+
+def lab_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root (network and mount namespaces)"
+    for tool, package in lab_hosts.REQUIRED_TOOLS.items():
+        if not shutil.which(tool):
+            return f"{tool} is missing (apt install {package})"
+    return None
+
+
+def stack_file(path: Path, lab: lab_hosts.Lab, replica_count: int, hosts: int = 4) -> Path:
+    """A hosts-mode stack file for the test lab."""
+    config = {
+        "mastodon-data:postgresMode": "hosts",
+        "mastodon-data:postgresVersion": 15,
+        "mastodon-data:replicaCount": replica_count,
+        # The primary, the replicas and the operator; the spare host is deliberately outside.
+        "mastodon-data:postgresAllowedSources": [f"{lab.operator_address}/32"]
+        + [f"{lab.host(i).address}/32" for i in range(1, 2 + replica_count)],
+        "mastodon-data:walKeepSize": "64MB",
+        "mastodon-data:maxSlotWalKeepSize": "256MB",
+        "mastodon-data:hosts": [
+            {"name": lab.host(i).name, "publicAddress": lab.host(i).address,
+             "privateAddress": lab.host(i).address}
+            for i in range(1, hosts + 1)
+        ],
+    }
+    path.write_text(yaml.safe_dump({"config": config}))
+    return path
+
+
+class LabSession:
+    def __init__(self, lab: lab_hosts.Lab, workdir: Path):
+        self.lab, self.workdir = lab, workdir
+        self.secrets = {
+            "sshPrivateKey": lab.private_key.read_text(),
+            "replicationPassword": secrets.token_urlsafe(24),
+            "dbPassword": secrets.token_urlsafe(24),
+        }
+
+    def ssh(self, index: int, command: str, timeout: float = 60,
+            check: bool = True) -> subprocess.CompletedProcess:
+        argv = self.lab.ssh_command(self.lab.host(index).address, command)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{command!r} on h{index}: {result.stderr}")
+        return result
+
+    def psql(self, index: int, sql: str, db: str = "mastodon_production",
+             check: bool = True) -> subprocess.CompletedProcess:
+        return self.ssh(index, f"runuser -u postgres -- psql -X -A -t -d {db} -c {json.dumps(sql)}",
+                        check=check)
+
+

@@ -1,0 +1,180 @@
+"""Replication on the test lab: the real host scripts over real ssh, in the order the Pulumi
+program runs them (scripts/apply_hosts.py). The tests build on each other, top to bottom."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import apply_hosts
+import psycopg
+import pytest
+from labkit import ROOT_DIR, stack_file
+
+from components import plan
+from components.config import parse_settings
+from components.stack_file import read_stack_file
+
+pytestmark = pytest.mark.lab
+WAIT = 15  # seconds for a row to reach a replica
+
+
+def apply(session, replica_count: int, **kwargs) -> dict:
+    path = stack_file(session.workdir / f"Pulumi.r{replica_count}.yaml", session.lab,
+                      replica_count)
+    return apply_hosts.apply(path, session.secrets, session.lab.known_hosts, **kwargs)
+
+
+def reports(outputs: dict) -> dict:
+    return {name: json.loads(line) for name, line in outputs["steps"].items()}
+
+
+def connect(outputs: dict, host: str) -> psycopg.Connection:
+    env = outputs["mastodon_env"]
+    return psycopg.connect(host=host, port=env["DB_PORT"], dbname=env["DB_NAME"],
+                           user=env["DB_USER"], password=env["DB_PASS"],
+                           sslmode=env["DB_SSLMODE"], connect_timeout=5, autocommit=True)
+
+
+@pytest.fixture(scope="module")
+def first_run(lab_session):
+    return apply(lab_session, 2)
+
+
+def test_primary_and_two_replicas_stream_with_active_slots(first_run):
+    primary = first_run["replication"]["mlabt-h1"]
+    assert primary["role"] == "primary"
+    assert sorted(r["application_name"] for r in primary["replicas"]) == ["mlabt-h2", "mlabt-h3"]
+    assert all(r["state"] == "streaming" for r in primary["replicas"])
+    slots = {s["slot_name"]: s for s in primary["slots"]}
+    assert set(slots) == {"mdata_mlabt_h2", "mdata_mlabt_h3"}
+    assert all(s["active"] for s in slots.values())
+    for name in ("mlabt-h2", "mlabt-h3"):
+        replica = first_run["replication"][name]
+        assert replica["role"] == "replica"
+        assert replica["receiver"][0]["status"] == "streaming"
+        assert replica["system_identifier"] == primary["system_identifier"]
+
+
+def test_env_points_at_primary_and_first_replica(first_run):
+    env = first_run["mastodon_env"]
+    assert env["DB_HOST"] == first_run["primary"]["private_address"] == "10.252.0.11"
+    assert env["REPLICA_DB_HOST"] == "10.252.0.12"
+    assert env["DB_SSLMODE"] == "require"
+
+
+def test_row_written_on_primary_reaches_every_replica(first_run):
+    marker = f"row-{time.time_ns()}"
+    with connect(first_run, "10.252.0.11") as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS probe (note text)")
+        conn.execute("INSERT INTO probe VALUES (%s)", (marker,))
+    for host in ("10.252.0.12", "10.252.0.13"):
+        deadline, found = time.monotonic() + WAIT, False
+        with connect(first_run, host) as conn:
+            while not found and time.monotonic() < deadline:
+                found = conn.execute("SELECT count(*) FROM probe WHERE note = %s",
+                                     (marker,)).fetchone()[0] == 1
+                time.sleep(0.2)
+        assert found, f"{marker} did not reach {host} within {WAIT} s"
+
+
+def test_replicas_refuse_writes(first_run):
+    for host in ("10.252.0.12", "10.252.0.13"):
+        with connect(first_run, host) as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("INSERT INTO probe VALUES ('must fail')")
+
+
+def test_app_connections_without_tls_are_refused(first_run):
+    env = first_run["mastodon_env"]
+    with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
+        psycopg.connect(host="10.252.0.11", port=env["DB_PORT"], dbname=env["DB_NAME"],
+                        user=env["DB_USER"], password=env["DB_PASS"], sslmode="disable",
+                        connect_timeout=5)
+
+
+def test_replication_check_passes(first_run):
+    result = subprocess.run([sys.executable, str(ROOT_DIR / "scripts" / "check_replication.py")],
+                            input=json.dumps(first_run), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mlabt-h2: replica, streaming" in result.stdout
+    assert first_run["mastodon_env"]["DB_PASS"] not in result.stdout + result.stderr
+
+
+def test_second_run_changes_nothing(lab_session, first_run):
+    second = apply(lab_session, 2)
+    for name, report in reports(second).items():
+        assert report["changed"] == [], f"{name} changed {report['changed']}"
+    for name in ("mlabt-h2", "mlabt-h3"):
+        before, after = first_run["replication"][name], second["replication"][name]
+        assert after["system_identifier"] == before["system_identifier"]
+        assert after["postmaster_start_time"] == before["postmaster_start_time"]
+
+
+def test_wrong_replication_password_is_a_clear_error(lab_session, first_run):
+    raw, _ = read_stack_file(stack_file(lab_session.workdir / "Pulumi.bad.yaml",
+                                        lab_session.lab, 2))
+    settings = parse_settings(raw, set(lab_session.secrets))
+    step = next(s for s in plan.steps(settings, plan.nodes_from_hosts(settings))
+                if s.name == "replica-mlabt-h2")
+    wrong = {**lab_session.secrets, "replicationPassword": "not-the-right-password-at-all"}
+    key = lab_session.workdir / "key"
+    key.touch(mode=0o600)
+    key.write_text(lab_session.secrets["sshPrivateKey"])
+    try:
+        with pytest.raises(apply_hosts.StepFailed, match="rejected the password") as failure:
+            apply_hosts.run_step(step, wrong, key, lab_session.lab.known_hosts)
+        assert wrong["replicationPassword"] not in str(failure.value)
+    finally:
+        # The right password again (the failed run left the wrong one in .pgpass).
+        again = reports(apply(lab_session, 2))
+        assert again["replica-mlabt-h2"]["changed"] == ["pgpass written"]
+
+
+def test_primary_down_during_replica_setup_then_rerun_completes(lab_session, first_run):
+    lab_session.ssh(1, "pg_ctlcluster 15 main stop -m fast")
+    try:
+        with pytest.raises(apply_hosts.StepFailed, match="not reachable"):
+            # The primary step itself fails first when the primary is down: start it only
+            # once the failure of a replica step has been seen.
+            apply_only_replica(lab_session, "mlabt-h4", replica_count=3)
+    finally:
+        lab_session.ssh(1, "pg_ctlcluster 15 main start")
+
+
+def test_more_replicas_by_rerun_without_recloning_the_others(lab_session, first_run):
+    third = apply(lab_session, 3)
+    steps = reports(third)
+    assert "cloned" in steps["replica-mlabt-h4"]["changed"]
+    for name in ("mlabt-h2", "mlabt-h3"):
+        assert steps[f"replica-{name}"]["changed"] == []
+        before, after = first_run["replication"][name], third["replication"][name]
+        assert after["postmaster_start_time"] == before["postmaster_start_time"]
+    assert third["replication"]["mlabt-h4"]["receiver"][0]["status"] == "streaming"
+    assert len(third["replication"]["mlabt-h1"]["slots"]) == 3
+
+
+def test_replica_of_another_primary_is_refused_unless_reseeded(lab_session):
+    # h4 becomes a primary of its own (another system identifier) ...
+    lab_session.ssh(4, "pg_ctlcluster 15 main stop -m fast && rm -rf /etc/postgresql/15/main "
+                       "/var/lib/postgresql/15/main && pg_createcluster 15 main --start "
+                       ">/dev/null && runuser -u postgres -- createdb precious")
+    with pytest.raises(apply_hosts.StepFailed, match="another primary"):
+        apply(lab_session, 3)
+    databases = lab_session.psql(4, "SELECT datname FROM pg_database", db="postgres").stdout
+    assert "precious" in databases
+    reseeded = reports(apply(lab_session, 3, reseed=frozenset({"mlabt-h4"})))
+    assert "re-seeded (other primary)" in reseeded["replica-mlabt-h4"]["changed"]
+
+
+def apply_only_replica(session, name: str, replica_count: int) -> str:
+    raw, _ = read_stack_file(stack_file(session.workdir / "Pulumi.one.yaml", session.lab,
+                                        replica_count))
+    settings = parse_settings(raw, set(session.secrets))
+    step = next(s for s in plan.steps(settings, plan.nodes_from_hosts(settings))
+                if s.name == f"replica-{name}")
+    key = session.workdir / "key"
+    key.touch(mode=0o600)
+    key.write_text(session.secrets["sshPrivateKey"])
+    return apply_hosts.run_step(step, session.secrets, key, session.lab.known_hosts)
