@@ -264,10 +264,12 @@ def main() -> dict:
             raise HostError(
                 f"this host holds a cluster of another primary (system identifier {local_id}, "
                 f"the primary's is {primary_id}); it was left untouched. To wipe it and clone "
-                "the primary, run again with reseed enabled for this replica"
+                "the primary: pulumi config set --path 'mastodon-data:reseedReplicas[0]' "
+                f"{params['name']} (or --reseed {params['name']} with scripts/apply_hosts.py), "
+                "run again, then remove the setting"
             )
         clone(cluster, params)
-        changed.append("cloned" if local_id is None or not standby else "re-seeded (other primary)")
+        changed.append("re-seeded (other primary)" if keep else "cloned")
     elif not standby:
         raise HostError(
             "this host's cluster has the primary's identifier but is not a standby "

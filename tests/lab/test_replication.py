@@ -73,8 +73,11 @@ def test_row_written_on_primary_reaches_every_replica(first_run):
         deadline, found = time.monotonic() + WAIT, False
         with connect(first_run, host) as conn:
             while not found and time.monotonic() < deadline:
-                found = conn.execute("SELECT count(*) FROM probe WHERE note = %s",
-                                     (marker,)).fetchone()[0] == 1
+                try:
+                    found = conn.execute("SELECT count(*) FROM probe WHERE note = %s",
+                                         (marker,)).fetchone()[0] == 1
+                except psycopg.errors.UndefinedTable:  # the CREATE TABLE has not arrived yet
+                    pass
                 time.sleep(0.2)
         assert found, f"{marker} did not reach {host} within {WAIT} s"
 
@@ -148,7 +151,8 @@ def test_more_replicas_by_rerun_without_recloning_the_others(lab_session, first_
     steps = reports(third)
     assert "cloned" in steps["replica-mlabt-h4"]["changed"]
     for name in ("mlabt-h2", "mlabt-h3"):
-        assert steps[f"replica-{name}"]["changed"] == []
+        # The wider allowed sources reach their pg_hba (a reload); nothing more.
+        assert steps[f"replica-{name}"]["changed"] in ([], ["server reloaded"])
         before, after = first_run["replication"][name], third["replication"][name]
         assert after["postmaster_start_time"] == before["postmaster_start_time"]
     assert third["replication"]["mlabt-h4"]["receiver"][0]["status"] == "streaming"

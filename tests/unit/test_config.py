@@ -1,0 +1,386 @@
+"""components/config.py: valid stacks parse to the expected Settings; every bad value is named,
+shown and given a fix; secrets never appear in a message."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.config import (
+    DEFAULTS,
+    PROJECT,
+    SECRET_KEYS,
+    ConfigError,
+    HostSpec,
+    Settings,
+    parse_settings,
+    secret_problems,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL_SECRETS = frozenset(SECRET_KEYS)
+
+
+def ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+HOST_KEY = (
+    "ssh-ed25519 "
+    + base64.b64encode(ssh_string(b"ssh-ed25519") + ssh_string(bytes(range(32)))).decode()
+)
+DROPLETS = {"sshKeyIds": ["12345"], "adminCidrs": ["203.0.113.7/32"]}
+HOSTS = {
+    "postgresMode": "hosts",
+    "replicaCount": 1,
+    "postgresAllowedSources": ["10.0.0.0/24"],
+    "hosts": [
+        {
+            "name": "db-a",
+            "publicAddress": "203.0.113.10",
+            "privateAddress": "10.0.0.10",
+            "hostKey": HOST_KEY + " root@db-a",
+        },
+        {
+            "publicAddress": "db2.example.net",
+            "privateAddress": "10.0.0.11",
+            "sshUser": "admin",
+            "sshPort": "2222",
+        },
+        {"name": "spare", "publicAddress": "203.0.113.12", "privateAddress": "10.0.0.12"},
+    ],
+}
+
+
+def problems(raw: dict[str, Any], secrets: frozenset[str] = ALL_SECRETS) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(raw, secrets)
+    return str(caught.value).splitlines()
+
+
+def with_host(index: int, **changes: Any) -> dict[str, Any]:
+    hosts = [dict(h) for h in HOSTS["hosts"]]
+    hosts[index].update(changes)
+    for key, value in changes.items():
+        if value is None:
+            del hosts[index][key]
+    return {**HOSTS, "hosts": hosts}
+
+
+def test_valid_droplets_config() -> None:
+    settings = parse_settings(
+        {**DROPLETS, "replicaCount": "2", "region": "fra1", "image": "debian-12-x64"}, ALL_SECRETS
+    )
+    assert settings == Settings(
+        mode="droplets",
+        region="fra1",
+        vpc_cidr="10.118.0.0/20",
+        image="debian-12-x64",
+        primary_size="s-2vcpu-4gb",
+        replica_size="s-2vcpu-4gb",
+        replica_count=2,
+        postgres_version=18,
+        ssh_key_ids=("12345",),
+        ssh_user="root",
+        admin_cidrs=("203.0.113.7/32",),
+        postgres_allowed_sources=("10.118.0.0/20",),
+        db_name="mastodon_production",
+        db_user="mastodon",
+        replication_user="replicator",
+        wal_keep_size="1GB",
+        max_slot_wal_keep_size="10GB",
+        hosts=(),
+        port=5432,
+    )
+
+
+def test_valid_hosts_config() -> None:
+    settings = parse_settings(HOSTS, ALL_SECRETS)
+    assert settings.mode == "hosts"
+    assert settings.replica_count == 1
+    assert settings.postgres_allowed_sources == ("10.0.0.0/24",)
+    assert settings.ssh_key_ids == () and settings.admin_cidrs == ()
+    assert settings.hosts == (
+        HostSpec("db-a", "203.0.113.10", "10.0.0.10", "root", 22, HOST_KEY),  # comment dropped
+        HostSpec("host1", "db2.example.net", "10.0.0.11", "admin", 2222, None),
+        HostSpec("spare", "203.0.113.12", "10.0.0.12", "root", 22, None),
+    )
+
+
+def test_allowed_sources_default_to_the_vpc() -> None:
+    settings = parse_settings({**HOSTS, "postgresAllowedSources": []}, ALL_SECRETS)
+    assert settings.postgres_allowed_sources == ("10.118.0.0/20",)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        "s-2vcpu-4gb",
+        "s-1vcpu-512mb-10gb",
+        "c-4",
+        "g-2vcpu-8gb",
+        "m-2vcpu-16gb",
+        "so-2vcpu-16gb",
+        "gd-2vcpu-8gb",
+        "s-4vcpu-8gb-amd",
+        "s-2vcpu-4gb-intel",
+        "so1_5-2vcpu-16gb",
+        "c2-4vcpu-8gb",
+    ],
+)
+def test_size_slugs_accepted(size: str) -> None:
+    assert parse_settings({**DROPLETS, "primarySize": size}, ALL_SECRETS).primary_size == size
+
+
+def test_defaults_equal_pulumi_yaml() -> None:
+    try:
+        project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    except yaml.YAMLError as error:  # Pulumi's own loader refuses it the same way
+        pytest.fail(f"Pulumi.yaml is not valid YAML (quote values that contain ': '): {error}")
+    assert {key: spec["default"] for key, spec in project["config"].items()} == DEFAULTS
+
+
+# (id, raw config, key named in the message, the bad value as shown, a phrase of the problem)
+BAD_INPUTS = [
+    ("mode-managed", {**DROPLETS, "postgresMode": "managed"}, "postgresMode", "'managed'",
+     "not supported yet"),
+    ("mode-unknown", {**DROPLETS, "postgresMode": "k8s"}, "postgresMode", "'k8s'", "not one of"),
+    ("region", {**DROPLETS, "region": "nyc9"}, "region", "'nyc9'", "not one of"),
+    ("vpc-host-bits", {**DROPLETS, "vpcCidr": "10.118.0.1/20"}, "vpcCidr", "'10.118.0.1/20'",
+     "host bits"),
+    ("vpc-public", {**DROPLETS, "vpcCidr": "8.8.0.0/16"}, "vpcCidr", "'8.8.0.0/16'",
+     "not inside"),
+    ("vpc-too-big", {**DROPLETS, "vpcCidr": "10.0.0.0/8"}, "vpcCidr", "'10.0.0.0/8'", "/16 to /24"),
+    ("vpc-too-small", {**DROPLETS, "vpcCidr": "10.118.0.0/25"}, "vpcCidr", "'10.118.0.0/25'",
+     "/16 to /24"),
+    ("vpc-no-prefix", {**DROPLETS, "vpcCidr": "10.118.0.0"}, "vpcCidr", "'10.118.0.0'",
+     "not a CIDR"),
+    ("vpc-garbage", {**DROPLETS, "vpcCidr": "banana/20"}, "vpcCidr", "'banana/20'",
+     "not a valid CIDR"),
+    ("image", {**DROPLETS, "image": "ubuntu-20-04-x64"}, "image", "'ubuntu-20-04-x64'",
+     "not one of"),
+    ("size-word", {**DROPLETS, "primarySize": "large"}, "primarySize", "'large'", "size slug"),
+    ("size-upper", {**DROPLETS, "replicaSize": "S-2VCPU"}, "replicaSize", "'S-2VCPU'", "size slug"),
+    ("size-no-memory", {**DROPLETS, "replicaSize": "s-2vcpu"}, "replicaSize", "'s-2vcpu'",
+     "size slug"),
+    ("replicas-too-many", {**DROPLETS, "replicaCount": 11}, "replicaCount", "11", "0 to 10"),
+    ("replicas-negative", {**DROPLETS, "replicaCount": -1}, "replicaCount", "-1", "0 to 10"),
+    ("replicas-word", {**DROPLETS, "replicaCount": "two"}, "replicaCount", "'two'", "0 to 10"),
+    ("replicas-bool", {**DROPLETS, "replicaCount": True}, "replicaCount", "True", "0 to 10"),
+    ("version-old", {**DROPLETS, "postgresVersion": 14}, "postgresVersion", "14", "15 to 18"),
+    ("version-new", {**DROPLETS, "postgresVersion": "19"}, "postgresVersion", "'19'", "15 to 18"),
+    ("version-minor", {**DROPLETS, "postgresVersion": "18.1"}, "postgresVersion", "'18.1'",
+     "15 to 18"),
+    ("ssh-keys-none", {**DROPLETS, "sshKeyIds": []}, "sshKeyIds", "[]", "at least one"),
+    ("ssh-keys-not-list", {**DROPLETS, "sshKeyIds": "12345"}, "sshKeyIds", "'12345'",
+     "not a list"),
+    ("ssh-key-bad", {**DROPLETS, "sshKeyIds": ["my laptop"]}, "sshKeyIds[0]", "'my laptop'",
+     "key id"),
+    ("ssh-user", {**DROPLETS, "sshUser": "Root"}, "sshUser", "'Root'", "unix user"),
+    ("admin-none", {**DROPLETS, "adminCidrs": []}, "adminCidrs", "[]", "at least one"),
+    ("admin-anywhere-v4", {**DROPLETS, "adminCidrs": ["0.0.0.0/0"]}, "adminCidrs[0]",
+     "'0.0.0.0/0'", "whole internet"),
+    ("admin-anywhere-v6", {**DROPLETS, "adminCidrs": ["203.0.113.7/32", "::/0"]}, "adminCidrs[1]",
+     "'::/0'", "whole internet"),
+    ("admin-host-bits", {**DROPLETS, "adminCidrs": ["203.0.113.7/24"]}, "adminCidrs[0]",
+     "'203.0.113.7/24'", "host bits"),
+    ("admin-garbage", {**DROPLETS, "adminCidrs": ["office"]}, "adminCidrs[0]", "'office'",
+     "not a CIDR"),
+    ("sources-public", {**DROPLETS, "postgresAllowedSources": ["203.0.113.0/24"]},
+     "postgresAllowedSources[0]", "'203.0.113.0/24'", "not a private range"),
+    ("sources-anywhere", {**DROPLETS, "postgresAllowedSources": ["0.0.0.0/0"]},
+     "postgresAllowedSources[0]", "'0.0.0.0/0'", "every address"),
+    ("sources-outside-vpc", {**DROPLETS, "postgresAllowedSources": ["10.0.0.0/8"]},
+     "postgresAllowedSources[0]", "'10.0.0.0/8'", "not inside vpcCidr 10.118.0.0/20"),
+    ("sources-host-bits", {**HOSTS, "postgresAllowedSources": ["10.0.0.5/24"]},
+     "postgresAllowedSources[0]", "'10.0.0.5/24'", "host bits"),
+    ("db-name-upper", {**DROPLETS, "dbName": "Mastodon"}, "dbName", "'Mastodon'", "must match"),
+    ("db-name-postgres", {**DROPLETS, "dbName": "postgres"}, "dbName", "'postgres'",
+     "maintenance database"),
+    ("db-user-postgres", {**DROPLETS, "dbUser": "postgres"}, "dbUser", "'postgres'", "superuser"),
+    ("db-user-dash", {**DROPLETS, "dbUser": "mast-odon"}, "dbUser", "'mast-odon'", "must match"),
+    ("db-user-pg-prefix", {**DROPLETS, "dbUser": "pg_mastodon"}, "dbUser", "'pg_mastodon'",
+     "reserves"),
+    ("replication-user-long", {**DROPLETS, "replicationUser": "r" * 64}, "replicationUser",
+     repr("r" * 64), "must match"),
+    ("replication-user-same", {**DROPLETS, "replicationUser": "mastodon"}, "replicationUser",
+     "'mastodon'", "same role as dbUser"),
+    ("wal-keep-unit", {**DROPLETS, "walKeepSize": "1G"}, "walKeepSize", "'1G'", "units"),
+    ("wal-keep-case", {**DROPLETS, "walKeepSize": "1gb"}, "walKeepSize", "'1gb'", "units"),
+    ("slot-wal-smaller", {**DROPLETS, "maxSlotWalKeepSize": "512MB"}, "maxSlotWalKeepSize",
+     "'512MB'", "smaller than walKeepSize 1GB"),
+    ("slot-wal-zero", {**DROPLETS, "walKeepSize": "0MB", "maxSlotWalKeepSize": "0MB"},
+     "maxSlotWalKeepSize", "'0MB'", "lags"),
+    ("hosts-in-droplets", {**DROPLETS, "hosts": HOSTS["hosts"]}, "hosts", "<3 entries>",
+     "only used in hosts mode"),
+    ("hosts-empty", {**HOSTS, "hosts": []}, "hosts", "[]", "at least one host"),
+    ("hosts-not-list", {**HOSTS, "hosts": "203.0.113.10"}, "hosts", "'203.0.113.10'",
+     "not a list"),
+    ("hosts-entry-not-object", {**HOSTS, "replicaCount": 0, "hosts": ["203.0.113.10"]},
+     "hosts[0]", "'203.0.113.10'", "not an object"),
+    ("hosts-unknown-key", with_host(1, privateAdress="10.0.0.99"), "hosts[1].privateAdress",
+     "'10.0.0.99'", "unknown key"),
+    ("hosts-name", with_host(0, name="DB_1"), "hosts[0].name", "'DB_1'", "must match"),
+    ("hosts-public-missing", with_host(0, publicAddress=None), "hosts[0].publicAddress", "None",
+     "missing"),
+    ("hosts-public-bad-ip", with_host(0, publicAddress="203.0.113.999"), "hosts[0].publicAddress",
+     "'203.0.113.999'", "not an IP address or DNS name"),
+    ("hosts-private-name", with_host(1, privateAddress="db.internal"), "hosts[1].privateAddress",
+     "'db.internal'", "not an IP address"),
+    ("hosts-ssh-user", with_host(1, sshUser="Bad User"), "hosts[1].sshUser", "'Bad User'",
+     "unix user"),
+    ("hosts-ssh-port-zero", with_host(1, sshPort=0), "hosts[1].sshPort", "0", "1 to 65535"),
+    ("hosts-ssh-port-high", with_host(1, sshPort=70000), "hosts[1].sshPort", "70000",
+     "1 to 65535"),
+    ("hosts-ssh-port-word", with_host(1, sshPort="ssh"), "hosts[1].sshPort", "'ssh'",
+     "1 to 65535"),
+    ("hosts-key-type-only", with_host(0, hostKey="ssh-ed25519"), "hosts[0].hostKey",
+     "'ssh-ed25519'", "<type> <base64>"),
+    ("hosts-key-not-base64", with_host(0, hostKey="ssh-ed25519 AAAA-bad"), "hosts[0].hostKey",
+     "'ssh-ed25519 AAAA-bad'", "not valid base64"),
+    ("hosts-key-truncated", with_host(0, hostKey=HOST_KEY[:40]), "hosts[0].hostKey",
+     repr(HOST_KEY[:40]), "copied only in part"),
+    ("hosts-key-wrong-type", with_host(0, hostKey=HOST_KEY.replace("ssh-ed25519", "ssh-rsa", 1)),
+     "hosts[0].hostKey", repr(HOST_KEY.replace("ssh-ed25519", "ssh-rsa", 1)), "not a whole"),
+    ("hosts-duplicate-name", with_host(2, name="db-a"), "hosts[2].name", "'db-a'",
+     "same name as hosts[0]"),
+    ("hosts-duplicate-public", with_host(2, publicAddress="203.0.113.10"),
+     "hosts[2].publicAddress", "'203.0.113.10'", "same publicAddress and sshPort as hosts[0]"),
+    ("hosts-duplicate-private", with_host(2, privateAddress="10.0.0.11"),
+     "hosts[2].privateAddress", "'10.0.0.11'", "same privateAddress as hosts[1]"),
+    ("hosts-too-few", {**HOSTS, "replicaCount": 3}, "hosts", "<3 entries>",
+     "replicaCount 3 needs 4 hosts"),
+    ("unknown-key", {**DROPLETS, "replicaCont": 2}, "replicaCont", "2", "unknown key"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "shown", "what"),
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+def test_bad_input_is_named_shown_and_fixed(raw: dict, key: str, shown: str, what: str) -> None:
+    lines = problems(raw)
+    assert len(lines) == 1, lines  # one bad value, one line: no follow-on noise
+    line = lines[0]
+    assert line.startswith(f"{PROJECT}:{key} = {shown}: "), line
+    assert what in line
+    assert ". Fix: " in line
+
+
+def test_fixes_are_commands() -> None:
+    (line,) = problems({**DROPLETS, "region": "nyc9"})
+    assert line.endswith("Fix: pulumi config set mastodon-data:region nyc3")
+    (line,) = problems({**DROPLETS, "adminCidrs": ["0.0.0.0/0"]})
+    assert "Fix: pulumi config set --path 'mastodon-data:adminCidrs[0]' 203.0.113.7/32" in line
+    (line,) = problems({**DROPLETS, "primarySize": "large"})
+    assert "doctl compute size list" in line
+    (line,) = problems({**DROPLETS, "replicaCont": 2})
+    assert "did you mean replicaCount?" in line
+    (line,) = problems(with_host(1, privateAdress="10.0.0.99"))
+    assert "did you mean privateAddress?" in line
+    (line,) = problems({**HOSTS, "replicaCount": 3})
+    assert "add hosts" in line and "pulumi config set mastodon-data:replicaCount 2" in line
+    (line,) = problems({**DROPLETS, "hosts": HOSTS["hosts"]})
+    assert "pulumi config set mastodon-data:postgresMode hosts" in line
+
+
+@pytest.mark.parametrize(
+    ("key", "fix"),
+    [
+        (
+            "sshPrivateKey",
+            "cat ~/.ssh/id_ed25519 | pulumi config set --secret mastodon-data:sshPrivateKey",
+        ),
+        (
+            "replicationPassword",
+            "pulumi config set --secret mastodon-data:replicationPassword "
+            '"$(openssl rand -base64 32)"',
+        ),
+        (
+            "dbPassword",
+            'pulumi config set --secret mastodon-data:dbPassword "$(openssl rand -base64 32)"',
+        ),
+    ],
+)
+def test_missing_secret(key: str, fix: str) -> None:
+    assert problems(DROPLETS, ALL_SECRETS - {key}) == [
+        f"mastodon-data:{key} = (not set): missing secret. Fix: {fix}"
+    ]
+
+
+def test_secret_set_in_clear_is_refused_without_showing_it() -> None:
+    password = "clear-text-password-123"
+    (line,) = problems({**DROPLETS, "dbPassword": password}, ALL_SECRETS - {"dbPassword"})
+    assert line.startswith("mastodon-data:dbPassword = [plain text]: ")
+    assert "--secret mastodon-data:dbPassword" in line
+    assert password not in line
+
+
+def test_several_problems_reported_together() -> None:
+    lines = problems(
+        {**DROPLETS, "region": "mars1", "replicaCount": 99, "dbUser": "postgres"},
+        ALL_SECRETS - {"dbPassword"},
+    )
+    assert [line.split(" = ")[0] for line in lines] == [
+        "mastodon-data:region",
+        "mastodon-data:replicaCount",
+        "mastodon-data:dbUser",
+        "mastodon-data:dbPassword",
+    ]
+
+
+def test_hosts_mode_ignores_droplet_only_requirements() -> None:
+    settings = parse_settings({**HOSTS, "sshKeyIds": [], "adminCidrs": []}, ALL_SECRETS)
+    assert settings.hosts[0].name == "db-a"
+
+
+def openssh_key(cipher: str) -> str:
+    blob = b"openssh-key-v1\0" + ssh_string(cipher.encode()) + ssh_string(b"none") + bytes(40)
+    body = base64.b64encode(blob).decode()
+    return f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+GOOD_PASSWORD = "Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA=="
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("dbPassword", GOOD_PASSWORD),
+        ("replicationPassword", GOOD_PASSWORD),
+        ("sshPrivateKey", openssh_key("none")),
+        ("sshPrivateKey", "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n"),
+    ],
+)
+def test_good_secrets(name: str, value: str) -> None:
+    assert secret_problems(name, value) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "what"),
+    [
+        ("dbPassword", "short-secret", "shorter than 16 characters"),
+        ("replicationPassword", "has a space in it, long enough", "whitespace or control"),
+        ("dbPassword", "tab\tseparated-secret-value", "whitespace or control"),
+        ("dbPassword", "bell\x07-in-the-secret-value", "whitespace or control"),
+        ("sshPrivateKey", "not a key at all", "not a private key"),
+        ("sshPrivateKey", HOST_KEY, "looks like a public key"),
+        ("sshPrivateKey", openssh_key("aes256-ctr"), "passphrase"),
+        (
+            "sshPrivateKey",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIE\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            "passphrase",
+        ),
+    ],
+)
+def test_bad_secret_named_never_shown(name: str, value: str, what: str) -> None:
+    (line,) = secret_problems(name, value)
+    assert line.startswith(f"mastodon-data:{name} = [secret]: ")
+    assert what in line and ". Fix: " in line
+    assert value not in line
+    assert all(part not in line for part in value.split() if len(part) >= 8)

@@ -1,0 +1,279 @@
+"""scripts/render_env.py, run as the pipeline runs it: stack outputs JSON on stdin, a real file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "render_env.py"
+PASSWORD = "Pw0rd-for-tests-0123456789"
+ENV = {
+    "DB_HOST": "10.118.0.2",
+    "DB_PORT": "5432",
+    "DB_NAME": "mastodon_production",
+    "DB_USER": "mastodon",
+    "DB_PASS": PASSWORD,
+    "DB_SSLMODE": "require",
+}
+REPLICA = {
+    "REPLICA_DB_HOST": "10.118.0.3",
+    "REPLICA_DB_PORT": "5432",
+    "REPLICA_DB_NAME": "mastodon_production",
+    "REPLICA_DB_USER": "mastodon",
+    "REPLICA_DB_PASS": PASSWORD,
+}
+
+
+def run(
+    directory: Path, outputs: object, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    text = stdin if stdin is not None else json.dumps(outputs)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--output", str(directory / ".env.production"), *args],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=directory,
+    )
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def no_secret_printed(result: subprocess.CompletedProcess[str]) -> None:
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_fresh_file(tmp_path: Path) -> None:
+    result = run(tmp_path, {"mastodon_env": {**ENV, **REPLICA}, "primary": {"name": "p"}})
+    assert result.returncode == 0, result.stderr
+    target = tmp_path / ".env.production"
+    assert result.stdout == f"wrote {target}: 11 keys from the stack, 0 kept\n"
+    assert mode(target) == 0o600
+    assert target.read_text() == (
+        "DB_HOST=10.118.0.2\n"
+        "DB_PORT=5432\n"
+        "DB_NAME=mastodon_production\n"
+        "DB_USER=mastodon\n"
+        f"DB_PASS={PASSWORD}\n"
+        "DB_SSLMODE=require\n"
+        "REPLICA_DB_HOST=10.118.0.3\n"
+        "REPLICA_DB_PORT=5432\n"
+        "REPLICA_DB_NAME=mastodon_production\n"
+        "REPLICA_DB_USER=mastodon\n"
+        f"REPLICA_DB_PASS={PASSWORD}\n"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == [".env.production"]  # no temp file left
+    no_secret_printed(result)
+
+
+EXISTING = """\
+# Mastodon, edited by hand
+LOCAL_DOMAIN=example.social
+
+DB_HOST=192.168.1.10
+export DB_PASS="old
+password"
+SECRET_KEY_BASE=abc123 # keep me
+DATABASE_URL=postgres://old@192.168.1.10/mastodon
+VAPID_PRIVATE_KEY='multi
+line value'
+REPLICA_DB_HOST=192.168.1.20
+REPLICA_DB_NAME=mastodon_production
+DB_HOST=duplicate
+S3_ENABLED=false"""
+
+
+def test_existing_file_keeps_unmanaged_lines(tmp_path: Path) -> None:
+    target = tmp_path / ".env.production"
+    target.write_text(EXISTING)
+    target.chmod(0o644)
+    result = run(tmp_path, {"mastodon_env": ENV})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"wrote {target}: 6 keys from the stack, 4 kept, "
+        "removed DATABASE_URL (would override DB_* / REPLICA_DB_*)\n"
+    )
+    assert target.read_text() == (
+        "# Mastodon, edited by hand\n"
+        "LOCAL_DOMAIN=example.social\n"
+        "\n"
+        "DB_HOST=10.118.0.2\n"  # replaced where it was
+        f"DB_PASS={PASSWORD}\n"  # the old multi-line value is gone with it
+        "SECRET_KEY_BASE=abc123 # keep me\n"
+        "VAPID_PRIVATE_KEY='multi\n"
+        "line value'\n"
+        "S3_ENABLED=false\n"  # the replica is gone: REPLICA_DB_* removed
+        "DB_PORT=5432\n"  # new keys appended in the stack's order
+        "DB_NAME=mastodon_production\n"
+        "DB_USER=mastodon\n"
+        "DB_SSLMODE=require\n"
+    )
+    assert mode(target) == 0o600
+    no_secret_printed(result)
+
+
+def test_second_run_changes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / ".env.production"
+    target.write_text(EXISTING)
+    assert run(tmp_path, {"mastodon_env": ENV}).returncode == 0
+    first = target.read_text()
+    result = run(tmp_path, {"mastodon_env": ENV})
+    assert result.returncode == 0
+    assert target.read_text() == first
+    assert "removed" not in result.stdout
+
+
+def test_writes_through_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "shared" / "env"
+    real.parent.mkdir()
+    real.write_text("LOCAL_DOMAIN=example.social\n")
+    (tmp_path / ".env.production").symlink_to(real)
+    assert run(tmp_path, {"mastodon_env": ENV}).returncode == 0
+    assert (tmp_path / ".env.production").is_symlink()
+    assert real.read_text().startswith("LOCAL_DOMAIN=example.social\nDB_HOST=10.118.0.2\n")
+
+
+def refused(tmp_path: Path, outputs: object, stdin: str | None = None) -> str:
+    """Runs against an existing file; asserts exit 2 and the file untouched; returns stderr."""
+    target = tmp_path / ".env.production"
+    target.write_text(EXISTING)
+    target.chmod(0o644)
+    before = target.stat()
+    result = run(tmp_path, outputs, stdin=stdin)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert target.read_text() == EXISTING
+    assert (mode(target), target.stat().st_mtime_ns) == (0o644, before.st_mtime_ns)
+    assert [p.name for p in tmp_path.iterdir()] == [".env.production"]
+    no_secret_printed(result)
+    return result.stderr
+
+
+def test_masked_value_refused(tmp_path: Path) -> None:
+    error = refused(tmp_path, {"mastodon_env": {**ENV, "DB_PASS": "[secret]"}})
+    assert "DB_PASS" in error and "--show-secrets" in error
+
+
+def test_masked_output_refused(tmp_path: Path) -> None:
+    error = refused(tmp_path, {"mastodon_env": "[secret]", "primary": {}})
+    assert "[secret]" in error and "--show-secrets" in error
+
+
+def test_missing_key_lists_the_outputs(tmp_path: Path) -> None:
+    error = refused(tmp_path, {"primary": {}, "replicas": []})
+    assert 'no output "mastodon_env"' in error and "present: primary, replicas" in error
+
+
+def test_single_output_piped_gets_a_hint(tmp_path: Path) -> None:
+    error = refused(tmp_path, ENV)
+    assert "pipe all of them" in error
+
+
+def test_not_json_refused(tmp_path: Path) -> None:
+    error = refused(tmp_path, None, stdin="Current stack is dev:\n")
+    assert "stdin is not JSON" in error
+
+
+def test_newline_in_value_refused(tmp_path: Path) -> None:
+    error = refused(tmp_path, {"mastodon_env": {**ENV, "DB_HOST": "a\nDB_PASS=evil"}})
+    assert "DB_HOST" in error and "newline" in error
+
+
+def test_unreadable_mix_of_quotes_refused(tmp_path: Path) -> None:
+    error = refused(tmp_path, {"mastodon_env": {**ENV, "DB_PASS": PASSWORD + "'$x"}})
+    assert "DB_PASS" in error and "single quote" in error
+
+
+def test_other_output_key(tmp_path: Path) -> None:
+    target = tmp_path / ".env.production"
+    target.write_text("DB_PASS=kept\n")
+    result = run(tmp_path, {"migration_env": {"DB_HOST": "10.0.0.9"}}, "--key", "migration_env")
+    assert result.returncode == 0, result.stderr
+    # Only the keys that output has are owned: DB_PASS stays.
+    assert target.read_text() == "DB_PASS=kept\nDB_HOST=10.0.0.9\n"
+
+
+TRICKY = {
+    "SPACES": "two words  and  more",
+    "DOUBLE": 'say "hi"',
+    "DOLLAR": "pa$$word$(id)${HOME}",
+    "HASH": "before#after",
+    "EQUALS": "a=b==",
+    "BACKSLASH": "back\\slash\\",
+    "SINGLE": "it's",
+    "EMPTY": "",
+    "URLISH": "postgres://u@h:5432/db+x-y_z.",
+    "UNICODE": "pässwörd",
+}
+TRICKY_TEXT = (
+    "SPACES='two words  and  more'\n"
+    "DOUBLE='say \"hi\"'\n"
+    "DOLLAR='pa$$word$(id)${HOME}'\n"
+    "HASH='before#after'\n"
+    "EQUALS='a=b=='\n"
+    "BACKSLASH='back\\slash\\'\n"
+    'SINGLE="it\'s"\n'
+    "EMPTY=\n"
+    "URLISH=postgres://u@h:5432/db+x-y_z.\n"
+    "UNICODE='pässwörd'\n"
+)
+
+
+def read_back(text: str, reader: str) -> dict[str, str]:
+    """How the two dotenv readers see single-line entries: "ruby" (Rails: unescapes backslashes
+    and expands $ outside single quotes) or "node" (streaming: only \\n in double quotes)."""
+    values = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"\s*(?:export\s+)?([\w.]+)\s*=\s*(.*)", line)
+        if not match or line.lstrip().startswith("#"):
+            continue
+        key, raw = match.groups()
+        if raw[:1] == "'" and raw.endswith("'") and len(raw) > 1:
+            values[key] = raw[1:-1]  # literal in both readers
+            continue
+        if raw[:1] == '"' and raw.endswith('"') and len(raw) > 1:
+            value = raw[1:-1]
+        else:
+            value = raw.split("#")[0].strip()
+        transformed = "\\" in value or (reader == "ruby" and "$" in value)
+        assert not transformed, f"{key} would not read back as written in {reader} dotenv"
+        values[key] = value
+    return values
+
+
+def test_quoting_reads_back_exactly(tmp_path: Path) -> None:
+    target = tmp_path / ".env.production"
+    result = run(tmp_path, {"mastodon_env": TRICKY}, "--key", "mastodon_env")
+    assert result.returncode == 0, result.stderr
+    text = target.read_text(encoding="utf-8")
+    assert text == TRICKY_TEXT
+    assert read_back(text, "ruby") == TRICKY
+    assert read_back(text, "node") == TRICKY
+
+
+@pytest.mark.parametrize("value", list(TRICKY.values()))
+def test_each_value_round_trips_through_an_existing_file(tmp_path: Path, value: str) -> None:
+    target = tmp_path / ".env.production"
+    target.write_text("# top\nDB_PASS=old\nOTHER=1\n")
+    assert run(tmp_path, {"mastodon_env": {**ENV, "DB_PASS": value}}).returncode == 0
+    for reader in ("ruby", "node"):
+        assert read_back(target.read_text(encoding="utf-8"), reader)["DB_PASS"] == value
+
+
+def test_fresh_file_mode_ignores_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        assert run(tmp_path, {"mastodon_env": ENV}).returncode == 0
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / ".env.production") == 0o600
