@@ -20,6 +20,7 @@ lab-down:
 
 lint: venv/.installed
 	venv/bin/ruff check .
+	venv/bin/ruff format --check .
 
 test: lint
 	$(PY) -m pytest -q -ra

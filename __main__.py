@@ -1,4 +1,5 @@
 """The Pulumi program: configuration -> database hosts -> replication steps -> outputs."""
+
 import pulumi
 
 from components import plan, stack_config
@@ -22,8 +23,15 @@ resolved_nodes = pulumi.Output.all(
 ).apply(lambda rows: [plan.Node(*row) for row in rows])
 status = replication.status_stdout()
 hosts = pulumi.Output.all(resolved_nodes, *status.values()).apply(
-    lambda args: host_outputs(args[0], dict(zip(status, args[1:], strict=True))))
+    lambda args: host_outputs(args[0], dict(zip(status, args[1:], strict=True)))
+)
 for key in ("primary", "replicas", "replication"):
     pulumi.export(key, hosts[key])
-pulumi.export("mastodon_env", pulumi.Output.secret(pulumi.Output.all(
-    resolved_nodes, secrets["dbPassword"]).apply(lambda args: env_output(settings, *args))))
+pulumi.export(
+    "mastodon_env",
+    pulumi.Output.secret(
+        pulumi.Output.all(resolved_nodes, secrets["dbPassword"]).apply(
+            lambda args: env_output(settings, *args)
+        )
+    ),
+)

@@ -1,6 +1,7 @@
 """Stack outputs from plain values: host addresses per role, `mastodon_env` and the status
 reports. Pure; the Pulumi program applies these inside `Output.all`, the direct runner calls
 `stack_outputs`."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,11 @@ def parse_report(stdout: str) -> dict:
 
 
 def _address(node) -> dict:
-    return {"name": node.name, "public_address": node.public_address,
-            "private_address": node.private_address}
+    return {
+        "name": node.name,
+        "public_address": node.public_address,
+        "private_address": node.private_address,
+    }
 
 
 def host_outputs(nodes: list, status_stdout: dict[str, str]) -> dict:
@@ -36,13 +40,18 @@ def env_output(settings, nodes: list, db_password: str) -> dict[str, str]:
     primary = next(n for n in nodes if n.role == "primary")
     replica = next((n for n in nodes if n.role == "replica"), None)
     return mastodon_env(
-        db_host=primary.private_address, db_port=settings.port, db_name=settings.db_name,
-        db_user=settings.db_user, db_password=db_password,
+        db_host=primary.private_address,
+        db_port=settings.port,
+        db_name=settings.db_name,
+        db_user=settings.db_user,
+        db_password=db_password,
         replica_host=replica.private_address if replica else None,
         replica_port=settings.port if replica else None,
     )
 
 
 def stack_outputs(settings, nodes: list, db_password: str, status_stdout: dict[str, str]) -> dict:
-    return {**host_outputs(nodes, status_stdout),
-            "mastodon_env": env_output(settings, nodes, db_password)}
+    return {
+        **host_outputs(nodes, status_stdout),
+        "mastodon_env": env_output(settings, nodes, db_password),
+    }

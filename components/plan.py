@@ -4,6 +4,7 @@ Pure: no Pulumi, no I/O beyond reading the host scripts' source. The Pulumi prog
 step into a `remote.Command`; `scripts/apply_hosts.py` runs the very same steps over ssh when the
 engine cannot. Parameter values may be Pulumi Outputs (droplet addresses) or plain strings.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -95,8 +96,15 @@ def nodes_from_hosts(settings) -> list[Node]:
     """Hosts mode: the first host is the primary, the next `replica_count` are replicas."""
     chosen = settings.hosts[: 1 + settings.replica_count]
     return [
-        Node(h.name, "primary" if i == 0 else "replica", h.public_address, h.private_address,
-             h.ssh_user, h.ssh_port, h.host_key)
+        Node(
+            h.name,
+            "primary" if i == 0 else "replica",
+            h.public_address,
+            h.private_address,
+            h.ssh_user,
+            h.ssh_port,
+            h.host_key,
+        )
         for i, h in enumerate(chosen)
     ]
 
@@ -115,11 +123,18 @@ def steps(settings, nodes: list[Node], *, reseed: frozenset[str] = frozenset()) 
         "wal_keep_size": settings.wal_keep_size,
         "max_slot_wal_keep_size": settings.max_slot_wal_keep_size,
     }
-    plan = [Step("primary", "primary", primary, {
-        **common,
-        "private_address": primary.private_address,
-        "replicas": [{"name": r.name, "address": r.private_address} for r in replicas],
-    })]
+    plan = [
+        Step(
+            "primary",
+            "primary",
+            primary,
+            {
+                **common,
+                "private_address": primary.private_address,
+                "replicas": [{"name": r.name, "address": r.private_address} for r in replicas],
+            },
+        )
+    ]
     for replica in replicas:
         params = {
             **common,
@@ -133,7 +148,14 @@ def steps(settings, nodes: list[Node], *, reseed: frozenset[str] = frozenset()) 
             params["reseed"] = True
         plan.append(Step(f"replica-{replica.name}", "replica", replica, params, ("primary",)))
     setup = tuple(s.name for s in plan)
-    plan += [Step(f"status-{n.name}", "status", n,
-                  {"version": settings.postgres_version, "port": settings.port}, setup)
-             for n in nodes]
+    plan += [
+        Step(
+            f"status-{n.name}",
+            "status",
+            n,
+            {"version": settings.postgres_version, "port": settings.port},
+            setup,
+        )
+        for n in nodes
+    ]
     return plan

@@ -1,6 +1,7 @@
 """The replication steps as `remote.Command`s: primary, then every replica in parallel, then a
 read-only status report per host. Scripts and secrets travel on stdin; triggers are the hash of
 the scripts and the non-secret parameters, so a step runs again exactly when one of them changes."""
+
 from __future__ import annotations
 
 import pulumi
@@ -10,23 +11,34 @@ from components import plan
 
 
 class ReplicationSteps(pulumi.ComponentResource):
-    def __init__(self, name: str, steps: list[plan.Step], secrets: dict[str, pulumi.Output],
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        steps: list[plan.Step],
+        secrets: dict[str, pulumi.Output],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("mastodon-data:index:ReplicationSteps", name, None, opts)
         self.commands: dict[str, remote.Command] = {}
         triggers: dict[str, pulumi.Output] = {}
         for step in steps:
             node = step.node
             connection = remote.ConnectionArgsDict(
-                host=node.public_address, port=node.ssh_port, user=node.ssh_user,
-                private_key=secrets["sshPrivateKey"], dial_error_limit=10, per_dial_timeout=15)
+                host=node.public_address,
+                port=node.ssh_port,
+                user=node.ssh_user,
+                private_key=secrets["sshPrivateKey"],
+                dial_error_limit=10,
+                per_dial_timeout=15,
+            )
             if node.host_key:
                 connection["host_key"] = node.host_key
             params = pulumi.Output.from_input(step.params)
             triggers[step.name] = params.apply(plan.trigger)
             stdin = pulumi.Output.all(params, *(secrets[k] for k in step.secret_params.values()))
-            stdin = pulumi.Output.secret(stdin.apply(
-                lambda args, step=step: _stdin(step, args[0], args[1:])))
+            stdin = pulumi.Output.secret(
+                stdin.apply(lambda args, step=step: _stdin(step, args[0], args[1:]))
+            )
             # A status report runs again whenever a setup step ran again.
             step_triggers = [triggers[step.name], *(triggers[name] for name in step.after)]
             self.commands[step.name] = remote.Command(
@@ -46,8 +58,11 @@ class ReplicationSteps(pulumi.ComponentResource):
         self.register_outputs({})
 
     def status_stdout(self) -> dict[str, pulumi.Output]:
-        return {name.removeprefix("status-"): command.stdout
-                for name, command in self.commands.items() if name.startswith("status-")}
+        return {
+            name.removeprefix("status-"): command.stdout
+            for name, command in self.commands.items()
+            if name.startswith("status-")
+        }
 
 
 def _stdin(step: plan.Step, params: dict, secret_values: list[str]) -> str:

@@ -1,5 +1,6 @@
 """Reads the stack's configuration through Pulumi and validates it in one place
 (components/config.py), so every bad value stops the preview with the key and the fix."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,11 @@ def _raw_value(config: pulumi.Config, key: str, default):
 def load() -> tuple[Settings, dict[str, pulumi.Output], frozenset[str]]:
     """(settings, secrets as Pulumi secret Outputs, replicas to re-seed)."""
     config = pulumi.Config(PROJECT)
-    raw = {key: value for key in [*DEFAULTS, "hosts"]
-           if (value := _raw_value(config, key, DEFAULTS.get(key, []))) is not None}
+    raw = {
+        key: value
+        for key in [*DEFAULTS, "hosts"]
+        if (value := _raw_value(config, key, DEFAULTS.get(key, []))) is not None
+    }
     present = {key for key in SECRET_KEYS if config.get_secret(key) is not None}
     settings = parse_settings(raw, present)
     problems = []
@@ -46,6 +50,8 @@ def load() -> tuple[Settings, dict[str, pulumi.Output], frozenset[str]]:
     secrets = {key: config.require_secret(key) for key in SECRET_KEYS}
     reseed = _raw_value(config, RESEED_KEY, []) or []
     if not isinstance(reseed, list) or not all(isinstance(n, str) for n in reseed):
-        raise ConfigError(f"{PROJECT}:{RESEED_KEY} = {reseed!r}: not a list of replica names. "
-                          f"Fix: pulumi config set --path '{RESEED_KEY}[0]' <replica name>")
+        raise ConfigError(
+            f"{PROJECT}:{RESEED_KEY} = {reseed!r}: not a list of replica names. "
+            f"Fix: pulumi config set --path '{RESEED_KEY}[0]' <replica name>"
+        )
     return settings, secrets, frozenset(reseed)

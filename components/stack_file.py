@@ -1,5 +1,6 @@
 """Reads a stack's settings from `Pulumi.<stack>.yaml` without the engine (for the direct runner
 and the tests): plain values only; secure values are only noted as present."""
+
 from __future__ import annotations
 
 from pathlib import Path

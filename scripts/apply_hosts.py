@@ -6,6 +6,7 @@ as the Pulumi program's `remote.Command`s. For the lab and for machines without 
 
 Prints the stack outputs as JSON (the shape of `pulumi stack output --json --show-secrets`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,19 +33,41 @@ class StepFailed(RuntimeError):
 
 
 def ssh_argv(node: plan.Node, key_file: Path, known_hosts: Path | None) -> list[str]:
-    checking = (["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-                if known_hosts else ["-o", "StrictHostKeyChecking=accept-new"])
-    return ["ssh", "-i", str(key_file), "-p", str(node.ssh_port), *checking,
-            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
-            "-o", "IdentitiesOnly=yes", f"{node.ssh_user}@{node.public_address}",
-            plan.command_line(node.ssh_user)]
+    checking = (
+        ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+        if known_hosts
+        else ["-o", "StrictHostKeyChecking=accept-new"]
+    )
+    return [
+        "ssh",
+        "-i",
+        str(key_file),
+        "-p",
+        str(node.ssh_port),
+        *checking,
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentitiesOnly=yes",
+        f"{node.ssh_user}@{node.public_address}",
+        plan.command_line(node.ssh_user),
+    ]
 
 
 def run_step(step: plan.Step, secrets: dict, key_file: Path, known_hosts: Path | None) -> str:
     stdin = json.dumps(plan.payload(step, step.params, secrets))
     try:
-        result = subprocess.run(ssh_argv(step.node, key_file, known_hosts), input=stdin, text=True,
-                                capture_output=True, timeout=STEP_TIMEOUT)
+        result = subprocess.run(
+            ssh_argv(step.node, key_file, known_hosts),
+            input=stdin,
+            text=True,
+            capture_output=True,
+            timeout=STEP_TIMEOUT,
+        )
     except subprocess.TimeoutExpired:
         raise StepFailed(f"{step.name}: no answer within {STEP_TIMEOUT} s") from None
     for line in result.stderr.splitlines():
@@ -52,19 +75,23 @@ def run_step(step: plan.Step, secrets: dict, key_file: Path, known_hosts: Path |
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         if result.returncode == 255:
-            last = (f"ssh to {step.node.ssh_user}@{step.node.public_address}:{step.node.ssh_port}"
-                    f" failed: {last}")
+            last = (
+                f"ssh to {step.node.ssh_user}@{step.node.public_address}:{step.node.ssh_port}"
+                f" failed: {last}"
+            )
         raise StepFailed(f"{step.name} failed: {last}")
     return result.stdout
 
 
-def apply(stack_file: Path, secrets: dict, known_hosts: Path | None,
-          reseed: frozenset[str] = frozenset()) -> dict:
+def apply(
+    stack_file: Path, secrets: dict, known_hosts: Path | None, reseed: frozenset[str] = frozenset()
+) -> dict:
     raw, _ = read_stack_file(stack_file)
     settings = parse_settings(raw, set(secrets))
     if settings.mode != "hosts":
-        raise ConfigError(f"{stack_file.name} is in {settings.mode} mode; only hosts mode runs "
-                          "without the engine")
+        raise ConfigError(
+            f"{stack_file.name} is in {settings.mode} mode; only hosts mode runs without the engine"
+        )
     nodes = plan.nodes_from_hosts(settings)
     steps = plan.steps(settings, nodes, reseed=reseed)
     with tempfile.TemporaryDirectory(prefix="mastodon-data-") as private_dir:
@@ -86,16 +113,25 @@ def apply(stack_file: Path, secrets: dict, known_hosts: Path | None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stack", required=True, help="reads Pulumi.<stack>.yaml")
-    parser.add_argument("--secrets-file", required=True, type=Path,
-                        help=f"JSON object with {', '.join(SECRET_KEYS)}")
+    parser.add_argument(
+        "--secrets-file",
+        required=True,
+        type=Path,
+        help=f"JSON object with {', '.join(SECRET_KEYS)}",
+    )
     parser.add_argument("--known-hosts", type=Path)
-    parser.add_argument("--reseed", action="append", default=[],
-                        help="replica name to wipe and clone again (a cluster of another primary)")
+    parser.add_argument(
+        "--reseed",
+        action="append",
+        default=[],
+        help="replica name to wipe and clone again (a cluster of another primary)",
+    )
     args = parser.parse_args(argv)
     secrets = json.loads(args.secrets_file.read_text())
     try:
-        outputs = apply(ROOT / f"Pulumi.{args.stack}.yaml", secrets, args.known_hosts,
-                        frozenset(args.reseed))
+        outputs = apply(
+            ROOT / f"Pulumi.{args.stack}.yaml", secrets, args.known_hosts, frozenset(args.reseed)
+        )
     except (ConfigError, StepFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

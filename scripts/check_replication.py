@@ -4,6 +4,7 @@ outputs. Exits 1 when a replica is not streaming or lags past a threshold, 2 on 
 
     pulumi stack output --json --show-secrets | python3 scripts/check_replication.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,17 @@ REPLICA_SQL = """SELECT pg_is_in_recovery(),
 
 
 def connect(env: dict, host: str) -> psycopg.Connection:
-    return psycopg.connect(host=host, port=env["DB_PORT"], dbname=env["DB_NAME"],
-                           user=env["DB_USER"], password=env["DB_PASS"],
-                           sslmode=env.get("DB_SSLMODE", "require"),
-                           connect_timeout=CONNECT_TIMEOUT, autocommit=True,
-                           application_name="mastodon-data-check")
+    return psycopg.connect(
+        host=host,
+        port=env["DB_PORT"],
+        dbname=env["DB_NAME"],
+        user=env["DB_USER"],
+        password=env["DB_PASS"],
+        sslmode=env.get("DB_SSLMODE", "require"),
+        connect_timeout=CONNECT_TIMEOUT,
+        autocommit=True,
+        application_name="mastodon-data-check",
+    )
 
 
 def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[list[str], bool]:
@@ -49,13 +56,19 @@ def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[li
             try:
                 with connect(env, replica["private_address"]) as rconn:
                     recovery, status, replay_lsn, lag_s, rconns = rconn.execute(
-                        REPLICA_SQL).fetchone()
+                        REPLICA_SQL
+                    ).fetchone()
             except psycopg.OperationalError as exc:
                 lines.append(f"{replica['name']}: unreachable ({str(exc).strip()})")
                 healthy = False
                 continue
-            lag_b = conn.execute("SELECT pg_wal_lsn_diff(%s, %s)::bigint",
-                                 (primary_lsn, replay_lsn)).fetchone()[0] if replay_lsn else None
+            lag_b = (
+                conn.execute(
+                    "SELECT pg_wal_lsn_diff(%s, %s)::bigint", (primary_lsn, replay_lsn)
+                ).fetchone()[0]
+                if replay_lsn
+                else None
+            )
             problems = []
             if not recovery:
                 problems.append("not a standby")
@@ -66,10 +79,11 @@ def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[li
             if lag_s is not None and lag_s > max_lag_seconds:
                 problems.append(f"lag {lag_s:.1f} s > {max_lag_seconds} s")
             healthy &= not problems
-            lines.append(f"{replica['name']}: replica, {status or 'not streaming'}, lag "
-                         f"{lag_b if lag_b is not None else '?'} B / {lag_s or 0:.1f} s, "
-                         f"{rconns} active connections"
-                         + (f"  <- {'; '.join(problems)}" if problems else ""))
+            lines.append(
+                f"{replica['name']}: replica, {status or 'not streaming'}, lag "
+                f"{lag_b if lag_b is not None else '?'} B / {lag_s or 0:.1f} s, "
+                f"{rconns} active connections" + (f"  <- {'; '.join(problems)}" if problems else "")
+            )
     return lines, healthy
 
 

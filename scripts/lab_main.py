@@ -5,6 +5,7 @@ the Pulumi engine when all of it is installed, else the same steps directly over
 
     python3 scripts/lab_main.py [--hosts N] [--env-file PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,16 @@ def lab_secrets(lab: lab_hosts.Lab) -> dict:
     """Per-lab secrets (0600 in the lab's directory): the lab key and two random passwords."""
     path = lab.state_dir / "secrets.json"
     if not path.exists():
-        write_private(path, json.dumps({
-            "sshPrivateKey": lab.private_key.read_text(),
-            "replicationPassword": secrets.token_urlsafe(24),
-            "dbPassword": secrets.token_urlsafe(24),
-        }))
+        write_private(
+            path,
+            json.dumps(
+                {
+                    "sshPrivateKey": lab.private_key.read_text(),
+                    "replicationPassword": secrets.token_urlsafe(24),
+                    "dbPassword": secrets.token_urlsafe(24),
+                }
+            ),
+        )
     return json.loads(path.read_text())
 
 
@@ -50,8 +56,11 @@ def engine_gap() -> str | None:
     if not ENGINE_STATUS.exists():
         return "the engine is not bootstrapped (run `make engine`)"
     status = json.loads(ENGINE_STATUS.read_text())
-    missing = [f"{name} ({status[name]['detail'] or 'unavailable'})"
-               for name in ("cli", "command") if status.get(name, {}).get("state") != "ok"]
+    missing = [
+        f"{name} ({status[name]['detail'] or 'unavailable'})"
+        for name in ("cli", "command")
+        if status.get(name, {}).get("state") != "ok"
+    ]
     return "; ".join(missing) or None
 
 
@@ -65,13 +74,18 @@ def up_with_engine(lab: lab_hosts.Lab, values: dict) -> dict:
         write_private(passphrase, secrets.token_urlsafe(32))
     state = ROOT / ".pulumi-state"
     state.mkdir(exist_ok=True)
-    env = {"PULUMI_BACKEND_URL": f"file://{state}",
-           "PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase),
-           "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-           "PATH": f"{ROOT / '.engine' / 'bin'}:{os.environ['PATH']}"}
+    env = {
+        "PULUMI_BACKEND_URL": f"file://{state}",
+        "PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase),
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "PATH": f"{ROOT / '.engine' / 'bin'}:{os.environ['PATH']}",
+    }
     stack = auto.create_or_select_stack(
-        STACK, "mastodon-data", lambda: runpy.run_path(str(ROOT / "__main__.py")),
-        opts=auto.LocalWorkspaceOptions(work_dir=str(ROOT), env_vars=env))
+        STACK,
+        "mastodon-data",
+        lambda: runpy.run_path(str(ROOT / "__main__.py")),
+        opts=auto.LocalWorkspaceOptions(work_dir=str(ROOT), env_vars=env),
+    )
     for key, value in values.items():
         stack.set_config(f"mastodon-data:{key}", auto.ConfigValue(value, secret=True))
     stack.up(on_output=print)
@@ -94,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     if gap is None:
         outputs = up_with_engine(lab, values)
     else:
-        print(f"note: the Pulumi engine cannot run remote commands here: {gap}.\n"
-              "      Running the lab stack's steps directly over ssh instead "
-              "(same scripts, parameters and order).", file=sys.stderr)
+        print(
+            f"note: the Pulumi engine cannot run remote commands here: {gap}.\n"
+            "      Running the lab stack's steps directly over ssh instead "
+            "(same scripts, parameters and order).",
+            file=sys.stderr,
+        )
         try:
             outputs = apply_hosts.apply(ROOT / f"Pulumi.{STACK}.yaml", values, lab.known_hosts)
         except (apply_hosts.ConfigError, apply_hosts.StepFailed) as exc:
@@ -106,10 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     write_private(lab.state_dir / "outputs.json", document)
     shown = {**outputs, "mastodon_env": "[secret]"}
     print(json.dumps(shown, indent=2, sort_keys=True))
-    for script, extra in (("render_env.py", ["--output", str(args.env_file)]),
-                          ("check_replication.py", [])):
-        result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *extra],
-                                input=document, text=True, timeout=120)
+    for script, extra in (
+        ("render_env.py", ["--output", str(args.env_file)]),
+        ("check_replication.py", []),
+    ):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / script), *extra],
+            input=document,
+            text=True,
+            timeout=120,
+        )
         if result.returncode != 0:
             return result.returncode
     return 0

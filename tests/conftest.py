@@ -1,4 +1,5 @@
 """Shared test setup: the repository root on sys.path (components, scripts)."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """The test lab, made once per session and removed at the end (see labkit.py)."""
+
 from __future__ import annotations
 
 import lab as lab_hosts

@@ -1,5 +1,6 @@
 """Helpers of the lab tests: a test lab of its own (prefix, subnet and directory differ from
 `make lab`'s), with four hosts: a primary, two replicas and a spare that joins later."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ import yaml
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 
-TEST_LAB = lab_hosts.Lab(prefix="mlabt", subnet="10.252.0.0/24",
-                         state_dir=Path("/var/lib/mastodon-lab-test"))
+TEST_LAB = lab_hosts.Lab(
+    prefix="mlabt", subnet="10.252.0.0/24", state_dir=Path("/var/lib/mastodon-lab-test")
+)
 
 
 def lab_unavailable() -> str | None:
@@ -39,8 +41,11 @@ def stack_file(path: Path, lab: lab_hosts.Lab, replica_count: int, hosts: int = 
         "mastodon-data:walKeepSize": "64MB",
         "mastodon-data:maxSlotWalKeepSize": "256MB",
         "mastodon-data:hosts": [
-            {"name": lab.host(i).name, "publicAddress": lab.host(i).address,
-             "privateAddress": lab.host(i).address}
+            {
+                "name": lab.host(i).name,
+                "publicAddress": lab.host(i).address,
+                "privateAddress": lab.host(i).address,
+            }
             for i in range(1, hosts + 1)
         ],
     }
@@ -57,17 +62,18 @@ class LabSession:
             "dbPassword": secrets.token_urlsafe(24),
         }
 
-    def ssh(self, index: int, command: str, timeout: float = 60,
-            check: bool = True) -> subprocess.CompletedProcess:
+    def ssh(
+        self, index: int, command: str, timeout: float = 60, check: bool = True
+    ) -> subprocess.CompletedProcess:
         argv = self.lab.ssh_command(self.lab.host(index).address, command)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{command!r} on h{index}: {result.stderr}")
         return result
 
-    def psql(self, index: int, sql: str, db: str = "mastodon_production",
-             check: bool = True) -> subprocess.CompletedProcess:
-        return self.ssh(index, f"runuser -u postgres -- psql -X -A -t -d {db} -c {json.dumps(sql)}",
-                        check=check)
-
-
+    def psql(
+        self, index: int, sql: str, db: str = "mastodon_production", check: bool = True
+    ) -> subprocess.CompletedProcess:
+        return self.ssh(
+            index, f"runuser -u postgres -- psql -X -A -t -d {db} -c {json.dumps(sql)}", check=check
+        )

@@ -1,5 +1,6 @@
 """Replication on the test lab: the real host scripts over real ssh, in the order the Pulumi
 program runs them (scripts/apply_hosts.py). The tests build on each other, top to bottom."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,7 @@ WAIT = 15  # seconds for a row to reach a replica
 
 
 def apply(session, replica_count: int, **kwargs) -> dict:
-    path = stack_file(session.workdir / f"Pulumi.r{replica_count}.yaml", session.lab,
-                      replica_count)
+    path = stack_file(session.workdir / f"Pulumi.r{replica_count}.yaml", session.lab, replica_count)
     return apply_hosts.apply(path, session.secrets, session.lab.known_hosts, **kwargs)
 
 
@@ -32,9 +32,16 @@ def reports(outputs: dict) -> dict:
 
 def connect(outputs: dict, host: str) -> psycopg.Connection:
     env = outputs["mastodon_env"]
-    return psycopg.connect(host=host, port=env["DB_PORT"], dbname=env["DB_NAME"],
-                           user=env["DB_USER"], password=env["DB_PASS"],
-                           sslmode=env["DB_SSLMODE"], connect_timeout=5, autocommit=True)
+    return psycopg.connect(
+        host=host,
+        port=env["DB_PORT"],
+        dbname=env["DB_NAME"],
+        user=env["DB_USER"],
+        password=env["DB_PASS"],
+        sslmode=env["DB_SSLMODE"],
+        connect_timeout=5,
+        autocommit=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +81,12 @@ def test_row_written_on_primary_reaches_every_replica(first_run):
         with connect(first_run, host) as conn:
             while not found and time.monotonic() < deadline:
                 try:
-                    found = conn.execute("SELECT count(*) FROM probe WHERE note = %s",
-                                         (marker,)).fetchone()[0] == 1
+                    found = (
+                        conn.execute(
+                            "SELECT count(*) FROM probe WHERE note = %s", (marker,)
+                        ).fetchone()[0]
+                        == 1
+                    )
                 except psycopg.errors.UndefinedTable:  # the CREATE TABLE has not arrived yet
                     pass
                 time.sleep(0.2)
@@ -91,15 +102,25 @@ def test_replicas_refuse_writes(first_run):
 def test_app_connections_without_tls_are_refused(first_run):
     env = first_run["mastodon_env"]
     with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
-        psycopg.connect(host="10.252.0.11", port=env["DB_PORT"], dbname=env["DB_NAME"],
-                        user=env["DB_USER"], password=env["DB_PASS"], sslmode="disable",
-                        connect_timeout=5)
+        psycopg.connect(
+            host="10.252.0.11",
+            port=env["DB_PORT"],
+            dbname=env["DB_NAME"],
+            user=env["DB_USER"],
+            password=env["DB_PASS"],
+            sslmode="disable",
+            connect_timeout=5,
+        )
 
 
 def test_replication_check_passes(first_run):
-    result = subprocess.run([sys.executable, str(ROOT_DIR / "scripts" / "check_replication.py")],
-                            input=json.dumps(first_run), capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(ROOT_DIR / "scripts" / "check_replication.py")],
+        input=json.dumps(first_run),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "mlabt-h2: replica, streaming" in result.stdout
     assert first_run["mastodon_env"]["DB_PASS"] not in result.stdout + result.stderr
@@ -116,11 +137,15 @@ def test_second_run_changes_nothing(lab_session, first_run):
 
 
 def test_wrong_replication_password_is_a_clear_error(lab_session, first_run):
-    raw, _ = read_stack_file(stack_file(lab_session.workdir / "Pulumi.bad.yaml",
-                                        lab_session.lab, 2))
+    raw, _ = read_stack_file(
+        stack_file(lab_session.workdir / "Pulumi.bad.yaml", lab_session.lab, 2)
+    )
     settings = parse_settings(raw, set(lab_session.secrets))
-    step = next(s for s in plan.steps(settings, plan.nodes_from_hosts(settings))
-                if s.name == "replica-mlabt-h2")
+    step = next(
+        s
+        for s in plan.steps(settings, plan.nodes_from_hosts(settings))
+        if s.name == "replica-mlabt-h2"
+    )
     wrong = {**lab_session.secrets, "replicationPassword": "not-the-right-password-at-all"}
     key = lab_session.workdir / "key"
     key.touch(mode=0o600)
@@ -161,9 +186,12 @@ def test_more_replicas_by_rerun_without_recloning_the_others(lab_session, first_
 
 def test_replica_of_another_primary_is_refused_unless_reseeded(lab_session):
     # h4 becomes a primary of its own (another system identifier) ...
-    lab_session.ssh(4, "pg_ctlcluster 15 main stop -m fast && rm -rf /etc/postgresql/15/main "
-                       "/var/lib/postgresql/15/main && pg_createcluster 15 main --start "
-                       ">/dev/null && runuser -u postgres -- createdb precious")
+    lab_session.ssh(
+        4,
+        "pg_ctlcluster 15 main stop -m fast && rm -rf /etc/postgresql/15/main "
+        "/var/lib/postgresql/15/main && pg_createcluster 15 main --start "
+        ">/dev/null && runuser -u postgres -- createdb precious",
+    )
     with pytest.raises(apply_hosts.StepFailed, match="another primary"):
         apply(lab_session, 3)
     databases = lab_session.psql(4, "SELECT datname FROM pg_database", db="postgres").stdout
@@ -173,11 +201,15 @@ def test_replica_of_another_primary_is_refused_unless_reseeded(lab_session):
 
 
 def apply_only_replica(session, name: str, replica_count: int) -> str:
-    raw, _ = read_stack_file(stack_file(session.workdir / "Pulumi.one.yaml", session.lab,
-                                        replica_count))
+    raw, _ = read_stack_file(
+        stack_file(session.workdir / "Pulumi.one.yaml", session.lab, replica_count)
+    )
     settings = parse_settings(raw, set(session.secrets))
-    step = next(s for s in plan.steps(settings, plan.nodes_from_hosts(settings))
-                if s.name == f"replica-{name}")
+    step = next(
+        s
+        for s in plan.steps(settings, plan.nodes_from_hosts(settings))
+        if s.name == f"replica-{name}"
+    )
     key = session.workdir / "key"
     key.touch(mode=0o600)
     key.write_text(session.secrets["sshPrivateKey"])
