@@ -1,0 +1,178 @@
+"""The Pulumi program on mocks: every mode's resources and their wiring, firewall invariants,
+the outputs, and secrets kept off command lines."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+from program_harness import SECRETS, run_program
+
+from components.config import ConfigError
+
+DROPLETS = {
+    "postgresMode": "droplets",
+    "replicaCount": 1,
+    "sshKeyIds": ["12345"],
+    "adminCidrs": ["198.51.100.7/32"],
+}
+HOSTS = {
+    "postgresMode": "hosts",
+    "replicaCount": 2,
+    "postgresAllowedSources": ["10.0.0.0/24"],
+    "hosts": [
+        {"name": f"db{i}", "publicAddress": f"192.0.2.{i}", "privateAddress": f"10.0.0.{i}"}
+        for i in (1, 2, 3)
+    ],
+}
+
+
+def stdin_of(command) -> dict:
+    return json.loads(command.inputs["stdin"])
+
+
+@pytest.fixture(scope="module")
+def droplets():
+    return run_program(DROPLETS)
+
+
+def test_droplets_mode_makes_vpc_droplets_and_one_firewall(droplets):
+    (vpc,) = droplets.of_type("/vpc:Vpc")
+    assert vpc.inputs["ipRange"] == "10.118.0.0/20" and vpc.inputs["region"] == "nyc3"
+    primary, replica = droplets.of_type("/droplet:Droplet")
+    for droplet in (primary, replica):
+        assert droplet.inputs["monitoring"] is True
+        assert droplet.inputs["vpcUuid"] == "db-vpc-id"
+        assert droplet.inputs["sshKeys"] == ["12345"]
+        assert droplet.inputs["image"] == "ubuntu-24-04-x64"
+    assert primary.inputs["tags"] == ["mastodon-data-unit-primary"]
+    assert replica.inputs["tags"] == ["mastodon-data-unit-replica"]
+    (firewall,) = droplets.of_type("/firewall:Firewall")
+    assert sorted(firewall.inputs["dropletIds"]) == [1001, 1002]
+
+
+def test_firewall_opens_5432_only_privately_and_22_only_to_admins(droplets):
+    (firewall,) = droplets.of_type("/firewall:Firewall")
+    for rule in firewall.inputs["inboundRules"]:
+        sources = rule.get("sourceAddresses", [])
+        assert "0.0.0.0/0" not in sources and "::/0" not in sources
+        if rule["portRange"] == "22":
+            assert sources == ["198.51.100.7/32"]
+        else:
+            assert rule["portRange"] == "5432"
+            assert all(ipaddress.ip_network(s).is_private for s in sources)
+    ports = sorted(r["portRange"] for r in firewall.inputs["inboundRules"])
+    assert ports == ["22", "5432", "5432"]  # app sources, and the replicas by tag
+    assert {
+        "protocol": "tcp",
+        "portRange": "5432",
+        "sourceTags": ["mastodon-data-unit-replica"],
+    } in (firewall.inputs["inboundRules"])
+    outbound = {(r["protocol"], r["portRange"]) for r in firewall.inputs["outboundRules"]}
+    assert outbound == {
+        ("udp", "53"),
+        ("tcp", "53"),
+        ("tcp", "80"),
+        ("tcp", "443"),
+        ("udp", "123"),
+        ("tcp", "5432"),
+    }
+
+
+def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
+    commands = {c.name: c for c in droplets.of_type("remote:Command")}
+    assert set(commands) == {
+        "replication-primary",
+        "replication-replica-replica-1",
+        "replication-status-primary",
+        "replication-status-replica-1",
+    }
+    primary = commands["replication-primary"]
+    assert primary.inputs["connection"]["host"] == "203.0.113.1"
+    assert primary.inputs["connection"]["privateKey"] == SECRETS["sshPrivateKey"]
+    params = stdin_of(primary)["params"]
+    assert params["replicas"] == [{"name": "replica-1", "address": "10.118.0.3"}]
+    assert params["db_password"] == SECRETS["dbPassword"]
+    replica = stdin_of(commands["replication-replica-replica-1"])["params"]
+    assert replica["primary_address"] == "10.118.0.2"
+    assert replica["replication_password"] == SECRETS["replicationPassword"]
+    assert "db_password" not in replica  # a replica never needs the app's password
+    for command in commands.values():
+        visible = json.dumps({k: v for k, v in command.inputs.items() if k != "stdin"})
+        for secret in ("replicationPassword", "dbPassword"):
+            assert SECRETS[secret] not in visible, f"{secret} outside stdin of {command.name}"
+        assert command.inputs["addPreviousOutputInEnv"] is False
+        assert {"stdin", "connection"} <= command.secret_inputs  # encrypted in the state
+
+
+def test_droplets_outputs(droplets):
+    env = droplets.outputs["mastodon_env"]
+    assert env == {
+        "DB_HOST": "10.118.0.2",
+        "DB_PORT": "5432",
+        "DB_NAME": "mastodon_production",
+        "DB_USER": "mastodon",
+        "DB_PASS": SECRETS["dbPassword"],
+        "DB_SSLMODE": "require",
+        "REPLICA_DB_HOST": "10.118.0.3",
+        "REPLICA_DB_PORT": "5432",
+        "REPLICA_DB_NAME": "mastodon_production",
+        "REPLICA_DB_USER": "mastodon",
+        "REPLICA_DB_PASS": SECRETS["dbPassword"],
+    }
+    assert droplets.outputs["primary"] == {
+        "name": "primary",
+        "public_address": "203.0.113.1",
+        "private_address": "10.118.0.2",
+    }
+    assert [r["private_address"] for r in droplets.outputs["replicas"]] == ["10.118.0.3"]
+    assert set(droplets.outputs["replication"]) == {"primary", "replica-1"}
+
+
+def test_no_replica_means_no_replica_variables():
+    run = run_program({**DROPLETS, "replicaCount": 0})
+    assert len(run.of_type("/droplet:Droplet")) == 1
+    assert not any(k.startswith("REPLICA_") for k in run.outputs["mastodon_env"])
+    (firewall,) = run.of_type("/firewall:Firewall")
+    assert all("sourceTags" not in r for r in firewall.inputs["inboundRules"])
+
+
+def test_hosts_mode_runs_on_the_listed_hosts_without_cloud_resources():
+    run = run_program(HOSTS)
+    assert not [r for r in run.resources if r.typ.startswith("digitalocean:")]
+    commands = {c.name: c for c in run.of_type("remote:Command")}
+    assert commands["replication-replica-db3"].inputs["connection"]["host"] == "192.0.2.3"
+    assert stdin_of(commands["replication-replica-db3"])["params"]["primary_address"] == "10.0.0.1"
+    assert run.outputs["mastodon_env"]["DB_HOST"] == "10.0.0.1"
+    assert run.outputs["mastodon_env"]["REPLICA_DB_HOST"] == "10.0.0.2"
+
+
+def test_replicas_wait_for_the_primary_and_status_for_everything():
+    run = run_program(HOSTS)
+    names = [c.name for c in run.of_type("remote:Command")]
+    assert names.index("replication-primary") < names.index("replication-replica-db2")
+    assert names[-3:] == [
+        "replication-status-db1",
+        "replication-status-db2",
+        "replication-status-db3",
+    ]
+
+
+def test_bad_config_stops_the_program_before_any_resource():
+    with pytest.raises(ConfigError, match=r"adminCidrs\[0\] = '0.0.0.0/0'"):
+        run_program({**DROPLETS, "adminCidrs": ["0.0.0.0/0"]})
+
+
+def test_missing_secret_names_the_command_to_set_it():
+    secrets = {k: v for k, v in SECRETS.items() if k != "replicationPassword"}
+    with pytest.raises(
+        ConfigError, match="pulumi config set --secret mastodon-data:replicationPassword"
+    ):
+        run_program(DROPLETS, secrets)
+
+
+def test_short_password_is_refused_without_showing_it():
+    with pytest.raises(ConfigError, match="dbPassword") as caught:
+        run_program(DROPLETS, {**SECRETS, "dbPassword": "short-pw"})
+    assert "short-pw" not in str(caught.value)
