@@ -45,19 +45,16 @@ class Registered:
 class Mocks(pulumi.runtime.Mocks):
     def __init__(self):
         self.resources: list[Registered] = []
-        self.droplets = 0
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         wrapped = {k for k, v in args.inputs.items() if isinstance(v, dict) and SECRET_SIG in v}
         self.resources.append(Registered(args.typ, args.name, unwrap(dict(args.inputs)), wrapped))
         state = dict(args.inputs)
         if args.typ == "digitalocean:index/droplet:Droplet":
-            self.droplets += 1
-            state |= {
-                "ipv4Address": f"203.0.113.{self.droplets}",
-                "ipv4AddressPrivate": f"10.118.0.{self.droplets + 1}",
-            }
-            return [str(1000 + self.droplets), state]
+            # Addresses follow the name (registration order is not deterministic).
+            n = 1 if args.name.endswith("primary") else 1 + int(args.name.rsplit("-", 1)[1])
+            state |= {"ipv4Address": f"203.0.113.{n}", "ipv4AddressPrivate": f"10.118.0.{n + 1}"}
+            return [str(1000 + n), state]
         if args.typ == "command:remote:Command":
             state["stdout"] = json.dumps({"role": "status-of-" + args.name, "changed": []})
         return [f"{args.name}-id", state]
