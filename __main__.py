@@ -3,10 +3,15 @@
 import pulumi
 
 from components import plan, stack_config
+from components.config import ConfigError
 from components.outputs import env_output, host_outputs
 from components.replication import ReplicationSteps
 
-settings, secrets, reseed = stack_config.load()
+try:
+    settings, secrets, reseed = stack_config.load()
+except ConfigError as problems:
+    # A RunError is shown without a traceback: only the problems and their fixes.
+    raise pulumi.RunError(f"invalid stack configuration:\n{problems}") from None
 
 if settings.mode == "droplets":
     from components.droplets import DropletTier

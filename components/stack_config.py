@@ -31,27 +31,36 @@ def _raw_value(config: pulumi.Config, key: str, default):
         return text  # parse_settings names the key and says what it should be
 
 
+def _stack_keys() -> set[str]:
+    """Every configuration key the engine handed to this run (the SDK keeps no public list)."""
+    from pulumi.runtime.config import CONFIG
+
+    return set(CONFIG.get()) | set(pulumi.runtime.get_config_env())
+
+
 def load() -> tuple[Settings, dict[str, pulumi.Output], frozenset[str]]:
-    """(settings, secrets as Pulumi secret Outputs, replicas to re-seed)."""
+    """(settings, secrets as Pulumi secret Outputs, replicas to re-seed); one ConfigError listing
+    every problem otherwise."""
     config = pulumi.Config(PROJECT)
-    raw = {
-        key: value
-        for key in [*DEFAULTS, "hosts"]
-        if (value := _raw_value(config, key, DEFAULTS.get(key, []))) is not None
-    }
-    present = {key for key in SECRET_KEYS if config.get_secret(key) is not None}
-    settings = parse_settings(raw, present)
+    # Every key of this project in the stack, so a misspelt key is reported too.
+    names = {full.partition(":")[2] for full in _stack_keys() if full.startswith(f"{PROJECT}:")}
+    raw = {key: _raw_value(config, key, DEFAULTS.get(key, [])) for key in names - set(SECRET_KEYS)}
+    present = {key for key in SECRET_KEYS if key in names}
     problems = []
-    for key in SECRET_KEYS:
+    try:
+        settings = parse_settings(raw, present)
+    except ConfigError as exc:
+        problems += str(exc).splitlines()
+    for key in sorted(present):
         # Plain text only for the check, never logged; messages name the key, not the value.
         problems += secret_problems(key, pulumi.runtime.get_config(f"{PROJECT}:{key}") or "")
+    reseed = raw.get(RESEED_KEY) or []
+    if not isinstance(reseed, list) or not all(isinstance(n, str) for n in reseed):
+        problems.append(
+            f"{PROJECT}:{RESEED_KEY} = {reseed!r}: not a list of replica names. "
+            f"Fix: pulumi config set --path '{PROJECT}:{RESEED_KEY}[0]' <replica name>"
+        )
     if problems:
         raise ConfigError("\n".join(problems))
     secrets = {key: config.require_secret(key) for key in SECRET_KEYS}
-    reseed = _raw_value(config, RESEED_KEY, []) or []
-    if not isinstance(reseed, list) or not all(isinstance(n, str) for n in reseed):
-        raise ConfigError(
-            f"{PROJECT}:{RESEED_KEY} = {reseed!r}: not a list of replica names. "
-            f"Fix: pulumi config set --path '{RESEED_KEY}[0]' <replica name>"
-        )
     return settings, secrets, frozenset(reseed)
