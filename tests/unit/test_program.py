@@ -39,7 +39,8 @@ def droplets():
 def test_droplets_mode_makes_vpc_droplets_and_one_firewall(droplets):
     (vpc,) = droplets.of_type("/vpc:Vpc")
     assert vpc.inputs["ipRange"] == "10.118.0.0/20" and vpc.inputs["region"] == "nyc3"
-    primary, replica = droplets.of_type("/droplet:Droplet")
+    by_name = {d.name: d for d in droplets.of_type("/droplet:Droplet")}
+    primary, replica = by_name["db-primary"], by_name["db-replica-1"]
     for droplet in (primary, replica):
         assert droplet.inputs["monitoring"] is True
         assert droplet.inputs["vpcUuid"] == "db-vpc-id"
