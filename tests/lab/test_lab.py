@@ -1,0 +1,106 @@
+"""The lab itself: hosts with their own address, hostname, sshd and PostgreSQL directories;
+idempotent creation; removal that leaves nothing, also after a crash midway."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import lab as lab_hosts
+import pytest
+from labkit import lab_unavailable
+
+pytestmark = pytest.mark.lab
+INFRA_LAB = lab_hosts.Lab(
+    prefix="mlabi", subnet="10.253.0.0/24", state_dir=Path("/var/lib/mastodon-lab-infra")
+)
+
+
+def ssh(lab: lab_hosts.Lab, index: int, command: str) -> str:
+    argv = lab.ssh_command(lab.host(index).address, command)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def namespace_pids(lab: lab_hosts.Lab) -> set[int]:
+    pids = set()
+    for ns in lab_hosts.netns_list():
+        if ns.startswith(f"{lab.prefix}-"):
+            out = lab_hosts.run(["ip", "netns", "pids", ns], check=False).stdout
+            pids |= {int(p) for p in out.split()}
+    return pids
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie is dead, only not yet reaped by its parent)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.fixture
+def infra_lab():
+    reason = lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+    lab_hosts.down(INFRA_LAB)
+    yield INFRA_LAB
+    lab_hosts.down(INFRA_LAB)
+    assert lab_hosts.leftovers(INFRA_LAB) == []
+
+
+def test_hosts_are_isolated_and_answer_on_their_own_address(infra_lab):
+    inventory = lab_hosts.up(infra_lab, 3)
+    assert [h["address"] for h in inventory["hosts"]] == [
+        "10.253.0.11",
+        "10.253.0.12",
+        "10.253.0.13",
+    ]
+    for i in (1, 2, 3):
+        out = ssh(infra_lab, i, "hostname; ip -o -4 addr show dev eth0")
+        assert out.splitlines()[0] == f"mlabi-h{i}"
+        assert f"10.253.0.{10 + i}/24" in out
+    ssh(infra_lab, 1, "echo only-here > /var/lib/postgresql/isolation-probe")
+    for path in (
+        "/var/lib/postgresql",
+        "/etc/postgresql",
+        "/var/run/postgresql",
+        "/var/log/postgresql",
+    ):
+        ssh(infra_lab, 1, f"touch {path}/probe-h1")
+        listing = ssh(infra_lab, 2, f"ls -A {path}")
+        assert "probe-h1" not in listing, f"{path} is shared between hosts"
+    assert not Path("/var/lib/postgresql/isolation-probe").exists()  # nor on the machine
+
+
+def test_creation_is_idempotent(infra_lab):
+    first = lab_hosts.up(infra_lab, 2)
+    pids = namespace_pids(infra_lab)
+    second = lab_hosts.up(infra_lab, 2)
+    assert first == second
+    assert namespace_pids(infra_lab) == pids  # the same sshd processes, nothing restarted
+
+
+def test_removal_leaves_nothing_and_stops_every_process(infra_lab):
+    lab_hosts.up(infra_lab, 2)
+    ssh(infra_lab, 1, "pg_createcluster 15 main --start >/dev/null")  # a server to stop
+    pids = namespace_pids(infra_lab)
+    assert len(pids) >= 2
+    lab_hosts.down(infra_lab)
+    assert lab_hosts.leftovers(infra_lab) == []
+    assert not [p for p in pids if running(p)]
+
+
+def test_removal_after_a_crash_midway(infra_lab):
+    # What a crash during `up` can leave: a namespace, a half-made veth, the state directory.
+    lab_hosts.run(["ip", "netns", "add", "mlabi-h7"])
+    lab_hosts.run(["ip", "link", "add", "mlabi-v7", "type", "veth", "peer", "name", "mlabi-p7"])
+    infra_lab.state_dir.mkdir(parents=True, exist_ok=True)
+    assert len(lab_hosts.leftovers(infra_lab)) >= 2
+    lab_hosts.down(infra_lab)
+    assert lab_hosts.leftovers(infra_lab) == []
+    links = lab_hosts.run(["ip", "-o", "link", "show"]).stdout
+    assert "mlabi-" not in links
+    assert os.path.exists("/proc")  # sanity: the machine is still here
