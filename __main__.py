@@ -27,10 +27,13 @@ resolved_nodes = pulumi.Output.all(
     *[[n.name, n.role, n.public_address, n.private_address] for n in nodes]
 ).apply(lambda rows: [plan.Node(*row) for row in rows])
 status = replication.status_stdout()
-hosts = pulumi.Output.all(resolved_nodes, *status.values()).apply(
-    lambda args: host_outputs(args[0], dict(zip(status, args[1:], strict=True)))
+ca_cert = replication.commands["primary"].stdout.apply(
+    lambda out: plan.parse_report(out).get("ca_cert", "")
 )
-for key in ("primary", "replicas", "replication"):
+hosts = pulumi.Output.all(resolved_nodes, ca_cert, *status.values()).apply(
+    lambda args: host_outputs(args[0], dict(zip(status, args[2:], strict=True)), args[1])
+)
+for key in ("primary", "replicas", "replication", "postgres_ca_cert"):
     pulumi.export(key, hosts[key])
 pulumi.export(
     "mastodon_env",

@@ -4,18 +4,8 @@ reports. Pure; the Pulumi program applies these inside `Output.all`, the direct 
 
 from __future__ import annotations
 
-import json
-
 from components.env import mastodon_env
-
-
-def parse_report(stdout: str) -> dict:
-    """The JSON summary a host script prints as its last stdout line."""
-    lines = [line for line in (stdout or "").splitlines() if line.strip()]
-    try:
-        return json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        return {"unparsed": lines[-1][:200]}
+from components.plan import parse_report
 
 
 def _address(node) -> dict:
@@ -26,9 +16,11 @@ def _address(node) -> dict:
     }
 
 
-def host_outputs(nodes: list, status_stdout: dict[str, str]) -> dict:
-    """Non-secret outputs: where each role lives and what its status report said."""
+def host_outputs(nodes: list, status_stdout: dict[str, str], ca_cert: str = "") -> dict:
+    """Non-secret outputs: where each role lives, what its status report said, and the CA that
+    issued the primary's certificate (for sslmode=verify-full and NODE_EXTRA_CA_CERTS)."""
     return {
+        "postgres_ca_cert": ca_cert,
         "primary": next(_address(n) for n in nodes if n.role == "primary"),
         "replicas": [_address(n) for n in nodes if n.role == "replica"],
         "replication": {name: parse_report(out) for name, out in status_stdout.items()},
@@ -50,8 +42,10 @@ def env_output(settings, nodes: list, db_password: str) -> dict[str, str]:
     )
 
 
-def stack_outputs(settings, nodes: list, db_password: str, status_stdout: dict[str, str]) -> dict:
+def stack_outputs(
+    settings, nodes: list, db_password: str, status_stdout: dict[str, str], ca_cert: str = ""
+) -> dict:
     return {
-        **host_outputs(nodes, status_stdout),
+        **host_outputs(nodes, status_stdout, ca_cert),
         "mastodon_env": env_output(settings, nodes, db_password),
     }

@@ -65,6 +65,21 @@ class Step:
         return SECRET_PARAMS[self.script]
 
 
+def parse_report(stdout: str) -> dict:
+    """The JSON summary a host script prints as its last stdout line."""
+    lines = [line for line in (stdout or "").splitlines() if line.strip()]
+    try:
+        return json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        return {"unparsed": lines[-1][:200]}
+
+
+def from_primary(report: dict) -> dict:
+    """What replica steps take from the primary step's report: the CA that signed its
+    certificate, so replication runs with sslmode=verify-full."""
+    return {"primary_ca_cert": report.get("ca_cert", "")}
+
+
 def script_files() -> dict[str, str]:
     return {path.name: path.read_text() for path in sorted(HOST_SCRIPTS.glob("*.py"))}
 

@@ -34,6 +34,10 @@ class ReplicationSteps(pulumi.ComponentResource):
             if node.host_key:
                 connection["host_key"] = node.host_key
             params = pulumi.Output.from_input(step.params)
+            if step.script == "replica":  # the primary's CA, from its report
+                params = pulumi.Output.all(params, self.commands["primary"].stdout).apply(
+                    lambda args: {**args[0], **plan.from_primary(plan.parse_report(args[1]))}
+                )
             triggers[step.name] = params.apply(plan.trigger)
             stdin = pulumi.Output.all(params, *(secrets[k] for k in step.secret_params.values()))
             stdin = pulumi.Output.secret(

@@ -58,8 +58,15 @@ def ssh_argv(node: plan.Node, key_file: Path, known_hosts: Path | None) -> list[
     ]
 
 
-def run_step(step: plan.Step, secrets: dict, key_file: Path, known_hosts: Path | None) -> str:
-    stdin = json.dumps(plan.payload(step, step.params, secrets))
+def run_step(
+    step: plan.Step,
+    secrets: dict,
+    key_file: Path,
+    known_hosts: Path | None,
+    extra_params: dict | None = None,
+) -> str:
+    params = {**step.params, **(extra_params or {})}
+    stdin = json.dumps(plan.payload(step, params, secrets))
     try:
         result = subprocess.run(
             ssh_argv(step.node, key_file, known_hosts),
@@ -98,14 +105,18 @@ def apply(
         key_file = Path(private_dir) / "id"
         key_file.touch(mode=0o600)
         key_file.write_text(secrets["sshPrivateKey"].rstrip("\n") + "\n")
-        run = lambda step: run_step(step, secrets, key_file, known_hosts)  # noqa: E731
+        run = lambda step, extra=None: run_step(step, secrets, key_file, known_hosts, extra)  # noqa: E731
         stdout = {"primary": run(steps[0])}
+        from_primary = plan.from_primary(plan.parse_report(stdout["primary"]))
         replicas = [s for s in steps if s.script == "replica"]
         with ThreadPoolExecutor(max_workers=max(1, len(replicas))) as pool:
-            for step, out in zip(replicas, pool.map(run, replicas), strict=True):
+            for step, out in zip(
+                replicas, pool.map(lambda s: run(s, from_primary), replicas), strict=True
+            ):
                 stdout[step.name] = out
         status = {s.node.name: run(s) for s in steps if s.script == "status"}
-    outputs = stack_outputs(settings, nodes, secrets["dbPassword"], status)
+    ca_cert = plan.parse_report(stdout["primary"]).get("ca_cert", "")
+    outputs = stack_outputs(settings, nodes, secrets["dbPassword"], status, ca_cert)
     outputs["steps"] = {name: out.strip().splitlines()[-1] for name, out in stdout.items()}
     return outputs
 

@@ -245,34 +245,119 @@ def replace_managed_block(text: str, lines: list[str]) -> str:
     return "\n".join(header + block + kept) + "\n"
 
 
-def ensure_certificate(cluster: Cluster, address: str) -> bool:
-    """A self-signed server certificate for the private address (kept once made)."""
-    crt, key = cluster.confdir / "server.crt", cluster.confdir / "server.key"
+CA_DIR = Path("/etc/postgresql/mastodon-data-ca")  # root only; the CA key never leaves it
+EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+RENEW_BEFORE = 30 * 86400  # seconds: a certificate closer to its end is issued again
+
+
+def ensure_ca() -> tuple[Path, Path, bool]:
+    """This cluster's own certificate authority, made once on the primary with openssl."""
+    crt, key = CA_DIR / "ca.crt", CA_DIR / "ca.key"
     if crt.exists() and key.exists():
-        return False
-    log("making the server certificate")
+        return crt, key, False
+    log("making the cluster's certificate authority")
+    CA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     run(
         [
             "openssl",
             "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
+            *EC_KEY,
             "-days",
             "3650",
             "-subj",
-            f"/CN={address}",
+            "/CN=mastodon-data CA",
             "-addext",
-            f"subjectAltName=IP:{address}",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
             "-keyout",
             str(key),
             "-out",
             str(crt),
         ]
     )
+    os.chmod(key, 0o600)
+    os.chmod(crt, 0o644)
+    return crt, key, True
+
+
+def certificate_valid(crt: Path, address: str, ca_crt: Path | None) -> bool:
+    """Exists, names `address`, is not about to expire, and (if given) chains to `ca_crt`."""
+    if not crt.exists():
+        return False
+    if (
+        run(
+            ["openssl", "x509", "-in", str(crt), "-noout", "-checkend", str(RENEW_BEFORE)],
+            check=False,
+        ).returncode
+        != 0
+    ):
+        return False
+    sans = run(
+        ["openssl", "x509", "-in", str(crt), "-noout", "-ext", "subjectAltName"], check=False
+    ).stdout
+    if f"IP Address:{address}" not in sans:
+        return False
+    if ca_crt is None:
+        return True
+    return run(["openssl", "verify", "-CAfile", str(ca_crt), str(crt)], check=False).returncode == 0
+
+
+def ensure_certificate(cluster: Cluster, address: str, ca: tuple[Path, Path] | None = None) -> bool:
+    """The server certificate for the private address: signed by the cluster's CA on the
+    primary (so clients can verify it), self-signed elsewhere. Issued again when invalid."""
+    crt, key = cluster.confdir / "server.crt", cluster.confdir / "server.key"
+    if key.exists() and certificate_valid(crt, address, ca[0] if ca else None):
+        return False
+    log("issuing the server certificate")
+    subject = ["-subj", f"/CN={address}"]
+    extensions = f"subjectAltName=IP:{address}\nextendedKeyUsage=serverAuth\n"
+    if ca is None:
+        run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                *EC_KEY,
+                "-days",
+                "3650",
+                *subject,
+                "-addext",
+                f"subjectAltName=IP:{address}",
+                "-keyout",
+                str(key),
+                "-out",
+                str(crt),
+            ]
+        )
+    else:
+        csr, ext = cluster.confdir / "server.csr", cluster.confdir / "server.ext"
+        ext.write_text(extensions)
+        run(["openssl", "req", "-new", *EC_KEY, *subject, "-keyout", str(key), "-out", str(csr)])
+        run(
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                str(csr),
+                "-CA",
+                str(ca[0]),
+                "-CAkey",
+                str(ca[1]),
+                "-set_serial",
+                str(int.from_bytes(secrets.token_bytes(8), "big")),
+                "-days",
+                "825",
+                "-extfile",
+                str(ext),
+                "-out",
+                str(crt),
+            ]
+        )
+        csr.unlink()
+        ext.unlink()
     for path, mode in ((key, 0o600), (crt, 0o644)):
         shutil.chown(path, "postgres", "postgres")
         os.chmod(path, mode)

@@ -17,6 +17,7 @@ from common import (  # noqa: E402
     Cluster,
     HostError,
     apply_settings,
+    ensure_ca,
     ensure_certificate,
     log,
     main_wrapper,
@@ -157,7 +158,8 @@ def main() -> dict:
             "this host is a standby (standby.signal exists); promote it first or "
             "point the primary setting at the current primary"
         )
-    touched = ensure_certificate(cluster, params["private_address"])
+    ca_crt, ca_key, ca_made = ensure_ca()
+    touched = ensure_certificate(cluster, params["private_address"], (ca_crt, ca_key))
     touched |= write_settings(cluster, server_settings(cluster, params, len(params["replicas"])))
     touched |= write_hba(cluster, hba_lines(params))
     action = apply_settings(cluster, touched)
@@ -179,7 +181,14 @@ def main() -> dict:
     changed += [f"slot {name} {state}" for name, state in slots.items()]
     for line in changed:
         log(line)
-    return {"role": "primary", "changed": changed, "system_identifier": cluster.system_identifier()}
+    if ca_made:
+        changed.insert(0, "certificate authority created")
+    return {
+        "role": "primary",
+        "changed": changed,
+        "ca_cert": ca_crt.read_text(),
+        "system_identifier": cluster.system_identifier(),
+    }
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ the same primary is never cloned again; one of another primary is refused unless
 
 stdin (JSON): version, port, name, private_address, primary_address, primary_port,
 replication_user, replication_password, db_name, db_user, allowed_sources [CIDR], replica_count,
-wal_keep_size, max_slot_wal_keep_size; optional reseed (bool), stream_wait_seconds (default 60).
+wal_keep_size, max_slot_wal_keep_size, primary_ca_cert (PEM, from the primary step's report);
+optional reseed (bool), stream_wait_seconds (default 60).
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ REQUIRED = [
     "replica_count",
     "wal_keep_size",
     "max_slot_wal_keep_size",
+    "primary_ca_cert",
 ]
 PGPASS = Path("/var/lib/postgresql/.pgpass")
+PRIMARY_CA = Path("/var/lib/postgresql/primary-ca.crt")
 LOG_TAIL_BYTES = 65536
 # Walreceiver errors that only a new base backup cures.
 NEEDS_RESEED = (
@@ -66,8 +69,13 @@ def conninfo(params: dict) -> str:
     return (
         f"host={params['primary_address']} port={params['primary_port']} "
         f"user={params['replication_user']} application_name={params['name']} "
-        f"sslmode=require connect_timeout=10 passfile={PGPASS}"
+        f"sslmode=verify-full sslrootcert={PRIMARY_CA} connect_timeout=10 passfile={PGPASS}"
     )
+
+
+def ensure_primary_ca(params: dict) -> bool:
+    """The CA that issued the primary's certificate: replication verifies it (verify-full)."""
+    return write_if_changed(PRIMARY_CA, params["primary_ca_cert"], mode=0o644, owner="postgres")
 
 
 def ensure_pgpass(params: dict) -> bool:
@@ -114,6 +122,11 @@ def identify_primary(params: dict) -> str:
         hint = (
             f"the primary rejected the password of {params['replication_user']}: set the same "
             "mastodon-data:replicationPassword for the whole stack and run again"
+        )
+    elif "certificate verify failed" in err or "does not match host name" in err:
+        hint = (
+            f"the server at {where} presents a certificate not issued by this stack's CA for "
+            "that address: it is not this stack's primary (or its certificate was replaced)"
         )
     elif "no pg_hba.conf entry" in err:
         hint = (
@@ -251,6 +264,8 @@ def main() -> dict:
         changed.append("installed")
     if ensure_pgpass(params):
         changed.append("pgpass written")
+    if ensure_primary_ca(params):
+        changed.append("primary CA written")
     primary_id = identify_primary(params)
     fresh = not cluster.exists()
     if fresh:

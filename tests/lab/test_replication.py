@@ -46,7 +46,9 @@ def connect(outputs: dict, host: str) -> psycopg.Connection:
 
 @pytest.fixture(scope="module")
 def first_run(lab_session):
-    return apply(lab_session, 2)
+    outputs = apply(lab_session, 2)
+    lab_session.ca_cert = outputs["postgres_ca_cert"]  # for steps run one by one below
+    return outputs
 
 
 def test_primary_and_two_replicas_stream_with_active_slots(first_run):
@@ -152,12 +154,57 @@ def test_wrong_replication_password_is_a_clear_error(lab_session, first_run):
     key.write_text(lab_session.secrets["sshPrivateKey"])
     try:
         with pytest.raises(apply_hosts.StepFailed, match="rejected the password") as failure:
-            apply_hosts.run_step(step, wrong, key, lab_session.lab.known_hosts)
+            apply_hosts.run_step(
+                step,
+                wrong,
+                key,
+                lab_session.lab.known_hosts,
+                {"primary_ca_cert": lab_session.ca_cert},
+            )
         assert wrong["replicationPassword"] not in str(failure.value)
     finally:
         # The right password again (the failed run left the wrong one in .pgpass).
         again = reports(apply(lab_session, 2))
         assert again["replica-mlabt-h2"]["changed"] == ["pgpass written"]
+
+
+def test_apps_can_verify_the_primary_with_the_exported_ca(first_run, tmp_path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text(first_run["postgres_ca_cert"])
+    env = first_run["mastodon_env"]
+    with psycopg.connect(
+        host=env["DB_HOST"],
+        port=env["DB_PORT"],
+        dbname=env["DB_NAME"],
+        user=env["DB_USER"],
+        password=env["DB_PASS"],
+        sslmode="verify-full",
+        sslrootcert=str(ca),
+        connect_timeout=5,
+    ) as conn:
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[
+            0
+        ]
+
+
+def test_replica_refuses_a_primary_presenting_another_certificate(lab_session, first_run):
+    conf = "/etc/postgresql/15/main"
+    lab_session.ssh(
+        1,
+        f"cp -p {conf}/server.crt /root/good.crt && cp -p {conf}/server.key /root/good.key && "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+        f"-subj /CN=10.252.0.11 -addext subjectAltName=IP:10.252.0.11 -keyout {conf}/server.key "
+        f"-out {conf}/server.crt 2>/dev/null && pg_ctlcluster 15 main reload",
+    )
+    try:
+        with pytest.raises(apply_hosts.StepFailed, match="not issued by this stack's CA"):
+            apply_only_replica(lab_session, "mlabt-h2", replica_count=2)
+    finally:
+        lab_session.ssh(
+            1,
+            f"cp -p /root/good.crt {conf}/server.crt && cp -p /root/good.key {conf}/server.key "
+            "&& pg_ctlcluster 15 main reload && rm /root/good.crt /root/good.key",
+        )
 
 
 def test_primary_down_during_replica_setup_then_rerun_completes(lab_session, first_run):
@@ -213,4 +260,5 @@ def apply_only_replica(session, name: str, replica_count: int) -> str:
     key = session.workdir / "key"
     key.touch(mode=0o600)
     key.write_text(session.secrets["sshPrivateKey"])
-    return apply_hosts.run_step(step, session.secrets, key, session.lab.known_hosts)
+    ca = {"primary_ca_cert": session.ca_cert} if getattr(session, "ca_cert", None) else {}
+    return apply_hosts.run_step(step, session.secrets, key, session.lab.known_hosts, ca)

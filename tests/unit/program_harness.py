@@ -20,6 +20,7 @@ SECRETS = {
 }
 
 
+CA_CERT = "-----BEGIN CERTIFICATE-----\nMIIBtestca\n-----END CERTIFICATE-----\n"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret value
 
 
@@ -56,7 +57,10 @@ class Mocks(pulumi.runtime.Mocks):
             state |= {"ipv4Address": f"203.0.113.{n}", "ipv4AddressPrivate": f"10.118.0.{n + 1}"}
             return [str(1000 + n), state]
         if args.typ == "command:remote:Command":
-            state["stdout"] = json.dumps({"role": "status-of-" + args.name, "changed": []})
+            report = {"role": "status-of-" + args.name, "changed": []}
+            if args.name.endswith("-primary"):
+                report["ca_cert"] = CA_CERT
+            state["stdout"] = json.dumps(report)
         return [f"{args.name}-id", state]
 
     def call(self, args: pulumi.runtime.MockCallArgs):

@@ -8,7 +8,7 @@ import json
 
 import pulumi
 import pytest
-from program_harness import SECRETS, run_program
+from program_harness import CA_CERT, SECRETS, run_program
 
 DROPLETS = {
     "postgresMode": "droplets",
@@ -98,6 +98,7 @@ def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
     assert replica["primary_address"] == "10.118.0.2"
     assert replica["replication_password"] == SECRETS["replicationPassword"]
     assert "db_password" not in replica  # a replica never needs the app's password
+    assert replica["primary_ca_cert"] == CA_CERT  # from the primary step's report
     for command in commands.values():
         visible = json.dumps({k: v for k, v in command.inputs.items() if k != "stdin"})
         for secret in ("replicationPassword", "dbPassword"):
@@ -128,6 +129,7 @@ def test_droplets_outputs(droplets):
     }
     assert [r["private_address"] for r in droplets.outputs["replicas"]] == ["10.118.0.3"]
     assert set(droplets.outputs["replication"]) == {"primary", "replica-1"}
+    assert droplets.outputs["postgres_ca_cert"] == CA_CERT
 
 
 def test_no_replica_means_no_replica_variables():
