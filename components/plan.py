@@ -84,6 +84,14 @@ def script_files() -> dict[str, str]:
     return {path.name: path.read_text() for path in sorted(HOST_SCRIPTS.glob("*.py"))}
 
 
+# What `pulumi destroy` (or dropping a replica) runs: nothing that touches data. On existing hosts
+# the databases stay where they are, and the message says so.
+KEEP_DATA = (
+    "echo 'mastodon-data: PostgreSQL and its data are left in place on this host; "
+    "remove them yourself if that is what you want.'"
+)
+
+
 def command_line(ssh_user: str) -> str:
     """The remote command: no parameter or secret in it, sudo only for a non-root user."""
     run = f"python3 -c {shlex.quote(LAUNCHER)}"

@@ -49,6 +49,7 @@ class ReplicationSteps(pulumi.ComponentResource):
                 f"{name}-{step.name}",
                 connection=connection,
                 create=plan.command_line(node.ssh_user),
+                delete=plan.KEEP_DATA if step.script != "status" else None,
                 stdin=stdin,
                 triggers=step_triggers,
                 add_previous_output_in_env=False,

@@ -107,6 +107,18 @@ def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
         assert {"stdin", "connection"} <= command.secret_inputs  # encrypted in the state
 
 
+def test_destroy_leaves_data_in_place_and_says_so():
+    run = run_program(HOSTS)
+    for command in run.of_type("remote:Command"):
+        delete = command.inputs.get("delete")
+        if command.name.startswith("replication-status-"):
+            assert delete is None
+            continue
+        assert delete.startswith("echo ") and "left in place" in delete
+        for destructive in ("rm ", "drop", "pg_dropcluster", "DROP", "apt-get"):
+            assert destructive not in delete
+
+
 def test_droplets_outputs(droplets):
     env = droplets.outputs["mastodon_env"]
     assert env == {
