@@ -418,6 +418,28 @@ def leftovers(lab: Lab) -> list[str]:
     return found
 
 
+def stack_config(lab: Lab, replica_count: int, hosts: int) -> dict:
+    """A hosts-mode stack configuration for this lab's first `hosts` hosts. On 5432: the operator
+    and the hosts in use; spare hosts are deliberately outside."""
+    return {
+        "mastodon-data:postgresMode": "hosts",
+        "mastodon-data:postgresVersion": 15,  # what this machine (Debian 12) can install
+        "mastodon-data:replicaCount": replica_count,
+        "mastodon-data:postgresAllowedSources": [f"{lab.operator_address}/32"]
+        + [f"{lab.host(i).address}/32" for i in range(1, 2 + replica_count)],
+        "mastodon-data:walKeepSize": "64MB",
+        "mastodon-data:maxSlotWalKeepSize": "256MB",
+        "mastodon-data:hosts": [
+            {
+                "name": lab.host(i).name,
+                "publicAddress": lab.host(i).address,
+                "privateAddress": lab.host(i).address,
+            }
+            for i in range(1, hosts + 1)
+        ],
+    }
+
+
 def lab_from_env() -> Lab:
     return Lab(
         prefix=os.environ.get("LAB_PREFIX", "mlab"),

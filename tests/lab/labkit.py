@@ -31,25 +31,7 @@ def lab_unavailable() -> str | None:
 
 def stack_file(path: Path, lab: lab_hosts.Lab, replica_count: int, hosts: int = 4) -> Path:
     """A hosts-mode stack file for the test lab."""
-    config = {
-        "mastodon-data:postgresMode": "hosts",
-        "mastodon-data:postgresVersion": 15,
-        "mastodon-data:replicaCount": replica_count,
-        # The primary, the replicas and the operator; the spare host is deliberately outside.
-        "mastodon-data:postgresAllowedSources": [f"{lab.operator_address}/32"]
-        + [f"{lab.host(i).address}/32" for i in range(1, 2 + replica_count)],
-        "mastodon-data:walKeepSize": "64MB",
-        "mastodon-data:maxSlotWalKeepSize": "256MB",
-        "mastodon-data:hosts": [
-            {
-                "name": lab.host(i).name,
-                "publicAddress": lab.host(i).address,
-                "privateAddress": lab.host(i).address,
-            }
-            for i in range(1, hosts + 1)
-        ],
-    }
-    path.write_text(yaml.safe_dump({"config": config}))
+    path.write_text(yaml.safe_dump({"config": lab_hosts.stack_config(lab, replica_count, hosts)}))
     return path
 
 
