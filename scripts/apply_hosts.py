@@ -80,7 +80,10 @@ def run_step(
     for line in result.stderr.splitlines():
         print(f"[{step.name}] {line}", file=sys.stderr)
     if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        lines = result.stderr.strip().splitlines() or ["(no output)"]
+        # A host script's failure is its "error: ..." line and what follows it.
+        errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+        last = " ".join(lines[errors[0] :]).removeprefix("error: ") if errors else lines[-1]
         if result.returncode == 255:
             last = (
                 f"ssh to {step.node.ssh_user}@{step.node.public_address}:{step.node.ssh_port}"

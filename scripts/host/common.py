@@ -72,6 +72,7 @@ def run(
             text=True,
             timeout=timeout,
             env={**os.environ, **(env or {})},
+            cwd="/",  # commands run as postgres cannot enter root's home
         )
     except subprocess.TimeoutExpired:
         raise HostError(f"`{argv[0]}` did not finish within {timeout:.0f} s") from None

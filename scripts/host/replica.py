@@ -226,23 +226,36 @@ def receiver_status(cluster: Cluster) -> str | None:
     return out or None
 
 
-def log_says_reseed(cluster: Cluster) -> bool:
-    path = Path(f"/var/log/postgresql/postgresql-{cluster.version}-{cluster.name}.log")
+def server_log(cluster: Cluster) -> Path:
+    return Path(f"/var/log/postgresql/postgresql-{cluster.version}-{cluster.name}.log")
+
+
+def log_size(cluster: Cluster) -> int:
+    path = server_log(cluster)
+    return path.stat().st_size if path.exists() else 0
+
+
+def log_says_reseed(cluster: Cluster, since: int) -> bool:
+    """Whether the server logged, after offset `since`, that its WAL is gone upstream."""
+    path = server_log(cluster)
     if not path.exists():
         return False
     with path.open("rb") as handle:
-        handle.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+        handle.seek(max(since, path.stat().st_size - LOG_TAIL_BYTES))
         tail = handle.read().decode(errors="replace")
     return any(marker in tail for marker in NEEDS_RESEED)
 
 
-def wait_streaming(cluster: Cluster, seconds: float) -> bool:
+def wait_streaming(cluster: Cluster, seconds: float, since: int) -> str:
+    """ "streaming", "needs reseed" (the primary removed WAL this replica needs) or "timeout"."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if receiver_status(cluster) == "streaming":
-            return True
+            return "streaming"
+        if log_says_reseed(cluster, since):
+            return "needs reseed"
         time.sleep(0.5)
-    return False
+    return "timeout"
 
 
 def configure_and_start(cluster: Cluster, params: dict) -> str:
@@ -290,25 +303,27 @@ def main() -> dict:
             "this host's cluster has the primary's identifier but is not a standby "
             "(it was promoted?): fail over properly or re-seed it explicitly"
         )
+    since = log_size(cluster)
     action = configure_and_start(cluster, params)
     if action != "unchanged":
         changed.append(f"server {action}")
-    if not wait_streaming(cluster, wait):
-        if not log_says_reseed(cluster):
-            raise HostError(
-                f"the replica is not streaming after {wait:.0f} s "
-                f"(wal receiver: {receiver_status(cluster) or 'not running'}); see "
-                f"/var/log/postgresql/postgresql-{cluster.version}-main.log"
-            )
+    state = wait_streaming(cluster, wait, since)
+    if state == "needs reseed":
         log(
-            "the primary no longer has the WAL this replica needs (its slot was invalidated): "
-            "re-seeding it"
+            "the primary no longer has the WAL this replica needs (its slot was invalidated, "
+            "max_slot_wal_keep_size): re-seeding it"
         )
         clone(cluster, params)
+        since = log_size(cluster)
         configure_and_start(cluster, params)
         changed.append("re-seeded (slot invalidated)")
-        if not wait_streaming(cluster, wait):
-            raise HostError(f"the replica is not streaming {wait:.0f} s after a re-seed")
+        state = wait_streaming(cluster, wait, since)
+    if state != "streaming":
+        raise HostError(
+            f"the replica is not streaming after {wait:.0f} s "
+            f"(wal receiver: {receiver_status(cluster) or 'not running'}); see "
+            f"{server_log(cluster)}"
+        )
     for line in changed:
         log(line)
     started = cluster.sql("SELECT pg_postmaster_start_time()::text;")
