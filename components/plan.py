@@ -21,6 +21,7 @@ SECRET_PARAMS = {
     "primary": {"replication_password": "replicationPassword", "db_password": "dbPassword"},
     "replica": {"replication_password": "replicationPassword"},
     "status": {},
+    "promote": {},
 }
 
 # Runs on the host: writes the shipped scripts (owner-only) and feeds the parameters to the one
@@ -182,3 +183,13 @@ def steps(settings, nodes: list[Node], *, reseed: frozenset[str] = frozenset()) 
         for n in nodes
     ]
     return plan
+
+
+def promote_step(settings, node: Node) -> Step:
+    """Failover: turns a replica into the primary (scripts/failover.py)."""
+    return Step(
+        f"promote-{node.name}",
+        "promote",
+        node,
+        {"version": settings.postgres_version, "port": settings.port},
+    )

@@ -52,11 +52,12 @@ def host_network(address: str) -> str:
 
 
 def hba_lines(params: dict) -> list[str]:
-    lines = [
-        f"hostssl replication {params['replication_user']} {host_network(r['address'])} "
-        "scram-sha-256"
-        for r in params["replicas"]
-    ]
+    lines = []
+    for replica in params["replicas"]:
+        network = host_network(replica["address"])
+        lines.append(f"hostssl replication {params['replication_user']} {network} scram-sha-256")
+        # pg_rewind of a former primary reads files through an ordinary connection.
+        lines.append(f"hostssl postgres {params['replication_user']} {network} scram-sha-256")
     lines += [
         f"hostssl {params['db_name']} {params['db_user']} {host_network(source)} scram-sha-256"
         for source in params["allowed_sources"]
@@ -95,6 +96,27 @@ def ensure_monitoring(cluster: Cluster, role: str) -> bool:
         return False
     cluster.sql(f'GRANT pg_monitor TO "{role}";')
     return True
+
+
+# What pg_rewind needs from a non-superuser source role (PostgreSQL docs, pg_rewind).
+REWIND_FUNCTIONS = (
+    "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+    "pg_catalog.pg_stat_file(text, boolean)",
+    "pg_catalog.pg_read_binary_file(text)",
+    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+)
+
+
+def ensure_rewind_grants(cluster: Cluster, role: str) -> bool:
+    """Lets the replication role serve pg_rewind, so a failed primary can rejoin cheaply."""
+    missing = [
+        f
+        for f in REWIND_FUNCTIONS
+        if cluster.sql(f"SELECT has_function_privilege('{role}', '{f}', 'EXECUTE');") != "t"
+    ]
+    for function in missing:
+        cluster.sql(f'GRANT EXECUTE ON FUNCTION {function} TO "{role}";')
+    return bool(missing)
 
 
 def ensure_database(cluster: Cluster, name: str, owner: str) -> str:
@@ -172,6 +194,8 @@ def main() -> dict:
         state = ensure_role(cluster, name, password, attributes)
         if state != "unchanged":
             changed.append(f"role {name} {state}")
+    if ensure_rewind_grants(cluster, params["replication_user"]):
+        changed.append(f"role {params['replication_user']} may serve pg_rewind")
     if ensure_monitoring(cluster, params["db_user"]):
         changed.append(f"role {params['db_user']} granted pg_monitor")
     state = ensure_database(cluster, params["db_name"], params["db_user"])

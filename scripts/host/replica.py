@@ -79,22 +79,15 @@ def ensure_primary_ca(params: dict) -> bool:
 
 
 def ensure_pgpass(params: dict) -> bool:
-    prefix = pgpass_line(
-        params["primary_address"],
-        params["primary_port"],
-        "replication",
-        params["replication_user"],
-        "",
-    )
-    ours = pgpass_line(
-        params["primary_address"],
-        params["primary_port"],
-        "replication",
-        params["replication_user"],
-        params["replication_password"],
-    )
+    """~postgres/.pgpass (0600): the replication password, for streaming and for pg_rewind."""
+    where = (params["primary_address"], params["primary_port"])
+    ours, prefixes = [], []
+    for database in ("replication", "postgres"):
+        user = params["replication_user"]
+        prefixes.append(pgpass_line(*where, database, user, ""))
+        ours.append(pgpass_line(*where, database, user, params["replication_password"]))
     old = PGPASS.read_text().splitlines() if PGPASS.exists() else []
-    lines = [line for line in old if not line.startswith(prefix)] + [ours]
+    lines = [line for line in old if not line.startswith(tuple(prefixes))] + ours
     return write_if_changed(PGPASS, "\n".join(lines) + "\n", mode=0o600, owner="postgres")
 
 
@@ -195,6 +188,28 @@ def clone(cluster: Cluster, params: dict) -> None:
     os.replace(scratch, cluster.datadir)
     os.chmod(cluster.datadir, 0o700)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def rewind(cluster: Cluster, params: dict) -> str:
+    """A former primary back as a replica: pg_rewind to the new primary's timeline (wal_log_hints
+    is on from the start), falling back to a fresh clone when the rewind is impossible."""
+    cluster.stop()
+    source = conninfo(params).replace(f"application_name={params['name']} ", "")
+    argv = as_postgres(
+        [
+            str(cluster.bindir / "pg_rewind"),
+            f"--target-pgdata={cluster.datadir}",
+            f"--source-server={source} dbname=postgres",
+            f"--config-file={cluster.confdir / 'postgresql.conf'}",
+            "--write-recovery-conf",
+        ]
+    )
+    result = run(argv, check=False)
+    if result.returncode == 0:
+        return "rewound (former primary)"
+    log(f"pg_rewind failed ({result.stderr.strip().splitlines()[-1:]}); cloning instead")
+    clone(cluster, params)
+    return "re-seeded (former primary, pg_rewind impossible)"
 
 
 def write_hba(cluster: Cluster, params: dict) -> bool:
@@ -299,10 +314,15 @@ def main() -> dict:
         clone(cluster, params)
         changed.append("re-seeded (other primary)" if keep else "cloned")
     elif not standby:
-        raise HostError(
-            "this host's cluster has the primary's identifier but is not a standby "
-            "(it was promoted?): fail over properly or re-seed it explicitly"
-        )
+        if not params.get("reseed"):
+            raise HostError(
+                "this host's cluster has the primary's system identifier but is not a standby: "
+                "it is a former primary (or was promoted) and may hold writes the primary lacks. "
+                "To rewind it onto the current primary (pg_rewind): pulumi config set --path "
+                f"'mastodon-data:reseedReplicas[0]' {params['name']} (or --reseed "
+                f"{params['name']} with scripts/apply_hosts.py), run again, then remove the setting"
+            )
+        changed.append(rewind(cluster, params))
     since = log_size(cluster)
     action = configure_and_start(cluster, params)
     if action != "unchanged":
