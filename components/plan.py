@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 HOST_SCRIPTS = Path(__file__).resolve().parent.parent / "scripts" / "host"
-REMOTE_DIR = "/usr/local/lib/mastodon-data"
 # Which stack secret feeds which script parameter (they travel on stdin only).
 SECRET_PARAMS = {
     "primary": {"replication_password": "replicationPassword", "db_password": "dbPassword"},
@@ -24,18 +23,18 @@ SECRET_PARAMS = {
     "promote": {},
 }
 
-# Runs on the host: writes the shipped scripts (owner-only) and feeds the parameters to the one
-# asked for. Scripts and parameters come on stdin, so no secret is ever on a command line.
+# Runs on the host: writes the shipped scripts into a private directory of its own (so runs
+# never see each other's files) and feeds the parameters to the one asked for. Scripts and
+# parameters come on stdin, so no secret is ever on a command line.
 LAUNCHER = (
-    "import json,os,subprocess,sys\n"
+    "import json,os,subprocess,sys,tempfile\n"
     "os.umask(0o077)\n"
     "d=json.load(sys.stdin)\n"
-    f"p={REMOTE_DIR!r}\n"
-    "os.makedirs(p,exist_ok=True)\n"
-    "for n,s in d['files'].items():\n"
-    "    open(os.path.join(p,n),'w').write(s)\n"
-    "r=subprocess.run([sys.executable,os.path.join(p,d['run'])],input=json.dumps(d['params']),"
-    "text=True)\n"
+    "with tempfile.TemporaryDirectory(prefix='mastodon-data-') as p:\n"
+    "    for n,s in d['files'].items():\n"
+    "        open(os.path.join(p,n),'w').write(s)\n"
+    "    r=subprocess.run([sys.executable,os.path.join(p,d['run'])],"
+    "input=json.dumps(d['params']),text=True)\n"
     "sys.exit(r.returncode)\n"
 )
 

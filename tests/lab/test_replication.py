@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import apply_hosts
 import psycopg
@@ -113,6 +114,47 @@ def test_app_connections_without_tls_are_refused(first_run):
             sslmode="disable",
             connect_timeout=5,
         )
+
+
+def test_a_lab_host_not_listed_is_refused(lab_session, first_run):
+    # h4 is a spare: neither a replica nor in postgresAllowedSources.
+    for dbname, extra in (("mastodon_production", ""), ("replication", " replication=true")):
+        result = lab_session.ssh(
+            4,
+            f"runuser -u postgres -- psql -X -w 'host=10.252.0.11 dbname={dbname} user=mastodon "
+            f"sslmode=require connect_timeout=5{extra}' -c 'SELECT 1'",
+            check=False,
+        )
+        assert result.returncode != 0
+        assert 'no pg_hba.conf entry for host "10.252.0.14"' in result.stderr
+
+
+def test_remote_connections_need_tls_and_scram(lab_session, first_run):
+    for index in (1, 2, 3):
+        hba = lab_session.ssh(index, "cat /etc/postgresql/15/main/pg_hba.conf").stdout
+        rules = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
+        remote = [r for r in rules if r[0].startswith("host")]
+        for rule in remote:
+            assert rule[-1] == "scram-sha-256", f"h{index}: {' '.join(rule)}"
+            loopback = rule[3] in ("127.0.0.1/32", "::1/128")
+            assert rule[0] == "hostssl" or loopback, f"h{index}: {' '.join(rule)}"
+        # So no trust, md5 or password method for anything that comes over the network.
+
+
+def test_unreachable_host_and_wrong_ssh_key_are_clear_errors(lab_session, first_run, tmp_path):
+    raw, _ = read_stack_file(stack_file(tmp_path / "Pulumi.x.yaml", lab_session.lab, 2))
+    settings = parse_settings(raw, set(lab_session.secrets))
+    step = next(s for s in plan.steps(settings, plan.nodes_from_hosts(settings)))
+    key = tmp_path / "key"
+    key.touch(mode=0o600)
+    key.write_text(lab_session.secrets["sshPrivateKey"])
+    nowhere = replace(step, node=replace(step.node, public_address="10.252.0.99"))
+    with pytest.raises(apply_hosts.StepFailed, match=r"ssh to root@10.252.0.99:22 failed"):
+        apply_hosts.run_step(nowhere, lab_session.secrets, key, lab_session.lab.known_hosts)
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    with pytest.raises(apply_hosts.StepFailed, match="Permission denied"):
+        apply_hosts.run_step(step, lab_session.secrets, other, lab_session.lab.known_hosts)
 
 
 def test_replication_check_passes(first_run):

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Prints the README's table of invalid configurations: each case is run through the real
+validation (components/config.py) and the table shows the message it gets. A unit test runs
+the same cases, so the table cannot drift from the code.
+
+    venv/bin/python scripts/bad_inputs_table.py > /tmp/table.md
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from components.config import SECRET_KEYS, ConfigError, parse_settings  # noqa: E402
+
+DROPLETS = {"sshKeyIds": ["12345"], "adminCidrs": ["198.51.100.7/32"]}
+HOST = {"publicAddress": "192.0.2.10", "privateAddress": "10.0.0.10"}
+HOSTS = {
+    "postgresMode": "hosts",
+    "replicaCount": 1,
+    "postgresAllowedSources": ["10.0.0.0/24"],
+    "hosts": [
+        {"name": "db1", **HOST},
+        {"name": "db2", "publicAddress": "192.0.2.11", "privateAddress": "10.0.0.11"},
+    ],
+}
+ALL = frozenset(SECRET_KEYS)
+
+# (what is wrong, stack settings, secrets set)
+CASES: list[tuple[str, dict, frozenset]] = [
+    ("unknown mode", {**DROPLETS, "postgresMode": "cluster"}, ALL),
+    ("unknown region", {**DROPLETS, "region": "nyc9"}, ALL),
+    ("VPC range not a network", {**DROPLETS, "vpcCidr": "10.118.0.0/33"}, ALL),
+    ("VPC range with host bits", {**DROPLETS, "vpcCidr": "10.118.0.1/20"}, ALL),
+    ("VPC range public", {**DROPLETS, "vpcCidr": "8.8.0.0/16"}, ALL),
+    ("VPC range too large", {**DROPLETS, "vpcCidr": "10.0.0.0/8"}, ALL),
+    ("unknown image", {**DROPLETS, "image": "centos-9-x64"}, ALL),
+    ("bad size slug", {**DROPLETS, "primarySize": "large"}, ALL),
+    ("replica count beyond limits", {**DROPLETS, "replicaCount": 11}, ALL),
+    ("negative replica count", {**DROPLETS, "replicaCount": -1}, ALL),
+    ("replica count not a number", {**DROPLETS, "replicaCount": "two"}, ALL),
+    ("unknown PostgreSQL version", {**DROPLETS, "postgresVersion": 14}, ALL),
+    ("no SSH key for droplets", {**DROPLETS, "sshKeyIds": []}, ALL),
+    ("SSH open to the internet", {**DROPLETS, "adminCidrs": ["0.0.0.0/0"]}, ALL),
+    ("admin CIDR not a CIDR", {**DROPLETS, "adminCidrs": ["office"]}, ALL),
+    ("0.0.0.0/0 on 5432", {**DROPLETS, "postgresAllowedSources": ["0.0.0.0/0"]}, ALL),
+    ("public range on 5432", {**DROPLETS, "postgresAllowedSources": ["203.0.113.0/24"]}, ALL),
+    ("5432 source outside the VPC", {**DROPLETS, "postgresAllowedSources": ["10.9.0.0/24"]}, ALL),
+    ("database name with a dash", {**DROPLETS, "dbName": "mastodon-production"}, ALL),
+    ("app role is the superuser", {**DROPLETS, "dbUser": "postgres"}, ALL),
+    ("replication role = app role", {**DROPLETS, "replicationUser": "mastodon"}, ALL),
+    ("WAL size without unit", {**DROPLETS, "walKeepSize": "1024"}, ALL),
+    ("slot limit below wal_keep_size", {**DROPLETS, "maxSlotWalKeepSize": "512MB"}, ALL),
+    ("misspelt key", {**DROPLETS, "replicaCont": 2}, ALL),
+    ("hosts listed in droplets mode", {**DROPLETS, "hosts": HOSTS["hosts"]}, ALL),
+    ("hosts mode without hosts", {**HOSTS, "hosts": []}, ALL),
+    ("fewer hosts than replicas", {**HOSTS, "replicaCount": 3}, ALL),
+    (
+        "duplicate host addresses",
+        {**HOSTS, "hosts": [{"name": "db1", **HOST}, {"name": "db2", **HOST}]},
+        ALL,
+    ),
+    (
+        "private address not an IP",
+        {
+            **HOSTS,
+            "hosts": [
+                {"name": "db1", **HOST},
+                {"name": "db2", "publicAddress": "192.0.2.11", "privateAddress": "db2.internal"},
+            ],
+        },
+        ALL,
+    ),
+    (
+        "SSH port out of range",
+        {**HOSTS, "hosts": [{"name": "db1", **HOST, "sshPort": 70000}, HOSTS["hosts"][1]]},
+        ALL,
+    ),
+    (
+        "misspelt host key",
+        {**HOSTS, "hosts": [{"name": "db1", **HOST, "privateAdress": "x"}, HOSTS["hosts"][1]]},
+        ALL,
+    ),
+    (
+        "malformed host key",
+        {**HOSTS, "hosts": [{"name": "db1", **HOST, "hostKey": "ssh-rsa !"}, HOSTS["hosts"][1]]},
+        ALL,
+    ),
+    ("missing secrets", DROPLETS, frozenset()),
+]
+
+
+def message(raw: dict, secrets: frozenset) -> str:
+    try:
+        parse_settings(raw, secrets)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def main() -> int:
+    print("| invalid configuration | message (preview stops) |")
+    print("|---|---|")
+    for what, raw, secrets in CASES:
+        text = message(raw, secrets).replace("|", "\\|").replace("\n", "<br>")
+        print(f"| {what} | {text} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
