@@ -157,6 +157,32 @@ def test_unreachable_host_and_wrong_ssh_key_are_clear_errors(lab_session, first_
         apply_hosts.run_step(step, lab_session.secrets, other, lab_session.lab.known_hosts)
 
 
+def test_no_secret_in_step_output_logs_or_files(lab_session, first_run, capfd):
+    capfd.readouterr()
+    outputs = apply(lab_session, 2)  # a run whose whole output is captured
+    printed = capfd.readouterr()
+    steps = json.dumps(outputs["steps"]) + json.dumps(outputs["replication"])
+    values = [lab_session.secrets["replicationPassword"], lab_session.secrets["dbPassword"]]
+    for value in values:
+        assert value not in printed.out + printed.err + steps
+    for index in (1, 2, 3):
+        # The secrets go to grep on stdin, not on a command line.
+        argv = lab_session.lab.ssh_command(
+            lab_session.lab.host(index).address,
+            # Logs, configuration, scratch space and the whole cluster, WAL included.
+            "grep -rlF -f /dev/stdin /var/log/postgresql /etc/postgresql /tmp /var/lib/postgresql "
+            "--exclude=.pgpass; "
+            "stat -c %a /var/lib/postgresql/.pgpass 2>/dev/null || true",
+        )
+        result = subprocess.run(
+            argv, input="\n".join(values) + "\n", capture_output=True, text=True, timeout=60
+        )
+        found = [line for line in result.stdout.split() if line.startswith("/")]
+        assert found == [], f"h{index}: a secret in {found}"
+        if index > 1:
+            assert result.stdout.split()[-1] == "600"  # the replication password's only home
+
+
 def test_replication_check_passes(first_run):
     result = subprocess.run(
         [sys.executable, str(ROOT_DIR / "scripts" / "check_replication.py")],
