@@ -169,8 +169,9 @@ def test_no_secret_in_step_output_logs_or_files(lab_session, first_run, capfd):
         # The secrets go to grep on stdin, not on a command line.
         argv = lab_session.lab.ssh_command(
             lab_session.lab.host(index).address,
-            # Logs, configuration, scratch space and the whole cluster, WAL included.
-            "grep -rlF -f /dev/stdin /var/log/postgresql /etc/postgresql /tmp /var/lib/postgresql "
+            # Logs, configuration, the launcher's scratch space and the whole cluster, WAL included.
+            "grep -rlF -f /dev/stdin /var/log/postgresql /etc/postgresql /tmp/mastodon-data-* "
+            "/var/lib/postgresql "
             "--exclude=.pgpass; "
             "stat -c %a /var/lib/postgresql/.pgpass 2>/dev/null || true",
         )
