@@ -50,6 +50,10 @@ go_build() {
   local name="$1" module="$2" version="$3" package="$4"; shift 4
   local dir="$ENGINE/build/$name" log="$ENGINE/logs/$name.log"
   if [[ -x "$BIN/$name" && -f "$dir/built-$version-v2" ]]; then record "$name" "ok:cached"; return 0; fi
+  # A module the proxy refused is not asked again for the same version (RETRY=1 asks anyway).
+  if [[ -f "$dir/failed-$version" && "${RETRY:-0}" != 1 ]]; then
+    record "$name" "error:$(cat "$dir/failed-$version")"; return 1
+  fi
   mkdir -p "$dir"
   cat >"$dir/go.mod" <<MOD
 module example.local/engine-$name
@@ -68,7 +72,9 @@ MOD
   if [[ $? -eq 0 ]]; then
     touch "$dir/built-$version-v2"; record "$name" "ok:go-build"
   else
-    record "$name" "error:$(grep -m1 -E 'not available|403|404|error|cannot|does not contain' "$log" | tr -d '"\\' | cut -c1-300)"
+    grep -m1 -E 'not available|403|404|error|cannot|does not contain' "$log" | tr -d '"\\' \
+      | cut -c1-300 >"$dir/failed-$version"
+    record "$name" "error:$(cat "$dir/failed-$version")"
     return 1
   fi
 }
@@ -87,6 +93,13 @@ from_go() {
   record language-python "${STATUS[pulumi-language-python]}"
   go_build pulumi-resource-command github.com/pulumi/pulumi-command/provider "v$COMMAND_VERSION" \
     github.com/pulumi/pulumi-command/provider/cmd/pulumi-resource-command
+  if [[ "${STATUS[pulumi-resource-command]}" == error* ]]; then
+    # Go falls back to the root module, which hides why: ask the proxy about the nested one.
+    local url="${GOPROXY%%,*}/github.com/pulumi/pulumi-command/provider/@v/v$COMMAND_VERSION.info"
+    local answer
+    answer="$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 "$url")"
+    STATUS[pulumi-resource-command]="error:module github.com/pulumi/pulumi-command/provider@v$COMMAND_VERSION: the module proxy answers HTTP $answer (${STATUS[pulumi-resource-command]#error:})"
+  fi
   record command "${STATUS[pulumi-resource-command]}"
 }
 
