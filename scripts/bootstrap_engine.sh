@@ -95,7 +95,8 @@ from_go() {
     github.com/pulumi/pulumi-command/provider/cmd/pulumi-resource-command
   if [[ "${STATUS[pulumi-resource-command]}" == error* ]]; then
     # Go falls back to the root module, which hides why: ask the proxy about the nested one.
-    local url="${GOPROXY%%,*}/github.com/pulumi/pulumi-command/provider/@v/v$COMMAND_VERSION.info"
+    local proxy; proxy="$(go env GOPROXY)"; proxy="${proxy%%,*}"
+    local url="$proxy/github.com/pulumi/pulumi-command/provider/@v/v$COMMAND_VERSION.info"
     local answer
     answer="$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 "$url")"
     STATUS[pulumi-resource-command]="error:module github.com/pulumi/pulumi-command/provider@v$COMMAND_VERSION: the module proxy answers HTTP $answer (${STATUS[pulumi-resource-command]#error:})"
