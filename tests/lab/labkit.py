@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import lab as lab_hosts
@@ -35,14 +36,40 @@ def stack_file(path: Path, lab: lab_hosts.Lab, replica_count: int, hosts: int = 
     return path
 
 
+def new_secrets(lab: lab_hosts.Lab) -> dict[str, str]:
+    """The stack secrets of a test lab: its operator key and two fresh passwords."""
+    return {
+        "sshPrivateKey": lab.private_key.read_text(),
+        "replicationPassword": secrets.token_urlsafe(24),
+        "dbPassword": secrets.token_urlsafe(24),
+    }
+
+
+def wait_until(condition, limit: float, what: str) -> float:
+    """Polls `condition` (an AssertionError counts as not yet) for at most `limit` seconds;
+    returns how long it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        try:
+            if condition():
+                return time.monotonic() - start
+        except AssertionError:
+            pass  # a host still restarting
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not within {limit} s")
+
+
+def write_figures(name: str, figures: dict) -> None:
+    """Measured figures of a lab test run, for the README (recorded, never asserted)."""
+    out = ROOT_DIR / "results" / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+
+
 class LabSession:
     def __init__(self, lab: lab_hosts.Lab, workdir: Path):
         self.lab, self.workdir = lab, workdir
-        self.secrets = {
-            "sshPrivateKey": lab.private_key.read_text(),
-            "replicationPassword": secrets.token_urlsafe(24),
-            "dbPassword": secrets.token_urlsafe(24),
-        }
+        self.secrets = new_secrets(lab)
 
     def ssh(
         self, index: int, command: str, timeout: float = 60, check: bool = True

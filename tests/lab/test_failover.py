@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import apply_hosts
 import lab as lab_hosts
 import pytest
 import yaml
-from labkit import ROOT_DIR, lab_unavailable
+from labkit import ROOT_DIR, lab_unavailable, new_secrets, wait_until, write_figures
 
 pytestmark = pytest.mark.lab
 FAILOVER_LAB = lab_hosts.Lab(
@@ -35,18 +34,6 @@ def ssh(index: int, command: str) -> str:
 
 def sql(index: int, statement: str) -> str:
     return ssh(index, f"{PSQL} -c {json.dumps(statement)}")
-
-
-def wait_until(condition, limit: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        try:
-            if condition():
-                return time.monotonic() - start
-        except AssertionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not within {limit} s")
 
 
 def failover(*args: str, files: dict) -> tuple[dict, dict]:
@@ -82,11 +69,7 @@ def files(tmp_path_factory):
     work = tmp_path_factory.mktemp("failover")
     try:
         lab_hosts.up(FAILOVER_LAB, 3)
-        values = {
-            "sshPrivateKey": FAILOVER_LAB.private_key.read_text(),
-            "replicationPassword": secrets.token_urlsafe(24),
-            "dbPassword": secrets.token_urlsafe(24),
-        }
+        values = new_secrets(FAILOVER_LAB)
         secrets_file = work / "secrets.json"
         secrets_file.touch(mode=0o600)
         secrets_file.write_text(json.dumps(values))
@@ -97,9 +80,7 @@ def files(tmp_path_factory):
         yield {"stack": stack, "secrets": secrets_file, "new": work / "Pulumi.new.yaml"}
     finally:
         lab_hosts.down(FAILOVER_LAB)
-        out = ROOT_DIR / "results" / "failover.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
+        write_figures("failover", FIGURES)
 
 
 def test_promote_a_replica_when_the_primary_is_lost(files):

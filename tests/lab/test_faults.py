@@ -5,7 +5,6 @@ every committed row is on every replica (count and checksum). Figures go to resu
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import threading
 import time
@@ -15,7 +14,7 @@ import apply_hosts
 import lab as lab_hosts
 import pytest
 import yaml
-from labkit import ROOT_DIR, lab_unavailable
+from labkit import lab_unavailable, new_secrets, wait_until, write_figures
 
 from components import plan
 from components.config import parse_settings
@@ -34,11 +33,7 @@ FIGURES: dict[str, object] = {}
 class Faults:
     def __init__(self, workdir: Path):
         self.lab, self.workdir = FAULT_LAB, workdir
-        self.secrets = {
-            "sshPrivateKey": FAULT_LAB.private_key.read_text(),
-            "replicationPassword": secrets.token_urlsafe(24),
-            "dbPassword": secrets.token_urlsafe(24),
-        }
+        self.secrets = new_secrets(FAULT_LAB)
         self.ca_cert = ""
 
     def stack_file(self, replicas: int) -> Path:
@@ -92,21 +87,10 @@ class Faults:
         high, low = self.sql(index, f"SELECT {function}()").split("/")
         return (int(high, 16) << 32) + int(low, 16)
 
-    def wait_until(self, condition, limit: float, what: str) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < limit:
-            try:
-                if condition():
-                    return time.monotonic() - start
-            except AssertionError:
-                pass  # a host still restarting
-            time.sleep(0.5)
-        raise AssertionError(f"{what} not within {limit} s")
-
     def all_rows_everywhere(self, replicas=(2, 3)) -> tuple[int, float]:
         """Waits until every replica has the primary's rows; returns (rows, seconds)."""
         expected = self.digest(1)
-        took = self.wait_until(
+        took = wait_until(
             lambda: all(self.digest(i) == expected for i in replicas),
             CATCH_UP_LIMIT,
             "every replica holding every committed row",
@@ -158,9 +142,7 @@ def faults(tmp_path_factory):
         yield f
     finally:
         lab_hosts.down(FAULT_LAB)
-        out = ROOT_DIR / "results" / "faults.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
+        write_figures("faults", FIGURES)
 
 
 def test_link_cut_for_30_s_then_the_replica_catches_up_by_itself(faults):
@@ -172,7 +154,7 @@ def test_link_cut_for_30_s_then_the_replica_catches_up_by_itself(faults):
     time.sleep(30)
     lab_hosts.run(["ip", "-n", FAULT_LAB.switch_ns, "link", "set", port, "up"])
     target = faults.lsn(1, "pg_current_wal_lsn")
-    catch_up = faults.wait_until(
+    catch_up = wait_until(
         lambda: faults.lsn(2, "pg_last_wal_replay_lsn") >= target, CATCH_UP_LIMIT, "catch-up"
     )
     committed = load.committed()
@@ -192,7 +174,7 @@ def test_replica_killed_with_sigkill_resumes_streaming(faults):
     faults.ssh(3, "kill -9 $(head -1 /var/lib/postgresql/15/main/postmaster.pid)")
     time.sleep(2)
     faults.ssh(3, "pg_ctlcluster 15 main start || (sleep 3 && pg_ctlcluster 15 main start)")
-    resumed = faults.wait_until(lambda: faults.streaming(3), 60, "h3 streaming again")
+    resumed = wait_until(lambda: faults.streaming(3), 60, "h3 streaming again")
     committed = load.committed()
     rows, _ = faults.all_rows_everywhere()
     assert committed > 0
@@ -206,7 +188,7 @@ def test_replica_killed_with_sigkill_resumes_streaming(faults):
 def test_primary_restart_replicas_reconnect_by_themselves(faults):
     Load(faults, 5).committed()
     faults.ssh(1, "pg_ctlcluster 15 main restart")
-    reconnected = faults.wait_until(
+    reconnected = wait_until(
         lambda: faults.streaming(2) and faults.streaming(3), 60, "both replicas streaming"
     )
     committed = Load(faults, 5).committed()
@@ -256,9 +238,7 @@ def test_interrupted_base_backup_then_rerun_completes(faults):
 
     worker = threading.Thread(target=clone_h4)
     worker.start()
-    faults.wait_until(
-        lambda: faults.ssh(4, "pgrep -x pg_basebackup || true") != "", 60, "pg_basebackup"
-    )
+    wait_until(lambda: faults.ssh(4, "pgrep -x pg_basebackup || true") != "", 60, "pg_basebackup")
     faults.ssh(4, "pkill -9 -x pg_basebackup")
     worker.join(timeout=120)
     assert failure and "base backup" in str(failure[0])

@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 
 import apply_hosts
+import check_replication
 import psycopg
 import pytest
 from labkit import ROOT_DIR, stack_file
@@ -33,17 +34,8 @@ def reports(outputs: dict) -> dict:
 
 
 def connect(outputs: dict, host: str) -> psycopg.Connection:
-    env = outputs["mastodon_env"]
-    return psycopg.connect(
-        host=host,
-        port=env["DB_PORT"],
-        dbname=env["DB_NAME"],
-        user=env["DB_USER"],
-        password=env["DB_PASS"],
-        sslmode=env["DB_SSLMODE"],
-        connect_timeout=5,
-        autocommit=True,
-    )
+    """Connects exactly as the replication check does, with the stack's variables."""
+    return check_replication.connect(outputs["mastodon_env"], host)
 
 
 @pytest.fixture(scope="module")
