@@ -1,0 +1,91 @@
+"""The step plan: order, parameters, triggers and the launcher (pure)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from components import plan
+from components.config import parse_settings
+
+HOSTS = {
+    "postgresMode": "hosts",
+    "replicaCount": 2,
+    "postgresAllowedSources": ["10.0.0.0/24"],
+    "hosts": [
+        {"name": f"db{i}", "publicAddress": f"192.0.2.{i}", "privateAddress": f"10.0.0.{i}"}
+        for i in (1, 2, 3, 4)
+    ],
+}
+SECRETS = {"sshPrivateKey": "k", "replicationPassword": "r" * 20, "dbPassword": "d" * 20}
+
+
+def plan_for(**changes):
+    settings = parse_settings({**HOSTS, **changes}, set(SECRETS))
+    return plan.steps(settings, plan.nodes_from_hosts(settings))
+
+
+def test_primary_first_then_replicas_then_status_for_all():
+    steps = plan_for()
+    assert [s.name for s in steps] == [
+        "primary",
+        "replica-db2",
+        "replica-db3",
+        "status-db1",
+        "status-db2",
+        "status-db3",
+    ]
+    assert steps[1].after == ("primary",)
+    assert steps[3].after == ("primary", "replica-db2", "replica-db3")
+    assert steps[0].params["replicas"] == [
+        {"name": "db2", "address": "10.0.0.2"},
+        {"name": "db3", "address": "10.0.0.3"},
+    ]
+
+
+def test_spare_hosts_are_not_used():
+    assert "replica-db4" not in [s.name for s in plan_for()]
+
+
+def test_trigger_follows_non_secret_parameters_and_scripts(monkeypatch):
+    base = plan.trigger(plan_for()[1].params)
+    assert plan.trigger(plan_for()[1].params) == base  # stable
+    assert plan.trigger(plan_for(walKeepSize="2GB")[1].params) != base
+    files = plan.script_files()
+    monkeypatch.setattr(plan, "script_files", lambda: {**files, "replica.py": "changed"})
+    assert plan.trigger(plan_for()[1].params) != base
+
+
+def test_secrets_only_in_the_payload_never_in_params_or_command():
+    for step in plan_for():
+        visible = json.dumps(step.params) + plan.command_line("admin")
+        for value in (SECRETS["replicationPassword"], SECRETS["dbPassword"]):
+            assert value not in visible
+    primary, replica = plan_for()[:2]
+    assert plan.payload(primary, primary.params, SECRETS)["params"]["db_password"] == "d" * 20
+    assert "db_password" not in plan.payload(replica, replica.params, SECRETS)["params"]
+    assert set(plan.payload(replica, replica.params, SECRETS)["files"]) >= {
+        "common.py",
+        "primary.py",
+        "replica.py",
+        "status.py",
+        "promote.py",
+    }
+
+
+def test_launcher_runs_as_root_or_through_sudo():
+    assert plan.command_line("root").startswith("python3 -c ")
+    assert plan.command_line("admin").startswith("sudo -n python3 -c ")
+    assert shlex.split(plan.command_line("root"))[2] == plan.LAUNCHER
+
+
+def test_reseed_is_asked_per_replica():
+    settings = parse_settings(HOSTS, set(SECRETS))
+    steps = plan.steps(settings, plan.nodes_from_hosts(settings), reseed=frozenset({"db3"}))
+    assert "reseed" not in steps[1].params and steps[2].params["reseed"] is True
+
+
+def test_replicas_take_the_primary_ca_from_its_report():
+    report = plan.parse_report('progress\n{"ca_cert": "PEM", "changed": []}\n')
+    assert plan.from_primary(report) == {"primary_ca_cert": "PEM"}
+    assert plan.parse_report("") == {}
