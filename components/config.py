@@ -37,13 +37,39 @@ DEFAULTS: dict[str, Any] = {
     "replicationUser": "replicator",
     "walKeepSize": "1GB",
     "maxSlotWalKeepSize": "10GB",
+    # managed mode (DigitalOcean managed PostgreSQL)
+    "dbClusterSize": "db-s-2vcpu-4gb",
+    "dbNodeCount": 2,
+    "poolName": "mastodon_pool",
+    "poolSize": 50,
+    "managedReplica": False,
+    "managedReplicaRegion": "",
+    # who may reach the managed databases (PostgreSQL and Valkey firewalls)
+    "appTag": "",
+    "appDropletIds": [],
+    "appCidrs": [],
+    # object storage (any mode)
+    "spacesBucket": "",
+    "spacesRegion": "",
+    "corsOrigins": ["*"],
+    "cdnCustomDomain": "",
+    "cdnDnsDomain": "",
+    "cdnCertificateName": "",
+    # Redis (any mode)
+    "redisMode": "none",
+    "redisSize": "db-s-1vcpu-2gb",
+    "redisNodeCount": 1,
 }
+# The secrets droplets and hosts mode need (replication over SSH); see required_secrets().
 SECRET_KEYS = ("sshPrivateKey", "replicationPassword", "dbPassword")
+REDIS_URL_KEY = "redisUrl"  # redisMode external: the existing Redis, as a secret
+ALL_SECRET_KEYS = (*SECRET_KEYS, REDIS_URL_KEY)
 # Keys read elsewhere (operations switches in components/stack_config.py), not settings.
 OPERATION_KEYS = frozenset({"reseedReplicas"})
 HOSTS_KEY = "hosts"
 
-MODES = ("droplets", "hosts")
+MODES = ("droplets", "hosts", "managed")
+REDIS_MODES = ("none", "managed", "external")
 REGIONS = tuple("nyc1 nyc3 sfo2 sfo3 ams3 sgp1 lon1 fra1 tor1 blr1 syd1 atl1".split())
 IMAGES = ("ubuntu-24-04-x64", "ubuntu-22-04-x64", "debian-12-x64")
 POSTGRES_VERSIONS = range(15, 19)  # extend the stop when a new major is packaged
@@ -76,6 +102,38 @@ HOST_KEY_TYPES = (
 )
 HOST_ENTRY_KEYS = ("name", "publicAddress", "privateAddress", "sshUser", "sshPort", "hostKey")
 UNIT_BYTES = {"kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+# Managed database size slugs (`doctl databases options slugs --engine pg`): family, vCPUs, RAM,
+# e.g. db-s-2vcpu-4gb, db-intel-1vcpu-2gb, db-amd-2vcpu-4gb, gd-2vcpu-8gb, m-2vcpu-16gb,
+# so1_5-2vcpu-16gb. The RAM decides the connection limit below.
+DB_SIZE_SLUG = re.compile(r"(?:db-s|db-intel|db-amd|gd|m|m3|so1_5)-(\d+)vcpu-(\d+)gb")
+# DigitalOcean: "Clusters provide 25 connections per 1 GiB of RAM. 3 connections per cluster are
+# reserved for maintenance, and all remaining connections can be allocated to connection pools."
+# (docs.digitalocean.com/products/databases/postgresql/how-to/manage-connection-pools/). So:
+#   1 GiB: 22   2 GiB: 47   4 GiB: 97   8 GiB: 197   16 GiB: 397   32 GiB: 797   64 GiB: 1597
+CONNECTIONS_PER_GIB = 25
+RESERVED_CONNECTIONS = 3
+# "Database clusters may have zero, one, or two standby nodes ... with the exception of the
+# smallest plan of single node clusters" (docs.digitalocean.com/products/databases/).
+NODE_COUNTS = range(1, 4)
+SMALLEST_PLAN_GIB = 1
+# Spaces is not offered in nyc1 (the other regions of REGIONS have it).
+SPACES_REGIONS = tuple(r for r in REGIONS if r != "nyc1")
+# Bucket names become DNS labels (<bucket>.<region>.digitaloceanspaces.com): no dots, so the
+# wildcard certificate of the endpoint matches.
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+CORS_ORIGIN = re.compile(r"\*|https?://[A-Za-z0-9.-]+(?::\d{1,5})?")
+DO_TAG = re.compile(r"[A-Za-z0-9:_.-]{1,255}")  # DigitalOcean tag names
+DROPLET_ID = re.compile(r"\d{1,20}")
+MAX_FIREWALL_RULES = 100  # DigitalOcean: a database firewall holds at most 100 trusted sources
+# Keys of the droplet/hosts topology that would mislead in managed mode (e.g. replicaCount does
+# not add a managed replica: managedReplica does).
+NOT_FOR_MANAGED = {
+    "primarySize": "dbClusterSize",
+    "replicaSize": "dbClusterSize (the managed replica has the cluster's size)",
+    "replicaCount": "managedReplica",
+    "postgresAllowedSources": "appTag, appDropletIds or appCidrs",
+}
 MIN_PASSWORD_LENGTH = 16
 
 NEW_PASSWORD = '"$(openssl rand -base64 32)"'
@@ -85,6 +143,10 @@ SECRET_FIXES = {
         f"pulumi config set --secret {PROJECT}:replicationPassword {NEW_PASSWORD}"
     ),
     "dbPassword": f"pulumi config set --secret {PROJECT}:dbPassword {NEW_PASSWORD}",
+    REDIS_URL_KEY: (
+        f"pulumi config set --secret {PROJECT}:{REDIS_URL_KEY} "
+        "'rediss://default:<password>@<host>:<port>'"
+    ),
 }
 
 
@@ -100,6 +162,47 @@ class HostSpec:
     ssh_user: str = "root"
     ssh_port: int = 22
     host_key: str | None = None
+
+
+@dataclass(frozen=True)
+class AppSources:
+    """Who may connect to the managed databases: DigitalOcean firewall rules (trusted sources)."""
+
+    tag: str = ""
+    droplet_ids: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()
+
+    def firewall_rules(self) -> list[dict[str, str]]:
+        rules = [{"type": "tag", "value": self.tag}] if self.tag else []
+        rules += [{"type": "droplet", "value": d} for d in self.droplet_ids]
+        rules += [{"type": "ip_addr", "value": c} for c in self.cidrs]
+        return rules
+
+
+@dataclass(frozen=True)
+class ManagedPostgresSettings:
+    size: str
+    node_count: int
+    pool_name: str
+    pool_size: int
+    replica: bool  # a read-only node in the cluster's region, reached directly (no pool)
+
+
+@dataclass(frozen=True)
+class SpacesSettings:
+    bucket: str
+    region: str
+    cors_origins: tuple[str, ...]
+    cdn_custom_domain: str = ""
+    cdn_dns_domain: str = ""  # Let's Encrypt certificate through DigitalOcean DNS
+    cdn_certificate_name: str = ""  # or a certificate already in the account
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    mode: str  # managed (Valkey made here) or external (redisUrl secret)
+    size: str
+    node_count: int
 
 
 @dataclass(frozen=True)
@@ -123,6 +226,26 @@ class Settings:
     max_slot_wal_keep_size: str
     hosts: tuple[HostSpec, ...]  # hosts mode: [0] primary, [1..replica_count] replicas, rest spares
     port: int = 5432
+    managed: ManagedPostgresSettings | None = None  # managed mode only
+    spaces: SpacesSettings | None = None
+    redis: RedisSettings | None = None
+    app_sources: AppSources = AppSources()
+    warnings: tuple[str, ...] = ()  # accepted, but worth a line in the preview
+
+    def required_secrets(self) -> tuple[str, ...]:
+        return required_secrets(self.mode, self.redis.mode if self.redis else "none")
+
+
+def required_secrets(mode: str | None, redis_mode: str | None) -> tuple[str, ...]:
+    """Managed PostgreSQL makes its own password; droplets and hosts need the replication trio."""
+    needed = () if mode == "managed" else SECRET_KEYS
+    return (*needed, REDIS_URL_KEY) if redis_mode == "external" else needed
+
+
+def connection_limit(size: str) -> int | None:
+    """Backend connections DigitalOcean lets pools use on a cluster of `size`, or None."""
+    match = DB_SIZE_SLUG.fullmatch(size)
+    return int(match.group(2)) * CONNECTIONS_PER_GIB - RESERVED_CONNECTIONS if match else None
 
 
 class _Problems:
@@ -455,6 +578,15 @@ def _parse_hosts(
                 f"{_set('postgresMode', 'hosts')}, or pulumi config rm {PROJECT}:hosts",
             )
         return ()
+    if mode == "managed":
+        if entries:
+            problems.add(
+                HOSTS_KEY,
+                f"<{len(entries)} entries>",
+                "hosts are only used in hosts mode; managed mode runs no servers of its own",
+                f"pulumi config rm {PROJECT}:hosts",
+            )
+        return ()
     if mode != "hosts":
         return ()
     if not entries:
@@ -485,10 +617,281 @@ def _parse_hosts(
     return tuple(host for _, host in parsed)
 
 
+def _boolean(problems: _Problems, key: str, value: Any) -> bool | None:
+    """A bool; "true"/"false" count (config values often arrive as text)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    problems.bad(key, value, "not true or false", _set(key, "true"))
+    return None
+
+
+def _db_size(problems: _Problems, key: str, value: Any) -> str | None:
+    size = _text(problems, key, value, DEFAULTS[key])
+    if size is not None and not DB_SIZE_SLUG.fullmatch(size):
+        problems.bad(
+            key,
+            size,
+            "not a database size slug like db-s-2vcpu-4gb",
+            f"{_set(key, DEFAULTS[key])} (sizes: doctl databases options slugs --engine pg)",
+        )
+        return None
+    return size
+
+
+def _parse_managed(
+    problems: _Problems, value, mode: str | None, region: str | None, warnings: list[str]
+) -> ManagedPostgresSettings | None:
+    """Managed PostgreSQL: cluster size, standby nodes, the pgBouncer pool, the read replica."""
+    if mode != "managed":
+        return None
+    size = _db_size(problems, "dbClusterSize", value("dbClusterSize"))
+    node_count = _integer(
+        problems, "dbNodeCount", value("dbNodeCount"), NODE_COUNTS, _set("dbNodeCount", 2)
+    )
+    if node_count == 1:
+        warnings.append(
+            f"{PROJECT}:dbNodeCount = 1: no standby node, so no automatic failover; DigitalOcean "
+            f"maintenance and node failures take the database down. "
+            f"For production: {_set('dbNodeCount', 2)}"
+        )
+    elif node_count is not None and size is not None:
+        gib = int(DB_SIZE_SLUG.fullmatch(size).group(2))
+        if gib <= SMALLEST_PLAN_GIB:
+            problems.bad(
+                "dbNodeCount",
+                node_count,
+                f"the smallest plan ({size}) cannot have standby nodes",
+                f"{_set('dbClusterSize', 'db-s-1vcpu-2gb')} (or larger), or "
+                f"{_set('dbNodeCount', 1)}",
+            )
+    pool_name = _text(problems, "poolName", value("poolName"), DEFAULTS["poolName"])
+    if pool_name is not None and not SQL_NAME.fullmatch(pool_name):
+        problems.bad(
+            "poolName",
+            pool_name,
+            "must match ^[a-z_][a-z0-9_]{0,62}$ (Mastodon connects to it as DB_NAME)",
+            _set("poolName", DEFAULTS["poolName"]),
+        )
+    # The pool's upper bound is the cluster's connection limit (unknown for a bad size slug).
+    limit = connection_limit(size) if size is not None else None
+    raw_pool = value("poolSize")
+    pool_size = _integer(problems, "poolSize", raw_pool, range(1, 10**6), _set("poolSize", 20))
+    if pool_size is not None and limit is not None and pool_size > limit:
+        problems.bad(
+            "poolSize",
+            raw_pool,
+            f"larger than {size} allows: {limit} backend connections (25 per GiB of RAM, "
+            f"{RESERVED_CONNECTIONS} reserved by DigitalOcean)",
+            f"{_set('poolSize', min(limit, DEFAULTS['poolSize']))}, or a larger dbClusterSize",
+        )
+        pool_size = None
+    replica = _boolean(problems, "managedReplica", value("managedReplica"))
+    replica_region = _text(
+        problems, "managedReplicaRegion", value("managedReplicaRegion"), region or "nyc3"
+    )
+    if replica_region and region is not None and replica_region != region:
+        problems.bad(
+            "managedReplicaRegion",
+            replica_region,
+            f"not the stack's region {region}: a read-only node elsewhere is reachable only "
+            "over the public network (private hostnames work within one region), too far for "
+            "Mastodon's reads",
+            f"pulumi config rm {PROJECT}:managedReplicaRegion (the replica then runs in {region})",
+        )
+    if None in (size, node_count, pool_name, pool_size, replica, replica_region):
+        return None
+    return ManagedPostgresSettings(size, node_count, pool_name, pool_size, replica)
+
+
+def _parse_app_sources(problems: _Problems, value, needed: bool) -> AppSources:
+    tag = _text(problems, "appTag", value("appTag"), "mastodon-app") or ""
+    if tag and not DO_TAG.fullmatch(tag):
+        problems.bad(
+            "appTag",
+            tag,
+            "not a DigitalOcean tag name (letters, digits, : - _ .)",
+            _set("appTag", "mastodon-app"),
+        )
+    droplet_ids = _text_list(problems, "appDropletIds", value("appDropletIds"), "<droplet id>")
+    for index, droplet_id in enumerate(droplet_ids or ()):
+        if not DROPLET_ID.fullmatch(droplet_id):
+            problems.bad(
+                f"appDropletIds[{index}]",
+                droplet_id,
+                "not a droplet id (digits)",
+                f"{_set_path(f'appDropletIds[{index}]', '<id>')} (ids: doctl compute droplet list)",
+            )
+    cidrs = _text_list(problems, "appCidrs", value("appCidrs"), "203.0.113.7/32")
+    for index, text in enumerate(cidrs or ()):
+        key = f"appCidrs[{index}]"
+        network = _network(text if "/" in text else f"{text}/32")
+        if isinstance(network, str):
+            problems.bad(key, text, network, _set_path(key, "203.0.113.7/32"))
+        elif network.version != 4:
+            problems.bad(
+                key,
+                text,
+                "IPv6: DigitalOcean database firewalls take IPv4 only",
+                _set_path(key, "203.0.113.7/32"),
+            )
+        elif network.prefixlen == 0:
+            problems.bad(
+                key,
+                text,
+                "opens the managed databases to every address",
+                _set_path(key, "<the address of a Mastodon server>/32"),
+            )
+    sources = AppSources(tag, tuple(droplet_ids or ()), tuple(cidrs or ()))
+    rules = len(sources.firewall_rules())
+    if needed and rules == 0 and droplet_ids is not None and cidrs is not None:
+        problems.bad(
+            "appTag",
+            tag,
+            "the managed databases need at least one app source (appTag, appDropletIds or "
+            "appCidrs) for their firewall; without one DigitalOcean lets every address connect",
+            f"{_set('appTag', 'mastodon-app')}  # the tag on the Mastodon droplets",
+        )
+    elif rules > MAX_FIREWALL_RULES:
+        problems.add(
+            "appCidrs",
+            f"<{rules} rules>",
+            f"a database firewall holds at most {MAX_FIREWALL_RULES} sources",
+            "tag the Mastodon droplets and use appTag instead of listing them",
+        )
+    return sources
+
+
+def _parse_spaces(problems: _Problems, value, region: str | None) -> SpacesSettings | None:
+    """Spaces bucket + CDN; none without spacesBucket (then the CDN keys must be unset too)."""
+    bucket = _text(problems, "spacesBucket", value("spacesBucket"), "mastodon-media-example")
+    spaces_region = _text(problems, "spacesRegion", value("spacesRegion"), "nyc3")
+    custom = _text(problems, "cdnCustomDomain", value("cdnCustomDomain"), "media.example.social")
+    dns = _text(problems, "cdnDnsDomain", value("cdnDnsDomain"), "example.social")
+    certificate = _text(problems, "cdnCertificateName", value("cdnCertificateName"), "media-cert")
+    origins = _text_list(problems, "corsOrigins", value("corsOrigins"), "'*'")
+    if bucket and not BUCKET_NAME.fullmatch(bucket):
+        problems.bad(
+            "spacesBucket",
+            bucket,
+            "not a DNS-compatible bucket name (3 to 63 of a-z, 0-9 and -, starting and ending "
+            "with a letter or digit)",
+            _set("spacesBucket", "mastodon-media-example"),
+        )
+    if spaces_region and spaces_region not in SPACES_REGIONS:
+        problems.bad(
+            "spacesRegion",
+            spaces_region,
+            f"not a Spaces region ({', '.join(SPACES_REGIONS)})",
+            _set("spacesRegion", "nyc3"),
+        )
+    for index, origin in enumerate(origins or ()):
+        if not CORS_ORIGIN.fullmatch(origin):
+            problems.bad(
+                f"corsOrigins[{index}]",
+                origin,
+                "not * or an origin like https://example.social",
+                _set_path(f"corsOrigins[{index}]", "https://example.social"),
+            )
+    if origins == () and bucket:
+        problems.bad(
+            "corsOrigins",
+            [],
+            "browsers need a CORS origin to load media from the bucket",
+            _set_path("corsOrigins[0]", "'*'"),
+        )
+    if custom:
+        if not _is_dns_name(custom) or custom.count(".") < 2:
+            problems.bad(
+                "cdnCustomDomain",
+                custom,
+                "not a subdomain like media.example.social",
+                _set("cdnCustomDomain", "media.example.social"),
+            )
+        elif not bucket:
+            problems.bad(
+                "cdnCustomDomain",
+                custom,
+                "a CDN domain needs a bucket behind it",
+                f"{_set('spacesBucket', '<bucket name>')}, or pulumi config rm "
+                f"{PROJECT}:cdnCustomDomain",
+            )
+        elif not dns and not certificate:
+            problems.bad(
+                "cdnCustomDomain",
+                custom,
+                "a custom CDN domain needs a certificate: the domain managed in DigitalOcean "
+                "DNS (for a Let's Encrypt certificate) or the name of a certificate already "
+                "in the account",
+                f"{_set('cdnDnsDomain', custom.split('.', 1)[1])}  # or: "
+                f"{_set('cdnCertificateName', '<name>')} (doctl compute certificate list)",
+            )
+        elif dns and certificate:
+            problems.bad(
+                "cdnCertificateName",
+                certificate,
+                "set together with cdnDnsDomain: use one certificate",
+                f"pulumi config rm {PROJECT}:cdnCertificateName (Let's Encrypt through "
+                f"cdnDnsDomain), or pulumi config rm {PROJECT}:cdnDnsDomain",
+            )
+        elif dns and not (_is_dns_name(dns) and custom.endswith(f".{dns}")):
+            problems.bad(
+                "cdnDnsDomain",
+                dns,
+                f"{custom} is not inside it (Let's Encrypt validates through this zone)",
+                _set("cdnDnsDomain", custom.split(".", 1)[1]),
+            )
+    else:
+        for key, given in (("cdnDnsDomain", dns), ("cdnCertificateName", certificate)):
+            if given:
+                problems.bad(
+                    key,
+                    given,
+                    "only used with cdnCustomDomain",
+                    f"{_set('cdnCustomDomain', 'media.example.social')}, or pulumi config rm "
+                    f"{PROJECT}:{key}",
+                )
+    if not bucket or None in (spaces_region, custom, dns, certificate, origins):
+        return None
+    return SpacesSettings(
+        bucket, spaces_region or region or "nyc3", tuple(origins), custom, dns, certificate
+    )
+
+
+def _parse_redis(
+    problems: _Problems, value, raw: Mapping[str, Any], secrets_present: Collection[str]
+) -> RedisSettings | None:
+    mode = _text(problems, "redisMode", value("redisMode"), "managed")
+    if mode is not None and mode not in REDIS_MODES:
+        problems.bad(
+            "redisMode", mode, f"not one of {', '.join(REDIS_MODES)}", _set("redisMode", "managed")
+        )
+        return None
+    size = _db_size(problems, "redisSize", value("redisSize"))
+    node_count = _integer(
+        problems,
+        "redisNodeCount",
+        value("redisNodeCount"),
+        NODE_COUNTS,
+        _set("redisNodeCount", 2),
+    )
+    if mode == "managed" and (REDIS_URL_KEY in raw or REDIS_URL_KEY in secrets_present):
+        problems.add(
+            REDIS_URL_KEY,
+            "[secret]",
+            "set, but redisMode managed makes its own Valkey",
+            f"pulumi config rm {PROJECT}:{REDIS_URL_KEY}, or {_set('redisMode', 'external')}",
+        )
+    if mode in (None, "none") or size is None or node_count is None:
+        return None
+    return RedisSettings(mode, size, node_count)
+
+
 def _check_unknown_keys(problems: _Problems, raw: Mapping[str, Any]) -> None:
     known = [*DEFAULTS, HOSTS_KEY]
     for key in raw:
-        if key in DEFAULTS or key in (HOSTS_KEY, *SECRET_KEYS) or key in OPERATION_KEYS:
+        if key in DEFAULTS or key in (HOSTS_KEY, *ALL_SECRET_KEYS) or key in OPERATION_KEYS:
             continue
         close = difflib.get_close_matches(str(key), known, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
@@ -496,9 +899,14 @@ def _check_unknown_keys(problems: _Problems, raw: Mapping[str, Any]) -> None:
 
 
 def _check_secrets_present(
-    problems: _Problems, raw: Mapping[str, Any], secrets_present: Collection[str]
+    problems: _Problems,
+    raw: Mapping[str, Any],
+    secrets_present: Collection[str],
+    needed: Collection[str] = SECRET_KEYS,
 ) -> None:
-    for key in SECRET_KEYS:
+    for key in ALL_SECRET_KEYS:
+        if key not in needed and key not in raw:
+            continue
         if key in raw and key not in secrets_present:
             # Set without --secret: the value sits in clear text in Pulumi.<stack>.yaml.
             problems.add(
@@ -522,18 +930,20 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
         return DEFAULTS[key] if given is None else given
 
     mode = _text(problems, "postgresMode", value("postgresMode"), "droplets")
-    if mode == "managed":
+    if mode is not None and mode not in MODES:
         problems.bad(
-            "postgresMode",
-            mode,
-            "managed PostgreSQL is not supported yet",
-            f"{_set('postgresMode', 'droplets')} (or hosts)",
-        )
-    elif mode is not None and mode not in MODES:
-        problems.bad(
-            "postgresMode", mode, "not one of droplets, hosts", _set("postgresMode", "droplets")
+            "postgresMode", mode, f"not one of {', '.join(MODES)}", _set("postgresMode", "droplets")
         )
     valid_mode = mode if mode in MODES else None
+    if valid_mode == "managed":
+        for key, instead in NOT_FOR_MANAGED.items():
+            if raw.get(key) is not None:
+                problems.bad(
+                    key,
+                    raw[key],
+                    f"not used in managed mode (there: {instead})",
+                    f"pulumi config rm {PROJECT}:{key}",
+                )
 
     region = _text(problems, "region", value("region"), "nyc3")
     if region is not None:
@@ -633,7 +1043,18 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
         )
 
     hosts = _parse_hosts(problems, raw.get(HOSTS_KEY), valid_mode, replica_count)
-    _check_secrets_present(problems, raw, secrets_present)
+    warnings: list[str] = []
+    managed = _parse_managed(problems, value, valid_mode, region, warnings)
+    spaces = _parse_spaces(problems, value, region)
+    redis = _parse_redis(problems, value, raw, secrets_present)
+    needs_firewall = valid_mode == "managed" or (redis is not None and redis.mode == "managed")
+    app_sources = _parse_app_sources(problems, value, needs_firewall)
+    _check_secrets_present(
+        problems,
+        raw,
+        secrets_present,
+        required_secrets(valid_mode, redis.mode if redis else "none"),
+    )
 
     if problems.lines:
         raise ConfigError("\n".join(problems.lines))
@@ -656,6 +1077,11 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
         wal_keep_size=wal["walKeepSize"][0],
         max_slot_wal_keep_size=wal["maxSlotWalKeepSize"][0],
         hosts=hosts,
+        managed=managed,
+        spaces=spaces,
+        redis=redis,
+        app_sources=app_sources,
+        warnings=tuple(warnings),
     )
 
 
@@ -679,6 +1105,36 @@ def _openssh_cipher(key_text: str) -> str | None:
     return blob[len(magic) + 4 : len(magic) + 4 + length].decode("ascii", "replace")
 
 
+def _redis_url_problems(value: str) -> list[str]:
+    """rediss:// only: Mastodon sends the Redis password and every job over this connection."""
+    from urllib.parse import urlsplit
+
+    problems = _Problems()
+    fix = SECRET_FIXES[REDIS_URL_KEY]
+    if any(char.isspace() or not char.isprintable() for char in value):
+        problems.add(REDIS_URL_KEY, "[secret]", "contains whitespace or control characters", fix)
+        return problems.lines
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError:
+        problems.add(REDIS_URL_KEY, "[secret]", "not a URL", fix)
+        return problems.lines
+    if url.scheme == "redis":
+        problems.add(
+            REDIS_URL_KEY,
+            "[secret]",
+            "redis:// sends the password and all data in clear; this stack emits TLS only "
+            "(rediss://, with REDIS_DRIVER=ruby)",
+            fix,
+        )
+    elif url.scheme != "rediss" or not url.hostname:
+        problems.add(REDIS_URL_KEY, "[secret]", "not a rediss://<host>:<port> URL", fix)
+    elif port is None:
+        problems.add(REDIS_URL_KEY, "[secret]", "has no port (DigitalOcean: 25061)", fix)
+    return problems.lines
+
+
 def secret_problems(name: str, value: str) -> list[str]:
     """Problems of a decrypted secret; the lines name the key and never contain the value."""
     problems = _Problems()
@@ -692,6 +1148,8 @@ def secret_problems(name: str, value: str) -> list[str]:
             problems.add(
                 name, shown, "contains whitespace or control characters", SECRET_FIXES[name]
             )
+    elif name == REDIS_URL_KEY:
+        problems.lines += _redis_url_problems(value)
     elif name == "sshPrivateKey":
         fix = SECRET_FIXES[name]
         if "-----BEGIN" not in value or "PRIVATE KEY-----" not in value:

@@ -8,9 +8,9 @@ import json
 import pulumi
 
 from components.config import (
+    ALL_SECRET_KEYS,
     DEFAULTS,
     PROJECT,
-    SECRET_KEYS,
     ConfigError,
     Settings,
     parse_settings,
@@ -44,8 +44,10 @@ def load() -> tuple[Settings, dict[str, pulumi.Output], frozenset[str]]:
     config = pulumi.Config(PROJECT)
     # Every key of this project in the stack, so a misspelt key is reported too.
     names = {full.partition(":")[2] for full in _stack_keys() if full.startswith(f"{PROJECT}:")}
-    raw = {key: _raw_value(config, key, DEFAULTS.get(key, [])) for key in names - set(SECRET_KEYS)}
-    present = {key for key in SECRET_KEYS if key in names}
+    raw = {
+        key: _raw_value(config, key, DEFAULTS.get(key, [])) for key in names - set(ALL_SECRET_KEYS)
+    }
+    present = {key for key in ALL_SECRET_KEYS if key in names}
     problems = []
     try:
         settings = parse_settings(raw, present)
@@ -62,5 +64,6 @@ def load() -> tuple[Settings, dict[str, pulumi.Output], frozenset[str]]:
         )
     if problems:
         raise ConfigError("\n".join(problems))
-    secrets = {key: config.require_secret(key) for key in SECRET_KEYS}
+    # Only what this stack's modes need (managed PostgreSQL makes its own password).
+    secrets = {key: config.require_secret(key) for key in settings.required_secrets()}
     return settings, secrets, frozenset(reseed)

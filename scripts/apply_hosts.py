@@ -33,6 +33,17 @@ class StepFailed(RuntimeError):
 
 
 def ssh_argv(node: plan.Node, key_file: Path, known_hosts: Path | None) -> list[str]:
+    """ssh with the host key checked: the stack's `hostKey` when set, else `known_hosts`,
+    else trust on first use (recorded in ~/.ssh/known_hosts)."""
+    if node.host_key:
+        pinned = key_file.with_name(f"known_hosts.{node.name}")
+        host = (
+            node.public_address
+            if node.ssh_port == 22
+            else f"[{node.public_address}]:{node.ssh_port}"
+        )
+        pinned.write_text(f"{host} {node.host_key}\n")
+        known_hosts = pinned
     checking = (
         ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
         if known_hosts

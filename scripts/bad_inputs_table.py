@@ -28,6 +28,9 @@ HOSTS = {
     ],
 }
 ALL = frozenset(SECRET_KEYS)
+MANAGED = {"postgresMode": "managed", "appTag": "mastodon-app"}
+SPACES = {**MANAGED, "spacesBucket": "example-social-media"}
+NONE: frozenset = frozenset()
 
 # (what is wrong, stack settings, secrets set)
 CASES: list[tuple[str, dict, frozenset]] = [
@@ -90,7 +93,24 @@ CASES: list[tuple[str, dict, frozenset]] = [
         ALL,
     ),
     ("missing secrets", DROPLETS, frozenset()),
-]
+    ("managed: no app source for the firewalls", {"postgresMode": "managed"}, NONE),
+    ("managed: droplet keys set", {**MANAGED, "replicaCount": 1, "primarySize": "s-2vcpu-4gb"},
+     NONE),
+    ("managed: unknown size slug", {**MANAGED, "dbClusterSize": "db-large"}, NONE),
+    ("managed: standby on the smallest plan",
+     {**MANAGED, "dbClusterSize": "db-s-1vcpu-1gb", "poolSize": 20}, NONE),
+    ("managed: pool larger than the cluster allows", {**MANAGED, "poolSize": 120}, NONE),
+    ("managed: replica in another region", {**MANAGED, "managedReplicaRegion": "ams3"}, NONE),
+    ("managed: firewall open to all", {**MANAGED, "appCidrs": ["0.0.0.0/0"]}, NONE),
+    ("bucket name not DNS-compatible", {**MANAGED, "spacesBucket": "Media.Example"}, NONE),
+    ("Spaces region without Spaces", {**SPACES, "spacesRegion": "nyc1"}, NONE),
+    ("custom CDN domain without certificate",
+     {**SPACES, "cdnCustomDomain": "media.example.social"}, NONE),
+    ("CDN domain outside the DNS domain",
+     {**SPACES, "cdnCustomDomain": "media.example.social", "cdnDnsDomain": "example.org"}, NONE),
+    ("unknown Redis mode", {**MANAGED, "redisMode": "redis"}, NONE),
+    ("external Redis without its URL", {**MANAGED, "redisMode": "external"}, NONE),
+]  # fmt: skip
 
 
 def message(raw: dict, secrets: frozenset) -> str:

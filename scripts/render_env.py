@@ -4,10 +4,12 @@
     pulumi stack output --json --show-secrets | python3 scripts/render_env.py \\
         [--output .env.production] [--key mastodon_env]
 
-The stack owns the keys it emits (for `mastodon_env`: every key components/env.py can emit);
+The stack owns the keys it emits (for `mastodon_env`: every key of each group components/env.py
+can emit, for the groups it emits: the database always, Redis and S3 when the stack has them);
 every other line of an existing file is kept as it was, in order. A managed key the stack no
 longer emits (REPLICA_DB_* after the replica is removed) is removed, and so are DATABASE_URL and
-REPLICA_DATABASE_URL, which would silently win over DB_* / REPLICA_DB_*. The file is replaced
+REPLICA_DATABASE_URL, which would silently win over DB_* / REPLICA_DB_*, and REDIS_NAMESPACE
+(Mastodon 4.4+ refuses to start with it) when the stack emits REDIS_URL. The file is replaced
 atomically with mode 0600 (owner and group kept when allowed). Values are never printed.
 
 Quoting: the file is read by Ruby's dotenv (Rails, Sidekiq) and by Node's dotenv (the streaming
@@ -29,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.env import MANAGED_KEYS, SUPERSEDED_KEYS  # noqa: E402
+from components.env import SUPERSEDED_KEYS, SUPERSEDED_REASONS, owned_keys  # noqa: E402
 
 DEFAULT_KEY = "mastodon_env"
 MASKED = "[secret]"  # what `pulumi stack output --json` prints for a secret without --show-secrets
@@ -216,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             existing = target.read_text(encoding="utf-8") if target.exists() else ""
         except (OSError, UnicodeDecodeError) as error:
             raise RenderError(f"cannot read {target}: {error}") from None
-        # mastodon_env owns every key env.py can emit; another output only the keys it has.
+        # mastodon_env owns its groups of keys whole; another output only the keys it has.
         managed = set(env)
         if args.key == DEFAULT_KEY:
-            managed |= set(MANAGED_KEYS) | set(SUPERSEDED_KEYS)
+            managed |= owned_keys(env)
         text, kept, removed = render(existing, env, managed)
         write_atomically(target, text)
     except RenderError as error:
@@ -230,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = f"wrote {args.output}: {len(env)} keys from the stack, {kept} kept"
     if removed:
-        summary += f", removed {', '.join(removed)} (would override DB_* / REPLICA_DB_*)"
+        reasons: dict[str, list[str]] = {}
+        for key in removed:
+            reasons.setdefault(SUPERSEDED_REASONS[key], []).append(key)
+        summary += ", removed " + ", ".join(
+            f"{', '.join(keys)} ({reason})" for reason, keys in reasons.items()
+        )
     print(summary)
     return 0
 

@@ -180,6 +180,23 @@ def test_no_secret_in_step_output_logs_or_files(lab_session, first_run, capfd):
             assert result.stdout.split()[-1] == "600"  # the replication password's only home
 
 
+def test_pinned_host_keys_are_checked(lab_session, first_run, tmp_path):
+    inventory = json.loads(lab_session.lab.inventory_file.read_text())
+    keys = {h["name"]: h["host_key"] for h in inventory["hosts"]}
+    raw, _ = read_stack_file(stack_file(tmp_path / "Pulumi.k.yaml", lab_session.lab, 2))
+    settings = parse_settings(raw, set(lab_session.secrets))
+    step = next(s for s in plan.steps(settings, plan.nodes_from_hosts(settings)))
+    key = tmp_path / "key"
+    key.touch(mode=0o600)
+    key.write_text(lab_session.secrets["sshPrivateKey"])
+    extra = {"primary_ca_cert": lab_session.ca_cert}
+    right = replace(step, node=replace(step.node, host_key=keys["mlabt-h1"]))
+    assert apply_hosts.run_step(right, lab_session.secrets, key, None, extra)
+    wrong = replace(step, node=replace(step.node, host_key=keys["mlabt-h2"]))
+    with pytest.raises(apply_hosts.StepFailed, match="Host key verification failed"):
+        apply_hosts.run_step(wrong, lab_session.secrets, key, None, extra)
+
+
 def test_replication_check_passes(first_run):
     result = subprocess.run(
         [sys.executable, str(ROOT_DIR / "scripts" / "check_replication.py")],

@@ -1,5 +1,6 @@
 """Runs the real Pulumi program (__main__.py) on Pulumi mocks and collects what it registered
-and exported. Mock inputs arrive in camelCase; a remote.Command's stdout is a canned report."""
+and exported. Mock inputs arrive in camelCase; a remote.Command's stdout is a canned report; the
+DigitalOcean resources answer with outputs shaped like the provider's (names from the SDK)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ SECRETS = {
 
 
 CA_CERT = "-----BEGIN CERTIFICATE-----\nMIIBtestca\n-----END CERTIFICATE-----\n"
+DO_CA_CERT = "-----BEGIN CERTIFICATE-----\nMIIBdigitaloceanca\n-----END CERTIFICATE-----\n"
+# What DigitalOcean generates: the mocks hand these out as the resources' passwords and keys.
+PG_USER_PASSWORD = "AVNS_pgUserPassword0123"
+VALKEY_PASSWORD = "AVNS_valkeyPassword/4+5"  # URL-special characters on purpose
+SPACES_ACCESS_KEY = "DO00MOCKACCESSKEY"
+SPACES_SECRET_KEY = "mock/spaces+secret=key"
+DO = "digitalocean:index/"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret value
 
 
@@ -56,6 +64,10 @@ class Mocks(pulumi.runtime.Mocks):
             n = 1 if args.name.endswith("primary") else 1 + int(args.name.rsplit("-", 1)[1])
             state |= {"ipv4Address": f"203.0.113.{n}", "ipv4AddressPrivate": f"10.118.0.{n + 1}"}
             return [str(1000 + n), state]
+        if args.typ.startswith(DO):
+            outputs = digitalocean_outputs(args.typ.removeprefix(DO), args.name, state)
+            if outputs is not None:
+                return [outputs.pop("id", f"{args.name}-id"), state | outputs]
         if args.typ == "command:remote:Command":
             report = {"role": "status-of-" + args.name, "changed": []}
             if args.name.endswith("-primary"):
@@ -64,22 +76,86 @@ class Mocks(pulumi.runtime.Mocks):
         return [f"{args.name}-id", state]
 
     def call(self, args: pulumi.runtime.MockCallArgs):
+        if args.token == f"{DO}getDatabaseCa:getDatabaseCa":
+            return {"certificate": DO_CA_CERT, "clusterId": args.args.get("clusterId")}
         return {}
+
+
+def digitalocean_outputs(typ: str, name: str, inputs: dict) -> dict | None:
+    """Computed outputs of a DigitalOcean resource as the provider reports them (camelCase)."""
+    if typ == "databaseCluster:DatabaseCluster":
+        valkey = inputs.get("engine") == "valkey"
+        slug = inputs["name"]
+        return {
+            "host": f"{slug}-do-user-1.l.db.ondigitalocean.com",
+            "privateHost": f"private-{slug}-do-user-1.l.db.ondigitalocean.com",
+            "port": 25061 if valkey else 25060,
+            "user": "default" if valkey else "doadmin",
+            "password": VALKEY_PASSWORD if valkey else "AVNS_doadminPassword",
+            "database": "" if valkey else "defaultdb",
+            "uri": "(not used)",
+            "privateUri": "(not used)",
+            "urn": f"do:dbaas:{slug}",
+        }
+    if typ == "databaseConnectionPool:DatabaseConnectionPool":
+        return {
+            "host": "pool-public.l.db.ondigitalocean.com",
+            "privateHost": "private-pool.l.db.ondigitalocean.com",
+            "port": 25061,  # DigitalOcean's pools listen on 25061, clusters on 25060
+            "password": PG_USER_PASSWORD,
+            "uri": "(not used)",
+            "privateUri": "(not used)",
+        }
+    if typ == "databaseReplica:DatabaseReplica":
+        return {
+            "uuid": f"{name}-uuid",
+            "host": "replica-public.l.db.ondigitalocean.com",
+            "privateHost": "private-replica.l.db.ondigitalocean.com",
+            "port": 25060,
+            "user": "doadmin",
+            "password": "AVNS_doadminPassword",
+            "database": "defaultdb",
+        }
+    if typ == "databaseUser:DatabaseUser":
+        return {"password": PG_USER_PASSWORD, "role": "normal"}
+    if typ == "spacesBucket:SpacesBucket":
+        region = inputs.get("region", "nyc3")
+        return {
+            "bucketDomainName": f"{inputs['name']}.{region}.digitaloceanspaces.com",
+            "endpoint": f"{region}.digitaloceanspaces.com",
+            "urn": f"do:space:{inputs['name']}",
+        }
+    if typ == "cdn:Cdn":
+        bucket, region = inputs["origin"].split(".")[:2]
+        return {"endpoint": f"{bucket}.{region}.cdn.digitaloceanspaces.com", "ttl": 3600}
+    if typ == "spacesKey:SpacesKey":
+        return {"accessKey": SPACES_ACCESS_KEY, "secretKey": SPACES_SECRET_KEY}
+    if typ == "certificate:Certificate":
+        return {"uuid": f"{name}-uuid", "sha1Fingerprint": "00" * 20}
+    return None
 
 
 @dataclass
 class Run:
     resources: list[Registered]
     outputs: dict = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)  # exports marked secret as a whole
 
     def of_type(self, suffix: str) -> list[Registered]:
         return [r for r in self.resources if r.typ.endswith(suffix)]
+
+    def one(self, suffix: str, name: str | None = None) -> Registered:
+        (found,) = [r for r in self.of_type(suffix) if name is None or r.name == name]
+        return found
 
 
 def run_program(config: dict, secrets: dict | None = None) -> Run:
     """Runs __main__.py with `config` (keys without the project prefix) and the secrets."""
     secrets = SECRETS if secrets is None else secrets
     mocks = Mocks()
+    # A fresh root stack per run: set_mocks keeps an existing one, and with it the exports of
+    # the previous run (an output this run does not export would still be there).
+    pulumi.runtime.settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="unit", preview=False)
     values = {**config, **secrets}
     pulumi.runtime.set_all_config(
@@ -92,7 +168,13 @@ def run_program(config: dict, secrets: dict | None = None) -> Run:
     def program():
         runpy.run_path(str(ROOT / "__main__.py"))
         exports = pulumi.runtime.get_root_resource().outputs
-        return pulumi.Output.all(**exports).apply(run.outputs.update)
+        secret = {k: pulumi.Output.from_input(v).is_secret() for k, v in exports.items()}
+
+        async def secret_names():
+            return {k for k, flag in secret.items() if await flag}
+
+        collected = pulumi.Output.from_input(secret_names()).apply(run.secret_outputs.update)
+        return pulumi.Output.all(collected, pulumi.Output.all(**exports).apply(run.outputs.update))
 
     program()
     return run

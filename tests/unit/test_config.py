@@ -14,9 +14,14 @@ from components.config import (
     DEFAULTS,
     PROJECT,
     SECRET_KEYS,
+    AppSources,
     ConfigError,
     HostSpec,
+    ManagedPostgresSettings,
+    RedisSettings,
     Settings,
+    SpacesSettings,
+    connection_limit,
     parse_settings,
     secret_problems,
 )
@@ -34,6 +39,9 @@ HOST_KEY = (
     + base64.b64encode(ssh_string(b"ssh-ed25519") + ssh_string(bytes(range(32)))).decode()
 )
 DROPLETS = {"sshKeyIds": ["12345"], "adminCidrs": ["203.0.113.7/32"]}
+MANAGED = {"postgresMode": "managed", "appTag": "mastodon-app"}
+SPACES = {**MANAGED, "spacesBucket": "mastodon-media"}
+CDN = {**SPACES, "cdnCustomDomain": "media.example.social"}
 HOSTS = {
     "postgresMode": "hosts",
     "replicaCount": 1,
@@ -146,9 +154,73 @@ def test_defaults_equal_pulumi_yaml() -> None:
 
 # (id, raw config, key named in the message, the bad value as shown, a phrase of the problem)
 BAD_INPUTS = [
-    ("mode-managed", {**DROPLETS, "postgresMode": "managed"}, "postgresMode", "'managed'",
-     "not supported yet"),
-    ("mode-unknown", {**DROPLETS, "postgresMode": "k8s"}, "postgresMode", "'k8s'", "not one of"),
+    ("managed-no-app-source", {"postgresMode": "managed"}, "appTag", "''",
+     "at least one app source"),
+    ("managed-replica-count", {**MANAGED, "replicaCount": 2}, "replicaCount", "2",
+     "not used in managed mode (there: managedReplica)"),
+    ("managed-allowed-sources", {**MANAGED, "postgresAllowedSources": ["10.0.0.0/24"]},
+     "postgresAllowedSources", "['10.0.0.0/24']", "appTag, appDropletIds or appCidrs"),
+    ("managed-hosts", {**MANAGED, "hosts": HOSTS["hosts"]}, "hosts", "<3 entries>",
+     "managed mode runs no servers"),
+    ("db-size-droplet-slug", {**MANAGED, "dbClusterSize": "s-2vcpu-4gb"}, "dbClusterSize",
+     "'s-2vcpu-4gb'", "database size slug"),
+    ("db-nodes-4", {**MANAGED, "dbNodeCount": 4}, "dbNodeCount", "4", "1 to 3"),
+    ("db-nodes-0", {**MANAGED, "dbNodeCount": 0}, "dbNodeCount", "0", "1 to 3"),
+    ("db-standby-on-smallest", {**MANAGED, "dbClusterSize": "db-s-1vcpu-1gb", "poolSize": 20},
+     "dbNodeCount", "2", "cannot have standby nodes"),
+    ("pool-too-large", {**MANAGED, "poolSize": 98}, "poolSize", "98",
+     "larger than db-s-2vcpu-4gb allows: 97"),
+    ("pool-too-large-small-plan", {**MANAGED, "dbClusterSize": "db-s-1vcpu-2gb", "poolSize": 48},
+     "poolSize", "48", "allows: 47"),
+    ("pool-zero", {**MANAGED, "poolSize": 0}, "poolSize", "0", "not an integer"),
+    ("pool-name-dash", {**MANAGED, "poolName": "mastodon-pool"}, "poolName", "'mastodon-pool'",
+     "must match"),
+    ("replica-flag-word", {**MANAGED, "managedReplica": "yes"}, "managedReplica", "'yes'",
+     "true or false"),
+    ("replica-other-region", {**MANAGED, "managedReplicaRegion": "tor1"}, "managedReplicaRegion",
+     "'tor1'", "not the stack's region nyc3"),
+    ("app-tag-bad", {**MANAGED, "appTag": "mastodon app"}, "appTag", "'mastodon app'",
+     "tag name"),
+    ("app-droplet-id", {**MANAGED, "appDropletIds": ["web-1"]}, "appDropletIds[0]", "'web-1'",
+     "droplet id"),
+    ("app-cidr-anywhere", {**MANAGED, "appCidrs": ["0.0.0.0/0"]}, "appCidrs[0]", "'0.0.0.0/0'",
+     "every address"),
+    ("app-cidr-v6", {**MANAGED, "appCidrs": ["2001:db8::/64"]}, "appCidrs[0]",
+     "'2001:db8::/64'", "IPv4 only"),
+    ("app-cidr-garbage", {**MANAGED, "appCidrs": ["office"]}, "appCidrs[0]", "'office'",
+     "not a valid CIDR"),
+    ("bucket-upper", {**MANAGED, "spacesBucket": "Mastodon_Media"}, "spacesBucket",
+     "'Mastodon_Media'", "DNS-compatible"),
+    ("bucket-dots", {**MANAGED, "spacesBucket": "media.example"}, "spacesBucket",
+     "'media.example'", "DNS-compatible"),
+    ("bucket-short", {**MANAGED, "spacesBucket": "ab"}, "spacesBucket", "'ab'", "DNS-compatible"),
+    ("spaces-region", {**SPACES, "spacesRegion": "nyc1"}, "spacesRegion", "'nyc1'",
+     "not a Spaces region"),
+    ("cors-origin", {**SPACES, "corsOrigins": ["example.social"]}, "corsOrigins[0]",
+     "'example.social'", "origin like https://"),
+    ("cors-none", {**SPACES, "corsOrigins": []}, "corsOrigins", "[]", "CORS origin"),
+    ("cdn-without-certificate", CDN, "cdnCustomDomain", "'media.example.social'",
+     "needs a certificate"),
+    ("cdn-without-bucket", {**MANAGED, "cdnCustomDomain": "media.example.social",
+     "cdnDnsDomain": "example.social"}, "cdnCustomDomain", "'media.example.social'",
+     "needs a bucket"),
+    ("cdn-apex", {**SPACES, "cdnCustomDomain": "example", "cdnDnsDomain": "example"},
+     "cdnCustomDomain", "'example'", "subdomain"),
+    ("cdn-other-zone", {**CDN, "cdnDnsDomain": "example.org"}, "cdnDnsDomain", "'example.org'",
+     "not inside it"),
+    ("cdn-two-certificates", {**CDN, "cdnDnsDomain": "example.social",
+     "cdnCertificateName": "x"}, "cdnCertificateName", "'x'", "use one certificate"),
+    ("cdn-zone-alone", {**SPACES, "cdnDnsDomain": "example.social"}, "cdnDnsDomain",
+     "'example.social'", "only used with cdnCustomDomain"),
+    ("redis-mode", {**MANAGED, "redisMode": "redis"}, "redisMode", "'redis'", "not one of"),
+    ("redis-size", {**MANAGED, "redisMode": "managed", "redisSize": "2gb"}, "redisSize", "'2gb'",
+     "database size slug"),
+    ("redis-nodes", {**MANAGED, "redisMode": "managed", "redisNodeCount": 5}, "redisNodeCount",
+     "5", "1 to 3"),
+    ("redis-managed-in-hosts-no-source", {**HOSTS, "redisMode": "managed"}, "appTag", "''",
+     "at least one app source"),
+    ("mode-unknown", {**DROPLETS, "postgresMode": "k8s"}, "postgresMode", "'k8s'",
+     "not one of droplets, hosts, managed"),
     ("region", {**DROPLETS, "region": "nyc9"}, "region", "'nyc9'", "not one of"),
     ("vpc-host-bits", {**DROPLETS, "vpcCidr": "10.118.0.1/20"}, "vpcCidr", "'10.118.0.1/20'",
      "host bits"),
@@ -384,3 +456,131 @@ def test_bad_secret_named_never_shown(name: str, value: str, what: str) -> None:
     assert what in line and ". Fix: " in line
     assert value not in line
     assert all(part not in line for part in value.split() if len(part) >= 8)
+
+
+def test_valid_managed_config_with_every_service() -> None:
+    settings = parse_settings(
+        {
+            **MANAGED,
+            "region": "tor1",
+            "dbClusterSize": "db-s-4vcpu-8gb",
+            "poolSize": "197",
+            "managedReplica": "true",
+            "managedReplicaRegion": "tor1",
+            "appDropletIds": ["4242"],
+            "appCidrs": ["203.0.113.50", "198.51.100.0/24"],
+            "spacesBucket": "mastodon-media",
+            "spacesRegion": "nyc3",
+            "cdnCustomDomain": "media.example.social",
+            "cdnDnsDomain": "example.social",
+            "redisMode": "external",
+        },
+        {"redisUrl"},  # no replication secrets: managed PostgreSQL makes its own password
+    )
+    assert settings.mode == "managed"
+    assert settings.managed == ManagedPostgresSettings(
+        "db-s-4vcpu-8gb", 2, "mastodon_pool", 197, True
+    )
+    assert settings.app_sources == AppSources(
+        "mastodon-app", ("4242",), ("203.0.113.50", "198.51.100.0/24")
+    )
+    assert settings.app_sources.firewall_rules() == [
+        {"type": "tag", "value": "mastodon-app"},
+        {"type": "droplet", "value": "4242"},
+        {"type": "ip_addr", "value": "203.0.113.50"},
+        {"type": "ip_addr", "value": "198.51.100.0/24"},
+    ]
+    assert settings.spaces == SpacesSettings(
+        "mastodon-media", "nyc3", ("*",), "media.example.social", "example.social", ""
+    )
+    assert settings.redis == RedisSettings("external", "db-s-1vcpu-2gb", 1)
+    assert settings.required_secrets() == ("redisUrl",)
+    assert settings.warnings == ()
+
+
+def test_spaces_region_defaults_to_the_stack_region() -> None:
+    settings = parse_settings(
+        {**DROPLETS, "region": "fra1", "spacesBucket": "media-x"}, ALL_SECRETS
+    )
+    assert settings.spaces.region == "fra1"
+    assert settings.redis is None and settings.managed is None
+
+
+def test_services_in_droplets_and_hosts_mode() -> None:
+    droplets = parse_settings(
+        {**DROPLETS, "redisMode": "managed", "appTag": "web", "spacesBucket": "media-x"},
+        ALL_SECRETS,
+    )
+    assert droplets.redis.mode == "managed" and droplets.spaces.bucket == "media-x"
+    hosts = parse_settings({**HOSTS, "redisMode": "external"}, ALL_SECRETS | {"redisUrl"})
+    assert hosts.required_secrets() == (*SECRET_KEYS, "redisUrl")
+
+
+def test_single_node_is_accepted_with_a_warning() -> None:
+    settings = parse_settings({**MANAGED, "dbNodeCount": 1}, frozenset())
+    assert settings.managed.node_count == 1
+    (warning,) = settings.warnings
+    assert warning.startswith("mastodon-data:dbNodeCount = 1: no standby node")
+    assert "pulumi config set mastodon-data:dbNodeCount 2" in warning
+
+
+@pytest.mark.parametrize(
+    ("size", "limit"),
+    [
+        ("db-s-1vcpu-1gb", 22),
+        ("db-s-1vcpu-2gb", 47),
+        ("db-s-2vcpu-4gb", 97),
+        ("db-s-4vcpu-8gb", 197),
+        ("db-s-6vcpu-16gb", 397),
+        ("db-s-8vcpu-32gb", 797),
+        ("db-s-16vcpu-64gb", 1597),
+        ("gd-2vcpu-8gb", 197),
+        ("db-intel-1vcpu-2gb", 47),
+        ("large", None),
+    ],
+)
+def test_connection_limit_per_size(size: str, limit: int | None) -> None:
+    assert connection_limit(size) == limit
+
+
+def test_pool_at_the_limit_is_accepted() -> None:
+    assert parse_settings({**MANAGED, "poolSize": 97}, frozenset()).managed.pool_size == 97
+
+
+def test_managed_mode_needs_no_replication_secrets_and_external_redis_needs_its_url() -> None:
+    assert parse_settings(MANAGED, frozenset()).required_secrets() == ()
+    assert problems({**MANAGED, "redisMode": "external"}, frozenset()) == [
+        "mastodon-data:redisUrl = (not set): missing secret. Fix: pulumi config set --secret "
+        "mastodon-data:redisUrl 'rediss://default:<password>@<host>:<port>'"
+    ]
+
+
+def test_redis_url_given_to_managed_redis_is_refused() -> None:
+    (line,) = problems({**MANAGED, "redisMode": "managed"}, {"redisUrl"})
+    assert line.startswith("mastodon-data:redisUrl = [secret]: set, but redisMode managed")
+
+
+def test_cdn_fix_names_the_zone() -> None:
+    (line,) = problems(CDN)
+    assert "pulumi config set mastodon-data:cdnDnsDomain example.social" in line
+    assert "cdnCertificateName" in line
+
+
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        ("redis://default:pw-0123@10.0.0.5:6379", "redis:// sends the password"),
+        ("https://redis.example.net", "not a rediss://"),
+        ("rediss://default:pw-0123@redis.example.net", "has no port"),
+        ("rediss://default:pw 0123@redis.example.net:6380", "whitespace"),
+        ("rediss://default:pw-0123@redis.example.net:port", "not a URL"),
+    ],
+)
+def test_bad_redis_url_named_never_shown(value: str, what: str) -> None:
+    (line,) = secret_problems("redisUrl", value)
+    assert line.startswith("mastodon-data:redisUrl = [secret]: ")
+    assert what in line and "pw-0123" not in line and "pw 0123" not in line
+
+
+def test_good_redis_url() -> None:
+    assert secret_problems("redisUrl", "rediss://default:pw%2F1@redis.example.net:25061") == []

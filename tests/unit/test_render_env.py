@@ -277,3 +277,60 @@ def test_fresh_file_mode_ignores_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert mode(tmp_path / ".env.production") == 0o600
+
+
+def test_redis_and_s3_groups_owned_only_when_the_stack_emits_them(tmp_path: Path) -> None:
+    target = tmp_path / ".env.production"
+    target.write_text(
+        "REDIS_URL=redis://localhost:6379\nREDIS_NAMESPACE=mastodon\nS3_ENABLED=true\n"
+        "S3_BUCKET=hand-made\nS3_PERMISSION=private\n"
+    )
+    # No Redis or Spaces in the stack: the operator's lines stay as they are.
+    result = run(tmp_path, {"mastodon_env": ENV})
+    assert result.returncode == 0, result.stderr
+    assert target.read_text().startswith(
+        "REDIS_URL=redis://localhost:6379\nREDIS_NAMESPACE=mastodon\nS3_ENABLED=true\n"
+        "S3_BUCKET=hand-made\nS3_PERMISSION=private\n"
+    )
+    # With Redis from the stack: REDIS_* are the stack's, REDIS_NAMESPACE goes; S3 stays.
+    redis = {"REDIS_URL": "rediss://default:p@h:25061", "REDIS_DRIVER": "ruby"}
+    result = run(tmp_path, {"mastodon_env": {**ENV, **redis}})
+    assert result.returncode == 0, result.stderr
+    assert "removed REDIS_NAMESPACE (Mastodon 4.4+ refuses to start with it)" in result.stdout
+    text = target.read_text()
+    assert text.startswith("REDIS_URL=rediss://default:p@h:25061\nS3_ENABLED=true\n")
+    assert "REDIS_DRIVER=ruby\n" in text and "REDIS_NAMESPACE" not in text
+    assert "S3_PERMISSION=private\n" in text
+
+
+def test_stale_service_keys_within_an_owned_group_are_removed(tmp_path: Path) -> None:
+    target = tmp_path / ".env.production"
+    target.write_text("S3_ENABLED=true\nS3_ALIAS_HOST=old.example\nS3_CLOUDFRONT_HOST=x\n")
+    s3 = {"S3_ENABLED": "true", "S3_BUCKET": "media"}
+    assert run(tmp_path, {"mastodon_env": {**ENV, **s3}}).returncode == 0
+    text = target.read_text()
+    assert "S3_ALIAS_HOST" not in text  # the stack no longer emits it
+    assert "S3_CLOUDFRONT_HOST=x\n" in text  # not a key this stack emits: the operator's
+
+
+def test_migration_env_rendered_into_its_own_file(tmp_path: Path) -> None:
+    migration = {
+        "DB_HOST": "private-db.example",
+        "DB_PORT": "25060",
+        "DB_NAME": "mastodon_production",
+        "PREPARED_STATEMENTS": "true",
+    }
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--key", "migration_env", "--output", ".env.migration"],
+        input=json.dumps({"mastodon_env": ENV, "migration_env": migration}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / ".env.migration").read_text() == (
+        "DB_HOST=private-db.example\nDB_PORT=25060\nDB_NAME=mastodon_production\n"
+        "PREPARED_STATEMENTS=true\n"
+    )
+    assert mode(tmp_path / ".env.migration") == 0o600
