@@ -21,6 +21,8 @@ lab-down:
 lint: venv/.installed
 	venv/bin/ruff check .
 	venv/bin/ruff format --check .
+	@test -x .engine/bin/actionlint || { echo "actionlint is missing: run bash scripts/install_actionlint.sh" >&2; exit 1; }
+	.engine/bin/actionlint
 
 test: lint
 	$(PY) -m pytest -q -ra

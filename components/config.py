@@ -937,7 +937,8 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     valid_mode = mode if mode in MODES else None
     if valid_mode == "managed":
         for key, instead in NOT_FOR_MANAGED.items():
-            if raw.get(key) is not None:
+            # The engine passes Pulumi.yaml's defaults as if set: only a changed value is an error.
+            if raw.get(key) is not None and raw[key] != DEFAULTS.get(key):
                 problems.bad(
                     key,
                     raw[key],

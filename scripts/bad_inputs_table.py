@@ -94,7 +94,7 @@ CASES: list[tuple[str, dict, frozenset]] = [
     ),
     ("missing secrets", DROPLETS, frozenset()),
     ("managed: no app source for the firewalls", {"postgresMode": "managed"}, NONE),
-    ("managed: droplet keys set", {**MANAGED, "replicaCount": 1, "primarySize": "s-2vcpu-4gb"},
+    ("managed: droplet keys set", {**MANAGED, "replicaCount": 2, "primarySize": "s-4vcpu-8gb"},
      NONE),
     ("managed: unknown size slug", {**MANAGED, "dbClusterSize": "db-large"}, NONE),
     ("managed: standby on the smallest plan",

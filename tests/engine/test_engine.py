@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from enginekit import ROOT, missing, workspace
 
 pytestmark = pytest.mark.engine
@@ -81,3 +82,20 @@ def test_lab_stack_up_twice_then_destroy(tmp_path):
     assert result.returncode == 0, result.stderr
     outputs = json.loads(result.stdout[result.stdout.index("{") :])
     assert outputs["replication"]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_example_stacks_pass_validation_through_the_engine(cli, tmp_path, stack):
+    """The engine hands the program Pulumi.yaml's defaults as set values: the example stacks
+    must still validate. Here the preview then stops only at the DigitalOcean provider, which
+    cannot be built on this machine."""
+    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
+    plain = {
+        key.partition(":")[2]: value
+        for key, value in document["config"].items()
+        if key.startswith("mastodon-data:") and not isinstance(value, dict)
+    }
+    secrets = SECRETS if plain.get("postgresMode", "droplets") != "managed" else {}
+    error = preview_error(workspace(tmp_path, stack, plain, secrets))
+    assert "invalid stack configuration" not in error
+    assert "pulumi-resource-digitalocean" in error
