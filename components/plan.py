@@ -80,8 +80,10 @@ def from_primary(report: dict) -> dict:
     return {"primary_ca_cert": report.get("ca_cert", "")}
 
 
-def script_files() -> dict[str, str]:
-    return {path.name: path.read_text() for path in sorted(HOST_SCRIPTS.glob("*.py"))}
+def script_files(script: str) -> dict[str, str]:
+    """The files a step ships: its own script and the shared helpers, so editing another
+    role's script does not re-run (or even diff) this step."""
+    return {name: (HOST_SCRIPTS / name).read_text() for name in ("common.py", f"{script}.py")}
 
 
 # What `pulumi destroy` (or dropping a replica) runs: nothing that touches data. On existing hosts
@@ -103,13 +105,13 @@ def payload(step: Step, params: dict, secrets: dict[str, str]) -> dict:
     filled = dict(params)
     for param, key in step.secret_params.items():
         filled[param] = secrets[key]
-    return {"files": script_files(), "run": f"{step.script}.py", "params": filled}
+    return {"files": script_files(step.script), "run": f"{step.script}.py", "params": filled}
 
 
-def trigger(params: dict) -> str:
-    """Changes when a script or a non-secret parameter changes, so the step runs again then."""
+def trigger(script: str, params: dict) -> str:
+    """Changes when the step's scripts or non-secret parameters change: it runs again then."""
     digest = hashlib.sha256()
-    for name, source in script_files().items():
+    for name, source in script_files(script).items():
         digest.update(name.encode() + b"\0" + source.encode() + b"\0")
     digest.update(json.dumps(params, sort_keys=True).encode())
     return digest.hexdigest()

@@ -38,7 +38,9 @@ class ReplicationSteps(pulumi.ComponentResource):
                 params = pulumi.Output.all(params, self.commands["primary"].stdout).apply(
                     lambda args: {**args[0], **plan.from_primary(plan.parse_report(args[1]))}
                 )
-            triggers[step.name] = params.apply(plan.trigger)
+            triggers[step.name] = params.apply(
+                lambda p, script=step.script: plan.trigger(script, p)
+            )
             stdin = pulumi.Output.all(params, *(secrets[k] for k in step.secret_params.values()))
             stdin = pulumi.Output.secret(
                 stdin.apply(lambda args, step=step: _stdin(step, args[0], args[1:]))

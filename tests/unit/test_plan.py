@@ -47,13 +47,23 @@ def test_spare_hosts_are_not_used():
     assert "replica-db4" not in [s.name for s in plan_for()]
 
 
-def test_trigger_follows_non_secret_parameters_and_scripts(monkeypatch):
-    base = plan.trigger(plan_for()[1].params)
-    assert plan.trigger(plan_for()[1].params) == base  # stable
-    assert plan.trigger(plan_for(walKeepSize="2GB")[1].params) != base
-    files = plan.script_files()
-    monkeypatch.setattr(plan, "script_files", lambda: {**files, "replica.py": "changed"})
-    assert plan.trigger(plan_for()[1].params) != base
+def test_trigger_follows_non_secret_parameters_and_own_scripts(monkeypatch):
+    base = plan.trigger("replica", plan_for()[1].params)
+    assert plan.trigger("replica", plan_for()[1].params) == base  # stable
+    assert plan.trigger("replica", plan_for(walKeepSize="2GB")[1].params) != base
+    real = plan.script_files
+
+    def edited(name):
+        return lambda script: (
+            {**real(script), name: "changed"} if name in real(script) else real(script)
+        )
+
+    monkeypatch.setattr(plan, "script_files", edited("replica.py"))
+    assert plan.trigger("replica", plan_for()[1].params) != base
+    monkeypatch.setattr(plan, "script_files", edited("common.py"))
+    assert plan.trigger("replica", plan_for()[1].params) != base
+    monkeypatch.setattr(plan, "script_files", edited("promote.py"))
+    assert plan.trigger("replica", plan_for()[1].params) == base  # another role's script
 
 
 def test_secrets_only_in_the_payload_never_in_params_or_command():
@@ -64,13 +74,8 @@ def test_secrets_only_in_the_payload_never_in_params_or_command():
     primary, replica = plan_for()[:2]
     assert plan.payload(primary, primary.params, SECRETS)["params"]["db_password"] == "d" * 20
     assert "db_password" not in plan.payload(replica, replica.params, SECRETS)["params"]
-    assert set(plan.payload(replica, replica.params, SECRETS)["files"]) >= {
-        "common.py",
-        "primary.py",
-        "replica.py",
-        "status.py",
-        "promote.py",
-    }
+    files = set(plan.payload(replica, replica.params, SECRETS)["files"])
+    assert files == {"common.py", "replica.py"}  # only what the step runs
 
 
 def test_launcher_runs_as_root_or_through_sudo():
