@@ -49,7 +49,12 @@ def workspace(tmp: Path, stack: str, config: dict[str, object], secrets: dict[st
 
     # Plain values typed as an operator's stack file holds them; secrets through the CLI.
     document = {"config": {f"mastodon-data:{k}": v for k, v in config.items()}}
-    (tmp / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(document))
+    stack_file = tmp / f"Pulumi.{stack}.yaml"
+    if stack_file.exists():  # a re-configured stack keeps the salt its secrets were made with
+        salt = (yaml.safe_load(stack_file.read_text()) or {}).get("encryptionsalt")
+        if salt:
+            document["encryptionsalt"] = salt
+    stack_file.write_text(yaml.safe_dump(document))
     ws = auto.LocalWorkspaceOptions(work_dir=str(tmp), env_vars=env, pulumi_home=env["PULUMI_HOME"])
     st = auto.create_or_select_stack(stack, "mastodon-data", program, opts=ws)
     for key, value in secrets.items():

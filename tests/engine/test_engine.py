@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -65,23 +63,55 @@ def test_secrets_are_encrypted_in_the_stack_file(cli, tmp_path):
         assert value.strip() not in text
 
 
-def test_lab_stack_up_twice_then_destroy(tmp_path):
+ENGINE_LAB_DIR = "/var/lib/mastodon-lab-engine"
+
+
+def test_lab_stack_up_twice_more_replicas_then_destroy(tmp_path):
+    """Issue 3's engine test: `up`, a second `up` with no changes, one more replica adds exactly
+    one replica step, `destroy` leaves the data on the hosts."""
     reason = missing("cli", "command")
     if reason:
         pytest.skip(
             f"remote.Command needs the pulumi-command provider, which cannot be built "
             f"here: {reason}"
         )
-    # With the provider present: the lab, then `pulumi up -s lab` twice and `destroy`.
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "lab_main.py")],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert result.returncode == 0, result.stderr
-    outputs = json.loads(result.stdout[result.stdout.index("{") :])
-    assert outputs["replication"]
+    from pathlib import Path
+
+    import lab as lab_hosts
+
+    lab = lab_hosts.Lab(prefix="mlabe", subnet="10.247.0.0/24", state_dir=Path(ENGINE_LAB_DIR))
+    lab_hosts.down(lab)
+    try:
+        lab_hosts.up(lab, 4)
+        secrets = {
+            "sshPrivateKey": lab.private_key.read_text(),
+            "replicationPassword": "engine-lab-replication-pw",
+            "dbPassword": "engine-lab-database-pw-01",
+        }
+        plain = {k.partition(":")[2]: v for k, v in lab_hosts.stack_config(lab, 2, 4).items()}
+        stack = workspace(tmp_path, "lab", plain, secrets)
+        first = stack.up()
+        assert first.outputs["replication"].value["mlabe-h2"]["role"] == "replica"
+        again = stack.up()
+        assert set(again.summary.resource_changes) == {"same"}
+        plain = {k.partition(":")[2]: v for k, v in lab_hosts.stack_config(lab, 3, 4).items()}
+        grown = workspace(tmp_path, "lab", plain, secrets).up()
+        created = grown.summary.resource_changes.get("create", 0)
+        assert created == 2  # the new replica's step and its status report
+        assert len(grown.outputs["replicas"].value) == 3
+        stack.destroy()
+        databases = subprocess.run(
+            lab.ssh_command(
+                lab.host(1).address,
+                "runuser -u postgres -- psql -At -c 'SELECT datname FROM pg_database'",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        assert "mastodon_production" in databases  # destroy left the data in place
+    finally:
+        lab_hosts.down(lab)
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
