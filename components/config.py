@@ -12,7 +12,7 @@ import binascii
 import difflib
 import ipaddress
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,6 +308,30 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | str:
         return "not a valid CIDR"
 
 
+def _cidr_entries(
+    problems: _Problems,
+    name: str,
+    values: Iterable[str],
+    example: str,
+    opens: tuple[str, str],
+    bare_address_ok: bool = False,
+) -> list[tuple[str, str, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
+    """(key, text, network) of each entry of the list `name` that is a CIDR narrower than /0;
+    the others are reported: not a CIDR (fix: `example`), or /0 (`opens` = what it would open
+    to everyone, and the fix)."""
+    entries = []
+    for index, text in enumerate(values):
+        key = f"{name}[{index}]"
+        network = _network(f"{text}/32" if bare_address_ok and "/" not in text else text)
+        if isinstance(network, str):
+            problems.bad(key, text, network, _set_path(key, example))
+        elif network.prefixlen == 0:
+            problems.bad(key, text, f"opens {opens[0]}", _set_path(key, opens[1]))
+        else:
+            entries.append((key, text, network))
+    return entries
+
+
 def _is_private(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     if network.version == 6:
         return network.subnet_of(PRIVATE_V6)
@@ -388,18 +412,8 @@ def _check_admin_cidrs(problems: _Problems, values: tuple[str, ...], mode: str |
             "droplets mode needs at least one address allowed to reach SSH (port 22)",
             _set_path("adminCidrs[0]", f"{example}  # your office/VPN/bastion address"),
         )
-    for index, text in enumerate(values):
-        key = f"adminCidrs[{index}]"
-        network = _network(text)
-        if isinstance(network, str):
-            problems.bad(key, text, network, _set_path(key, example))
-        elif network.prefixlen == 0:
-            problems.bad(
-                key,
-                text,
-                "opens SSH to the whole internet",
-                _set_path(key, f"{example}  # your office/VPN/bastion address as /32"),
-            )
+    opens = ("SSH to the whole internet", f"{example}  # your office/VPN/bastion address as /32")
+    _cidr_entries(problems, "adminCidrs", values, example, opens)  # no further check needed
 
 
 def _check_allowed_sources(
@@ -409,19 +423,11 @@ def _check_allowed_sources(
     vpc: ipaddress.IPv4Network | None,
 ) -> None:
     example = "10.118.0.0/20"
-    for index, text in enumerate(values):
-        key = f"postgresAllowedSources[{index}]"
-        network = _network(text)
-        if isinstance(network, str):
-            problems.bad(key, text, network, _set_path(key, example))
-        elif network.prefixlen == 0:
-            problems.bad(
-                key,
-                text,
-                "opens PostgreSQL to every address",
-                _set_path(key, "<the private range of the Mastodon servers>"),
-            )
-        elif not _is_private(network):
+    opens = ("PostgreSQL to every address", "<the private range of the Mastodon servers>")
+    for key, text, network in _cidr_entries(
+        problems, "postgresAllowedSources", values, example, opens
+    ):
+        if not _is_private(network):
             problems.bad(
                 key,
                 text,
@@ -724,24 +730,16 @@ def _parse_app_sources(problems: _Problems, value, needed: bool) -> AppSources:
                 f"{_set_path(f'appDropletIds[{index}]', '<id>')} (ids: doctl compute droplet list)",
             )
     cidrs = _text_list(problems, "appCidrs", value("appCidrs"), "203.0.113.7/32")
-    for index, text in enumerate(cidrs or ()):
-        key = f"appCidrs[{index}]"
-        network = _network(text if "/" in text else f"{text}/32")
-        if isinstance(network, str):
-            problems.bad(key, text, network, _set_path(key, "203.0.113.7/32"))
-        elif network.version != 4:
+    opens = ("the managed databases to every address", "<the address of a Mastodon server>/32")
+    for key, text, network in _cidr_entries(
+        problems, "appCidrs", cidrs or (), "203.0.113.7/32", opens, bare_address_ok=True
+    ):
+        if network.version != 4:
             problems.bad(
                 key,
                 text,
                 "IPv6: DigitalOcean database firewalls take IPv4 only",
                 _set_path(key, "203.0.113.7/32"),
-            )
-        elif network.prefixlen == 0:
-            problems.bad(
-                key,
-                text,
-                "opens the managed databases to every address",
-                _set_path(key, "<the address of a Mastodon server>/32"),
             )
     sources = AppSources(tag, tuple(droplet_ids or ()), tuple(cidrs or ()))
     rules = len(sources.firewall_rules())
