@@ -288,21 +288,25 @@ def validate_ssh_only_from_admin_cidrs(args, report) -> None:
                 )
 
 
+def _managed_database(resource_type: str, props) -> str | None:
+    """ "<engine> cluster" or "read-only node" for a managed database the pack guards, else None."""
+    if resource_type == DATABASE_CLUSTER:
+        engine = str(_known(props, "engine", ""))
+        return f"{engine} cluster" if engine in DATABASE_ENGINES else None
+    if resource_type == DATABASE_REPLICA:
+        return "read-only node"
+    return None
+
+
 def validate_databases_in_vpc(args, report) -> None:
     """Managed PostgreSQL/Valkey/Redis clusters and read-only nodes sit in a VPC."""
-    if args.resource_type == DATABASE_CLUSTER:
-        engine = str(_known(args.props, "engine", ""))
-        if engine not in DATABASE_ENGINES:
-            return
-        what = f"the {engine} cluster"
-    elif args.resource_type == DATABASE_REPLICA:
-        what = "the read-only node"
-    else:
+    what = _managed_database(args.resource_type, args.props)
+    if what is None:
         return
     if not _has(args.props, "privateNetworkUuid"):
         report(
-            f"{what} {args.name} has no privateNetworkUuid: it would sit in the region's default "
-            "VPC, shared with every other droplet of the account. Fix: "
+            f"the {what} {args.name} has no privateNetworkUuid: it would sit in the region's "
+            "default VPC, shared with every other droplet of the account. Fix: "
             "private_network_uuid=<the stack's VPC id>."
         )
 
@@ -421,14 +425,8 @@ def validate_databases_have_firewall(args, report) -> None:
     with at least one trusted source (without one, DigitalOcean lets every address connect)."""
     firewalls = [r for r in args.resources if r.resource_type == DATABASE_FIREWALL]
     for resource in args.resources:
-        if resource.resource_type == DATABASE_CLUSTER:
-            engine = str(_known(resource.props, "engine", ""))
-            if engine not in DATABASE_ENGINES:
-                continue
-            what = f"{engine} cluster"
-        elif resource.resource_type == DATABASE_REPLICA:
-            what = "read-only node"
-        else:
+        what = _managed_database(resource.resource_type, resource.props)
+        if what is None:
             continue
         guarding = [f for f in firewalls if _targets(f, resource)]
         if not guarding:
