@@ -251,6 +251,15 @@ EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 RENEW_BEFORE = 30 * 86400  # seconds: a certificate closer to its end is issued again
 
 
+def self_signed(key: Path, crt: Path, subject: str, extensions: list[str]) -> None:
+    """A new EC key and a self-signed certificate for it, valid ten years."""
+    addext = [arg for extension in extensions for arg in ("-addext", extension)]
+    run(
+        ["openssl", "req", "-x509", *EC_KEY, "-days", "3650", "-subj", subject, *addext]
+        + ["-keyout", str(key), "-out", str(crt)]
+    )
+
+
 def ensure_ca() -> tuple[Path, Path, bool]:
     """This cluster's own certificate authority, made once on the primary with openssl."""
     crt, key = CA_DIR / "ca.crt", CA_DIR / "ca.key"
@@ -258,25 +267,11 @@ def ensure_ca() -> tuple[Path, Path, bool]:
         return crt, key, False
     log("making the cluster's certificate authority")
     CA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            *EC_KEY,
-            "-days",
-            "3650",
-            "-subj",
-            "/CN=mastodon-data CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            str(key),
-            "-out",
-            str(crt),
-        ]
+    self_signed(
+        key,
+        crt,
+        "/CN=mastodon-data CA",
+        ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign"],
     )
     os.chmod(key, 0o600)
     os.chmod(crt, 0o644)
@@ -312,30 +307,26 @@ def ensure_certificate(cluster: Cluster, address: str, ca: tuple[Path, Path] | N
     if key.exists() and certificate_valid(crt, address, ca[0] if ca else None):
         return False
     log("issuing the server certificate")
-    subject = ["-subj", f"/CN={address}"]
-    extensions = f"subjectAltName=IP:{address}\nextendedKeyUsage=serverAuth\n"
+    subject = f"/CN={address}"
     if ca is None:
+        self_signed(key, crt, subject, [f"subjectAltName=IP:{address}"])
+    else:
+        csr, ext = cluster.confdir / "server.csr", cluster.confdir / "server.ext"
+        ext.write_text(f"subjectAltName=IP:{address}\nextendedKeyUsage=serverAuth\n")
         run(
             [
                 "openssl",
                 "req",
-                "-x509",
+                "-new",
                 *EC_KEY,
-                "-days",
-                "3650",
-                *subject,
-                "-addext",
-                f"subjectAltName=IP:{address}",
+                "-subj",
+                subject,
                 "-keyout",
                 str(key),
                 "-out",
-                str(crt),
+                str(csr),
             ]
         )
-    else:
-        csr, ext = cluster.confdir / "server.csr", cluster.confdir / "server.ext"
-        ext.write_text(extensions)
-        run(["openssl", "req", "-new", *EC_KEY, *subject, "-keyout", str(key), "-out", str(csr)])
         run(
             [
                 "openssl",
