@@ -1,28 +1,36 @@
 # Tasks: `make lab` (the main job on the built-in lab), `make test`, `make lab-down`, `make engine`.
+# Each installs what it needs first: Debian packages, the venv, the Pulumi engine.
 PY := venv/bin/python
 HOSTS ?= 3
+# The plugins' upstream source, for machines where Pulumi's installer cannot be reached.
+ENGINE_SRC ?= $(if $(wildcard ../shared/engine-src),$(abspath ../shared/engine-src))
+export ENGINE_SRC
 
-.PHONY: lab lab-down test engine lint
+.PHONY: lab lab-down test engine packages lint
 
-venv/.installed: requirements.txt requirements-dev.txt
+packages:
+	bash scripts/install_packages.sh
+
+venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv venv
 	venv/bin/pip install -q -r requirements-dev.txt
+	venv/bin/pip install -q --no-deps -e .
 	touch $@
 
 engine:
-	bash scripts/bootstrap_engine.sh || true
+	bash scripts/bootstrap_engine.sh
+	bash scripts/install_actionlint.sh
 
-lab: venv/.installed engine
+lab: packages venv/.installed engine
 	$(PY) scripts/lab_main.py --hosts $(HOSTS)
 
 lab-down:
-	$(PY) scripts/lab.py down
+	python3 scripts/lab.py down
 
-lint: venv/.installed
+lint: venv/.installed engine
 	venv/bin/ruff check .
 	venv/bin/ruff format --check .
-	@test -x .engine/bin/actionlint || { echo "actionlint is missing: run bash scripts/install_actionlint.sh" >&2; exit 1; }
 	.engine/bin/actionlint
 
-test: lint
+test: packages venv/.installed engine lint
 	$(PY) -m pytest -q -ra

@@ -1,128 +1,157 @@
 #!/usr/bin/env bash
-# Makes the Pulumi engine available in .engine/bin (project-local, ignored by git):
-#   1. the binaries already on PATH, when all three are there;
-#   2. else Pulumi's official installer, when get.pulumi.com answers;
-#   3. else a Go build from the module proxy at the pinned versions, cached in .engine/.
-# Writes .engine/status.json: one entry per component, "ok" with its path or "error" with why.
+# Makes the Pulumi engine available to this clone in .engine/bin (ignored by git):
+#   1. the programs already on PATH, when all four are there;
+#   2. else Pulumi's official installer and `pulumi plugin install`, when get.pulumi.com answers;
+#   3. else a Go build: the CLI from the module proxy, the three plugins from the upstream
+#      source in $ENGINE_SRC (see its SOURCES.md), each stamped with its version.
+# Builds and Go's caches live outside the clone, per user and keyed by version
+# ($ENGINE_HOME, default ~/.cache/mastodon-data/engine), so a second clone finds them in seconds.
+# Writes .engine/status.json: per component "ok" with where it came from, or "error" with why.
 set -uo pipefail
 
-PULUMI_VERSION="${PULUMI_VERSION:-3.259.0}"   # newest pkg/v3 whose zip the module proxy serves here
-COMMAND_VERSION="${COMMAND_VERSION:-1.2.1}"    # matches requirements.txt (pulumi-command)
+PULUMI_VERSION="${PULUMI_VERSION:-3.259.0}"       # newest pkg/v3 whose zip the module proxy serves
+COMMAND_VERSION="${COMMAND_VERSION:-1.2.1}"       # = pulumi-command in requirements.txt
+DIGITALOCEAN_VERSION="${DIGITALOCEAN_VERSION:-4.84.1}"   # = pulumi-digitalocean (installer)
+DIGITALOCEAN_SRC_VERSION="${DIGITALOCEAN_SRC_VERSION:-4.76.0}"  # newest source in ENGINE_SRC
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-ENGINE="$ROOT/.engine"
-BIN="$ENGINE/bin"
-mkdir -p "$BIN" "$ENGINE/logs"
-export GOPATH="$ENGINE/gopath" GOMODCACHE="$ENGINE/gopath/pkg/mod" GOCACHE="$ENGINE/gocache"
+ENGINE_HOME="${ENGINE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/mastodon-data/engine}"
+ENGINE_SRC="${ENGINE_SRC:-}"
+BIN="$ROOT/.engine/bin"
+LOGS="$ENGINE_HOME/logs"
+mkdir -p "$BIN" "$LOGS"
+export GOMODCACHE="$ENGINE_HOME/go/mod" GOCACHE="$ENGINE_HOME/go/build"
 export GOFLAGS="-buildvcs=false" GOTOOLCHAIN=local
 
 declare -A STATUS
 note() { echo "bootstrap: $*" >&2; }
 record() { STATUS["$1"]="$2"; }
+PROGRAMS=(pulumi pulumi-language-python pulumi-resource-command pulumi-resource-digitalocean)
 
-have_all_on_path() {
-  command -v pulumi >/dev/null && command -v pulumi-language-python >/dev/null \
-    && command -v pulumi-resource-command >/dev/null
+link() {  # link NAME PATH: the clone's bin points at the per-user copy
+  ln -sfn "$2" "$BIN/$1"
 }
 
 from_path() {
   local name
-  for name in pulumi pulumi-language-python pulumi-language-python-exec pulumi-resource-command; do
-    command -v "$name" >/dev/null && ln -sf "$(command -v "$name")" "$BIN/$name"
+  for name in "${PROGRAMS[@]}"; do command -v "$name" >/dev/null || return 1; done
+  for name in "${PROGRAMS[@]}" pulumi-language-python-exec; do
+    command -v "$name" >/dev/null && link "$name" "$(command -v "$name")"
   done
-  record cli "ok:PATH"; record language-python "ok:PATH"; record command "ok:PATH"
+  local c; for c in cli language-python command digitalocean; do record "$c" "ok:PATH"; done
 }
 
 from_installer() {
-  local script
+  local script root="$ENGINE_HOME/official-$PULUMI_VERSION"
   script="$(curl -fsSL --max-time 10 https://get.pulumi.com 2>/dev/null)" || return 1
-  note "official installer reachable: installing pulumi $PULUMI_VERSION"
-  sh -c "$script" -s -- --version "$PULUMI_VERSION" --install-root "$ENGINE/official" \
-      --no-edit-path >"$ENGINE/logs/installer.log" 2>&1 || return 1
-  ln -sf "$ENGINE/official/bin/"* "$BIN/"
-  PATH="$BIN:$PATH" pulumi plugin install resource command "$COMMAND_VERSION" \
-      >>"$ENGINE/logs/installer.log" 2>&1 || return 1
-  record cli "ok:installer"; record language-python "ok:installer"; record command "ok:installer"
+  note "official installer reachable: installing pulumi $PULUMI_VERSION and the two plugins"
+  if [[ ! -x "$root/bin/pulumi" ]]; then
+    sh -c "$script" -s -- --version "$PULUMI_VERSION" --install-root "$root" --no-edit-path \
+      >"$LOGS/installer.log" 2>&1 || return 1
+  fi
+  local plugins="$ENGINE_HOME/official-plugins"
+  PULUMI_HOME="$plugins" "$root/bin/pulumi" plugin install resource command "$COMMAND_VERSION" \
+    >>"$LOGS/installer.log" 2>&1 || return 1
+  PULUMI_HOME="$plugins" "$root/bin/pulumi" plugin install resource digitalocean \
+    "$DIGITALOCEAN_VERSION" >>"$LOGS/installer.log" 2>&1 || return 1
+  local f; for f in "$root/bin/"*; do link "$(basename "$f")" "$f"; done
+  link pulumi-resource-command \
+    "$plugins/plugins/resource-command-v$COMMAND_VERSION/pulumi-resource-command"
+  link pulumi-resource-digitalocean \
+    "$plugins/plugins/resource-digitalocean-v$DIGITALOCEAN_VERSION/pulumi-resource-digitalocean"
+  local c; for c in cli language-python command digitalocean; do record "$c" "ok:installer"; done
 }
 
-# go_build NAME MODULE VERSION PACKAGE [REPLACE...]: builds PACKAGE into $BIN/NAME via a wrapper
-# module (pkg/v3's own go.mod has replace directives, so `go install pkg@version` refuses).
-go_build() {
-  local name="$1" module="$2" version="$3" package="$4"; shift 4
-  local dir="$ENGINE/build/$name" log="$ENGINE/logs/$name.log"
-  if [[ -x "$BIN/$name" && -f "$dir/built-$version-v2" ]]; then record "$name" "ok:cached"; return 0; fi
-  # A module the proxy refused is not asked again for the same version (RETRY=1 asks anyway).
-  if [[ -f "$dir/failed-$version" && "${RETRY:-0}" != 1 ]]; then
-    record "$name" "error:$(cat "$dir/failed-$version")"; return 1
-  fi
-  mkdir -p "$dir"
-  cat >"$dir/go.mod" <<MOD
-module example.local/engine-$name
-
-go 1.25
-MOD
-  for r in "$@"; do echo "replace $r" >>"$dir/go.mod"; done
-  printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$package" >"$dir/tools.go"
-  (
-    cd "$dir" &&
-    go get "$module@$version" &&
-    go mod tidy &&
-    go build -ldflags "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$version" \
-      -o "$BIN/$name" "$package"
-  ) >"$log" 2>&1
-  if [[ $? -eq 0 ]]; then
-    touch "$dir/built-$version-v2"; record "$name" "ok:go-build"
+# build COMPONENT NAME VERSION DIR PACKAGE LDFLAG [OUT]: `go build` in DIR into OUT/NAME (default
+# $ENGINE_HOME/NAME-VERSION), once per version.
+build() {
+  local component="$1" name="$2" version="$3" dir="$4" package="$5" ldflag="$6"
+  local out="${7:-$ENGINE_HOME/$name-$version}" log="$LOGS/$name-$version.log"
+  if [[ -x "$out/$name" ]]; then link "$name" "$out/$name"; record "$component" "ok:cached"; return; fi
+  [[ -d "$dir" ]] || { record "$component" "error:no source at $dir (set ENGINE_SRC)"; return 1; }
+  note "building $name $version (minutes on a cold cache; log: $log)"
+  mkdir -p "$out"
+  if (cd "$dir" && go build -ldflags "-X $ldflag=$version" -o "$out/$name.tmp" "$package") \
+      >"$log" 2>&1; then
+    mv "$out/$name.tmp" "$out/$name"; link "$name" "$out/$name"; record "$component" "ok:go-build"
   else
-    grep -m1 -E 'not available|403|404|error|cannot|does not contain' "$log" | tr -d '"\\' \
-      | cut -c1-300 >"$dir/failed-$version"
-    record "$name" "error:$(cat "$dir/failed-$version")"
+    record "$component" "error:go build failed: $(grep -m1 -E 'error|cannot|403|404' "$log" \
+      | tr -d '"\\' | cut -c1-200) (log: $log)"
     return 1
   fi
 }
 
-from_go() {
-  go_build pulumi github.com/pulumi/pulumi/pkg/v3 "v$PULUMI_VERSION" \
-    github.com/pulumi/pulumi/pkg/v3/cmd/pulumi \
-    "github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e"
-  [[ "${STATUS[pulumi]}" == ok* ]] && record cli "${STATUS[pulumi]}" || record cli "${STATUS[pulumi]}"
-  # The exec script ships in the sdk/v3 zip (python/cmd/), not with the language host module.
-  local exec_script
-  exec_script="$(ls "$GOMODCACHE"/github.com/pulumi/pulumi/sdk/v3@v"$PULUMI_VERSION"/python/cmd/pulumi-language-python-exec 2>/dev/null)"
-  [[ -n "$exec_script" ]] && install -m 0755 "$exec_script" "$BIN/pulumi-language-python-exec"
-  go_build pulumi-language-python github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3 \
-    "v$PULUMI_VERSION" github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3
-  record language-python "${STATUS[pulumi-language-python]}"
-  go_build pulumi-resource-command github.com/pulumi/pulumi-command/provider "v$COMMAND_VERSION" \
-    github.com/pulumi/pulumi-command/provider/cmd/pulumi-resource-command
-  if [[ "${STATUS[pulumi-resource-command]}" == error* ]]; then
-    # Go falls back to the root module, which hides why: ask the proxy about the nested one.
-    local proxy; proxy="$(go env GOPROXY)"; proxy="${proxy%%,*}"
-    local url="$proxy/github.com/pulumi/pulumi-command/provider/@v/v$COMMAND_VERSION.info"
-    local answer
-    answer="$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 "$url")"
-    STATUS[pulumi-resource-command]="error:module github.com/pulumi/pulumi-command/provider@v$COMMAND_VERSION: the module proxy answers HTTP $answer (${STATUS[pulumi-resource-command]#error:})"
+# The CLI module has replace directives of its own, so it is built through a wrapper module.
+cli_wrapper() {
+  local dir="$ENGINE_HOME/src/pulumi-$PULUMI_VERSION"
+  mkdir -p "$dir"
+  if [[ ! -f "$dir/go.sum" ]]; then
+    cat >"$dir/go.mod" <<MOD
+module example.local/engine-pulumi
+
+go 1.25
+
+replace github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e
+MOD
+    printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"\n' \
+      >"$dir/tools.go"
+    (cd "$dir" && go get "github.com/pulumi/pulumi/pkg/v3@v$PULUMI_VERSION" && go mod tidy) \
+      >"$LOGS/pulumi-$PULUMI_VERSION-modules.log" 2>&1 || rm -f "$dir/go.sum"
   fi
-  record command "${STATUS[pulumi-resource-command]}"
+  echo "$dir"
 }
 
+from_source() {
+  command -v go >/dev/null || { note "Go is missing: install Go (https://go.dev/dl/) or Pulumi."; return 1; }
+  local sdk_version="github.com/pulumi/pulumi/sdk/v3/go/common/version.Version"
+  # The language host sits next to the CLI, as in Pulumi's own packages: the CLI finds it there.
+  local cli_dir="$ENGINE_HOME/pulumi-v$PULUMI_VERSION"
+  build cli pulumi "v$PULUMI_VERSION" "$(cli_wrapper)" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi \
+    "$sdk_version" "$cli_dir"
+  if [[ -z "$ENGINE_SRC" ]]; then
+    local c; for c in language-python command digitalocean; do
+      record "$c" "error:ENGINE_SRC is not set: point it at the plugins' upstream source (SOURCES.md) or use the official installer"
+    done
+    return 1
+  fi
+  build language-python pulumi-language-python "v$PULUMI_VERSION" \
+    "$ENGINE_SRC/pulumi-language-python" . "$sdk_version" "$cli_dir"
+  # The script the language host runs ships in the sdk/v3 module zip (python/cmd/).
+  local exec_script="$GOMODCACHE/github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION/python/cmd/pulumi-language-python-exec"
+  if [[ -f "$exec_script" ]]; then
+    install -m 0755 "$exec_script" "$cli_dir/"
+    link pulumi-language-python-exec "$cli_dir/pulumi-language-python-exec"
+  elif [[ "${STATUS[language-python]}" == ok* ]]; then
+    record language-python "error:pulumi-language-python-exec not found in the sdk/v3 module"
+  fi
+  build command pulumi-resource-command "$COMMAND_VERSION" "$ENGINE_SRC/pulumi-command/provider" \
+    ./cmd/pulumi-resource-command github.com/pulumi/pulumi-command/provider/pkg/version.Version
+  build digitalocean pulumi-resource-digitalocean "$DIGITALOCEAN_SRC_VERSION" \
+    "$ENGINE_SRC/pulumi-digitalocean/provider" ./cmd/pulumi-resource-digitalocean \
+    github.com/pulumi/pulumi-digitalocean/provider/v4/pkg/version.Version
+}
+
+exec 9>"$ENGINE_HOME/.lock"
+flock -w 3600 9 || { note "another bootstrap holds $ENGINE_HOME/.lock"; exit 1; }
 start=$(date +%s)
-if have_all_on_path; then from_path
+if from_path; then note "using the Pulumi programs on PATH"
 elif from_installer; then :
 else
-  command -v go >/dev/null || { note "Go is missing: install it (https://go.dev/dl/) or Pulumi itself."; exit 1; }
-  note "official installer unreachable: building pulumi $PULUMI_VERSION with Go (first run takes minutes)"
-  from_go
+  [[ -x "$ENGINE_HOME/pulumi-v$PULUMI_VERSION/pulumi" ]] \
+    || note "official installer unreachable: building the engine from source (first run takes minutes)"
+  from_source
 fi
 elapsed=$(( $(date +%s) - start ))
 
 {
-  printf '{\n  "pulumi_version": "%s",\n  "command_version": "%s",\n  "seconds": %d' \
-    "$PULUMI_VERSION" "$COMMAND_VERSION" "$elapsed"
-  for key in cli language-python command; do
+  printf '{\n  "pulumi_version": "%s",\n  "engine_home": "%s",\n  "seconds": %d' \
+    "$PULUMI_VERSION" "$ENGINE_HOME" "$elapsed"
+  for key in cli language-python command digitalocean; do
     value="${STATUS[$key]:-error:not attempted}"
     printf ',\n  "%s": {"state": "%s", "detail": "%s"}' "$key" "${value%%:*}" "${value#*:}"
   done
   printf '\n}\n'
-} >"$ENGINE/status.json"
-cat "$ENGINE/status.json"
-# Exit 0 when the CLI exists: the tests read status.json to skip what a missing plugin prevents.
-[[ "${STATUS[cli]:-}" == ok* ]]
+} >"$ROOT/.engine/status.json"
+cat "$ROOT/.engine/status.json"
+for key in cli language-python command digitalocean; do
+  [[ "${STATUS[$key]:-}" == ok* ]] || { note "the engine is incomplete: $key: ${STATUS[$key]:-}"; exit 1; }
+done

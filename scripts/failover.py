@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
-"""Failover for hosts-mode stacks: promote a chosen replica, repoint the other replicas to it and
-print the new outputs; later, bring the failed primary back as a replica (pg_rewind).
+"""Failover of a hosts-mode stack: promote a replica, then let `pulumi up` repoint the others;
+later, bring the failed primary back as a replica (pg_rewind).
 
-    # the primary is lost: promote mlab-h2, write the new topology, apply it
-    python3 scripts/failover.py --stack-file Pulumi.lab.yaml --secrets-file F \\
-        --known-hosts K promote mlab-h2 --write Pulumi.lab.failover.yaml
+    # the primary is lost: promote mlab-h2; the stack's hosts are reordered and applied
+    python3 scripts/failover.py --stack prod promote mlab-h2
     # the old primary is back: rewind it onto the new primary as a replica
-    python3 scripts/failover.py --stack-file Pulumi.lab.failover.yaml --secrets-file F \\
-        --known-hosts K rejoin mlab-h1 --write Pulumi.lab.failover.yaml
+    python3 scripts/failover.py --stack prod rejoin mlab-h1
 
-The new stack outputs (JSON, as `pulumi stack output --json --show-secrets`) go to stdout, so
-`| python3 scripts/render_env.py` writes the new .env.production; a summary goes to stderr.
-With the Pulumi engine, set the same `hosts`/`replicaCount` in the stack and run `pulumi up`.
+Run it where `pulumi up` of the stack runs (`--cwd` for another project directory). The promote
+script runs over ssh with the stack's key; everything after it is `pulumi up` of the same
+program with the new order. The new outputs (JSON, as `pulumi stack output --json
+--show-secrets`) go to stdout, so `| python3 scripts/render_env.py` writes the new
+.env.production; a summary goes to stderr.
 """
 
 from __future__ import annotations
@@ -23,100 +23,109 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+import host_ssh
+from pulumi_cli import PulumiFailed, Stack
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import apply_hosts  # noqa: E402
-
-from components import plan  # noqa: E402
-from components.config import PROJECT, ConfigError, parse_settings  # noqa: E402
-from components.stack_file import read_stack_file  # noqa: E402
-
-HOSTS, REPLICAS = f"{PROJECT}:hosts", f"{PROJECT}:replicaCount"
+from components import plan
+from components.config import ALL_SECRET_KEYS, DEFAULTS, ConfigError, parse_settings
+from components.stack_config import RESEED_KEY
 
 
-def reordered(document: dict, first: list[str], count: int) -> dict:
-    """The stack document with `first` hosts leading (primary, then replicas) and the count."""
-    config = dict(document["config"])
-    hosts = config[HOSTS]
+def typed(config: dict) -> dict:
+    """Plain settings typed as the program reads them (numbers and lists arrive as JSON text)."""
+    plain = {}
+    for key, value in config.items():
+        if key in ALL_SECRET_KEYS or key == RESEED_KEY:
+            continue
+        if isinstance(value, str) and not isinstance(DEFAULTS.get(key, []), str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass  # parse_settings names the key and the fix
+        plain[key] = value
+    return plain
+
+
+def reordered(hosts: list[dict], first: list[str]) -> list[dict]:
+    """`hosts` with `first` leading (primary, then replicas), the others after them."""
     by_name = {h["name"]: h for h in hosts}
-    config[HOSTS] = [by_name[n] for n in first] + [h for h in hosts if h["name"] not in first]
-    config[REPLICAS] = count
-    return {**document, "config": config}
+    return [by_name[n] for n in first] + [h for h in hosts if h["name"] not in first]
 
 
-def promote(args, secrets: dict, settings, document: dict) -> tuple[dict, dict]:
-    nodes = plan.nodes_from_hosts(settings)
-    target = next((n for n in nodes if n.name == args.name and n.role == "replica"), None)
-    if target is None:
-        replicas = [n.name for n in nodes if n.role == "replica"]
-        raise ConfigError(f"{args.name} is not a replica of this stack (replicas: {replicas})")
+def promote_over_ssh(settings, target: plan.Node, ssh_key: str) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as private:
         key = Path(private) / "key"
         key.touch(mode=0o600)
-        key.write_text(secrets["sshPrivateKey"])
+        key.write_text(ssh_key.rstrip("\n") + "\n")
         start = time.monotonic()
-        report = plan.parse_report(
-            apply_hosts.run_step(
-                plan.promote_step(settings, target), secrets, key, args.known_hosts
-            )
-        )
-    survivors = [n.name for n in nodes if n.role == "replica" and n.name != args.name]
-    # The old primary becomes a spare: it rejoins only when the operator asks (`rejoin`).
-    new = reordered(document, [args.name, *survivors], len(survivors))
-    return new, {"promoted": args.name, "promote_s": round(time.monotonic() - start, 2), **report}
+        out = host_ssh.run_step(plan.promote_step(settings, target), {}, key, None)
+    return plan.parse_report(out), round(time.monotonic() - start, 2)
 
 
-def rejoin(args, settings, document: dict) -> tuple[dict, dict]:
+def promote(stack: Stack, name: str, config: dict, settings) -> dict:
     nodes = plan.nodes_from_hosts(settings)
-    if args.name in {n.name for n in nodes}:
-        raise ConfigError(f"{args.name} is already the primary or a replica of this stack")
+    target = next((n for n in nodes if n.name == name and n.role == "replica"), None)
+    if target is None:
+        replicas = [n.name for n in nodes if n.role == "replica"]
+        raise ConfigError(f"{name} is not a replica of this stack (replicas: {replicas})")
+    report, seconds = promote_over_ssh(settings, target, config["sshPrivateKey"])
+    survivors = [n.name for n in nodes if n.role == "replica" and n.name != name]
+    # The old primary becomes a spare: it rejoins only when the operator asks (`rejoin`).
+    stack.set_plain(
+        {"hosts": reordered(config["hosts"], [name, *survivors]), "replicaCount": len(survivors)}
+    )
+    start = time.monotonic()
+    stack.up()
+    return {"promoted": name, "promote_s": seconds, **report, "up_s": _since(start)}
+
+
+def rejoin(stack: Stack, name: str, config: dict, settings) -> dict:
+    nodes = plan.nodes_from_hosts(settings)
+    if name in {n.name for n in nodes}:
+        raise ConfigError(f"{name} is already the primary or a replica of this stack")
     names = [n.name for n in nodes]
-    new = reordered(document, [*names, args.name], len(names))
-    return new, {"rejoining": args.name}
+    stack.set_plain(
+        {
+            "hosts": reordered(config["hosts"], [*names, name]),
+            "replicaCount": len(names),
+            RESEED_KEY: [name],
+        }
+    )
+    start = time.monotonic()
+    stack.up()
+    report = stack.step_reports()[f"replica-{name}"]
+    stack.remove(RESEED_KEY)  # a re-seed is asked for once
+    stack.up()
+    return {"rejoined": name, "changed": report.get("changed", []), "up_s": _since(start)}
+
+
+def _since(start: float) -> float:
+    return round(time.monotonic() - start, 2)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stack-file", type=Path, required=True)
-    parser.add_argument("--secrets-file", type=Path, required=True)
-    parser.add_argument("--known-hosts", type=Path)
-    parser.add_argument("--write", type=Path, help="where to write the new stack file")
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="the Pulumi project")
     parser.add_argument("action", choices=["promote", "rejoin"])
     parser.add_argument("name", help="the replica to promote, or the old primary to rejoin")
     args = parser.parse_args(argv)
-    secrets = json.loads(args.secrets_file.read_text())
-    document = yaml.safe_load(args.stack_file.read_text())
+    stack = Stack(args.stack, args.cwd)
     try:
-        raw, _ = read_stack_file(args.stack_file)
-        settings = parse_settings(raw, set(secrets))
+        config = stack.config()
+        settings = parse_settings(typed(config), set(config) & set(ALL_SECRET_KEYS))
         if settings.mode != "hosts":
             raise ConfigError(
-                "failover.py drives hosts-mode stacks (droplets: same steps, "
-                "through `pulumi up` after `pg_promote`)"
+                "failover.py drives hosts-mode stacks (droplets: `pg_promote` on the droplet, "
+                "then `pulumi up`)"
             )
-        if args.action == "promote":
-            new, summary = promote(args, secrets, settings, document)
-            reseed = frozenset()
-        else:
-            new, summary = rejoin(args, settings, document)
-            reseed = frozenset({args.name})
-        out = args.write or args.stack_file.with_name(args.stack_file.stem + ".failover.yaml")
-        out.write_text(yaml.safe_dump(new, sort_keys=False))
-        start = time.monotonic()
-        outputs = apply_hosts.apply(out, secrets, args.known_hosts, reseed)
-        summary["apply_s"] = round(time.monotonic() - start, 2)
-    except (ConfigError, apply_hosts.StepFailed) as exc:
+        action = promote if args.action == "promote" else rejoin
+        summary = action(stack, args.name, config, settings)
+        outputs = stack.outputs()
+    except (ConfigError, PulumiFailed, host_ssh.StepFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    env = {k: ("[secret]" if k.endswith("PASS") else v) for k, v in outputs["mastodon_env"].items()}
-    print(
-        json.dumps({**summary, "stack_file": str(out), "mastodon_env": env}, indent=2),
-        file=sys.stderr,
-    )
+    print(json.dumps(summary, indent=2), file=sys.stderr)
     print(json.dumps(outputs, indent=2, sort_keys=True))
     return 0
 

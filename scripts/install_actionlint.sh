@@ -4,19 +4,22 @@
 #
 #   bash scripts/install_actionlint.sh
 #
-# Needs Go 1.25 or newer (actionlint's go.mod); modules and build cache stay in .engine/ like the
-# engine's (scripts/bootstrap_engine.sh), which is git-ignored.
+# Needs Go 1.25 or newer (actionlint's go.mod). The build and Go's caches are per user, outside the
+# clone, like the engine's (scripts/bootstrap_engine.sh); .engine/bin (git-ignored) links to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VERSION=v1.7.12  # the newest on the Go module proxy on 2026-11-22
 MODULE=github.com/rhysd/actionlint/cmd/actionlint
-ENGINE="$PWD/.engine"
-BIN="$ENGINE/bin"
+ENGINE_HOME="${ENGINE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/mastodon-data/engine}"
+BIN="$PWD/.engine/bin"
+BUILT="$ENGINE_HOME/actionlint-$VERSION"
 TARGET="$BIN/actionlint"
+mkdir -p "$BIN"
+if [[ -x $BUILT/actionlint ]]; then ln -sfn "$BUILT/actionlint" "$TARGET"; fi
 
 if [[ -x $TARGET ]] && [[ "$("$TARGET" -version 2>/dev/null | head -n 1)" == "$VERSION" ]]; then
-  echo "actionlint $VERSION: cached in .engine/bin"
+  echo "actionlint $VERSION: cached in $BUILT"
   exit 0
 fi
 
@@ -28,13 +31,14 @@ if [[ -z $GO ]]; then
   exit 1
 fi
 
-mkdir -p "$BIN"
-export GOPATH="$ENGINE/gopath" GOMODCACHE="$ENGINE/gopath/pkg/mod" GOCACHE="$ENGINE/gocache"
-export GOFLAGS="-buildvcs=false" GOTOOLCHAIN=local GOBIN="$BIN"
+mkdir -p "$BUILT"
+export GOMODCACHE="$ENGINE_HOME/go/mod" GOCACHE="$ENGINE_HOME/go/build"
+export GOFLAGS="-buildvcs=false" GOTOOLCHAIN=local GOBIN="$BUILT"
 started=$SECONDS
 if ! "$GO" install "$MODULE@$VERSION"; then
   echo "install_actionlint: 'go install $MODULE@$VERSION' failed (above); actionlint needs" \
     "Go 1.25+ (this is $("$GO" env GOVERSION))" >&2
   exit 1
 fi
-echo "actionlint $("$TARGET" -version | head -n 1): built into .engine/bin in $((SECONDS - started)) s"
+ln -sfn "$BUILT/actionlint" "$TARGET"
+echo "actionlint $("$TARGET" -version | head -n 1): built into $BUILT in $((SECONDS - started)) s"

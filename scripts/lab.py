@@ -418,22 +418,29 @@ def leftovers(lab: Lab) -> list[str]:
     return found
 
 
+def host_key(host: LabHost) -> str:
+    """The host's public key as `type base64`, for the stack's `hostKey` (pinned)."""
+    return " ".join((host.state_dir / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+
+
 def stack_config(lab: Lab, replica_count: int, hosts: int) -> dict:
-    """A hosts-mode stack configuration for this lab's first `hosts` hosts. On 5432: the operator
-    and the hosts in use; spare hosts are deliberately outside."""
+    """A hosts-mode stack configuration (keys without the project prefix) for this lab's first
+    `hosts` hosts, host keys pinned. On 5432: the operator and the hosts in use; spare hosts are
+    deliberately outside."""
     return {
-        "mastodon-data:postgresMode": "hosts",
-        "mastodon-data:postgresVersion": 15,  # what this machine (Debian 12) can install
-        "mastodon-data:replicaCount": replica_count,
-        "mastodon-data:postgresAllowedSources": [f"{lab.operator_address}/32"]
+        "postgresMode": "hosts",
+        "postgresVersion": 15,  # what this machine (Debian 12) can install
+        "replicaCount": replica_count,
+        "postgresAllowedSources": [f"{lab.operator_address}/32"]
         + [f"{lab.host(i).address}/32" for i in range(1, 2 + replica_count)],
-        "mastodon-data:walKeepSize": "64MB",
-        "mastodon-data:maxSlotWalKeepSize": "256MB",
-        "mastodon-data:hosts": [
+        "walKeepSize": "64MB",
+        "maxSlotWalKeepSize": "256MB",
+        "hosts": [
             {
                 "name": lab.host(i).name,
                 "publicAddress": lab.host(i).address,
                 "privateAddress": lab.host(i).address,
+                "hostKey": host_key(lab.host(i)),
             }
             for i in range(1, hosts + 1)
         ],

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lab as lab_hosts
 import yaml
+from lab_stack import PROJECT, LabStack
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 
@@ -31,9 +32,18 @@ def lab_unavailable() -> str | None:
 
 
 def stack_file(path: Path, lab: lab_hosts.Lab, replica_count: int, hosts: int = 4) -> Path:
-    """A hosts-mode stack file for the test lab."""
-    path.write_text(yaml.safe_dump({"config": lab_hosts.stack_config(lab, replica_count, hosts)}))
+    """A hosts-mode stack file for the test lab (for tests of one host script)."""
+    config = lab_hosts.stack_config(lab, replica_count, hosts)
+    path.write_text(yaml.safe_dump({"config": {f"{PROJECT}:{k}": v for k, v in config.items()}}))
     return path
+
+
+def applied(stack: LabStack, config: dict, secrets: dict[str, str]) -> dict:
+    """`pulumi up` of `stack` with `config`; the stack outputs, plus each replication step's
+    last report under "steps"."""
+    stack.configure(config, secrets)
+    stack.up()
+    return {**stack.outputs(), "steps": stack.step_reports()}
 
 
 def new_secrets(lab: lab_hosts.Lab) -> dict[str, str]:
@@ -60,7 +70,7 @@ def wait_until(condition, limit: float, what: str) -> float:
 
 
 def write_figures(name: str, figures: dict) -> None:
-    """Measured figures of a lab test run, for the README (recorded, never asserted)."""
+    """Measured figures of a lab test run (recorded, never asserted), in results/ (ignored)."""
     out = ROOT_DIR / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
@@ -70,6 +80,15 @@ class LabSession:
     def __init__(self, lab: lab_hosts.Lab, workdir: Path):
         self.lab, self.workdir = lab, workdir
         self.secrets = new_secrets(lab)
+        self.stack = LabStack("labtest", workdir / "stack")
+        self.stack.prepare()
+
+    def apply(self, replica_count: int, reseed: tuple[str, ...] = ()) -> dict:
+        """`pulumi up` of the test lab's stack with `replica_count` replicas of four hosts."""
+        config = lab_hosts.stack_config(self.lab, replica_count, 4)
+        if reseed:
+            config["reseedReplicas"] = list(reseed)
+        return applied(self.stack, config, self.secrets)
 
     def ssh(
         self, index: int, command: str, timeout: float = 60, check: bool = True

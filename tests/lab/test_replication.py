@@ -1,5 +1,6 @@
-"""Replication on the test lab: the real host scripts over real ssh, in the order the Pulumi
-program runs them (scripts/apply_hosts.py). The tests build on each other, top to bottom."""
+"""Replication on the test lab: `pulumi up` of a hosts-mode stack through the real engine (the
+host scripts as remote.Commands over real ssh); tests of one host script run it alone over ssh
+(scripts/host_ssh.py). The tests build on each other, top to bottom."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import sys
 import time
 from dataclasses import replace
 
-import apply_hosts
 import check_replication
+import host_ssh
 import psycopg
 import pytest
 from labkit import ROOT_DIR, stack_file
+from pulumi_cli import PulumiFailed
 
 from components import plan
 from components.config import parse_settings
@@ -24,13 +26,12 @@ pytestmark = pytest.mark.lab
 WAIT = 15  # seconds for a row to reach a replica
 
 
-def apply(session, replica_count: int, **kwargs) -> dict:
-    path = stack_file(session.workdir / f"Pulumi.r{replica_count}.yaml", session.lab, replica_count)
-    return apply_hosts.apply(path, session.secrets, session.lab.known_hosts, **kwargs)
+def apply(session, replica_count: int, reseed: tuple[str, ...] = ()) -> dict:
+    return session.apply(replica_count, reseed)
 
 
 def reports(outputs: dict) -> dict:
-    return {name: json.loads(line) for name, line in outputs["steps"].items()}
+    return outputs["steps"]
 
 
 def connect(outputs: dict, host: str) -> psycopg.Connection:
@@ -145,22 +146,22 @@ def test_unreachable_host_and_wrong_ssh_key_are_clear_errors(lab_session, first_
     key.touch(mode=0o600)
     key.write_text(lab_session.secrets["sshPrivateKey"])
     nowhere = replace(step, node=replace(step.node, public_address="10.252.0.99"))
-    with pytest.raises(apply_hosts.StepFailed, match=r"ssh to root@10.252.0.99:22 failed"):
-        apply_hosts.run_step(nowhere, lab_session.secrets, key, lab_session.lab.known_hosts)
+    with pytest.raises(host_ssh.StepFailed, match=r"ssh to root@10.252.0.99:22 failed"):
+        host_ssh.run_step(nowhere, lab_session.secrets, key, lab_session.lab.known_hosts)
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
-    with pytest.raises(apply_hosts.StepFailed, match="Permission denied"):
-        apply_hosts.run_step(step, lab_session.secrets, other, lab_session.lab.known_hosts)
+    with pytest.raises(host_ssh.StepFailed, match="Permission denied"):
+        host_ssh.run_step(step, lab_session.secrets, other, lab_session.lab.known_hosts)
 
 
-def test_no_secret_in_step_output_logs_or_files(lab_session, first_run, capfd):
-    capfd.readouterr()
-    outputs = apply(lab_session, 2)  # a run whose whole output is captured
-    printed = capfd.readouterr()
+def test_no_secret_in_step_output_logs_or_files(lab_session, first_run):
+    outputs = apply(lab_session, 2, reseed=("mlabt-h3",))  # every step runs; output captured
+    run = lab_session.stack.last
+    printed = run.stdout + run.stderr
     steps = json.dumps(outputs["steps"]) + json.dumps(outputs["replication"])
     values = [lab_session.secrets["replicationPassword"], lab_session.secrets["dbPassword"]]
     for value in values:
-        assert value not in printed.out + printed.err + steps
+        assert value not in printed + steps
     for index in (1, 2, 3):
         # The secrets go to grep on stdin, not on a command line.
         argv = lab_session.lab.ssh_command(
@@ -191,10 +192,10 @@ def test_pinned_host_keys_are_checked(lab_session, first_run, tmp_path):
     key.write_text(lab_session.secrets["sshPrivateKey"])
     extra = {"primary_ca_cert": lab_session.ca_cert}
     right = replace(step, node=replace(step.node, host_key=keys["mlabt-h1"]))
-    assert apply_hosts.run_step(right, lab_session.secrets, key, None, extra)
+    assert host_ssh.run_step(right, lab_session.secrets, key, None, extra)
     wrong = replace(step, node=replace(step.node, host_key=keys["mlabt-h2"]))
-    with pytest.raises(apply_hosts.StepFailed, match="Host key verification failed"):
-        apply_hosts.run_step(wrong, lab_session.secrets, key, None, extra)
+    with pytest.raises(host_ssh.StepFailed, match="Host key verification failed"):
+        host_ssh.run_step(wrong, lab_session.secrets, key, None, extra)
 
 
 def test_replication_check_passes(first_run):
@@ -211,9 +212,10 @@ def test_replication_check_passes(first_run):
 
 
 def test_second_run_changes_nothing(lab_session, first_run):
+    lab_session.stack.preview("--expect-no-changes")
     second = apply(lab_session, 2)
-    for name, report in reports(second).items():
-        assert report["changed"] == [], f"{name} changed {report['changed']}"
+    # Five steps and their component, the provider and the stack: nothing created or updated.
+    assert lab_session.stack.last_changes() == {"same": 8}
     for name in ("mlabt-h2", "mlabt-h3"):
         before, after = first_run["replication"][name], second["replication"][name]
         assert after["system_identifier"] == before["system_identifier"]
@@ -234,20 +236,15 @@ def test_wrong_replication_password_is_a_clear_error(lab_session, first_run):
     key = lab_session.workdir / "key"
     key.touch(mode=0o600)
     key.write_text(lab_session.secrets["sshPrivateKey"])
+    ca = {"primary_ca_cert": lab_session.ca_cert}
     try:
-        with pytest.raises(apply_hosts.StepFailed, match="rejected the password") as failure:
-            apply_hosts.run_step(
-                step,
-                wrong,
-                key,
-                lab_session.lab.known_hosts,
-                {"primary_ca_cert": lab_session.ca_cert},
-            )
+        with pytest.raises(host_ssh.StepFailed, match="rejected the password") as failure:
+            host_ssh.run_step(step, wrong, key, lab_session.lab.known_hosts, ca)
         assert wrong["replicationPassword"] not in str(failure.value)
     finally:
         # The right password again (the failed run left the wrong one in .pgpass).
-        again = reports(apply(lab_session, 2))
-        assert again["replica-mlabt-h2"]["changed"] == ["pgpass written"]
+        again = host_ssh.run_step(step, lab_session.secrets, key, lab_session.lab.known_hosts, ca)
+        assert plan.parse_report(again)["changed"] == ["pgpass written"]
 
 
 def test_apps_can_verify_the_primary_with_the_exported_ca(first_run, tmp_path):
@@ -279,7 +276,7 @@ def test_replica_refuses_a_primary_presenting_another_certificate(lab_session, f
         f"-out {conf}/server.crt 2>/dev/null && pg_ctlcluster 15 main reload",
     )
     try:
-        with pytest.raises(apply_hosts.StepFailed, match="not issued by this stack's CA"):
+        with pytest.raises(host_ssh.StepFailed, match="not issued by this stack's CA"):
             apply_only_replica(lab_session, "mlabt-h2", replica_count=2)
     finally:
         lab_session.ssh(
@@ -292,7 +289,7 @@ def test_replica_refuses_a_primary_presenting_another_certificate(lab_session, f
 def test_primary_down_during_replica_setup_then_rerun_completes(lab_session, first_run):
     lab_session.ssh(1, "pg_ctlcluster 15 main stop -m fast")
     try:
-        with pytest.raises(apply_hosts.StepFailed, match="not reachable"):
+        with pytest.raises(host_ssh.StepFailed, match="not reachable"):
             # The primary step itself fails first when the primary is down: start it only
             # once the failure of a replica step has been seen.
             apply_only_replica(lab_session, "mlabt-h4", replica_count=3)
@@ -321,11 +318,11 @@ def test_replica_of_another_primary_is_refused_unless_reseeded(lab_session):
         "/var/lib/postgresql/15/main && pg_createcluster 15 main --start "
         ">/dev/null && runuser -u postgres -- createdb precious",
     )
-    with pytest.raises(apply_hosts.StepFailed, match="another primary"):
+    with pytest.raises(PulumiFailed, match="another primary"):
         apply(lab_session, 3)
     databases = lab_session.psql(4, "SELECT datname FROM pg_database", db="postgres").stdout
     assert "precious" in databases
-    reseeded = reports(apply(lab_session, 3, reseed=frozenset({"mlabt-h4"})))
+    reseeded = reports(apply(lab_session, 3, reseed=("mlabt-h4",)))
     assert "re-seeded (other primary)" in reseeded["replica-mlabt-h4"]["changed"]
 
 
@@ -343,4 +340,4 @@ def apply_only_replica(session, name: str, replica_count: int) -> str:
     key.touch(mode=0o600)
     key.write_text(session.secrets["sshPrivateKey"])
     ca = {"primary_ca_cert": session.ca_cert} if getattr(session, "ca_cert", None) else {}
-    return apply_hosts.run_step(step, session.secrets, key, session.lab.known_hosts, ca)
+    return host_ssh.run_step(step, session.secrets, key, session.lab.known_hosts, ca)
