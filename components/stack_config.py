@@ -1,53 +1,71 @@
-"""Reads the stack's configuration through Pulumi and validates it in one place
-(components/config.py), so every bad value stops the preview with the key and the fix."""
+"""Reads the stack's configuration through Pulumi's public API and validates it in one place
+(components/config), so every bad value stops the preview with the key and the fix.
+
+- Values: `pulumi.Config.get` for every key the project knows (Pulumi.yaml's settings, `hosts`,
+  the operations switches), typed by the schema (components.config.decode, as the tools do).
+- Secrets: `pulumi.runtime.is_config_secret` tells a secret from one set in clear text.
+- Misspelt keys: the SDK has no public list of the keys a stack set. The language host hands
+  the program the whole configuration as JSON in PULUMI_CONFIG, read with the public
+  `pulumi.runtime.get_config_env()`; a key of this project there that no setting has is
+  reported. An Automation API inline program gets its configuration without that variable, so
+  there a misspelt key goes unreported (the stack file is still checked by `pulumi preview`).
+"""
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
 import pulumi
 
 from components.config import (
     ALL_SECRET_KEYS,
     DEFAULTS,
+    HOSTS_KEY,
+    OPERATION_KEYS,
     PROJECT,
+    RESEED_KEY,
     ConfigError,
     Settings,
+    decode,
     parse_settings,
     secret_problems,
 )
 
-# Keys outside the validated model (operations switches).
-RESEED_KEY = "reseedReplicas"
+KNOWN_KEYS = (*DEFAULTS, HOSTS_KEY, *OPERATION_KEYS)
 
 
-def _raw_value(config: pulumi.Config, key: str, default):
-    text = config.get(key)
-    if text is None or isinstance(default, str):
-        return text
-    try:
-        return json.loads(text)  # arrays, objects and numbers arrive as JSON text
-    except ValueError:
-        return text  # parse_settings names the key and says what it should be
+def _unknown_keys() -> dict[str, Any]:
+    """This project's keys in the language host's PULUMI_CONFIG that no setting has."""
+    prefix = f"{PROJECT}:"
+    return {
+        name: decode(name, text)
+        for full, text in pulumi.runtime.get_config_env().items()
+        if full.startswith(prefix)
+        and (name := full.removeprefix(prefix)) not in KNOWN_KEYS
+        and name not in ALL_SECRET_KEYS
+    }
 
 
-def _stack_keys() -> set[str]:
-    """Every configuration key the engine handed to this run (the SDK keeps no public list)."""
-    from pulumi.runtime.config import CONFIG
-
-    return set(CONFIG.get()) | set(pulumi.runtime.get_config_env())
+def _read(config: pulumi.Config) -> tuple[dict[str, Any], set[str]]:
+    """(plain values by key, names of the secrets set as secrets)."""
+    raw = {key: decode(key, config.get(key)) for key in KNOWN_KEYS}
+    raw = {key: value for key, value in raw.items() if value is not None} | _unknown_keys()
+    present = set()
+    for key in ALL_SECRET_KEYS:
+        if config.get(key) is None:
+            continue
+        if pulumi.runtime.is_config_secret(f"{PROJECT}:{key}"):
+            present.add(key)
+        else:
+            raw[key] = "[plain text]"  # parse_settings refuses it (and never shows the value)
+    return raw, present
 
 
 def load() -> tuple[Settings, dict[str, pulumi.Output], frozenset[str]]:
     """(settings, secrets as Pulumi secret Outputs, replicas to re-seed); one ConfigError listing
     every problem otherwise."""
     config = pulumi.Config(PROJECT)
-    # Every key of this project in the stack, so a misspelt key is reported too.
-    names = {full.partition(":")[2] for full in _stack_keys() if full.startswith(f"{PROJECT}:")}
-    raw = {
-        key: _raw_value(config, key, DEFAULTS.get(key, [])) for key in names - set(ALL_SECRET_KEYS)
-    }
-    present = {key for key in ALL_SECRET_KEYS if key in names}
+    raw, present = _read(config)
     problems = []
     try:
         settings = parse_settings(raw, present)
@@ -55,7 +73,7 @@ def load() -> tuple[Settings, dict[str, pulumi.Output], frozenset[str]]:
         problems += str(exc).splitlines()
     for key in sorted(present):
         # Plain text only for the check, never logged; messages name the key, not the value.
-        problems += secret_problems(key, pulumi.runtime.get_config(f"{PROJECT}:{key}") or "")
+        problems += secret_problems(key, config.get(key) or "")
     reseed = raw.get(RESEED_KEY) or []
     if not isinstance(reseed, list) or not all(isinstance(n, str) for n in reseed):
         problems.append(

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Prints the README's table of invalid configurations: each case is run through the real
-validation (components/config.py) and the table shows the message it gets. A unit test runs
+validation (components/config) and the table shows the message it gets. A unit test runs
 the same cases, so the table cannot drift from the code.
 
     venv/bin/python scripts/bad_inputs_table.py > /tmp/table.md
@@ -15,21 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components.config import SECRET_KEYS, ConfigError, parse_settings  # noqa: E402
+from tests.fixtures import DROPLETS, MANAGED, hosts_stack, with_host  # noqa: E402
+from tests.fixtures import SPACES as MEDIA  # noqa: E402
 
-DROPLETS = {"sshKeyIds": ["12345"], "adminCidrs": ["198.51.100.7/32"]}
-HOST = {"publicAddress": "192.0.2.10", "privateAddress": "10.0.0.10"}
-HOSTS = {
-    "postgresMode": "hosts",
-    "replicaCount": 1,
-    "postgresAllowedSources": ["10.0.0.0/24"],
-    "hosts": [
-        {"name": "db1", **HOST},
-        {"name": "db2", "publicAddress": "192.0.2.11", "privateAddress": "10.0.0.11"},
-    ],
-}
+HOSTS = hosts_stack(first_address=10)  # db1 at 192.0.2.10, db2 at 192.0.2.11
 ALL = frozenset(SECRET_KEYS)
-MANAGED = {"postgresMode": "managed", "appTag": "mastodon-app"}
-SPACES = {**MANAGED, "spacesBucket": "example-social-media"}
+SPACES = {**MANAGED, **MEDIA}
 NONE: frozenset = frozenset()
 
 # (what is wrong, stack settings, secrets set)
@@ -63,35 +54,13 @@ CASES: list[tuple[str, dict, frozenset]] = [
     ("fewer hosts than replicas", {**HOSTS, "replicaCount": 3}, ALL),
     (
         "duplicate host addresses",
-        {**HOSTS, "hosts": [{"name": "db1", **HOST}, {"name": "db2", **HOST}]},
+        with_host(HOSTS, 1, publicAddress="192.0.2.10", privateAddress="10.0.0.10"),
         ALL,
     ),
-    (
-        "private address not an IP",
-        {
-            **HOSTS,
-            "hosts": [
-                {"name": "db1", **HOST},
-                {"name": "db2", "publicAddress": "192.0.2.11", "privateAddress": "db2.internal"},
-            ],
-        },
-        ALL,
-    ),
-    (
-        "SSH port out of range",
-        {**HOSTS, "hosts": [{"name": "db1", **HOST, "sshPort": 70000}, HOSTS["hosts"][1]]},
-        ALL,
-    ),
-    (
-        "misspelt host key",
-        {**HOSTS, "hosts": [{"name": "db1", **HOST, "privateAdress": "x"}, HOSTS["hosts"][1]]},
-        ALL,
-    ),
-    (
-        "malformed host key",
-        {**HOSTS, "hosts": [{"name": "db1", **HOST, "hostKey": "ssh-rsa !"}, HOSTS["hosts"][1]]},
-        ALL,
-    ),
+    ("private address not an IP", with_host(HOSTS, 1, privateAddress="db2.internal"), ALL),
+    ("SSH port out of range", with_host(HOSTS, 0, sshPort=70000), ALL),
+    ("misspelt host key", with_host(HOSTS, 0, privateAdress="x"), ALL),
+    ("malformed host key", with_host(HOSTS, 0, hostKey="ssh-rsa !"), ALL),
     ("missing secrets", DROPLETS, frozenset()),
     ("managed: no app source for the firewalls", {"postgresMode": "managed"}, NONE),
     ("managed: droplet keys set", {**MANAGED, "replicaCount": 2, "primarySize": "s-4vcpu-8gb"},

@@ -27,23 +27,17 @@ import host_ssh
 from pulumi_cli import PulumiFailed, Stack
 
 from components import plan
-from components.config import ALL_SECRET_KEYS, DEFAULTS, ConfigError, parse_settings
+from components.config import ALL_SECRET_KEYS, ConfigError, decode, parse_settings
 from components.stack_config import RESEED_KEY
 
 
 def typed(config: dict) -> dict:
     """Plain settings typed as the program reads them (numbers and lists arrive as JSON text)."""
-    plain = {}
-    for key, value in config.items():
-        if key in ALL_SECRET_KEYS or key == RESEED_KEY:
-            continue
-        if isinstance(value, str) and not isinstance(DEFAULTS.get(key, []), str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass  # parse_settings names the key and the fix
-        plain[key] = value
-    return plain
+    return {
+        key: decode(key, value)
+        for key, value in config.items()
+        if key not in ALL_SECRET_KEYS and key != RESEED_KEY
+    }
 
 
 def reordered(hosts: list[dict], first: list[str]) -> list[dict]:

@@ -5,21 +5,17 @@ DigitalOcean resources answer with outputs shaped like the provider's (names fro
 from __future__ import annotations
 
 import json
+import os
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pulumi
 
+from tests.fixtures import SECRETS
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "mastodon-data"
-SECRETS = {
-    "sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAtestkeymaterial\n"
-    "-----END OPENSSH PRIVATE KEY-----\n",
-    "replicationPassword": "replication-secret-0123456789",
-    "dbPassword": "database-secret-0123456789",
-}
-
 
 CA_CERT = "-----BEGIN CERTIFICATE-----\nMIIBtestca\n-----END CERTIFICATE-----\n"
 DO_CA_CERT = "-----BEGIN CERTIFICATE-----\nMIIBdigitaloceanca\n-----END CERTIFICATE-----\n"
@@ -158,10 +154,17 @@ def run_program(config: dict, secrets: dict | None = None) -> Run:
     pulumi.runtime.settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="unit", preview=False)
     values = {**config, **secrets}
-    pulumi.runtime.set_all_config(
-        {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()},
-        [f"{PROJECT}:{k}" for k in secrets],
-    )
+    wire = {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+    secret_keys = [f"{PROJECT}:{k}" for k in secrets]
+    # As the language host hands them over: the config JSON in PULUMI_CONFIG (where the program
+    # finds keys it does not know), the same values and secret keys set in the SDK.
+    pulumi.runtime.set_all_config(wire, secret_keys)
+    environ = {
+        "PULUMI_CONFIG": json.dumps(wire),
+        "PULUMI_CONFIG_SECRET_KEYS": json.dumps(secret_keys),
+    }
+    saved = {name: os.environ.get(name) for name in environ}
+    os.environ.update(environ)
     run = Run(mocks.resources)
 
     @pulumi.runtime.test
@@ -176,5 +179,12 @@ def run_program(config: dict, secrets: dict | None = None) -> Run:
         collected = pulumi.Output.from_input(secret_names()).apply(run.secret_outputs.update)
         return pulumi.Output.all(collected, pulumi.Output.all(**exports).apply(run.outputs.update))
 
-    program()
+    try:
+        program()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return run

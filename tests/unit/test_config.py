@@ -1,4 +1,4 @@
-"""components/config.py: valid stacks parse to the expected Settings; every bad value is named,
+"""components/config: valid stacks parse to the expected Settings; every bad value is named,
 shown and given a fix; secrets never appear in a message."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from components.config import (
     DEFAULTS,
     PROJECT,
     SECRET_KEYS,
+    TYPES,
     AppSources,
     ConfigError,
     HostSpec,
@@ -21,47 +22,24 @@ from components.config import (
     RedisSettings,
     Settings,
     SpacesSettings,
+    access,
     connection_limit,
+    managed,
+    media,
     parse_settings,
+    redis,
     secret_problems,
+    topology,
 )
+from tests.fixtures import DROPLETS, HOST_KEY, MANAGED, ssh_string
+from tests.fixtures import SPACES as MEDIA
+from tests.fixtures import VARIED_HOSTS as HOSTS
+from tests.fixtures import with_host as fixtures_with_host
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_SECRETS = frozenset(SECRET_KEYS)
-
-
-def ssh_string(data: bytes) -> bytes:
-    return len(data).to_bytes(4, "big") + data
-
-
-HOST_KEY = (
-    "ssh-ed25519 "
-    + base64.b64encode(ssh_string(b"ssh-ed25519") + ssh_string(bytes(range(32)))).decode()
-)
-DROPLETS = {"sshKeyIds": ["12345"], "adminCidrs": ["203.0.113.7/32"]}
-MANAGED = {"postgresMode": "managed", "appTag": "mastodon-app"}
-SPACES = {**MANAGED, "spacesBucket": "mastodon-media"}
+SPACES = {**MANAGED, **MEDIA}
 CDN = {**SPACES, "cdnCustomDomain": "media.example.social"}
-HOSTS = {
-    "postgresMode": "hosts",
-    "replicaCount": 1,
-    "postgresAllowedSources": ["10.0.0.0/24"],
-    "hosts": [
-        {
-            "name": "db-a",
-            "publicAddress": "203.0.113.10",
-            "privateAddress": "10.0.0.10",
-            "hostKey": HOST_KEY + " root@db-a",
-        },
-        {
-            "publicAddress": "db2.example.net",
-            "privateAddress": "10.0.0.11",
-            "sshUser": "admin",
-            "sshPort": "2222",
-        },
-        {"name": "spare", "publicAddress": "203.0.113.12", "privateAddress": "10.0.0.12"},
-    ],
-}
 
 
 def problems(raw: dict[str, Any], secrets: frozenset[str] = ALL_SECRETS) -> list[str]:
@@ -71,12 +49,7 @@ def problems(raw: dict[str, Any], secrets: frozenset[str] = ALL_SECRETS) -> list
 
 
 def with_host(index: int, **changes: Any) -> dict[str, Any]:
-    hosts = [dict(h) for h in HOSTS["hosts"]]
-    hosts[index].update(changes)
-    for key, value in changes.items():
-        if value is None:
-            del hosts[index][key]
-    return {**HOSTS, "hosts": hosts}
+    return fixtures_with_host(HOSTS, index, **changes)
 
 
 def test_valid_droplets_config() -> None:
@@ -94,7 +67,7 @@ def test_valid_droplets_config() -> None:
         postgres_version=18,
         ssh_key_ids=("12345",),
         ssh_user="root",
-        admin_cidrs=("203.0.113.7/32",),
+        admin_cidrs=("198.51.100.7/32",),
         postgres_allowed_sources=("10.118.0.0/20",),
         db_name="mastodon_production",
         db_user="mastodon",
@@ -150,6 +123,14 @@ def test_defaults_equal_pulumi_yaml() -> None:
     except yaml.YAMLError as error:  # Pulumi's own loader refuses it the same way
         pytest.fail(f"Pulumi.yaml is not valid YAML (quote values that contain ': '): {error}")
     assert {key: spec["default"] for key, spec in project["config"].items()} == DEFAULTS
+
+
+def test_every_setting_of_pulumi_yaml_is_described_once() -> None:
+    fields = [f for domain in (topology, managed, access, media, redis) for f in domain.FIELDS]
+    assert sorted(f.key for f in fields) == sorted(TYPES)  # each once, none left out
+    for field in fields:
+        assert (field.allowed is not None) == (TYPES[field.key] == "integer"), field.key
+        assert TYPES[field.key] in ("string", "integer", "boolean", "array"), field.key
 
 
 # (id, raw config, key named in the message, the bad value as shown, a phrase of the problem)

@@ -21,28 +21,15 @@ from program_harness import (
 
 from components.config import ALL_SECRET_KEYS, SECRET_KEYS, parse_settings
 from components.stack_file import read_stack_file
+from tests.fixtures import DROPLETS, HOSTS, MANAGED, SPACES
 
 APP = {"appTag": "mastodon-app", "appCidrs": ["203.0.113.50/32"]}
 MODES = {
-    "managed": {"postgresMode": "managed", **APP},
-    "droplets": {
-        "postgresMode": "droplets",
-        "sshKeyIds": ["12345"],
-        "adminCidrs": ["198.51.100.7/32"],
-        **APP,
-    },
-    "hosts": {
-        "postgresMode": "hosts",
-        "postgresAllowedSources": ["10.0.0.0/24"],
-        "hosts": [
-            {"name": f"db{i}", "publicAddress": f"192.0.2.{i}", "privateAddress": f"10.0.0.{i}"}
-            for i in (1, 2)
-        ],
-        **APP,
-    },
+    "managed": {**MANAGED, **APP},
+    "droplets": {**DROPLETS, **APP},
+    "hosts": {**HOSTS, **APP},  # replicaCount: config_for
 }
 REDIS_URL = "rediss://default:external-secret@redis.example.net:6380"
-SPACES = {"spacesBucket": "mastodon-media-test", "spacesRegion": "nyc3"}
 VALKEY_HOST = "mastodon-data-unit-valkey-do-user-1.l.db.ondigitalocean.com"
 # The mock's Valkey password "AVNS_valkeyPassword/4+5", percent-encoded in the URL.
 VALKEY_PRIVATE_URL = f"rediss://default:AVNS_valkeyPassword%2F4%2B5@private-{VALKEY_HOST}:25061"

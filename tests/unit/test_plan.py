@@ -7,16 +7,9 @@ import shlex
 
 from components import plan
 from components.config import parse_settings
+from tests.fixtures import hosts_stack
 
-HOSTS = {
-    "postgresMode": "hosts",
-    "replicaCount": 2,
-    "postgresAllowedSources": ["10.0.0.0/24"],
-    "hosts": [
-        {"name": f"db{i}", "publicAddress": f"192.0.2.{i}", "privateAddress": f"10.0.0.{i}"}
-        for i in (1, 2, 3, 4)
-    ],
-}
+HOSTS = hosts_stack(count=4, replicas=2)
 SECRETS = {"sshPrivateKey": "k", "replicationPassword": "r" * 20, "dbPassword": "d" * 20}
 
 

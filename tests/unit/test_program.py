@@ -10,21 +10,9 @@ import pulumi
 import pytest
 from program_harness import CA_CERT, SECRETS, run_program
 
-DROPLETS = {
-    "postgresMode": "droplets",
-    "replicaCount": 1,
-    "sshKeyIds": ["12345"],
-    "adminCidrs": ["198.51.100.7/32"],
-}
-HOSTS = {
-    "postgresMode": "hosts",
-    "replicaCount": 2,
-    "postgresAllowedSources": ["10.0.0.0/24"],
-    "hosts": [
-        {"name": f"db{i}", "publicAddress": f"192.0.2.{i}", "privateAddress": f"10.0.0.{i}"}
-        for i in (1, 2, 3)
-    ],
-}
+from tests.fixtures import DROPLETS, hosts_stack
+
+HOSTS = hosts_stack(count=3, replicas=2)
 
 
 def stdin_of(command) -> dict:
@@ -190,3 +178,16 @@ def test_short_password_is_refused_without_showing_it():
     with pytest.raises(pulumi.RunError, match="dbPassword") as caught:
         run_program(DROPLETS, {**SECRETS, "dbPassword": "short-pw"})
     assert "short-pw" not in str(caught.value)
+
+
+def test_misspelt_key_stops_the_program():
+    """The keys the stack set come from PULUMI_CONFIG, as the language host hands them over."""
+    with pytest.raises(pulumi.RunError, match=r"replicaCont = 2: unknown key\. Fix: did you mean"):
+        run_program({**DROPLETS, "replicaCont": 2})
+
+
+def test_secret_set_in_clear_text_stops_the_program_without_showing_it():
+    plain = {k: v for k, v in SECRETS.items() if k != "dbPassword"}
+    with pytest.raises(pulumi.RunError, match=r"dbPassword = \[plain text\]") as caught:
+        run_program({**DROPLETS, "dbPassword": SECRETS["dbPassword"]}, plain)
+    assert SECRETS["dbPassword"] not in str(caught.value)

@@ -1,0 +1,57 @@
+"""parse_settings: every domain's checks over one stack's values, all problems reported at once."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from components.config.access import parse_app_sources
+from components.config.checks import Validation, did_you_mean
+from components.config.hosts import HOSTS_KEY, parse_hosts
+from components.config.managed import parse_managed
+from components.config.media import parse_spaces
+from components.config.project import DEFAULTS, PROJECT
+from components.config.records import ConfigError, Settings
+from components.config.redis import parse_redis
+from components.config.secrets import ALL_SECRET_KEYS, check_secrets_present, required_secrets
+from components.config.topology import parse_topology
+
+# Keys read elsewhere (operations switches in components/stack_config.py), not settings.
+RESEED_KEY = "reseedReplicas"  # replicas to re-seed from the primary on the next run
+OPERATION_KEYS = frozenset({RESEED_KEY})
+
+
+def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> Settings:
+    """Settings from camelCase config values (unset ones take Pulumi.yaml's defaults), or one
+    ConfigError listing every problem."""
+    v = Validation(raw)
+    check_unknown_keys(v)
+    topology = parse_topology(v)
+    mode = topology["mode"] if v.ok("postgresMode") else None
+    hosts = parse_hosts(v, mode, topology["replica_count"])
+    managed = parse_managed(v, mode, topology["region"])
+    spaces = parse_spaces(v, topology["region"])
+    redis = parse_redis(v, secrets_present)
+    redis_mode = redis.mode if redis else "none"
+    app_sources = parse_app_sources(v, needed=mode == "managed" or redis_mode == "managed")
+    check_secrets_present(v, raw, secrets_present, required_secrets(mode, redis_mode))
+    if v.lines:
+        raise ConfigError("\n".join(v.lines))
+    return Settings(
+        **topology,
+        hosts=hosts,
+        managed=managed,
+        spaces=spaces,
+        redis=redis,
+        app_sources=app_sources,
+        warnings=tuple(v.warnings),
+    )
+
+
+def check_unknown_keys(v: Validation) -> None:
+    known = [*DEFAULTS, HOSTS_KEY]
+    for key in v.raw:
+        if key in DEFAULTS or key in (HOSTS_KEY, *ALL_SECRET_KEYS) or key in OPERATION_KEYS:
+            continue
+        fix = f"{did_you_mean(key, known)}pulumi config rm {PROJECT}:{key}"
+        v.bad(str(key), v.raw[key], "unknown key", fix)

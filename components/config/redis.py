@@ -1,0 +1,35 @@
+"""Redis: none (REDIS_URL is not managed here), a managed Valkey cluster, or an external one
+given as the secret redisUrl."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from components.config.checks import Field, Validation, set_command
+from components.config.managed import NODE_COUNTS, database_size
+from components.config.project import PROJECT
+from components.config.records import RedisSettings
+from components.config.secrets import REDIS_URL_KEY
+
+REDIS_MODES = ("none", "managed", "external")
+FIELDS = (
+    Field("redisMode", example="managed", choices=REDIS_MODES),
+    database_size("redisSize"),
+    Field("redisNodeCount", example=2, allowed=NODE_COUNTS),
+)
+
+
+def parse_redis(v: Validation, secrets_present: Collection[str]) -> RedisSettings | None:
+    values = v.read(FIELDS)
+    mode = values["redisMode"]
+    if mode == "managed" and (REDIS_URL_KEY in v.raw or REDIS_URL_KEY in secrets_present):
+        v.add(
+            REDIS_URL_KEY,
+            "[secret]",
+            "set, but redisMode managed makes its own Valkey",
+            f"pulumi config rm {PROJECT}:{REDIS_URL_KEY}, or "
+            f"{set_command('redisMode', 'external')}",
+        )
+    if mode == "none" or not v.ok(*values):
+        return None
+    return RedisSettings(mode, values["redisSize"], values["redisNodeCount"])
