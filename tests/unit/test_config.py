@@ -131,6 +131,7 @@ def test_every_setting_of_pulumi_yaml_is_described_once() -> None:
     for field in fields:
         assert (field.allowed is not None) == (TYPES[field.key] == "integer"), field.key
         assert TYPES[field.key] in ("string", "integer", "boolean", "array"), field.key
+        assert DEFAULTS[field.key] is not None, f"{field.key}: no default in Pulumi.yaml"
 
 
 # (id, raw config, key named in the message, the bad value as shown, a phrase of the problem)
