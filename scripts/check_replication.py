@@ -10,21 +10,67 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import psycopg
 
 CONNECT_TIMEOUT = 5  # seconds per host
+SETTLE = 1.0  # seconds a replica behind the primary's position may take to reach it
+POLL = 0.1  # seconds between two looks at the replica meanwhile
 
 PRIMARY_SQL = """SELECT pg_is_in_recovery(), pg_current_wal_lsn()::text,
     (SELECT count(*) FROM pg_stat_activity
      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())"""
+REPLAY_LAG_SQL = """SELECT extract(epoch FROM replay_lag)::float FROM pg_stat_replication
+    WHERE application_name = %s"""
 REPLICA_SQL = """SELECT pg_is_in_recovery(),
     (SELECT status FROM pg_stat_wal_receiver),
-    pg_last_wal_replay_lsn()::text,
-    CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-         ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float END,
+    pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
     (SELECT count(*) FROM pg_stat_activity
      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())"""
+POSITIONS_SQL = "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text"
+
+
+def lsn(text: str | None) -> int | None:
+    """A WAL position ("16/B374D848") as a number, so positions compare correctly."""
+    if not text:
+        return None
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def caught_up(primary_lsn: str, receive_lsn: str | None, replay_lsn: str | None) -> bool:
+    """The replica has replayed everything it received, and the primary has nothing newer."""
+    replay, receive, primary = lsn(replay_lsn), lsn(receive_lsn), lsn(primary_lsn)
+    if replay is None or primary is None:
+        return False
+    return replay >= primary and (receive is None or replay >= receive)
+
+
+def seconds_behind(
+    in_step: bool, reached_after: float | None, replay_lag: float | None, waited: float
+) -> float | None:
+    """Lag in seconds, never the age of the last replayed commit (on an idle primary that is
+    its idle time). 0 when the replica is caught up; the time it took to replay the primary's
+    position of the check when it did so within SETTLE; else the primary's replay_lag, and at
+    least the time waited for it; None when nothing measured it (the replica not streaming)."""
+    if in_step:
+        return 0.0
+    if reached_after is not None:
+        return reached_after
+    if replay_lag is None:
+        return waited or None
+    return max(replay_lag, waited)
+
+
+def settle(rconn: psycopg.Connection, primary_lsn: str, started: float) -> float | None:
+    """Seconds from `started` until the replica replayed `primary_lsn`; None if not in SETTLE."""
+    while time.monotonic() - started < SETTLE:
+        receive, replay = rconn.execute(POSITIONS_SQL).fetchone()
+        if caught_up(primary_lsn, receive, replay):
+            return time.monotonic() - started
+        time.sleep(POLL)
+    return None
 
 
 def connect(env: dict, host: str) -> psycopg.Connection:
@@ -55,13 +101,22 @@ def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[li
         for replica in outputs.get("replicas", []):
             try:
                 with connect(env, replica["private_address"]) as rconn:
-                    recovery, status, replay_lsn, lag_s, rconns = rconn.execute(
+                    started = time.monotonic()
+                    primary_lsn = conn.execute(PRIMARY_SQL).fetchone()[1]
+                    recovery, status, receive_lsn, replay_lsn, rconns = rconn.execute(
                         REPLICA_SQL
                     ).fetchone()
+                    in_step = caught_up(primary_lsn, receive_lsn, replay_lsn)
+                    reached = None
+                    if not in_step and status == "streaming":
+                        reached = settle(rconn, primary_lsn, started)
             except psycopg.OperationalError as exc:
                 lines.append(f"{replica['name']}: unreachable ({str(exc).strip()})")
                 healthy = False
                 continue
+            waited = time.monotonic() - started if status == "streaming" else 0.0
+            replay_lag = conn.execute(REPLAY_LAG_SQL, (replica["name"],)).fetchone()
+            lag_s = seconds_behind(in_step, reached, replay_lag and replay_lag[0], waited)
             lag_b = (
                 conn.execute(
                     "SELECT pg_wal_lsn_diff(%s, %s)::bigint", (primary_lsn, replay_lsn)
@@ -81,7 +136,8 @@ def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[li
             healthy &= not problems
             lines.append(
                 f"{replica['name']}: replica, {status or 'not streaming'}, lag "
-                f"{lag_b if lag_b is not None else '?'} B / {lag_s or 0:.1f} s, "
+                f"{lag_b if lag_b is not None else '?'} B / "
+                f"{f'{lag_s:.1f}' if lag_s is not None else '?'} s, "
                 f"{rconns} active connections" + (f"  <- {'; '.join(problems)}" if problems else "")
             )
     return lines, healthy

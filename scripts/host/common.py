@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from math import ceil
 from pathlib import Path
 
 APT_LOCK_WAIT = 300  # seconds; a fresh droplet's cloud-init may hold the dpkg lock
@@ -24,6 +25,11 @@ COMMAND_TIMEOUT = 900  # seconds for any one command (apt and base backups can b
 MARK_BEGIN = "# BEGIN mastodon-data (managed: edits here are overwritten)"
 MARK_END = "# END mastodon-data"
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+POLL = 0.1  # seconds between two looks at a server coming up or a receiver connecting
+START_TIMEOUT = 300  # seconds pg_ctl waits for a server to accept connections (a standby
+# replays its backlog to a consistent state first)
+DURATION_RE = re.compile(r"(\d+)(ms|s|min)")
+DURATION_MS = {"ms": 1, "s": 1000, "min": 60000}
 
 
 class HostError(RuntimeError):
@@ -141,6 +147,13 @@ class Cluster:
             ]
         )
 
+    def adopt(self) -> None:
+        """Registers the data directory already in place (a complete clone holding its
+        postgresql.conf, pg_hba.conf and pg_ident.conf): pg_createcluster moves the three files
+        to the configuration directory and writes Debian's settings, without initdb."""
+        log(f"registering the cloned data directory as cluster {self.version}/{self.name}")
+        run(["pg_createcluster", "--port", str(self.port), str(self.version), self.name])
+
     def running(self) -> bool:
         result = run(["pg_ctlcluster", str(self.version), self.name, "status"], check=False)
         return result.returncode == 0
@@ -150,10 +163,68 @@ class Cluster:
         run(["pg_ctlcluster", str(self.version), self.name, action])
 
     def start(self) -> bool:
+        """Starts the server; returns once it accepts connections (False if it already ran)."""
         if self.running():
             return False
-        self.ctl("start")
+        if systemd_running():
+            self.ctl("start")  # pg_ctlcluster hands it to systemd, which must own the server
+        else:
+            self.pg_ctl_start()
         return True
+
+    def start_argv(self) -> list[str]:
+        """What `pg_ctlcluster start` runs, without its sleep-and-probe loop (at least 2 s:
+        it sleeps 0.5 s, then wants three psql probes 0.5 s apart): `pg_ctl start -w` returns
+        as soon as the server accepts connections. Same environment (the cluster's
+        `environment` file, LANG from lc_messages, the OOM killer kept off the postmaster
+        only), same log file, pg_ctl.conf options and configuration file; pg_createcluster
+        wrote the socket directory, hba/ident files and external pid file into postgresql.conf.
+        """
+        env = dict(read_conf(self.confdir / "environment"))
+        lc_messages = read_conf(self.confdir / "postgresql.conf").get("lc_messages")
+        if "LANG" not in env and lc_messages:
+            env["LANG"] = lc_messages
+        env.setdefault("PG_OOM_ADJUST_FILE", "/proc/self/oom_score_adj")
+        options = read_conf(self.confdir / "pg_ctl.conf").get("pg_ctl_options", "").split()
+        pg_ctl = [
+            str(self.bindir / "pg_ctl"),
+            "start",
+            "-w",
+            "-t",
+            str(START_TIMEOUT),
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.log_file),
+            *options,
+            "-s",
+            "-o",
+            f'-c config_file="{self.confdir / "postgresql.conf"}"',
+        ]
+        # The shell lowers the OOM score (root only), then becomes postgres with a clean
+        # environment; the postmaster resets its children's score (PG_OOM_ADJUST_FILE).
+        oom = '{ echo -900 > /proc/self/oom_score_adj; } 2>/dev/null; exec "$@"'
+        env_args = [f"{key}={value}" for key, value in sorted(env.items())]
+        return ["sh", "-c", oom, "sh", *as_postgres(["env", "-i", *env_args, *pg_ctl])]
+
+    def pg_ctl_start(self) -> None:
+        log(f"start cluster {self.version}/{self.name}")
+        run_dir = Path("/var/run/postgresql")
+        if not run_dir.is_dir():  # pg_ctlcluster recreates it too (a tmpfs after a reboot)
+            run_dir.mkdir(mode=0o2775, parents=True)
+            shutil.chown(run_dir, "postgres", "postgres")
+            os.chmod(run_dir, 0o2775)
+        since = self.log_file.stat().st_size if self.log_file.exists() else 0
+        result = run(self.start_argv(), check=False, timeout=START_TIMEOUT + 30)
+        if result.returncode != 0:
+            raise HostError(
+                f"PostgreSQL {self.version}/{self.name} did not start: "
+                f"{result.stderr.strip()} {log_tail(self.log_file, since)}".strip()
+            )
+
+    @property
+    def log_file(self) -> Path:
+        return Path(f"/var/log/postgresql/postgresql-{self.version}-{self.name}.log")
 
     def stop(self) -> None:
         if self.running():
@@ -201,12 +272,44 @@ class Cluster:
             )
             if result.returncode == 0:
                 return
-            time.sleep(0.5)
+            time.sleep(POLL)
         raise HostError(
             f"PostgreSQL {self.version}/{self.name} did not accept connections within "
             f"{seconds:.0f} s; see /var/log/postgresql/postgresql-{self.version}-"
             f"{self.name}.log"
         )
+
+
+def systemd_running() -> bool:
+    """As pg_ctlcluster decides whether systemd owns the clusters (then starts go through it)."""
+    return Path("/run/systemd/system").is_dir()
+
+
+def read_conf(path: Path) -> dict[str, str]:
+    """The settings of a postgresql.conf-style file ({} when it is missing)."""
+    return read_conf_text(path.read_text()) if path.exists() else {}
+
+
+def read_conf_text(text: str) -> dict[str, str]:
+    """`name = value` lines of a postgresql.conf-style text (quotes removed; the last wins)."""
+    found = {}
+    for line in text.splitlines():
+        match = re.match(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*('(?:[^']|'')*'|[^\s#]*)", line)
+        if match:
+            value = match.group(2)
+            if value.startswith("'"):
+                value = value[1:-1].replace("''", "'")
+            found[match.group(1)] = value
+    return found
+
+
+def log_tail(path: Path, since: int, limit: int = 2000) -> str:
+    """What the server logged after offset `since` (its last `limit` characters)."""
+    if not path.exists():
+        return ""
+    with path.open("rb") as handle:
+        handle.seek(since)
+        return handle.read().decode(errors="replace")[-limit:].strip()
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -375,6 +478,38 @@ def server_settings(cluster: Cluster, params: dict, replica_slots: int) -> dict[
         "hot_standby": "on",
         "hot_standby_feedback": "on",
         "wal_log_hints": "on",  # lets pg_rewind bring a failed primary back as a replica
+        # A dead link is noticed within replication_timeout on both ends (the primary's
+        # walsender lets go of the replica's slot, the replica's receiver gives up), and a
+        # replica tries again every wal_retrieve_retry_interval: it streams again within
+        # seconds of the link's return instead of waiting out TCP's retransmission backoff.
+        "wal_sender_timeout": f"'{params.get('replication_timeout', '10s')}'",
+        "wal_receiver_timeout": f"'{params.get('replication_timeout', '10s')}'",
+        "wal_retrieve_retry_interval": f"'{params.get('wal_retrieve_retry_interval', '1s')}'",
+    }
+
+
+def duration_ms(text: str) -> int:
+    """A PostgreSQL duration with its unit (500ms, 10s, 1min) in milliseconds."""
+    match = DURATION_RE.fullmatch(text)
+    if not match:
+        raise HostError(f"{text!r} is not a duration like 10s (units ms, s, min)")
+    return int(match.group(1)) * DURATION_MS[match.group(2)]
+
+
+def keepalive_options(replication_timeout: str) -> dict[str, int]:
+    """libpq options that make a replica's replication connection fail within the timeout
+    when the primary stops answering: TCP keepalives on an idle connection (idle time, then
+    `count` unanswered probes `interval` apart) and tcp_user_timeout on unacknowledged data
+    (and on connection attempts)."""
+    timeout = duration_ms(replication_timeout)
+    seconds = max(3, ceil(timeout / 1000))
+    interval, count = max(1, seconds // 6), 3
+    return {
+        "keepalives": 1,
+        "keepalives_idle": max(1, seconds - count * interval),
+        "keepalives_interval": interval,
+        "keepalives_count": count,
+        "tcp_user_timeout": timeout,
     }
 
 

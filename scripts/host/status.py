@@ -13,22 +13,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Cluster, main_wrapper, read_params  # noqa: E402
 
+# Lag in seconds is 0 when the replica has replayed everything the primary has; otherwise the
+# primary's replay_lag (measured by its walsender), never the age of the last replayed commit
+# (on an idle primary that is the idle time, not lag).
 PRIMARY_QUERIES = {
     "replicas": """SELECT application_name, host(client_addr) AS client_addr, state, sync_state,
         pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes,
-        extract(epoch FROM replay_lag)::float AS lag_seconds
+        CASE WHEN replay_lsn >= pg_current_wal_lsn() THEN 0
+             ELSE extract(epoch FROM replay_lag)::float END AS lag_seconds
         FROM pg_stat_replication ORDER BY application_name""",
     "slots": """SELECT slot_name, active, wal_status,
         pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
         FROM pg_replication_slots ORDER BY slot_name""",
 }
+# A replica knows the primary's end of WAL as of the primary's last message (latest_end_lsn):
+# lag 0 when it has replayed all it received and that; otherwise unknown here (null): the
+# primary's report has it.
 REPLICA_QUERIES = {
     "receiver": """SELECT status, sender_host, sender_port, slot_name,
         pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint
             AS replay_backlog_bytes,
-        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float END
-            AS lag_seconds
+        CASE WHEN pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()
+              AND pg_last_wal_replay_lsn() >= latest_end_lsn THEN 0 END AS lag_seconds
         FROM pg_stat_wal_receiver""",
 }
 
