@@ -68,7 +68,8 @@ CREDENTIAL_OUTPUTS = {
 }
 # Output or variable names that hold a credential: *pass* (password), *secret*, *token*, *key*.
 SECRET_NAME = re.compile(r"pass|secret|token|key", re.IGNORECASE)
-DEFAULT_ALWAYS_SECRET = ("mastodon_env", "migration_env")
+# migration_env holds host, port, name and a flag, no credential: it stays readable.
+DEFAULT_ALWAYS_SECRET = ("mastodon_env",)
 # A credential written into a command line: NAME=value, --password value, --password=value.
 SECRET_ASSIGNMENT = re.compile(
     r"(?i)(\b\w*(?:pass|secret|token)\w*\s*=\s*['\"]?[^\s'\"$]"
@@ -538,8 +539,7 @@ def policies() -> list:
         ),
         StackValidationPolicy(
             name="secret-outputs",
-            description="Every password-like stack output (and mastodon_env, migration_env) "
-            "is a Pulumi secret.",
+            description="Every password-like stack output (and mastodon_env) is a Pulumi secret.",
             validate=validate_secret_outputs,
             config_schema=PolicyConfigSchema(
                 properties={

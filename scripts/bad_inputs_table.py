@@ -3,20 +3,16 @@
 validation (components/config) and the table shows the message it gets. A unit test runs
 the same cases, so the table cannot drift from the code.
 
-    venv/bin/python scripts/bad_inputs_table.py > /tmp/table.md
+    venv/bin/python -m scripts.bad_inputs_table > /tmp/table.md    # from the repository root
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from components.config import SECRET_KEYS, ConfigError, parse_settings  # noqa: E402
-from tests.fixtures import DROPLETS, MANAGED, hosts_stack, with_host  # noqa: E402
-from tests.fixtures import SPACES as MEDIA  # noqa: E402
+from components.config import SECRET_KEYS, ConfigError, parse_settings
+from tests.fixtures import DROPLETS, MANAGED, hosts_stack, with_host
+from tests.fixtures import SPACES as MEDIA
 
 HOSTS = hosts_stack(first_address=10)  # db1 at 192.0.2.10, db2 at 192.0.2.11
 ALL = frozenset(SECRET_KEYS)

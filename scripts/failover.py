@@ -34,7 +34,7 @@ from components.stack_config import RESEED_KEY
 def typed(config: dict) -> dict:
     """Plain settings typed as the program reads them (numbers and lists arrive as JSON text)."""
     return {
-        key: decode(key, value)
+        key: decode(key, value) if isinstance(value, str) else value
         for key, value in config.items()
         if key not in ALL_SECRET_KEYS and key != RESEED_KEY
     }

@@ -19,7 +19,7 @@ from pulumi_cli import PROJECT, PulumiFailed, Stack  # noqa: F401 (PulumiFailed 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE_BIN = ROOT / ".engine" / "bin"
 ENGINE_STATUS = ROOT / ".engine" / "status.json"
-PROJECT_LINKS = ("Pulumi.yaml", "__main__.py", "components", "scripts", "venv")
+PROJECT_LINKS = ("Pulumi.yaml", "__main__.py", "components", "scripts", "venv", "policy")
 COMPONENTS = ("cli", "language-python", "command", "digitalocean")
 
 

@@ -96,6 +96,19 @@ class Stack:
                 reports[name.removeprefix("replication-")] = plan.parse_report(stdout)
         return reports
 
+    def rerun(self, step: str) -> str:
+        """`pulumi up --replace` of one replication step: it runs again with the same inputs
+        (its delete keeps the data), e.g. for a replica whose slot the primary dropped."""
+        state = json.loads(self.pulumi("stack", "export"))
+        urns = [
+            r["urn"]
+            for r in state["deployment"].get("resources", [])
+            if r["urn"].endswith(f"::replication-{step}")
+        ]
+        if not urns:
+            raise PulumiFailed(f"no step {step} in stack {self.name}")
+        return self.up("--replace", urns[0])
+
     def last_changes(self) -> dict[str, int]:
         """What the last update did, e.g. {"same": 8} (from the stack's history)."""
         history = json.loads(self.pulumi("stack", "history", "--json", "--page-size", "1"))

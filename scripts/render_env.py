@@ -28,10 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from components.env import SUPERSEDED_KEYS, SUPERSEDED_REASONS, owned_keys  # noqa: E402
+from components.env import SUPERSEDED_KEYS, SUPERSEDED_REASONS, owned_keys
 
 DEFAULT_KEY = "mastodon_env"
 MASKED = "[secret]"  # what `pulumi stack output --json` prints for a secret without --show-secrets

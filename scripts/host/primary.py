@@ -9,11 +9,8 @@ max_slot_wal_keep_size.
 from __future__ import annotations
 
 import ipaddress
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     Cluster,
     HostError,
     apply_settings,

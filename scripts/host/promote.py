@@ -7,12 +7,9 @@ stdin (JSON): version, port.
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Cluster, HostError, log, main_wrapper, read_params  # noqa: E402
+from common import Cluster, HostError, log, main_wrapper, read_params
 
 PROMOTE_WAIT = 60  # seconds pg_promote may take
 

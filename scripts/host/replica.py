@@ -19,12 +19,10 @@ import ipaddress
 import os
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     POLL,
     Cluster,
     HostError,

@@ -7,11 +7,8 @@ stdin (JSON): version, port.
 from __future__ import annotations
 
 import socket
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Cluster, main_wrapper, read_params  # noqa: E402
+from common import Cluster, main_wrapper, read_params
 
 # Lag in seconds is 0 when the replica has replayed everything the primary has; otherwise the
 # primary's replay_lag (measured by its walsender), never the age of the last replayed commit

@@ -1,62 +1,60 @@
-"""The real Pulumi engine for tests: the project's .engine/bin, a file backend and passphrase in a
-temporary directory, and the real program run inline (an inline program needs no language host).
-"""
+"""The real Pulumi engine for tests: stacks of this project run by the CLI (through the Python
+language host and the real providers) in private working directories (scripts/lab_stack.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import runpy
-import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
+from lab_stack import ROOT, LabStack
 
-ROOT = Path(__file__).resolve().parents[2]
-STATUS = ROOT / ".engine" / "status.json"
+POLICY = ROOT / "policy"
+SECRETS = {
+    "sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAengine-test-key\n"
+    "-----END OPENSSH PRIVATE KEY-----\n",
+    "replicationPassword": "engine-test-replication-pw",
+    "dbPassword": "engine-test-database-pw-01",
+}
+DROPLETS = {"sshKeyIds": ["12345"], "adminCidrs": ["198.51.100.7/32"]}
+# The real DigitalOcean provider with a dummy token; its API URL is a closed loopback port, so
+# nothing it might send leaves this machine (a plain preview sends nothing).
+OFFLINE_DIGITALOCEAN = {
+    "DIGITALOCEAN_TOKEN": "dop_v1_dummy-token-for-offline-previews",
+    "DIGITALOCEAN_API_URL": "http://127.0.0.1:9",
+    "DIGITALOCEAN_HTTP_RETRY_MAX": "0",
+    "SPACES_ACCESS_KEY_ID": "DUMMYSPACESKEY",
+    "SPACES_SECRET_ACCESS_KEY": "dummy-spaces-secret",
+}
 
 
-def missing(*components: str) -> str | None:
-    """Why the engine lacks one of `components` (cli, language-python, command), or None."""
-    if not STATUS.exists():
-        return "the engine is not bootstrapped (make engine)"
-    status = json.loads(STATUS.read_text())
-    gaps = [
-        f"{name}: {status.get(name, {}).get('detail') or 'not built'}"
-        for name in components
-        if status.get(name, {}).get("state") != "ok"
-    ]
-    return "; ".join(gaps) or None
+def engine_stack(tmp: Path, name: str, config: dict, secrets: dict[str, str]) -> LabStack:
+    """Stack `name` in `tmp`, configured (plain values as a stack file holds them)."""
+    stack = LabStack(name, tmp / name)
+    stack.extra_env.update(OFFLINE_DIGITALOCEAN)
+    stack.prepare()
+    stack.configure(config, secrets)
+    return stack
 
 
-def workspace(tmp: Path, stack: str, config: dict[str, object], secrets: dict[str, str]):
-    """A stack of this project in `tmp` with the given configuration."""
-    from pulumi import automation as auto
-
-    shutil.copy(ROOT / "Pulumi.yaml", tmp / "Pulumi.yaml")
-    (tmp / "state").mkdir(exist_ok=True)
-    env = {
-        "PULUMI_BACKEND_URL": f"file://{tmp / 'state'}",
-        "PULUMI_CONFIG_PASSPHRASE": "engine-test-passphrase",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        "PULUMI_HOME": str(tmp / "home"),
-        "PATH": f"{ROOT / '.engine' / 'bin'}:{os.environ['PATH']}",
+def example_config(stack: str) -> dict:
+    """A committed example stack's plain settings (keys without the project prefix)."""
+    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
+    return {
+        key.partition(":")[2]: value
+        for key, value in document["config"].items()
+        if key.startswith("mastodon-data:") and not isinstance(value, dict)
     }
-    os.environ["PATH"] = env["PATH"]  # the Automation API looks the CLI up on PATH
 
-    def program():
-        runpy.run_path(str(ROOT / "__main__.py"))
 
-    # Plain values typed as an operator's stack file holds them; secrets through the CLI.
-    document = {"config": {f"mastodon-data:{k}": v for k, v in config.items()}}
-    stack_file = tmp / f"Pulumi.{stack}.yaml"
-    if stack_file.exists():  # a re-configured stack keeps the salt its secrets were made with
-        salt = (yaml.safe_load(stack_file.read_text()) or {}).get("encryptionsalt")
-        if salt:
-            document["encryptionsalt"] = salt
-    stack_file.write_text(yaml.safe_dump(document))
-    ws = auto.LocalWorkspaceOptions(work_dir=str(tmp), env_vars=env, pulumi_home=env["PULUMI_HOME"])
-    st = auto.create_or_select_stack(stack, "mastodon-data", program, opts=ws)
-    for key, value in secrets.items():
-        st.set_config(f"mastodon-data:{key}", auto.ConfigValue(value, secret=True))
-    return st
+def pack_venv() -> None:
+    """policy/venv as PulumiPolicy.yaml names it (the CI workflows create it the same way)."""
+    python = POLICY / "venv" / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(POLICY / "venv")], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-r", str(POLICY / "requirements.txt")],
+        check=True,
+        timeout=600,
+    )

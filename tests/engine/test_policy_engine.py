@@ -1,50 +1,80 @@
-"""The policy pack and quiet previews through the real Pulumi CLI.
-
-Runs here (the CLI is built): the real program through the CLI's Automation API, with
-- the policy pack launched as a binary analyzer (a CLI given a path to an executable as
-  `--policy-pack` starts it like a provider and reads its port; policy/__main__.py prints it), so
-  no Python language host is needed;
-- stand-in providers for digitalocean and command (tests/engine/standin_provider.py: every
-  input accepted, old inputs diffed against new ones, a few computed outputs), since the real
-  plugins cannot be built or fetched here.
-It proves that the pack loads in the engine, passes the lab (hosts) and droplets stacks, refuses
-a deliberately bad configuration naming the policy, and that a second preview after `up` shows
-no changes (the program's half of quiet previews).
-
-Skipped here, run where the engine is complete (CI on GitHub): the same with the pack as a
-directory (`--policy-pack policy`, what the workflows do; needs the Python language host) and the
-real providers, where quiet previews also cover what the providers report back.
-"""
+"""The policy pack as a pack directory (`--policy-pack policy`, what the workflows pass) and the
+example stacks previewed with the real DigitalOcean provider (dummy token, no network), through
+the real CLI and language host. The pull-request comment is made by the workflow's own script."""
 
 from __future__ import annotations
 
 import json
-import os
-import runpy
-import shutil
 import subprocess
-import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
-from enginekit import ROOT, missing, workspace
-from test_engine import DROPLETS, SECRETS
+from enginekit import DROPLETS, POLICY, SECRETS, engine_stack, example_config, pack_venv
+from lab_stack import ROOT
 
 pytestmark = pytest.mark.engine
 
-POLICY = ROOT / "policy"
-ALLOWED = ["198.51.100.0/24"]  # the pack's allowedCidrs; DROPLETS' admin is 198.51.100.7/32
+PACK = ("--policy-pack", str(POLICY), "--policy-pack-config", str(POLICY / "config.json"))
 BAD_ADMIN = "203.0.113.9/32"  # fine for the program (a /32), not an address the pack allows
+ALLOWED = ["198.51.100.0/24"]  # DROPLETS' admin is 198.51.100.7/32
+# What each example stack creates, by resource type (a plain preview: nothing exists yet).
+EXPECTED = {
+    "dev": {  # droplets: a primary and one replica in a VPC behind a cloud firewall
+        "pulumi:pulumi:Stack": 1,
+        "mastodon-data:index:DropletTier": 1,
+        "mastodon-data:index:ReplicationSteps": 1,
+        "digitalocean:index/vpc:Vpc": 1,
+        "digitalocean:index/tag:Tag": 2,
+        "digitalocean:index/droplet:Droplet": 2,
+        "digitalocean:index/firewall:Firewall": 1,
+        "command:remote:Command": 4,  # primary, replica, a status report per host
+    },
+    "prod": {  # managed PostgreSQL + read-only node, Spaces + CDN, Valkey
+        "pulumi:pulumi:Stack": 1,
+        "mastodon-data:index:PrivateNetwork": 1,
+        "mastodon-data:index:ManagedPostgres": 1,
+        "mastodon-data:index:SpacesMedia": 1,
+        "mastodon-data:index:ManagedValkey": 1,
+        "digitalocean:index/vpc:Vpc": 1,
+        "digitalocean:index/databaseCluster:DatabaseCluster": 2,  # PostgreSQL, Valkey
+        "digitalocean:index/databaseReplica:DatabaseReplica": 1,
+        "digitalocean:index/databaseDb:DatabaseDb": 1,
+        "digitalocean:index/databaseUser:DatabaseUser": 1,
+        "digitalocean:index/databaseConnectionPool:DatabaseConnectionPool": 1,
+        "digitalocean:index/databaseFirewall:DatabaseFirewall": 3,  # cluster, replica, Valkey
+        "digitalocean:index/databaseValkeyConfig:DatabaseValkeyConfig": 1,
+        "digitalocean:index/spacesBucket:SpacesBucket": 1,
+        "digitalocean:index/spacesBucketCorsConfiguration:SpacesBucketCorsConfiguration": 1,
+        "digitalocean:index/spacesKey:SpacesKey": 1,
+        "digitalocean:index/certificate:Certificate": 1,
+        "digitalocean:index/cdn:Cdn": 1,
+    },
+}
 
 
-def need(*components: str) -> None:
-    reason = missing(*components)
-    if reason:
-        pytest.skip(f"needs the engine's {', '.join(components)}: {reason}")
+@pytest.fixture(scope="module", autouse=True)
+def pack():
+    pack_venv()
+
+
+def planned(stack) -> Counter:
+    """Resource types and how many of each a preview would create (`pulumi preview --json`)."""
+    steps = json.loads(stack.preview("--json", *PACK))["steps"]
+    assert {s["op"] for s in steps} == {"create"}
+    return Counter(s["urn"].split("::")[2].rpartition("$")[2] for s in steps)
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+def test_example_stack_passes_the_pack_with_the_real_provider(tmp_path, name):
+    config = example_config(name)
+    secrets = SECRETS if config.get("postgresMode", "droplets") != "managed" else {}
+    stack = engine_stack(tmp_path, name, config, secrets)
+    assert dict(planned(stack)) == EXPECTED[name]
 
 
 def pack_config(tmp: Path, allowed: list[str]) -> str:
+    """The committed pack configuration with `allowedCidrs` set, as an operator would."""
     document = json.loads((POLICY / "config.json").read_text())
     document["ssh-only-from-admin-cidrs"]["allowedCidrs"] = allowed
     path = tmp / "policy-config.json"
@@ -52,146 +82,40 @@ def pack_config(tmp: Path, allowed: list[str]) -> str:
     return str(path)
 
 
-def lab_config() -> dict:
-    document = yaml.safe_load((ROOT / "Pulumi.lab.yaml").read_text())["config"]
-    return {k.split(":", 1)[1]: v for k, v in document.items() if k.startswith("mastodon-data:")}
+@pytest.mark.parametrize("admin", ["198.51.100.7/32", BAD_ADMIN])
+def test_the_pack_allows_listed_admins_and_refuses_others(tmp_path, admin):
+    stack = engine_stack(tmp_path, "admins", {**DROPLETS, "adminCidrs": [admin]}, SECRETS)
+    packs = ("--policy-pack", str(POLICY), "--policy-pack-config", pack_config(tmp_path, ALLOWED))
+    stack.preview(*packs, check=False)
+    out = stack.last.stdout + stack.last.stderr
+    if admin != BAD_ADMIN:
+        assert stack.last.returncode == 0, out
+        assert "mastodon-data@v0.1.0" in out
+        return
+    out = stack.last.stdout + stack.last.stderr
+    assert stack.last.returncode != 0
+    assert "[mandatory]  ssh-only-from-admin-cidrs" in out
+    assert f"opens SSH (port 22) to {BAD_ADMIN}" in out
 
 
-def executable(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
-
-
-@pytest.fixture
-def standins(tmp_path) -> Path:
-    """Stand-in providers (in tmp_path/standin-bin); returns the pack as an executable analyzer."""
-    need("cli")
-    bin_dir = tmp_path / "standin-bin"
-    bin_dir.mkdir()
-    helper = ROOT / "tests" / "engine" / "standin_provider.py"
-    for name, version in (("digitalocean", "4.84.1"), ("command", "1.2.1")):
-        executable(
-            bin_dir / f"pulumi-resource-{name}",
-            f'#!/bin/sh\nexec "{sys.executable}" -u "{helper}" {name} {version} "$@"\n',
-        )
-    return executable(
-        tmp_path / "mastodon-data-policy",
-        f'#!/bin/sh\ncd "{POLICY}" && exec "{sys.executable}" -u __main__.py\n',
-    )
-
-
-def standin_stack(tmp: Path, name: str, config: dict):
-    """A stack whose engine finds the stand-ins first on PATH (before any real plugin)."""
-    stack = workspace(tmp, name, config, SECRETS)
-    env = stack.workspace.env_vars
-    env["PATH"] = f"{tmp / 'standin-bin'}:{env['PATH']}"
-    return stack
-
-
-@pytest.mark.parametrize("mode", ["lab", "droplets"])
-def test_pack_passes_the_stack_and_a_second_preview_is_quiet(standins, tmp_path, mode):
-    stack = standin_stack(tmp_path, mode, lab_config() if mode == "lab" else DROPLETS)
-    packs = {
-        "policy_packs": [str(standins)],
-        "policy_pack_configs": [pack_config(tmp_path, ALLOWED)],
-    }
-    first = stack.preview(**packs)
-    assert "mastodon-data" in first.stdout  # the pack ran; a violation would have raised
-    stack.up(**packs)
-    quiet = stack.preview(expect_no_changes=True, diff=True, **packs)
-    assert set(quiet.change_summary) == {"same"}, quiet.stdout
-
-
-def test_pack_refuses_a_bad_config_through_the_engine(standins, tmp_path):
-    from pulumi import automation as auto
-
-    stack = standin_stack(tmp_path, "badadmin", {**DROPLETS, "adminCidrs": [BAD_ADMIN]})
-    with pytest.raises(auto.errors.CommandError) as caught:
-        stack.preview(
-            policy_packs=[str(standins)], policy_pack_configs=[pack_config(tmp_path, ALLOWED)]
-        )
-    error = str(caught.value)
-    assert "[mandatory]  ssh-only-from-admin-cidrs" in error
-    assert f"opens SSH (port 22) to {BAD_ADMIN}" in error
-
-
-# --- with the complete engine (skipped on the development machine) ---------------------------
-
-
-def pack_venv() -> None:
-    """policy/venv as PulumiPolicy.yaml names it (the CI workflows create it the same way)."""
-    python = POLICY / "venv" / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(POLICY / "venv")], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "-r", str(POLICY / "requirements.txt")],
-        check=True,
-        timeout=600,
-    )
-
-
-def test_lab_stack_passes_the_pack_directory(tmp_path):
-    need("cli", "language-python", "command")
-    pack_venv()
-    stack = workspace(tmp_path, "lab", lab_config(), SECRETS)
-    result = stack.preview(
-        policy_packs=[str(POLICY)], policy_pack_configs=[pack_config(tmp_path, ALLOWED)]
-    )
-    assert "mastodon-data" in result.stdout
-
-
-def test_bad_config_is_refused_with_the_real_providers(tmp_path):
-    need("cli", "language-python", "command")
-    search = f"{ROOT / '.engine' / 'bin'}:{os.environ['PATH']}"
-    if not shutil.which("pulumi-resource-digitalocean", path=search):
-        pytest.skip(
-            "the DigitalOcean provider plugin (pulumi-resource-digitalocean) is not on PATH"
-        )
-    pack_venv()
-    from pulumi import automation as auto
-
-    stack = workspace(tmp_path, "badadmin", {**DROPLETS, "adminCidrs": [BAD_ADMIN]}, SECRETS)
-    with pytest.raises(auto.errors.CommandError) as caught:
-        stack.preview(
-            policy_packs=[str(POLICY)], policy_pack_configs=[pack_config(tmp_path, ALLOWED)]
-        )
-    assert "ssh-only-from-admin-cidrs" in str(caught.value)
-
-
-def test_lab_stack_preview_after_a_real_up_shows_no_changes():
-    """On the lab itself: `pulumi up -s lab` (scripts/lab_main.py), then a preview that must
-    propose nothing, including what pulumi-command reports back (connection, stdout)."""
-    need("cli", "command")
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root (network namespaces)")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import lab as lab_hosts
-    import lab_main
-    from pulumi import automation as auto
-
+def test_pull_request_comment_lists_every_resource_and_no_secret(tmp_path):
+    stack = engine_stack(tmp_path, "dev", example_config("dev"), SECRETS)
+    urns = [s["urn"] for s in json.loads(stack.preview("--json", *PACK))["steps"]]
+    comment = tmp_path / "preview.md"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "lab_main.py")],
+        ["bash", str(ROOT / ".github" / "scripts" / "preview_comment.sh"), "dev", str(comment)],
+        cwd=stack.workdir,
+        env=stack.env(),
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    env = {
-        "PULUMI_BACKEND_URL": f"file://{ROOT / '.pulumi-state'}",
-        "PULUMI_CONFIG_PASSPHRASE_FILE": str(lab_hosts.lab_from_env().state_dir / "passphrase"),
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        "PATH": f"{ROOT / '.engine' / 'bin'}:{os.environ['PATH']}",
-    }
-    stack = auto.select_stack(
-        lab_main.STACK,
-        "mastodon-data",
-        lambda: runpy.run_path(str(ROOT / "__main__.py")),
-        opts=auto.LocalWorkspaceOptions(work_dir=str(ROOT), env_vars=env),
-    )
-    packs = {}
-    if missing("language-python") is None:
-        pack_venv()
-        packs = {"policy_packs": [str(POLICY)]}
-    preview = stack.preview(expect_no_changes=True, diff=True, **packs)
-    assert set(preview.change_summary) == {"same"}, preview.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = comment.read_text()
+    assert text.startswith("<!-- mastodon-data preview: dev -->\n")
+    assert "passes the policy pack" in text
+    missing = [urn for urn in urns if urn.rpartition("::")[2] not in text]
+    assert missing == []
+    for value in SECRETS.values():
+        for line in value.splitlines():
+            assert line not in text or line.startswith("-----")

@@ -9,11 +9,15 @@ import secrets
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import host_ssh
 import lab as lab_hosts
-import yaml
-from lab_stack import PROJECT, LabStack
+from lab_stack import LabStack
+
+from components import plan
+from components.config import parse_settings
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 
@@ -31,11 +35,20 @@ def lab_unavailable() -> str | None:
     return None
 
 
-def stack_file(path: Path, lab: lab_hosts.Lab, replica_count: int, hosts: int = 4) -> Path:
-    """A hosts-mode stack file for the test lab (for tests of one host script)."""
-    config = lab_hosts.stack_config(lab, replica_count, hosts)
-    path.write_text(yaml.safe_dump({"config": {f"{PROJECT}:{k}": v for k, v in config.items()}}))
-    return path
+def run_one_step(
+    config: dict, secrets: dict, name: str, workdir: Path, ca_cert: str = "", node_change=None
+) -> str:
+    """Step `name` of the plan for `config`, run alone over ssh (a test of one host script).
+    `node_change` may alter the step's host (address, host key) first."""
+    settings = parse_settings(config, set(secrets))
+    step = next(s for s in plan.steps(settings, plan.nodes_from_hosts(settings)) if s.name == name)
+    if node_change:
+        step = replace(step, node=replace(step.node, **node_change))
+    key = workdir / "key"
+    key.touch(mode=0o600)
+    key.write_text(secrets["sshPrivateKey"])
+    extra = {"primary_ca_cert": ca_cert} if step.script == "replica" and ca_cert else {}
+    return host_ssh.run_step(step, secrets, key, None, extra)  # host keys are pinned
 
 
 def applied(stack: LabStack, config: dict, secrets: dict[str, str]) -> dict:

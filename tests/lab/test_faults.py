@@ -10,15 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-import apply_hosts
 import lab as lab_hosts
 import pytest
-import yaml
-from labkit import lab_unavailable, new_secrets, wait_until, write_figures
-
-from components import plan
-from components.config import parse_settings
-from components.stack_file import read_stack_file
+from lab_stack import LabStack
+from labkit import applied, lab_unavailable, new_secrets, run_one_step, wait_until, write_figures
 
 pytestmark = pytest.mark.lab
 FAULT_LAB = lab_hosts.Lab(
@@ -34,33 +29,24 @@ class Faults:
     def __init__(self, workdir: Path):
         self.lab, self.workdir = FAULT_LAB, workdir
         self.secrets = new_secrets(FAULT_LAB)
+        self.stack = LabStack("faults", workdir / "stack")
+        self.stack.prepare()
         self.ca_cert = ""
 
-    def stack_file(self, replicas: int) -> Path:
+    def config(self, replicas: int) -> dict:
         config = lab_hosts.stack_config(self.lab, replicas, 4)
         # Small limits, so that a replica left behind loses its slot within a test's writes.
-        config["mastodon-data:walKeepSize"] = "16MB"
-        config["mastodon-data:maxSlotWalKeepSize"] = "64MB"
-        path = self.workdir / f"Pulumi.faults{replicas}.yaml"
-        path.write_text(yaml.safe_dump({"config": config}))
-        return path
+        config["walKeepSize"] = "16MB"
+        config["maxSlotWalKeepSize"] = "64MB"
+        return config
 
     def apply(self, replicas: int = 2) -> dict:
-        outputs = apply_hosts.apply(self.stack_file(replicas), self.secrets, self.lab.known_hosts)
+        outputs = applied(self.stack, self.config(replicas), self.secrets)
         self.ca_cert = outputs["postgres_ca_cert"]
         return outputs
 
     def run_step(self, name: str, replicas: int) -> str:
-        raw, _ = read_stack_file(self.stack_file(replicas))
-        settings = parse_settings(raw, set(self.secrets))
-        step = next(
-            s for s in plan.steps(settings, plan.nodes_from_hosts(settings)) if s.name == name
-        )
-        key = self.workdir / "key"
-        key.touch(mode=0o600)
-        key.write_text(self.secrets["sshPrivateKey"])
-        extra = {"primary_ca_cert": self.ca_cert} if step.script == "replica" else {}
-        return apply_hosts.run_step(step, self.secrets, key, self.lab.known_hosts, extra)
+        return run_one_step(self.config(replicas), self.secrets, name, self.workdir, self.ca_cert)
 
     def ssh(self, index: int, command: str, timeout: float = 120) -> str:
         argv = self.lab.ssh_command(self.lab.host(index).address, command)
@@ -214,9 +200,9 @@ def test_slot_invalidated_protects_the_disk_and_a_rerun_reseeds(faults):
     assert wal_bytes < 200 * 1024 * 1024  # bounded: the slot did not pin the WAL
     faults.ssh(3, "pg_ctlcluster 15 main start")
     start = time.monotonic()
-    outputs = faults.apply(2)
+    faults.stack.rerun("replica-mlabf-h3")  # the operator's `pulumi up --replace` of the step
     reseed = time.monotonic() - start
-    report = json.loads(outputs["steps"]["replica-mlabf-h3"])
+    report = faults.stack.step_reports()["replica-mlabf-h3"]
     assert "re-seeded (slot invalidated)" in report["changed"]
     rows, _ = faults.all_rows_everywhere()
     FIGURES["slot_invalidated"] = {
@@ -236,14 +222,23 @@ def test_interrupted_base_backup_then_rerun_completes(faults):
         except Exception as exc:  # noqa: BLE001 - recorded and asserted below
             failure.append(exc)
 
-    worker = threading.Thread(target=clone_h4)
-    worker.start()
-    wait_until(lambda: faults.ssh(4, "pgrep -x pg_basebackup || true") != "", 60, "pg_basebackup")
-    faults.ssh(4, "pkill -9 -x pg_basebackup")
-    worker.join(timeout=120)
+    # The copy is throttled to 2 MB/s on h4's link, so it is still running when it is killed.
+    throttle = ["ip", "netns", "exec", faults.lab.host(4).netns, "tc", "qdisc"]
+    subprocess.run([*throttle, "add", "dev", "eth0", "root", "tbf", "rate", "16mbit",
+                    "burst", "64kb", "latency", "400ms"], check=True, timeout=10)  # fmt: skip
+    try:
+        worker = threading.Thread(target=clone_h4)
+        worker.start()
+        wait_until(
+            lambda: faults.ssh(4, "pgrep -x pg_basebackup || true") != "", 60, "pg_basebackup"
+        )
+        faults.ssh(4, "pkill -9 -x pg_basebackup")
+        worker.join(timeout=120)
+    finally:
+        subprocess.run([*throttle, "del", "dev", "eth0", "root"], check=True, timeout=10)
     assert failure and "base backup" in str(failure[0])
     outputs = faults.apply(3)
-    report = json.loads(outputs["steps"]["replica-mlabf-h4"])
+    report = outputs["steps"]["replica-mlabf-h4"]
     assert "cloned" in report["changed"]
     assert faults.ssh(4, "ls /var/lib/postgresql/15/ | grep -c clone || true") == "0"
     rows, _ = faults.all_rows_everywhere(replicas=(2, 3, 4))

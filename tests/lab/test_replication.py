@@ -9,18 +9,16 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import check_replication
 import host_ssh
+import lab as lab_hosts
 import psycopg
 import pytest
-from labkit import ROOT_DIR, stack_file
+from labkit import ROOT_DIR, run_one_step
 from pulumi_cli import PulumiFailed
 
 from components import plan
-from components.config import parse_settings
-from components.stack_file import read_stack_file
 
 pytestmark = pytest.mark.lab
 WAIT = 15  # seconds for a row to reach a replica
@@ -139,19 +137,20 @@ def test_remote_connections_need_tls_and_scram(lab_session, first_run):
 
 
 def test_unreachable_host_and_wrong_ssh_key_are_clear_errors(lab_session, first_run, tmp_path):
-    raw, _ = read_stack_file(stack_file(tmp_path / "Pulumi.x.yaml", lab_session.lab, 2))
-    settings = parse_settings(raw, set(lab_session.secrets))
-    step = next(s for s in plan.steps(settings, plan.nodes_from_hosts(settings)))
-    key = tmp_path / "key"
-    key.touch(mode=0o600)
-    key.write_text(lab_session.secrets["sshPrivateKey"])
-    nowhere = replace(step, node=replace(step.node, public_address="10.252.0.99"))
+    config = lab_hosts.stack_config(lab_session.lab, 2, 4)
     with pytest.raises(host_ssh.StepFailed, match=r"ssh to root@10.252.0.99:22 failed"):
-        host_ssh.run_step(nowhere, lab_session.secrets, key, lab_session.lab.known_hosts)
+        run_one_step(
+            config,
+            lab_session.secrets,
+            "primary",
+            tmp_path,
+            node_change={"public_address": "10.252.0.99"},
+        )
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong_key = {**lab_session.secrets, "sshPrivateKey": other.read_text()}
     with pytest.raises(host_ssh.StepFailed, match="Permission denied"):
-        host_ssh.run_step(step, lab_session.secrets, other, lab_session.lab.known_hosts)
+        run_one_step(config, wrong_key, "primary", tmp_path)
 
 
 def test_no_secret_in_step_output_logs_or_files(lab_session, first_run):
@@ -182,20 +181,13 @@ def test_no_secret_in_step_output_logs_or_files(lab_session, first_run):
 
 
 def test_pinned_host_keys_are_checked(lab_session, first_run, tmp_path):
-    inventory = json.loads(lab_session.lab.inventory_file.read_text())
-    keys = {h["name"]: h["host_key"] for h in inventory["hosts"]}
-    raw, _ = read_stack_file(stack_file(tmp_path / "Pulumi.k.yaml", lab_session.lab, 2))
-    settings = parse_settings(raw, set(lab_session.secrets))
-    step = next(s for s in plan.steps(settings, plan.nodes_from_hosts(settings)))
-    key = tmp_path / "key"
-    key.touch(mode=0o600)
-    key.write_text(lab_session.secrets["sshPrivateKey"])
-    extra = {"primary_ca_cert": lab_session.ca_cert}
-    right = replace(step, node=replace(step.node, host_key=keys["mlabt-h1"]))
-    assert host_ssh.run_step(right, lab_session.secrets, key, None, extra)
-    wrong = replace(step, node=replace(step.node, host_key=keys["mlabt-h2"]))
+    config = lab_hosts.stack_config(lab_session.lab, 2, 4)
+    assert run_one_step(config, lab_session.secrets, "primary", tmp_path)
+    h2_key = lab_hosts.host_key(lab_session.lab.host(2))
     with pytest.raises(host_ssh.StepFailed, match="Host key verification failed"):
-        host_ssh.run_step(wrong, lab_session.secrets, key, None, extra)
+        run_one_step(
+            config, lab_session.secrets, "primary", tmp_path, node_change={"host_key": h2_key}
+        )
 
 
 def test_replication_check_passes(first_run):
@@ -223,27 +215,16 @@ def test_second_run_changes_nothing(lab_session, first_run):
 
 
 def test_wrong_replication_password_is_a_clear_error(lab_session, first_run):
-    raw, _ = read_stack_file(
-        stack_file(lab_session.workdir / "Pulumi.bad.yaml", lab_session.lab, 2)
-    )
-    settings = parse_settings(raw, set(lab_session.secrets))
-    step = next(
-        s
-        for s in plan.steps(settings, plan.nodes_from_hosts(settings))
-        if s.name == "replica-mlabt-h2"
-    )
+    config = lab_hosts.stack_config(lab_session.lab, 2, 4)
     wrong = {**lab_session.secrets, "replicationPassword": "not-the-right-password-at-all"}
-    key = lab_session.workdir / "key"
-    key.touch(mode=0o600)
-    key.write_text(lab_session.secrets["sshPrivateKey"])
-    ca = {"primary_ca_cert": lab_session.ca_cert}
+    step, workdir, ca = "replica-mlabt-h2", lab_session.workdir, lab_session.ca_cert
     try:
         with pytest.raises(host_ssh.StepFailed, match="rejected the password") as failure:
-            host_ssh.run_step(step, wrong, key, lab_session.lab.known_hosts, ca)
+            run_one_step(config, wrong, step, workdir, ca)
         assert wrong["replicationPassword"] not in str(failure.value)
     finally:
         # The right password again (the failed run left the wrong one in .pgpass).
-        again = host_ssh.run_step(step, lab_session.secrets, key, lab_session.lab.known_hosts, ca)
+        again = run_one_step(config, lab_session.secrets, step, workdir, ca)
         assert plan.parse_report(again)["changed"] == ["pgpass written"]
 
 
@@ -327,17 +308,7 @@ def test_replica_of_another_primary_is_refused_unless_reseeded(lab_session):
 
 
 def apply_only_replica(session, name: str, replica_count: int) -> str:
-    raw, _ = read_stack_file(
-        stack_file(session.workdir / "Pulumi.one.yaml", session.lab, replica_count)
+    config = lab_hosts.stack_config(session.lab, replica_count, 4)
+    return run_one_step(
+        config, session.secrets, f"replica-{name}", session.workdir, session.ca_cert
     )
-    settings = parse_settings(raw, set(session.secrets))
-    step = next(
-        s
-        for s in plan.steps(settings, plan.nodes_from_hosts(settings))
-        if s.name == f"replica-{name}"
-    )
-    key = session.workdir / "key"
-    key.touch(mode=0o600)
-    key.write_text(session.secrets["sshPrivateKey"])
-    ca = {"primary_ca_cert": session.ca_cert} if getattr(session, "ca_cert", None) else {}
-    return host_ssh.run_step(step, session.secrets, key, session.lab.known_hosts, ca)

@@ -7,13 +7,10 @@ import base64
 import hashlib
 import hmac
 import subprocess
-import sys
 from pathlib import Path
 
+import common
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "host"))
-import common  # noqa: E402
 
 
 def test_scram_verifier_matches_rfc7677():

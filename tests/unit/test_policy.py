@@ -327,7 +327,8 @@ def test_plain_password_like_outputs_are_refused():
     }
     found = violations(rules.validate_secret_outputs, Args(resources=[stack(outputs)]))
     named = sorted(m.split()[2] for m in found)
-    assert named == ["api_token", "mastodon_env", "media", "migration_env", "spaces_secret_key"]
+    # migration_env carries no credential: plain is right (the program exports it so).
+    assert named == ["api_token", "mastodon_env", "media", "spaces_secret_key"]
     assert "media.access.AWS_SECRET_ACCESS_KEY" in " ".join(found)
 
 
@@ -493,12 +494,11 @@ def test_the_program_passes_every_rule_on_mocks(secret_options, config, secrets)
 )
 def test_the_programs_outputs_on_mocks_are_secret_where_the_rule_says(config, secrets):
     """Where the engine cannot show a policy secretness, the mocks can: the same rule over the
-    program's exports, secret ones marked as the SDK would. Known: migration_env (host, port,
-    database name, no credential) is exported plain in droplets and hosts mode; in managed mode
-    it is secret through the engine (it derives from the DatabaseUser's password, an
-    additional secret output the mocks do not apply)."""
+    program's exports, secret ones marked as the SDK would. migration_env (host, port, database
+    name, no credential) is exported plain in every mode and the rule agrees."""
     run = run_program(config, secrets)
     assert "mastodon_env" in run.secret_outputs
     outputs = {k: Secret(v) if k in run.secret_outputs else v for k, v in run.outputs.items()}
     found = violations(rules.validate_secret_outputs, Args(resources=[stack(outputs)]))
-    assert [m.split()[2] for m in found] in ([], ["migration_env"])
+    assert found == []
+    assert "migration_env" not in run.secret_outputs

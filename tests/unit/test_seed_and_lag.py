@@ -5,15 +5,10 @@ test tests/lab/test_lag_and_reconnect.py runs them for real."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import check_replication
+import common
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "host"))
-import check_replication  # noqa: E402
-import common  # noqa: E402
-import replica  # noqa: E402
+import replica
 
 PARAMS = {
     "name": "db2",
