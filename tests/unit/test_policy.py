@@ -24,6 +24,7 @@ from pulumi_policy.policy import _NotApplicableError
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
 from policy import rules
+from tests import fixtures
 
 SECRET_WIRE = {rules.SECRET_SIG_KEY: rules.SECRET_SIG}
 
@@ -403,28 +404,13 @@ def test_pack_config_names_existing_policies_and_properties():
 
 # --- the real program on mocks passes every rule ---------------------------------------------
 
-DROPLETS = {
-    "postgresMode": "droplets",
-    "replicaCount": 2,
-    "sshKeyIds": ["12345"],
-    "adminCidrs": ["198.51.100.7/32"],
-}
-HOSTS = {
-    "postgresMode": "hosts",
-    "replicaCount": 1,
-    "postgresAllowedSources": ["10.0.0.0/24"],
-    "hosts": [
-        {"name": f"db{i}", "publicAddress": f"192.0.2.{i}", "privateAddress": f"10.0.0.{i}"}
-        for i in (1, 2)
-    ],
-}
-MANAGED = {
-    "postgresMode": "managed",
-    "appTag": "mastodon-app",
+DROPLETS = {**fixtures.DROPLETS, "replicaCount": 2}
+HOSTS = fixtures.HOSTS
+MANAGED = {  # managed PostgreSQL with a read-only node, Spaces and managed Valkey
+    **fixtures.MANAGED,
     "appCidrs": ["10.118.0.0/20"],
     "managedReplica": True,
-    "spacesBucket": "mastodon-media-unit",
-    "spacesRegion": "nyc3",
+    **fixtures.SPACES,
     "redisMode": "managed",
 }
 RESOURCE_RULES = [
