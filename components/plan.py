@@ -147,6 +147,8 @@ def steps(settings, nodes: list[Node], *, reseed: frozenset[str] = frozenset()) 
         "allowed_sources": list(settings.postgres_allowed_sources),
         "wal_keep_size": settings.wal_keep_size,
         "max_slot_wal_keep_size": settings.max_slot_wal_keep_size,
+        "replication_timeout": settings.replication_timeout,
+        "wal_retrieve_retry_interval": settings.wal_retrieve_retry_interval,
     }
     plan = [
         Step(

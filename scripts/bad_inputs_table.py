@@ -44,6 +44,8 @@ CASES: list[tuple[str, dict, frozenset]] = [
     ("replication role = app role", {**DROPLETS, "replicationUser": "mastodon"}, ALL),
     ("WAL size without unit", {**DROPLETS, "walKeepSize": "1024"}, ALL),
     ("slot limit below wal_keep_size", {**DROPLETS, "maxSlotWalKeepSize": "512MB"}, ALL),
+    ("replication timeout without unit", {**DROPLETS, "replicationTimeout": "10"}, ALL),
+    ("replication timeout too short", {**DROPLETS, "replicationTimeout": "500ms"}, ALL),
     ("misspelt key", {**DROPLETS, "replicaCont": 2}, ALL),
     ("hosts listed in droplets mode", {**DROPLETS, "hosts": HOSTS["hosts"]}, ALL),
     ("hosts mode without hosts", {**HOSTS, "hosts": []}, ALL),

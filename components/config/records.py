@@ -81,6 +81,8 @@ class Settings:
     replication_user: str
     wal_keep_size: str
     max_slot_wal_keep_size: str
+    replication_timeout: str  # wal_sender/receiver_timeout, the replicas' TCP keepalives
+    wal_retrieve_retry_interval: str
     hosts: tuple[HostSpec, ...]  # hosts mode: [0] primary, [1..replica_count] replicas, rest spares
     port: int = 5432
     managed: ManagedPostgresSettings | None = None  # managed mode only

@@ -33,6 +33,8 @@ SQL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # unquoted identifier, NAMEDATA
 SQL_NAME_RULE = "must match ^[a-z_][a-z0-9_]{0,62}$"
 UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 WAL_SIZE = re.compile(r"(\d+)(kB|MB|GB|TB)")  # PostgreSQL's own units, case-sensitive
+DURATION = re.compile(r"(\d+)(ms|s|min)")  # PostgreSQL's own units (these three), case-sensitive
+UNIT_MS = {"ms": 1, "s": 1000, "min": 60000}
 SSH_KEY_ID = re.compile(r"\d+|[0-9a-f]{2}(?::[0-9a-f]{2}){15}")  # DO key id or MD5 fingerprint
 UNIT_BYTES = {"kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 ADMIN_EXAMPLE = "203.0.113.7/32"
@@ -81,6 +83,25 @@ def wal_bytes(text: str) -> int | None:
     return int(match.group(1)) * UNIT_BYTES[match.group(2)] if match else None
 
 
+def duration_ms(text: str) -> int | None:
+    match = DURATION.fullmatch(text)
+    return int(match.group(1)) * UNIT_MS[match.group(2)] if match else None
+
+
+def duration_check(low: str, high: str):
+    """A check that refuses what is not a duration from `low` to `high` (both included)."""
+
+    def problem(text: str) -> str | None:
+        ms = duration_ms(text)
+        if ms is None:
+            return "not a duration like 10s (units ms, s, min)"
+        if not duration_ms(low) <= ms <= duration_ms(high):
+            return f"not from {low} to {high}"
+        return None
+
+    return problem
+
+
 DROPLET_SIZE = {
     "pattern": SIZE_SLUG,
     "what": "not a droplet size slug like s-2vcpu-4gb",
@@ -112,6 +133,10 @@ FIELDS = (
     Field("replicationUser", check=role_problem),
     Field("walKeepSize", **WAL),
     Field("maxSlotWalKeepSize", **WAL),
+    # Below 3s a busy primary's pause would look like a dead link; the keepalive probes need
+    # whole seconds.
+    Field("replicationTimeout", check=duration_check("3s", "60min")),
+    Field("walRetrieveRetryInterval", check=duration_check("100ms", "5min")),
 )
 
 
@@ -159,6 +184,8 @@ def parse_topology(v: Validation) -> dict[str, Any]:
         "replication_user": values["replicationUser"],
         "wal_keep_size": values["walKeepSize"],
         "max_slot_wal_keep_size": values["maxSlotWalKeepSize"],
+        "replication_timeout": values["replicationTimeout"],
+        "wal_retrieve_retry_interval": values["walRetrieveRetryInterval"],
     }
 
 

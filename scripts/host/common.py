@@ -482,9 +482,9 @@ def server_settings(cluster: Cluster, params: dict, replica_slots: int) -> dict[
         # walsender lets go of the replica's slot, the replica's receiver gives up), and a
         # replica tries again every wal_retrieve_retry_interval: it streams again within
         # seconds of the link's return instead of waiting out TCP's retransmission backoff.
-        "wal_sender_timeout": f"'{params.get('replication_timeout', '10s')}'",
-        "wal_receiver_timeout": f"'{params.get('replication_timeout', '10s')}'",
-        "wal_retrieve_retry_interval": f"'{params.get('wal_retrieve_retry_interval', '1s')}'",
+        "wal_sender_timeout": f"'{params['replication_timeout']}'",
+        "wal_receiver_timeout": f"'{params['replication_timeout']}'",
+        "wal_retrieve_retry_interval": f"'{params['wal_retrieve_retry_interval']}'",
     }
 
 

@@ -3,7 +3,7 @@
 
 stdin (JSON): version, port, private_address, replicas [{name, address}], replication_user,
 replication_password, db_name, db_user, db_password, allowed_sources [CIDR], wal_keep_size,
-max_slot_wal_keep_size.
+max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ REQUIRED = [
     "allowed_sources",
     "wal_keep_size",
     "max_slot_wal_keep_size",
+    "replication_timeout",
+    "wal_retrieve_retry_interval",
 ]
 
 

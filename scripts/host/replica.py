@@ -57,6 +57,8 @@ REQUIRED = [
     "replica_count",
     "wal_keep_size",
     "max_slot_wal_keep_size",
+    "replication_timeout",
+    "wal_retrieve_retry_interval",
     "primary_ca_cert",
 ]
 PGPASS = Path("/var/lib/postgresql/.pgpass")
@@ -107,8 +109,8 @@ def conninfo(params: dict) -> str:
     """Replication connection string; the password comes from ~postgres/.pgpass, never from here.
     Keepalives and tcp_user_timeout make a dead link fail the connection within
     replication_timeout, so the replica reconnects instead of waiting for TCP to give up."""
-    timeout = params.get("replication_timeout", "10s")
-    tcp = " ".join(f"{k}={v}" for k, v in keepalive_options(timeout).items())
+    options = keepalive_options(params["replication_timeout"])
+    tcp = " ".join(f"{key}={value}" for key, value in options.items())
     return (
         f"host={params['primary_address']} port={params['primary_port']} "
         f"user={params['replication_user']} application_name={params['name']} "

@@ -74,6 +74,8 @@ def test_valid_droplets_config() -> None:
         replication_user="replicator",
         wal_keep_size="1GB",
         max_slot_wal_keep_size="10GB",
+        replication_timeout="10s",
+        wal_retrieve_retry_interval="1s",
         hosts=(),
         port=5432,
     )

@@ -106,6 +106,8 @@ def test_settings_size_senders_and_slots_from_the_replica_count():
         "private_address": "10.0.0.5",
         "wal_keep_size": "1GB",
         "max_slot_wal_keep_size": "10GB",
+        "replication_timeout": "10s",
+        "wal_retrieve_retry_interval": "1s",
     }
     small = common.server_settings(common.Cluster(18), params, 2)
     large = common.server_settings(common.Cluster(18), params, 9)

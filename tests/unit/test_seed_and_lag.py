@@ -10,6 +10,10 @@ import common
 import pytest
 import replica
 
+from components import plan
+from components.config import ConfigError, parse_settings
+from tests.fixtures import DROPLETS, SECRETS, hosts_stack
+
 PARAMS = {
     "name": "db2",
     "primary_address": "10.0.0.1",
@@ -74,6 +78,58 @@ def test_both_ends_time_out_a_dead_link_and_the_replica_retries_every_second():
     assert settings["wal_sender_timeout"] == "'15s'"
     assert settings["wal_receiver_timeout"] == "'15s'"
     assert settings["wal_retrieve_retry_interval"] == "'2s'"
+
+
+def settings_with(**changes):
+    return parse_settings({**DROPLETS, **changes}, set(SECRETS))
+
+
+def test_reconnection_settings_default_to_10s_and_1s_and_reach_every_step():
+    settings = parse_settings(hosts_stack(3, 2), set(SECRETS))
+    assert (settings.replication_timeout, settings.wal_retrieve_retry_interval) == ("10s", "1s")
+    for step in plan.steps(settings, plan.nodes_from_hosts(settings)):
+        if step.script in ("primary", "replica"):
+            assert step.params["replication_timeout"] == "10s", step.name
+            assert step.params["wal_retrieve_retry_interval"] == "1s", step.name
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("replicationTimeout", "3s"),
+        ("replicationTimeout", "60min"),
+        ("replicationTimeout", "3500ms"),  # rounded up to whole seconds for the keepalives
+        ("walRetrieveRetryInterval", "100ms"),
+        ("walRetrieveRetryInterval", "5min"),
+    ],
+)
+def test_reconnection_settings_accepted_at_their_limits(key, value):
+    settings = settings_with(**{key: value})
+    field = "replication_timeout" if key == "replicationTimeout" else "wal_retrieve_retry_interval"
+    assert getattr(settings, field) == value
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "what"),
+    [
+        ("replicationTimeout", "10", "not a duration like 10s (units ms, s, min)"),
+        ("replicationTimeout", "10S", "not a duration like 10s (units ms, s, min)"),
+        ("replicationTimeout", "1h", "not a duration like 10s (units ms, s, min)"),
+        ("replicationTimeout", "0s", "not from 3s to 60min"),
+        ("replicationTimeout", "2999ms", "not from 3s to 60min"),
+        ("replicationTimeout", "61min", "not from 3s to 60min"),
+        ("walRetrieveRetryInterval", "99ms", "not from 100ms to 5min"),
+        ("walRetrieveRetryInterval", "301s", "not from 100ms to 5min"),
+    ],
+)
+def test_reconnection_settings_refused_with_the_key_and_the_fix(key, value, what):
+    default = {"replicationTimeout": "10s", "walRetrieveRetryInterval": "1s"}[key]
+    with pytest.raises(ConfigError) as error:
+        settings_with(**{key: value})
+    assert str(error.value) == (
+        f"mastodon-data:{key} = '{value}': {what}. "
+        f"Fix: pulumi config set mastodon-data:{key} {default}"
+    )
 
 
 # --- seed at the floor ------------------------------------------------------------------------
