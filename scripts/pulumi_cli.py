@@ -16,6 +16,14 @@ class PulumiFailed(RuntimeError):
     """A pulumi command failed; the message carries its diagnostics."""
 
 
+def diagnostics(stdout: str) -> str:
+    """The "Diagnostics:" part of pulumi's output (the errors), without the outputs after it."""
+    _, found, rest = stdout.partition("\nDiagnostics:\n")
+    if not found:
+        return stdout[-4000:]
+    return "Diagnostics:\n" + rest.partition("\nOutputs:\n")[0].partition("\nResources:\n")[0]
+
+
 class Stack:
     """Stack `name` of the project in `cwd`; `env` adds to (or overrides) this process's."""
 
@@ -40,7 +48,9 @@ class Stack:
         )
         self.last = result
         if check and result.returncode != 0:
-            raise PulumiFailed(f"pulumi {args[0]} failed:\n{result.stdout[-4000:]}{result.stderr}")
+            raise PulumiFailed(
+                f"pulumi {args[0]} failed:\n{diagnostics(result.stdout)}{result.stderr}"
+            )
         return result.stdout
 
     def up(self, *extra: str) -> str:
@@ -67,15 +77,12 @@ class Stack:
 
     def set_plain(self, values: dict) -> None:
         """Sets non-secret values (any JSON type) in one call."""
-        document = {
-            f"{PROJECT}:{key}": {"objectValue": value, "secret": False}
-            if isinstance(value, list | dict)
-            else {
-                "value": json.dumps(value) if not isinstance(value, str) else value,
-                "secret": False,
-            }
-            for key, value in values.items()
-        }
+        document = {}
+        for key, value in values.items():
+            item = {"value": value if isinstance(value, str) else json.dumps(value)}
+            if isinstance(value, list | dict):
+                item["objectValue"] = value
+            document[f"{PROJECT}:{key}"] = {**item, "secret": False}
         self.pulumi("config", "set-all", "--json", json.dumps(document))
 
     def remove(self, key: str) -> None:
