@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -167,6 +168,42 @@ def replica_line(lines: list[str]) -> str:
     return next(line for line in lines if line.startswith(f"{REPLICA}:"))
 
 
+def check_seconds(q: QLab) -> tuple[float, str, bool]:
+    """scripts/check_replication.py's verdict with the small threshold: (lag s, line, healthy)."""
+    lines, healthy = check_replication.check(q.outputs, 64 * 1024 * 1024, THRESHOLD)
+    line = replica_line(lines)
+    return float(re.search(r"lag \S+ B / ([0-9.]+) s", line).group(1)), line, healthy
+
+
+def idle_past_the_threshold(q: QLab) -> float:
+    """Waits until the replica's last replayed commit is older than the threshold (the primary
+    writes nothing meanwhile); returns that age."""
+    time.sleep(THRESHOLD + 2)
+    age = q.one(2, "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float")
+    assert age > THRESHOLD  # what the last commit's age alone would report as lag
+    return age
+
+
+class Superuser:
+    """psql as postgres on the replica, kept open: statements run within milliseconds."""
+
+    def __init__(self):
+        argv = Q_LAB.ssh_command(
+            Q_LAB.host(2).address, f"cd /tmp && runuser -u postgres -- {PGBIN}/psql -X -q"
+        )
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        )
+
+    def run(self, statement: str) -> None:
+        self.process.stdin.write(statement + "\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
 def test_after_idling_past_the_threshold_one_commit_shows_lag_under_a_second(q):
     with q.connect(1) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS lag_probe (id serial PRIMARY KEY, note text)")
@@ -175,16 +212,12 @@ def test_after_idling_past_the_threshold_one_commit_shows_lag_under_a_second(q):
         15,
         "the table on the replica",
     )
-    time.sleep(THRESHOLD + 2)  # the primary writes nothing meanwhile
-    idle = q.one(2, "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float")
-    assert idle > THRESHOLD  # the last commit's age alone would report this much
+    idle = idle_past_the_threshold(q)
     with q.connect(1) as conn:
         conn.execute("INSERT INTO lag_probe (note) VALUES ('after idling')")
-    lines, healthy = check_replication.check(q.outputs, 64 * 1024 * 1024, THRESHOLD)
-    line = replica_line(lines)
-    seconds = float(re.search(r"lag \S+ B / ([0-9.]+) s", line).group(1))
+    seconds, line, healthy = check_seconds(q)
     FIGURES["idle_then_commit"] = {"idle_s": round(idle, 2), "check_line": line}
-    assert healthy, lines
+    assert healthy, line
     assert seconds < 1.0, line
     assert q.one(2, "SELECT count(*) FROM lag_probe WHERE note = 'after idling'") == 1
     # The status reports: 0 s once the replica holds everything, on both sides.
@@ -192,6 +225,34 @@ def test_after_idling_past_the_threshold_one_commit_shows_lag_under_a_second(q):
     assert [r["lag_seconds"] for r in primary["replicas"]] == [0]
     replica = q.run_step(f"status-{REPLICA}")
     assert replica["receiver"][0]["lag_seconds"] == 0
+
+
+def test_a_commit_caught_in_flight_after_idling_shows_its_real_lag(q):
+    """The case the last commit's age got wrong: the check finds the replica still replaying
+    the new commit (held back here for 0.2 s), which received != replayed used to turn into
+    the whole idle time."""
+    superuser = Superuser()
+    try:
+        superuser.run("SELECT pg_wal_replay_pause();")
+        idle = idle_past_the_threshold(q)
+        with q.connect(1) as conn:
+            conn.execute("INSERT INTO lag_probe (note) VALUES ('in flight')")
+        poll(
+            lambda: q.one(2, "SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()"),
+            10,
+            "the commit received, not replayed",
+        )
+        resume = threading.Timer(0.2, superuser.run, ("SELECT pg_wal_replay_resume();",))
+        resume.start()
+        seconds, line, healthy = check_seconds(q)
+        resume.join()
+    finally:
+        superuser.run("SELECT pg_wal_replay_resume();")
+        superuser.close()
+    FIGURES["commit_in_flight_after_idling"] = {"idle_s": round(idle, 2), "check_line": line}
+    assert healthy, line
+    assert 0.1 < seconds < 1.0, line  # the 0.2 s it was held back, not the idle time
+    assert q.one(2, "SELECT count(*) FROM lag_probe WHERE note = 'in flight'") == 1
 
 
 class Load:
