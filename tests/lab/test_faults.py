@@ -140,8 +140,11 @@ def test_link_cut_for_30_s_then_the_replica_catches_up_by_itself(faults):
     time.sleep(30)
     lab_hosts.run(["ip", "-n", FAULT_LAB.switch_ns, "link", "set", port, "up"])
     target = faults.lsn(1, "pg_current_wal_lsn")
+    # Keepalives and tcp_user_timeout (replicationTimeout, 10 s) end the dead connections during
+    # the cut, so the replica reconnects as soon as the link is back: far under the ~23 s the
+    # wal receiver took before (slack for a loaded machine; the figure is the benchmark's).
     catch_up = wait_until(
-        lambda: faults.lsn(2, "pg_last_wal_replay_lsn") >= target, CATCH_UP_LIMIT, "catch-up"
+        lambda: faults.lsn(2, "pg_last_wal_replay_lsn") >= target, 10, "catch-up within 10 s"
     )
     committed = load.committed()
     rows, _ = faults.all_rows_everywhere()
