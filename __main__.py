@@ -1,98 +1,55 @@
-"""The Pulumi program: configuration -> PostgreSQL (droplets, hosts or managed), object storage
-and Redis -> outputs."""
+"""The Pulumi program: the stack's configuration -> its components -> the outputs a deploy
+pipeline reads. PostgreSQL runs on droplets made here, on existing hosts, or managed by
+DigitalOcean; media (Spaces and a CDN) and Redis (Valkey) may be added in every mode."""
 
 import pulumi
 
-from components import outputs, plan, stack_config
-from components.config import REDIS_URL_KEY, ConfigError
+from components import outputs, stack_config
+from components.config import REDIS_URL_KEY
+from components.droplets import DropletTier
+from components.managed_postgres import ManagedPostgres
+from components.network import PrivateNetwork
+from components.redis import ManagedValkey
+from components.replication import ReplicationSteps
+from components.spaces import SpacesMedia
 
-try:
-    settings, secrets, reseed = stack_config.load()
-except ConfigError as problems:
-    # A RunError is shown without a traceback: only the problems and their fixes.
-    raise pulumi.RunError(f"invalid stack configuration:\n{problems}") from None
-for warning in settings.warnings:
-    pulumi.log.warn(warning)
+# Configuration: every setting checked at once; any problem stops here, with its fix.
+settings, secrets, reseed = stack_config.load()
+mode, redis = settings.mode, settings.redis
 
-vpc_id = None  # hosts mode has no VPC of this stack
-if settings.mode == "managed":
-    from components.managed_postgres import ManagedPostgres
-    from components.network import PrivateNetwork
-
-    vpc_id = PrivateNetwork("network", settings).vpc.id
-    postgres = ManagedPostgres("postgres", settings, vpc_id)
+# Components: one VPC per stack (hosts mode has none), PostgreSQL, media, Redis.
+network = PrivateNetwork("network", settings.network) if mode != "hosts" else None
+vpc_id = network.vpc.id if network else None
+if mode == "managed":
+    postgres = ManagedPostgres("postgres", settings.managed, settings.app_sources, vpc_id)
 else:
-    from components.replication import ReplicationSteps
+    tier = DropletTier("db", settings.droplets, network) if mode == "droplets" else None
+    hosts = tier.hosts if tier else settings.hosts
+    postgres = ReplicationSteps("replication", settings.replication, hosts, secrets, reseed)
+media = SpacesMedia("media", settings.spaces) if settings.spaces else None
+valkey = None
+if redis and redis.mode == "managed":
+    valkey = ManagedValkey("redis", redis, settings.app_sources, vpc_id)
+redis_url = valkey.url if valkey else secrets.get(REDIS_URL_KEY)
 
-    if settings.mode == "droplets":
-        from components.droplets import DropletTier
-
-        tier = DropletTier("db", settings)
-        nodes, vpc_id = tier.nodes, tier.vpc.id
-    else:
-        nodes = plan.nodes_from_hosts(settings)
-    replication = ReplicationSteps(
-        "replication", plan.steps(settings, nodes, reseed=reseed), secrets
-    )
-
-# Object storage and Redis: the same in every mode.
-storage = None
-if settings.spaces:
-    from components.spaces import SpacesMedia
-
-    media = SpacesMedia("media", settings.spaces)
-    storage = media.storage
-    pulumi.export(
-        "media",
-        {
-            "bucket": media.bucket.name,
-            "region": settings.spaces.region,
-            "endpoint": media.bucket.endpoint,
-            "cdn_endpoint": media.cdn.endpoint,
-            "alias_host": media.alias_host,
-        },
-    )
-redis = None
-if settings.redis and settings.redis.mode == "managed":
-    from components.redis import ManagedValkey
-
-    valkey = ManagedValkey("redis", settings.redis, settings.region, settings.app_sources, vpc_id)
-    redis = valkey.url
-    pulumi.export("redis", {"host": valkey.host, "port": valkey.cluster.port})
-elif settings.redis and settings.redis.mode == "external":
-    redis = secrets[REDIS_URL_KEY]
-if vpc_id is not None:
-    pulumi.export("vpc_id", vpc_id)
-
-if settings.mode == "managed":
-    endpoints = postgres.endpoints
-    pulumi.export("postgres", endpoints.apply(outputs.managed_postgres_output))
-    pulumi.export("postgres_ca_cert", postgres.ca_cert)
-    pulumi.export("postgres_admin", postgres.admin)
-    env = pulumi.Output.all(endpoints, postgres.password, redis, storage).apply(
-        lambda args: outputs.managed_env_output(*args)
-    )
-    migration = endpoints.apply(outputs.managed_migration_output)
+# Exports: PostgreSQL's the same in every mode, then what the mode and the options add.
+pulumi.export("postgres", postgres.endpoints.apply(outputs.postgres_output))
+pulumi.export("postgres_ca_cert", postgres.ca_cert)
+if mode == "managed":
+    pulumi.export("postgres_admin", postgres.admin)  # secret; for `mastodon-data grant`
 else:
-    # Addresses may be Outputs (droplets): resolve them, then map with the pure functions.
-    resolved_nodes = pulumi.Output.all(
-        *[[n.name, n.role, n.public_address, n.private_address] for n in nodes]
-    ).apply(lambda rows: [plan.Node(*row) for row in rows])
-    status = replication.status_stdout()
-    ca_cert = replication.commands["primary"].stdout.apply(
-        lambda out: plan.parse_report(out).get("ca_cert", "")
-    )
-    hosts = pulumi.Output.all(resolved_nodes, ca_cert, *status.values()).apply(
-        lambda args: outputs.host_outputs(
-            args[0], dict(zip(status, args[2:], strict=True)), args[1]
-        )
-    )
-    for key in ("primary", "replicas", "replication", "postgres_ca_cert"):
-        pulumi.export(key, hosts[key])
-    env = pulumi.Output.all(resolved_nodes, secrets["dbPassword"], redis, storage).apply(
-        lambda args: outputs.env_output(settings, *args)
-    )
-    migration = resolved_nodes.apply(lambda rows: outputs.migration_output(settings, rows))
-pulumi.export("mastodon_env", pulumi.Output.secret(env))
+    pulumi.export("primary", postgres.primary)
+    pulumi.export("replicas", postgres.replicas)
+    pulumi.export("replication", postgres.status)
+if network:
+    pulumi.export("vpc_id", network.vpc.id)
+if media:
+    pulumi.export("media", media.output)
+if valkey:
+    pulumi.export("redis", valkey.output)
+storage = media.storage if media else None
+env = pulumi.Output.all(postgres.endpoints, postgres.password, redis_url, storage)
+pulumi.export("mastodon_env", pulumi.Output.secret(env.apply(lambda a: outputs.env_output(*a))))
 # No credential in it (host, port, name): plain in every mode, as the policy pack expects.
+migration = postgres.endpoints.apply(outputs.migration_output)
 pulumi.export("migration_env", pulumi.Output.unsecret(migration))

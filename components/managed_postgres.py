@@ -7,42 +7,43 @@ from __future__ import annotations
 import pulumi
 import pulumi_digitalocean as do
 
-from components.config import Settings
+from components.config import AppSources, ManagedPostgresSettings
 from components.naming import do_name
 
 
 class ManagedPostgres(pulumi.ComponentResource):
-    """`endpoints`: an Output of a plain dict of where things are (no secret in it, so outputs
-    made from it stay readable); `password`: Mastodon's role's, a secret Output."""
+    """`endpoints`: an Output of the plain dict of components.outputs (no secret in it, so
+    outputs made from it stay readable); `password`: Mastodon's role's, a secret Output;
+    `ca_cert`: DigitalOcean's CA of the cluster; `admin`: the admin user's endpoint, secret."""
 
     def __init__(
         self,
         name: str,
-        settings: Settings,
+        managed: ManagedPostgresSettings,
+        app_sources: AppSources,
         vpc_id: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mastodon-data:index:ManagedPostgres", name, None, opts)
-        managed = settings.managed
         child = pulumi.ResourceOptions(parent=self)
         base = do_name("mastodon-data", pulumi.get_stack())
         self.cluster = do.DatabaseCluster(
             f"{name}-cluster",
             name=f"{base}-pg",
             engine="pg",
-            version=str(settings.postgres_version),
+            version=str(managed.postgres_version),
             size=managed.size,
-            region=settings.region,
+            region=managed.region,
             node_count=managed.node_count,  # 2+: a standby takes over automatically
             private_network_uuid=vpc_id,
             opts=child,
         )
         self.database = do.DatabaseDb(
-            f"{name}-db", cluster_id=self.cluster.id, name=settings.db_name, opts=child
+            f"{name}-db", cluster_id=self.cluster.id, name=managed.db_name, opts=child
         )
         # DigitalOcean generates the password (a secret output of the SDK).
         self.user = do.DatabaseUser(
-            f"{name}-user", cluster_id=self.cluster.id, name=settings.db_user, opts=child
+            f"{name}-user", cluster_id=self.cluster.id, name=managed.db_user, opts=child
         )
         # Mastodon through pgBouncer needs transaction mode (and PREPARED_STATEMENTS=false).
         self.pool = do.DatabaseConnectionPool(
@@ -55,7 +56,7 @@ class ManagedPostgres(pulumi.ComponentResource):
             user=self.user.name,
             opts=child,
         )
-        rules = settings.app_sources.firewall_rules()
+        rules = app_sources.firewall_rules()
         self.firewall = do.DatabaseFirewall(
             f"{name}-firewall",
             cluster_id=self.cluster.id,
@@ -70,7 +71,7 @@ class ManagedPostgres(pulumi.ComponentResource):
                 cluster_id=self.cluster.id,
                 name=f"{base}-pg-replica",
                 size=managed.size,  # DigitalOcean: at least the primary's size
-                region=settings.region,
+                region=managed.region,
                 private_network_uuid=vpc_id,
                 # One change at a time on a fresh cluster: after the database, role and pool.
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.pool]),
@@ -101,7 +102,7 @@ class ManagedPostgres(pulumi.ComponentResource):
             replica_port=replica_port,
         )
         self.password = pulumi.Output.secret(self.user.password)
-        # For scripts/grant_managed_db.py: DigitalOcean's admin user (doadmin), private endpoint.
+        # For `mastodon-data grant`: DigitalOcean's admin user (doadmin), private endpoint.
         self.admin = pulumi.Output.secret(
             pulumi.Output.all(
                 host=self.cluster.private_host,

@@ -1,96 +1,64 @@
-"""Stack outputs from plain values: host addresses per role, `mastodon_env`, `migration_env`
-and the status reports; for managed mode the same from the managed endpoints. Pure; the Pulumi
-program applies these inside `Output.all`, the direct runner calls `stack_outputs`."""
+"""Stack outputs from resolved values. Pure; the program applies these inside `Output.all`.
+
+PostgreSQL, whatever runs it, is described by one plain dict of endpoints (no secret in it):
+
+    direct_host, direct_port   PostgreSQL itself (the primary; migrations go here)
+    db_name, user              Mastodon's database and role
+    pool_name, pool_host, pool_port, pool_size   the pgBouncer pool, or None (no pool)
+    replica_host, replica_port the read replica Mastodon uses, or None
+
+From it come the `postgres` output (the same keys in every mode), `mastodon_env` and
+`migration_env`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from components.env import ObjectStorage, mastodon_env, migration_env
-from components.plan import parse_report
+
+POOL_MODE = "transaction"
+ENDPOINT_KEYS = (
+    "direct_host",
+    "direct_port",
+    "db_name",
+    "user",
+    "pool_name",
+    "pool_host",
+    "pool_port",
+    "pool_size",
+    "replica_host",
+    "replica_port",
+)
 
 
-def _address(node) -> dict:
+def server_endpoints(
+    primary_address: str, replica_address: str | None, port: int, db_name: str, user: str
+) -> dict:
+    """The endpoints of PostgreSQL on the stack's own servers: no pool; the first replica serves
+    Mastodon's reads."""
     return {
-        "name": node.name,
-        "public_address": node.public_address,
-        "private_address": node.private_address,
+        **dict.fromkeys(ENDPOINT_KEYS),
+        "direct_host": primary_address,
+        "direct_port": port,
+        "db_name": db_name,
+        "user": user,
+        "replica_host": replica_address,
+        "replica_port": port if replica_address else None,
     }
 
 
-def host_outputs(nodes: list, status_stdout: dict[str, str], ca_cert: str = "") -> dict:
-    """Non-secret outputs: where each role lives, what its status report said, and the CA that
-    issued the primary's certificate (for sslmode=verify-full and NODE_EXTRA_CA_CERTS)."""
-    return {
-        "postgres_ca_cert": ca_cert,
-        "primary": next(_address(n) for n in nodes if n.role == "primary"),
-        "replicas": [_address(n) for n in nodes if n.role == "replica"],
-        "replication": {name: parse_report(out) for name, out in status_stdout.items()},
-    }
-
-
-def _storage(storage: dict | None) -> ObjectStorage | None:
-    return ObjectStorage(**storage) if storage else None
-
-
-def env_output(
-    settings,
-    nodes: list,
-    db_password: str,
-    redis: str | None = None,
-    storage: dict | None = None,
-) -> dict[str, str]:
-    """Mastodon's variables; the first replica serves Mastodon's read replica."""
-    primary = next(n for n in nodes if n.role == "primary")
-    replica = next((n for n in nodes if n.role == "replica"), None)
-    return mastodon_env(
-        db_host=primary.private_address,
-        db_port=settings.port,
-        db_name=settings.db_name,
-        db_user=settings.db_user,
-        db_password=db_password,
-        replica_host=replica.private_address if replica else None,
-        replica_port=settings.port if replica else None,
-        redis=redis,
-        object_storage=_storage(storage),
-    )
-
-
-def migration_output(settings, nodes: list) -> dict[str, str]:
-    """No pool in droplets/hosts mode: the same primary as mastodon_env (one pipeline for all)."""
-    primary = next(n for n in nodes if n.role == "primary")
-    return migration_env(
-        db_host=primary.private_address, db_port=settings.port, db_name=settings.db_name
-    )
-
-
-def managed_env_output(
-    endpoints: dict, db_password: str, redis: str | None = None, storage: dict | None = None
-) -> dict[str, str]:
-    """Through the pool (DB_NAME is the pool's name); the read-only node directly."""
-    return mastodon_env(
-        db_host=endpoints["pool_host"],
-        db_port=endpoints["pool_port"],
-        db_name=endpoints["pool_name"],
-        db_user=endpoints["user"],
-        db_password=db_password,
-        replica_host=endpoints["replica_host"],
-        replica_port=endpoints["replica_port"],
-        replica_db_name=endpoints["db_name"],
-        through_pool=True,
-        redis=redis,
-        object_storage=_storage(storage),
-    )
-
-
-def managed_migration_output(endpoints: dict) -> dict[str, str]:
-    return migration_env(
-        db_host=endpoints["direct_host"],
-        db_port=endpoints["direct_port"],
-        db_name=endpoints["db_name"],
-    )
-
-
-def managed_postgres_output(endpoints: dict) -> dict:
-    """Where the managed database lives, for humans (no password)."""
+def postgres_output(endpoints: dict) -> dict:
+    """Where Mastodon's database lives, for pipelines and humans (no password)."""
+    pool = None
+    if endpoints["pool_host"]:
+        pool = {
+            "name": endpoints["pool_name"],
+            "private_host": endpoints["pool_host"],
+            "port": endpoints["pool_port"],
+            "size": endpoints["pool_size"],
+            "mode": POOL_MODE,
+        }
     replica = None
     if endpoints["replica_host"]:
         replica = {"private_host": endpoints["replica_host"], "port": endpoints["replica_port"]}
@@ -99,22 +67,49 @@ def managed_postgres_output(endpoints: dict) -> dict:
         "port": endpoints["direct_port"],
         "database": endpoints["db_name"],
         "user": endpoints["user"],
-        "pool": {
-            "name": endpoints["pool_name"],
-            "private_host": endpoints["pool_host"],
-            "port": endpoints["pool_port"],
-            "size": endpoints["pool_size"],
-            "mode": "transaction",
-        },
+        "pool": pool,
         "replica": replica,
     }
 
 
-def stack_outputs(
-    settings, nodes: list, db_password: str, status_stdout: dict[str, str], ca_cert: str = ""
-) -> dict:
+def env_output(
+    endpoints: dict, db_password: str, redis: str | None = None, storage: dict | None = None
+) -> dict[str, str]:
+    """Mastodon's variables: through the pool when there is one (DB_NAME is then the pool's
+    name), the read replica always directly."""
+    pooled = bool(endpoints["pool_host"])
+    via = "pool" if pooled else "direct"
+    return mastodon_env(
+        db_host=endpoints[f"{via}_host"],
+        db_port=endpoints[f"{via}_port"],
+        db_name=endpoints["pool_name"] if pooled else endpoints["db_name"],
+        db_user=endpoints["user"],
+        db_password=db_password,
+        replica_host=endpoints["replica_host"],
+        replica_port=endpoints["replica_port"],
+        replica_db_name=endpoints["db_name"],
+        through_pool=pooled,
+        redis=redis,
+        object_storage=ObjectStorage(**storage) if storage else None,
+    )
+
+
+def migration_output(endpoints: dict) -> dict[str, str]:
+    """PostgreSQL itself, past any pool (without one: the same primary as mastodon_env)."""
+    return migration_env(
+        db_host=endpoints["direct_host"],
+        db_port=endpoints["direct_port"],
+        db_name=endpoints["db_name"],
+    )
+
+
+def server_output(name: str, public_address: str, private_address: str) -> dict:
+    return {"name": name, "public_address": public_address, "private_address": private_address}
+
+
+def servers_output(rows: Sequence[Sequence[str]]) -> dict:
+    """`primary` and `replicas` from (name, role, public address, private address) rows."""
     return {
-        **host_outputs(nodes, status_stdout, ca_cert),
-        "mastodon_env": env_output(settings, nodes, db_password),
-        "migration_env": migration_output(settings, nodes),
+        "primary": next(server_output(n, pub, priv) for n, r, pub, priv in rows if r == "primary"),
+        "replicas": [server_output(n, pub, priv) for n, r, pub, priv in rows if r == "replica"],
     }

@@ -1,8 +1,8 @@
 """The replication step plan: which host script runs where, with which parameters, in which order.
 
 Pure: no Pulumi, no I/O beyond reading the host scripts' source. The Pulumi program turns each
-step into a `remote.Command`; `scripts/apply_hosts.py` runs the very same steps over ssh when the
-engine cannot. Parameter values may be Pulumi Outputs (droplet addresses) or plain strings.
+step into a `remote.Command` (components/replication.py); `host_ssh` runs one step over ssh (the
+failover's promote, tests of one script). Addresses may be Pulumi Outputs (droplets) or text.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from components.config import Host, ReplicationSettings
 
 HOST_SCRIPTS = Path(__file__).resolve().parent.parent / "scripts" / "host"
 # Which stack secret feeds which script parameter (they travel on stdin only).
@@ -40,23 +42,10 @@ LAUNCHER = (
 
 
 @dataclass(frozen=True)
-class Node:
-    """A database host as the plan sees it; addresses may be Pulumi Outputs."""
-
-    name: str
-    role: str  # primary | replica
-    public_address: Any
-    private_address: Any
-    ssh_user: str = "root"
-    ssh_port: int = 22
-    host_key: str | None = None
-
-
-@dataclass(frozen=True)
 class Step:
     name: str
-    script: str  # primary | replica | status
-    node: Node
+    script: str  # primary | replica | status | promote
+    host: Host
     params: dict = field(hash=False)  # non-secret parameters
     after: tuple[str, ...] = ()
 
@@ -117,49 +106,24 @@ def trigger(script: str, params: dict) -> str:
     return digest.hexdigest()
 
 
-def nodes_from_hosts(settings) -> list[Node]:
-    """Hosts mode: the first host is the primary, the next `replica_count` are replicas."""
-    chosen = settings.hosts[: 1 + settings.replica_count]
-    return [
-        Node(
-            h.name,
-            "primary" if i == 0 else "replica",
-            h.public_address,
-            h.private_address,
-            h.ssh_user,
-            h.ssh_port,
-            h.host_key,
-        )
-        for i, h in enumerate(chosen)
-    ]
-
-
-def steps(settings, nodes: list[Node], *, reseed: frozenset[str] = frozenset()) -> list[Step]:
-    """Primary first; every replica after it (in parallel); a status report per host last."""
-    primary = next(n for n in nodes if n.role == "primary")
-    replicas = [n for n in nodes if n.role == "replica"]
-    common = {
-        "version": settings.postgres_version,
-        "port": settings.port,
-        "replication_user": settings.replication_user,
-        "db_name": settings.db_name,
-        "db_user": settings.db_user,
-        "allowed_sources": list(settings.postgres_allowed_sources),
-        "wal_keep_size": settings.wal_keep_size,
-        "max_slot_wal_keep_size": settings.max_slot_wal_keep_size,
-        "replication_timeout": settings.replication_timeout,
-        "wal_retrieve_retry_interval": settings.wal_retrieve_retry_interval,
-    }
+def steps(
+    replication: ReplicationSettings,
+    hosts: Sequence[Host],
+    *,
+    reseed: frozenset[str] = frozenset(),
+) -> list[Step]:
+    """Primary first; every replica after it (in parallel); a status report per host last.
+    Spare hosts get no step."""
+    primary = next(h for h in hosts if h.role == "primary")
+    replicas = [h for h in hosts if h.role == "replica"]
+    common = server_params(replication)
+    replica_list = [{"name": r.name, "address": r.private_address} for r in replicas]
     plan = [
         Step(
             "primary",
             "primary",
             primary,
-            {
-                **common,
-                "private_address": primary.private_address,
-                "replicas": [{"name": r.name, "address": r.private_address} for r in replicas],
-            },
+            {**common, "private_address": primary.private_address, "replicas": replica_list},
         )
     ]
     for replica in replicas:
@@ -168,31 +132,39 @@ def steps(settings, nodes: list[Node], *, reseed: frozenset[str] = frozenset()) 
             "name": replica.name,
             "private_address": replica.private_address,
             "primary_address": primary.private_address,
-            "primary_port": settings.port,
+            "primary_port": replication.port,
             "replica_count": len(replicas),
         }
         if replica.name in reseed:
             params["reseed"] = True
         plan.append(Step(f"replica-{replica.name}", "replica", replica, params, ("primary",)))
     setup = tuple(s.name for s in plan)
-    plan += [
-        Step(
-            f"status-{n.name}",
-            "status",
-            n,
-            {"version": settings.postgres_version, "port": settings.port},
-            setup,
-        )
-        for n in nodes
-    ]
+    report = {"version": replication.postgres_version, "port": replication.port}
+    plan += [Step(f"status-{h.name}", "status", h, report, setup) for h in (primary, *replicas)]
     return plan
 
 
-def promote_step(settings, node: Node) -> Step:
-    """Failover: turns a replica into the primary (scripts/failover.py)."""
+def server_params(replication: ReplicationSettings) -> dict:
+    """The parameters the primary and the replicas share."""
+    return {
+        "version": replication.postgres_version,
+        "port": replication.port,
+        "replication_user": replication.replication_user,
+        "db_name": replication.db_name,
+        "db_user": replication.db_user,
+        "allowed_sources": list(replication.postgres_allowed_sources),
+        "wal_keep_size": replication.wal_keep_size,
+        "max_slot_wal_keep_size": replication.max_slot_wal_keep_size,
+        "replication_timeout": replication.replication_timeout,
+        "wal_retrieve_retry_interval": replication.wal_retrieve_retry_interval,
+    }
+
+
+def promote_step(replication: ReplicationSettings, host: Host) -> Step:
+    """Failover: turns a replica into the primary (`mastodon-data failover promote`)."""
     return Step(
-        f"promote-{node.name}",
+        f"promote-{host.name}",
         "promote",
-        node,
-        {"version": settings.postgres_version, "port": settings.port},
+        host,
+        {"version": replication.postgres_version, "port": replication.port},
     )

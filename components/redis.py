@@ -17,13 +17,13 @@ EVICTION_POLICY = "noeviction"
 
 
 class ManagedValkey(pulumi.ComponentResource):
-    """`url`: a secret Output of the rediss:// URL Mastodon connects with."""
+    """`url`: a secret Output of the rediss:// URL Mastodon connects with; `output`: the stack
+    output `redis` (host and port, no secret)."""
 
     def __init__(
         self,
         name: str,
         redis: RedisSettings,
-        region: str,
         app_sources: AppSources,
         vpc_id: pulumi.Input[str] | None,
         opts: pulumi.ResourceOptions | None = None,
@@ -36,7 +36,7 @@ class ManagedValkey(pulumi.ComponentResource):
             engine="valkey",
             version=VALKEY_VERSION,
             size=redis.size,
-            region=region,
+            region=redis.region,
             node_count=redis.node_count,
             private_network_uuid=vpc_id,
             opts=child,
@@ -64,4 +64,5 @@ class ManagedValkey(pulumi.ComponentResource):
                 self.cluster.user, self.cluster.password, self.host, self.cluster.port
             ).apply(lambda a: redis_url(user=a[0], password=a[1], host=a[2], port=a[3]))
         )
+        self.output = {"host": self.host, "port": self.cluster.port}
         self.register_outputs({"cluster_id": self.cluster.id, "host": self.host})

@@ -16,7 +16,8 @@ CORS_MAX_AGE = 3000
 
 
 class SpacesMedia(pulumi.ComponentResource):
-    """`storage`: an Output of a plain dict for env.ObjectStorage (secret key included)."""
+    """`storage`: an Output of a plain dict for env.ObjectStorage (secret key included);
+    `output`: the stack output `media` (no secret in it)."""
 
     def __init__(
         self, name: str, spaces: SpacesSettings, opts: pulumi.ResourceOptions | None = None
@@ -81,6 +82,13 @@ class SpacesMedia(pulumi.ComponentResource):
             access_key_id=self.key.access_key,
             secret_access_key=self.key.secret_key,
         )
+        self.output = {
+            "bucket": self.bucket.name,
+            "region": spaces.region,
+            "endpoint": self.bucket.endpoint,
+            "cdn_endpoint": self.cdn.endpoint,
+            "alias_host": self.alias_host,
+        }
         self.register_outputs(
             {
                 "bucket": self.bucket.name,

@@ -62,8 +62,19 @@ def _read(config: pulumi.Config) -> tuple[dict[str, Any], set[str]]:
 
 
 def load() -> tuple[Settings, dict[str, pulumi.Output], frozenset[str]]:
-    """(settings, secrets as Pulumi secret Outputs, replicas to re-seed); one ConfigError listing
-    every problem otherwise."""
+    """(settings, secrets as Pulumi secret Outputs, replicas to re-seed), the warnings logged; a
+    RunError listing every problem and its fix otherwise (shown without a traceback)."""
+    try:
+        settings, secrets, reseed = read()
+    except ConfigError as problems:
+        raise pulumi.RunError(f"invalid stack configuration:\n{problems}") from None
+    for warning in settings.warnings:
+        pulumi.log.warn(warning)
+    return settings, secrets, reseed
+
+
+def read() -> tuple[Settings, dict[str, pulumi.Output], frozenset[str]]:
+    """As load(), but one ConfigError listing every problem."""
     config = pulumi.Config(PROJECT)
     raw, present = _read(config)
     problems = []

@@ -27,7 +27,7 @@ import host_ssh
 from pulumi_cli import PulumiFailed, Stack
 
 from components import plan
-from components.config import ALL_SECRET_KEYS, ConfigError, decode, parse_settings
+from components.config import ALL_SECRET_KEYS, ConfigError, Host, decode, parse_settings
 from components.stack_config import RESEED_KEY
 
 
@@ -46,24 +46,24 @@ def reordered(hosts: list[dict], first: list[str]) -> list[dict]:
     return [by_name[n] for n in first] + [h for h in hosts if h["name"] not in first]
 
 
-def promote_over_ssh(settings, target: plan.Node, ssh_key: str) -> tuple[dict, float]:
+def promote_over_ssh(settings, target: Host, ssh_key: str) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as private:
         key = Path(private) / "key"
         key.touch(mode=0o600)
         key.write_text(ssh_key.rstrip("\n") + "\n")
         start = time.monotonic()
-        out = host_ssh.run_step(plan.promote_step(settings, target), {}, key, None)
+        out = host_ssh.run_step(plan.promote_step(settings.replication, target), {}, key, None)
     return plan.parse_report(out), round(time.monotonic() - start, 2)
 
 
 def promote(stack: Stack, name: str, config: dict, settings) -> dict:
-    nodes = plan.nodes_from_hosts(settings)
-    target = next((n for n in nodes if n.name == name and n.role == "replica"), None)
+    replicas = [h for h in settings.hosts if h.role == "replica"]
+    target = next((h for h in replicas if h.name == name), None)
     if target is None:
-        replicas = [n.name for n in nodes if n.role == "replica"]
-        raise ConfigError(f"{name} is not a replica of this stack (replicas: {replicas})")
+        names = [h.name for h in replicas]
+        raise ConfigError(f"{name} is not a replica of this stack (replicas: {names})")
     report, seconds = promote_over_ssh(settings, target, config["sshPrivateKey"])
-    survivors = [n.name for n in nodes if n.role == "replica" and n.name != name]
+    survivors = [h.name for h in replicas if h.name != name]
     # The old primary becomes a spare: it rejoins only when the operator asks (`rejoin`).
     stack.set_plain(
         {"hosts": reordered(config["hosts"], [name, *survivors]), "replicaCount": len(survivors)}
@@ -74,10 +74,9 @@ def promote(stack: Stack, name: str, config: dict, settings) -> dict:
 
 
 def rejoin(stack: Stack, name: str, config: dict, settings) -> dict:
-    nodes = plan.nodes_from_hosts(settings)
-    if name in {n.name for n in nodes}:
+    names = [h.name for h in settings.hosts if h.role != "spare"]
+    if name in names:
         raise ConfigError(f"{name} is already the primary or a replica of this stack")
-    names = [n.name for n in nodes]
     stack.set_plain(
         {
             "hosts": reordered(config["hosts"], [*names, name]),

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from components import plan
+from components.config import Host
 
 STEP_TIMEOUT = 1800  # seconds; a base backup of a large primary takes a while
 
@@ -19,17 +20,17 @@ class StepFailed(RuntimeError):
     pass
 
 
-def ssh_argv(node: plan.Node, key_file: Path, known_hosts: Path | None) -> list[str]:
+def ssh_argv(host: Host, key_file: Path, known_hosts: Path | None) -> list[str]:
     """ssh with the host key checked: the stack's `hostKey` when set, else `known_hosts`,
     else trust on first use (recorded in ~/.ssh/known_hosts)."""
-    if node.host_key:
-        pinned = key_file.with_name(f"known_hosts.{node.name}")
-        host = (
-            node.public_address
-            if node.ssh_port == 22
-            else f"[{node.public_address}]:{node.ssh_port}"
+    if host.host_key:
+        pinned = key_file.with_name(f"known_hosts.{host.name}")
+        address = (
+            host.public_address
+            if host.ssh_port == 22
+            else f"[{host.public_address}]:{host.ssh_port}"
         )
-        pinned.write_text(f"{host} {node.host_key}\n")
+        pinned.write_text(f"{address} {host.host_key}\n")
         known_hosts = pinned
     checking = (
         ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
@@ -41,7 +42,7 @@ def ssh_argv(node: plan.Node, key_file: Path, known_hosts: Path | None) -> list[
         "-i",
         str(key_file),
         "-p",
-        str(node.ssh_port),
+        str(host.ssh_port),
         *checking,
         "-o",
         "BatchMode=yes",
@@ -51,8 +52,8 @@ def ssh_argv(node: plan.Node, key_file: Path, known_hosts: Path | None) -> list[
         "LogLevel=ERROR",
         "-o",
         "IdentitiesOnly=yes",
-        f"{node.ssh_user}@{node.public_address}",
-        plan.command_line(node.ssh_user),
+        f"{host.ssh_user}@{host.public_address}",
+        plan.command_line(host.ssh_user),
     ]
 
 
@@ -67,7 +68,7 @@ def run_step(
     stdin = json.dumps(plan.payload(step, params, secrets))
     try:
         result = subprocess.run(
-            ssh_argv(step.node, key_file, known_hosts),
+            ssh_argv(step.host, key_file, known_hosts),
             input=stdin,
             text=True,
             capture_output=True,
@@ -84,7 +85,7 @@ def run_step(
         last = " ".join(lines[errors[0] :]).removeprefix("error: ") if errors else lines[-1]
         if result.returncode == 255:
             last = (
-                f"ssh to {step.node.ssh_user}@{step.node.public_address}:{step.node.ssh_port}"
+                f"ssh to {step.host.ssh_user}@{step.host.public_address}:{step.host.ssh_port}"
                 f" failed: {last}"
             )
         raise StepFailed(f"{step.name} failed: {last}")

@@ -1,11 +1,19 @@
-"""Example stacks for the unit tests and scripts/bad_inputs_table.py: settings as they stand in
-Pulumi.<stack>.yaml (keys without the project prefix), and secrets to go with them.
+"""Example stacks for the tests and lab/bad_inputs_table.py: settings as they stand in
+Pulumi.<stack>.yaml (keys without the project prefix), and secrets to go with them; the committed
+stack files read the same way.
 
-Import as `from tests.fixtures import ...` (the repository root is on sys.path in both)."""
+Import as `from tests.fixtures import ...`, from the repository root (pytest's pythonpath, or
+`python -m` run there)."""
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = "mastodon-data"
 
 # Decrypted secrets of a droplets or hosts stack (managed PostgreSQL needs none of them).
 SECRETS = {
@@ -90,3 +98,18 @@ VARIED_HOSTS = {
         {"name": "spare", "publicAddress": "203.0.113.12", "privateAddress": "10.0.0.12"},
     ],
 }
+
+
+def stack_file(stack: str) -> tuple[dict, set[str]]:
+    """A committed `Pulumi.<stack>.yaml`: (its plain settings, the names of its secrets)."""
+    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text()) or {}
+    raw, secrets = {}, set()
+    for key, value in (document.get("config") or {}).items():
+        namespace, _, name = key.partition(":")
+        if namespace != PROJECT:
+            continue
+        if isinstance(value, dict) and "secure" in value:
+            secrets.add(name)
+        else:
+            raw[name] = value
+    return raw, secrets

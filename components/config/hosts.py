@@ -19,7 +19,7 @@ from components.config.checks import (
     set_path_command,
 )
 from components.config.project import PROJECT
-from components.config.records import HostSpec
+from components.config.records import Host
 from components.config.topology import UNIX_USER
 
 HOSTS_KEY = "hosts"
@@ -77,7 +77,7 @@ def host_key_problem(text: str) -> str | None:
     return None
 
 
-def parse_hosts(v: Validation, mode: str | None, replica_count: int | None) -> tuple[HostSpec, ...]:
+def parse_hosts(v: Validation, mode: str | None, replica_count: int | None) -> tuple[Host, ...]:
     value = v.raw.get(HOSTS_KEY)
     entries = [] if value is None else value
     if not isinstance(entries, list | tuple):
@@ -112,14 +112,21 @@ def parse_hosts(v: Validation, mode: str | None, replica_count: int | None) -> t
     parsed = [
         (index, host)
         for index, entry in enumerate(entries)
-        if (host := parse_host(v, index, entry)) is not None
+        if (host := parse_host(v, index, entry, host_role(index, replica_count))) is not None
     ]
     check_duplicates(v, parsed)
     check_host_count(v, len(entries), replica_count)
     return tuple(host for _, host in parsed)
 
 
-def parse_host(v: Validation, index: int, entry: Any) -> HostSpec | None:
+def host_role(index: int, replica_count: int | None) -> str:
+    """The first host is the primary, the next `replica_count` are replicas, the rest spares."""
+    if index == 0:
+        return "primary"
+    return "replica" if index <= (replica_count or 0) else "spare"
+
+
+def parse_host(v: Validation, index: int, entry: Any, role: str) -> Host | None:
     prefix = f"{HOSTS_KEY}[{index}]"
     if not isinstance(entry, Mapping):
         v.bad(
@@ -160,8 +167,9 @@ def parse_host(v: Validation, index: int, entry: Any) -> HostSpec | None:
         return None
     # Kept as "<type> <base64>": the form both known_hosts and the SSH libraries read.
     known_key = " ".join(host_key.split()[:2]) if host_key else None
-    return HostSpec(
+    return Host(
         texts["name"],
+        role,
         texts["publicAddress"],
         texts["privateAddress"],
         texts["sshUser"],
@@ -181,7 +189,7 @@ def read_entry_text(v: Validation, prefix: str, index: int, entry: Mapping, fiel
     return text
 
 
-def check_duplicates(v: Validation, hosts: list[tuple[int, HostSpec]]) -> None:
+def check_duplicates(v: Validation, hosts: list[tuple[int, Host]]) -> None:
     seen: dict[tuple[str, Any], int] = {}
     for index, host in hosts:
         for field, label, value in (

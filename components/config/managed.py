@@ -4,6 +4,7 @@ read-only node."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from components.config.checks import Field, Validation, set_command
 from components.config.project import DEFAULTS, PROJECT
@@ -58,11 +59,13 @@ def connection_limit(size: str) -> int | None:
 
 
 def parse_managed(
-    v: Validation, mode: str | None, region: str | None
+    v: Validation, mode: str | None, topology: dict[str, Any]
 ) -> ManagedPostgresSettings | None:
-    """Managed PostgreSQL: cluster size, standby nodes, the pgBouncer pool, the read replica."""
+    """Managed PostgreSQL: cluster size, standby nodes, the pgBouncer pool, the read replica;
+    the version, region and Mastodon's database and role come from the `topology`."""
     if mode != "managed":
         return None
+    region = topology["region"]
     values = v.read(FIELDS, managedReplicaRegion=region or "nyc3")
     size, node_count = values["dbClusterSize"], values["dbNodeCount"]
     check_nodes(v, size if v.ok("dbClusterSize") else None, node_count)
@@ -90,7 +93,12 @@ def parse_managed(
     if not v.ok(*values):
         return None
     return ManagedPostgresSettings(
-        size, node_count, values["poolName"], values["poolSize"], values["managedReplica"]
+        **{key: topology[key] for key in ("postgres_version", "region", "db_name", "db_user")},
+        size=size,
+        node_count=node_count,
+        pool_name=values["poolName"],
+        pool_size=values["poolSize"],
+        replica=values["managedReplica"],
     )
 
 

@@ -11,7 +11,14 @@ from components.config.hosts import HOSTS_KEY, parse_hosts
 from components.config.managed import parse_managed
 from components.config.media import parse_spaces
 from components.config.project import DEFAULTS, PROJECT
-from components.config.records import ConfigError, Settings
+from components.config.records import (
+    ConfigError,
+    DropletSettings,
+    NetworkSettings,
+    ReplicationSettings,
+    Settings,
+    pick,
+)
 from components.config.redis import parse_redis
 from components.config.secrets import ALL_SECRET_KEYS, check_secrets_present, required_secrets
 from components.config.topology import parse_topology
@@ -29,16 +36,19 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     topology = parse_topology(v)
     mode = topology["mode"] if v.ok("postgresMode") else None
     hosts = parse_hosts(v, mode, topology["replica_count"])
-    managed = parse_managed(v, mode, topology["region"])
+    managed = parse_managed(v, mode, topology)
     spaces = parse_spaces(v, topology["region"])
-    redis = parse_redis(v, secrets_present)
+    redis = parse_redis(v, secrets_present, topology["region"])
     redis_mode = redis.mode if redis else "none"
     app_sources = parse_app_sources(v, needed=mode == "managed" or redis_mode == "managed")
     check_secrets_present(v, raw, secrets_present, required_secrets(mode, redis_mode))
     if v.lines:
         raise ConfigError("\n".join(v.lines))
     return Settings(
-        **topology,
+        mode=mode,
+        network=NetworkSettings(topology["region"], topology["vpc_cidr"]),
+        replication=pick(ReplicationSettings, topology) if mode != "managed" else None,
+        droplets=pick(DropletSettings, topology) if mode == "droplets" else None,
         hosts=hosts,
         managed=managed,
         spaces=spaces,

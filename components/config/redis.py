@@ -19,7 +19,9 @@ FIELDS = (
 )
 
 
-def parse_redis(v: Validation, secrets_present: Collection[str]) -> RedisSettings | None:
+def parse_redis(
+    v: Validation, secrets_present: Collection[str], region: str | None
+) -> RedisSettings | None:
     values = v.read(FIELDS)
     mode = values["redisMode"]
     if mode == "managed" and (REDIS_URL_KEY in v.raw or REDIS_URL_KEY in secrets_present):
@@ -32,4 +34,4 @@ def parse_redis(v: Validation, secrets_present: Collection[str]) -> RedisSetting
         )
     if mode == "none" or not v.ok(*values):
         return None
-    return RedisSettings(mode, values["redisSize"], values["redisNodeCount"])
+    return RedisSettings(mode, values["redisSize"], values["redisNodeCount"], region)

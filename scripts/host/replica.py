@@ -473,8 +473,7 @@ def main() -> dict:
                 f"this host holds a cluster of another primary (system identifier {local_id}, "
                 f"the primary's is {primary_id}); it was left untouched. To wipe it and clone "
                 "the primary: pulumi config set --path 'mastodon-data:reseedReplicas[0]' "
-                f"{params['name']} (or --reseed {params['name']} with scripts/apply_hosts.py), "
-                "run again, then remove the setting"
+                f"{params['name']}, run again, then remove the setting"
             )
         clone(cluster, params)
         changed.append("re-seeded (other primary)" if keep else "cloned")
@@ -483,9 +482,10 @@ def main() -> dict:
             raise HostError(
                 "this host's cluster has the primary's system identifier but is not a standby: "
                 "it is a former primary (or was promoted) and may hold writes the primary lacks. "
-                "To rewind it onto the current primary (pg_rewind): pulumi config set --path "
-                f"'mastodon-data:reseedReplicas[0]' {params['name']} (or --reseed "
-                f"{params['name']} with scripts/apply_hosts.py), run again, then remove the setting"
+                "To rewind it onto the current primary (pg_rewind): mastodon-data failover "
+                f"--stack <stack> rejoin {params['name']} (or pulumi config set --path "
+                f"'mastodon-data:reseedReplicas[0]' {params['name']}, run again, then remove the "
+                "setting)"
             )
         changed.append(rewind(cluster, params))
     since = log_size(cluster)

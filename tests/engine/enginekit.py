@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from lab_stack import ROOT, LabStack
+
+from tests.fixtures import stack_file
 
 POLICY = ROOT / "policy"
 SECRETS = {
@@ -40,12 +41,7 @@ def engine_stack(tmp: Path, name: str, config: dict, secrets: dict[str, str]) ->
 
 def example_config(stack: str) -> dict:
     """A committed example stack's plain settings (keys without the project prefix)."""
-    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
-    return {
-        key.partition(":")[2]: value
-        for key, value in document["config"].items()
-        if key.startswith("mastodon-data:") and not isinstance(value, dict)
-    }
+    return stack_file(stack)[0]
 
 
 def pack_venv() -> None:

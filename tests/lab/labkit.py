@@ -36,14 +36,14 @@ def lab_unavailable() -> str | None:
 
 
 def run_one_step(
-    config: dict, secrets: dict, name: str, workdir: Path, ca_cert: str = "", node_change=None
+    config: dict, secrets: dict, name: str, workdir: Path, ca_cert: str = "", host_change=None
 ) -> str:
     """Step `name` of the plan for `config`, run alone over ssh (a test of one host script).
-    `node_change` may alter the step's host (address, host key) first."""
+    `host_change` may alter the step's host (address, host key) first."""
     settings = parse_settings(config, set(secrets))
-    step = next(s for s in plan.steps(settings, plan.nodes_from_hosts(settings)) if s.name == name)
-    if node_change:
-        step = replace(step, node=replace(step.node, **node_change))
+    step = next(s for s in plan.steps(settings.replication, settings.hosts) if s.name == name)
+    if host_change:
+        step = replace(step, host=replace(step.host, **host_change))
     key = workdir / "key"
     key.touch(mode=0o600)
     key.write_text(secrets["sshPrivateKey"])

@@ -54,14 +54,12 @@ class QLab:
     def __init__(self):
         self.secrets = new_secrets(Q_LAB)
         self.settings = parse_settings(lab_hosts.stack_config(Q_LAB, 1, 2), set(self.secrets))
-        self.steps = {
-            s.name: s for s in plan.steps(self.settings, plan.nodes_from_hosts(self.settings))
-        }
+        self.steps = {s.name: s for s in plan.steps(self.settings.replication, self.settings.hosts)}
         self.from_primary: dict = {}
         self.env = {
-            "DB_PORT": self.settings.port,
-            "DB_NAME": self.settings.db_name,
-            "DB_USER": self.settings.db_user,
+            "DB_PORT": self.settings.replication.port,
+            "DB_NAME": self.settings.replication.db_name,
+            "DB_USER": self.settings.replication.db_user,
             "DB_PASS": self.secrets["dbPassword"],
             "DB_SSLMODE": "require",
         }
@@ -79,7 +77,7 @@ class QLab:
         step = self.steps[name]
         params = {**step.params, **(self.from_primary if step.script == "replica" else {})}
         payload = plan.payload(step, {**params, **extra}, self.secrets)
-        argv = Q_LAB.ssh_command(step.node.public_address, plan.command_line(step.node.ssh_user))
+        argv = Q_LAB.ssh_command(step.host.public_address, plan.command_line(step.host.ssh_user))
         result = subprocess.run(
             argv, input=json.dumps(payload), capture_output=True, text=True, timeout=STEP_TIMEOUT
         )

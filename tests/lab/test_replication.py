@@ -144,7 +144,7 @@ def test_unreachable_host_and_wrong_ssh_key_are_clear_errors(lab_session, first_
             lab_session.secrets,
             "primary",
             tmp_path,
-            node_change={"public_address": "10.252.0.99"},
+            host_change={"public_address": "10.252.0.99"},
         )
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
@@ -186,7 +186,7 @@ def test_pinned_host_keys_are_checked(lab_session, first_run, tmp_path):
     h2_key = lab_hosts.host_key(lab_session.lab.host(2))
     with pytest.raises(host_ssh.StepFailed, match="Host key verification failed"):
         run_one_step(
-            config, lab_session.secrets, "primary", tmp_path, node_change={"host_key": h2_key}
+            config, lab_session.secrets, "primary", tmp_path, host_change={"host_key": h2_key}
         )
 
 

@@ -17,9 +17,12 @@ from components.config import (
     TYPES,
     AppSources,
     ConfigError,
-    HostSpec,
+    DropletSettings,
+    Host,
     ManagedPostgresSettings,
+    NetworkSettings,
     RedisSettings,
+    ReplicationSettings,
     Settings,
     SpacesSettings,
     access,
@@ -58,45 +61,51 @@ def test_valid_droplets_config() -> None:
     )
     assert settings == Settings(
         mode="droplets",
-        region="fra1",
-        vpc_cidr="10.118.0.0/20",
-        image="debian-12-x64",
-        primary_size="s-2vcpu-4gb",
-        replica_size="s-2vcpu-4gb",
-        replica_count=2,
-        postgres_version=18,
-        ssh_key_ids=("12345",),
-        ssh_user="root",
-        admin_cidrs=("198.51.100.7/32",),
-        postgres_allowed_sources=("10.118.0.0/20",),
-        db_name="mastodon_production",
-        db_user="mastodon",
-        replication_user="replicator",
-        wal_keep_size="1GB",
-        max_slot_wal_keep_size="10GB",
-        replication_timeout="10s",
-        wal_retrieve_retry_interval="1s",
+        network=NetworkSettings(region="fra1", cidr="10.118.0.0/20"),
+        replication=ReplicationSettings(
+            postgres_version=18,
+            db_name="mastodon_production",
+            db_user="mastodon",
+            replication_user="replicator",
+            postgres_allowed_sources=("10.118.0.0/20",),
+            wal_keep_size="1GB",
+            max_slot_wal_keep_size="10GB",
+            replication_timeout="10s",
+            wal_retrieve_retry_interval="1s",
+            replica_count=2,
+            port=5432,
+        ),
+        droplets=DropletSettings(
+            image="debian-12-x64",
+            primary_size="s-2vcpu-4gb",
+            replica_size="s-2vcpu-4gb",
+            replica_count=2,
+            ssh_key_ids=("12345",),
+            ssh_user="root",
+            admin_cidrs=("198.51.100.7/32",),
+            postgres_allowed_sources=("10.118.0.0/20",),
+            port=5432,
+        ),
         hosts=(),
-        port=5432,
     )
 
 
 def test_valid_hosts_config() -> None:
     settings = parse_settings(HOSTS, ALL_SECRETS)
     assert settings.mode == "hosts"
-    assert settings.replica_count == 1
-    assert settings.postgres_allowed_sources == ("10.0.0.0/24",)
-    assert settings.ssh_key_ids == () and settings.admin_cidrs == ()
+    assert settings.replication.replica_count == 1
+    assert settings.replication.postgres_allowed_sources == ("10.0.0.0/24",)
+    assert settings.droplets is None and settings.managed is None
     assert settings.hosts == (
-        HostSpec("db-a", "203.0.113.10", "10.0.0.10", "root", 22, HOST_KEY),  # comment dropped
-        HostSpec("host1", "db2.example.net", "10.0.0.11", "admin", 2222, None),
-        HostSpec("spare", "203.0.113.12", "10.0.0.12", "root", 22, None),
+        Host("db-a", "primary", "203.0.113.10", "10.0.0.10", "root", 22, HOST_KEY),  # no comment
+        Host("host1", "replica", "db2.example.net", "10.0.0.11", "admin", 2222, None),
+        Host("spare", "spare", "203.0.113.12", "10.0.0.12", "root", 22, None),
     )
 
 
 def test_allowed_sources_default_to_the_vpc() -> None:
     settings = parse_settings({**HOSTS, "postgresAllowedSources": []}, ALL_SECRETS)
-    assert settings.postgres_allowed_sources == ("10.118.0.0/20",)
+    assert settings.replication.postgres_allowed_sources == ("10.118.0.0/20",)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +125,9 @@ def test_allowed_sources_default_to_the_vpc() -> None:
     ],
 )
 def test_size_slugs_accepted(size: str) -> None:
-    assert parse_settings({**DROPLETS, "primarySize": size}, ALL_SECRETS).primary_size == size
+    assert (
+        parse_settings({**DROPLETS, "primarySize": size}, ALL_SECRETS).droplets.primary_size == size
+    )
 
 
 def test_defaults_equal_pulumi_yaml() -> None:
@@ -463,8 +474,17 @@ def test_valid_managed_config_with_every_service() -> None:
     )
     assert settings.mode == "managed"
     assert settings.managed == ManagedPostgresSettings(
-        "db-s-4vcpu-8gb", 2, "mastodon_pool", 197, True
+        18,
+        "tor1",
+        "mastodon_production",
+        "mastodon",
+        "db-s-4vcpu-8gb",
+        2,
+        "mastodon_pool",
+        197,
+        True,
     )
+    assert settings.replication is None and settings.droplets is None
     assert settings.app_sources == AppSources(
         "mastodon-app", ("4242",), ("203.0.113.50", "198.51.100.0/24")
     )
@@ -477,7 +497,7 @@ def test_valid_managed_config_with_every_service() -> None:
     assert settings.spaces == SpacesSettings(
         "mastodon-media", "nyc3", ("*",), "media.example.social", "example.social", ""
     )
-    assert settings.redis == RedisSettings("external", "db-s-1vcpu-2gb", 1)
+    assert settings.redis == RedisSettings("external", "db-s-1vcpu-2gb", 1, "tor1")
     assert settings.required_secrets() == ("redisUrl",)
     assert settings.warnings == ()
 

@@ -6,7 +6,6 @@ mode x {replica, Spaces, Redis}. Expected values are written out here, not compu
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pulumi
 import pytest
@@ -20,8 +19,7 @@ from program_harness import (
 )
 
 from components.config import ALL_SECRET_KEYS, SECRET_KEYS, parse_settings
-from components.stack_file import read_stack_file
-from tests.fixtures import DROPLETS, HOSTS, MANAGED, SPACES
+from tests.fixtures import DROPLETS, HOSTS, MANAGED, SPACES, stack_file
 
 APP = {"appTag": "mastodon-app", "appCidrs": ["203.0.113.50/32"]}
 MODES = {
@@ -140,6 +138,33 @@ def expected_migration(mode: str) -> dict:
     }
 
 
+def expected_postgres(mode: str, replica: bool) -> dict:
+    """The same keys in every mode: a pipeline reads them whatever runs PostgreSQL."""
+    if mode == "managed":
+        pool = {
+            "name": "mastodon_pool",
+            "private_host": "private-pool.l.db.ondigitalocean.com",
+            "port": 25061,
+            "size": 50,
+            "mode": "transaction",
+        }
+        primary, port = PG_PRIVATE, 25060
+        second = "private-replica.l.db.ondigitalocean.com"
+    else:
+        pool, port = None, 5432
+        primary, second = (
+            ("10.118.0.2", "10.118.0.3") if mode == "droplets" else ("10.0.0.1", "10.0.0.2")
+        )
+    return {
+        "private_host": primary,
+        "port": port,
+        "database": "mastodon_production",
+        "user": "mastodon",
+        "pool": pool,
+        "replica": {"private_host": second, "port": port} if replica else None,
+    }
+
+
 COMBINATIONS = list(
     itertools.product(("managed", "droplets", "hosts"), (False, True), (False, True),
                       ("none", "managed", "external"))
@@ -161,6 +186,7 @@ def test_mastodon_env_and_migration_env_for_every_combination(mode, replica, spa
     for key in sorted(set(env) | set(expected)):
         assert env.get(key) == expected.get(key), key
     assert run.outputs["migration_env"] == expected_migration(mode)
+    assert run.outputs["postgres"] == expected_postgres(mode, replica)
     assert "mastodon_env" in run.secret_outputs
     assert not {"DATABASE_URL", "REPLICA_DATABASE_URL", "REDIS_NAMESPACE"} & set(env)
     # The services exist exactly when asked for, in any mode.
@@ -380,10 +406,11 @@ def test_plain_outputs_for_humans(full):
 def test_droplets_mode_puts_valkey_in_the_droplets_vpc():
     run = run_program(config_for("droplets", True, False, "managed"))
     (vpc,) = run.of_type("/vpc:Vpc")
-    assert vpc.name == "db-vpc"
+    assert vpc.name == "network-vpc"  # the stack's PrivateNetwork, as in managed mode
+    assert run.one("/droplet:Droplet", "db-primary").inputs["vpcUuid"] == "network-vpc-id"
     cluster = run.one("/databaseCluster:DatabaseCluster", "redis-cluster")
-    assert cluster.inputs["privateNetworkUuid"] == "db-vpc-id"
-    assert run.outputs["vpc_id"] == "db-vpc-id"
+    assert cluster.inputs["privateNetworkUuid"] == "network-vpc-id"
+    assert run.outputs["vpc_id"] == "network-vpc-id"
 
 
 def test_hosts_mode_valkey_has_no_vpc_and_is_reached_by_its_public_name():
@@ -457,12 +484,9 @@ def test_bad_input_stops_the_program_before_any_resource(config, secrets, messag
     assert "pw@" not in str(caught.value)
 
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_stack_files_are_valid_and_hold_no_secret_in_clear(stack):
-    raw, secrets = read_stack_file(ROOT / f"Pulumi.{stack}.yaml")
+    raw, secrets = stack_file(stack)
     assert not set(raw) & set(ALL_SECRET_KEYS)
     assert not secrets  # set per deployment with `pulumi config set --secret`
     mode = raw["postgresMode"]
@@ -471,7 +495,7 @@ def test_stack_files_are_valid_and_hold_no_secret_in_clear(stack):
 
 
 def test_prod_stack_is_the_seed_topology():
-    raw, _ = read_stack_file(ROOT / "Pulumi.prod.yaml")
+    raw, _ = stack_file("prod")
     run = run_program(raw, {})
     cluster = run.one("/databaseCluster:DatabaseCluster", "postgres-cluster")
     assert int(cluster.inputs["version"]) >= 15 and cluster.inputs["nodeCount"] >= 2

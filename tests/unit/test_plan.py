@@ -15,7 +15,7 @@ SECRETS = {"sshPrivateKey": "k", "replicationPassword": "r" * 20, "dbPassword": 
 
 def plan_for(**changes):
     settings = parse_settings({**HOSTS, **changes}, set(SECRETS))
-    return plan.steps(settings, plan.nodes_from_hosts(settings))
+    return plan.steps(settings.replication, settings.hosts)
 
 
 def test_primary_first_then_replicas_then_status_for_all():
@@ -79,7 +79,7 @@ def test_launcher_runs_as_root_or_through_sudo():
 
 def test_reseed_is_asked_per_replica():
     settings = parse_settings(HOSTS, set(SECRETS))
-    steps = plan.steps(settings, plan.nodes_from_hosts(settings), reseed=frozenset({"db3"}))
+    steps = plan.steps(settings.replication, settings.hosts, reseed=frozenset({"db3"}))
     assert "reseed" not in steps[1].params and steps[2].params["reseed"] is True
 
 

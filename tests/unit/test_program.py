@@ -31,7 +31,7 @@ def test_droplets_mode_makes_vpc_droplets_and_one_firewall(droplets):
     primary, replica = by_name["db-primary"], by_name["db-replica-1"]
     for droplet in (primary, replica):
         assert droplet.inputs["monitoring"] is True
-        assert droplet.inputs["vpcUuid"] == "db-vpc-id"
+        assert droplet.inputs["vpcUuid"] == "network-vpc-id"  # the PrivateNetwork's
         assert droplet.inputs["sshKeys"] == ["12345"]
         assert droplet.inputs["image"] == "ubuntu-24-04-x64"
     assert primary.inputs["tags"] == ["mastodon-data-unit-primary"]

@@ -86,8 +86,12 @@ def settings_with(**changes):
 
 def test_reconnection_settings_default_to_10s_and_1s_and_reach_every_step():
     settings = parse_settings(hosts_stack(3, 2), set(SECRETS))
-    assert (settings.replication_timeout, settings.wal_retrieve_retry_interval) == ("10s", "1s")
-    for step in plan.steps(settings, plan.nodes_from_hosts(settings)):
+    replication = settings.replication
+    assert (replication.replication_timeout, replication.wal_retrieve_retry_interval) == (
+        "10s",
+        "1s",
+    )
+    for step in plan.steps(replication, settings.hosts):
         if step.script in ("primary", "replica"):
             assert step.params["replication_timeout"] == "10s", step.name
             assert step.params["wal_retrieve_retry_interval"] == "1s", step.name
@@ -106,7 +110,7 @@ def test_reconnection_settings_default_to_10s_and_1s_and_reach_every_step():
 def test_reconnection_settings_accepted_at_their_limits(key, value):
     settings = settings_with(**{key: value})
     field = "replication_timeout" if key == "replicationTimeout" else "wal_retrieve_retry_interval"
-    assert getattr(settings, field) == value
+    assert getattr(settings.replication, field) == value
 
 
 @pytest.mark.parametrize(
