@@ -9,7 +9,7 @@ export ENGINE_SRC
 .PHONY: lab lab-down test engine packages lint
 
 packages:
-	bash scripts/install_packages.sh
+	bash lab/install_packages.sh
 
 venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv venv
@@ -18,14 +18,14 @@ venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 engine:
-	bash scripts/bootstrap_engine.sh
-	bash scripts/install_actionlint.sh
+	bash lab/bootstrap_engine.sh
+	bash lab/install_actionlint.sh
 
 lab: packages venv/.installed engine
-	$(PY) scripts/lab_main.py --hosts $(HOSTS)
+	$(PY) -m lab.main --hosts $(HOSTS)
 
 lab-down:
-	python3 scripts/lab.py down
+	python3 -m lab.namespaces down
 
 lint: venv/.installed engine
 	venv/bin/ruff check .

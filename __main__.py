@@ -4,14 +4,16 @@ DigitalOcean; media (Spaces and a CDN) and Redis (Valkey) may be added in every 
 
 import pulumi
 
-from components import outputs, stack_config
-from components.config import REDIS_URL_KEY
-from components.droplets import DropletTier
-from components.managed_postgres import ManagedPostgres
-from components.network import PrivateNetwork
-from components.redis import ManagedValkey
-from components.replication import ReplicationSteps
-from components.spaces import SpacesMedia
+from mastodon_data import outputs, stack_config
+from mastodon_data.components import (
+    DropletTier,
+    ManagedPostgres,
+    ManagedValkey,
+    PrivateNetwork,
+    ReplicationSteps,
+    SpacesMedia,
+)
+from mastodon_data.config import REDIS_URL_KEY
 
 # Configuration: every setting checked at once; any problem stops here, with its fix.
 settings, secrets, reseed = stack_config.load()

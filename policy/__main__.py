@@ -2,15 +2,13 @@
 
 Constructing PolicyPack starts the analyzer's gRPC server and never returns, so this file does
 nothing else; the rules are plain functions in rules.py, unit-tested in tests/unit/test_policy.py.
+`rules` is found beside this file with no change to the import path: the engine runs the pack with
+`python -m pulumi.policy <pack directory>` from the pack directory (runpy puts that directory
+first on the path), and `python policy/__main__.py` puts the script's directory there too.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # rules.py beside this file
-
-import rules  # noqa: E402
-from pulumi_policy import EnforcementLevel, PolicyPack  # noqa: E402
+import rules
+from pulumi_policy import EnforcementLevel, PolicyPack
 
 PolicyPack(
     name="mastodon-data",

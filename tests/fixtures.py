@@ -8,12 +8,15 @@ Import as `from tests.fixtures import ...`, from the repository root (pytest's p
 from __future__ import annotations
 
 import base64
+import sys
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "mastodon-data"
+# The operator's command as installed into the venv that runs the tests (`make`: pip install -e .).
+COMMAND = str(Path(sys.executable).parent / "mastodon-data")
 
 # Decrypted secrets of a droplets or hosts stack (managed PostgreSQL needs none of them).
 SECRETS = {

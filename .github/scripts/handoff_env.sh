@@ -8,11 +8,11 @@
 #   bash .github/scripts/handoff_env.sh
 #
 # Per server: copy its current .env.production here (the app's own keys, SECRET_KEY_BASE and the
-# rest, are kept line for line), render the stack's keys into it with scripts/render_env.py
-# (`pulumi stack output --json --show-secrets | render_env.py --output FILE`: mode 0600, values
-# never printed, DATABASE_URL/REPLICA_DATABASE_URL removed), copy it back next to the original
-# and swap it in with one rename. Everything stays in a 0700 temporary directory removed on
-# exit; nothing secret reaches stdout or stderr. SSH is key-only with known host keys
+# rest, are kept line for line), render the stack's keys into it with `mastodon-data render-env`
+# (`pulumi stack output --json --show-secrets | mastodon-data render-env --output FILE`: mode
+# 0600, values never printed, DATABASE_URL/REPLICA_DATABASE_URL removed), copy it back next to
+# the original and swap it in with one rename. Everything stays in a 0700 temporary directory
+# removed on exit; nothing secret reaches stdout or stderr. SSH is key-only with known host keys
 # (StrictHostKeyChecking=yes): log in as the user that owns .env.production (mastodon).
 # shellcheck disable=SC2029  # remote commands are built here on purpose, paths quoted with %q
 set -euo pipefail
@@ -28,8 +28,9 @@ if ((${#servers[@]} == 0)); then
 fi
 : "${APP_SSH_KEY_FILE:?set APP_SSH_KEY_FILE (private key of the deploy user)}"
 : "${APP_KNOWN_HOSTS_FILE:?set APP_KNOWN_HOSTS_FILE (the app servers host keys)}"
-PYTHON="${PYTHON:-python3}"
-[[ -x venv/bin/python ]] && PYTHON=venv/bin/python
+# The operator's command from the venv (`make`, the workflows), else the package in this checkout.
+render=("${PYTHON:-python3}" -m mastodon_data.cli render-env)
+[[ -x venv/bin/mastodon-data ]] && render=(venv/bin/mastodon-data render-env)
 
 work="$(mktemp -d "${RUNNER_TEMP:-${TMPDIR:-/tmp}}/handoff.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -48,7 +49,7 @@ for server in "${servers[@]}"; do
   else
     echo "handoff: $server has no $APP_ENV_PATH yet: writing the stack's keys only"
   fi
-  "$PYTHON" scripts/render_env.py --output "$file" <"$work/outputs.json"
+  "${render[@]}" --output "$file" <"$work/outputs.json"
   scp -q "${ssh_options[@]}" "$file" "$server:$APP_ENV_PATH.handoff"
   ssh "${ssh_options[@]}" "$server" \
     "chmod 600 $remote_path.handoff && mv -f $remote_path.handoff $remote_path"

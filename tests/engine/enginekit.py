@@ -1,5 +1,5 @@
 """The real Pulumi engine for tests: stacks of this project run by the CLI (through the Python
-language host and the real providers) in private working directories (scripts/lab_stack.py)."""
+language host and the real providers) in private working directories (lab/stack.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lab_stack import ROOT, LabStack
-
+from lab.stack import ROOT, LabStack
 from tests.fixtures import stack_file
 
 POLICY = ROOT / "policy"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from enginekit import DROPLETS, POLICY, SECRETS, engine_stack, example_config, pack_venv
-from lab_stack import ROOT
+
+from lab.stack import ROOT
 
 pytestmark = pytest.mark.engine
 
@@ -22,6 +23,7 @@ ALLOWED = ["198.51.100.0/24"]  # DROPLETS' admin is 198.51.100.7/32
 EXPECTED = {
     "dev": {  # droplets: a primary and one replica in a VPC behind a cloud firewall
         "pulumi:pulumi:Stack": 1,
+        "mastodon-data:index:PrivateNetwork": 1,  # the VPC, the droplets' as managed mode's
         "mastodon-data:index:DropletTier": 1,
         "mastodon-data:index:ReplicationSteps": 1,
         "digitalocean:index/vpc:Vpc": 1,

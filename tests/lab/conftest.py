@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import lab as lab_hosts
 import pytest
 from labkit import TEST_LAB, LabSession, lab_unavailable
+
+from lab import namespaces as lab_hosts
 
 
 @pytest.fixture(scope="session")

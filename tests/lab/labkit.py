@@ -12,12 +12,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import host_ssh
-import lab as lab_hosts
-from lab_stack import LabStack
-
-from components import plan
-from components.config import parse_settings
+from lab import namespaces as lab_hosts
+from lab.stack import LabStack
+from mastodon_data import plan
+from mastodon_data.cli import host_ssh
+from mastodon_data.config import parse_settings
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 

@@ -10,11 +10,12 @@ import runpy
 import subprocess
 from pathlib import Path
 
-import lab as lab_hosts
 import pytest
 from enginekit import POLICY, engine_stack, pack_venv
-from lab_stack import ROOT
 from labkit import lab_unavailable, new_secrets
+
+from lab import namespaces as lab_hosts
+from lab.stack import ROOT
 
 pytestmark = [pytest.mark.engine, pytest.mark.lab]
 LAB = lab_hosts.Lab(

@@ -1,4 +1,4 @@
-"""Failover on a lab of its own: the primary dies (SIGKILL), scripts/failover.py promotes a
+"""Failover on a lab of its own: the primary dies (SIGKILL), `mastodon-data failover` promotes a
 replica and `pulumi up` of the stack with the new order repoints the other; no committed row
 that reached the replicas is lost; then the old primary rejoins as a replica through pg_rewind.
 Figures go to results/failover.json (ignored)."""
@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import lab as lab_hosts
 import pytest
-from lab_stack import LabStack
-from labkit import ROOT_DIR, applied, lab_unavailable, new_secrets, wait_until, write_figures
+from labkit import applied, lab_unavailable, new_secrets, wait_until, write_figures
+
+from lab import namespaces as lab_hosts
+from lab.stack import LabStack
+from tests.fixtures import COMMAND
 
 pytestmark = pytest.mark.lab
 FAILOVER_LAB = lab_hosts.Lab(
@@ -36,10 +37,9 @@ def sql(index: int, statement: str) -> str:
 
 
 def failover(stack: LabStack, *args: str) -> tuple[dict, dict]:
-    """scripts/failover.py as an operator runs it, on the failover lab's stack."""
+    """`mastodon-data failover` as an operator runs it, on the failover lab's stack."""
     result = subprocess.run(
-        [sys.executable, str(ROOT_DIR / "scripts" / "failover.py"), "--stack", stack.name,
-         "--cwd", str(stack.workdir), *args],
+        [COMMAND, "failover", "--stack", stack.name, "--cwd", str(stack.workdir), *args],
         capture_output=True,
         text=True,
         timeout=600,

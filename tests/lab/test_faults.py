@@ -10,10 +10,11 @@ import threading
 import time
 from pathlib import Path
 
-import lab as lab_hosts
 import pytest
-from lab_stack import LabStack
 from labkit import applied, lab_unavailable, new_secrets, run_one_step, wait_until, write_figures
+
+from lab import namespaces as lab_hosts
+from lab.stack import LabStack
 
 pytestmark = pytest.mark.lab
 FAULT_LAB = lab_hosts.Lab(

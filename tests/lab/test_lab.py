@@ -7,9 +7,10 @@ import os
 import subprocess
 from pathlib import Path
 
-import lab as lab_hosts
 import pytest
 from labkit import lab_unavailable
+
+from lab import namespaces as lab_hosts
 
 pytestmark = pytest.mark.lab
 INFRA_LAB = lab_hosts.Lab(

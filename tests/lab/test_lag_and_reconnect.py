@@ -12,14 +12,14 @@ import threading
 import time
 from pathlib import Path
 
-import check_replication
-import lab as lab_hosts
 import psycopg
 import pytest
 from labkit import lab_unavailable, new_secrets
 
-from components import plan
-from components.config import parse_settings
+from lab import namespaces as lab_hosts
+from mastodon_data import plan
+from mastodon_data.cli import check_replication
+from mastodon_data.config import parse_settings
 
 pytestmark = pytest.mark.lab
 Q_LAB = lab_hosts.Lab(
@@ -64,7 +64,7 @@ class QLab:
             "DB_SSLMODE": "require",
         }
         primary, replica = Q_LAB.host(1), Q_LAB.host(2)
-        # What scripts/check_replication.py reads from the stack outputs.
+        # What `mastodon-data check-replication` reads from the stack outputs.
         self.outputs = {
             "mastodon_env": self.env,
             "primary": {"name": primary.name, "private_address": primary.address},
@@ -167,7 +167,8 @@ def replica_line(lines: list[str]) -> str:
 
 
 def check_seconds(q: QLab) -> tuple[float, str, bool]:
-    """scripts/check_replication.py's verdict with the small threshold: (lag s, line, healthy)."""
+    """`mastodon-data check-replication`'s verdict with the small threshold: (lag s, line,
+    healthy)."""
     lines, healthy = check_replication.check(q.outputs, 64 * 1024 * 1024, THRESHOLD)
     line = replica_line(lines)
     return float(re.search(r"lag \S+ B / ([0-9.]+) s", line).group(1)), line, healthy

@@ -1,24 +1,23 @@
 """Replication on the test lab: `pulumi up` of a hosts-mode stack through the real engine (the
 host scripts as remote.Commands over real ssh); tests of one host script run it alone over ssh
-(scripts/host_ssh.py). The tests build on each other, top to bottom."""
+(mastodon_data/cli/host_ssh.py). The tests build on each other, top to bottom."""
 
 from __future__ import annotations
 
 import json
 import re
 import subprocess
-import sys
 import time
 
-import check_replication
-import host_ssh
-import lab as lab_hosts
 import psycopg
 import pytest
-from labkit import ROOT_DIR, run_one_step
-from pulumi_cli import PulumiFailed
+from labkit import run_one_step
 
-from components import plan
+from lab import namespaces as lab_hosts
+from mastodon_data import plan
+from mastodon_data.cli import check_replication, host_ssh
+from mastodon_data.cli.pulumi_cli import PulumiFailed
+from tests.fixtures import COMMAND
 
 pytestmark = pytest.mark.lab
 WAIT = 15  # seconds for a row to reach a replica
@@ -192,7 +191,7 @@ def test_pinned_host_keys_are_checked(lab_session, first_run, tmp_path):
 
 def test_replication_check_passes(first_run):
     result = subprocess.run(
-        [sys.executable, str(ROOT_DIR / "scripts" / "check_replication.py")],
+        [COMMAND, "check-replication"],
         input=json.dumps(first_run),
         capture_output=True,
         text=True,

@@ -1,5 +1,5 @@
 """The rendered environment against real local services: Mastodon's variables from the pure env
-functions, through scripts/render_env.py into .env files, then connected to exactly as the
+functions, through `mastodon-data render-env` into .env files, then connected to exactly as the
 variables say — PostgreSQL through PgBouncer in transaction mode (no prepared statements), the
 migration env straight to PostgreSQL, the replica variables directly, and Redis over TLS with
 the rendered rediss:// URL. Loopback only; every process and file is removed afterwards."""
@@ -9,18 +9,17 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from grant_managed_db import GrantError, grant
 from localkit import LOOPBACK, LocalPostgres, LocalRedis, missing_postgres, missing_redis, temp_dir
 
-from components.env import mastodon_env, migration_env, redis_url
+from mastodon_data.cli.grant import GrantError, grant
+from mastodon_data.env import mastodon_env, migration_env, redis_url
+from tests.fixtures import COMMAND
 
 pytestmark = pytest.mark.local
 
-RENDER = Path(__file__).resolve().parents[2] / "scripts" / "render_env.py"
 DB_NAME, DB_USER, POOL_NAME, POOL_SIZE = "mastodon_production", "mastodon", "mastodon_pool", 2
 DB_PASSWORD = "local-Pw0rd-0123456789"
 REDIS_PASSWORD = "redis/pass+word@1:x"  # URL-special characters on purpose
@@ -29,7 +28,7 @@ REDIS_PASSWORD = "redis/pass+word@1:x"  # URL-special characters on purpose
 def render(directory: Path, outputs: dict, key: str, filename: str) -> dict[str, str]:
     """Runs the pipeline step and reads the file back as dotenv does (plain or '...')."""
     result = subprocess.run(
-        [sys.executable, str(RENDER), "--key", key, "--output", str(directory / filename)],
+        [COMMAND, "render-env", "--key", key, "--output", str(directory / filename)],
         input=json.dumps(outputs),
         capture_output=True,
         text=True,

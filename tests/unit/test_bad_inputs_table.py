@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from bad_inputs_table import CASES, message
+
+from lab.bad_inputs_table import CASES, message
 
 
 @pytest.mark.parametrize(("what", "raw", "secrets"), CASES, ids=[c[0] for c in CASES])

@@ -1,4 +1,4 @@
-"""components/config: valid stacks parse to the expected Settings; every bad value is named,
+"""mastodon_data/config: valid stacks parse to the expected Settings; every bad value is named,
 shown and given a fix; secrets never appear in a message."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.config import (
+from mastodon_data.config import (
     DEFAULTS,
     PROJECT,
     SECRET_KEYS,

@@ -1,9 +1,9 @@
-"""components/env.py: exactly the variables Mastodon reads, with and without a replica, through
+"""mastodon_data/env.py: exactly the variables Mastodon reads, with and without a replica, through
 a pool, with Redis and object storage; the migration overrides; which keys a renderer owns."""
 
 from __future__ import annotations
 
-from components.env import (
+from mastodon_data.env import (
     KEY_GROUPS,
     MANAGED_KEYS,
     SUPERSEDED_KEYS,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import lab as lab_hosts
 import pytest
+
+from lab import namespaces as lab_hosts
 
 
 def test_refuses_without_root(monkeypatch):

@@ -18,7 +18,7 @@ from program_harness import (
     run_program,
 )
 
-from components.config import ALL_SECRET_KEYS, SECRET_KEYS, parse_settings
+from mastodon_data.config import ALL_SECRET_KEYS, SECRET_KEYS, parse_settings
 from tests.fixtures import DROPLETS, HOSTS, MANAGED, SPACES, stack_file
 
 APP = {"appTag": "mastodon-app", "appCidrs": ["203.0.113.50/32"]}

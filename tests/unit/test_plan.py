@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shlex
 
-from components import plan
-from components.config import parse_settings
+from mastodon_data import plan
+from mastodon_data.config import parse_settings
 from tests.fixtures import hosts_stack
 
 HOSTS = hosts_stack(count=4, replicas=2)

@@ -21,10 +21,9 @@ MODES = {"droplets": (DROPLETS, None), "hosts": (HOSTS, None), "managed": (MANAG
 
 DUMP = """
 import json, sys
-sys.path[:0] = [{root!r}, {root!r} + "/tests/unit", {root!r} + "/scripts"]
 from program_harness import run_program
 modes = json.loads(sys.argv[1])
-result = {{}}
+result = {}
 for mode, (config, secrets) in modes.items():
     run = run_program(config, secrets)
     result[mode] = sorted(
@@ -35,9 +34,11 @@ print(json.dumps(result, sort_keys=True))
 
 
 def registered(seed: str, cwd: Path) -> dict:
-    env = {**os.environ, "PYTHONHASHSEED": seed}
+    # The project directory (tests.fixtures) and the harness, as pytest's pythonpath has them.
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests" / "unit")])
+    env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": path}
     result = subprocess.run(
-        [sys.executable, "-c", DUMP.format(root=str(ROOT)), json.dumps(MODES)],
+        [sys.executable, "-c", DUMP, json.dumps(MODES)],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -1,4 +1,5 @@
-"""scripts/render_env.py, run as the pipeline runs it: stack outputs JSON on stdin, a real file."""
+"""`mastodon-data render-env`, run as the pipeline runs it: stack outputs JSON on stdin, a real
+file; through the command installed into the venv."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import os
 import re
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "render_env.py"
+from tests.fixtures import COMMAND
+
 PASSWORD = "Pw0rd-for-tests-0123456789"
 ENV = {
     "DB_HOST": "10.118.0.2",
@@ -36,7 +37,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     text = stdin if stdin is not None else json.dumps(outputs)
     return subprocess.run(
-        [sys.executable, str(SCRIPT), "--output", str(directory / ".env.production"), *args],
+        [COMMAND, "render-env", "--output", str(directory / ".env.production"), *args],
         input=text,
         capture_output=True,
         text=True,
@@ -321,7 +322,7 @@ def test_migration_env_rendered_into_its_own_file(tmp_path: Path) -> None:
         "PREPARED_STATEMENTS": "true",
     }
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--key", "migration_env", "--output", ".env.migration"],
+        [COMMAND, "render-env", "--key", "migration_env", "--output", ".env.migration"],
         input=json.dumps({"mastodon_env": ENV, "migration_env": migration}),
         capture_output=True,
         text=True,

@@ -1,17 +1,17 @@
 """A new replica at the floor (its standby settings written into the copy, initdb's files from
 the package samples, a start without pg_ctlcluster's probe loop), fast reconnection (TCP
-keepalives and timeouts) and honest lag (scripts/check_replication.py). Pure parts only; the lab
-test tests/lab/test_lag_and_reconnect.py runs them for real."""
+keepalives and timeouts) and honest lag (`mastodon-data check-replication`). Pure parts only;
+the lab test tests/lab/test_lag_and_reconnect.py runs them for real."""
 
 from __future__ import annotations
 
-import check_replication
 import common
 import pytest
 import replica
 
-from components import plan
-from components.config import ConfigError, parse_settings
+from mastodon_data import plan
+from mastodon_data.cli import check_replication
+from mastodon_data.config import ConfigError, parse_settings
 from tests.fixtures import DROPLETS, SECRETS, hosts_stack
 
 PARAMS = {

@@ -1,0 +1,489 @@
+#!/usr/bin/env python3
+"""The lab: hosts that behave like droplets, made of network namespaces on this machine.
+
+Each host is a network namespace on a bridge (in a "switch" namespace) with its own address,
+a private mount namespace in which /etc/postgresql, /var/lib/postgresql, /var/run/postgresql
+and /var/log/postgresql are its own, and its own sshd. Everything the lab makes carries the
+lab's prefix, so `down` can find and remove it even after a crash midway.
+
+    python3 -m lab.namespaces up [--hosts N]  # idempotent; from the project directory
+    python3 -m lab.namespaces down            # removes namespaces, processes, mounts, files
+    python3 -m lab.namespaces status          # inventory as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Which Debian package provides each tool the lab needs (for the refusal message).
+REQUIRED_TOOLS = {
+    "ip": "iproute2",
+    "unshare": "util-linux",
+    "nsenter": "util-linux",
+    "/usr/sbin/sshd": "openssh-server",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "pg_createcluster": "postgresql-common",
+}
+
+# Directories each host owns privately, with the owner and mode Debian gives them.
+PRIVATE_DIRS = {
+    "/etc/postgresql": ("postgres", "postgres", 0o755),
+    "/var/lib/postgresql": ("postgres", "postgres", 0o755),
+    "/var/run/postgresql": ("postgres", "postgres", 0o2775),
+    "/var/log/postgresql": ("root", "postgres", 0o1775),
+}
+
+STEP_TIMEOUT = 30  # seconds for any single system command
+
+
+class LabError(RuntimeError):
+    """The lab cannot be built or removed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: str
+    netns: str
+    switch_port: str
+    state_dir: Path
+
+
+@dataclass(frozen=True)
+class Lab:
+    prefix: str = "mlab"
+    subnet: str = "10.251.0.0/24"
+    state_dir: Path = Path("/var/lib/mastodon-lab")
+
+    @property
+    def switch_ns(self) -> str:
+        return f"{self.prefix}-sw"
+
+    @property
+    def operator_link(self) -> str:
+        return f"{self.prefix}0"
+
+    @property
+    def operator_address(self) -> str:
+        return str(ipaddress.ip_network(self.subnet)[1])
+
+    @property
+    def prefix_len(self) -> int:
+        return ipaddress.ip_network(self.subnet).prefixlen
+
+    @property
+    def private_key(self) -> Path:
+        return self.state_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    @property
+    def inventory_file(self) -> Path:
+        return self.state_dir / "hosts.json"
+
+    def host(self, index: int) -> LabHost:
+        """Host number `index` (1-based); addresses start at .11."""
+        net = ipaddress.ip_network(self.subnet)
+        if not 1 <= index <= min(net.num_addresses - 12, 200):
+            raise LabError(f"lab host index {index} does not fit in {self.subnet}")
+        return LabHost(
+            name=f"{self.prefix}-h{index}",
+            address=str(net[10 + index]),
+            netns=f"{self.prefix}-h{index}",
+            switch_port=f"{self.prefix}-v{index}",
+            state_dir=self.state_dir / f"h{index}",
+        )
+
+    def ssh_command(self, address: str, *remote: str) -> list[str]:
+        """The ssh argv that reaches a lab host as root, host key checked."""
+        return [
+            "ssh",
+            "-i",
+            str(self.private_key),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+            f"root@{address}",
+            *remote,
+        ]
+
+
+def run(
+    argv: list[str], check: bool = True, timeout: float = STEP_TIMEOUT, input: str | None = None
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and result.returncode != 0:
+        raise LabError(f"`{' '.join(argv)}` failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+def preflight() -> None:
+    """Refuse clearly where the lab cannot run."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network and mount namespaces): run it with sudo")
+    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)})
+    if missing:
+        raise LabError(
+            "the lab needs tools that are not installed; install them with: "
+            f"apt-get install -y {' '.join(missing)}"
+        )
+
+
+def netns_list() -> set[str]:
+    out = run(["ip", "netns", "list"]).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def link_exists(name: str, netns: str | None = None) -> bool:
+    argv = ["ip"] + (["-n", netns] if netns else []) + ["link", "show", name]
+    return run(argv, check=False).returncode == 0
+
+
+def pid_alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for_port(address: str, port: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def ensure_keys(lab: Lab) -> None:
+    lab.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(lab.state_dir, 0o700)
+    if not lab.private_key.exists():
+        run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"{lab.prefix}-operator",
+                "-f",
+                str(lab.private_key),
+            ]
+        )
+    os.chmod(lab.private_key, 0o600)
+
+
+def ensure_switch(lab: Lab) -> None:
+    if lab.switch_ns not in netns_list():
+        run(["ip", "netns", "add", lab.switch_ns])
+    sw = ["ip", "-n", lab.switch_ns]
+    if not link_exists("br0", lab.switch_ns):
+        run(sw + ["link", "add", "br0", "type", "bridge"])
+    run(sw + ["link", "set", "br0", "up"])
+    run(sw + ["link", "set", "lo", "up"])
+    if not link_exists(lab.operator_link):
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                lab.operator_link,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"{lab.prefix}-op",
+                "netns",
+                lab.switch_ns,
+            ]
+        )
+    run(sw + ["link", "set", f"{lab.prefix}-op", "master", "br0", "up"])
+    addr = f"{lab.operator_address}/{lab.prefix_len}"
+    if addr not in run(["ip", "-o", "addr", "show", "dev", lab.operator_link]).stdout:
+        run(["ip", "addr", "add", addr, "dev", lab.operator_link])
+    run(["ip", "link", "set", lab.operator_link, "up"])
+
+
+def write_host_files(lab: Lab, host: LabHost) -> Path:
+    """The host's private directories, its host key and its sshd_config."""
+    host.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path, (owner, group, mode) in PRIVATE_DIRS.items():
+        src = host.state_dir / path.strip("/").replace("/", "-")
+        src.mkdir(exist_ok=True)
+        shutil.chown(src, owner, group)
+        os.chmod(src, mode)
+    host_key = host.state_dir / "ssh_host_ed25519_key"
+    if not host_key.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(host_key)])
+    authorized = host.state_dir / "authorized_keys"
+    authorized.write_text(Path(f"{lab.private_key}.pub").read_text())
+    os.chmod(authorized, 0o600)
+    config = host.state_dir / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"ListenAddress {host.address}",
+                "Port 22",
+                f"HostKey {host_key}",
+                f"PidFile {host.state_dir / 'sshd.pid'}",
+                f"AuthorizedKeysFile {authorized}",
+                "PermitRootLogin prohibit-password",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                "Subsystem sftp internal-sftp",
+                "MaxStartups 50:30:100",
+                "MaxSessions 50",
+                "",
+            ]
+        )
+    )
+    return config
+
+
+def ensure_host(lab: Lab, index: int) -> LabHost:
+    host = lab.host(index)
+    config = write_host_files(lab, host)
+    if host.netns not in netns_list():
+        run(["ip", "netns", "add", host.netns])
+    if not link_exists(host.switch_port, lab.switch_ns):
+        if link_exists(host.switch_port):  # left in the root namespace by a crash midway
+            run(["ip", "link", "del", host.switch_port])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                host.switch_port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                host.netns,
+            ]
+        )
+        run(["ip", "link", "set", host.switch_port, "netns", lab.switch_ns])
+    run(["ip", "-n", lab.switch_ns, "link", "set", host.switch_port, "master", "br0", "up"])
+    hn = ["ip", "-n", host.netns]
+    addr = f"{host.address}/{lab.prefix_len}"
+    if addr not in run(hn + ["-o", "addr", "show", "dev", "eth0"]).stdout:
+        run(hn + ["addr", "add", addr, "dev", "eth0"])
+    run(hn + ["link", "set", "eth0", "up"])
+    run(hn + ["link", "set", "lo", "up"])
+    if not pid_alive(host.state_dir / "sshd.pid"):
+        mounts = " && ".join(
+            f"mount --bind {host.state_dir / p.strip('/').replace('/', '-')} {p}"
+            for p in PRIVATE_DIRS
+        )
+        run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.netns,
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"hostname {host.name} && {mounts} && mkdir -p /run/sshd && "
+                f"exec /usr/sbin/sshd -f {config} "
+                f"-E {host.state_dir / 'sshd.log'}",
+            ]
+        )
+    if not wait_for_port(host.address, 22, 10):
+        raise LabError(
+            f"sshd of {host.name} does not answer on {host.address}:22 "
+            f"(see {host.state_dir / 'sshd.log'})"
+        )
+    return host
+
+
+def write_inventory(lab: Lab, hosts: list[LabHost]) -> dict:
+    known = []
+    inventory = {
+        "operator_address": lab.operator_address,
+        "private_key_file": str(lab.private_key),
+        "known_hosts_file": str(lab.known_hosts),
+        "hosts": [],
+    }
+    for host in hosts:
+        pub = (host.state_dir / "ssh_host_ed25519_key.pub").read_text().split()
+        known.append(f"{host.address} {pub[0]} {pub[1]}")
+        inventory["hosts"].append(
+            {"name": host.name, "address": host.address, "host_key": f"{pub[0]} {pub[1]}"}
+        )
+    lab.known_hosts.write_text("\n".join(known) + "\n")
+    lab.inventory_file.write_text(json.dumps(inventory, indent=2) + "\n")
+    return inventory
+
+
+def up(lab: Lab, count: int) -> dict:
+    preflight()
+    ensure_keys(lab)
+    ensure_switch(lab)
+    hosts = [ensure_host(lab, i) for i in range(1, count + 1)]
+    # Hosts beyond `count` from an earlier, larger lab are removed.
+    for ns in netns_list():
+        if ns.startswith(f"{lab.prefix}-h") and ns not in {h.netns for h in hosts}:
+            remove_netns(ns)
+    return write_inventory(lab, hosts)
+
+
+def remove_netns(ns: str, grace: float = 10.0) -> None:
+    """Stop every process in the namespace (their mounts go with them), then delete it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [int(p) for p in run(["ip", "netns", "pids", ns], check=False).stdout.split()]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            if not run(["ip", "netns", "pids", ns], check=False).stdout.split():
+                pids = []
+                break
+            time.sleep(0.1)
+        if not pids:
+            break
+    run(["ip", "netns", "del", ns], check=False)
+
+
+def down(lab: Lab) -> None:
+    preflight()
+    for ns in sorted(netns_list()):
+        if ns.startswith(f"{lab.prefix}-"):
+            remove_netns(ns)
+    if link_exists(lab.operator_link):
+        run(["ip", "link", "del", lab.operator_link])
+    for leftover in run(["ip", "-o", "link", "show"]).stdout.splitlines():
+        name = leftover.split(":")[1].strip().split("@")[0]
+        if name.startswith(f"{lab.prefix}-v"):
+            run(["ip", "link", "del", name], check=False)
+    shutil.rmtree(lab.state_dir, ignore_errors=True)
+
+
+def leftovers(lab: Lab) -> list[str]:
+    """Anything of this lab still on the machine (empty after a clean `down`)."""
+    found = [f"netns {ns}" for ns in netns_list() if ns.startswith(f"{lab.prefix}-")]
+    if link_exists(lab.operator_link):
+        found.append(f"link {lab.operator_link}")
+    if lab.state_dir.exists():
+        found.append(f"dir {lab.state_dir}")
+    marker = str(lab.state_dir)
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker + "/" in cmdline:
+                found.append(f"process {proc.name}: {cmdline.strip()}")
+    with open("/proc/self/mountinfo") as mounts:
+        found += [f"mount {line.split()[4]}" for line in mounts if marker in line]
+    return found
+
+
+def host_key(host: LabHost) -> str:
+    """The host's public key as `type base64`, for the stack's `hostKey` (pinned)."""
+    return " ".join((host.state_dir / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+
+
+def stack_config(lab: Lab, replica_count: int, hosts: int) -> dict:
+    """A hosts-mode stack configuration (keys without the project prefix) for this lab's first
+    `hosts` hosts, host keys pinned. On 5432: the operator and the hosts in use; spare hosts are
+    deliberately outside."""
+    return {
+        "postgresMode": "hosts",
+        "postgresVersion": 15,  # what this machine (Debian 12) can install
+        "replicaCount": replica_count,
+        "postgresAllowedSources": [f"{lab.operator_address}/32"]
+        + [f"{lab.host(i).address}/32" for i in range(1, 2 + replica_count)],
+        "walKeepSize": "64MB",
+        "maxSlotWalKeepSize": "256MB",
+        "hosts": [
+            {
+                "name": lab.host(i).name,
+                "publicAddress": lab.host(i).address,
+                "privateAddress": lab.host(i).address,
+                "hostKey": host_key(lab.host(i)),
+            }
+            for i in range(1, hosts + 1)
+        ],
+    }
+
+
+def lab_from_env() -> Lab:
+    return Lab(
+        prefix=os.environ.get("LAB_PREFIX", "mlab"),
+        subnet=os.environ.get("LAB_SUBNET", "10.251.0.0/24"),
+        state_dir=Path(os.environ.get("LAB_DIR", "/var/lib/mastodon-lab")),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    p_up = sub.add_parser("up", help="create (or complete) the lab")
+    p_up.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS", "3")))
+    sub.add_parser("down", help="remove everything the lab made")
+    sub.add_parser("status", help="print the inventory")
+    args = parser.parse_args(argv)
+    lab = lab_from_env()
+    try:
+        if args.action == "up":
+            if not 1 <= args.hosts <= 20:
+                raise LabError(f"--hosts {args.hosts}: choose between 1 and 20 hosts")
+            print(json.dumps(up(lab, args.hosts), indent=2))
+        elif args.action == "down":
+            down(lab)
+            rest = leftovers(lab)
+            if rest:
+                raise LabError("lab removal left: " + "; ".join(rest))
+            print(f"lab {lab.prefix} removed")
+        else:
+            if not lab.inventory_file.exists():
+                raise LabError("no lab here: run `make lab` first")
+            print(lab.inventory_file.read_text(), end="")
+    except LabError as err:
+        print(f"lab: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Replication check: role, lag and active connections of every database host, from the stack
+outputs. Exits 1 when a replica is not streaming or lags past a threshold, 2 on bad input.
+
+    pulumi stack output --json --show-secrets | mastodon-data check-replication \\
+        [--max-lag-bytes N] [--max-lag-seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import psycopg
+
+CONNECT_TIMEOUT = 5  # seconds per host
+SETTLE = 1.0  # seconds a replica behind the primary's position may take to reach it
+POLL = 0.1  # seconds between two looks at the replica meanwhile
+
+PRIMARY_SQL = """SELECT pg_is_in_recovery(), pg_current_wal_lsn()::text,
+    (SELECT count(*) FROM pg_stat_activity
+     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())"""
+REPLAY_LAG_SQL = """SELECT extract(epoch FROM replay_lag)::float FROM pg_stat_replication
+    WHERE application_name = %s"""
+REPLICA_SQL = """SELECT pg_is_in_recovery(),
+    (SELECT status FROM pg_stat_wal_receiver),
+    pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
+    (SELECT count(*) FROM pg_stat_activity
+     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())"""
+POSITIONS_SQL = "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text"
+
+
+def lsn(text: str | None) -> int | None:
+    """A WAL position ("16/B374D848") as a number, so positions compare correctly."""
+    if not text:
+        return None
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def caught_up(primary_lsn: str, receive_lsn: str | None, replay_lsn: str | None) -> bool:
+    """The replica has replayed everything it received, and the primary has nothing newer."""
+    replay, receive, primary = lsn(replay_lsn), lsn(receive_lsn), lsn(primary_lsn)
+    if replay is None or primary is None:
+        return False
+    return replay >= primary and (receive is None or replay >= receive)
+
+
+def seconds_behind(
+    in_step: bool, reached_after: float | None, replay_lag: float | None, waited: float
+) -> float | None:
+    """Lag in seconds, never the age of the last replayed commit (on an idle primary that is
+    its idle time). 0 when the replica is caught up; the time it took to replay the primary's
+    position of the check when it did so within SETTLE; else the primary's replay_lag, and at
+    least the time waited for it; None when nothing measured it (the replica not streaming)."""
+    if in_step:
+        return 0.0
+    if reached_after is not None:
+        return reached_after
+    if replay_lag is None:
+        return waited or None
+    return max(replay_lag, waited)
+
+
+def settle(rconn: psycopg.Connection, primary_lsn: str, started: float) -> float | None:
+    """Seconds from `started` until the replica replayed `primary_lsn`; None if not in SETTLE."""
+    while time.monotonic() - started < SETTLE:
+        receive, replay = rconn.execute(POSITIONS_SQL).fetchone()
+        if caught_up(primary_lsn, receive, replay):
+            return time.monotonic() - started
+        time.sleep(POLL)
+    return None
+
+
+def connect(env: dict, host: str) -> psycopg.Connection:
+    return psycopg.connect(
+        host=host,
+        port=env["DB_PORT"],
+        dbname=env["DB_NAME"],
+        user=env["DB_USER"],
+        password=env["DB_PASS"],
+        sslmode=env.get("DB_SSLMODE", "require"),
+        connect_timeout=CONNECT_TIMEOUT,
+        autocommit=True,
+        application_name="mastodon-data-check",
+    )
+
+
+def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[list[str], bool]:
+    env = outputs["mastodon_env"]
+    primary = outputs["primary"]
+    lines, healthy = [], True
+    with connect(env, primary["private_address"]) as conn:
+        in_recovery, primary_lsn, connections = conn.execute(PRIMARY_SQL).fetchone()
+        if in_recovery:
+            lines.append(f"{primary['name']}: expected the primary, found a standby")
+            healthy = False
+        else:
+            lines.append(f"{primary['name']}: primary, {connections} other connections")
+        for replica in outputs.get("replicas", []):
+            try:
+                with connect(env, replica["private_address"]) as rconn:
+                    started = time.monotonic()
+                    primary_lsn = conn.execute(PRIMARY_SQL).fetchone()[1]
+                    recovery, status, receive_lsn, replay_lsn, rconns = rconn.execute(
+                        REPLICA_SQL
+                    ).fetchone()
+                    in_step = caught_up(primary_lsn, receive_lsn, replay_lsn)
+                    reached = None
+                    if not in_step and status == "streaming":
+                        reached = settle(rconn, primary_lsn, started)
+            except psycopg.OperationalError as exc:
+                lines.append(f"{replica['name']}: unreachable ({str(exc).strip()})")
+                healthy = False
+                continue
+            waited = time.monotonic() - started if status == "streaming" else 0.0
+            replay_lag = conn.execute(REPLAY_LAG_SQL, (replica["name"],)).fetchone()
+            lag_s = seconds_behind(in_step, reached, replay_lag and replay_lag[0], waited)
+            lag_b = (
+                conn.execute(
+                    "SELECT pg_wal_lsn_diff(%s, %s)::bigint", (primary_lsn, replay_lsn)
+                ).fetchone()[0]
+                if replay_lsn
+                else None
+            )
+            problems = []
+            if not recovery:
+                problems.append("not a standby")
+            if status != "streaming":
+                problems.append(f"wal receiver {status or 'not running'}")
+            if lag_b is not None and lag_b > max_lag_bytes:
+                problems.append(f"lag {lag_b} B > {max_lag_bytes} B")
+            if lag_s is not None and lag_s > max_lag_seconds:
+                problems.append(f"lag {lag_s:.1f} s > {max_lag_seconds} s")
+            healthy &= not problems
+            lines.append(
+                f"{replica['name']}: replica, {status or 'not streaming'}, lag "
+                f"{lag_b if lag_b is not None else '?'} B / "
+                f"{f'{lag_s:.1f}' if lag_s is not None else '?'} s, "
+                f"{rconns} active connections" + (f"  <- {'; '.join(problems)}" if problems else "")
+            )
+    return lines, healthy
+
+
+def main(argv: list[str] | None = None, prog: str = "mastodon-data check-replication") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--max-lag-bytes", type=int, default=64 * 1024 * 1024)
+    parser.add_argument("--max-lag-seconds", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    try:
+        outputs = json.load(sys.stdin)
+        env = outputs["mastodon_env"]
+        if not isinstance(env, dict) or env.get("DB_PASS") in (None, "[secret]"):
+            raise KeyError("mastodon_env (run `pulumi stack output --json --show-secrets`)")
+        outputs["primary"]["private_address"]
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"error: stack outputs on stdin lack {exc}", file=sys.stderr)
+        return 2
+    try:
+        lines, healthy = check(outputs, args.max_lag_bytes, args.max_lag_seconds)
+    except psycopg.OperationalError as exc:
+        print(f"error: cannot reach the primary: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0 if healthy else 1

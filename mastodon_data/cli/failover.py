@@ -1,0 +1,127 @@
+"""Failover of a hosts-mode stack: promote a replica, then let `pulumi up` repoint the others;
+later, bring the failed primary back as a replica (pg_rewind).
+
+    # the primary is lost: promote mlab-h2; the stack's hosts are reordered and applied
+    mastodon-data failover --stack prod promote mlab-h2
+    # the old primary is back: rewind it onto the new primary as a replica
+    mastodon-data failover --stack prod rejoin mlab-h1
+
+Run it where `pulumi up` of the stack runs (`--cwd` for another project directory). The promote
+script runs over ssh with the stack's key; everything after it is `pulumi up` of the same
+program with the new order. The new outputs (JSON, as `pulumi stack output --json
+--show-secrets`) go to stdout, so `| mastodon-data render-env` writes the new
+.env.production; a summary goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mastodon_data import plan
+from mastodon_data.cli import host_ssh
+from mastodon_data.cli.pulumi_cli import PulumiFailed, Stack
+from mastodon_data.config import (
+    ALL_SECRET_KEYS,
+    RESEED_KEY,
+    ConfigError,
+    Host,
+    decode,
+    parse_settings,
+)
+
+
+def typed(config: dict) -> dict:
+    """Plain settings typed as the program reads them (numbers and lists arrive as JSON text)."""
+    return {
+        key: decode(key, value) if isinstance(value, str) else value
+        for key, value in config.items()
+        if key not in ALL_SECRET_KEYS and key != RESEED_KEY
+    }
+
+
+def reordered(hosts: list[dict], first: list[str]) -> list[dict]:
+    """`hosts` with `first` leading (primary, then replicas), the others after them."""
+    by_name = {h["name"]: h for h in hosts}
+    return [by_name[n] for n in first] + [h for h in hosts if h["name"] not in first]
+
+
+def promote_over_ssh(settings, target: Host, ssh_key: str) -> tuple[dict, float]:
+    with tempfile.TemporaryDirectory() as private:
+        key = Path(private) / "key"
+        key.touch(mode=0o600)
+        key.write_text(ssh_key.rstrip("\n") + "\n")
+        start = time.monotonic()
+        out = host_ssh.run_step(plan.promote_step(settings.replication, target), {}, key, None)
+    return plan.parse_report(out), round(time.monotonic() - start, 2)
+
+
+def promote(stack: Stack, name: str, config: dict, settings) -> dict:
+    replicas = [h for h in settings.hosts if h.role == "replica"]
+    target = next((h for h in replicas if h.name == name), None)
+    if target is None:
+        names = [h.name for h in replicas]
+        raise ConfigError(f"{name} is not a replica of this stack (replicas: {names})")
+    report, seconds = promote_over_ssh(settings, target, config["sshPrivateKey"])
+    survivors = [h.name for h in replicas if h.name != name]
+    # The old primary becomes a spare: it rejoins only when the operator asks (`rejoin`).
+    stack.set_plain(
+        {"hosts": reordered(config["hosts"], [name, *survivors]), "replicaCount": len(survivors)}
+    )
+    start = time.monotonic()
+    stack.up()
+    return {"promoted": name, "promote_s": seconds, **report, "up_s": _since(start)}
+
+
+def rejoin(stack: Stack, name: str, config: dict, settings) -> dict:
+    names = [h.name for h in settings.hosts if h.role != "spare"]
+    if name in names:
+        raise ConfigError(f"{name} is already the primary or a replica of this stack")
+    stack.set_plain(
+        {
+            "hosts": reordered(config["hosts"], [*names, name]),
+            "replicaCount": len(names),
+            RESEED_KEY: [name],
+        }
+    )
+    start = time.monotonic()
+    stack.up()
+    report = stack.step_reports()[f"replica-{name}"]
+    stack.remove(RESEED_KEY)  # a re-seed is asked for once
+    stack.up()
+    return {"rejoined": name, "changed": report.get("changed", []), "up_s": _since(start)}
+
+
+def _since(start: float) -> float:
+    return round(time.monotonic() - start, 2)
+
+
+def main(argv: list[str] | None = None, prog: str = "mastodon-data failover") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="the Pulumi project")
+    parser.add_argument("action", choices=["promote", "rejoin"])
+    parser.add_argument("name", help="the replica to promote, or the old primary to rejoin")
+    args = parser.parse_args(argv)
+    stack = Stack(args.stack, args.cwd)
+    try:
+        config = stack.config()
+        settings = parse_settings(typed(config), set(config) & set(ALL_SECRET_KEYS))
+        if settings.mode != "hosts":
+            raise ConfigError(
+                "failover drives hosts-mode stacks (droplets: `pg_promote` on the droplet, "
+                "then `pulumi up`)"
+            )
+        action = promote if args.action == "promote" else rejoin
+        summary = action(stack, args.name, config, settings)
+        outputs = stack.outputs()
+    except (ConfigError, PulumiFailed, host_ssh.StepFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+    print(json.dumps(outputs, indent=2, sort_keys=True))
+    return 0

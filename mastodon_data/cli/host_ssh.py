@@ -1,0 +1,92 @@
+"""Runs ONE host script over ssh, as its `remote.Command` would: the script and its parameters
+(secrets included) on stdin, the host key checked. For the operator's failover (the promote
+script) and for tests of a single script; the order of the steps is the Pulumi program's alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mastodon_data import plan
+from mastodon_data.config import Host
+
+STEP_TIMEOUT = 1800  # seconds; a base backup of a large primary takes a while
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def ssh_argv(host: Host, key_file: Path, known_hosts: Path | None) -> list[str]:
+    """ssh with the host key checked: the stack's `hostKey` when set, else `known_hosts`,
+    else trust on first use (recorded in ~/.ssh/known_hosts)."""
+    if host.host_key:
+        pinned = key_file.with_name(f"known_hosts.{host.name}")
+        address = (
+            host.public_address
+            if host.ssh_port == 22
+            else f"[{host.public_address}]:{host.ssh_port}"
+        )
+        pinned.write_text(f"{address} {host.host_key}\n")
+        known_hosts = pinned
+    checking = (
+        ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+        if known_hosts
+        else ["-o", "StrictHostKeyChecking=accept-new"]
+    )
+    return [
+        "ssh",
+        "-i",
+        str(key_file),
+        "-p",
+        str(host.ssh_port),
+        *checking,
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentitiesOnly=yes",
+        f"{host.ssh_user}@{host.public_address}",
+        plan.command_line(host.ssh_user),
+    ]
+
+
+def run_step(
+    step: plan.Step,
+    secrets: dict,
+    key_file: Path,
+    known_hosts: Path | None,
+    extra_params: dict | None = None,
+) -> str:
+    params = {**step.params, **(extra_params or {})}
+    stdin = json.dumps(plan.payload(step, params, secrets))
+    try:
+        result = subprocess.run(
+            ssh_argv(step.host, key_file, known_hosts),
+            input=stdin,
+            text=True,
+            capture_output=True,
+            timeout=STEP_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"{step.name}: no answer within {STEP_TIMEOUT} s") from None
+    for line in result.stderr.splitlines():
+        print(f"[{step.name}] {line}", file=sys.stderr)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["(no output)"]
+        # A host script's failure is its "error: ..." line and what follows it.
+        errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+        last = " ".join(lines[errors[0] :]).removeprefix("error: ") if errors else lines[-1]
+        if result.returncode == 255:
+            last = (
+                f"ssh to {step.host.ssh_user}@{step.host.public_address}:{step.host.ssh_port}"
+                f" failed: {last}"
+            )
+        raise StepFailed(f"{step.name} failed: {last}")
+    return result.stdout

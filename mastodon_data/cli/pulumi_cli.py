@@ -1,0 +1,122 @@
+"""`pulumi` commands on one stack of this project, through the real CLI (operator tools and lab)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from mastodon_data import plan
+
+PROJECT = "mastodon-data"
+
+
+class PulumiFailed(RuntimeError):
+    """A pulumi command failed; the message carries its diagnostics."""
+
+
+def diagnostics(stdout: str) -> str:
+    """The "Diagnostics:" part of pulumi's output (the errors), without the outputs after it."""
+    _, found, rest = stdout.partition("\nDiagnostics:\n")
+    if not found:
+        return stdout[-4000:]
+    return "Diagnostics:\n" + rest.partition("\nOutputs:\n")[0].partition("\nResources:\n")[0]
+
+
+class Stack:
+    """Stack `name` of the project in `cwd`; `env` adds to (or overrides) this process's."""
+
+    def __init__(self, name: str, cwd: Path, env: dict[str, str] | None = None, timeout=1800):
+        self.name, self.cwd, self.timeout = name, Path(cwd), timeout
+        self.extra_env = dict(env or {})
+        self.last: subprocess.CompletedProcess | None = None
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true", **self.extra_env}
+
+    def pulumi(self, *args: str, stack: bool = True, stdin: str | None = None, check=True) -> str:
+        argv = ["pulumi", *args, *(["--stack", self.name] if stack else []), "--non-interactive"]
+        result = subprocess.run(
+            argv,
+            cwd=self.cwd,
+            env=self.env(),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=self.timeout,
+        )
+        self.last = result
+        if check and result.returncode != 0:
+            raise PulumiFailed(
+                f"pulumi {args[0]} failed:\n{diagnostics(result.stdout)}{result.stderr}"
+            )
+        return result.stdout
+
+    def up(self, *extra: str) -> str:
+        return self.pulumi("up", "--yes", "--skip-preview", "--suppress-progress", *extra)
+
+    def preview(self, *extra: str, check: bool = True) -> str:
+        return self.pulumi("preview", "--suppress-progress", *extra, check=check)
+
+    def destroy(self, *extra: str) -> str:
+        return self.pulumi("destroy", "--yes", "--skip-preview", "--suppress-progress", *extra)
+
+    def outputs(self) -> dict:
+        """The stack outputs with secrets shown (what `render_env` reads)."""
+        return json.loads(self.pulumi("stack", "output", "--json", "--show-secrets"))
+
+    def config(self) -> dict:
+        """This project's configuration, keys without the prefix, secrets in clear."""
+        listed = json.loads(self.pulumi("config", "--json", "--show-secrets"))
+        return {
+            key.partition(":")[2]: item.get("objectValue", item.get("value"))
+            for key, item in listed.items()
+            if key.startswith(f"{PROJECT}:")
+        }
+
+    def set_plain(self, values: dict) -> None:
+        """Sets non-secret values (any JSON type) in one call."""
+        document = {}
+        for key, value in values.items():
+            item = {"value": value if isinstance(value, str) else json.dumps(value)}
+            if isinstance(value, list | dict):
+                item["objectValue"] = value
+            document[f"{PROJECT}:{key}"] = {**item, "secret": False}
+        self.pulumi("config", "set-all", "--json", json.dumps(document))
+
+    def remove(self, key: str) -> None:
+        self.pulumi("config", "rm", f"{PROJECT}:{key}")
+
+    def set_secret(self, key: str, value: str) -> None:
+        """A secret value, read by pulumi from stdin: never on a command line."""
+        self.pulumi("config", "set", "--secret", f"{PROJECT}:{key}", stdin=value)
+
+    def step_reports(self) -> dict[str, dict]:
+        """Each replication step's report (the last line of its last stdout), from the state."""
+        state = json.loads(self.pulumi("stack", "export"))
+        reports = {}
+        for resource in state["deployment"].get("resources", []):
+            name = resource["urn"].rpartition("::")[2]
+            if resource["type"] == "command:remote:Command" and name.startswith("replication-"):
+                stdout = resource.get("outputs", {}).get("stdout", "")
+                reports[name.removeprefix("replication-")] = plan.parse_report(stdout)
+        return reports
+
+    def rerun(self, step: str) -> str:
+        """`pulumi up --replace` of one replication step: it runs again with the same inputs
+        (its delete keeps the data), e.g. for a replica whose slot the primary dropped."""
+        state = json.loads(self.pulumi("stack", "export"))
+        urns = [
+            r["urn"]
+            for r in state["deployment"].get("resources", [])
+            if r["urn"].endswith(f"::replication-{step}")
+        ]
+        if not urns:
+            raise PulumiFailed(f"no step {step} in stack {self.name}")
+        return self.up("--replace", urns[0])
+
+    def last_changes(self) -> dict[str, int]:
+        """What the last update did, e.g. {"same": 8} (from the stack's history)."""
+        history = json.loads(self.pulumi("stack", "history", "--json", "--page-size", "1"))
+        return history[0].get("resourceChanges", {}) if history else {}

@@ -1,0 +1,95 @@
+"""Droplets mode: a primary and replica droplets in the stack's VPC, tagged by role, and a cloud
+firewall (22 from the admin CIDRs only, 5432 from the allowed private sources only)."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_digitalocean as do
+
+from mastodon_data.components.network import PrivateNetwork
+from mastodon_data.config import DropletSettings, Host
+
+ANYWHERE = ["0.0.0.0/0", "::/0"]
+# Outbound: DNS, package mirrors and PGDG (HTTP/S), time.
+OUTBOUND = [("udp", "53"), ("tcp", "53"), ("tcp", "80"), ("tcp", "443"), ("udp", "123")]
+
+
+def firewall_inbound(droplets: DropletSettings, replica_tag: str | None) -> list[dict]:
+    """Inbound rules as plain data (tested without Pulumi's engine)."""
+    rules = [
+        {"protocol": "tcp", "port_range": "22", "source_addresses": list(droplets.admin_cidrs)},
+        {
+            "protocol": "tcp",
+            "port_range": str(droplets.port),
+            "source_addresses": list(droplets.postgres_allowed_sources),
+        },
+    ]
+    if replica_tag:  # replication connections, whatever the allowed sources
+        rules.append(
+            {"protocol": "tcp", "port_range": str(droplets.port), "source_tags": [replica_tag]}
+        )
+    return rules
+
+
+def firewall_outbound(port: int, vpc_cidr: str) -> list[dict]:
+    rules = [
+        {"protocol": protocol, "port_range": ports, "destination_addresses": ANYWHERE}
+        for protocol, ports in OUTBOUND
+    ]
+    rules.append({"protocol": "tcp", "port_range": str(port), "destination_addresses": [vpc_cidr]})
+    return rules
+
+
+class DropletTier(pulumi.ComponentResource):
+    """Droplets and their firewall in `network`'s VPC; `hosts`: the servers the replication steps
+    run on (addresses are Outputs until the droplets exist)."""
+
+    def __init__(
+        self,
+        name: str,
+        droplets: DropletSettings,
+        network: PrivateNetwork,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("mastodon-data:index:DropletTier", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        stack = pulumi.get_stack()
+        tags = {
+            role: do.Tag(f"{name}-{role}", name=f"mastodon-data-{stack}-{role}", opts=child)
+            for role in ("primary", "replica")
+        }
+        self.droplets: list[do.Droplet] = []
+        self.hosts: list[Host] = []
+        for index in range(1 + droplets.replica_count):
+            role = "primary" if index == 0 else "replica"
+            label = role if index == 0 else f"replica-{index}"
+            droplet = do.Droplet(
+                f"{name}-{label}",
+                name=f"mastodon-db-{stack}-{label}",
+                region=network.region,
+                image=droplets.image,
+                size=droplets.primary_size if role == "primary" else droplets.replica_size,
+                vpc_uuid=network.vpc.id,
+                ssh_keys=list(droplets.ssh_key_ids),
+                monitoring=True,
+                ipv6=False,
+                tags=[tags[role].name],
+                opts=child,
+            )
+            self.droplets.append(droplet)
+            addresses = (droplet.ipv4_address, droplet.ipv4_address_private)
+            self.hosts.append(Host(label, role, *addresses, droplets.ssh_user))
+        replica_tag = tags["replica"].name if droplets.replica_count else None
+        inbound = firewall_inbound(droplets, replica_tag)
+        self.firewall = do.Firewall(
+            f"{name}-firewall",
+            name=f"mastodon-db-{stack}",
+            droplet_ids=[d.id.apply(int) for d in self.droplets],
+            inbound_rules=[do.FirewallInboundRuleArgs(**r) for r in inbound],
+            outbound_rules=[
+                do.FirewallOutboundRuleArgs(**r)
+                for r in firewall_outbound(droplets.port, network.cidr)
+            ],
+            opts=child,
+        )
+        self.register_outputs({})

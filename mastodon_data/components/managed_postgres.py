@@ -1,0 +1,120 @@
+"""Managed mode: a DigitalOcean PostgreSQL cluster with a hot standby, Mastodon's database and
+role, a pgBouncer pool in transaction mode, an optional read-only node, and firewalls that let
+only the app's droplets/tag/addresses in."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_digitalocean as do
+
+from mastodon_data.config import AppSources, ManagedPostgresSettings
+from mastodon_data.naming import do_name
+
+
+class ManagedPostgres(pulumi.ComponentResource):
+    """`endpoints`: an Output of the plain dict of mastodon_data.outputs (no secret in it, so
+    outputs made from it stay readable); `password`: Mastodon's role's, a secret Output;
+    `ca_cert`: DigitalOcean's CA of the cluster; `admin`: the admin user's endpoint, secret."""
+
+    def __init__(
+        self,
+        name: str,
+        managed: ManagedPostgresSettings,
+        app_sources: AppSources,
+        vpc_id: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("mastodon-data:index:ManagedPostgres", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        base = do_name("mastodon-data", pulumi.get_stack())
+        self.cluster = do.DatabaseCluster(
+            f"{name}-cluster",
+            name=f"{base}-pg",
+            engine="pg",
+            version=str(managed.postgres_version),
+            size=managed.size,
+            region=managed.region,
+            node_count=managed.node_count,  # 2+: a standby takes over automatically
+            private_network_uuid=vpc_id,
+            opts=child,
+        )
+        self.database = do.DatabaseDb(
+            f"{name}-db", cluster_id=self.cluster.id, name=managed.db_name, opts=child
+        )
+        # DigitalOcean generates the password (a secret output of the SDK).
+        self.user = do.DatabaseUser(
+            f"{name}-user", cluster_id=self.cluster.id, name=managed.db_user, opts=child
+        )
+        # Mastodon through pgBouncer needs transaction mode (and PREPARED_STATEMENTS=false).
+        self.pool = do.DatabaseConnectionPool(
+            f"{name}-pool",
+            cluster_id=self.cluster.id,
+            name=managed.pool_name,
+            mode="transaction",
+            size=managed.pool_size,
+            db_name=self.database.name,
+            user=self.user.name,
+            opts=child,
+        )
+        rules = app_sources.firewall_rules()
+        self.firewall = do.DatabaseFirewall(
+            f"{name}-firewall",
+            cluster_id=self.cluster.id,
+            rules=[do.DatabaseFirewallRuleArgs(**rule) for rule in rules],
+            opts=child,
+        )
+        self.replica = None
+        self.replica_firewall = None
+        if managed.replica:
+            self.replica = do.DatabaseReplica(
+                f"{name}-replica",
+                cluster_id=self.cluster.id,
+                name=f"{base}-pg-replica",
+                size=managed.size,  # DigitalOcean: at least the primary's size
+                region=managed.region,
+                private_network_uuid=vpc_id,
+                # One change at a time on a fresh cluster: after the database, role and pool.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.pool]),
+            )
+            # A read-only node has its own trusted sources, addressed by its uuid.
+            self.replica_firewall = do.DatabaseFirewall(
+                f"{name}-replica-firewall",
+                cluster_id=self.replica.uuid,
+                rules=[do.DatabaseFirewallRuleArgs(**rule) for rule in rules],
+                opts=child,
+            )
+        # DigitalOcean's CA: the streaming server verifies the certificate (NODE_EXTRA_CA_CERTS).
+        self.ca_cert = do.get_database_ca_output(
+            cluster_id=self.cluster.id, opts=pulumi.InvokeOutputOptions(parent=self)
+        ).certificate
+        replica_host = self.replica.private_host if self.replica else None
+        replica_port = self.replica.port if self.replica else None
+        self.endpoints = pulumi.Output.all(
+            pool_host=self.pool.private_host,
+            pool_port=self.pool.port,
+            pool_name=self.pool.name,
+            pool_size=self.pool.size,
+            direct_host=self.cluster.private_host,
+            direct_port=self.cluster.port,
+            db_name=self.database.name,
+            user=self.user.name,
+            replica_host=replica_host,
+            replica_port=replica_port,
+        )
+        self.password = pulumi.Output.secret(self.user.password)
+        # For `mastodon-data grant`: DigitalOcean's admin user (doadmin), private endpoint.
+        self.admin = pulumi.Output.secret(
+            pulumi.Output.all(
+                host=self.cluster.private_host,
+                port=self.cluster.port,
+                user=self.cluster.user,
+                password=self.cluster.password,
+            )
+        )
+        self.register_outputs(
+            {
+                "cluster_id": self.cluster.id,
+                "pool_host": self.pool.private_host,
+                "direct_host": self.cluster.private_host,
+            }
+        )

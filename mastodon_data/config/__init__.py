@@ -1,0 +1,66 @@
+"""The stack's settings, validated in one place before anything is created.
+
+Pure (no Pulumi import; the only file read is Pulumi.yaml, for the defaults), so the Pulumi
+program, the tools and the tests share it. Every problem is collected and reported at once, one
+line each, naming the key, the bad value (never a secret's) and the exact fix. By concern:
+
+    project.py   Pulumi.yaml: the project's name, each setting's type and default
+    checks.py    the message format, the Field table's reader, shared checks
+    topology.py  mode, region, VPC, droplets, sources, database names, WAL
+    hosts.py     hosts mode's list of servers
+    managed.py   managed PostgreSQL        access.py   who reaches the managed databases
+    media.py     Spaces and the CDN        redis.py    Redis / Valkey
+    secrets.py   which secrets, set as secrets, and their values
+    records.py   the Settings records      parse.py    parse_settings over all of them
+"""
+
+from mastodon_data.config.hosts import HOSTS_KEY
+from mastodon_data.config.managed import connection_limit
+from mastodon_data.config.parse import OPERATION_KEYS, RESEED_KEY, parse_settings
+from mastodon_data.config.project import DEFAULTS, PROJECT, TYPES, decode
+from mastodon_data.config.records import (
+    AppSources,
+    ConfigError,
+    DropletSettings,
+    Host,
+    ManagedPostgresSettings,
+    NetworkSettings,
+    RedisSettings,
+    ReplicationSettings,
+    Settings,
+    SpacesSettings,
+)
+from mastodon_data.config.secrets import (
+    ALL_SECRET_KEYS,
+    REDIS_URL_KEY,
+    SECRET_KEYS,
+    required_secrets,
+    secret_problems,
+)
+
+__all__ = [
+    "ALL_SECRET_KEYS",
+    "DEFAULTS",
+    "HOSTS_KEY",
+    "OPERATION_KEYS",
+    "PROJECT",
+    "REDIS_URL_KEY",
+    "RESEED_KEY",
+    "SECRET_KEYS",
+    "TYPES",
+    "AppSources",
+    "ConfigError",
+    "DropletSettings",
+    "Host",
+    "ManagedPostgresSettings",
+    "NetworkSettings",
+    "RedisSettings",
+    "ReplicationSettings",
+    "Settings",
+    "SpacesSettings",
+    "connection_limit",
+    "decode",
+    "parse_settings",
+    "required_secrets",
+    "secret_problems",
+]

@@ -1,0 +1,67 @@
+"""parse_settings: every domain's checks over one stack's values, all problems reported at once."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from mastodon_data.config.access import parse_app_sources
+from mastodon_data.config.checks import Validation, did_you_mean
+from mastodon_data.config.hosts import HOSTS_KEY, parse_hosts
+from mastodon_data.config.managed import parse_managed
+from mastodon_data.config.media import parse_spaces
+from mastodon_data.config.project import DEFAULTS, PROJECT
+from mastodon_data.config.records import (
+    ConfigError,
+    DropletSettings,
+    NetworkSettings,
+    ReplicationSettings,
+    Settings,
+    pick,
+)
+from mastodon_data.config.redis import parse_redis
+from mastodon_data.config.secrets import ALL_SECRET_KEYS, check_secrets_present, required_secrets
+from mastodon_data.config.topology import parse_topology
+
+# Keys read elsewhere (operations switches in mastodon_data/stack_config.py), not settings.
+RESEED_KEY = "reseedReplicas"  # replicas to re-seed from the primary on the next run
+OPERATION_KEYS = frozenset({RESEED_KEY})
+
+
+def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> Settings:
+    """Settings from camelCase config values (unset ones take Pulumi.yaml's defaults), or one
+    ConfigError listing every problem."""
+    v = Validation(raw)
+    check_unknown_keys(v)
+    topology = parse_topology(v)
+    mode = topology["mode"] if v.ok("postgresMode") else None
+    hosts = parse_hosts(v, mode, topology["replica_count"])
+    managed = parse_managed(v, mode, topology)
+    spaces = parse_spaces(v, topology["region"])
+    redis = parse_redis(v, secrets_present, topology["region"])
+    redis_mode = redis.mode if redis else "none"
+    app_sources = parse_app_sources(v, needed=mode == "managed" or redis_mode == "managed")
+    check_secrets_present(v, raw, secrets_present, required_secrets(mode, redis_mode))
+    if v.lines:
+        raise ConfigError("\n".join(v.lines))
+    return Settings(
+        mode=mode,
+        network=NetworkSettings(topology["region"], topology["vpc_cidr"]),
+        replication=pick(ReplicationSettings, topology) if mode != "managed" else None,
+        droplets=pick(DropletSettings, topology) if mode == "droplets" else None,
+        hosts=hosts,
+        managed=managed,
+        spaces=spaces,
+        redis=redis,
+        app_sources=app_sources,
+        warnings=tuple(v.warnings),
+    )
+
+
+def check_unknown_keys(v: Validation) -> None:
+    known = [*DEFAULTS, HOSTS_KEY]
+    for key in v.raw:
+        if key in DEFAULTS or key in (HOSTS_KEY, *ALL_SECRET_KEYS) or key in OPERATION_KEYS:
+            continue
+        fix = f"{did_you_mean(key, known)}pulumi config rm {PROJECT}:{key}"
+        v.bad(str(key), v.raw[key], "unknown key", fix)

@@ -1,0 +1,138 @@
+"""What a valid configuration becomes: plain frozen records, one per component that reads it
+(a value two components need is in both records), and the one record of a database server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from mastodon_data.config.secrets import required_secrets
+
+POSTGRES_PORT = 5432  # of the servers this stack runs (droplets, hosts)
+
+
+class ConfigError(ValueError):
+    """All problems of a stack's settings, one per line."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """A database server: an entry of `hosts` (hosts mode) or a droplet this stack makes, whose
+    addresses are then Pulumi Outputs until the droplet exists. The role follows the order: the
+    first is the primary, the next replicaCount are replicas, the rest spares."""
+
+    name: str
+    role: str  # primary | replica | spare
+    public_address: Any
+    private_address: Any
+    ssh_user: str = "root"
+    ssh_port: int = 22
+    host_key: str | None = None  # "<type> <base64>", pinned; None: not checked by the program
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """The stack's region and private range (the VPC, in droplets and managed mode)."""
+
+    region: str
+    cidr: str
+
+
+@dataclass(frozen=True)
+class ReplicationSettings:
+    """What the host scripts set up on the stack's own servers (droplets and hosts mode)."""
+
+    postgres_version: int
+    db_name: str
+    db_user: str
+    replication_user: str
+    postgres_allowed_sources: tuple[str, ...]
+    wal_keep_size: str
+    max_slot_wal_keep_size: str
+    replication_timeout: str  # wal_sender/receiver_timeout, the replicas' TCP keepalives
+    wal_retrieve_retry_interval: str
+    replica_count: int
+    port: int = POSTGRES_PORT
+
+
+@dataclass(frozen=True)
+class DropletSettings:
+    """The droplets, their tags and cloud firewall (droplets mode); the VPC is the network's."""
+
+    image: str
+    primary_size: str
+    replica_size: str
+    replica_count: int
+    ssh_key_ids: tuple[str, ...]
+    ssh_user: str
+    admin_cidrs: tuple[str, ...]
+    postgres_allowed_sources: tuple[str, ...]
+    port: int = POSTGRES_PORT
+
+
+@dataclass(frozen=True)
+class AppSources:
+    """Who may connect to the managed databases: DigitalOcean firewall rules (trusted sources)."""
+
+    tag: str = ""
+    droplet_ids: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()
+
+    def firewall_rules(self) -> list[dict[str, str]]:
+        rules = [{"type": "tag", "value": self.tag}] if self.tag else []
+        rules += [{"type": "droplet", "value": d} for d in self.droplet_ids]
+        rules += [{"type": "ip_addr", "value": c} for c in self.cidrs]
+        return rules
+
+
+@dataclass(frozen=True)
+class ManagedPostgresSettings:
+    postgres_version: int
+    region: str
+    db_name: str
+    db_user: str
+    size: str
+    node_count: int
+    pool_name: str
+    pool_size: int
+    replica: bool  # a read-only node in the cluster's region, reached directly (no pool)
+
+
+@dataclass(frozen=True)
+class SpacesSettings:
+    bucket: str
+    region: str
+    cors_origins: tuple[str, ...]
+    cdn_custom_domain: str = ""
+    cdn_dns_domain: str = ""  # Let's Encrypt certificate through DigitalOcean DNS
+    cdn_certificate_name: str = ""  # or a certificate already in the account
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    mode: str  # managed (Valkey made here) or external (redisUrl secret)
+    size: str
+    node_count: int
+    region: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    network: NetworkSettings
+    replication: ReplicationSettings | None = None  # droplets and hosts mode
+    droplets: DropletSettings | None = None  # droplets mode
+    hosts: tuple[Host, ...] = ()  # hosts mode, spares included
+    managed: ManagedPostgresSettings | None = None  # managed mode
+    spaces: SpacesSettings | None = None
+    redis: RedisSettings | None = None
+    app_sources: AppSources = AppSources()
+    warnings: tuple[str, ...] = ()  # accepted, but worth a line in the preview
+
+    def required_secrets(self) -> tuple[str, ...]:
+        return required_secrets(self.mode, self.redis.mode if self.redis else "none")
+
+
+def pick(record: type, values: dict[str, Any]) -> Any:
+    """`record` made of the entries of `values` named like its fields (the others default)."""
+    return record(**{f.name: values[f.name] for f in fields(record) if f.name in values})

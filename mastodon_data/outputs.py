@@ -1,0 +1,115 @@
+"""Stack outputs from resolved values. Pure; the program applies these inside `Output.all`.
+
+PostgreSQL, whatever runs it, is described by one plain dict of endpoints (no secret in it):
+
+    direct_host, direct_port   PostgreSQL itself (the primary; migrations go here)
+    db_name, user              Mastodon's database and role
+    pool_name, pool_host, pool_port, pool_size   the pgBouncer pool, or None (no pool)
+    replica_host, replica_port the read replica Mastodon uses, or None
+
+From it come the `postgres` output (the same keys in every mode), `mastodon_env` and
+`migration_env`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mastodon_data.env import ObjectStorage, mastodon_env, migration_env
+
+POOL_MODE = "transaction"
+ENDPOINT_KEYS = (
+    "direct_host",
+    "direct_port",
+    "db_name",
+    "user",
+    "pool_name",
+    "pool_host",
+    "pool_port",
+    "pool_size",
+    "replica_host",
+    "replica_port",
+)
+
+
+def server_endpoints(
+    primary_address: str, replica_address: str | None, port: int, db_name: str, user: str
+) -> dict:
+    """The endpoints of PostgreSQL on the stack's own servers: no pool; the first replica serves
+    Mastodon's reads."""
+    return {
+        **dict.fromkeys(ENDPOINT_KEYS),
+        "direct_host": primary_address,
+        "direct_port": port,
+        "db_name": db_name,
+        "user": user,
+        "replica_host": replica_address,
+        "replica_port": port if replica_address else None,
+    }
+
+
+def postgres_output(endpoints: dict) -> dict:
+    """Where Mastodon's database lives, for pipelines and humans (no password)."""
+    pool = None
+    if endpoints["pool_host"]:
+        pool = {
+            "name": endpoints["pool_name"],
+            "private_host": endpoints["pool_host"],
+            "port": endpoints["pool_port"],
+            "size": endpoints["pool_size"],
+            "mode": POOL_MODE,
+        }
+    replica = None
+    if endpoints["replica_host"]:
+        replica = {"private_host": endpoints["replica_host"], "port": endpoints["replica_port"]}
+    return {
+        "private_host": endpoints["direct_host"],
+        "port": endpoints["direct_port"],
+        "database": endpoints["db_name"],
+        "user": endpoints["user"],
+        "pool": pool,
+        "replica": replica,
+    }
+
+
+def env_output(
+    endpoints: dict, db_password: str, redis: str | None = None, storage: dict | None = None
+) -> dict[str, str]:
+    """Mastodon's variables: through the pool when there is one (DB_NAME is then the pool's
+    name), the read replica always directly."""
+    pooled = bool(endpoints["pool_host"])
+    via = "pool" if pooled else "direct"
+    return mastodon_env(
+        db_host=endpoints[f"{via}_host"],
+        db_port=endpoints[f"{via}_port"],
+        db_name=endpoints["pool_name"] if pooled else endpoints["db_name"],
+        db_user=endpoints["user"],
+        db_password=db_password,
+        replica_host=endpoints["replica_host"],
+        replica_port=endpoints["replica_port"],
+        replica_db_name=endpoints["db_name"],
+        through_pool=pooled,
+        redis=redis,
+        object_storage=ObjectStorage(**storage) if storage else None,
+    )
+
+
+def migration_output(endpoints: dict) -> dict[str, str]:
+    """PostgreSQL itself, past any pool (without one: the same primary as mastodon_env)."""
+    return migration_env(
+        db_host=endpoints["direct_host"],
+        db_port=endpoints["direct_port"],
+        db_name=endpoints["db_name"],
+    )
+
+
+def server_output(name: str, public_address: str, private_address: str) -> dict:
+    return {"name": name, "public_address": public_address, "private_address": private_address}
+
+
+def servers_output(rows: Sequence[Sequence[str]]) -> dict:
+    """`primary` and `replicas` from (name, role, public address, private address) rows."""
+    return {
+        "primary": next(server_output(n, pub, priv) for n, r, pub, priv in rows if r == "primary"),
+        "replicas": [server_output(n, pub, priv) for n, r, pub, priv in rows if r == "replica"],
+    }
