@@ -450,6 +450,37 @@ def configure_and_start(cluster: Cluster, params: dict) -> str:
     return action
 
 
+def match_primary(cluster: Cluster, params: dict, primary_id: str) -> str | None:
+    """Makes the local cluster one of the primary's standbys when it is not: a clone of another
+    primary's data (asked for, or holding nothing), a rewind of a former primary (asked for).
+    Returns what was done, or None."""
+    local_id = cluster.system_identifier()
+    standby = (cluster.datadir / "standby.signal").exists()
+    if local_id != primary_id:
+        keep = local_id and (standby or has_user_data(cluster))
+        if keep and not params.get("reseed"):
+            raise HostError(
+                f"this host holds a cluster of another primary (system identifier {local_id}, "
+                f"the primary's is {primary_id}); it was left untouched. To wipe it and clone "
+                "the primary: pulumi config set --path 'mastodon-data:reseedReplicas[0]' "
+                f"{params['name']}, run again, then remove the setting"
+            )
+        clone(cluster, params)
+        return "re-seeded (other primary)" if keep else "cloned"
+    if standby:
+        return None
+    if not params.get("reseed"):
+        raise HostError(
+            "this host's cluster has the primary's system identifier but is not a standby: "
+            "it is a former primary (or was promoted) and may hold writes the primary lacks. "
+            "To rewind it onto the current primary (pg_rewind): mastodon-data failover "
+            f"--stack <stack> rejoin {params['name']} (or pulumi config set --path "
+            f"'mastodon-data:reseedReplicas[0]' {params['name']}, run again, then remove the "
+            "setting)"
+        )
+    return rewind(cluster, params)
+
+
 def main() -> dict:
     params = read_params(REQUIRED)
     cluster = Cluster(params["version"], params["port"])
@@ -464,30 +495,9 @@ def main() -> dict:
     primary_id, primary_conf = identify_primary(params)
     if not cluster.exists():
         changed.append(seed(cluster, params, primary_id, primary_conf))
-    local_id = cluster.system_identifier()
-    standby = (cluster.datadir / "standby.signal").exists()
-    if local_id != primary_id:
-        keep = local_id and (standby or has_user_data(cluster))
-        if keep and not params.get("reseed"):
-            raise HostError(
-                f"this host holds a cluster of another primary (system identifier {local_id}, "
-                f"the primary's is {primary_id}); it was left untouched. To wipe it and clone "
-                "the primary: pulumi config set --path 'mastodon-data:reseedReplicas[0]' "
-                f"{params['name']}, run again, then remove the setting"
-            )
-        clone(cluster, params)
-        changed.append("re-seeded (other primary)" if keep else "cloned")
-    elif not standby:
-        if not params.get("reseed"):
-            raise HostError(
-                "this host's cluster has the primary's system identifier but is not a standby: "
-                "it is a former primary (or was promoted) and may hold writes the primary lacks. "
-                "To rewind it onto the current primary (pg_rewind): mastodon-data failover "
-                f"--stack <stack> rejoin {params['name']} (or pulumi config set --path "
-                f"'mastodon-data:reseedReplicas[0]' {params['name']}, run again, then remove the "
-                "setting)"
-            )
-        changed.append(rewind(cluster, params))
+    matched = match_primary(cluster, params, primary_id)
+    if matched:
+        changed.append(matched)
     since = log_size(cluster)
     action = configure_and_start(cluster, params)
     if action != "unchanged":

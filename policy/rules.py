@@ -193,19 +193,17 @@ def _has_secret_mark(value: Any, depth: int = 0) -> bool:
     if depth > 20:
         return False
     if isinstance(value, Mapping):
-        for key in list(iter(value)):
-            try:
-                if _has_secret_mark(value[key], depth + 1):
-                    return True
-            except UnknownValueError:
-                continue
+        keys: Any = list(iter(value))
     elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        for index in range(len(value)):
-            try:
-                if _has_secret_mark(value[index], depth + 1):
-                    return True
-            except UnknownValueError:
-                continue
+        keys = range(len(value))
+    else:
+        return False
+    for key in keys:
+        try:
+            if _has_secret_mark(value[key], depth + 1):
+                return True
+        except UnknownValueError:
+            continue
     return False
 
 

@@ -9,6 +9,7 @@ import pulumi_digitalocean as do
 
 from mastodon_data.config import AppSources, ManagedPostgresSettings
 from mastodon_data.naming import do_name
+from mastodon_data.outputs import POOL_MODE
 
 
 class ManagedPostgres(pulumi.ComponentResource):
@@ -25,70 +26,83 @@ class ManagedPostgres(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mastodon-data:index:ManagedPostgres", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        base = do_name("mastodon-data", pulumi.get_stack())
+        self._child = pulumi.ResourceOptions(parent=self)
+        self._base = do_name("mastodon-data", pulumi.get_stack())
         self.cluster = do.DatabaseCluster(
             f"{name}-cluster",
-            name=f"{base}-pg",
+            name=f"{self._base}-pg",
             engine="pg",
             version=str(managed.postgres_version),
             size=managed.size,
             region=managed.region,
             node_count=managed.node_count,  # 2+: a standby takes over automatically
             private_network_uuid=vpc_id,
-            opts=child,
+            opts=self._child,
         )
+        self._database_and_pool(name, managed)
+        rules = [do.DatabaseFirewallRuleArgs(**rule) for rule in app_sources.firewall_rules()]
+        self.firewall = do.DatabaseFirewall(
+            f"{name}-firewall", cluster_id=self.cluster.id, rules=rules, opts=self._child
+        )
+        self.replica = self.replica_firewall = None
+        if managed.replica:
+            self._read_only_node(name, managed, vpc_id, rules)
+        self._expose()
+        self.register_outputs(
+            {
+                "cluster_id": self.cluster.id,
+                "pool_host": self.pool.private_host,
+                "direct_host": self.cluster.private_host,
+            }
+        )
+
+    def _database_and_pool(self, name: str, managed: ManagedPostgresSettings) -> None:
         self.database = do.DatabaseDb(
-            f"{name}-db", cluster_id=self.cluster.id, name=managed.db_name, opts=child
+            f"{name}-db", cluster_id=self.cluster.id, name=managed.db_name, opts=self._child
         )
         # DigitalOcean generates the password (a secret output of the SDK).
         self.user = do.DatabaseUser(
-            f"{name}-user", cluster_id=self.cluster.id, name=managed.db_user, opts=child
+            f"{name}-user", cluster_id=self.cluster.id, name=managed.db_user, opts=self._child
         )
         # Mastodon through pgBouncer needs transaction mode (and PREPARED_STATEMENTS=false).
         self.pool = do.DatabaseConnectionPool(
             f"{name}-pool",
             cluster_id=self.cluster.id,
             name=managed.pool_name,
-            mode="transaction",
+            mode=POOL_MODE,
             size=managed.pool_size,
             db_name=self.database.name,
             user=self.user.name,
-            opts=child,
+            opts=self._child,
         )
-        rules = app_sources.firewall_rules()
-        self.firewall = do.DatabaseFirewall(
-            f"{name}-firewall",
+
+    def _read_only_node(
+        self, name: str, managed: ManagedPostgresSettings, vpc_id: pulumi.Input[str], rules: list
+    ) -> None:
+        self.replica = do.DatabaseReplica(
+            f"{name}-replica",
             cluster_id=self.cluster.id,
-            rules=[do.DatabaseFirewallRuleArgs(**rule) for rule in rules],
-            opts=child,
+            name=f"{self._base}-pg-replica",
+            size=managed.size,  # DigitalOcean: at least the primary's size
+            region=managed.region,
+            private_network_uuid=vpc_id,
+            # One change at a time on a fresh cluster: after the database, role and pool.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.pool]),
         )
-        self.replica = None
-        self.replica_firewall = None
-        if managed.replica:
-            self.replica = do.DatabaseReplica(
-                f"{name}-replica",
-                cluster_id=self.cluster.id,
-                name=f"{base}-pg-replica",
-                size=managed.size,  # DigitalOcean: at least the primary's size
-                region=managed.region,
-                private_network_uuid=vpc_id,
-                # One change at a time on a fresh cluster: after the database, role and pool.
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.pool]),
-            )
-            # A read-only node has its own trusted sources, addressed by its uuid.
-            self.replica_firewall = do.DatabaseFirewall(
-                f"{name}-replica-firewall",
-                cluster_id=self.replica.uuid,
-                rules=[do.DatabaseFirewallRuleArgs(**rule) for rule in rules],
-                opts=child,
-            )
+        # A read-only node has its own trusted sources, addressed by its uuid.
+        self.replica_firewall = do.DatabaseFirewall(
+            f"{name}-replica-firewall",
+            cluster_id=self.replica.uuid,
+            rules=rules,
+            opts=self._child,
+        )
+
+    def _expose(self) -> None:
+        """What others read: endpoints, the role's password, the CA, the admin's endpoint."""
         # DigitalOcean's CA: the streaming server verifies the certificate (NODE_EXTRA_CA_CERTS).
         self.ca_cert = do.get_database_ca_output(
             cluster_id=self.cluster.id, opts=pulumi.InvokeOutputOptions(parent=self)
         ).certificate
-        replica_host = self.replica.private_host if self.replica else None
-        replica_port = self.replica.port if self.replica else None
         self.endpoints = pulumi.Output.all(
             pool_host=self.pool.private_host,
             pool_port=self.pool.port,
@@ -98,8 +112,8 @@ class ManagedPostgres(pulumi.ComponentResource):
             direct_port=self.cluster.port,
             db_name=self.database.name,
             user=self.user.name,
-            replica_host=replica_host,
-            replica_port=replica_port,
+            replica_host=self.replica.private_host if self.replica else None,
+            replica_port=self.replica.port if self.replica else None,
         )
         self.password = pulumi.Output.secret(self.user.password)
         # For `mastodon-data grant`: DigitalOcean's admin user (doadmin), private endpoint.
@@ -110,11 +124,4 @@ class ManagedPostgres(pulumi.ComponentResource):
                 user=self.cluster.user,
                 password=self.cluster.password,
             )
-        )
-        self.register_outputs(
-            {
-                "cluster_id": self.cluster.id,
-                "pool_host": self.pool.private_host,
-                "direct_host": self.cluster.private_host,
-            }
         )

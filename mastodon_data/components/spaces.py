@@ -43,6 +43,25 @@ class SpacesMedia(pulumi.ComponentResource):
             ],
             opts=child,
         )
+        self.cdn = self._cdn(name, spaces, base)
+        # Read and write on this bucket only: a leaked key exposes nothing else in the account.
+        self.key = do.SpacesKey(
+            f"{name}-key",
+            name=f"{base}-media",
+            grants=[do.SpacesKeyGrantArgs(bucket=self.bucket.name, permission="readwrite")],
+            opts=child,
+        )
+        self._expose(spaces)
+        self.register_outputs(
+            {
+                "bucket": self.bucket.name,
+                "cdn_endpoint": self.cdn.endpoint,
+                "alias": self.alias_host,
+            }
+        )
+
+    def _cdn(self, name: str, spaces: SpacesSettings, base: str) -> do.Cdn:
+        """The CDN in front of the bucket, on its own subdomain with a certificate if asked."""
         self.certificate = None
         certificate_name: pulumi.Input[str] | None = spaces.cdn_certificate_name or None
         if spaces.cdn_custom_domain and spaces.cdn_dns_domain:
@@ -52,23 +71,19 @@ class SpacesMedia(pulumi.ComponentResource):
                 name=f"{base}-media",
                 type="lets_encrypt",
                 domains=[spaces.cdn_custom_domain],
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self),
             )
             certificate_name = self.certificate.name
-        self.cdn = do.Cdn(
+        return do.Cdn(
             f"{name}-cdn",
             origin=self.bucket.bucket_domain_name,
             custom_domain=spaces.cdn_custom_domain or None,
             certificate_name=certificate_name,
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        # Read and write on this bucket only: a leaked key exposes nothing else in the account.
-        self.key = do.SpacesKey(
-            f"{name}-key",
-            name=f"{base}-media",
-            grants=[do.SpacesKeyGrantArgs(bucket=self.bucket.name, permission="readwrite")],
-            opts=child,
-        )
+
+    def _expose(self, spaces: SpacesSettings) -> None:
+        """`alias_host` (what media URLs use), `storage` and `output`."""
         self.alias_host = (
             pulumi.Output.from_input(spaces.cdn_custom_domain)
             if spaces.cdn_custom_domain
@@ -89,10 +104,3 @@ class SpacesMedia(pulumi.ComponentResource):
             "cdn_endpoint": self.cdn.endpoint,
             "alias_host": self.alias_host,
         }
-        self.register_outputs(
-            {
-                "bucket": self.bucket.name,
-                "cdn_endpoint": self.cdn.endpoint,
-                "alias": self.alias_host,
-            }
-        )

@@ -15,21 +15,13 @@ from mastodon_data.config import (
     PROJECT,
     SECRET_KEYS,
     TYPES,
-    AppSources,
     ConfigError,
-    DropletSettings,
-    Host,
-    ManagedPostgresSettings,
-    NetworkSettings,
-    RedisSettings,
-    ReplicationSettings,
-    Settings,
-    SpacesSettings,
     access,
     connection_limit,
     managed,
     media,
     parse_settings,
+    records,
     redis,
     secret_problems,
     topology,
@@ -59,10 +51,10 @@ def test_valid_droplets_config() -> None:
     settings = parse_settings(
         {**DROPLETS, "replicaCount": "2", "region": "fra1", "image": "debian-12-x64"}, ALL_SECRETS
     )
-    assert settings == Settings(
+    assert settings == records.Settings(
         mode="droplets",
-        network=NetworkSettings(region="fra1", cidr="10.118.0.0/20"),
-        replication=ReplicationSettings(
+        network=records.NetworkSettings(region="fra1", cidr="10.118.0.0/20"),
+        replication=records.ReplicationSettings(
             postgres_version=18,
             db_name="mastodon_production",
             db_user="mastodon",
@@ -75,7 +67,7 @@ def test_valid_droplets_config() -> None:
             replica_count=2,
             port=5432,
         ),
-        droplets=DropletSettings(
+        droplets=records.DropletSettings(
             image="debian-12-x64",
             primary_size="s-2vcpu-4gb",
             replica_size="s-2vcpu-4gb",
@@ -97,9 +89,10 @@ def test_valid_hosts_config() -> None:
     assert settings.replication.postgres_allowed_sources == ("10.0.0.0/24",)
     assert settings.droplets is None and settings.managed is None
     assert settings.hosts == (
-        Host("db-a", "primary", "203.0.113.10", "10.0.0.10", "root", 22, HOST_KEY),  # no comment
-        Host("host1", "replica", "db2.example.net", "10.0.0.11", "admin", 2222, None),
-        Host("spare", "spare", "203.0.113.12", "10.0.0.12", "root", 22, None),
+        # the host key without its comment
+        records.Host("db-a", "primary", "203.0.113.10", "10.0.0.10", "root", 22, HOST_KEY),
+        records.Host("host1", "replica", "db2.example.net", "10.0.0.11", "admin", 2222, None),
+        records.Host("spare", "spare", "203.0.113.12", "10.0.0.12", "root", 22, None),
     )
 
 
@@ -473,7 +466,7 @@ def test_valid_managed_config_with_every_service() -> None:
         {"redisUrl"},  # no replication secrets: managed PostgreSQL makes its own password
     )
     assert settings.mode == "managed"
-    assert settings.managed == ManagedPostgresSettings(
+    assert settings.managed == records.ManagedPostgresSettings(
         18,
         "tor1",
         "mastodon_production",
@@ -485,7 +478,7 @@ def test_valid_managed_config_with_every_service() -> None:
         True,
     )
     assert settings.replication is None and settings.droplets is None
-    assert settings.app_sources == AppSources(
+    assert settings.app_sources == records.AppSources(
         "mastodon-app", ("4242",), ("203.0.113.50", "198.51.100.0/24")
     )
     assert settings.app_sources.firewall_rules() == [
@@ -494,10 +487,10 @@ def test_valid_managed_config_with_every_service() -> None:
         {"type": "ip_addr", "value": "203.0.113.50"},
         {"type": "ip_addr", "value": "198.51.100.0/24"},
     ]
-    assert settings.spaces == SpacesSettings(
+    assert settings.spaces == records.SpacesSettings(
         "mastodon-media", "nyc3", ("*",), "media.example.social", "example.social", ""
     )
-    assert settings.redis == RedisSettings("external", "db-s-1vcpu-2gb", 1, "tor1")
+    assert settings.redis == records.RedisSettings("external", "db-s-1vcpu-2gb", 1, "tor1")
     assert settings.required_secrets() == ("redisUrl",)
     assert settings.warnings == ()
 
