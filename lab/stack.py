@@ -82,6 +82,9 @@ class LabStack(Stack):
             raise EngineMissing(f"the Pulumi engine is incomplete ({gap}); run `make engine`")
         self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.workdir / "backend").mkdir(exist_ok=True)
+        for entry in self.workdir.iterdir():
+            if entry.is_symlink() and entry.name not in PROJECT_LINKS:
+                entry.unlink()  # a link of an earlier layout (components, scripts)
         for name in PROJECT_LINKS:
             link = self.workdir / name
             if not link.is_symlink():
