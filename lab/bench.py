@@ -3,7 +3,7 @@
 run (cluster creation and clones), a no-change re-run, and adding one replica. Prints the figures
 and writes them to results/lab_timings.json (ignored). Root; takes about a minute.
 
-    venv/bin/python scripts/bench_lab.py [--repeat N]
+    venv/bin/python -m lab.bench [--repeat N]     # from the project directory
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import lab as lab_hosts
-from lab_stack import ROOT, LabStack
+from lab import namespaces as lab_hosts
+from lab.stack import ROOT, LabStack
 
 BENCH_LAB = lab_hosts.Lab(
     prefix="mlabb", subnet="10.254.0.0/24", state_dir=Path("/var/lib/mastodon-lab-bench")
