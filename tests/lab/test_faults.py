@@ -226,9 +226,11 @@ def test_interrupted_base_backup_then_rerun_completes(faults):
         except Exception as exc:  # noqa: BLE001 - recorded and asserted below
             failure.append(exc)
 
-    # The copy is throttled to 2 MB/s on h4's link, so it is still running when it is killed.
-    throttle = ["ip", "netns", "exec", faults.lab.host(4).netns, "tc", "qdisc"]
-    subprocess.run([*throttle, "add", "dev", "eth0", "root", "tbf", "rate", "16mbit",
+    # The copy is throttled to 2 MB/s where it enters h4's cable (the switch's port towards h4:
+    # a qdisc shapes what leaves a device), so it is still running when it is killed.
+    port = faults.lab.host(4).switch_port
+    throttle = ["ip", "netns", "exec", faults.lab.switch_ns, "tc", "qdisc"]
+    subprocess.run([*throttle, "add", "dev", port, "root", "tbf", "rate", "16mbit",
                     "burst", "64kb", "latency", "400ms"], check=True, timeout=10)  # fmt: skip
     try:
         worker = threading.Thread(target=clone_h4)
@@ -239,7 +241,7 @@ def test_interrupted_base_backup_then_rerun_completes(faults):
         faults.ssh(4, "pkill -9 -x pg_basebackup")
         worker.join(timeout=120)
     finally:
-        subprocess.run([*throttle, "del", "dev", "eth0", "root"], check=True, timeout=10)
+        subprocess.run([*throttle, "del", "dev", port, "root"], check=True, timeout=10)
     assert failure and "base backup" in str(failure[0])
     outputs = faults.apply(3)
     report = outputs["steps"]["replica-mlabf-h4"]
