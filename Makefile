@@ -24,6 +24,11 @@ engine:
 lab: packages venv/.installed engine
 	$(PY) -m lab.main --hosts $(HOSTS)
 
+.PHONY: bench
+# The benchmark of issue 15 on a lab of its own (mlabb); figures in results/lab_timings.json.
+bench: packages venv/.installed engine
+	$(PY) -m lab.bench
+
 lab-down:
 	python3 -m lab.namespaces down
 
