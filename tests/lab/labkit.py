@@ -9,8 +9,12 @@ import secrets
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from lab import namespaces as lab_hosts
 from lab.stack import LabStack
@@ -32,6 +36,43 @@ def lab_unavailable() -> str | None:
         if not shutil.which(tool):
             return f"{tool} is missing (apt install {package})"
     return None
+
+
+@contextmanager
+def own_lab(lab: lab_hosts.Lab, hosts: int) -> Iterator[lab_hosts.Lab]:
+    """A lab of the test's own, made fresh and removed afterwards, also after a failure."""
+    reason = lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+    lab_hosts.down(lab)
+    try:
+        lab_hosts.up(lab, hosts)
+        yield lab
+    finally:
+        lab_hosts.down(lab)
+
+
+class PgbenchLoad:
+    """A write load on a lab host's primary: pgbench running `script` (one row per transaction),
+    bounded by -T; `committed()` waits for it and returns the transactions it committed."""
+
+    def __init__(self, lab: lab_hosts.Lab, script: str, seconds: int, options: str = "-c 2"):
+        self.seconds = seconds
+        argv = lab.ssh_command(
+            lab.host(1).address,
+            f"cd /tmp && runuser -u postgres -- /usr/lib/postgresql/15/bin/pgbench -n {options} "
+            f"-T {seconds} -f {script} mastodon_production",
+        )
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def committed(self) -> int:
+        out, err = self.process.communicate(timeout=self.seconds + 60)
+        for line in out.splitlines():
+            if "number of transactions actually processed" in line:
+                return int(line.split(":")[1].split("/")[0])
+        raise AssertionError(f"pgbench printed no count: {out} {err}")
 
 
 def run_one_step(

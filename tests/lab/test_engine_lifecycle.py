@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from enginekit import POLICY, engine_stack, pack_venv
-from labkit import lab_unavailable, new_secrets
+from labkit import new_secrets, own_lab
 
 from lab import namespaces as lab_hosts
 from lab.stack import ROOT
@@ -26,12 +26,7 @@ STEPS = 8  # the stack, the ReplicationSteps component, primary + 2 replicas, 3 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    lab_hosts.down(LAB)
-    try:
-        lab_hosts.up(LAB, 4)
+    with own_lab(LAB, 4):
         secrets = new_secrets(LAB)
         stack = engine_stack(
             tmp_path_factory.mktemp("engine"), "lab", lab_hosts.stack_config(LAB, 2, 4), secrets
@@ -39,8 +34,6 @@ def run(tmp_path_factory):
         # The first `up`, with the engine's most verbose logs (what an operator sends in a bug).
         first = stack.up("-v=9", "--logtostderr")
         yield {"stack": stack, "secrets": secrets, "first": stack.last, "first_out": first}
-    finally:
-        lab_hosts.down(LAB)
 
 
 def test_first_up_streams_from_both_replicas(run):

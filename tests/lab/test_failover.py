@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from labkit import applied, lab_unavailable, new_secrets, wait_until, write_figures
+from labkit import applied, new_secrets, own_lab, wait_until, write_figures
 
 from lab import namespaces as lab_hosts
 from lab.stack import LabStack
@@ -52,20 +52,14 @@ def failover(stack: LabStack, *args: str) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    lab_hosts.down(FAILOVER_LAB)
-    work = tmp_path_factory.mktemp("failover")
-    try:
-        lab_hosts.up(FAILOVER_LAB, 3)
-        stack = LabStack("failover", work / "stack")
+    with own_lab(FAILOVER_LAB, 3):
+        stack = LabStack("failover", tmp_path_factory.mktemp("failover") / "stack")
         stack.prepare()
         applied(stack, lab_hosts.stack_config(FAILOVER_LAB, 2, 3), new_secrets(FAILOVER_LAB))
-        yield stack
-    finally:
-        lab_hosts.down(FAILOVER_LAB)
-        write_figures("failover", FIGURES)
+        try:
+            yield stack
+        finally:
+            write_figures("failover", FIGURES)
 
 
 def test_promote_a_replica_when_the_primary_is_lost(stack):

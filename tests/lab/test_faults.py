@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from labkit import applied, lab_unavailable, new_secrets, run_one_step, wait_until, write_figures
+from labkit import (
+    PgbenchLoad,
+    applied,
+    new_secrets,
+    own_lab,
+    run_one_step,
+    wait_until,
+    write_figures,
+)
 
 from lab import namespaces as lab_hosts
 from lab.stack import LabStack
@@ -24,6 +32,7 @@ PGBIN = "/usr/lib/postgresql/15/bin"
 DB = "mastodon_production"
 CATCH_UP_LIMIT = 120  # seconds any replica may take to hold every row after a fault
 FIGURES: dict[str, object] = {}
+LOAD_SQL = "/var/lib/postgresql/fault_load.sql"  # each transaction inserts one row
 
 
 class Faults:
@@ -88,53 +97,25 @@ class Faults:
         return self.sql(index, "SELECT status FROM pg_stat_wal_receiver") == "streaming"
 
 
-class Load:
-    """pgbench on the primary: each transaction inserts one row; bounded by -T."""
-
-    def __init__(self, faults: Faults, seconds: int):
-        self.faults, self.seconds = faults, seconds
-        argv = faults.lab.ssh_command(
-            faults.lab.host(1).address,
-            f"runuser -u postgres -- {PGBIN}/pgbench -n -c 2 -T {seconds} "
-            f"-f /var/lib/postgresql/fault_load.sql {DB}",
-        )
-        self.process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-
-    def committed(self) -> int:
-        out, err = self.process.communicate(timeout=self.seconds + 60)
-        for line in out.splitlines():
-            if "number of transactions actually processed" in line:
-                return int(line.split(":")[1].split("/")[0])
-        raise AssertionError(f"pgbench printed no count: {out} {err}")
-
-
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory):
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    lab_hosts.down(FAULT_LAB)
-    try:
-        lab_hosts.up(FAULT_LAB, 4)
+    with own_lab(FAULT_LAB, 4):
         f = Faults(tmp_path_factory.mktemp("faults"))
         f.apply(2)
         f.sql(1, "CREATE TABLE fault_log (id bigserial PRIMARY KEY, payload text NOT NULL)")
         f.ssh(
             1,
-            'echo "INSERT INTO fault_log (payload) VALUES (md5(random()::text));" '
-            "> /var/lib/postgresql/fault_load.sql",
+            f'echo "INSERT INTO fault_log (payload) VALUES (md5(random()::text));" > {LOAD_SQL}',
         )
-        yield f
-    finally:
-        lab_hosts.down(FAULT_LAB)
-        write_figures("faults", FIGURES)
+        try:
+            yield f
+        finally:
+            write_figures("faults", FIGURES)
 
 
 def test_link_cut_for_30_s_then_the_replica_catches_up_by_itself(faults):
     before = faults.digest(1)[0]
-    load = Load(faults, 45)
+    load = PgbenchLoad(FAULT_LAB, LOAD_SQL, 45)
     time.sleep(5)
     port = f"{FAULT_LAB.prefix}-v2"  # h2's cable into the switch
     lab_hosts.run(["ip", "-n", FAULT_LAB.switch_ns, "link", "set", port, "down"])
@@ -159,7 +140,7 @@ def test_link_cut_for_30_s_then_the_replica_catches_up_by_itself(faults):
 
 
 def test_replica_killed_with_sigkill_resumes_streaming(faults):
-    load = Load(faults, 20)
+    load = PgbenchLoad(FAULT_LAB, LOAD_SQL, 20)
     time.sleep(3)
     faults.ssh(3, "kill -9 $(head -1 /var/lib/postgresql/15/main/postmaster.pid)")
     time.sleep(2)
@@ -176,12 +157,12 @@ def test_replica_killed_with_sigkill_resumes_streaming(faults):
 
 
 def test_primary_restart_replicas_reconnect_by_themselves(faults):
-    Load(faults, 5).committed()
+    PgbenchLoad(FAULT_LAB, LOAD_SQL, 5).committed()
     faults.ssh(1, "pg_ctlcluster 15 main restart")
     reconnected = wait_until(
         lambda: faults.streaming(2) and faults.streaming(3), 60, "both replicas streaming"
     )
-    committed = Load(faults, 5).committed()
+    committed = PgbenchLoad(FAULT_LAB, LOAD_SQL, 5).committed()
     rows, _ = faults.all_rows_everywhere()
     assert committed > 0
     FIGURES["primary_restart"] = {"replicas_reconnected_s": round(reconnected, 2), "rows": rows}

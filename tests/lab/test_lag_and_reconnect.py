@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from labkit import lab_unavailable, new_secrets
+from labkit import PgbenchLoad, new_secrets, own_lab, write_figures
 
 from lab import namespaces as lab_hosts
 from mastodon_data import plan
@@ -22,6 +22,7 @@ from mastodon_data.cli import check_replication
 from mastodon_data.config import parse_settings
 
 pytestmark = pytest.mark.lab
+CUT_SQL = "/var/lib/postgresql/cut_load.sql"  # a light load: one row per transaction
 Q_LAB = lab_hosts.Lab(
     prefix="mlabq", subnet="10.253.0.0/24", state_dir=Path("/var/lib/mastodon-lab-q")
 )
@@ -103,23 +104,16 @@ class QLab:
 
 @pytest.fixture(scope="module")
 def q():
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    lab_hosts.down(Q_LAB)
-    try:
-        lab_hosts.up(Q_LAB, 2)
+    with own_lab(Q_LAB, 2):
         lab = QLab()
         lab.from_primary = plan.from_primary(lab.run_step("primary"))
         start = time.monotonic()
         lab.first_replica_run = lab.run_step(f"replica-{REPLICA}")
         FIGURES["replica_first_run_s"] = round(time.monotonic() - start, 2)
-        yield lab
-    finally:
-        lab_hosts.down(Q_LAB)
-        out = ROOT_DIR / "results" / "lag_and_reconnect.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
+        try:
+            yield lab
+        finally:
+            write_figures("lag_and_reconnect", FIGURES)
 
 
 def test_a_new_replica_is_the_clone_started_once_without_reload(q):
@@ -254,28 +248,6 @@ def test_a_commit_caught_in_flight_after_idling_shows_its_real_lag(q):
     assert q.one(2, "SELECT count(*) FROM lag_probe WHERE note = 'in flight'") == 1
 
 
-class Load:
-    """A light write load on the primary: pgbench, one row per transaction, bounded by -T."""
-
-    def __init__(self, q: QLab, seconds: int, rate: int = 20):
-        self.seconds = seconds
-        argv = Q_LAB.ssh_command(
-            Q_LAB.host(1).address,
-            f"cd /tmp && runuser -u postgres -- {PGBIN}/pgbench -n -c 1 -R {rate} -T {seconds} "
-            f"-f /var/lib/postgresql/cut_load.sql {DB}",
-        )
-        self.process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-
-    def committed(self) -> int:
-        out, err = self.process.communicate(timeout=self.seconds + 60)
-        for line in out.splitlines():
-            if "number of transactions actually processed" in line:
-                return int(line.split(":")[1].split("/")[0])
-        raise AssertionError(f"pgbench printed no count: {out} {err}")
-
-
 def walsender(conn: psycopg.Connection) -> tuple:
     """The primary's view of the replica: (pid, state, replay position in bytes) or ()."""
     row = conn.execute(
@@ -291,13 +263,12 @@ def test_link_cut_for_30_s_then_streaming_again_within_seconds_and_no_row_lost(q
         conn.execute("CREATE TABLE cut_log (id bigserial PRIMARY KEY, payload text NOT NULL)")
     q.ssh(
         1,
-        'echo "INSERT INTO cut_log (payload) VALUES (md5(random()::text));" '
-        "> /var/lib/postgresql/cut_load.sql",
+        f'echo "INSERT INTO cut_log (payload) VALUES (md5(random()::text));" > {CUT_SQL}',
     )
     poll(lambda: q.one(2, "SELECT to_regclass('cut_log') IS NOT NULL"), 15, "cut_log on h2")
     with q.connect(1) as conn:
         before_pid = walsender(conn)[0]
-        load = Load(q, 5 + CUT + 15)
+        load = PgbenchLoad(Q_LAB, CUT_SQL, 5 + CUT + 15, options="-c 1 -R 20")
         time.sleep(5)
         port = f"{Q_LAB.prefix}-v2"  # h2's cable into the switch
         lab_hosts.run(["ip", "-n", Q_LAB.switch_ns, "link", "set", port, "down"])
