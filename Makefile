@@ -32,6 +32,15 @@ bench: packages venv/.installed engine
 lab-down:
 	python3 -m lab.namespaces down
 
+.PHONY: lab-droplets lab-droplets-down
+# Droplets mode on the DigitalOcean stand-in (lab/standin/): a dev-like stack (primary + 2
+# replicas) through `pulumi up` with the real DigitalOcean provider; the droplets are lab hosts.
+lab-droplets: packages venv/.installed engine
+	$(PY) -m lab.standin.lab_droplets up
+
+lab-droplets-down: venv/.installed
+	$(PY) -m lab.standin.lab_droplets down
+
 lint: venv/.installed engine
 	venv/bin/ruff check .
 	venv/bin/ruff format --check .

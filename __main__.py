@@ -27,7 +27,9 @@ if mode == "managed":
 else:
     tier = DropletTier("db", settings.droplets, network) if mode == "droplets" else None
     hosts = tier.hosts if tier else settings.hosts
-    postgres = ReplicationSteps("replication", settings.replication, hosts, secrets, reseed)
+    postgres = ReplicationSteps(
+        "replication", settings.replication, hosts, secrets, reseed, hosts_outlive_stack=not tier
+    )
 media = SpacesMedia("media", settings.spaces) if settings.spaces else None
 valkey = None
 if redis and redis.mode == "managed":

@@ -9,6 +9,7 @@ max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval.
 from __future__ import annotations
 
 import ipaddress
+import time
 
 from common import (
     Cluster,
@@ -27,6 +28,8 @@ from common import (
     write_if_changed,
     write_settings,
 )
+
+SLOT_RELEASE_WAIT = 10.0  # seconds for a removed replica's walsender to end
 
 REQUIRED = [
     "version",
@@ -133,6 +136,27 @@ def ensure_database(cluster: Cluster, name: str, owner: str) -> str:
     return "unchanged"
 
 
+def drop_slot(cluster: Cluster, name: str, wait: float = SLOT_RELEASE_WAIT) -> None:
+    """Drops one of our slots. A removed replica may still stream on it (its host is removed
+    after this step, or kept as a spare): pg_hba no longer lets it in (rewritten and reloaded
+    before), so its walsender is ended and the slot, free, is dropped; kept, it would hold WAL up
+    to max_slot_wal_keep_size for a replica that is gone."""
+    deadline = time.monotonic() + wait
+    while True:
+        cluster.sql(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+            f"WHERE slot_name = '{name}' AND active_pid IS NOT NULL;"
+        )
+        if not cluster.sql_json(
+            f"SELECT 1 AS busy FROM pg_replication_slots WHERE slot_name = '{name}' AND active"
+        ):
+            cluster.sql(f"SELECT pg_drop_replication_slot('{name}');")
+            return
+        if time.monotonic() > deadline:
+            raise HostError(f"slot {name} is still in use after {wait:.0f} s; run the step again")
+        time.sleep(0.1)
+
+
 def ensure_slots(cluster: Cluster, replicas: list[dict]) -> dict[str, str]:
     """One physical slot per replica; stale slots of ours dropped so they hold no WAL."""
     wanted = {slot_name(r["name"]) for r in replicas}
@@ -145,8 +169,8 @@ def ensure_slots(cluster: Cluster, replicas: list[dict]) -> dict[str, str]:
     }
     report = {}
     for name, row in list(slots.items()):
-        if name not in wanted and not row["active"]:
-            cluster.sql(f"SELECT pg_drop_replication_slot('{name}');")
+        if name not in wanted:
+            drop_slot(cluster, name)
             report[name] = "dropped (replica no longer configured)"
         elif name in wanted and row["wal_status"] == "lost" and not row["active"]:
             # max_slot_wal_keep_size invalidated it: the replica must be re-seeded.

@@ -19,7 +19,12 @@ class ReplicationSteps(pulumi.ComponentResource):
     """What others read, as ManagedPostgres has them: `endpoints` (an Output of the plain dict of
     mastodon_data.outputs), `password` (Mastodon's role's, secret) and `ca_cert` (the CA the
     primary made, from its step's report); and `status` (each host's last report, by name),
-    `primary` and `replicas` (where each role lives)."""
+    `primary` and `replicas` (where each role lives).
+
+    `hosts_outlive_stack`: existing hosts stay when a step goes (`pulumi destroy`, a replica
+    dropped), so its delete says on the host that the data was left in place. Droplets go with
+    the stack: there a step's delete runs nothing, so it never needs its host (a droplet deleted
+    behind the program's back is gone, and the step it leaves must still go)."""
 
     def __init__(
         self,
@@ -29,10 +34,13 @@ class ReplicationSteps(pulumi.ComponentResource):
         secrets: dict[str, pulumi.Output],
         reseed: frozenset[str] = frozenset(),
         opts: pulumi.ResourceOptions | None = None,
+        *,
+        hosts_outlive_stack: bool = True,
     ):
         super().__init__("mastodon-data:index:ReplicationSteps", name, None, opts)
         self.commands: dict[str, remote.Command] = {}
         self._triggers: dict[str, pulumi.Output] = {}
+        self._keep_data_note = hosts_outlive_stack
         for step in plan.steps(replication, hosts, reseed=reseed):
             self.commands[step.name] = self._command(f"{name}-{step.name}", step, secrets)
         report = self.commands["primary"].stdout.apply(plan.parse_report)
@@ -82,7 +90,7 @@ class ReplicationSteps(pulumi.ComponentResource):
             name,
             connection=connection,
             create=plan.command_line(host.ssh_user),
-            delete=plan.KEEP_DATA if step.script != "status" else None,
+            delete=plan.KEEP_DATA if step.script != "status" and self._keep_data_note else None,
             stdin=stdin,
             # A status report runs again whenever a setup step ran again.
             triggers=[self._triggers[s] for s in (step.name, *step.after)],

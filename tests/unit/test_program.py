@@ -107,6 +107,12 @@ def test_destroy_leaves_data_in_place_and_says_so():
             assert destructive not in delete
 
 
+def test_droplet_steps_go_without_their_host(droplets):
+    # A droplet goes with the stack (or behind its back): no step's delete needs its host.
+    commands = droplets.of_type("remote:Command")
+    assert commands and all(c.inputs.get("delete") is None for c in commands)
+
+
 def test_droplets_outputs(droplets):
     env = droplets.outputs["mastodon_env"]
     assert env == {

@@ -1,0 +1,5 @@
+import sys
+
+from lab.standin.service import main
+
+sys.exit(main())

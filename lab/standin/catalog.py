@@ -1,0 +1,90 @@
+"""What the stand-in's account offers: regions, droplet sizes and images, as the API lists them.
+
+Slugs, memory, vCPUs and disk are DigitalOcean's; prices are indicative. The lab runs this
+machine's Debian 12, so only `debian-12-x64` makes a droplet: the other public images are known
+(a request names them correctly) but refused with the reason.
+"""
+
+from __future__ import annotations
+
+REGIONS = {
+    "nyc1": "New York 1",
+    "nyc3": "New York 3",
+    "sfo2": "San Francisco 2",
+    "sfo3": "San Francisco 3",
+    "ams3": "Amsterdam 3",
+    "sgp1": "Singapore 1",
+    "lon1": "London 1",
+    "fra1": "Frankfurt 1",
+    "tor1": "Toronto 1",
+    "blr1": "Bangalore 1",
+    "syd1": "Sydney 1",
+    "atl1": "Atlanta 1",
+}
+
+# slug: (memory MiB, vCPUs, disk GB, transfer TB, price_monthly USD)
+SIZES = {
+    "s-1vcpu-512mb-10gb": (512, 1, 10, 0.5, 4.0),
+    "s-1vcpu-1gb": (1024, 1, 25, 1.0, 6.0),
+    "s-1vcpu-2gb": (2048, 1, 50, 2.0, 12.0),
+    "s-2vcpu-2gb": (2048, 2, 60, 3.0, 18.0),
+    "s-2vcpu-4gb": (4096, 2, 80, 4.0, 24.0),
+    "s-4vcpu-8gb": (8192, 4, 160, 5.0, 48.0),
+    "s-8vcpu-16gb": (16384, 8, 320, 6.0, 96.0),
+    "c-2": (4096, 2, 25, 4.0, 42.0),
+    "c-4": (8192, 4, 50, 5.0, 84.0),
+    "g-2vcpu-8gb": (8192, 2, 25, 4.0, 63.0),
+    "m-2vcpu-16gb": (16384, 2, 50, 4.0, 84.0),
+    "so1_5-2vcpu-16gb": (16384, 2, 450, 4.0, 131.0),
+}
+
+# slug: (id, distribution, name); only LAB_IMAGES make a lab host.
+IMAGES = {
+    "debian-12-x64": (150000012, "Debian", "12 x64"),
+    "ubuntu-24-04-x64": (150000024, "Ubuntu", "24.04 (LTS) x64"),
+    "ubuntu-22-04-x64": (150000022, "Ubuntu", "22.04 (LTS) x64"),
+}
+LAB_IMAGES = {"debian-12-x64"}
+DROPLET_LIMIT = 25  # the account's droplet quota, as a new DigitalOcean account has
+
+
+def region_json(slug: str) -> dict:
+    return {
+        "slug": slug,
+        "name": REGIONS[slug],
+        "sizes": sorted(SIZES),
+        "available": True,
+        "features": ["backups", "ipv6", "metadata", "install_agent", "storage", "image_transfer"],
+    }
+
+
+def size_json(slug: str) -> dict:
+    memory, vcpus, disk, transfer, monthly = SIZES[slug]
+    return {
+        "slug": slug,
+        "memory": memory,
+        "vcpus": vcpus,
+        "disk": disk,
+        "transfer": transfer,
+        "price_monthly": monthly,
+        "price_hourly": round(monthly / 672, 5),
+        "regions": sorted(REGIONS),
+        "available": True,
+        "description": "Basic" if slug.startswith("s-") else "Premium",
+    }
+
+
+def image_json(slug: str) -> dict:
+    image_id, distribution, name = IMAGES[slug]
+    return {
+        "id": image_id,
+        "name": name,
+        "distribution": distribution,
+        "slug": slug,
+        "public": True,
+        "regions": sorted(REGIONS),
+        "type": "base",
+        "min_disk_size": 7,
+        "size_gigabytes": 2.5,
+        "status": "available",
+    }

@@ -1,0 +1,87 @@
+"""A droplets-mode stack of this project run by the real Pulumi engine and the real DigitalOcean
+provider against a stand-in: its configuration (the dev stack's, with what the lab needs), the
+provider's environment, its secrets."""
+
+from __future__ import annotations
+
+import json
+import secrets as random
+from pathlib import Path
+
+import yaml
+
+from lab.standin._lab import ROOT, LabStack, write_private
+from lab.standin.client import Client
+from lab.standin.service import StandInLab
+
+PROJECT = "mastodon-data"
+
+
+def dev_settings() -> dict:
+    """Pulumi.dev.yaml's settings (keys without the project prefix)."""
+    document = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    return {
+        key.partition(":")[2]: value
+        for key, value in document["config"].items()
+        if key.startswith(f"{PROJECT}:")
+    }
+
+
+def droplets_config(
+    lab: StandInLab, key_id: int, vpc_cidr: str, replica_count: int = 2, **changes
+) -> dict:
+    """The dev stack as the lab can run it: this machine's Debian 12 and PostgreSQL 15, a VPC
+    range the stand-in owns, the operator's key and address, small WAL limits."""
+    return {
+        **dev_settings(),
+        "image": "debian-12-x64",
+        "postgresVersion": 15,
+        "vpcCidr": vpc_cidr,
+        "replicaCount": replica_count,
+        "sshKeyIds": [str(key_id)],
+        "adminCidrs": [f"{lab.operator_address}/32"],
+        "walKeepSize": "64MB",
+        "maxSlotWalKeepSize": "256MB",
+        **changes,
+    }
+
+
+def provider_env(client: Client) -> dict[str, str]:
+    """The real DigitalOcean provider pointed at the stand-in; its token names the stack in the
+    stand-in's log and fault switches. Spaces (S3) goes to `<bucket>.<region>.spaces.test`
+    through the stand-in as an HTTP proxy, which answers it and forwards nothing; loopback is
+    never proxied (the API, the engine's own gRPC). The Spaces keys are dummies: signatures are
+    not checked."""
+    return {
+        "DIGITALOCEAN_TOKEN": client.token,
+        "DIGITALOCEAN_API_URL": client.url,
+        "DIGITALOCEAN_HTTP_RETRY_WAIT_MAX": "5",
+        "SPACES_ENDPOINT_URL": "http://{{.Region}}.spaces.test",
+        "HTTP_PROXY": client.url,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "SPACES_ACCESS_KEY_ID": "STANDINDUMMYKEY",
+        "SPACES_SECRET_ACCESS_KEY": "standin-dummy-secret",
+    }
+
+
+def stack_secrets(lab: StandInLab, path: Path) -> dict[str, str]:
+    """The operator's key and two random passwords, made once (0600 in `path`)."""
+    if not path.exists():
+        values = {
+            "sshPrivateKey": lab.hosts.operator_key.read_text(),
+            "replicationPassword": random.token_urlsafe(24),
+            "dbPassword": random.token_urlsafe(24),
+        }
+        write_private(path, json.dumps(values))
+    return json.loads(path.read_text())
+
+
+def droplets_stack(
+    lab: StandInLab, client: Client, name: str, workdir: Path, config: dict, secrets: dict
+) -> LabStack:
+    """Stack `name` in `workdir`, configured, its provider on the stand-in."""
+    stack = LabStack(name, workdir)
+    stack.extra_env.update(provider_env(client))
+    stack.prepare()
+    stack.configure(config, secrets)
+    return stack

@@ -1,0 +1,173 @@
+"""Helpers of the droplets-mode tests on the DigitalOcean stand-in: a stand-in lab of their own,
+flows (a stack's sequence of operations) run in parallel threads that record what they saw, and
+probes of the lab's networks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from lab.standin._lab import OPERATOR_COMMAND, LabStack
+from lab.standin.client import Client
+from lab.standin.service import StandInLab
+from lab.standin.stack import droplets_config, droplets_stack, stack_secrets
+
+LAB = StandInLab(
+    prefix="mlabdt",
+    public_network="10.241.1.0/24",
+    vpc_pool=("10.240.1.0/24", "10.240.2.0/24", "10.240.3.0/24"),
+    state_dir=Path("/var/lib/mastodon-lab-do-test"),
+)
+STEP_WAIT = 1200  # seconds a test waits for the step of a flow it checks
+COMMAND_TIMEOUT = 600  # seconds any one pulumi command may take
+DB = "mastodon_production"
+
+# A listener on the given ports (run in a probe namespace), to see whether a droplet reaches it.
+LISTENER = """
+import socket, sys, threading
+def serve(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(16)
+    while True:
+        s.accept()[0].close()
+for p in sys.argv[1:]:
+    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
+threading.Event().wait(600)
+"""
+PROBE = """
+import socket, sys
+s = socket.socket(); s.settimeout(float(sys.argv[3]))
+try:
+    s.connect((sys.argv[1], int(sys.argv[2]))); print("open")
+except socket.timeout:
+    print("timeout")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as e:
+    print("blocked" if e.errno == 1 else f"error {e.errno}")
+"""
+
+
+class Flow:
+    """A sequence of operations on one stack, in a thread; each step records what it saw."""
+
+    def __init__(self, name: str, body: Callable[[Flow], None]):
+        self.name, self.body = name, body
+        self.facts: dict[str, dict] = {}
+        self.error: str | None = None
+        self.lock = threading.Condition()
+        self.done = False
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name=f"flow-{name}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.body(self)
+        except BaseException:  # noqa: BLE001 - shown by every test waiting on a later step
+            self.error = traceback.format_exc()
+        finally:
+            with self.lock:
+                self.done = True
+                self.lock.notify_all()
+
+    def record(self, step: str, **facts) -> None:
+        facts["at_seconds"] = round(time.monotonic() - self.started, 1)
+        with self.lock:
+            self.facts[step] = facts
+            self.lock.notify_all()
+
+    def wait(self, step: str, limit: float = STEP_WAIT) -> dict:
+        with self.lock:
+            self.lock.wait_for(lambda: step in self.facts or self.done, limit)
+            if step in self.facts:
+                return self.facts[step]
+        raise AssertionError(f"flow {self.name} did not reach {step!r}:\n{self.error or 'timeout'}")
+
+
+class Droplets:
+    """One stack of a flow: its stand-in client (token = stack name), stack and helpers."""
+
+    def __init__(self, lab: StandInLab, url: str, key_id: int, workdir: Path, name: str,
+                 vpc: str, replicas: int, **changes):  # fmt: skip
+        self.lab, self.name = lab, name
+        self.client = Client(url, token=f"dop_v1_standin-{name}")
+        self.config = droplets_config(lab, key_id, vpc, replicas, **changes)
+        self.secrets = stack_secrets(lab, workdir / f"{name}-secrets.json")
+        self.stack: LabStack = droplets_stack(
+            lab, self.client, name, workdir / name, self.config, self.secrets
+        )
+        self.stack.timeout = COMMAND_TIMEOUT
+
+    def apply(self, **changes) -> dict:
+        """`pulumi up` with `changes` to the configuration; the outputs and how long it took."""
+        self.config.update(changes)
+        self.stack.configure(self.config, self.secrets)
+        started = time.monotonic()
+        self.stack.up()
+        return {
+            "seconds": round(time.monotonic() - started, 1),
+            "changes": self.stack.last_changes(),
+            "outputs": self.stack.outputs(),
+        }
+
+    def droplet(self, role: str) -> dict:
+        return self.client.droplet_named(f"mastodon-db-{self.name}-{role}")
+
+    def ssh(self, address: str, command: str, timeout: float = 60, check=True) -> str:
+        argv = self.lab.hosts.ssh_command(address, command)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{command!r} on {address}: {result.stderr}")
+        return result.stdout.strip()
+
+    def psql(self, address: str, sql: str, check=True) -> str:
+        return self.ssh(
+            address,
+            f"runuser -u postgres -- psql -X -A -t -d {DB} -c {json.dumps(sql)}",
+            check=check,
+        )
+
+
+def public(outputs: dict, role: str) -> str:
+    hosts = [outputs["primary"], *outputs.get("replicas", [])]
+    return next(h["public_address"] for h in hosts if h["name"] == role)
+
+
+def check_replication(outputs: dict) -> tuple[int, str]:
+    """`mastodon-data check-replication` on the stack outputs (from here: the operator is in the
+    VPC)."""
+    result = subprocess.run(
+        [str(OPERATOR_COMMAND), "check-replication"],
+        input=json.dumps(outputs),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def tcp(host: str, port: int, netns: str | None = None, seconds: float = 2.0) -> str:
+    """open / refused / timeout / blocked (dropped by this side's own filter), from this
+    machine or from inside a namespace."""
+    argv = [sys.executable, "-c", PROBE, host, str(port), str(seconds)]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def wait_until(condition: Callable[[], bool], limit: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        try:
+            if condition():
+                return round(time.monotonic() - started, 1)
+        except AssertionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not within {limit} s")
