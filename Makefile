@@ -47,4 +47,4 @@ lint: venv/.installed engine
 	.engine/bin/actionlint
 
 test: packages venv/.installed engine lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=10
