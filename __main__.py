@@ -4,15 +4,7 @@ DigitalOcean; media (Spaces and a CDN) and Redis (Valkey) may be added in every 
 
 import pulumi
 
-from mastodon_data import outputs, stack_config
-from mastodon_data.components import (
-    DropletTier,
-    ManagedPostgres,
-    ManagedValkey,
-    PrivateNetwork,
-    ReplicationSteps,
-    SpacesMedia,
-)
+from mastodon_data import components, outputs, stack_config
 from mastodon_data.config import REDIS_URL_KEY
 
 # Configuration: every setting checked at once; any problem stops here, with its fix.
@@ -20,20 +12,22 @@ settings, secrets, reseed = stack_config.load()
 mode, redis = settings.mode, settings.redis
 
 # Components: one VPC per stack (hosts mode has none), PostgreSQL, media, Redis.
-network = PrivateNetwork("network", settings.network) if mode != "hosts" else None
+network = components.PrivateNetwork("network", settings.network) if mode != "hosts" else None
 vpc_id = network.vpc.id if network else None
 if mode == "managed":
-    postgres = ManagedPostgres("postgres", settings.managed, settings.app_sources, vpc_id)
+    postgres = components.ManagedPostgres(
+        "postgres", settings.managed, settings.app_sources, vpc_id
+    )
 else:
-    tier = DropletTier("db", settings.droplets, network) if mode == "droplets" else None
+    tier = components.DropletTier("db", settings.droplets, network) if mode == "droplets" else None
     hosts = tier.hosts if tier else settings.hosts
-    postgres = ReplicationSteps(
+    postgres = components.ReplicationSteps(
         "replication", settings.replication, hosts, secrets, reseed, hosts_outlive_stack=not tier
     )
-media = SpacesMedia("media", settings.spaces) if settings.spaces else None
+media = components.SpacesMedia("media", settings.spaces) if settings.spaces else None
 valkey = None
 if redis and redis.mode == "managed":
-    valkey = ManagedValkey("redis", redis, settings.app_sources, vpc_id)
+    valkey = components.ManagedValkey("redis", redis, settings.app_sources, vpc_id)
 redis_url = valkey.url if valkey else secrets.get(REDIS_URL_KEY)
 
 # Exports: PostgreSQL's the same in every mode, then what the mode and the options add.

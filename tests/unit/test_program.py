@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pulumi
 import pytest
@@ -197,3 +201,24 @@ def test_secret_set_in_clear_text_stops_the_program_without_showing_it():
     with pytest.raises(pulumi.RunError, match=r"dbPassword = \[plain text\]") as caught:
         run_program({**DROPLETS, "dbPassword": SECRETS["dbPassword"]}, plain)
     assert SECRETS["dbPassword"] not in str(caught.value)
+
+
+def test_hosts_mode_never_imports_the_digitalocean_sdk():
+    """Its import costs every `up` ~0.3 s; a hosts-mode stack uses only the command provider."""
+    script = (
+        "import sys, json\n"
+        "from program_harness import run_program\n"
+        "from tests.fixtures import hosts_stack\n"
+        "run_program(hosts_stack(count=3, replicas=2))\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('pulumi_'))))\n"
+    )
+    here = Path(__file__).resolve()
+    paths = [str(here.parent), str(here.parents[2])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.splitlines()[-1])
+    assert "pulumi_command" in loaded
+    assert [m for m in loaded if m.startswith("pulumi_digitalocean")] == []
