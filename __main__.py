@@ -6,6 +6,7 @@ import pulumi
 
 from mastodon_data import outputs, stack_config
 from mastodon_data.components import (
+    BackupRepository,
     DropletTier,
     ManagedPostgres,
     ManagedValkey,
@@ -27,9 +28,11 @@ if mode == "managed":
 else:
     tier = DropletTier("db", settings.droplets, network) if mode == "droplets" else None
     hosts = tier.hosts if tier else settings.hosts
+    repository, secrets = BackupRepository.with_key("backups", settings.backups, secrets)
     postgres = ReplicationSteps(
-        "replication", settings.replication, hosts, secrets, reseed, hosts_outlive_stack=not tier
-    )
+        "replication", settings.replication, hosts, secrets, reseed,
+        hosts_outlive_stack=not tier, backups=settings.backups,
+    )  # fmt: skip
 media = SpacesMedia("media", settings.spaces) if settings.spaces else None
 valkey = None
 if redis and redis.mode == "managed":
@@ -45,6 +48,9 @@ else:
     pulumi.export("primary", postgres.primary)
     pulumi.export("replicas", postgres.replicas)
     pulumi.export("replication", postgres.status)
+    if repository:  # backup_key (secret): for `mastodon-data restore`
+        pulumi.export("backups", repository.output)
+        pulumi.export("backup_key", repository.key_output)
 if network:
     pulumi.export("vpc_id", network.vpc.id)
 if media:

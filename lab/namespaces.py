@@ -3,8 +3,9 @@
 
 Each host is a network namespace on a bridge (in a "switch" namespace) with its own address,
 a private mount namespace in which /etc/postgresql, /var/lib/postgresql, /var/run/postgresql,
-/var/log/postgresql (and pgBackRest's and systemd's unit directories) are its own, and its own sshd. Everything the lab makes carries the
-lab's prefix, so `down` can find and remove it even after a crash midway.
+/var/log/postgresql (and pgBackRest's and systemd's unit directories) are its own, and its own
+sshd. Everything the lab makes carries the lab's prefix, so `down` can find and remove it even
+after a crash midway.
 
     python3 -m lab.namespaces up [--hosts N]  # idempotent; from the project directory
     python3 -m lab.namespaces down            # removes namespaces, processes, mounts, files

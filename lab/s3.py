@@ -60,7 +60,9 @@ class LabS3:
             [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.moto_port)],
         )
         if not listening("127.0.0.1", self.moto_port, START_WAIT):
-            raise S3Error(f"moto did not listen on 127.0.0.1:{self.moto_port}; see {self.log('moto')}")
+            raise S3Error(
+                f"moto did not listen on 127.0.0.1:{self.moto_port}; see {self.log('moto')}"
+            )
         conf = self.directory / "stunnel.conf"
         conf.write_text(
             "\n".join(
