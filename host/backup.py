@@ -32,6 +32,7 @@ from repository import (
     BACKUP_TIMEOUT,
     PGBACKREST,
     REQUIRED,
+    archive_status,
     install,
     pgbackrest,
     summary,
@@ -192,6 +193,21 @@ def backup(params: dict, cluster: Cluster) -> dict:
             **summary(stanza_info(params["stanza"]))}  # fmt: skip
 
 
+def check(params: dict, cluster: Cluster) -> dict:
+    """`pgbackrest check` (a WAL file switched and archived, the repository readable), the
+    repository's backups and the archiver's lag; `healthy` says whether all of it is fine."""
+    if cluster.sql("SELECT pg_is_in_recovery();") != "f":
+        raise HostError("this host is a standby: check on the primary")
+    result = pgbackrest(params["stanza"], "check", check=False, timeout=300)
+    report = {"action": "check", "check": "ok" if result.returncode == 0 else "failed"}
+    if result.returncode != 0:
+        report["check_error"] = result.stderr.strip()[-800:]
+    report |= summary(stanza_info(params["stanza"]))
+    report["archive"] = archive_status(cluster)
+    report["healthy"] = report["check"] == "ok" and report["last_backup"] is not None
+    return report
+
+
 def main() -> dict:
     params = read_params(["action", "version", "port", "role", *REQUIRED])
     cluster = Cluster(params["version"], params["port"])
@@ -204,7 +220,9 @@ def main() -> dict:
         if install() or write_conf(params, cluster.version, cluster.port):
             log("pgbackrest configuration written")
         return backup(params, cluster)
-    raise HostError(f"unknown action {params['action']!r} (configure, backup)")
+    if params["action"] == "check":
+        return check(params, cluster)
+    raise HostError(f"unknown action {params['action']!r} (configure, backup, check)")
 
 
 if __name__ == "__main__":

@@ -12,19 +12,6 @@ import socket
 import repository
 from common import Cluster, main_wrapper, read_params
 
-# WAL not yet in the repository: from the end of the last archived file (timeline, log and
-# segment in its name) to the current write position; and, while some waits, how long ago the
-# last file went (0 when nothing waits).
-ARCHIVE_QUERY = """SELECT archived_count, failed_count, last_archived_wal,
-    last_archived_time::text, last_failed_wal, last_failed_time::text, lag_bytes,
-    CASE WHEN lag_bytes > 0 THEN extract(epoch FROM now() - last_archived_time)::float
-         ELSE 0 END AS lag_seconds
-    FROM pg_stat_archiver, LATERAL (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(),
-        '0/0'::pg_lsn + (('x' || substr(last_archived_wal, 9, 8))::bit(32)::bigint * 4294967296
-          + (('x' || substr(last_archived_wal, 17, 8))::bit(32)::bigint + 1)
-            * (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')
-        )::numeric)::bigint AS lag_bytes) AS lag"""
-
 # Lag in seconds is 0 when the replica has replayed everything the primary has; otherwise the
 # primary's replay_lag (measured by its walsender), never the age of the last replayed commit
 # (on an idle primary that is the idle time, not lag).
@@ -80,7 +67,7 @@ def backups_report(cluster: Cluster, stanza: str, in_recovery: bool) -> dict:
     """The repository's backups (pgbackrest info) and, on the primary, the archive's progress."""
     report = repository.summary(repository.info(stanza))
     if not in_recovery:
-        report["archive"] = cluster.sql_json(ARCHIVE_QUERY)[0]
+        report["archive"] = repository.archive_status(cluster)
     return report
 
 

@@ -213,6 +213,14 @@ def backup_now_step(
     return Step(f"backup-now-{host.name}", "backup", host, params)
 
 
+def backup_check_step(
+    replication: ReplicationSettings, backups: BackupSettings, host: Host
+) -> Step:
+    """`pgbackrest check` and `info` on the primary (`mastodon-data backups check`)."""
+    return Step(f"backup-check-{host.name}", "backup", host,
+                backup_params(replication, backups, host.role, "check"))  # fmt: skip
+
+
 def restore_step(
     replication: ReplicationSettings,
     backups: BackupSettings,
