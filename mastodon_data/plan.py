@@ -126,8 +126,8 @@ def steps(
     reseed: frozenset[str] = frozenset(),
     backups: BackupSettings | None = None,
 ) -> list[Step]:
-    """Primary first; every replica after it (in parallel); with backups, each host's backup
-    step after its own; a status report per host last. Spare hosts get no step."""
+    """Primary first; every replica after it (in parallel); with backups, a backup step per
+    host after those; a status report per host last. Spare hosts get no step."""
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
     common = server_params(replication)
@@ -153,9 +153,12 @@ def steps(
             params["reseed"] = True
         plan.append(Step(f"replica-{replica.name}", "replica", replica, params, ("primary",)))
     if backups:
-        for step in list(plan):
-            params = backup_params(replication, backups, step.host.role)
-            plan.append(Step(f"backup-{step.host.name}", "backup", step.host, params, (step.name,)))
+        # After every replication step: the primary's restart (archive_mode) must not cut a
+        # replica's base backup short.
+        replication_steps = tuple(s.name for s in plan)
+        for host in (primary, *replicas):
+            params = backup_params(replication, backups, host.role)
+            plan.append(Step(f"backup-{host.name}", "backup", host, params, replication_steps))
     setup = tuple(s.name for s in plan)
     report = {"version": replication.postgres_version, "port": replication.port}
     if backups:

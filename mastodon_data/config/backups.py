@@ -21,7 +21,7 @@ CA_PEM = re.compile(r"\s*-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CE
 
 def endpoint_problem(text: str) -> str | None:
     host, _, port = text.partition(":")
-    if not is_dns_name(host) and not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", host):
+    if "/" in text or not is_dns_name(host) and not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", host):
         return "not host[:port] (e.g. nyc3.digitaloceanspaces.com)"
     if port and not (port.isdigit() and 0 < int(port) < 65536):
         return "the port is not 1 to 65535"
@@ -106,6 +106,13 @@ def parse_backups(
         schedule_diff=values["backupDiffSchedule"],
         archive_timeout=values["backupArchiveTimeout"],
     )
+
+
+def wanted(v: Validation, mode: str | None) -> tuple[bool, bool]:
+    """(backups asked for, the repository's key secret needed): decides the required secrets
+    even while other backup settings are wrong, so every problem is reported at once."""
+    on = str(v.value("backups")).lower() == "true" and mode in ("droplets", "hosts")
+    return on, on and mode == "hosts"
 
 
 def check_key(v: Validation, mode: str | None, key_id: str, secrets: Collection[str]) -> None:
