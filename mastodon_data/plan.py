@@ -35,7 +35,7 @@ SECRET_PARAMS = {
     "restore": BACKUP_SECRETS,
 }
 # Modules a script imports besides common.py (shipped with it).
-SCRIPT_MODULES = {"backup": ("repository.py",), "restore": ("repository.py",)}
+SCRIPT_MODULES = {name: ("repository.py",) for name in ("backup", "restore", "status")}
 
 # Runs on the host: writes the shipped scripts into a private directory of its own (so runs
 # never see each other's files) and feeds the parameters to the one asked for. Scripts and

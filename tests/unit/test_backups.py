@@ -5,6 +5,8 @@ program on mocks (droplets: a bucket of its own and a key scoped to it; hosts: g
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import backup
 import pytest
@@ -109,7 +111,8 @@ def test_plan_adds_a_backup_step_per_host_after_replication_and_before_the_repor
         "ca_cert": "",
     }
     # The backup scripts ship repository.py with them; secrets only in the payload.
-    assert set(plan.script_files("backup")) == {"common.py", "repository.py", "backup.py"}
+    for script in ("backup", "restore", "status"):  # each imports repository.py
+        assert set(plan.script_files(script)) == {"common.py", "repository.py", f"{script}.py"}
     payload = plan.payload(by_name["backup-db1"], params, {
         "backupAccessKeyId": "KEYID123", "backupSecretAccessKey": HOST_KEY_SECRET,
         "backupCipherPassphrase": PASSPHRASE})  # fmt: skip
@@ -239,3 +242,14 @@ def test_hosts_mode_uses_the_given_bucket_and_key():
         "access_key_id": "KEYID123", "secret_access_key": HOST_KEY_SECRET}  # fmt: skip
     assert "backup_key" in run.secret_outputs
     assert HOST_KEY_SECRET not in json.dumps(run.outputs["backups"])
+
+
+@pytest.mark.parametrize("script", sorted(plan.SECRET_PARAMS))
+def test_each_script_imports_with_only_the_files_its_step_ships(script, tmp_path):
+    for name, source in plan.script_files(script).items():
+        (tmp_path / name).write_text(source)
+    result = subprocess.run(
+        [sys.executable, "-S", "-E", "-c", f"import {script}"],  # stdlib and these files only
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
