@@ -78,7 +78,8 @@ def stack(tmp_path_factory):
                 "backupCipherPassphrase": secrets.token_urlsafe(32),
                 "backupSecretAccessKey": secrets.token_urlsafe(30),
             }
-            stack.configure(backup_config(store), stack_secrets)
+            stack.plain_config = backup_config(store)
+            stack.configure(stack.plain_config, stack_secrets)
             stack.up()
             stack.first_up = stack.last.stdout
             stack.secret_values = stack_secrets
@@ -172,3 +173,19 @@ def test_a_new_primary_from_the_bucket_alone(stack):
     assert sql(4, "SELECT count(*), max(id) FROM survivors") == "500|500"
     assert sql(4, "SELECT count(*) FROM notes") == "200"
     assert sql(4, "SELECT to_regclass('kept') IS NULL") == "t"  # dropped before the end
+
+
+def test_the_restored_host_becomes_the_stacks_primary_and_archives_again(stack):
+    hosts = stack.plain_config["hosts"]  # mlk-h4 first: the primary; the others spares
+    stack.set_plain({"hosts": [hosts[3], *hosts[:3]], "replicaCount": 0})
+    stack.up()
+    report = stack.step_reports()["backup-mlk-h4"]
+    assert report["stanza"] == "checked" and report["restarted"] is True
+    assert sql(4, "SHOW archive_mode") == "on"
+    sql(4, "INSERT INTO survivors SELECT generate_series(501, 600)")
+    result, report = tool(stack, "backups", "now", "--type", "diff")
+    assert result.returncode == 0, result.stderr
+    assert [b["type"] for b in report["backups"]] == ["full", "diff"]
+    result, report = tool(stack, "backups", "check")
+    assert result.returncode == 0 and report["healthy"] is True, result.stderr
+    assert report["archive"]["failed_count"] == 0
