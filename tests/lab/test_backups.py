@@ -117,6 +117,17 @@ def test_up_configures_archiving_timers_and_the_stanza(stack):
             assert value not in stack.first_up, key
 
 
+def test_check_replication_reports_the_wal_archive(stack):
+    result = subprocess.run(
+        [COMMAND, "check-replication"], input=json.dumps(stack.outputs()),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = result.stdout.splitlines()[1]
+    assert line.startswith("mlk-h1: WAL archive, ") and ", 0 failed, last 0000000100" in line
+    assert line.endswith(" B not yet archived")
+
+
 def test_a_second_up_changes_nothing(stack):
     stack.up()
     changes = stack.last_changes()

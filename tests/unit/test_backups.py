@@ -253,3 +253,11 @@ def test_each_script_imports_with_only_the_files_its_step_ships(script, tmp_path
         cwd=tmp_path, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_the_end_of_an_archived_wal_file_is_where_the_next_one_begins():
+    from mastodon_data.cli.check_replication import archived_end, lsn
+
+    segment = 16 * 2**20
+    assert archived_end("000000010000000000000003", segment) == lsn("0/4000000")
+    assert archived_end("0000000200000001000000FF", segment) == lsn("2/0")
