@@ -24,16 +24,20 @@ PGBACKREST = "/usr/bin/pgbackrest"
 BACKUP_TIMEOUT = 6 * 3600  # seconds for one backup or restore of a large database
 STANZA_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 # WAL not yet in the repository: from the end of the last archived file (timeline, log and
-# segment in its name) to the current write position; and, while some waits, how long ago the
-# last file went (0 when nothing waits).
+# segment in its name) to the current write position. The current, incomplete file always
+# waits (it goes when full, or after archive_timeout); while a COMPLETE file waits too, the
+# archiver is behind, and lag_seconds is how long ago it last succeeded (else 0; never the
+# idle time of a quiet primary).
 ARCHIVE_QUERY = """SELECT archived_count, failed_count, last_archived_wal,
     last_archived_time::text, last_failed_wal, last_failed_time::text, lag_bytes,
-    CASE WHEN lag_bytes > 0 THEN extract(epoch FROM now() - last_archived_time)::float
+    CASE WHEN lag_bytes > segment THEN extract(epoch FROM now() - last_archived_time)::float
          ELSE 0 END AS lag_seconds
-    FROM pg_stat_archiver, LATERAL (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(),
+    FROM pg_stat_archiver,
+    LATERAL (SELECT setting::bigint AS segment FROM pg_settings
+             WHERE name = 'wal_segment_size') AS s,
+    LATERAL (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(),
         '0/0'::pg_lsn + (('x' || substr(last_archived_wal, 9, 8))::bit(32)::bigint * 4294967296
-          + (('x' || substr(last_archived_wal, 17, 8))::bit(32)::bigint + 1)
-            * (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')
+          + (('x' || substr(last_archived_wal, 17, 8))::bit(32)::bigint + 1) * segment
         )::numeric)::bigint AS lag_bytes) AS lag"""
 REQUIRED = [
     "stanza",
