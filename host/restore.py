@@ -39,8 +39,13 @@ def prepare_cluster(cluster: Cluster, overwrite: bool) -> list[str]:
             "--overwrite to replace it (its data is lost)"
         )
     cluster.stop()
+    cluster.datadir.mkdir(mode=0o700, parents=True, exist_ok=True)  # lost with a dead disk
+    shutil.chown(cluster.datadir, "postgres", "postgres")
     for entry in cluster.datadir.iterdir():
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     changed.append("data directory emptied")
     return changed
 
