@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +86,6 @@ class LabS3:
 
     def make_bucket(self, bucket: str) -> None:
         """The bucket, as the stack's SpacesBucket makes it on Spaces (moto: plain PUT)."""
-        import urllib.request
-
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.moto_port}/{bucket}", method="PUT", data=b""
         )
