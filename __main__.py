@@ -21,8 +21,15 @@ if mode == "managed":
 else:
     tier = components.DropletTier("db", settings.droplets, network) if mode == "droplets" else None
     hosts = tier.hosts if tier else settings.hosts
+    repository, secrets = components.BackupRepository.with_key("backups", settings.backups, secrets)
     postgres = components.ReplicationSteps(
-        "replication", settings.replication, hosts, secrets, reseed, hosts_outlive_stack=not tier
+        "replication",
+        settings.replication,
+        hosts,
+        secrets,
+        reseed,
+        hosts_outlive_stack=not tier,
+        backups=settings.backups,
     )
 media = components.SpacesMedia("media", settings.spaces) if settings.spaces else None
 valkey = None
@@ -39,6 +46,9 @@ else:
     pulumi.export("primary", postgres.primary)
     pulumi.export("replicas", postgres.replicas)
     pulumi.export("replication", postgres.status)
+    if repository:  # backup_key (secret): for `mastodon-data restore`
+        pulumi.export("backups", repository.output)
+        pulumi.export("backup_key", repository.key_output)
 if network:
     pulumi.export("vpc_id", network.vpc.id)
 if media:

@@ -259,8 +259,10 @@ class Cluster:
         )
         return run(argv, input=statement, quiet_errors=quiet_errors).stdout.strip()
 
-    def sql_json(self, query: str):
-        out = self.sql(f"SELECT coalesce(json_agg(q), '[]') FROM ({query}) AS q;")
+    def sql_json(self, query: str, database: str = "postgres"):
+        out = self.sql(
+            f"SELECT coalesce(json_agg(q), '[]') FROM ({query}) AS q;", database=database
+        )
         return json.loads(out)
 
     def wait_ready(self, seconds: float = 60) -> None:

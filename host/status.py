@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Read-only report of this host's PostgreSQL: role, lag, slots, connections. Changes nothing.
 
-stdin (JSON): version, port.
+stdin (JSON): version, port; with backups: stanza (then the repository's backups and the WAL
+archive's progress are reported too, read with `pgbackrest info`).
 """
 
 from __future__ import annotations
 
 import socket
 
+import repository
 from common import Cluster, main_wrapper, read_params
 
 # Lag in seconds is 0 when the replica has replayed everything the primary has; otherwise the
@@ -56,6 +58,16 @@ def main() -> dict:
     report.update(info, running=True, role="replica" if info["in_recovery"] else "primary")
     queries = REPLICA_QUERIES if info["in_recovery"] else PRIMARY_QUERIES
     report.update({key: cluster.sql_json(query) for key, query in queries.items()})
+    if params.get("stanza"):
+        report["backups"] = backups_report(cluster, params["stanza"], info["in_recovery"])
+    return report
+
+
+def backups_report(cluster: Cluster, stanza: str, in_recovery: bool) -> dict:
+    """The repository's backups (pgbackrest info) and, on the primary, the archive's progress."""
+    report = repository.summary(repository.info(stanza))
+    if not in_recovery:
+        report["archive"] = repository.archive_status(cluster)
     return report
 
 

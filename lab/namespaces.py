@@ -2,9 +2,10 @@
 """The lab: hosts that behave like droplets, made of network namespaces on this machine.
 
 Each host is a network namespace on a bridge (in a "switch" namespace) with its own address,
-a private mount namespace in which /etc/postgresql, /var/lib/postgresql, /var/run/postgresql
-and /var/log/postgresql are its own, and its own sshd. Everything the lab makes carries the
-lab's prefix, so `down` can find and remove it even after a crash midway.
+a private mount namespace in which /etc/postgresql, /var/lib/postgresql, /var/run/postgresql,
+/var/log/postgresql (and pgBackRest's and systemd's unit directories) are its own, and its own
+sshd. Everything the lab makes carries the lab's prefix, so `down` can find and remove it even
+after a crash midway.
 
     python3 -m lab.namespaces up [--hosts N]  # idempotent; from the project directory
     python3 -m lab.namespaces down            # removes namespaces, processes, mounts, files
@@ -43,6 +44,12 @@ PRIVATE_DIRS = {
     "/var/lib/postgresql": ("postgres", "postgres", 0o755),
     "/var/run/postgresql": ("postgres", "postgres", 0o2775),
     "/var/log/postgresql": ("root", "postgres", 0o1775),
+    # pgBackRest's configuration, log, spool and lock files, and the backup timers' units
+    "/etc/pgbackrest": ("root", "postgres", 0o750),
+    "/var/log/pgbackrest": ("postgres", "postgres", 0o750),
+    "/var/spool/pgbackrest": ("postgres", "postgres", 0o750),
+    "/var/lib/pgbackrest": ("postgres", "postgres", 0o750),
+    "/etc/systemd/system": ("root", "root", 0o755),
 }
 
 STEP_TIMEOUT = 30  # seconds for any single system command
@@ -302,8 +309,10 @@ def ensure_host(lab: Lab, index: int) -> LabHost:
     run(hn + ["link", "set", "eth0", "up"])
     run(hn + ["link", "set", "lo", "up"])
     if not pid_alive(host.state_dir / "sshd.pid"):
+        # A missing mount point (/etc/pgbackrest: Debian's package does not make it) is made
+        # empty on this machine; the host's own directory is mounted over it.
         mounts = " && ".join(
-            f"mount --bind {host.state_dir / p.strip('/').replace('/', '-')} {p}"
+            f"mkdir -p {p} && mount --bind {host.state_dir / p.strip('/').replace('/', '-')} {p}"
             for p in PRIVATE_DIRS
         )
         run(

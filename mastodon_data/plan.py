@@ -15,17 +15,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mastodon_data.config import Host, ReplicationSettings
+from mastodon_data.config import BackupSettings, Host, ReplicationSettings
 
 # The payload shipped to the hosts (stdlib only), beside this package in the project directory.
 HOST_SCRIPTS = Path(__file__).resolve().parent.parent / "host"
-# Which stack secret feeds which script parameter (they travel on stdin only).
+# Which stack secret feeds which script parameter (they travel on stdin only). The repository's
+# key comes from the stack's own Spaces key (droplets) or from the settings (hosts).
+BACKUP_SECRETS = {
+    "repo_key": "backupAccessKeyId",
+    "repo_key_secret": "backupSecretAccessKey",
+    "cipher_pass": "backupCipherPassphrase",
+}
 SECRET_PARAMS = {
     "primary": {"replication_password": "replicationPassword", "db_password": "dbPassword"},
     "replica": {"replication_password": "replicationPassword"},
     "status": {},
     "promote": {},
+    "backup": BACKUP_SECRETS,
+    "restore": BACKUP_SECRETS,
 }
+# Modules a script imports besides common.py (shipped with it).
+SCRIPT_MODULES = {name: ("repository.py",) for name in ("backup", "restore", "status")}
 
 # Runs on the host: writes the shipped scripts into a private directory of its own (so runs
 # never see each other's files) and feeds the parameters to the one asked for. Scripts and
@@ -46,7 +56,7 @@ LAUNCHER = (
 @dataclass(frozen=True)
 class Step:
     name: str
-    script: str  # primary | replica | status | promote
+    script: str  # primary | replica | status | promote | backup | restore
     host: Host
     params: dict = field(hash=False)  # non-secret parameters
     after: tuple[str, ...] = ()
@@ -74,7 +84,8 @@ def from_primary(report: dict) -> dict:
 def script_files(script: str) -> dict[str, str]:
     """The files a step ships: its own script and the shared helpers, so editing another
     role's script does not re-run (or even diff) this step."""
-    return {name: (HOST_SCRIPTS / name).read_text() for name in ("common.py", f"{script}.py")}
+    names = ("common.py", *SCRIPT_MODULES.get(script, ()), f"{script}.py")
+    return {name: (HOST_SCRIPTS / name).read_text() for name in names}
 
 
 # What `pulumi destroy` (or dropping a replica) runs: nothing that touches data. On existing hosts
@@ -113,9 +124,10 @@ def steps(
     hosts: Sequence[Host],
     *,
     reseed: frozenset[str] = frozenset(),
+    backups: BackupSettings | None = None,
 ) -> list[Step]:
-    """Primary first; every replica after it (in parallel); a status report per host last.
-    Spare hosts get no step."""
+    """Primary first; every replica after it (in parallel); with backups, a backup step per
+    host after those; a status report per host last. Spare hosts get no step."""
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
     common = server_params(replication)
@@ -140,8 +152,17 @@ def steps(
         if replica.name in reseed:
             params["reseed"] = True
         plan.append(Step(f"replica-{replica.name}", "replica", replica, params, ("primary",)))
+    if backups:
+        # After every replication step: the primary's restart (archive_mode) must not cut a
+        # replica's base backup short.
+        replication_steps = tuple(s.name for s in plan)
+        for host in (primary, *replicas):
+            params = backup_params(replication, backups, host.role)
+            plan.append(Step(f"backup-{host.name}", "backup", host, params, replication_steps))
     setup = tuple(s.name for s in plan)
     report = {"version": replication.postgres_version, "port": replication.port}
+    if backups:
+        report["stanza"] = backups.stanza
     plan += [Step(f"status-{h.name}", "status", h, report, setup) for h in (primary, *replicas)]
     return plan
 
@@ -160,6 +181,64 @@ def server_params(replication: ReplicationSettings) -> dict:
         "replication_timeout": replication.replication_timeout,
         "wal_retrieve_retry_interval": replication.wal_retrieve_retry_interval,
     }
+
+
+def repository_params(replication: ReplicationSettings, backups: BackupSettings) -> dict:
+    """What every pgBackRest script needs: the cluster, the stanza, the repository, retention."""
+    return {
+        "version": replication.postgres_version,
+        "port": replication.port,
+        "stanza": backups.stanza,
+        "repository": backups.repository(),
+        "retention_full": backups.retention_full,
+        "retention_diff": backups.retention_diff,
+    }
+
+
+def backup_params(
+    replication: ReplicationSettings, backups: BackupSettings, role: str, action: str = "configure"
+) -> dict:
+    return {
+        **repository_params(replication, backups),
+        "action": action,
+        "role": role,
+        "schedule_full": backups.schedule_full,
+        "schedule_diff": backups.schedule_diff,
+        "archive_timeout": backups.archive_timeout,
+    }
+
+
+def backup_now_step(
+    replication: ReplicationSettings, backups: BackupSettings, host: Host, kind: str
+) -> Step:
+    """One backup on the primary, now (`mastodon-data backup`)."""
+    params = {**backup_params(replication, backups, host.role, "backup"), "type": kind}
+    return Step(f"backup-now-{host.name}", "backup", host, params)
+
+
+def backup_check_step(
+    replication: ReplicationSettings, backups: BackupSettings, host: Host
+) -> Step:
+    """`pgbackrest check` and `info` on the primary (`mastodon-data backups check`)."""
+    return Step(f"backup-check-{host.name}", "backup", host,
+                backup_params(replication, backups, host.role, "check"))  # fmt: skip
+
+
+def restore_step(
+    replication: ReplicationSettings,
+    backups: BackupSettings,
+    host: Host,
+    target_time: str = "",
+    overwrite: bool = False,
+) -> Step:
+    """A restore of the repository onto `host` (`mastodon-data restore`)."""
+    params = {
+        **repository_params(replication, backups),
+        "db_name": replication.db_name,
+        "target_time": target_time,
+        "overwrite": overwrite,
+    }
+    return Step(f"restore-{host.name}", "restore", host, params)
 
 
 def promote_step(replication: ReplicationSettings, host: Host) -> Step:

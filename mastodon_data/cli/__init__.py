@@ -4,6 +4,8 @@
     check-replication   role, lag and connections of every database host; exit 1 if unhealthy
     failover            promote a replica / rejoin a former primary (hosts mode)
     grant               managed mode, once: let Mastodon's role create its tables
+    backups             a backup now, or check the backups (pgbackrest check and info)
+    restore             restore the backups onto a chosen host, latest or a point in time
 
 Each command keeps its own options (`mastodon-data <command> --help`) and exit codes.
 """
@@ -19,6 +21,8 @@ COMMANDS = {
     "check-replication": ("check_replication", "replication health from the stack outputs"),
     "failover": ("failover", "promote a replica, or rejoin a former primary (hosts mode)"),
     "grant": ("grant", "managed mode: let Mastodon's role create its tables"),
+    "backups": ("backups", "a backup now, or check the backups (droplets, hosts)"),
+    "restore": ("restore", "restore the backups onto a chosen host and verify it"),
 }
 
 

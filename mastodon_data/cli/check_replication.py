@@ -29,6 +29,13 @@ REPLICA_SQL = """SELECT pg_is_in_recovery(),
     (SELECT count(*) FROM pg_stat_activity
      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())"""
 POSITIONS_SQL = "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text"
+# With backups (archive_mode on): the WAL archiver, readable by Mastodon's role (pg_monitor).
+ARCHIVER_SQL = """SELECT current_setting('archive_mode'), archived_count, failed_count,
+    last_archived_wal, extract(epoch FROM now() - last_archived_time)::float,
+    coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false),
+    pg_current_wal_lsn()::text,
+    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')
+    FROM pg_stat_archiver"""
 
 
 def lsn(text: str | None) -> int | None:
@@ -87,6 +94,30 @@ def connect(env: dict, host: str) -> psycopg.Connection:
     )
 
 
+def archived_end(wal_file: str, segment_size: int) -> int:
+    """The WAL position where `wal_file` (timeline, log, segment in hex) ends."""
+    return int(wal_file[8:16], 16) * 2**32 + (int(wal_file[16:24], 16) + 1) * segment_size
+
+
+def archive_line(name: str, conn: psycopg.Connection) -> tuple[str | None, bool]:
+    """(a line on the primary's WAL archiving, or None when it does not archive; healthy)."""
+    mode, archived, failed, last_wal, age, failing, current, segment = conn.execute(
+        ARCHIVER_SQL
+    ).fetchone()
+    if mode == "off":
+        return None, True
+    pending = lsn(current) - archived_end(last_wal, segment) if last_wal else None
+    line = (
+        f"{name}: WAL archive, {archived} archived, {failed} failed, last "
+        f"{last_wal or 'none'}"
+        + (f" {age:.1f} s ago" if age is not None else "")
+        + f", {pending if pending is not None else '?'} B not yet archived"
+    )
+    if failing:
+        return f"{line}  <- archiving is failing (see the PostgreSQL log)", False
+    return line, True
+
+
 def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[list[str], bool]:
     env = outputs["mastodon_env"]
     primary = outputs["primary"]
@@ -98,6 +129,9 @@ def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[li
             healthy = False
         else:
             lines.append(f"{primary['name']}: primary, {connections} other connections")
+            archive, archive_ok = archive_line(primary["name"], conn)
+            lines += [archive] if archive else []
+            healthy &= archive_ok
         for replica in outputs.get("replicas", []):
             try:
                 with connect(env, replica["private_address"]) as rconn:

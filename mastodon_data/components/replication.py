@@ -12,7 +12,7 @@ import pulumi
 from pulumi_command import remote
 
 from mastodon_data import outputs, plan
-from mastodon_data.config import Host, ReplicationSettings
+from mastodon_data.config import BackupSettings, Host, ReplicationSettings
 
 
 class ReplicationSteps(pulumi.ComponentResource):
@@ -36,12 +36,13 @@ class ReplicationSteps(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
         *,
         hosts_outlive_stack: bool = True,
+        backups: BackupSettings | None = None,
     ):
         super().__init__("mastodon-data:index:ReplicationSteps", name, None, opts)
         self.commands: dict[str, remote.Command] = {}
         self._triggers: dict[str, pulumi.Output] = {}
         self._keep_data_note = hosts_outlive_stack
-        for step in plan.steps(replication, hosts, reseed=reseed):
+        for step in plan.steps(replication, hosts, reseed=reseed, backups=backups):
             self.commands[step.name] = self._command(f"{name}-{step.name}", step, secrets)
         report = self.commands["primary"].stdout.apply(plan.parse_report)
         self.ca_cert = report.apply(lambda r: r.get("ca_cert", ""))
@@ -90,7 +91,9 @@ class ReplicationSteps(pulumi.ComponentResource):
             name,
             connection=connection,
             create=plan.command_line(host.ssh_user),
-            delete=plan.KEEP_DATA if step.script != "status" and self._keep_data_note else None,
+            delete=plan.KEEP_DATA
+            if step.script in ("primary", "replica") and self._keep_data_note
+            else None,
             stdin=stdin,
             # A status report runs again whenever a setup step ran again.
             triggers=[self._triggers[s] for s in (step.name, *step.after)],

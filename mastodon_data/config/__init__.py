@@ -10,6 +10,7 @@ line each, naming the key, the bad value (never a secret's) and the exact fix. B
     hosts.py     hosts mode's list of servers
     managed.py   managed PostgreSQL        access.py   who reaches the managed databases
     media.py     Spaces and the CDN        redis.py    Redis / Valkey
+    backups.py   pgBackRest's repository, retention and schedules
     secrets.py   which secrets, set as secrets, and their values
     records.py   the Settings records      parse.py    parse_settings over all of them
 """
@@ -20,6 +21,7 @@ from mastodon_data.config.parse import OPERATION_KEYS, RESEED_KEY, parse_setting
 from mastodon_data.config.project import DEFAULTS, PROJECT, TYPES, decode
 from mastodon_data.config.records import (
     AppSources,
+    BackupSettings,
     ConfigError,
     DropletSettings,
     Host,
@@ -32,6 +34,8 @@ from mastodon_data.config.records import (
 )
 from mastodon_data.config.secrets import (
     ALL_SECRET_KEYS,
+    BACKUP_PASSPHRASE_KEY,
+    BACKUP_SECRET_KEY,
     REDIS_URL_KEY,
     SECRET_KEYS,
     required_secrets,
@@ -40,6 +44,8 @@ from mastodon_data.config.secrets import (
 
 __all__ = [
     "ALL_SECRET_KEYS",
+    "BACKUP_PASSPHRASE_KEY",
+    "BACKUP_SECRET_KEY",
     "DEFAULTS",
     "HOSTS_KEY",
     "OPERATION_KEYS",
@@ -49,6 +55,7 @@ __all__ = [
     "SECRET_KEYS",
     "TYPES",
     "AppSources",
+    "BackupSettings",
     "ConfigError",
     "DropletSettings",
     "Host",

@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from mastodon_data.config.access import parse_app_sources
+from mastodon_data.config.backups import parse_backups, wanted
 from mastodon_data.config.checks import Validation, did_you_mean
 from mastodon_data.config.hosts import HOSTS_KEY, parse_hosts
 from mastodon_data.config.managed import parse_managed
@@ -41,7 +42,10 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     redis = parse_redis(v, secrets_present, topology["region"])
     redis_mode = redis.mode if redis else "none"
     app_sources = parse_app_sources(v, needed=mode == "managed" or redis_mode == "managed")
-    check_secrets_present(v, raw, secrets_present, required_secrets(mode, redis_mode))
+    backups = parse_backups(v, mode, topology["region"], secrets_present)
+    backups_on, backup_key = wanted(v, mode)
+    needed = required_secrets(mode, redis_mode, backups=backups_on, backup_key=backup_key)
+    check_secrets_present(v, raw, secrets_present, needed)
     if v.lines:
         raise ConfigError("\n".join(v.lines))
     return Settings(
@@ -54,6 +58,7 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
         spaces=spaces,
         redis=redis,
         app_sources=app_sources,
+        backups=backups,
         warnings=tuple(v.warnings),
     )
 

@@ -117,6 +117,35 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
+class BackupSettings:
+    """pgBackRest's repository (an S3-compatible bucket), retention and schedules."""
+
+    bucket: str
+    region: str
+    endpoint: str  # host[:port], HTTPS
+    make_bucket: bool  # droplets mode: a Spaces bucket and key made by the stack
+    access_key_id: str = ""  # hosts mode (its secret: backupSecretAccessKey)
+    ca_cert: str = ""
+    retention_full: int = 2
+    retention_diff: int = 6
+    schedule_full: str = "Sun *-*-* 02:30:00"
+    schedule_diff: str = "Mon..Sat *-*-* 02:30:00"
+    archive_timeout: str = "60s"
+    stanza: str = "mastodon"
+    path: str = "/pgbackrest"  # inside the bucket
+
+    def repository(self) -> dict:
+        """What the host scripts are told about the repository (no secret)."""
+        return {
+            "endpoint": self.endpoint,
+            "bucket": self.bucket,
+            "region": self.region,
+            "path": self.path,
+            "ca_cert": self.ca_cert,
+        }
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: str
     network: NetworkSettings
@@ -127,10 +156,16 @@ class Settings:
     spaces: SpacesSettings | None = None
     redis: RedisSettings | None = None
     app_sources: AppSources = AppSources()
+    backups: BackupSettings | None = None  # droplets and hosts mode
     warnings: tuple[str, ...] = ()  # accepted, but worth a line in the preview
 
     def required_secrets(self) -> tuple[str, ...]:
-        return required_secrets(self.mode, self.redis.mode if self.redis else "none")
+        return required_secrets(
+            self.mode,
+            self.redis.mode if self.redis else "none",
+            backup_key=bool(self.backups and not self.backups.make_bucket),
+            backups=self.backups is not None,
+        )
 
 
 def pick(record: type, values: dict[str, Any]) -> Any:

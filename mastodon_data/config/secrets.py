@@ -16,7 +16,10 @@ from mastodon_data.config.project import PROJECT
 # The secrets droplets and hosts mode need (replication over SSH); see required_secrets().
 SECRET_KEYS = ("sshPrivateKey", "replicationPassword", "dbPassword")
 REDIS_URL_KEY = "redisUrl"  # redisMode external: the existing Redis, as a secret
-ALL_SECRET_KEYS = (*SECRET_KEYS, REDIS_URL_KEY)
+BACKUP_PASSPHRASE_KEY = "backupCipherPassphrase"  # encrypts the backup repository
+BACKUP_SECRET_KEY = "backupSecretAccessKey"  # hosts mode: the repository key's secret
+ALL_SECRET_KEYS = (*SECRET_KEYS, REDIS_URL_KEY, BACKUP_PASSPHRASE_KEY, BACKUP_SECRET_KEY)
+MIN_PASSPHRASE_LENGTH = 20
 MIN_PASSWORD_LENGTH = 16
 SHOWN = "[secret]"
 
@@ -31,6 +34,13 @@ SECRET_FIXES = {
         f"pulumi config set --secret {PROJECT}:{REDIS_URL_KEY} "
         "'rediss://default:<password>@<host>:<port>'"
     ),
+    BACKUP_PASSPHRASE_KEY: (
+        f"pulumi config set --secret {PROJECT}:{BACKUP_PASSPHRASE_KEY} {NEW_PASSWORD} "
+        "(and keep a copy outside the stack: without it no backup can be read)"
+    ),
+    BACKUP_SECRET_KEY: (
+        f"pulumi config set --secret {PROJECT}:{BACKUP_SECRET_KEY} <secret access key>"
+    ),
 }
 NO_PASSPHRASE_FIX = (
     "use a key without a passphrase for this stack: ssh-keygen -t ed25519 "
@@ -39,10 +49,15 @@ NO_PASSPHRASE_FIX = (
 )
 
 
-def required_secrets(mode: str | None, redis_mode: str | None) -> tuple[str, ...]:
-    """Managed PostgreSQL makes its own password; droplets and hosts need the replication trio."""
+def required_secrets(
+    mode: str | None, redis_mode: str | None, *, backups: bool = False, backup_key: bool = False
+) -> tuple[str, ...]:
+    """Managed PostgreSQL makes its own password; droplets and hosts need the replication trio;
+    backups the repository's passphrase (and, on existing hosts, the repository key's secret)."""
     needed = () if mode == "managed" else SECRET_KEYS
-    return (*needed, REDIS_URL_KEY) if redis_mode == "external" else needed
+    needed = (*needed, REDIS_URL_KEY) if redis_mode == "external" else needed
+    needed = (*needed, BACKUP_PASSPHRASE_KEY) if backups else needed
+    return (*needed, BACKUP_SECRET_KEY) if backup_key else needed
 
 
 def check_secrets_present(
@@ -74,6 +89,8 @@ def secret_problems(name: str, value: str) -> list[str]:
         "replicationPassword": _check_password,
         "dbPassword": _check_password,
         REDIS_URL_KEY: _check_redis_url,
+        BACKUP_PASSPHRASE_KEY: _check_passphrase,
+        BACKUP_SECRET_KEY: _check_key_secret,
         "sshPrivateKey": _check_private_key,
     }.get(name)
     if check:
@@ -90,6 +107,20 @@ def _check_password(v: Validation, name: str, value: str) -> None:
         v.add(name, SHOWN, f"shorter than {MIN_PASSWORD_LENGTH} characters", SECRET_FIXES[name])
     if _has_space_or_control(value):
         v.add(name, SHOWN, "contains whitespace or control characters", SECRET_FIXES[name])
+
+
+def _check_passphrase(v: Validation, name: str, value: str) -> None:
+    if len(value) < MIN_PASSPHRASE_LENGTH:
+        what = f"shorter than {MIN_PASSPHRASE_LENGTH} characters"
+        v.add(name, SHOWN, what, SECRET_FIXES[name])
+    if _has_space_or_control(value):
+        v.add(name, SHOWN, "contains whitespace or control characters", SECRET_FIXES[name])
+
+
+def _check_key_secret(v: Validation, name: str, value: str) -> None:
+    if not value or _has_space_or_control(value):
+        v.add(name, SHOWN, "empty, or contains whitespace or control characters",
+              SECRET_FIXES[name])  # fmt: skip
 
 
 def _check_redis_url(v: Validation, name: str, value: str) -> None:

@@ -18,9 +18,10 @@ def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_command():
     result = run("--help")
     assert result.returncode == 0
-    for name in ("render-env", "check-replication", "failover", "grant"):
+    names = ("render-env", "check-replication", "failover", "grant", "backups", "restore")
+    for name in names:
         assert f"  {name} " in result.stdout
-    assert set(COMMANDS) == {"render-env", "check-replication", "failover", "grant"}
+    assert set(COMMANDS) == set(names)
 
 
 @pytest.mark.parametrize("args", [(), ("render_env",), ("deploy",)])

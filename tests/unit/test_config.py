@@ -17,6 +17,7 @@ from mastodon_data.config import (
     TYPES,
     ConfigError,
     access,
+    backups,
     connection_limit,
     managed,
     media,
@@ -132,7 +133,9 @@ def test_defaults_equal_pulumi_yaml() -> None:
 
 
 def test_every_setting_of_pulumi_yaml_is_described_once() -> None:
-    fields = [f for domain in (topology, managed, access, media, redis) for f in domain.FIELDS]
+    fields = [
+        f for domain in (topology, managed, access, media, redis, backups) for f in domain.FIELDS
+    ]
     assert sorted(f.key for f in fields) == sorted(TYPES)  # each once, none left out
     for field in fields:
         assert (field.allowed is not None) == (TYPES[field.key] == "integer"), field.key

@@ -1,0 +1,263 @@
+"""Backups with pgBackRest, without hosts: the settings and their errors, the plan's backup
+steps, the files the host scripts write (pgbackrest.conf, archiving, the timers), and the
+program on mocks (droplets: a bucket of its own and a key scoped to it; hosts: given ones)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import backup
+import pytest
+import repository
+from program_harness import SECRETS, SPACES_ACCESS_KEY, SPACES_SECRET_KEY, run_program
+
+from mastodon_data import plan
+from mastodon_data.config import ConfigError, parse_settings
+from tests.fixtures import DROPLETS, MANAGED, hosts_stack
+
+PASSPHRASE = "backup-passphrase-0123456789"
+HOST_KEY_SECRET = "host-key-secret-0123456789"
+ON = {"backups": True, "backupBucket": "mastodon-pg-backups"}
+HOSTS = {**hosts_stack(count=3, replicas=1), **ON, "backupAccessKeyId": "KEYID123"}
+BACKUP_SECRETS = {**SECRETS, "backupCipherPassphrase": PASSPHRASE}
+HOSTS_SECRETS = {**BACKUP_SECRETS, "backupSecretAccessKey": HOST_KEY_SECRET}
+
+
+def problems(config: dict, secrets: dict) -> str:
+    with pytest.raises(ConfigError) as error:
+        parse_settings(config, set(secrets))
+    return str(error.value)
+
+
+def test_defaults_of_a_droplets_stack_with_backups():
+    backups = parse_settings({**DROPLETS, **ON}, set(BACKUP_SECRETS)).backups
+    assert backups.make_bucket is True
+    assert backups.endpoint == "nyc3.digitaloceanspaces.com" and backups.region == "nyc3"
+    assert (backups.retention_full, backups.retention_diff) == (2, 6)
+    assert backups.schedule_full == "Sun *-*-* 02:30:00"
+    assert backups.schedule_diff == "Mon..Sat *-*-* 02:30:00"
+    assert backups.archive_timeout == "60s" and backups.stanza == "mastodon"
+    assert parse_settings(DROPLETS, set(SECRETS)).backups is None  # off by default
+
+
+def test_missing_passphrase_and_bucket_are_named_with_their_fix():
+    text = problems({**DROPLETS, "backups": True}, SECRETS)
+    assert (
+        "mastodon-data:backupBucket = '': backups need a bucket for the repository. "
+        "Fix: pulumi config set mastodon-data:backupBucket <stack>-pg-backups"
+    ) in text
+    assert "mastodon-data:backupCipherPassphrase = (not set): missing secret." in text
+
+
+def test_hosts_mode_needs_the_repository_key_and_droplets_mode_refuses_one():
+    text = problems({**HOSTS, "backupAccessKeyId": ""}, BACKUP_SECRETS)
+    assert "backupAccessKeyId = '': hosts mode needs the repository's access key" in text
+    assert "mastodon-data:backupSecretAccessKey = (not set): missing secret." in text
+    text = problems({**DROPLETS, **ON, "backupAccessKeyId": "X"}, HOSTS_SECRETS)
+    assert "backupAccessKeyId = [set]: droplets mode makes the backup bucket's own key" in text
+    assert "backupSecretAccessKey = [set]: droplets mode makes the backup bucket's own key" in text
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "what"),
+    [
+        ("backupRetentionFull", 0, "not an integer from 1 to 100"),
+        ("backupFullSchedule", "Sun\n[Service]", "not a systemd OnCalendar expression"),
+        ("backupArchiveTimeout", "2s", "not from 10s to 60min"),
+        ("backupEndpoint", "https://x", "not host[:port]"),
+        ("backupEndpoint", "s3.example.com:99999", "the port is not 1 to 65535"),
+        ("backupCaCert", "not a pem", "not a PEM certificate"),
+        ("backupBucket", "Backups", "not a DNS-compatible bucket name"),
+    ],
+)
+def test_bad_values_are_refused(key, value, what):
+    assert f"mastodon-data:{key} = {value!r}: {what}" in problems(
+        {**HOSTS, key: value}, HOSTS_SECRETS
+    )
+
+
+def test_managed_mode_refuses_backups():
+    text = problems({**MANAGED, "backups": True}, {})
+    assert "managed PostgreSQL is backed up by DigitalOcean itself" in text
+
+
+def test_short_passphrase_is_refused_without_showing_it():
+    from mastodon_data.config import secret_problems
+
+    (line,) = secret_problems("backupCipherPassphrase", "short")
+    assert "shorter than 20 characters" in line and "short" not in line.split("=")[1][:12]
+
+
+def test_plan_adds_a_backup_step_per_host_after_replication_and_before_the_reports():
+    settings = parse_settings(HOSTS, set(HOSTS_SECRETS))
+    steps = plan.steps(settings.replication, settings.hosts, backups=settings.backups)
+    names = [s.name for s in steps]
+    assert names == ["primary", "replica-db2", "backup-db1", "backup-db2", "status-db1",
+                     "status-db2"]  # fmt: skip
+    by_name = {s.name: s for s in steps}
+    # After every replication step: the primary's restart must not cut a base backup short.
+    assert by_name["backup-db1"].after == by_name["backup-db2"].after == ("primary", "replica-db2")
+    assert by_name["status-db1"].after == ("primary", "replica-db2", "backup-db1", "backup-db2")
+    assert by_name["status-db1"].params["stanza"] == "mastodon"
+    params = by_name["backup-db2"].params
+    assert params["role"] == "replica" and params["action"] == "configure"
+    assert params["repository"] == {
+        "endpoint": "nyc3.digitaloceanspaces.com",
+        "bucket": "mastodon-pg-backups",
+        "region": "nyc3",
+        "path": "/pgbackrest",
+        "ca_cert": "",
+    }
+    # The backup scripts ship repository.py with them; secrets only in the payload.
+    for script in ("backup", "restore", "status"):  # each imports repository.py
+        assert set(plan.script_files(script)) == {"common.py", "repository.py", f"{script}.py"}
+    payload = plan.payload(by_name["backup-db1"], params, {
+        "backupAccessKeyId": "KEYID123", "backupSecretAccessKey": HOST_KEY_SECRET,
+        "backupCipherPassphrase": PASSPHRASE})  # fmt: skip
+    assert payload["params"]["cipher_pass"] == PASSPHRASE
+    assert PASSPHRASE not in plan.command_line("root")
+
+
+def test_without_backups_the_plan_is_unchanged():
+    settings = parse_settings(hosts_stack(count=3, replicas=1), set(SECRETS))
+    steps = plan.steps(settings.replication, settings.hosts)
+    assert [s.name for s in steps] == ["primary", "replica-db2", "status-db1", "status-db2"]
+    assert "stanza" not in steps[-1].params
+
+
+REPO_PARAMS = {
+    "stanza": "mastodon",
+    "repository": {
+        "endpoint": "10.234.0.1:19001",
+        "bucket": "b-1",
+        "region": "nyc3",
+        "path": "/pgbackrest",
+        "ca_cert": "PEM",
+    },  # fmt: skip
+    "retention_full": 3,
+    "retention_diff": 5,
+    "repo_key": "KEYID",
+    "repo_key_secret": "SECRET",
+    "cipher_pass": "PASS",
+}
+
+
+def test_pgbackrest_conf_names_the_repository_and_the_cluster():
+    text = repository.conf_text(REPO_PARAMS, 17, 5433).splitlines()
+    for line in (
+        "repo1-type=s3",
+        "repo1-s3-endpoint=10.234.0.1",
+        "repo1-storage-port=19001",
+        "repo1-s3-bucket=b-1",
+        "repo1-s3-uri-style=path",
+        "repo1-s3-key=KEYID",
+        "repo1-s3-key-secret=SECRET",
+        "repo1-cipher-type=aes-256-cbc",
+        "repo1-cipher-pass=PASS",
+        "repo1-retention-full=3",
+        "repo1-retention-diff=5",
+        "repo1-storage-ca-file=/etc/pgbackrest/repository-ca.crt",
+        "[mastodon]",
+        "pg1-path=/var/lib/postgresql/17/main",
+        "pg1-port=5433",
+    ):
+        assert line in text
+    no_ca = {**REPO_PARAMS, "repository": {**REPO_PARAMS["repository"], "ca_cert": ""}}
+    conf = repository.conf_text(no_ca, 15, 5432)
+    assert "storage-ca-file" not in conf
+    assert repository.endpoint_parts("nyc3.digitaloceanspaces.com") == (
+        "nyc3.digitaloceanspaces.com", 443)  # fmt: skip
+
+
+def test_a_secret_with_a_newline_never_reaches_the_file():
+    with pytest.raises(repository.HostError, match="cipher_pass is empty or holds whitespace"):
+        repository.check_params({**REPO_PARAMS, "cipher_pass": "a\n[global]"})
+
+
+def test_archiving_settings_and_timers():
+    params = {**REPO_PARAMS, "version": 16, "port": 5432, "archive_timeout": "60s",
+              "schedule_full": "Sun *-*-* 02:30:00", "schedule_diff": "daily"}  # fmt: skip
+    assert backup.archive_settings(params) == {
+        "archive_mode": "on",
+        "archive_command": "'/usr/bin/pgbackrest --stanza=mastodon archive-push %p'",
+        "archive_timeout": "'60s'",
+    }
+    units = backup.unit_files(params)
+    assert sorted(units) == [
+        "mastodon-data-backup-diff.service",
+        "mastodon-data-backup-diff.timer",
+        "mastodon-data-backup-full.service",
+        "mastodon-data-backup-full.timer",
+    ]
+    assert "OnCalendar=daily" in units["mastodon-data-backup-diff.timer"].splitlines()
+    service = units["mastodon-data-backup-full.service"].splitlines()
+    assert "ExecStart=/usr/bin/pgbackrest --stanza=mastodon --type=full backup" in service
+    assert "User=postgres" in service
+    assert (
+        'ExecCondition=/bin/sh -c "/usr/lib/postgresql/16/bin/psql -X -A -t -p 5432 -d postgres '
+        "-c 'SELECT pg_is_in_recovery()' | grep -qx f\""
+    ) in service
+
+
+def test_restore_arguments():
+    import restore
+
+    assert restore.restore_args({"target_time": ""}) == ["--archive-mode=off", "restore"]
+    assert restore.restore_args({"target_time": "2026-11-23 18:04:05.123+00"}) == [
+        "--archive-mode=off",
+        "--type=time",
+        "--target=2026-11-23 18:04:05.123+00",
+        "--target-action=promote",
+        "restore",
+    ]
+    with pytest.raises(restore.HostError, match="is not like 2026-11-23 18:04:05"):
+        restore.restore_args({"target_time": "yesterday; rm -rf /"})
+
+
+def test_droplets_mode_makes_a_bucket_and_a_key_for_backups_alone():
+    run = run_program({**DROPLETS, **ON}, BACKUP_SECRETS)
+    bucket = run.one("/spacesBucket:SpacesBucket", "backups-bucket")
+    assert bucket.inputs["name"] == "mastodon-pg-backups" and bucket.inputs["acl"] == "private"
+    key = run.one("/spacesKey:SpacesKey", "backups-key")
+    assert key.inputs["name"] == "mastodon-data-unit-backups"
+    assert key.inputs["grants"] == [{"bucket": "mastodon-pg-backups", "permission": "readwrite"}]
+    step = run.one(":remote:Command", "replication-backup-primary")
+    params = json.loads(step.inputs["stdin"])["params"]
+    assert params["repo_key"] == SPACES_ACCESS_KEY
+    assert params["repo_key_secret"] == SPACES_SECRET_KEY
+    assert params["cipher_pass"] == PASSPHRASE
+    assert {"backup_key"} <= run.secret_outputs and "backups" not in run.secret_outputs
+    assert run.outputs["backups"]["bucket"] == "mastodon-pg-backups"
+
+
+def test_hosts_mode_uses_the_given_bucket_and_key():
+    run = run_program(HOSTS, HOSTS_SECRETS)
+    assert run.of_type("/spacesBucket:SpacesBucket") == []
+    step = run.one(":remote:Command", "replication-backup-db1")
+    params = json.loads(step.inputs["stdin"])["params"]
+    assert (params["repo_key"], params["repo_key_secret"]) == ("KEYID123", HOST_KEY_SECRET)
+    assert run.outputs["backup_key"] == {
+        "access_key_id": "KEYID123", "secret_access_key": HOST_KEY_SECRET}  # fmt: skip
+    assert "backup_key" in run.secret_outputs
+    assert HOST_KEY_SECRET not in json.dumps(run.outputs["backups"])
+
+
+@pytest.mark.parametrize("script", sorted(plan.SECRET_PARAMS))
+def test_each_script_imports_with_only_the_files_its_step_ships(script, tmp_path):
+    for name, source in plan.script_files(script).items():
+        (tmp_path / name).write_text(source)
+    result = subprocess.run(
+        [sys.executable, "-S", "-E", "-c", f"import {script}"],  # stdlib and these files only
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_end_of_an_archived_wal_file_is_where_the_next_one_begins():
+    from mastodon_data.cli.check_replication import archived_end, lsn
+
+    segment = 16 * 2**20
+    assert archived_end("000000010000000000000003", segment) == lsn("0/4000000")
+    assert archived_end("0000000200000001000000FF", segment) == lsn("2/0")
