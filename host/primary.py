@@ -3,7 +3,8 @@
 
 stdin (JSON): version, port, private_address, replicas [{name, address}], replication_user,
 replication_password, db_name, db_user, db_password, allowed_sources [CIDR], wal_keep_size,
-max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval.
+max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval; optional
+certificate_days, certificate_renew_days (the server certificate's validity and renewal window).
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def main() -> dict:
             "point the primary setting at the current primary"
         )
     ca_crt, ca_key, ca_made = ensure_ca()
-    touched = ensure_certificate(cluster, params["private_address"], (ca_crt, ca_key))
+    touched = ensure_certificate(cluster, params["private_address"], (ca_crt, ca_key), params)
     touched |= write_settings(cluster, server_settings(cluster, params, len(params["replicas"])))
     touched |= write_hba(cluster, hba_lines(params))
     action = apply_settings(cluster, touched)
