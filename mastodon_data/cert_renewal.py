@@ -28,10 +28,10 @@ CONNECT_TIMEOUT = 10
 RENEWALS_FILE = "mastodon-data-renewals"  # host/common.py's, beside server.crt
 
 
-def probe_command(version: int, renew_days: int) -> str:
+def probe_command(version: int, renew_days: int, confdir: str | None = None) -> str:
     """Prints `<ok|due|none> <renewals>` for the cluster's server certificate (read-only;
     the certificate and the count are world-readable, so no sudo)."""
-    confdir = f"/etc/postgresql/{int(version)}/main"
+    confdir = confdir or f"/etc/postgresql/{int(version)}/main"
     seconds = int(renew_days) * 86400
     crt = shlex.quote(f"{confdir}/server.crt")
     count = shlex.quote(f"{confdir}/{RENEWALS_FILE}")
