@@ -370,22 +370,77 @@ def self_signed(
     )
 
 
+CA_EXTENSIONS = ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign"]
+CA_ROTATIONS = ("none", "prepare", "switch")  # the stack's caRotation
+
+
+def ca_files(name: str) -> tuple[Path, Path]:
+    """(certificate, key) of one of the CAs in CA_DIR: ca (signs), next, previous."""
+    return CA_DIR / f"{name}.crt", CA_DIR / f"{name}.key"
+
+
+def make_ca(name: str) -> None:
+    """A new CA (ten years), its subject dated so two CAs of the cluster never look alike."""
+    crt, key = ca_files(name)
+    CA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    self_signed(key, crt, f"/CN=mastodon-data CA {stamp}", CA_EXTENSIONS)
+    os.chmod(key, 0o600)
+    os.chmod(crt, 0o644)
+
+
 def ensure_ca() -> tuple[Path, Path, bool]:
     """This cluster's own certificate authority, made once on the primary with openssl."""
-    crt, key = CA_DIR / "ca.crt", CA_DIR / "ca.key"
+    crt, key = ca_files("ca")
     if crt.exists() and key.exists():
         return crt, key, False
     log("making the cluster's certificate authority")
-    CA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    self_signed(
-        key,
-        crt,
-        "/CN=mastodon-data CA",
-        ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign"],
-    )
-    os.chmod(key, 0o600)
-    os.chmod(crt, 0o644)
+    make_ca("ca")
     return crt, key, True
+
+
+def rotate_ca(stage: str) -> list[str]:
+    """One stage of a CA rotation (the stack's caRotation), idempotent; returns what changed.
+    prepare: a next CA beside the signing one; both are trusted (trusted_cas), nothing else
+    changes. switch: the next CA signs from now on and the old one, still trusted, becomes
+    `previous`; the server certificate, no longer of the signing CA, is issued again. none:
+    only the signing CA is left (the previous one dropped; an unused next one removed)."""
+    if stage not in CA_ROTATIONS:
+        raise HostError(f"ca_rotation {stage!r} is not one of {', '.join(CA_ROTATIONS)}")
+    nxt, previous = ca_files("next"), ca_files("previous")
+    changed = []
+    if stage == "prepare" and not nxt[0].exists():
+        log("making the next certificate authority (both are trusted from now on)")
+        make_ca("next")
+        changed.append("next certificate authority made")
+    elif stage == "switch" and nxt[0].exists():
+        log("switching to the next certificate authority (the previous one is still trusted)")
+        for current, older in zip(ca_files("ca"), previous, strict=True):
+            os.replace(current, older)
+        for newer, current in zip(nxt, ca_files("ca"), strict=True):
+            os.replace(newer, current)
+        changed.append("switched to the next certificate authority")
+    elif stage == "switch" and not previous[0].exists():
+        raise HostError(
+            "caRotation switch needs a next CA that clients already trust: run with "
+            "caRotation prepare first and give its postgres_ca_cert to the streaming servers"
+        )
+    elif stage == "none":
+        for name, what in (("previous", "previous certificate authority dropped"),
+                           ("next", "unused next certificate authority removed")):  # fmt: skip
+            files = [path for path in ca_files(name) if path.exists()]
+            for path in files:
+                path.unlink()
+            if files:
+                changed.append(what)
+    return changed
+
+
+def trusted_cas() -> str:
+    """What clients must trust (the primary's report, so replicas and postgres_ca_cert): the
+    signing CA, and during a rotation the next or the previous one too."""
+    names = ("ca", "next", "previous")
+    return "".join(ca_files(n)[0].read_text() for n in names if ca_files(n)[0].exists())
 
 
 def certificate_problem(

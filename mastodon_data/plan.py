@@ -129,7 +129,12 @@ def steps(
             "primary",
             "primary",
             primary,
-            {**common, "private_address": primary.private_address, "replicas": replica_list},
+            {
+                **common,
+                "private_address": primary.private_address,
+                "replicas": replica_list,
+                "ca_rotation": replication.ca_rotation,
+            },
         )
     ]
     for replica in replicas:

@@ -55,6 +55,7 @@ class ReplicationSettings:
     port: int = POSTGRES_PORT
     certificate_days: int = 825  # validity of a server certificate issued or renewed
     certificate_renew_days: int = 30  # renewed when closer than this to its end
+    ca_rotation: str = "none"  # none | prepare | switch: the primary's CA hand-over
 
 
 @dataclass(frozen=True)

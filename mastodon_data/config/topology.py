@@ -25,6 +25,7 @@ REPLICA_COUNTS = range(0, 11)
 VPC_PREFIXES = range(16, 25)
 CERTIFICATE_DAYS = range(7, 3651)  # at most the CA's own ten years
 CERTIFICATE_RENEW_DAYS = range(1, 366)
+CA_ROTATIONS = ("none", "prepare", "switch")  # host/common.py's stages
 
 # Droplet size slugs: family, then "<n>vcpu-<mem>[-<disk>]" or a bare cpu count (c-4), then an
 # optional cpu vendor: s-2vcpu-4gb, s-1vcpu-512mb-10gb, c-4, so1_5-2vcpu-16gb, s-4vcpu-8gb-amd.
@@ -49,6 +50,7 @@ NOT_FOR_MANAGED = {
     "postgresAllowedSources": "appTag, appDropletIds or appCidrs",
     "certificateDays": "DigitalOcean's own certificates",
     "certificateRenewDays": "DigitalOcean's own certificates",
+    "caRotation": "DigitalOcean's own certificates",
 }
 
 
@@ -143,6 +145,7 @@ FIELDS = (
     Field("walRetrieveRetryInterval", check=duration_check("100ms", "5min")),
     Field("certificateDays", allowed=CERTIFICATE_DAYS),
     Field("certificateRenewDays", allowed=CERTIFICATE_RENEW_DAYS),
+    Field("caRotation", choices=CA_ROTATIONS, example="prepare"),
 )
 
 
@@ -195,6 +198,7 @@ def parse_topology(v: Validation) -> dict[str, Any]:
         "wal_retrieve_retry_interval": values["walRetrieveRetryInterval"],
         "certificate_days": values["certificateDays"],
         "certificate_renew_days": values["certificateRenewDays"],
+        "ca_rotation": values["caRotation"],
     }
 
 

@@ -272,3 +272,70 @@ def test_droplets_mode_reads_the_droplets_public_addresses():
     probes = CertificateProbes()
     run_program(DROPLETS, probes=probes)
     assert sorted(address for _, address, _, _ in probes.asked) == ["203.0.113.1", "203.0.113.2"]
+
+
+# --- CA rotation -----------------------------------------------------------------------------
+def certificates_in(pem: str) -> int:
+    return pem.count("-----BEGIN CERTIFICATE-----")
+
+
+def test_ca_rotation_hands_over_with_both_cas_trusted(host_files):
+    cluster, ca = host_files
+    common.ensure_certificate(cluster, ADDRESS, ca, {})
+    crt = cluster.confdir / "server.crt"
+    first_ca = ca[0].read_text()
+    assert common.rotate_ca("none") == []
+    assert common.trusted_cas() == first_ca
+    # prepare: a next CA beside the signing one, both trusted; the server certificate stays.
+    assert common.rotate_ca("prepare") == ["next certificate authority made"]
+    assert common.rotate_ca("prepare") == []
+    next_ca = common.ca_files("next")[0].read_text()
+    assert common.trusted_cas() == first_ca + next_ca
+    assert common.ensure_certificate(cluster, ADDRESS, ca, {}) is False
+    # switch: the next CA signs; the server certificate is issued again by it (not counted).
+    assert common.rotate_ca("switch") == ["switched to the next certificate authority"]
+    assert common.rotate_ca("switch") == []
+    assert ca[0].read_text() == next_ca
+    assert common.trusted_cas() == next_ca + first_ca
+    assert common.certificate_problem(crt, ADDRESS, ca[0]) == "issuer"
+    assert common.ensure_certificate(cluster, ADDRESS, ca, {}) is True
+    assert common.certificate_problem(crt, ADDRESS, ca[0]) is None
+    assert not (cluster.confdir / common.RENEWALS_FILE).exists()
+    # none: the old CA dropped.
+    assert common.rotate_ca("none") == ["previous certificate authority dropped"]
+    assert common.trusted_cas() == next_ca and certificates_in(next_ca) == 1
+    assert stat.S_IMODE(os.stat(ca[1]).st_mode) == 0o600
+
+
+def test_switch_without_a_prepared_ca_is_refused(host_files):
+    with pytest.raises(common.HostError, match="run with caRotation prepare first"):
+        common.rotate_ca("switch")
+
+
+def test_the_program_and_the_host_know_the_same_stages():
+    from mastodon_data.config import topology
+
+    assert topology.CA_ROTATIONS == common.CA_ROTATIONS
+
+
+def test_an_unused_next_ca_is_removed_by_none(host_files):
+    common.rotate_ca("prepare")
+    assert common.rotate_ca("none") == ["unused next certificate authority removed"]
+    assert not common.ca_files("next")[0].exists() and not common.ca_files("next")[1].exists()
+
+
+def test_ca_rotation_setting_reaches_only_the_primary_step():
+    config = {**hosts_stack(count=2, replicas=1), "caRotation": "prepare"}
+    steps = plan.steps(parse_settings(config, set(SECRETS)).replication, parse_settings(
+        config, set(SECRETS)).hosts)  # fmt: skip
+    assert steps[0].params["ca_rotation"] == "prepare"
+    assert "ca_rotation" not in steps[1].params
+
+
+def test_a_bad_ca_rotation_names_the_stages():
+    with pytest.raises(ConfigError) as error:
+        parse_settings({**hosts_stack(count=2, replicas=1), "caRotation": "rotate"}, set(SECRETS))
+    assert str(error.value) == (
+        "mastodon-data:caRotation = 'rotate': not one of none, prepare, switch. "
+        "Fix: pulumi config set mastodon-data:caRotation prepare"
+    )
