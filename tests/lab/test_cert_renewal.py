@@ -178,3 +178,44 @@ def test_the_next_up_changes_nothing(run):
     assert stack.last_changes() == {"same": STEPS}
     for index in (1, 2):
         assert renewals(index) == "1"
+
+
+def pem_count(text: str) -> int:
+    return text.count("-----BEGIN CERTIFICATE-----")
+
+
+def reconnected_with_verify_full() -> None:
+    """The replicas' connections cut on the primary; both stream again, verifying fully."""
+    psql(1, "SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+    for replica in (2, 3):
+        wait_until(lambda r=replica: streaming_verify_full(r), 30, f"h{replica} streaming")
+
+
+def rotated(stack: LabStack, stage: str, secrets: dict) -> str:
+    """`pulumi up` with caRotation `stage`; the postgres_ca_cert output after it."""
+    stack.configure({**lab_hosts.stack_config(LAB, 2, 3), "caRotation": stage}, secrets)
+    stack.up()
+    ca = stack.outputs()["postgres_ca_cert"]
+    for replica in (2, 3):  # the replicas trust exactly what the output says
+        assert ssh(replica, "cat /var/lib/postgresql/primary-ca.crt") == ca.strip()
+    reconnected_with_verify_full()
+    return ca
+
+
+def test_ca_rotation_hands_over_in_three_ups(run):
+    stack, secrets = run["stack"], run["secrets"]
+    old = stack.outputs()["postgres_ca_cert"]
+    assert pem_count(old) == 1
+    prepared = rotated(stack, "prepare", secrets)
+    assert pem_count(prepared) == 2 and prepared.startswith(old)  # both trusted, old signs
+    ssh(1, f"openssl verify -CAfile {CA}/ca.crt {CONF}/server.crt")
+    new = prepared.removeprefix(old)
+    switched = rotated(stack, "switch", secrets)
+    assert switched == new + old  # the new one signs, the old one is still trusted
+    assert ssh(1, f"cat {CA}/ca.crt") == new.strip()
+    ssh(1, f"openssl verify -CAfile {CA}/ca.crt {CONF}/server.crt")  # issued again by the new
+    assert renewals(1) == "1"  # a rotation is no renewal
+    done = rotated(stack, "none", secrets)
+    assert done == new
+    stack.up()
+    assert stack.last_changes() == {"same": STEPS}
