@@ -4,8 +4,14 @@ DigitalOcean; media (Spaces and a CDN) and Redis (Valkey) may be added in every 
 
 import pulumi
 
-from mastodon_data import outputs, stack_config
-from mastodon_data.components import (
+from mastodon_data import cert_renewal, outputs, stack_config
+from mastodon_data.config import REDIS_URL_KEY
+
+# Configuration: every setting checked at once; any problem stops here, with its fix.
+settings, secrets, reseed = stack_config.load()
+cert_renewal.start_early(settings)  # hosts mode: SSH checks overlap the import below
+
+from mastodon_data.components import (  # noqa: E402
     DropletTier,
     ManagedPostgres,
     ManagedValkey,
@@ -13,10 +19,7 @@ from mastodon_data.components import (
     ReplicationSteps,
     SpacesMedia,
 )
-from mastodon_data.config import REDIS_URL_KEY
 
-# Configuration: every setting checked at once; any problem stops here, with its fix.
-settings, secrets, reseed = stack_config.load()
 mode, redis = settings.mode, settings.redis
 
 # Components: one VPC per stack (hosts mode has none), PostgreSQL, media, Redis.

@@ -339,3 +339,17 @@ def test_a_bad_ca_rotation_names_the_stages():
         "mastodon-data:caRotation = 'rotate': not one of none, prepare, switch. "
         "Fix: pulumi config set mastodon-data:caRotation prepare"
     )
+
+
+def test_hosts_mode_asks_each_host_once_before_the_components_exist(monkeypatch):
+    started = []
+    monkeypatch.setattr(
+        cert_renewal, "start_early", lambda settings, real=cert_renewal.start_early: (
+            real(settings), started.append(sorted(cert_renewal._EARLY)))
+    )  # fmt: skip
+    probes = CertificateProbes({"192.0.2.2": "due 4"})
+    run = run_program(HOSTS, probes=probes)
+    assert started == [[("db1", "192.0.2.1"), ("db2", "192.0.2.2")]]  # asked at once
+    assert sorted(name for name, *_ in probes.asked) == ["db1", "db2"]  # once each
+    assert cert_renewal._EARLY == {}  # every early answer went to its step
+    assert triggers(run)["replication-replica-db2"][0].endswith("+renewal-5")
