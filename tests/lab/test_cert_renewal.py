@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from labkit import new_secrets, own_lab, wait_until, write_figures
 
@@ -93,6 +94,21 @@ def streaming_verify_full(replica: int) -> bool:
     return row.startswith("streaming|") and "sslmode=verify-full" in row
 
 
+def app_verifies(ca_pem: str, secrets: dict, tmp: Path) -> str:
+    """What a client that trusts only `postgres_ca_cert` (the streaming server with
+    NODE_EXTRA_CA_CERTS) sees: a verify-full connection to the primary as Mastodon's role."""
+    ca_file = tmp / "postgres-ca.crt"
+    ca_file.write_text(ca_pem)
+    with psycopg.connect(
+        host=LAB.host(1).address, dbname="mastodon_production", user="mastodon",
+        password=secrets["dbPassword"], sslmode="verify-full", sslrootcert=str(ca_file),
+        connect_timeout=10,
+    ) as connection:  # fmt: skip
+        return connection.execute(
+            "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        ).fetchone()[0]
+
+
 def timed_up(stack: LabStack) -> float:
     start = time.monotonic()
     stack.up()
@@ -132,7 +148,7 @@ def test_fresh_certificates_are_not_renewed_and_an_up_changes_nothing(run):
     figures["one certificate probe over ssh s"] = round((time.monotonic() - start) / 3, 3)
 
 
-def test_a_certificate_near_its_end_is_renewed_by_a_plain_up(run):
+def test_a_certificate_near_its_end_is_renewed_by_a_plain_up(run, tmp_path):
     stack, figures = run["stack"], run["figures"]
     ca_before = stack.outputs()["postgres_ca_cert"]
     started = {i: psql(i, "SELECT pg_postmaster_start_time()") for i in (1, 2, 3)}
@@ -157,6 +173,7 @@ def test_a_certificate_near_its_end_is_renewed_by_a_plain_up(run):
     assert renewals(3) == "none"  # ... and h3's, not due, was left alone
     assert {i: psql(i, "SELECT pg_postmaster_start_time()") for i in (1, 2, 3)} == started
     assert stack.outputs()["postgres_ca_cert"] == ca_before  # same CA: NODE_EXTRA_CA_CERTS stays
+    assert app_verifies(ca_before, run["secrets"], tmp_path) == "true"
     ssh(1, f"openssl verify -CAfile {CA}/ca.crt {CONF}/server.crt")
 
     # New connections verify the renewed certificate: cut both replicas' connections.
@@ -202,7 +219,7 @@ def rotated(stack: LabStack, stage: str, secrets: dict) -> str:
     return ca
 
 
-def test_ca_rotation_hands_over_in_three_ups(run):
+def test_ca_rotation_hands_over_in_three_ups(run, tmp_path):
     stack, secrets = run["stack"], run["secrets"]
     old = stack.outputs()["postgres_ca_cert"]
     assert pem_count(old) == 1
@@ -217,5 +234,8 @@ def test_ca_rotation_hands_over_in_three_ups(run):
     assert renewals(1) == "1"  # a rotation is no renewal
     done = rotated(stack, "none", secrets)
     assert done == new
+    assert app_verifies(new, secrets, tmp_path) == "true"
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        app_verifies(old, secrets, tmp_path)  # the old CA alone no longer does
     stack.up()
     assert stack.last_changes() == {"same": STEPS}
