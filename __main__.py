@@ -4,11 +4,12 @@ DigitalOcean; media (Spaces and a CDN) and Redis (Valkey) may be added in every 
 
 import pulumi
 
-from mastodon_data import components, outputs, stack_config
+from mastodon_data import cert_renewal, components, outputs, stack_config
 from mastodon_data.config import REDIS_URL_KEY
 
 # Configuration: every setting checked at once; any problem stops here, with its fix.
 settings, secrets, reseed = stack_config.load()
+cert_renewal.start_early(settings)  # hosts mode: the SSH checks overlap the imports below
 mode, redis = settings.mode, settings.redis
 
 # Components: one VPC per stack (hosts mode has none), PostgreSQL, media, Redis.

@@ -3,7 +3,9 @@
 
 stdin (JSON): version, port, private_address, replicas [{name, address}], replication_user,
 replication_password, db_name, db_user, db_password, allowed_sources [CIDR], wal_keep_size,
-max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval.
+max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval; optional
+certificate_days, certificate_renew_days (the server certificate's validity and renewal window),
+ca_rotation (none, prepare, switch: README "Rotating the CA").
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from common import (
     main_wrapper,
     read_params,
     replace_managed_block,
+    rotate_ca,
     scram_verifier,
     server_settings,
     slot_name,
+    trusted_cas,
     verifier_matches,
     write_if_changed,
     write_settings,
@@ -204,7 +208,8 @@ def main() -> dict:
             "point the primary setting at the current primary"
         )
     ca_crt, ca_key, ca_made = ensure_ca()
-    touched = ensure_certificate(cluster, params["private_address"], (ca_crt, ca_key))
+    changed += rotate_ca(params.get("ca_rotation", "none"))
+    touched = ensure_certificate(cluster, params["private_address"], (ca_crt, ca_key), params)
     touched |= write_settings(cluster, server_settings(cluster, params, len(params["replicas"])))
     touched |= write_hba(cluster, hba_lines(params))
     action = apply_settings(cluster, touched)
@@ -233,7 +238,7 @@ def main() -> dict:
     return {
         "role": "primary",
         "changed": changed,
-        "ca_cert": ca_crt.read_text(),
+        "ca_cert": trusted_cas(),
         "system_identifier": cluster.system_identifier(),
     }
 

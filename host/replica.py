@@ -10,7 +10,7 @@ stdin (JSON): version, port, name, private_address, primary_address, primary_por
 replication_user, replication_password, db_name, db_user, allowed_sources [CIDR], replica_count,
 wal_keep_size, max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval,
 primary_ca_cert (PEM, from the primary step's report); optional reseed (bool),
-stream_wait_seconds (default 60).
+stream_wait_seconds (default 60), certificate_days, certificate_renew_days.
 """
 
 from __future__ import annotations
@@ -441,7 +441,7 @@ def wait_streaming(cluster: Cluster, seconds: float, since: int) -> str:
 
 
 def configure_and_start(cluster: Cluster, params: dict) -> str:
-    touched = ensure_certificate(cluster, params["private_address"])
+    touched = ensure_certificate(cluster, params["private_address"], None, params)
     touched |= write_settings(cluster, server_settings(cluster, params, params["replica_count"]))
     touched |= write_hba(cluster, params)
     action = apply_settings(cluster, touched)

@@ -46,6 +46,12 @@ CASES: list[tuple[str, dict, frozenset]] = [
     ("slot limit below wal_keep_size", {**DROPLETS, "maxSlotWalKeepSize": "512MB"}, ALL),
     ("replication timeout without unit", {**DROPLETS, "replicationTimeout": "10"}, ALL),
     ("replication timeout too short", {**DROPLETS, "replicationTimeout": "500ms"}, ALL),
+    (
+        "renewal window as long as the certificate",
+        {**DROPLETS, "certificateDays": 30, "certificateRenewDays": 30},
+        ALL,
+    ),
+    ("unknown CA rotation stage", {**DROPLETS, "caRotation": "rotate"}, ALL),
     ("misspelt key", {**DROPLETS, "replicaCont": 2}, ALL),
     ("hosts listed in droplets mode", {**DROPLETS, "hosts": HOSTS["hosts"]}, ALL),
     ("hosts mode without hosts", {**HOSTS, "hosts": []}, ALL),

@@ -19,6 +19,8 @@ from mastodon_data.config import BackupSettings, Host, ReplicationSettings
 
 # The payload shipped to the hosts (stdlib only), beside this package in the project directory.
 HOST_SCRIPTS = Path(__file__).resolve().parent.parent / "host"
+# The steps that issue and renew their host's server certificate.
+CERTIFICATE_SCRIPTS = ("primary", "replica")
 # Which stack secret feeds which script parameter (they travel on stdin only). The repository's
 # key comes from the stack's own Spaces key (droplets) or from the settings (hosts).
 BACKUP_SECRETS = {
@@ -110,13 +112,15 @@ def payload(step: Step, params: dict, secrets: dict[str, str]) -> dict:
     return {"files": script_files(step.script), "run": f"{step.script}.py", "params": filled}
 
 
-def trigger(script: str, params: dict) -> str:
-    """Changes when the step's scripts or non-secret parameters change: it runs again then."""
+def trigger(script: str, params: dict, renewals: int = 0) -> str:
+    """Changes when the step's scripts or non-secret parameters change, or its host's server
+    certificate is due for renewal (`renewals`: the count read on the host, plus one when
+    due; see cert_renewal): it runs again then."""
     digest = hashlib.sha256()
     for name, source in script_files(script).items():
         digest.update(name.encode() + b"\0" + source.encode() + b"\0")
     digest.update(json.dumps(params, sort_keys=True).encode())
-    return digest.hexdigest()
+    return digest.hexdigest() + (f"+renewal-{renewals}" if renewals else "")
 
 
 def steps(
@@ -137,7 +141,12 @@ def steps(
             "primary",
             "primary",
             primary,
-            {**common, "private_address": primary.private_address, "replicas": replica_list},
+            {
+                **common,
+                "private_address": primary.private_address,
+                "replicas": replica_list,
+                "ca_rotation": replication.ca_rotation,
+            },
         )
     ]
     for replica in replicas:
@@ -180,6 +189,8 @@ def server_params(replication: ReplicationSettings) -> dict:
         "max_slot_wal_keep_size": replication.max_slot_wal_keep_size,
         "replication_timeout": replication.replication_timeout,
         "wal_retrieve_retry_interval": replication.wal_retrieve_retry_interval,
+        "certificate_days": replication.certificate_days,
+        "certificate_renew_days": replication.certificate_renew_days,
     }
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pulumi
 from pulumi_command import remote
 
-from mastodon_data import outputs, plan
+from mastodon_data import cert_renewal, outputs, plan
 from mastodon_data.config import BackupSettings, Host, ReplicationSettings
 
 
@@ -84,7 +84,7 @@ class ReplicationSteps(pulumi.ComponentResource):
             params = pulumi.Output.all(params, self.commands["primary"].stdout).apply(
                 lambda args: {**args[0], **plan.from_primary(plan.parse_report(args[1]))}
             )
-        self._triggers[step.name] = params.apply(lambda p: plan.trigger(step.script, p))
+        self._triggers[step.name] = self._trigger(step, params, secrets["sshPrivateKey"])
         stdin = pulumi.Output.all(params, *(secrets[k] for k in step.secret_params.values()))
         stdin = pulumi.Output.secret(stdin.apply(lambda args: _stdin(step, args[0], args[1:])))
         return remote.Command(
@@ -104,6 +104,20 @@ class ReplicationSteps(pulumi.ComponentResource):
                 depends_on=[self.commands[s] for s in step.after],
                 additional_secret_outputs=["stdin"],
             ),
+        )
+
+    @staticmethod
+    def _trigger(step: plan.Step, params: pulumi.Output, key: pulumi.Output) -> pulumi.Output:
+        """The hash of the step's scripts and parameters; for a step that owns a server
+        certificate (primary, replica) also its renewal count, read on the host at every run
+        (cert_renewal), so a certificate within its renewal window runs the step again."""
+        if step.script not in plan.CERTIFICATE_SCRIPTS:
+            return params.apply(lambda p: plan.trigger(step.script, p))
+        count = cert_renewal.renewal_count_output(
+            step.host, key, step.params["version"], step.params["certificate_renew_days"]
+        )
+        return pulumi.Output.all(params, count).apply(
+            lambda a: plan.trigger(step.script, a[0], renewals=a[1])
         )
 
 

@@ -53,6 +53,9 @@ class ReplicationSettings:
     wal_retrieve_retry_interval: str
     replica_count: int
     port: int = POSTGRES_PORT
+    certificate_days: int = 825  # validity of a server certificate issued or renewed
+    certificate_renew_days: int = 30  # renewed when closer than this to its end
+    ca_rotation: str = "none"  # none | prepare | switch: the primary's CA hand-over
 
 
 @dataclass(frozen=True)

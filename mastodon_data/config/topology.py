@@ -23,6 +23,9 @@ IMAGES = ("ubuntu-24-04-x64", "ubuntu-22-04-x64", "debian-12-x64")
 POSTGRES_VERSIONS = range(15, 19)  # extend the stop when a new major is packaged
 REPLICA_COUNTS = range(0, 11)
 VPC_PREFIXES = range(16, 25)
+CERTIFICATE_DAYS = range(7, 3651)  # at most the CA's own ten years
+CERTIFICATE_RENEW_DAYS = range(1, 366)
+CA_ROTATIONS = ("none", "prepare", "switch")  # host/common.py's stages
 
 # Droplet size slugs: family, then "<n>vcpu-<mem>[-<disk>]" or a bare cpu count (c-4), then an
 # optional cpu vendor: s-2vcpu-4gb, s-1vcpu-512mb-10gb, c-4, so1_5-2vcpu-16gb, s-4vcpu-8gb-amd.
@@ -45,6 +48,9 @@ NOT_FOR_MANAGED = {
     "replicaSize": "dbClusterSize (the managed replica has the cluster's size)",
     "replicaCount": "managedReplica",
     "postgresAllowedSources": "appTag, appDropletIds or appCidrs",
+    "certificateDays": "DigitalOcean's own certificates",
+    "certificateRenewDays": "DigitalOcean's own certificates",
+    "caRotation": "DigitalOcean's own certificates",
 }
 
 
@@ -137,6 +143,9 @@ FIELDS = (
     # whole seconds.
     Field("replicationTimeout", check=duration_check("3s", "60min")),
     Field("walRetrieveRetryInterval", check=duration_check("100ms", "5min")),
+    Field("certificateDays", allowed=CERTIFICATE_DAYS),
+    Field("certificateRenewDays", allowed=CERTIFICATE_RENEW_DAYS),
+    Field("caRotation", choices=CA_ROTATIONS, example="prepare"),
 )
 
 
@@ -166,6 +175,7 @@ def parse_topology(v: Validation) -> dict[str, Any]:
             set_command("replicationUser", DEFAULTS["replicationUser"]),
         )
     check_wal_limits(v, values["walKeepSize"], values["maxSlotWalKeepSize"])
+    check_certificate_window(v, values["certificateDays"], values["certificateRenewDays"])
     return {
         "mode": values["postgresMode"],
         "region": values["region"],
@@ -186,6 +196,9 @@ def parse_topology(v: Validation) -> dict[str, Any]:
         "max_slot_wal_keep_size": values["maxSlotWalKeepSize"],
         "replication_timeout": values["replicationTimeout"],
         "wal_retrieve_retry_interval": values["walRetrieveRetryInterval"],
+        "certificate_days": values["certificateDays"],
+        "certificate_renew_days": values["certificateRenewDays"],
+        "ca_rotation": values["caRotation"],
     }
 
 
@@ -265,4 +278,17 @@ def check_wal_limits(v: Validation, keep: str | None, slot: str | None) -> None:
             slot,
             f"smaller than walKeepSize {keep}",
             set_command("maxSlotWalKeepSize", keep) + " (or larger)",
+        )
+
+
+def check_certificate_window(v: Validation, days: int | None, renew_days: int | None) -> None:
+    """A certificate must live longer than its renewal window, or every run would renew it."""
+    if days is None or renew_days is None or not v.ok("certificateDays", "certificateRenewDays"):
+        return
+    if renew_days >= days:
+        v.bad(
+            "certificateRenewDays",
+            renew_days,
+            f"not less than certificateDays {days}: every run would renew the certificates",
+            set_command("certificateRenewDays", max(1, min(30, days // 4))),
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pulumi
 
+from mastodon_data import cert_renewal
 from tests.fixtures import SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,9 +146,29 @@ class Run:
         return found
 
 
-def run_program(config: dict, secrets: dict | None = None) -> Run:
-    """Runs __main__.py with `config` (keys without the project prefix) and the secrets."""
+class CertificateProbes:
+    """Stands in for the hosts' certificate check (cert_renewal): each host answers from
+    `answers` by its address ("ok 0", a valid certificate never renewed, by default); the
+    commands asked are kept."""
+
+    def __init__(self, answers: dict[str, str] | None = None):
+        self.answers, self.asked = answers or {}, []
+
+    def __call__(self, host, address: str, private_key: str, command: str) -> str:
+        self.asked.append((host.name, address, private_key, command))
+        answer = self.answers.get(address, "ok 0")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def run_program(
+    config: dict, secrets: dict | None = None, probes: CertificateProbes | None = None
+) -> Run:
+    """Runs __main__.py with `config` (keys without the project prefix) and the secrets; the
+    hosts' certificate checks are answered by `probes` (no SSH)."""
     secrets = SECRETS if secrets is None else secrets
+    cert_renewal.READER[0] = probes or CertificateProbes()
     mocks = Mocks()
     # A fresh root stack per run: set_mocks keeps an existing one, and with it the exports of
     # the previous run (an output this run does not export would still be there).
