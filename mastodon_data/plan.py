@@ -25,6 +25,7 @@ SECRET_PARAMS = {
     "replica": {"replication_password": "replicationPassword"},
     "status": {},
     "promote": {},
+    "volume": {},
 }
 
 # Runs on the host: writes the shipped scripts into a private directory of its own (so runs
@@ -46,10 +47,11 @@ LAUNCHER = (
 @dataclass(frozen=True)
 class Step:
     name: str
-    script: str  # primary | replica | status | promote
+    script: str  # primary | replica | status | promote | volume
     host: Host
     params: dict = field(hash=False)  # non-secret parameters
-    after: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()  # runs after these, and again whenever they run again
+    requires: tuple[str, ...] = ()  # runs after these only (a grown volume re-runs nothing else)
 
     @property
     def secret_params(self) -> dict[str, str]:
@@ -114,20 +116,23 @@ def steps(
     *,
     reseed: frozenset[str] = frozenset(),
 ) -> list[Step]:
-    """Primary first; every replica after it (in parallel); a status report per host last.
-    Spare hosts get no step."""
+    """Each host's data device mounted first (where it has one); the primary; every replica
+    after it (in parallel); a status report per host last. Spare hosts get no step."""
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
     common = server_params(replication)
     replica_list = [{"name": r.name, "address": r.private_address} for r in replicas]
-    plan = [
+    plan = [volume_step(h) for h in (primary, *replicas) if h.data_device is not None]
+    volume = {s.host.name: (s.name,) for s in plan}
+    plan.append(
         Step(
             "primary",
             "primary",
             primary,
             {**common, "private_address": primary.private_address, "replicas": replica_list},
+            requires=volume.get(primary.name, ()),
         )
-    ]
+    )
     for replica in replicas:
         params = {
             **common,
@@ -139,11 +144,28 @@ def steps(
         }
         if replica.name in reseed:
             params["reseed"] = True
-        plan.append(Step(f"replica-{replica.name}", "replica", replica, params, ("primary",)))
+        plan.append(
+            Step(
+                f"replica-{replica.name}",
+                "replica",
+                replica,
+                params,
+                ("primary",),
+                volume.get(replica.name, ()),
+            )
+        )
     setup = tuple(s.name for s in plan)
     report = {"version": replication.postgres_version, "port": replication.port}
     plan += [Step(f"status-{h.name}", "status", h, report, setup) for h in (primary, *replicas)]
     return plan
+
+
+def volume_step(host: Host) -> Step:
+    """PostgreSQL's directories on the host's data device (host/volume.py)."""
+    params = {"device": host.data_device}
+    if host.data_size is not None:
+        params["size_gib"] = host.data_size
+    return Step(f"volume-{host.name}", "volume", host, params)
 
 
 def server_params(replication: ReplicationSettings) -> dict:

@@ -98,7 +98,7 @@ class ReplicationSteps(pulumi.ComponentResource):
             logging=remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[self.commands[s] for s in step.after],
+                depends_on=[self.commands[s] for s in (*step.after, *step.requires)],
                 additional_secret_outputs=["stdin"],
             ),
         )
