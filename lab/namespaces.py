@@ -45,6 +45,12 @@ PRIVATE_DIRS = {
     "/var/log/postgresql": ("root", "postgres", 0o1775),
 }
 
+# And privately too: the host's fstab (the volume step writes its lines there) and the directory
+# its attached volumes appear in, as udev makes it. A bind needs a target: the directory is made
+# on this machine when missing (empty; nothing of the lab ever lands in it).
+PRIVATE_FILES = {"/etc/fstab": "# <file system> <mount point> <type> <options> <dump> <pass>\n"}
+DEVICE_LINKS = "/dev/disk/by-id"
+
 STEP_TIMEOUT = 30  # seconds for any single system command
 
 
@@ -232,14 +238,34 @@ def ensure_switch(lab: Lab) -> None:
     run(["ip", "link", "set", lab.operator_link, "up"])
 
 
-def write_host_files(lab: Lab, host: LabHost) -> Path:
-    """The host's private directories, its host key and its sshd_config."""
-    host.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+def private_source(home: Path, path: str) -> Path:
+    """Where a host keeps its own copy of `path` (in its state directory `home`)."""
+    return home / path.strip("/").replace("/", "-")
+
+
+def make_private(home: Path) -> str:
+    """Makes the host's private directories and files in `home`; returns the shell commands
+    that bind them over the shared ones (in the host's own mount namespace)."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     for path, (owner, group, mode) in PRIVATE_DIRS.items():
-        src = host.state_dir / path.strip("/").replace("/", "-")
+        src = private_source(home, path)
         src.mkdir(exist_ok=True)
         shutil.chown(src, owner, group)
         os.chmod(src, mode)
+    for path, text in PRIVATE_FILES.items():
+        src = private_source(home, path)
+        if not src.exists():
+            src.write_text(text)
+            os.chmod(src, 0o644)
+    private_source(home, DEVICE_LINKS).mkdir(mode=0o755, exist_ok=True)
+    Path(DEVICE_LINKS).mkdir(mode=0o755, parents=True, exist_ok=True)
+    paths = [*PRIVATE_DIRS, *PRIVATE_FILES, DEVICE_LINKS]
+    return " && ".join(f"mount --bind {private_source(home, p)} {p}" for p in paths)
+
+
+def write_host_files(lab: Lab, host: LabHost) -> Path:
+    """The host's private directories, its host key and its sshd_config."""
+    make_private(host.state_dir)
     host_key = host.state_dir / "ssh_host_ed25519_key"
     if not host_key.exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(host_key)])
@@ -302,10 +328,7 @@ def ensure_host(lab: Lab, index: int) -> LabHost:
     run(hn + ["link", "set", "eth0", "up"])
     run(hn + ["link", "set", "lo", "up"])
     if not pid_alive(host.state_dir / "sshd.pid"):
-        mounts = " && ".join(
-            f"mount --bind {host.state_dir / p.strip('/').replace('/', '-')} {p}"
-            for p in PRIVATE_DIRS
-        )
+        mounts = make_private(host.state_dir)
         run(
             [
                 "ip",
