@@ -33,6 +33,7 @@ FSTAB = Path("/etc/fstab")
 OPTIONS = "defaults,nofail,discard,noatime"  # DigitalOcean's recommended volume options
 DEVICE_WAIT = 60  # seconds an attached volume may take to appear
 ZERO_PROBE = 1 << 20  # bytes at the start of a "blank" device that must be zero
+CAP_SYS_RESOURCE = 24  # linux/capability.h
 MIGRATE_HINT = "see README 'Data on volumes: a stack made before volumes'"
 
 
@@ -163,10 +164,6 @@ def mounted(real: Path, root: str, point: Path) -> bool:
     return any(dev == number and r == root and p == point for dev, r, p in mounts())
 
 
-def is_mount_point(path: Path) -> bool:
-    return any(point == path for _, _, point in mounts())
-
-
 def holds_files(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
@@ -174,10 +171,11 @@ def holds_files(path: Path) -> bool:
 def refuse_hidden_data() -> None:
     """The volume is not mounted yet: PostgreSQL files already on the root disk would be hidden
     under it (a server made before volumes). Refuse rather than lose sight of them."""
-    full = [str(t) for t in BINDS.values() if holds_files(t) and not is_mount_point(t)]
+    full = [str(t) for t in BINDS.values() if holds_files(t)]
     if full:
         raise HostError(
-            f"{' and '.join(full)} already hold PostgreSQL files on this server's own disk; "
+            f"{' and '.join(full)} already {'hold' if len(full) > 1 else 'holds'} PostgreSQL "
+            "files on this server's own disk; "
             "mounting the data volume over them would hide them. Move them onto the volume "
             f"first ({MIGRATE_HINT}), then run pulumi up again"
         )
@@ -202,7 +200,8 @@ def ensure_owner(changed: list[str]) -> None:
     for name in BINDS:
         top = MOUNT_POINT / name
         if not top.exists():
-            top.mkdir(mode=0o755)
+            top.mkdir()
+            os.chmod(top, 0o755)  # as Debian has them (the launcher's umask is 077)
             os.chown(top, uid, gid)
             continue
         old = os.stat(top)
@@ -223,7 +222,7 @@ def reown(top: Path, old: tuple[int, int], new: tuple[int, int]) -> None:
 def bind(source: Path, target: Path, real: Path, name: str, changed: list[str]) -> None:
     if mounted(real, f"/{name}", target):
         return
-    if holds_files(target) and not is_mount_point(target):
+    if holds_files(target):
         raise HostError(
             f"{target} already holds files on this server's own disk; binding the volume's "
             f"{name} over it would hide them. Move them onto the volume first ({MIGRATE_HINT})"
@@ -271,11 +270,51 @@ def filesystem_bytes(real: Path) -> int:
 
 def grow(real: Path, changed: list[str]) -> None:
     before, size = filesystem_bytes(real), device_bytes(real)
-    if size - before < 4 << 20:  # less than a few blocks groups' worth: nothing to grow
+    if size - before < 4 << 20:  # less than a few block groups' worth: nothing to grow
         return
     log(f"growing the filesystem from {gib(before)} to {gib(size)}")
+    if can_resize_online():
+        run(["resize2fs", str(real)])
+        how = "online"
+    else:
+        grow_offline(real)
+        how = "offline: PostgreSQL stopped for it"
+    changed.append(f"filesystem grown from {gib(before)} to {gib(filesystem_bytes(real))} ({how})")
+
+
+def can_resize_online() -> bool:
+    """ext4 grows while mounted when the kernel lets this process (CAP_SYS_RESOURCE); a
+    container without it (as the lab's sandbox) must grow it unmounted."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    return False
+
+
+def grow_offline(real: Path) -> None:
+    """The clusters that run stopped, the filesystem unmounted, checked, grown and mounted
+    again, the clusters started again."""
+    online = running_clusters()
+    for version, name in online:
+        run(["pg_ctlcluster", version, name, "stop", "-m", "fast"])
+    for point in [*reversed(BINDS.values()), MOUNT_POINT]:
+        run(["umount", str(point)])
+    fsck = run(["e2fsck", "-f", "-p", str(real)], check=False)
+    if fsck.returncode not in (0, 1):  # 1: errors corrected
+        raise HostError(f"e2fsck {real} found problems it cannot fix: {fsck.stdout.strip()}")
     run(["resize2fs", str(real)])
-    changed.append(f"filesystem grown from {gib(before)} to {gib(filesystem_bytes(real))}")
+    mount(real, [])
+    for name, target in BINDS.items():
+        bind(MOUNT_POINT / name, target, real, name, [])
+    for version, name in online:
+        run(["pg_ctlcluster", version, name, "start"])
+
+
+def running_clusters() -> list[tuple[str, str]]:
+    if not Path("/usr/bin/pg_lsclusters").exists():
+        return []
+    out = run(["pg_lsclusters", "-h"]).stdout
+    return [(f[0], f[1]) for f in (line.split() for line in out.splitlines()) if f[3] == "online"]
 
 
 def gib(n: int) -> str:
