@@ -15,6 +15,7 @@ from lab.namespaces import (  # noqa: F401 - re-exported
     make_private,
     netns_list,
     pid_alive,
+    private_source,
     preflight,
     remove_netns,
     run,
