@@ -411,8 +411,8 @@ def down(lab: Lab) -> None:
     for ns in sorted(netns_list()):
         if ns.startswith(f"{lab.prefix}-"):
             remove_netns(ns)
-    if link_exists(lab.operator_link):
-        run(["ip", "link", "del", lab.operator_link])
+    if link_exists(lab.operator_link):  # may go by itself meanwhile, with its switch-side peer
+        run(["ip", "link", "del", lab.operator_link], check=False)
     for leftover in run(["ip", "-o", "link", "show"]).stdout.splitlines():
         name = leftover.split(":")[1].strip().split("@")[0]
         if name.startswith(f"{lab.prefix}-v"):

@@ -1327,7 +1327,10 @@ class Account:
             volume["size_gigabytes"] = size
         else:
             raise unprocessable(f"volume action {kind!r} is not implemented by the stand-in")
-        action = self.new_action(kind, "volume", volume["id"], volume["region"])
+        # As DigitalOcean answers: attach_volume / detach_volume / resize, and no resource_id
+        # (an action's resource_id is an integer; a volume's id is not).
+        label = f"{kind}_volume" if kind in ("attach", "detach") else kind
+        action = self.new_action(label, "volume", None, volume["region"])
         self.save()
         self.spawn(
             self.run_volume_action,

@@ -189,3 +189,20 @@ def test_postgresql_files_on_the_root_disk_are_never_hidden(lab, loops, tmp_path
     assert sh(["blkid", "-p", device], check=False) == ""  # nothing formatted
     assert mounts_on(3) == []
     assert on_host(3, "cat /var/lib/postgresql/15/main/PG_VERSION") == "15"
+
+    # The README's way onto the volume, then the step mounts the moved files.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("# on the droplet, as root\n", 1)[1].split("# then, where pulumi", 1)[0]
+    commands = [line for line in block.splitlines() if not line.startswith(("DEV=", "BACKUP="))]
+    backup = tmp_path / "root-disk"
+    script = f"DEV={device}; BACKUP={backup}\n" + "\n".join(commands)
+    on_host(3, f"set -e\n{script}")
+    moved = volume_step(3, device, tmp_path, secrets)
+    assert moved["changed"] == [
+        "mounted at /mnt/mastodon-data",
+        "/etc/postgresql bound from the volume",
+        "/var/lib/postgresql bound from the volume",
+        "fstab entries written",
+    ]
+    assert on_host(3, "cat /var/lib/postgresql/15/main/PG_VERSION") == "15"
+    assert (backup / "lib" / "15" / "main" / "PG_VERSION").read_text() == "15\n"
