@@ -297,24 +297,28 @@ def grow_offline(real: Path) -> None:
     online = running_clusters()
     for version, name in online:
         run(["pg_ctlcluster", version, name, "stop", "-m", "fast"])
-    for point in [*reversed(BINDS.values()), MOUNT_POINT]:
-        run(["umount", str(point)])
-    fsck = run(["e2fsck", "-f", "-p", str(real)], check=False)
-    if fsck.returncode not in (0, 1):  # 1: errors corrected
-        raise HostError(f"e2fsck {real} found problems it cannot fix: {fsck.stdout.strip()}")
-    run(["resize2fs", str(real)])
-    mount(real, [])
-    for name, target in BINDS.items():
-        bind(MOUNT_POINT / name, target, real, name, [])
-    for version, name in online:
-        run(["pg_ctlcluster", version, name, "start"])
+    try:
+        for point in [*reversed(BINDS.values()), MOUNT_POINT]:
+            run(["umount", str(point)])
+        fsck = run(["e2fsck", "-f", "-p", str(real)], check=False)
+        if fsck.returncode not in (0, 1):  # 1: errors corrected
+            raise HostError(f"e2fsck {real} found problems it cannot fix: {fsck.stdout.strip()}")
+        run(["resize2fs", str(real)])
+    finally:  # grown or not, the data is mounted again and the clusters run as before
+        if not mounted(real, "/", MOUNT_POINT):
+            mount(real, [])
+        for name, target in BINDS.items():
+            bind(MOUNT_POINT / name, target, real, name, [])
+        for version, name in online:
+            run(["pg_ctlcluster", version, name, "start"])
 
 
 def running_clusters() -> list[tuple[str, str]]:
     if not Path("/usr/bin/pg_lsclusters").exists():
         return []
     out = run(["pg_lsclusters", "-h"]).stdout
-    return [(f[0], f[1]) for f in (line.split() for line in out.splitlines()) if f[3] == "online"]
+    rows = [line.split() for line in out.splitlines()]
+    return [(f[0], f[1]) for f in rows if f[3].startswith("online")]  # "online,recovery" too
 
 
 def gib(n: int) -> str:
