@@ -15,8 +15,8 @@ from lab.namespaces import (  # noqa: F401 - re-exported
     make_private,
     netns_list,
     pid_alive,
-    private_source,
     preflight,
+    private_source,
     remove_netns,
     run,
 )

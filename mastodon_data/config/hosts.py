@@ -182,8 +182,9 @@ def parse_host(v: Validation, index: int, entry: Any, role: str) -> Host | None:
             f"{prefix}.dataDevice",
             data_device,
             "not a block device path under /dev (a stable one: /dev/disk/by-id/...)",
-            set_path_command(f"{prefix}.dataDevice", f"{STABLE_EXAMPLE}  # ls -l /dev/disk/by-id")
-            + f", or pulumi config rm --path '{PROJECT}:{prefix}.dataDevice'",
+            set_path_command(f"{prefix}.dataDevice", STABLE_EXAMPLE)
+            + " (names: ls -l /dev/disk/by-id), or "
+            + f"pulumi config rm --path '{PROJECT}:{prefix}.dataDevice'",
         )
     if len(v.lines) > before:
         return None

@@ -166,7 +166,7 @@ def test_a_bad_data_device_is_refused(device):
     assert str(caught.value) == (
         f"mastodon-data:hosts[0].dataDevice = {device!r}: not a block device path under /dev "
         "(a stable one: /dev/disk/by-id/...). Fix: pulumi config set --path "
-        "'mastodon-data:hosts[0].dataDevice' /dev/disk/by-id/<id>  # ls -l /dev/disk/by-id, "
+        "'mastodon-data:hosts[0].dataDevice' /dev/disk/by-id/<id> (names: ls -l /dev/disk/by-id), "
         "or pulumi config rm --path 'mastodon-data:hosts[0].dataDevice'"
     )
 
