@@ -124,7 +124,7 @@ class DropletTier(pulumi.ComponentResource):
             name=volume_name,
             region=region,
             size=size,
-            description=f"PostgreSQL of {droplet_name} (mastodon-data)",
+            # No description: DigitalOcean replaces a volume whose description changes.
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.volumes.append(volume)
