@@ -2,7 +2,8 @@
 devices as data devices (hosts mode's dataDevice): a blank device is formatted and mounted, an
 existing filesystem kept, a grown device's filesystem grown; another filesystem, a foreign ext4,
 unnamed data and PostgreSQL files already on the root disk are refused, and nothing is formatted
-then."""
+then. And a hosts-mode stack through the engine whose two hosts name a dataDevice: the primary and
+its replica run from their devices."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from labkit import new_secrets, own_lab, run_one_step
+from labkit import applied, new_secrets, own_lab, run_one_step
 
 from lab import namespaces as lab_hosts
+from lab.stack import LabStack, engine_gap
 from mastodon_data.cli.host_ssh import StepFailed
 
 pytestmark = pytest.mark.lab
@@ -27,7 +29,7 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[lab_hosts.Lab]:
-    with own_lab(LAB, 3) as made:
+    with own_lab(LAB, 5) as made:
         yield made
 
 
@@ -206,3 +208,38 @@ def test_postgresql_files_on_the_root_disk_are_never_hidden(lab, loops, tmp_path
     ]
     assert on_host(3, "cat /var/lib/postgresql/15/main/PG_VERSION") == "15"
     assert (backup / "lib" / "15" / "main" / "PG_VERSION").read_text() == "15\n"
+
+
+def test_a_hosts_stack_runs_postgresql_from_each_hosts_data_device(lab, loops, tmp_path):
+    reason = engine_gap()
+    if reason:
+        pytest.skip(reason)
+    devices = [loops(f"host{i}", 256 * MIB)[0] for i in (4, 5)]
+    config = lab_hosts.stack_config(LAB, 1, 5)
+    config["hosts"] = config["hosts"][3:]  # h4 the primary, h5 its replica
+    config["postgresAllowedSources"] = [f"{LAB.operator_address}/32"] + [
+        f"{LAB.host(i).address}/32" for i in (4, 5)
+    ]
+    for entry, device in zip(config["hosts"], devices, strict=True):
+        entry["dataDevice"] = device
+    stack = LabStack("voltest", tmp_path / "stack")
+    stack.prepare()
+    secrets = new_secrets(lab)
+    outputs = applied(stack, config, secrets)
+    steps = outputs["steps"]
+    for index, device in zip((4, 5), devices, strict=True):
+        name = LAB.host(index).name
+        assert steps[f"volume-{name}"]["changed"][:2] == [
+            "formatted ext4",
+            "mounted at /mnt/mastodon-data",
+        ]
+        # The topmost mount of each (over the lab host's own directories) is the device's.
+        data = on_host(index, "findmnt -n -o SOURCE -T /var/lib/postgresql/15/main | tail -1")
+        assert data == f"{device}[/lib]"
+        config_dir = on_host(index, "findmnt -n -o SOURCE -T /etc/postgresql/15/main | tail -1")
+        assert config_dir == f"{device}[/etc]"
+    primary, replica = (outputs["replication"][LAB.host(i).name] for i in (4, 5))
+    assert replica["receiver"][0]["status"] == "streaming"
+    assert replica["system_identifier"] == primary["system_identifier"]
+    stack.up()
+    assert stack.last_changes() == {"same": 8}  # again: nothing runs
