@@ -22,7 +22,16 @@ import stat
 import time
 from pathlib import Path
 
-from common import HostError, log, main_wrapper, read_params, replace_managed_block, run
+from common import (
+    HostError,
+    log,
+    main_wrapper,
+    read_params,
+    replace_managed_block,
+    run,
+    systemd_running,
+    write_if_changed,
+)
 
 MOUNT_POINT = Path("/mnt/mastodon-data")
 LABEL = "pgdata"  # ext4 label (16 bytes at most)
@@ -33,6 +42,28 @@ FSTAB = Path("/etc/fstab")
 OPTIONS = "defaults,nofail,discard,noatime"  # DigitalOcean's recommended volume options
 DEVICE_WAIT = 60  # seconds an attached volume may take to appear
 ZERO_PROBE = 1 << 20  # bytes at the start of a "blank" device that must be zero
+# systemd: postgresql-common's generator lists the clusters in /etc/postgresql before the fstab
+# mounts, so at boot it sees none on the volume. This unit starts the `auto` clusters once the
+# volume and its binds are mounted (postgresql@.service itself waits for them).
+BOOT_UNIT = Path("/etc/systemd/system/mastodon-data-clusters.service")
+START_AUTO_CLUSTERS = (
+    "pg_lsclusters -h | while read v c rest; do "
+    'grep -qsx auto "/etc/postgresql/$v/$c/start.conf" && '
+    'systemctl start --no-block "postgresql@$v-$c.service"; done; true'
+)
+BOOT_UNIT_TEXT = f"""[Unit]
+Description=PostgreSQL clusters on the data volume (mastodon-data)
+RequiresMountsFor=/etc/postgresql /var/lib/postgresql
+After=local-fs.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c '{START_AUTO_CLUSTERS}'
+
+[Install]
+WantedBy=multi-user.target
+"""
 CAP_SYS_RESOURCE = 24  # linux/capability.h
 MIGRATE_HINT = "see README 'Data on volumes: a stack made before volumes'"
 
@@ -54,6 +85,8 @@ def main() -> dict:
         bind(MOUNT_POINT / name, target, real, name, changed)
     if write_fstab(device):
         changed.append("fstab entries written")
+    if systemd_running() and ensure_boot_unit():
+        changed.append(f"{BOOT_UNIT.name} enabled (clusters started after the mounts at boot)")
     grow(real, changed)
     if mounted_now:
         clear_stale_pids()
@@ -252,6 +285,14 @@ def write_fstab(device: Path) -> bool:
     except OSError:  # /etc/fstab is itself a mount point (a bind): write it in place
         FSTAB.write_text(new)
         tmp.unlink()
+    return True
+
+
+def ensure_boot_unit() -> bool:
+    if not write_if_changed(BOOT_UNIT, BOOT_UNIT_TEXT):
+        return False
+    run(["systemctl", "daemon-reload"])
+    run(["systemctl", "enable", BOOT_UNIT.name])
     return True
 
 

@@ -8,12 +8,14 @@ its replica run from their devices."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import volume
 from labkit import applied, new_secrets, own_lab, run_one_step
 
 from lab import namespaces as lab_hosts
@@ -243,3 +245,14 @@ def test_a_hosts_stack_runs_postgresql_from_each_hosts_data_device(lab, loops, t
     assert replica["system_identifier"] == primary["system_identifier"]
     stack.up()
     assert stack.last_changes() == {"same": 8}  # again: nothing runs
+
+    # What the boot unit runs under systemd (the lab has none: systemctl is a stand-in that
+    # says what it was asked): the cluster on the volume, started.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text('#!/bin/sh\necho "systemctl $*"\n')
+    (fake / "systemctl").chmod(0o755)
+    started = on_host(4, f"PATH={fake}:$PATH sh -c {shlex.quote(volume.START_AUTO_CLUSTERS)}")
+    assert started == "systemctl start --no-block postgresql@15-main.service"
+    on_host(4, "echo manual > /etc/postgresql/15/main/start.conf")
+    assert on_host(4, f"PATH={fake}:$PATH sh -c {shlex.quote(volume.START_AUTO_CLUSTERS)}") == ""

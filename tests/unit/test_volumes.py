@@ -178,3 +178,13 @@ def test_data_device_is_read_per_host():
     settings = parse_settings(config, set(SECRETS))
     assert [h.data_device for h in settings.hosts] == [None, "/dev/disk/by-id/nvme-disk_1"]
     assert settings.hosts[1].data_size is None
+
+
+def test_the_boot_unit_starts_the_clusters_after_the_volume_is_mounted():
+    import volume
+
+    unit = volume.BOOT_UNIT_TEXT.splitlines()
+    assert "RequiresMountsFor=/etc/postgresql /var/lib/postgresql" in unit
+    assert "WantedBy=multi-user.target" in unit
+    assert f"ExecStart=/bin/sh -c '{volume.START_AUTO_CLUSTERS}'" in unit
+    assert "'" not in volume.START_AUTO_CLUSTERS  # it sits inside the single quotes
