@@ -8,7 +8,7 @@ bound where Debian's postgresql-common expects them: `etc` at /etc/postgresql (c
 certificates, the CA) and `lib` at /var/lib/postgresql (the data, postgres's home). So a new
 droplet that gets the volume finds the whole cluster as it was, with the paths unchanged.
 The fstab lines (`nofail`) bring it back after a reboot; a grown device grows the filesystem
-(online). Existing data on the root disk is never hidden: the step refuses and says how to move
+(online where the kernel allows it, else with PostgreSQL stopped for it). Existing data on the root disk is never hidden: the step refuses and says how to move
 it. Idempotent.
 
 stdin (JSON): device; size_gib (informative: a change runs the step again).
@@ -44,7 +44,8 @@ DEVICE_WAIT = 60  # seconds an attached volume may take to appear
 ZERO_PROBE = 1 << 20  # bytes at the start of a "blank" device that must be zero
 # systemd: postgresql-common's generator lists the clusters in /etc/postgresql before the fstab
 # mounts, so at boot it sees none on the volume. This unit starts the `auto` clusters once the
-# volume and its binds are mounted (postgresql@.service itself waits for them).
+# volume and its binds are mounted (postgresql@.service itself waits for them). In ExecStart,
+# systemd would expand $v: each $ is written $$.
 BOOT_UNIT = Path("/etc/systemd/system/mastodon-data-clusters.service")
 START_AUTO_CLUSTERS = (
     "pg_lsclusters -h | while read v c rest; do "
@@ -59,7 +60,7 @@ After=local-fs.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/bin/sh -c '{START_AUTO_CLUSTERS}'
+ExecStart=/bin/sh -c '{START_AUTO_CLUSTERS.replace("$", "$$")}'
 
 [Install]
 WantedBy=multi-user.target

@@ -186,5 +186,8 @@ def test_the_boot_unit_starts_the_clusters_after_the_volume_is_mounted():
     unit = volume.BOOT_UNIT_TEXT.splitlines()
     assert "RequiresMountsFor=/etc/postgresql /var/lib/postgresql" in unit
     assert "WantedBy=multi-user.target" in unit
-    assert f"ExecStart=/bin/sh -c '{volume.START_AUTO_CLUSTERS}'" in unit
+    # systemd expands $name in ExecStart itself: the shell's variables must come as $$name.
+    escaped = volume.START_AUTO_CLUSTERS.replace("$", "$$")
+    assert f"ExecStart=/bin/sh -c '{escaped}'" in unit
+    assert '"postgresql@$$v-$$c.service"' in escaped
     assert "'" not in volume.START_AUTO_CLUSTERS  # it sits inside the single quotes
