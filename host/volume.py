@@ -8,8 +8,8 @@ bound where Debian's postgresql-common expects them: `etc` at /etc/postgresql (c
 certificates, the CA) and `lib` at /var/lib/postgresql (the data, postgres's home). So a new
 droplet that gets the volume finds the whole cluster as it was, with the paths unchanged.
 The fstab lines (`nofail`) bring it back after a reboot; a grown device grows the filesystem
-(online where the kernel allows it, else with PostgreSQL stopped for it). Existing data on the root disk is never hidden: the step refuses and says how to move
-it. Idempotent.
+(online where the kernel allows it, else with PostgreSQL stopped for it). Existing data on the
+root disk is never hidden: the step refuses and says how to move it. Idempotent.
 
 stdin (JSON): device; size_gib (informative: a change runs the step again).
 """
