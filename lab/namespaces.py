@@ -52,6 +52,12 @@ PRIVATE_DIRS = {
     "/etc/systemd/system": ("root", "root", 0o755),
 }
 
+# And privately too: the host's fstab (the volume step writes its lines there) and the directory
+# its attached volumes appear in, as udev makes it. A bind needs a target: the directory is made
+# on this machine when missing (empty; nothing of the lab ever lands in it).
+PRIVATE_FILES = {"/etc/fstab": "# <file system> <mount point> <type> <options> <dump> <pass>\n"}
+DEVICE_LINKS = "/dev/disk/by-id"
+
 STEP_TIMEOUT = 30  # seconds for any single system command
 
 
@@ -239,14 +245,37 @@ def ensure_switch(lab: Lab) -> None:
     run(["ip", "link", "set", lab.operator_link, "up"])
 
 
-def write_host_files(lab: Lab, host: LabHost) -> Path:
-    """The host's private directories, its host key and its sshd_config."""
-    host.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+def private_source(home: Path, path: str) -> Path:
+    """Where a host keeps its own copy of `path` (in its state directory `home`)."""
+    return home / path.strip("/").replace("/", "-")
+
+
+def make_private(home: Path) -> str:
+    """Makes the host's private directories and files in `home`; returns the shell commands
+    that bind them over the shared ones (in the host's own mount namespace)."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     for path, (owner, group, mode) in PRIVATE_DIRS.items():
-        src = host.state_dir / path.strip("/").replace("/", "-")
+        src = private_source(home, path)
         src.mkdir(exist_ok=True)
         shutil.chown(src, owner, group)
         os.chmod(src, mode)
+    for path, text in PRIVATE_FILES.items():
+        src = private_source(home, path)
+        if not src.exists():
+            src.write_text(text)
+            os.chmod(src, 0o644)
+    private_source(home, DEVICE_LINKS).mkdir(mode=0o755, exist_ok=True)
+    # A bind needs a target: one missing on this machine (/etc/pgbackrest: Debian's package does
+    # not make it) is made empty here; the host's own directory is mounted over it.
+    for path in (*PRIVATE_DIRS, DEVICE_LINKS):
+        Path(path).mkdir(mode=0o755, parents=True, exist_ok=True)
+    paths = [*PRIVATE_DIRS, *PRIVATE_FILES, DEVICE_LINKS]
+    return " && ".join(f"mount --bind {private_source(home, p)} {p}" for p in paths)
+
+
+def write_host_files(lab: Lab, host: LabHost) -> Path:
+    """The host's private directories, its host key and its sshd_config."""
+    make_private(host.state_dir)
     host_key = host.state_dir / "ssh_host_ed25519_key"
     if not host_key.exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(host_key)])
@@ -309,12 +338,7 @@ def ensure_host(lab: Lab, index: int) -> LabHost:
     run(hn + ["link", "set", "eth0", "up"])
     run(hn + ["link", "set", "lo", "up"])
     if not pid_alive(host.state_dir / "sshd.pid"):
-        # A missing mount point (/etc/pgbackrest: Debian's package does not make it) is made
-        # empty on this machine; the host's own directory is mounted over it.
-        mounts = " && ".join(
-            f"mkdir -p {p} && mount --bind {host.state_dir / p.strip('/').replace('/', '-')} {p}"
-            for p in PRIVATE_DIRS
-        )
+        mounts = make_private(host.state_dir)
         run(
             [
                 "ip",
@@ -397,8 +421,8 @@ def down(lab: Lab) -> None:
     for ns in sorted(netns_list()):
         if ns.startswith(f"{lab.prefix}-"):
             remove_netns(ns)
-    if link_exists(lab.operator_link):
-        run(["ip", "link", "del", lab.operator_link])
+    if link_exists(lab.operator_link):  # may go by itself meanwhile, with its switch-side peer
+        run(["ip", "link", "del", lab.operator_link], check=False)
     for leftover in run(["ip", "-o", "link", "show"]).stdout.splitlines():
         name = leftover.split(":")[1].strip().split("@")[0]
         if name.startswith(f"{lab.prefix}-v"):

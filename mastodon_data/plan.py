@@ -35,6 +35,7 @@ SECRET_PARAMS = {
     "promote": {},
     "backup": BACKUP_SECRETS,
     "restore": BACKUP_SECRETS,
+    "volume": {},
 }
 # Modules a script imports besides common.py (shipped with it).
 SCRIPT_MODULES = {name: ("repository.py",) for name in ("backup", "restore", "status")}
@@ -58,10 +59,11 @@ LAUNCHER = (
 @dataclass(frozen=True)
 class Step:
     name: str
-    script: str  # primary | replica | status | promote | backup | restore
+    script: str  # primary | replica | status | promote | volume | backup | restore
     host: Host
     params: dict = field(hash=False)  # non-secret parameters
-    after: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()  # runs after these, and again whenever they run again
+    requires: tuple[str, ...] = ()  # runs after these only (a grown volume re-runs nothing else)
 
     @property
     def secret_params(self) -> dict[str, str]:
@@ -130,13 +132,16 @@ def steps(
     reseed: frozenset[str] = frozenset(),
     backups: BackupSettings | None = None,
 ) -> list[Step]:
-    """Primary first; every replica after it (in parallel); with backups, a backup step per
-    host after those; a status report per host last. Spare hosts get no step."""
+    """Each host's data device mounted first (where it has one); the primary; every replica
+    after it (in parallel); with backups, a backup step per host after those; a status
+    report per host last. Spare hosts get no step."""
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
     common = server_params(replication)
     replica_list = [{"name": r.name, "address": r.private_address} for r in replicas]
-    plan = [
+    plan = [volume_step(h) for h in (primary, *replicas) if h.data_device is not None]
+    volume = {s.host.name: (s.name,) for s in plan}
+    plan.append(
         Step(
             "primary",
             "primary",
@@ -147,8 +152,9 @@ def steps(
                 "replicas": replica_list,
                 "ca_rotation": replication.ca_rotation,
             },
+            requires=volume.get(primary.name, ()),
         )
-    ]
+    )
     for replica in replicas:
         params = {
             **common,
@@ -160,11 +166,20 @@ def steps(
         }
         if replica.name in reseed:
             params["reseed"] = True
-        plan.append(Step(f"replica-{replica.name}", "replica", replica, params, ("primary",)))
+        plan.append(
+            Step(
+                f"replica-{replica.name}",
+                "replica",
+                replica,
+                params,
+                ("primary",),
+                volume.get(replica.name, ()),
+            )
+        )
     if backups:
         # After every replication step: the primary's restart (archive_mode) must not cut a
         # replica's base backup short.
-        replication_steps = tuple(s.name for s in plan)
+        replication_steps = tuple(s.name for s in plan if s.script in ("primary", "replica"))
         for host in (primary, *replicas):
             params = backup_params(replication, backups, host.role)
             plan.append(Step(f"backup-{host.name}", "backup", host, params, replication_steps))
@@ -174,6 +189,14 @@ def steps(
         report["stanza"] = backups.stanza
     plan += [Step(f"status-{h.name}", "status", h, report, setup) for h in (primary, *replicas)]
     return plan
+
+
+def volume_step(host: Host) -> Step:
+    """PostgreSQL's directories on the host's data device (host/volume.py)."""
+    params = {"device": host.data_device}
+    if host.data_size is not None:
+        params["size_gib"] = host.data_size
+    return Step(f"volume-{host.name}", "volume", host, params)
 
 
 def server_params(replication: ReplicationSettings) -> dict:

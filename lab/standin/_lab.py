@@ -7,13 +7,16 @@ import sys
 from pathlib import Path
 
 from lab.namespaces import (  # noqa: F401 - re-exported
+    DEVICE_LINKS,
     PRIVATE_DIRS,
     REQUIRED_TOOLS,
     LabError,
     link_exists,
+    make_private,
     netns_list,
     pid_alive,
     preflight,
+    private_source,
     remove_netns,
     run,
 )

@@ -27,7 +27,16 @@ import threading
 import time
 from pathlib import Path
 
-from lab.standin._lab import PRIVATE_DIRS, LabError, link_exists, netns_list, pid_alive, run
+from lab.standin._lab import (
+    DEVICE_LINKS,
+    LabError,
+    link_exists,
+    make_private,
+    netns_list,
+    pid_alive,
+    private_source,
+    run,
+)
 
 BLACKHOLE_METRIC = "4242"  # behind a link's own route (metric 0), which wins while it exists
 BOOT_TIMEOUT = 180  # seconds a boot (clusters started, sshd up) may take
@@ -162,12 +171,7 @@ class LabHosts:
 
     def write_files(self, droplet: dict, public_keys: list[str]) -> None:
         home = self.host_dir(droplet)
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for path, (owner, group, mode) in PRIVATE_DIRS.items():
-            disk = home / path.strip("/").replace("/", "-")
-            disk.mkdir(exist_ok=True)
-            shutil.chown(disk, owner, group)
-            os.chmod(disk, mode)
+        make_private(home)
         host_key = home / "ssh_host_ed25519_key"
         if not host_key.exists():
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", droplet["name"],
@@ -228,15 +232,15 @@ class LabHosts:
             run(["ip", "-n", ns, "link", "set", name, state if name != "lo" else "up"])
 
     def boot(self, droplet: dict) -> None:
-        """Power on: a fresh mount namespace, the clusters started, then sshd."""
+        """Power on: a fresh mount namespace, its fstab mounted (the data volume, `nofail`),
+        the clusters started, then sshd."""
         home, ns = self.host_dir(droplet), self.netns(droplet)
-        mounts = " && ".join(
-            f"mount --bind {home / p.strip('/').replace('/', '-')} {p}" for p in PRIVATE_DIRS
-        )
+        mounts = make_private(home)
         starter = home / "start_clusters.py"
         starter.write_text(START_CLUSTERS)
         script = (
             f"hostname {droplet['name']} && {mounts} && "
+            f"{{ mount -a >> {home / 'boot.log'} 2>&1 || true; }} && "
             "find /var/run/postgresql -mindepth 1 -delete && "
             f"{{ python3 {starter} >> {home / 'boot.log'} 2>&1 || true; }} && "
             f"mkdir -p /run/sshd && exec /usr/sbin/sshd -f {home / 'sshd_config'} "
@@ -336,6 +340,89 @@ class LabHosts:
             tmp.write_text(text)
             tmp.replace(self.known_hosts)
 
+    # -- volumes: a sparse file each, behind a loop device --------------------------------------
+    def volume_file(self, volume: dict) -> Path:
+        return self.state_dir / "volumes" / f"{volume['id']}.img"
+
+    def loop_of(self, volume: dict) -> str | None:
+        """The loop device backed by the volume's file (None when there is none)."""
+        found = run(["losetup", "-n", "-O", "NAME", "-j", str(self.volume_file(volume))],
+                    check=False).stdout.split()  # fmt: skip
+        return found[0] if found else None
+
+    def create_volume(self, volume: dict) -> None:
+        """A blank disk of the volume's size (sparse: it takes no space until written)."""
+        path = self.volume_file(volume)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+        if path.stat().st_size < volume["size_gigabytes"] << 30:
+            os.truncate(path, volume["size_gigabytes"] << 30)
+        if not self.loop_of(volume):
+            run(["losetup", "-f", str(path)])
+
+    def resize_volume(self, volume: dict) -> None:
+        """Grown (the API refuses to shrink): the file first, then the device's capacity."""
+        os.truncate(self.volume_file(volume), volume["size_gigabytes"] << 30)
+        run(["losetup", "-c", self.loop_of(volume)])
+
+    def volume_link(self, droplet: dict, volume: dict) -> Path:
+        """Where the droplet sees the volume: /dev/disk/by-id/scsi-0DO_Volume_<name>."""
+        links = private_source(self.host_dir(droplet), DEVICE_LINKS)
+        return links / f"scsi-0DO_Volume_{volume['name']}"
+
+    def attach_volume(self, volume: dict, droplet: dict) -> None:
+        link = self.volume_link(droplet, volume)
+        link.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(self.loop_of(volume))
+
+    def detach_volume(self, volume: dict, droplet: dict) -> None:
+        """The disk pulled from the server: its link goes, and on a running droplet the
+        processes with files on it die and its mounts go (as a real kernel fails them)."""
+        self.volume_link(droplet, volume).unlink(missing_ok=True)
+        loop = self.loop_of(volume)
+        if loop and self.netns(droplet) in netns_list():
+            self.unplug(droplet, os.stat(loop).st_rdev)
+
+    def unplug(self, droplet: dict, rdev: int) -> None:
+        for pid in self.pids(droplet):
+            if uses_device(pid, rdev):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        sshd = pid_alive(self.host_dir(droplet) / "sshd.pid")
+        if not sshd:
+            return
+        number = f"{os.major(rdev)}:{os.minor(rdev)}"
+        points = [
+            line.split()[4]
+            for line in Path(f"/proc/{sshd}/mountinfo").read_text().splitlines()
+            if line.split()[2] == number
+        ]
+        for point in reversed(points):  # binds of it first, the device's own mount last
+            run(["nsenter", "-t", str(sshd), "-m", "--", "umount", "-l", point], check=False)
+
+    def delete_volume(self, volume: dict) -> None:
+        loop = self.loop_of(volume)
+        if loop:
+            run(["losetup", "-d", loop], check=False)
+        self.volume_file(volume).unlink(missing_ok=True)
+
+    def recover_volume(self, volume: dict, droplets: list[dict]) -> None:
+        """After a restart of the stand-in (or of this machine): the loop device, and the link
+        on the droplet it is attached to."""
+        self.create_volume(volume)
+        for droplet in droplets:
+            self.attach_volume(volume, droplet)
+
+    def volume_loops(self) -> list[str]:
+        """Loop devices backed by this lab's volume files."""
+        marker = f"{self.state_dir / 'volumes'}/"
+        listing = run(["losetup", "-n", "-O", "NAME,BACK-FILE", "-l"], check=False).stdout
+        return [line.split()[0] for line in listing.splitlines() if marker in line]
+
     # -- the operator's view ------------------------------------------------------------------
     def ssh_command(self, address: str, *remote: str) -> list[str]:
         return [
@@ -379,6 +466,8 @@ class LabHosts:
                 remove_netns(ns)
         if self.switch in netns_list():
             remove_netns(self.switch)
+        for loop in self.volume_loops():  # the droplets' mounts of them went with their hosts
+            run(["losetup", "-d", loop], check=False)
         for line in run(["ip", "-o", "link", "show"]).stdout.splitlines():
             name = line.split(":")[1].strip().split("@")[0]
             if name == f"{self.prefix}0" or (
@@ -403,6 +492,7 @@ class LabHosts:
                 found.append(f"route blackhole {network}")
         if self.state_dir.exists():
             found.append(f"dir {self.state_dir}")
+        found += [f"loop device {loop}" for loop in self.volume_loops()]
         marker = f"{self.state_dir}/"
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit() and int(proc.name) != os.getpid():
@@ -415,3 +505,19 @@ class LabHosts:
         with open("/proc/self/mountinfo") as mounts:
             found += [f"mount {line.split()[4]}" for line in mounts if marker in line]
         return found
+
+
+def uses_device(pid: int, rdev: int) -> bool:
+    """Whether process `pid` has a file, or its working directory, on device `rdev`."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        entries = [proc / "cwd", *(proc / "fd").iterdir()]
+    except OSError:
+        return False
+    for entry in entries:
+        try:
+            if os.stat(entry).st_dev == rdev:
+                return True
+        except OSError:
+            continue
+    return False

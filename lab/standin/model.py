@@ -125,6 +125,18 @@ class Backend:
 
     def recover(self, droplet: dict, vpc: dict, public_keys: list[str]) -> None: ...
 
+    def create_volume(self, volume: dict) -> None: ...
+
+    def resize_volume(self, volume: dict) -> None: ...
+
+    def attach_volume(self, volume: dict, droplet: dict) -> None: ...
+
+    def detach_volume(self, volume: dict, droplet: dict) -> None: ...
+
+    def delete_volume(self, volume: dict) -> None: ...
+
+    def recover_volume(self, volume: dict, droplets: list[dict]) -> None: ...
+
 
 @dataclass
 class Request:
@@ -1202,7 +1214,8 @@ class Account:
                     self.applied[ident] = script
 
     # ---------------------------------------------------------------------------------------
-    # volumes (records only: block devices are issue 13's)
+    # volumes: block devices of the backend (a loop device each in the lab), seen by the
+    # droplet they are attached to at /dev/disk/by-id/scsi-0DO_Volume_<name>
 
     def find_volume(self, ident: str) -> dict:
         volume = self.state["volumes"].get(ident)
@@ -1258,6 +1271,7 @@ class Account:
             "filesystem_label": body.get("filesystem_label") or "",
             "tags": [self.ensure_tag(t) for t in body.get("tags") or []],
         }
+        self.backend.create_volume(dict(volume))
         self.state["volumes"][ident] = volume
         self.save()
         return 201, {"volume": self.volume_json(volume)}
@@ -1269,6 +1283,7 @@ class Account:
         volume = self.find_volume(request.params["id"])
         if volume["droplet_ids"]:
             raise ApiError(409, "conflict", "Volume is currently attached to a droplet")
+        self.backend.delete_volume(dict(volume))
         del self.state["volumes"][volume["id"]]
         self.save()
         return 204, None
@@ -1288,6 +1303,7 @@ class Account:
         volume = self.find_volume(request.params["id"])
         body = self.body(request)
         kind = body.get("type")
+        droplet = None
         if kind in ("attach", "detach"):
             droplet = self.find_droplet(str(body.get("droplet_id")))
             if droplet["region"] != volume["region"]:
@@ -1311,18 +1327,40 @@ class Account:
             volume["size_gigabytes"] = size
         else:
             raise unprocessable(f"volume action {kind!r} is not implemented by the stand-in")
-        action = self.new_action(kind, "volume", volume["id"], volume["region"])
+        # As DigitalOcean answers: attach_volume / detach_volume / resize, and no resource_id
+        # (an action's resource_id is an integer; a volume's id is not).
+        label = f"{kind}_volume" if kind in ("attach", "detach") else kind
+        action = self.new_action(label, "volume", None, volume["region"])
         self.save()
-        self.spawn(self.run_volume_action, action["id"], kind, self.faults_for(request.token))
+        self.spawn(
+            self.run_volume_action,
+            action["id"],
+            kind,
+            dict(volume),
+            dict(droplet) if droplet else None,
+            self.faults_for(request.token),
+        )
         return 202, {"action": action}
 
-    def run_volume_action(self, action_id: int, kind: str, faults: Faults) -> None:
-        time.sleep(
-            self.timings.actions.get(kind, self.timings.default_action) + faults.slow_actions
-        )
-        with self.lock:
-            self.finish_action(action_id)
-            self.save()
+    def run_volume_action(
+        self, action_id: int, kind: str, volume: dict, droplet: dict | None, faults: Faults
+    ) -> None:
+        started = time.monotonic()
+        errored = True
+        try:
+            if kind == "attach":
+                self.backend.attach_volume(volume, droplet)
+            elif kind == "detach":
+                self.backend.detach_volume(volume, droplet)
+            else:
+                self.backend.resize_volume(volume)
+            errored = False
+        finally:
+            wait = self.timings.actions.get(kind, self.timings.default_action) + faults.slow_actions
+            time.sleep(max(0.0, wait - (time.monotonic() - started)))
+            with self.lock:
+                self.finish_action(action_id, errored=errored)
+                self.save()
 
     def get_volume_action(self, request: Request):
         self.find_volume(request.params["id"])
@@ -1470,4 +1508,8 @@ class Account:
             self.backend.recover(dict(droplet), dict(vpc), self.public_keys(droplet))
             with self.lock:
                 self.state["droplets"][str(droplet["id"])]["host_ready"] = True
+        for volume in list(self.state["volumes"].values()):
+            attached = [self.state["droplets"][str(i)] for i in volume["droplet_ids"]
+                        if str(i) in self.state["droplets"]]  # fmt: skip
+            self.backend.recover_volume(dict(volume), [dict(d) for d in attached])
         self.sync_firewalls()

@@ -31,7 +31,8 @@ def droplets_config(
     lab: StandInLab, key_id: int, vpc_cidr: str, replica_count: int = 2, **changes
 ) -> dict:
     """The dev stack as the lab can run it: this machine's Debian 12 and PostgreSQL 15, a VPC
-    range the stand-in owns, the operator's key and address, small WAL limits."""
+    range the stand-in owns, the operator's key and address, small WAL limits and data volumes
+    (sparse files here)."""
     return {
         **dev_settings(),
         "image": "debian-12-x64",
@@ -42,6 +43,7 @@ def droplets_config(
         "adminCidrs": [f"{lab.operator_address}/32"],
         "walKeepSize": "64MB",
         "maxSlotWalKeepSize": "256MB",
+        "dataVolumeSize": 1,
         **changes,
     }
 

@@ -1,5 +1,6 @@
-"""Droplets mode: a primary and replica droplets in the stack's VPC, tagged by role, and a cloud
-firewall (22 from the admin CIDRs only, 5432 from the allowed private sources only)."""
+"""Droplets mode: a primary and replica droplets in the stack's VPC, tagged by role, each with a
+data volume for PostgreSQL, and a cloud firewall (22 from the admin CIDRs only, 5432 from the
+allowed private sources only)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pulumi_digitalocean as do
 
 from mastodon_data.components.network import PrivateNetwork
 from mastodon_data.config import DropletSettings, Host
+from mastodon_data.naming import data_volume_name, volume_device
 
 ANYWHERE = ["0.0.0.0/0", "::/0"]
 # Outbound: DNS, package mirrors and PGDG (HTTP/S), time.
@@ -59,13 +61,15 @@ class DropletTier(pulumi.ComponentResource):
             for role in ("primary", "replica")
         }
         self.droplets: list[do.Droplet] = []
+        self.volumes: list[do.Volume] = []
         self.hosts: list[Host] = []
         for index in range(1 + droplets.replica_count):
             role = "primary" if index == 0 else "replica"
             label = role if index == 0 else f"replica-{index}"
+            droplet_name = f"mastodon-db-{stack}-{label}"
             droplet = do.Droplet(
                 f"{name}-{label}",
-                name=f"mastodon-db-{stack}-{label}",
+                name=droplet_name,
                 region=network.region,
                 image=droplets.image,
                 size=droplets.primary_size if role == "primary" else droplets.replica_size,
@@ -77,8 +81,20 @@ class DropletTier(pulumi.ComponentResource):
                 opts=child,
             )
             self.droplets.append(droplet)
+            volume, device = self._data_volume(
+                f"{name}-{label}", droplet_name, droplet, network.region, droplets.data_volume_size
+            )
             addresses = (droplet.ipv4_address, droplet.ipv4_address_private)
-            self.hosts.append(Host(label, role, *addresses, droplets.ssh_user))
+            self.hosts.append(
+                Host(
+                    label,
+                    role,
+                    *addresses,
+                    droplets.ssh_user,
+                    data_device=device,
+                    data_size=volume.size,
+                )  # fmt: skip
+            )
         replica_tag = tags["replica"].name if droplets.replica_count else None
         inbound = firewall_inbound(droplets, replica_tag)
         self.firewall = do.Firewall(
@@ -93,3 +109,29 @@ class DropletTier(pulumi.ComponentResource):
             opts=child,
         )
         self.register_outputs({})
+
+    def _data_volume(
+        self, name: str, droplet_name: str, droplet: do.Droplet, region: str, size: int
+    ) -> tuple[do.Volume, pulumi.Output]:
+        """The droplet's data volume and its attachment; the device path is an Output of the
+        attachment, so the steps that use the device wait for it. The volume is left
+        unformatted: the volume step formats only a blank device. Attached by a resource of its
+        own, so a replaced droplet gets the same volume back; detached before it is attached
+        again (a volume has one droplet at a time)."""
+        volume_name = data_volume_name(droplet_name)
+        volume = do.Volume(
+            f"{name}-data",
+            name=volume_name,
+            region=region,
+            size=size,
+            # No description: DigitalOcean replaces a volume whose description changes.
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.volumes.append(volume)
+        attachment = do.VolumeAttachment(
+            f"{name}-data",
+            droplet_id=droplet.id.apply(int),
+            volume_id=volume.id,
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+        return volume, attachment.id.apply(lambda _: volume_device(volume_name))

@@ -92,7 +92,7 @@ class ReplicationSteps(pulumi.ComponentResource):
             connection=connection,
             create=plan.command_line(host.ssh_user),
             delete=plan.KEEP_DATA
-            if step.script in ("primary", "replica") and self._keep_data_note
+            if step.script in ("primary", "replica", "volume") and self._keep_data_note
             else None,
             stdin=stdin,
             # A status report runs again whenever a setup step ran again.
@@ -101,7 +101,7 @@ class ReplicationSteps(pulumi.ComponentResource):
             logging=remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[self.commands[s] for s in step.after],
+                depends_on=[self.commands[s] for s in (*step.after, *step.requires)],
                 additional_secret_outputs=["stdin"],
             ),
         )

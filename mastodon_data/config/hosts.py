@@ -33,7 +33,18 @@ HOST_KEY_TYPES = (
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
 )
-HOST_ENTRY_KEYS = ("name", "publicAddress", "privateAddress", "sshUser", "sshPort", "hostKey")
+HOST_ENTRY_KEYS = (
+    "name",
+    "publicAddress",
+    "privateAddress",
+    "sshUser",
+    "sshPort",
+    "hostKey",
+    "dataDevice",
+)
+# A block device by a path that stays the same across reboots (/dev/disk/by-id/... best).
+STABLE_EXAMPLE = "/dev/disk/by-id/<id>"
+DATA_DEVICE = re.compile(r"/dev/(?!.*\.\.)[A-Za-z0-9._:+@/-]+")
 SSH_PORTS = range(1, 65536)
 # An entry's text fields: the same message for a wrong type and a refused value; an example
 # may name the entry's {index} and {octet} (10 + index, for a private address).
@@ -163,6 +174,18 @@ def parse_host(v: Validation, index: int, entry: Any, role: str) -> Host | None:
             "ssh-keyscan -p <sshPort> -t ed25519 <publicAddress> | cut -d' ' -f2- | "
             f"pulumi config set --path '{PROJECT}:{prefix}.hostKey'",
         )
+    data_device = entry.get("dataDevice")
+    if data_device is not None and (
+        not isinstance(data_device, str) or not DATA_DEVICE.fullmatch(data_device)
+    ):
+        v.bad(
+            f"{prefix}.dataDevice",
+            data_device,
+            "not a block device path under /dev (a stable one: /dev/disk/by-id/...)",
+            set_path_command(f"{prefix}.dataDevice", STABLE_EXAMPLE)
+            + " (names: ls -l /dev/disk/by-id), or "
+            + f"pulumi config rm --path '{PROJECT}:{prefix}.dataDevice'",
+        )
     if len(v.lines) > before:
         return None
     # Kept as "<type> <base64>": the form both known_hosts and the SSH libraries read.
@@ -175,6 +198,7 @@ def parse_host(v: Validation, index: int, entry: Any, role: str) -> Host | None:
         texts["sshUser"],
         ssh_port,
         known_key,
+        data_device,
     )
 
 

@@ -28,6 +28,11 @@ class Host:
     ssh_user: str = "root"
     ssh_port: int = 22
     host_key: str | None = None  # "<type> <base64>", pinned; None: not checked by the program
+    # The block device PostgreSQL's files live on (a droplet's volume, a host's dataDevice);
+    # None: they stay on the server's own disk. Its size (GiB) when known: a change re-runs
+    # the volume step, which grows the filesystem.
+    data_device: Any = None
+    data_size: Any = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class DropletSettings:
     ssh_user: str
     admin_cidrs: tuple[str, ...]
     postgres_allowed_sources: tuple[str, ...]
+    data_volume_size: int = 20  # GiB of each droplet's data volume
     port: int = POSTGRES_PORT
 
 

@@ -22,6 +22,7 @@ REGIONS = tuple("nyc1 nyc3 sfo2 sfo3 ams3 sgp1 lon1 fra1 tor1 blr1 syd1 atl1".sp
 IMAGES = ("ubuntu-24-04-x64", "ubuntu-22-04-x64", "debian-12-x64")
 POSTGRES_VERSIONS = range(15, 19)  # extend the stop when a new major is packaged
 REPLICA_COUNTS = range(0, 11)
+VOLUME_SIZES = range(1, 16385)  # GiB: DigitalOcean's volume limits
 VPC_PREFIXES = range(16, 25)
 CERTIFICATE_DAYS = range(7, 3651)  # at most the CA's own ten years
 CERTIFICATE_RENEW_DAYS = range(1, 366)
@@ -51,6 +52,7 @@ NOT_FOR_MANAGED = {
     "certificateDays": "DigitalOcean's own certificates",
     "certificateRenewDays": "DigitalOcean's own certificates",
     "caRotation": "DigitalOcean's own certificates",
+    "dataVolumeSize": "DigitalOcean sizes the cluster's storage with dbClusterSize",
 }
 
 
@@ -123,6 +125,7 @@ FIELDS = (
     Field("replicaSize", **DROPLET_SIZE),
     Field("replicaCount", allowed=REPLICA_COUNTS),
     Field("postgresVersion", allowed=POSTGRES_VERSIONS),
+    Field("dataVolumeSize", allowed=VOLUME_SIZES),
     Field(
         "sshKeyIds",
         example="<key id>",
@@ -156,6 +159,8 @@ def parse_topology(v: Validation) -> dict[str, Any]:
     vpc = ipaddress.ip_network(values["vpcCidr"]) if v.ok("vpcCidr") else None
     if mode == "managed":
         check_not_for_managed(v)
+    if mode == "hosts":
+        check_not_for_hosts(v)
     if mode == "droplets" and values["sshKeyIds"] == ():
         v.bad(
             "sshKeyIds",
@@ -185,6 +190,7 @@ def parse_topology(v: Validation) -> dict[str, Any]:
         "replica_size": values["replicaSize"],
         "replica_count": values["replicaCount"],
         "postgres_version": values["postgresVersion"],
+        "data_volume_size": values["dataVolumeSize"],
         "ssh_key_ids": values["sshKeyIds"],
         "ssh_user": values["sshUser"],
         "admin_cidrs": values["adminCidrs"],
@@ -212,6 +218,19 @@ def check_not_for_managed(v: Validation) -> None:
                 f"not used in managed mode (there: {instead})",
                 f"pulumi config rm {PROJECT}:{key}",
             )
+
+
+def check_not_for_hosts(v: Validation) -> None:
+    """Existing hosts bring their own disks: a data device is named per host."""
+    key = "dataVolumeSize"
+    if v.raw.get(key) is not None and v.raw[key] != DEFAULTS.get(key):
+        v.bad(
+            key,
+            v.raw[key],
+            "droplets mode only (hosts mode: name each host's disk as its dataDevice)",
+            f"pulumi config rm {PROJECT}:{key} && "
+            f"{set_path_command('hosts[0].dataDevice', '/dev/disk/by-id/<id>')}",
+        )
 
 
 def check_admin_cidrs(v: Validation, values: tuple[str, ...], mode: str | None) -> None:

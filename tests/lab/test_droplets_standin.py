@@ -302,7 +302,7 @@ def keep_logs() -> None:
 def test_up_makes_droplets_that_replicate(flows):
     up = flows["alpha"].wait("up")
     assert up["check"][0] == 0, up["check"][1]
-    assert up["changes"] == {"create": 17}
+    assert up["changes"] == {"create": 26}  # 17, and a volume, its attachment and step each
     outputs = up["outputs"]
     assert [r["name"] for r in outputs["replicas"]] == ["replica-1", "replica-2"]
     for replica in ("replica-1", "replica-2"):
@@ -346,7 +346,7 @@ def test_refreshed_preview_has_no_changes_and_passes_the_policy_pack(flows):
     quiet = flows["alpha"].wait("quiet")
     assert quiet["rc"] == 0, quiet["out"][-3000:]
     assert "Policies:" in quiet["out"] and "mastodon-data@v0.1.0" in quiet["out"]
-    assert "17 unchanged" in quiet["out"]
+    assert "26 unchanged" in quiet["out"]
 
 
 def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):
@@ -362,7 +362,8 @@ def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):
         old, now = status(before, replica), status(after, replica)
         assert now["system_identifier"] == old["system_identifier"] == sysid
         assert now["postmaster_start_time"] == old["postmaster_start_time"]
-    assert three["changes"]["create"] == 3  # the droplet, its replica step, its status report
+    # the droplet, its volume, attachment and volume step, its replica step, its status report
+    assert three["changes"]["create"] == 6
 
 
 def test_back_to_two_replicas_drops_the_removed_ones_slot(flows):
@@ -372,7 +373,7 @@ def test_back_to_two_replicas_drops_the_removed_ones_slot(flows):
     assert two["droplets"] == [
         f"mastodon-db-alpha-{n}" for n in ("primary", "replica-1", "replica-2")
     ]
-    assert two["changes"]["delete"] == 3
+    assert two["changes"]["delete"] == 6
 
 
 def test_destroy_leaves_nothing_of_the_stack(flows):
@@ -398,9 +399,9 @@ def test_a_resized_replica_keeps_its_data_and_streams_again(flows):
 def test_a_replica_deleted_behind_the_programs_back_is_made_and_seeded_again(flows):
     found = flows["bravo"].wait("recreated")
     assert "deleted" in found["refreshed"]
-    assert found["refresh_changes"].get("delete") == 1
+    assert found["refresh_changes"].get("delete") == 2  # the droplet and its attachment
     assert found["new_id"] != found["old_id"]
-    assert found["changes"].get("create") == 1  # the droplet; its steps replaced
+    assert found["changes"].get("create") == 2  # the droplet, attached again; steps replaced
     assert found["sysid"] == found["primary_sysid"]
     assert found["check"][0] == 0, found["check"][1]
     assert flows["bravo"].wait("destroy")["droplets"] == []

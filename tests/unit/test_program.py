@@ -75,6 +75,8 @@ def test_firewall_opens_5432_only_privately_and_22_only_to_admins(droplets):
 def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
     commands = {c.name: c for c in droplets.of_type("remote:Command")}
     assert set(commands) == {
+        "replication-volume-primary",
+        "replication-volume-replica-1",
         "replication-primary",
         "replication-replica-replica-1",
         "replication-status-primary",

@@ -9,7 +9,7 @@ import pytest
 
 from lab.standin.client import ApiFailed, Client, coverage
 from lab.standin.firewall import compile_rules
-from lab.standin.model import Account, Timings
+from lab.standin.model import Account, Backend, Timings
 from lab.standin.server import serve
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBGMd9+t1y6Y0s9Z8eL8mQmGf0q6Oe3E3wG8gQ9JkPq7 op"
@@ -301,3 +301,66 @@ def test_spaces_key_secret_only_on_create_and_cdn_endpoint(api):
     cdn = api.call("POST", "/v2/cdn/endpoints", {"origin": origin})["endpoint"]
     assert cdn["endpoint"] == "media-test.nyc3.cdn.digitaloceanspaces.com" and cdn["ttl"] == 3600
     refused(lambda: api.call("POST", "/v2/cdn/endpoints", {"origin": origin}), 409, "exists")
+
+
+class RecordingBackend(Backend):
+    """What the account asked of its machine, in order."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def create_volume(self, volume):
+        self.calls.append(("create", volume["name"], volume["size_gigabytes"]))
+
+    def resize_volume(self, volume):
+        self.calls.append(("resize", volume["name"], volume["size_gigabytes"]))
+
+    def attach_volume(self, volume, droplet):
+        self.calls.append(("attach", volume["name"], droplet["name"]))
+
+    def detach_volume(self, volume, droplet):
+        self.calls.append(("detach", volume["name"], droplet["name"]))
+
+    def delete_volume(self, volume):
+        self.calls.append(("delete", volume["name"]))
+
+
+def test_volume_actions_reach_the_machine_and_answer_like_the_api(tmp_path):
+    backend = RecordingBackend()
+    timings = Timings(boot=0.1, default_action=0.1)
+    timings.actions = {k: 0.1 for k in timings.actions}
+    account = Account(backend, state_file=tmp_path / "s.json", timings=timings, log=lambda t: None)
+    server = serve(account)
+    api = Client(server.url)
+    try:
+        made = droplet(api, vpc(api)["id"])
+        wait_for(api, f"/v2/droplets/{made['id']}", "droplet", "status", "active")
+        body = {"name": "db-1-data", "region": "nyc3", "size_gigabytes": 1}
+        volume = api.call("POST", "/v2/volumes", body)["volume"]
+        path = f"/v2/volumes/{volume['id']}/actions"
+        for request in (
+            {"type": "attach", "droplet_id": made["id"]},
+            {"type": "resize", "size_gigabytes": 2, "region": "nyc3"},
+            {"type": "detach", "droplet_id": made["id"]},
+        ):
+            action = api.call("POST", path, request)["action"]
+            # godo reads resource_id as an integer: a volume's action has none.
+            assert action["resource_id"] is None and action["resource_type"] == "volume"
+            assert action["type"] == {"attach": "attach_volume", "detach": "detach_volume"}.get(
+                request["type"], request["type"]
+            )
+            wait_for(api, f"/v2/actions/{action['id']}", "action", "status", "completed")
+        refused(
+            lambda: api.call("POST", path, {"type": "resize", "size_gigabytes": 1}), 422, "grow"
+        )
+        api.call("DELETE", f"/v2/volumes/{volume['id']}")
+        assert backend.calls == [
+            ("create", "db-1-data", 1),
+            ("attach", "db-1-data", "db-1"),
+            ("resize", "db-1-data", 2),
+            ("detach", "db-1-data", "db-1"),
+            ("delete", "db-1-data"),
+        ]
+    finally:
+        server.shutdown()
+        account.idle(10)
