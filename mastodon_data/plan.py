@@ -23,6 +23,7 @@ HOST_SCRIPTS = Path(__file__).resolve().parent.parent / "host"
 SECRET_PARAMS = {
     "primary": {"replication_password": "replicationPassword", "db_password": "dbPassword"},
     "replica": {"replication_password": "replicationPassword"},
+    "pooler": {"db_password": "dbPassword"},
     "status": {},
     "promote": {},
 }
@@ -46,7 +47,7 @@ LAUNCHER = (
 @dataclass(frozen=True)
 class Step:
     name: str
-    script: str  # primary | replica | status | promote
+    script: str  # primary | replica | pooler | status | promote
     host: Host
     params: dict = field(hash=False)  # non-secret parameters
     after: tuple[str, ...] = ()
@@ -85,6 +86,14 @@ KEEP_DATA = (
 )
 
 
+# A pooler step that goes (the pool turned off, `pulumi destroy`) leaves PgBouncer as it is:
+# Mastodon may still use it until its .env.production changes.
+KEEP_POOLER = (
+    "echo 'mastodon-data: PgBouncer is left running on this host; once Mastodon no longer uses "
+    "it: systemctl disable --now pgbouncer'"
+)
+
+
 def command_line(ssh_user: str) -> str:
     """The remote command: no parameter or secret in it, sudo only for a non-root user."""
     run = f"python3 -c {shlex.quote(LAUNCHER)}"
@@ -114,8 +123,9 @@ def steps(
     *,
     reseed: frozenset[str] = frozenset(),
 ) -> list[Step]:
-    """Primary first; every replica after it (in parallel); a status report per host last.
-    Spare hosts get no step."""
+    """Primary first; every replica after it (in parallel); with pools, a pooler step after each
+    host's own step; a status report per host after the replication steps. Spare hosts get no
+    step."""
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
     common = server_params(replication)
@@ -143,7 +153,34 @@ def steps(
     setup = tuple(s.name for s in plan)
     report = {"version": replication.postgres_version, "port": replication.port}
     plan += [Step(f"status-{h.name}", "status", h, report, setup) for h in (primary, *replicas)]
+    if replication.pool:
+        plan += [
+            Step(
+                f"pooler-{step.host.name}",
+                "pooler",
+                step.host,
+                pooler_params(replication, step.host),
+                (step.name,),
+            )
+            for step in plan
+            if step.script in ("primary", "replica")
+        ]
     return plan
+
+
+def pooler_params(replication: ReplicationSettings, host: Host) -> dict:
+    """A pooler step's parameters (the password is a secret one)."""
+    pool = replication.pool
+    return {
+        "version": replication.postgres_version,
+        "port": replication.port,
+        "private_address": host.private_address,
+        "db_name": replication.db_name,
+        "db_user": replication.db_user,
+        "pool_port": pool.port,
+        "pool_size": pool.size,
+        "max_clients": pool.max_clients,
+    }
 
 
 def server_params(replication: ReplicationSettings) -> dict:
@@ -159,6 +196,9 @@ def server_params(replication: ReplicationSettings) -> dict:
         "max_slot_wal_keep_size": replication.max_slot_wal_keep_size,
         "replication_timeout": replication.replication_timeout,
         "wal_retrieve_retry_interval": replication.wal_retrieve_retry_interval,
+        "max_connections": replication.max_connections,
+        # PgBouncer on each host logs in to its own PostgreSQL at the private address.
+        "pooled": replication.pool is not None,
     }
 
 

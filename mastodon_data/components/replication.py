@@ -1,7 +1,8 @@
 """PostgreSQL on the stack's own servers (droplets or existing hosts): the replication steps as
 `remote.Command`s, the primary first, then every replica in parallel, then a read-only status
-report per host. Scripts and secrets travel on stdin; a step's triggers are the hash of its
-scripts and non-secret parameters, so it runs again exactly when one of them changes."""
+report per host; with pools, PgBouncer set up on each host after its own step. Scripts and
+secrets travel on stdin; a step's triggers are the hash of its scripts and non-secret
+parameters, so it runs again exactly when one of them changes."""
 
 from __future__ import annotations
 
@@ -60,7 +61,12 @@ class ReplicationSteps(pulumi.ComponentResource):
             next((h.private_address for h in used if h.role == "replica"), None),
         ).apply(
             lambda a: outputs.server_endpoints(
-                a[0], a[1], replication.port, replication.db_name, replication.db_user
+                a[0],
+                a[1],
+                replication.port,
+                replication.db_name,
+                replication.db_user,
+                replication.pool,
             )
         )
         self.password = secrets["dbPassword"]
@@ -90,7 +96,7 @@ class ReplicationSteps(pulumi.ComponentResource):
             name,
             connection=connection,
             create=plan.command_line(host.ssh_user),
-            delete=plan.KEEP_DATA if step.script != "status" and self._keep_data_note else None,
+            delete=self._delete_note(step.script),
             stdin=stdin,
             # A status report runs again whenever a setup step ran again.
             triggers=[self._triggers[s] for s in (step.name, *step.after)],
@@ -102,6 +108,11 @@ class ReplicationSteps(pulumi.ComponentResource):
                 additional_secret_outputs=["stdin"],
             ),
         )
+
+    def _delete_note(self, script: str) -> str | None:
+        if not self._keep_data_note or script == "status":
+            return None
+        return plan.KEEP_POOLER if script == "pooler" else plan.KEEP_DATA
 
 
 def _stdin(step: plan.Step, params: dict, secret_values: list[str]) -> str:

@@ -39,6 +39,16 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True)
+class PoolSettings:
+    """PgBouncer on every database host (mastodon_data/config/pooling.py): one transaction pool
+    of Mastodon's database in front of that host's PostgreSQL."""
+
+    port: int
+    size: int  # backends the pool may open (default_pool_size = max_db_connections)
+    max_clients: int  # max_client_conn
+
+
+@dataclass(frozen=True)
 class ReplicationSettings:
     """What the host scripts set up on the stack's own servers (droplets and hosts mode)."""
 
@@ -53,6 +63,8 @@ class ReplicationSettings:
     wal_retrieve_retry_interval: str
     replica_count: int
     port: int = POSTGRES_PORT
+    max_connections: int = 100
+    pool: PoolSettings | None = None  # None: Mastodon connects to PostgreSQL directly
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class DropletSettings:
     admin_cidrs: tuple[str, ...]
     postgres_allowed_sources: tuple[str, ...]
     port: int = POSTGRES_PORT
+    pool: PoolSettings | None = None  # its port is opened like PostgreSQL's
 
 
 @dataclass(frozen=True)

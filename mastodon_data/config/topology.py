@@ -45,6 +45,13 @@ NOT_FOR_MANAGED = {
     "replicaSize": "dbClusterSize (the managed replica has the cluster's size)",
     "replicaCount": "managedReplica",
     "postgresAllowedSources": "appTag, appDropletIds or appCidrs",
+    "maxConnections": "dbClusterSize (DigitalOcean sets it)",
+    "pgbouncer": "poolName and poolSize (DigitalOcean's pgBouncer)",
+    "pgbouncerPort": "the pool's port DigitalOcean gives",
+    "pumaProcesses": "poolSize",
+    "pumaThreads": "poolSize",
+    "sidekiqThreads": "poolSize",
+    "streamingDbPool": "poolSize",
 }
 
 
