@@ -2,9 +2,9 @@
 """The lab: hosts that behave like droplets, made of network namespaces on this machine.
 
 Each host is a network namespace on a bridge (in a "switch" namespace) with its own address,
-a private mount namespace in which /etc/postgresql, /var/lib/postgresql, /var/run/postgresql
-and /var/log/postgresql are its own, and its own sshd. Everything the lab makes carries the
-lab's prefix, so `down` can find and remove it even after a crash midway.
+a private mount namespace in which /etc/postgresql, /var/lib/postgresql, /var/run/postgresql,
+/var/log/postgresql and /etc/pgbouncer are its own, and its own sshd. Everything the lab makes
+carries the lab's prefix, so `down` can find and remove it even after a crash midway.
 
     python3 -m lab.namespaces up [--hosts N]  # idempotent; from the project directory
     python3 -m lab.namespaces down            # removes namespaces, processes, mounts, files
@@ -43,6 +43,7 @@ PRIVATE_DIRS = {
     "/var/lib/postgresql": ("postgres", "postgres", 0o755),
     "/var/run/postgresql": ("postgres", "postgres", 0o2775),
     "/var/log/postgresql": ("root", "postgres", 0o1775),
+    "/etc/pgbouncer": ("root", "root", 0o755),  # PgBouncer's configuration (host/pooler.py)
 }
 
 STEP_TIMEOUT = 30  # seconds for any single system command
