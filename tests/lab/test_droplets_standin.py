@@ -92,6 +92,9 @@ def alpha(flow: Flow, ctx: dict) -> None:
             "operator -> primary private:5432": tcp(private, 5432),
             "vpc outsider -> primary private:5432": tcp(private, 5432, in_vpc),
             "vpc outsider -> replica private:5432": tcp(replica, 5432, in_vpc),
+            "operator -> primary private:6432": tcp(private, 6432),
+            "operator -> replica private:6432": tcp(replica, 6432),
+            "vpc outsider -> primary private:6432": tcp(private, 6432, in_vpc),
             "operator -> primary public:22": tcp(pub, 22),
             "public outsider -> primary public:22": tcp(pub, 22, on_public),
             "vpc outsider -> primary private:22": tcp(private, 22, in_vpc),
@@ -302,7 +305,7 @@ def keep_logs() -> None:
 def test_up_makes_droplets_that_replicate(flows):
     up = flows["alpha"].wait("up")
     assert up["check"][0] == 0, up["check"][1]
-    assert up["changes"] == {"create": 17}
+    assert up["changes"] == {"create": 20}  # with a pooler step per droplet
     outputs = up["outputs"]
     assert [r["name"] for r in outputs["replicas"]] == ["replica-1", "replica-2"]
     for replica in ("replica-1", "replica-2"):
@@ -314,11 +317,15 @@ def test_up_makes_droplets_that_replicate(flows):
     assert outputs["primary"]["public_address"].startswith("10.241.1.")
 
 
-def test_firewall_keeps_5432_from_hosts_outside_the_allowed_sources(flows):
+def test_firewall_keeps_5432_and_the_pools_from_hosts_outside_the_allowed_sources(flows):
     probes = flows["alpha"].wait("firewall")["probes"]
     assert probes["operator -> primary private:5432"] == "open"
     assert probes["vpc outsider -> primary private:5432"] == "timeout"  # dropped, not refused
     assert probes["vpc outsider -> replica private:5432"] == "timeout"
+    # The pools' port: the same sources only.
+    assert probes["operator -> primary private:6432"] == "open"
+    assert probes["operator -> replica private:6432"] == "open"
+    assert probes["vpc outsider -> primary private:6432"] == "timeout"
 
 
 def test_ssh_answers_only_from_admin_cidrs(flows):
@@ -346,7 +353,7 @@ def test_refreshed_preview_has_no_changes_and_passes_the_policy_pack(flows):
     quiet = flows["alpha"].wait("quiet")
     assert quiet["rc"] == 0, quiet["out"][-3000:]
     assert "Policies:" in quiet["out"] and "mastodon-data@v0.1.0" in quiet["out"]
-    assert "17 unchanged" in quiet["out"]
+    assert "20 unchanged" in quiet["out"]
 
 
 def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):

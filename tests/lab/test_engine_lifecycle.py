@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.engine, pytest.mark.lab]
 LAB = lab_hosts.Lab(
     prefix="mlabe", subnet="10.247.0.0/24", state_dir=Path("/var/lib/mastodon-lab-engine")
 )
-STEPS = 8  # the stack, the ReplicationSteps component, primary + 2 replicas, 3 status reports
+# The stack, the ReplicationSteps component, primary + 2 replicas, 3 status reports, 3 poolers.
+STEPS = 11
 
 
 @pytest.fixture(scope="module")
