@@ -20,6 +20,7 @@ the primary's change) and proves the pool end to end, from a 0600 file in a priv
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -59,6 +60,7 @@ CONF_DIR = Path("/etc/pgbouncer")  # Debian's layout
 INI = CONF_DIR / "pgbouncer.ini"
 USERLIST = CONF_DIR / "userlist.txt"
 SERVER_CA = CONF_DIR / "server-ca.crt"
+TLS_STATE = CONF_DIR / "tls.sha256"  # root only: which TLS files the running PgBouncer loaded
 PIDFILE = Path("/var/run/postgresql/pgbouncer.pid")
 LOGFILE = Path("/var/log/postgresql/pgbouncer.log")
 SYSTEMD_DROPIN = Path("/etc/systemd/system/pgbouncer.service.d/mastodon-data.conf")
@@ -172,6 +174,16 @@ def userlist_text(user: str, verifier: str) -> str:
     return f'"{user}" "{verifier}"\n'
 
 
+def tls_fingerprint(cluster: Cluster) -> str:
+    """What PgBouncer loaded its TLS from: the certificate it presents and the anchor it trusts.
+    A new one (a renewed certificate, a promoted replica's new CA) restarts it, so no old
+    certificate is served or trusted on."""
+    digest = hashlib.sha256()
+    for path in (cluster.confdir / "server.crt", cluster.confdir / "server.key", SERVER_CA):
+        digest.update(path.read_bytes())
+    return digest.hexdigest() + "\n"
+
+
 def write_files(params: dict, cluster: Cluster, verifier: str) -> tuple[bool, bool]:
     """(anything changed, a restart is needed)."""
     CONF_DIR.mkdir(mode=0o755, exist_ok=True)
@@ -183,6 +195,8 @@ def write_files(params: dict, cluster: Cluster, verifier: str) -> tuple[bool, bo
         USERLIST, userlist_text(params["db_user"], verifier), mode=0o600, owner="postgres"
     )
     changed |= write_if_changed(SERVER_CA, trust_anchor(cluster), mode=0o644, owner="postgres")
+    if write_if_changed(TLS_STATE, tls_fingerprint(cluster), mode=0o600):
+        changed, restart = True, True
     return changed, restart and bool(old)
 
 

@@ -47,7 +47,13 @@ def pooled(tmp_path_factory):
         stack.prepare()
         config = lab_hosts.stack_config(POOL_LAB, 2, 3) | THREADS
         outputs = applied(stack, config, secrets)
-        yield {"stack": stack, "outputs": outputs, "secrets": secrets, "dir": workdir}
+        yield {
+            "stack": stack,
+            "config": config,
+            "outputs": outputs,
+            "secrets": secrets,
+            "dir": workdir,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -323,3 +329,22 @@ def test_tls_on_both_sides_and_scram_without_clear_text(pooled, rendered):
             stdin=pooled["secrets"]["dbPassword"] + "\n",
         )
         assert found.stdout.split() == [], f"h{index}: {found.stdout}"
+
+
+def test_a_new_db_password_reaches_every_pool(pooled, rendered):
+    """dbPassword rotated: the primary step sets the new verifier, each pooler step (its stdin
+    changed) waits until its host holds it, rewrites the auth file and reloads PgBouncer."""
+    old = rendered[".env.production"]
+    new_password = pooled["secrets"]["dbPassword"][::-1] + "-rotated"
+    outputs = applied(pooled["stack"], pooled["config"], {**pooled["secrets"],
+                      "dbPassword": new_password})  # fmt: skip
+    for name in ("mlg-h1", "mlg-h2", "mlg-h3"):
+        report = outputs["steps"][f"pooler-{name}"]
+        assert report["changed"] == ["configuration written", "pgbouncer reloaded"], name
+        assert report["probe"] == "ok"
+    app = database_config({**old, "DB_PASS": new_password, "REPLICA_DB_PASS": new_password})
+    for role in ("primary", "replica"):
+        with connect(app[role], autocommit=True) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("mastodon",)
+        with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
+            connect({**app[role], "password": old["DB_PASS"]}).close()
