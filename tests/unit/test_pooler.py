@@ -126,3 +126,16 @@ def test_mastodon_reads_direct_servers_without_pgbouncer():
     ]
     alone = database_config(outputs.env_output(endpoints(False, None), "pw-0123456789abcdef"))
     assert set(alone) == {"primary"}  # no REPLICA_DB_NAME: Mastodon reads the primary only
+
+
+def test_the_replication_check_goes_past_the_pools():
+    from mastodon_data.cli.check_replication import direct_env
+
+    ends = endpoints(True, PoolSettings(6432, 45, 1000))
+    stack = {
+        "mastodon_env": outputs.env_output(ends, "pw-0123456789abcdef"),
+        "postgres": outputs.postgres_output(ends),
+    }
+    env = direct_env(stack)
+    assert (env["DB_PORT"], env["DB_NAME"]) == (5432, "mastodon_production")
+    assert stack["mastodon_env"]["DB_PORT"] == "6432"  # the stack's own env is left as it is
