@@ -131,9 +131,10 @@ def test_one_more_replica_adds_exactly_its_steps(run):
     stack.configure(lab_hosts.stack_config(LAB, 3, 4), run["secrets"])
     stack.up()
     changes = stack.last_changes()
-    # The new replica and its status are created; the primary (slot, pg_hba) and the others'
-    # steps run again (allowed sources, replica count); their status reports follow.
-    assert changes["create"] == 2
+    # The new replica, its status and its pooler are created; the primary (slot, pg_hba) and
+    # the others' steps run again (allowed sources, replica count); their status reports and
+    # poolers follow.
+    assert changes["create"] == 3
     assert len(stack.outputs()["replicas"]) == 3
 
 
