@@ -4,6 +4,8 @@ than reloads), app_hba_lines of common.py, and Mastodon's view of the emitted va
 
 from __future__ import annotations
 
+import subprocess
+
 import common
 import pooler
 import pytest
@@ -139,3 +141,56 @@ def test_the_replication_check_goes_past_the_pools():
     env = direct_env(stack)
     assert (env["DB_PORT"], env["DB_NAME"]) == (5432, "mastodon_production")
     assert stack["mastodon_env"]["DB_PORT"] == "6432"  # the stack's own env is left as it is
+
+
+class SystemdHost:
+    """A host where systemd owns PgBouncer: records the commands, writes the drop-in nowhere
+    real (it goes to `dropin`)."""
+
+    def __init__(self, monkeypatch, tmp_path, active: bool):
+        self.calls: list[str] = []
+        self.active = active
+        monkeypatch.setattr(pooler, "systemd_running", lambda: True)
+        monkeypatch.setattr(pooler, "run", self)
+        monkeypatch.setattr(pooler, "SYSTEMD_DROPIN", tmp_path / "pgbouncer.service.d" / "x.conf")
+        monkeypatch.setattr(pooler, "wait_listening", lambda params: None)
+
+    def __call__(self, argv, **kwargs):
+        self.calls.append(" ".join(argv))
+        code = 0 if self.active or "is-active" not in argv else 3
+        return subprocess.CompletedProcess(argv, code, "", "")
+
+
+def test_with_systemd_the_unit_gets_its_file_limit_then_is_enabled_and_started(
+    monkeypatch, tmp_path
+):
+    host = SystemdHost(monkeypatch, tmp_path, active=False)
+    assert pooler.apply(PARAMS, changed=True, restart=False) == "started"
+    assert host.calls == [
+        "systemctl daemon-reload",
+        "systemctl is-active --quiet pgbouncer",
+        "systemctl enable --now pgbouncer",
+    ]
+    assert pooler.SYSTEMD_DROPIN.read_text() == "[Service]\nLimitNOFILE=1109\n"
+
+
+def test_with_systemd_a_change_is_a_reload_and_the_limit_a_restart(monkeypatch, tmp_path):
+    host = SystemdHost(monkeypatch, tmp_path, active=True)
+    pooler.SYSTEMD_DROPIN.parent.mkdir()
+    pooler.SYSTEMD_DROPIN.write_text("[Service]\nLimitNOFILE=1109\n")
+    assert pooler.apply(PARAMS, changed=True, restart=False) == "reloaded"
+    assert host.calls == ["systemctl is-active --quiet pgbouncer", "systemctl reload pgbouncer"]
+    host.calls.clear()
+    assert pooler.apply({**PARAMS, "max_clients": 2000}, changed=True, restart=False) == (
+        "restarted"
+    )  # a new LimitNOFILE needs a new process
+    assert host.calls == [
+        "systemctl daemon-reload",
+        "systemctl is-active --quiet pgbouncer",
+        "systemctl stop pgbouncer",
+        "systemctl enable --now pgbouncer",
+    ]
+    host.calls.clear()
+    assert pooler.apply({**PARAMS, "max_clients": 2000}, changed=False, restart=False) == (
+        "unchanged"
+    )
