@@ -369,7 +369,8 @@ def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):
         old, now = status(before, replica), status(after, replica)
         assert now["system_identifier"] == old["system_identifier"] == sysid
         assert now["postmaster_start_time"] == old["postmaster_start_time"]
-    assert three["changes"]["create"] == 3  # the droplet, its replica step, its status report
+    # The droplet, its replica step, its status report, its pooler step.
+    assert three["changes"]["create"] == 4
 
 
 def test_back_to_two_replicas_drops_the_removed_ones_slot(flows):
@@ -379,7 +380,7 @@ def test_back_to_two_replicas_drops_the_removed_ones_slot(flows):
     assert two["droplets"] == [
         f"mastodon-db-alpha-{n}" for n in ("primary", "replica-1", "replica-2")
     ]
-    assert two["changes"]["delete"] == 3
+    assert two["changes"]["delete"] == 4  # the droplet and its three steps
 
 
 def test_destroy_leaves_nothing_of_the_stack(flows):
