@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from enginekit import POLICY, pack_venv
 from labkit import lab_unavailable, write_figures
@@ -152,6 +153,17 @@ def alpha(flow: Flow, ctx: dict) -> None:
     )
 
 
+def replica_pool_in_recovery(env: dict) -> bool:
+    """One query through the replica's pool, as Mastodon's REPLICA_DB_* say (after a power
+    cycle: PgBouncer started at boot, as its enabled unit would be)."""
+    with psycopg.connect(
+        host=env["REPLICA_DB_HOST"], port=env["REPLICA_DB_PORT"], dbname=env["REPLICA_DB_NAME"],
+        user=env["REPLICA_DB_USER"], password=env["REPLICA_DB_PASS"], sslmode=env["DB_SSLMODE"],
+        connect_timeout=10, prepare_threshold=None, autocommit=True,
+    ) as conn:  # fmt: skip
+        return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+
+
 def bravo(flow: Flow, ctx: dict) -> None:
     s = Droplets(**ctx, name="bravo", vpc="10.240.2.0/24", replicas=1)
     first = s.apply()
@@ -178,6 +190,7 @@ def bravo(flow: Flow, ctx: dict) -> None:
     flow.record(
         "resize",
         **resized,
+        pool_after=replica_pool_in_recovery(resized["outputs"]["mastodon_env"]),
         before=before,
         after={"sysid": s.psql(replica, identity), "start": s.psql(replica, started)},
         size=s.droplet("replica-1")["size_slug"],
@@ -400,6 +413,7 @@ def test_a_resized_replica_keeps_its_data_and_streams_again(flows):
     assert resize["after"]["sysid"] == resize["before"]["sysid"]  # the same cluster, not cloned
     assert resize["after"]["start"] != resize["before"]["start"]  # it was powered off and on
     assert resize["marker"].endswith("standin-marker")  # its disk kept
+    assert resize["pool_after"] is True  # its pool serves again, from the standby
     assert resize["check"][0] == 0, resize["check"][1]
 
 
