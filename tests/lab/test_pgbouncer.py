@@ -336,8 +336,8 @@ def test_a_new_db_password_reaches_every_pool(pooled, rendered):
     changed) waits until its host holds it, rewrites the auth file and reloads PgBouncer."""
     old = rendered[".env.production"]
     new_password = pooled["secrets"]["dbPassword"][::-1] + "-rotated"
-    outputs = applied(pooled["stack"], pooled["config"], {**pooled["secrets"],
-                      "dbPassword": new_password})  # fmt: skip
+    pooled["secrets"] = {**pooled["secrets"], "dbPassword": new_password}
+    outputs = applied(pooled["stack"], pooled["config"], pooled["secrets"])
     for name in ("mlg-h1", "mlg-h2", "mlg-h3"):
         report = outputs["steps"][f"pooler-{name}"]
         assert report["changed"] == ["configuration written", "pgbouncer reloaded"], name
@@ -348,3 +348,24 @@ def test_a_new_db_password_reaches_every_pool(pooled, rendered):
             assert conn.execute("SELECT current_user").fetchone() == ("mastodon",)
         with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
             connect({**app[role], "password": old["DB_PASS"]}).close()
+
+
+def test_pgbouncer_off_points_mastodon_at_postgres_and_leaves_the_pools_running(pooled):
+    stack = pooled["stack"]
+    stack.configure({**pooled["config"], "pgbouncer": False}, pooled["secrets"])
+    printed = stack.up()
+    changes = stack.last_changes()
+    outputs = {**stack.outputs(), "steps": stack.step_reports()}
+    env = outputs["mastodon_env"]
+    assert (env["DB_PORT"], env["REPLICA_DB_PORT"]) == ("5432", "5432")
+    assert "PREPARED_STATEMENTS" not in env and "REPLICA_PREPARED_STATEMENTS" not in env
+    assert outputs["postgres"]["pool"] is None
+    assert not [name for name in outputs["steps"] if name.startswith("pooler-")]
+    # The three pooler steps go; each says on its host what it left (the engine prints a
+    # delete's output twice: streamed and in its summary).
+    assert changes.get("delete") == 3
+    assert printed.count("PgBouncer is left running on this host") == 2 * 3
+    with psycopg.connect(host=PRIMARY, port=6432, dbname="mastodon_production", user="mastodon",
+                         password=env["DB_PASS"], sslmode="require",
+                         connect_timeout=10) as conn:  # fmt: skip
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # until Mastodon's env changes
