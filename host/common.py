@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import re
@@ -539,6 +540,7 @@ def server_settings(cluster: Cluster, params: dict, replica_slots: int) -> dict[
     return {
         "listen_addresses": f"'localhost,{params['private_address']}'",
         "port": str(cluster.port),
+        "max_connections": str(int(params["max_connections"])),
         "ssl": "on",
         "ssl_cert_file": f"'{cluster.confdir / 'server.crt'}'",
         "ssl_key_file": f"'{cluster.confdir / 'server.key'}'",
@@ -585,6 +587,16 @@ def keepalive_options(replication_timeout: str) -> dict[str, int]:
         "keepalives_count": count,
         "tcp_user_timeout": timeout,
     }
+
+
+def app_hba_lines(params: dict) -> list[str]:
+    """Mastodon's role from the allowed sources, and from this host's own private address when
+    PgBouncer here logs in to this PostgreSQL (the pool); TLS and SCRAM only."""
+    sources = [str(ipaddress.ip_network(source)) for source in params["allowed_sources"]]
+    if params.get("pooled"):
+        own = str(ipaddress.ip_network(params["private_address"]))
+        sources += [own] if own not in sources else []
+    return [f"hostssl {params['db_name']} {params['db_user']} {s} scram-sha-256" for s in sources]
 
 
 def write_settings(cluster: Cluster, settings: dict[str, str]) -> bool:

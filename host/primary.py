@@ -3,9 +3,10 @@
 
 stdin (JSON): version, port, private_address, replicas [{name, address}], replication_user,
 replication_password, db_name, db_user, db_password, allowed_sources [CIDR], wal_keep_size,
-max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval; optional
-certificate_days, certificate_renew_days (the server certificate's validity and renewal window),
-ca_rotation (none, prepare, switch: README "Rotating the CA").
+max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval, max_connections;
+optional certificate_days, certificate_renew_days (the server certificate's validity and renewal
+window), ca_rotation (none, prepare, switch: README "Rotating the CA"), pooled (PgBouncer on this
+host logs in from the private address).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from common import (
     Cluster,
     HostError,
+    app_hba_lines,
     apply_settings,
     ensure_ca,
     ensure_certificate,
@@ -50,6 +52,7 @@ REQUIRED = [
     "max_slot_wal_keep_size",
     "replication_timeout",
     "wal_retrieve_retry_interval",
+    "max_connections",
 ]
 
 
@@ -64,11 +67,7 @@ def hba_lines(params: dict) -> list[str]:
         lines.append(f"hostssl replication {params['replication_user']} {network} scram-sha-256")
         # pg_rewind of a former primary reads files through an ordinary connection.
         lines.append(f"hostssl postgres {params['replication_user']} {network} scram-sha-256")
-    lines += [
-        f"hostssl {params['db_name']} {params['db_user']} {host_network(source)} scram-sha-256"
-        for source in params["allowed_sources"]
-    ]
-    return lines
+    return lines + app_hba_lines(params)
 
 
 def write_hba(cluster: Cluster, lines: list[str]) -> bool:

@@ -9,13 +9,13 @@ returns when the server accepts connections, no reload.
 stdin (JSON): version, port, name, private_address, primary_address, primary_port,
 replication_user, replication_password, db_name, db_user, allowed_sources [CIDR], replica_count,
 wal_keep_size, max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval,
-primary_ca_cert (PEM, from the primary step's report); optional reseed (bool),
-stream_wait_seconds (default 60), certificate_days, certificate_renew_days.
+primary_ca_cert (PEM, from the primary step's report), max_connections; optional reseed (bool),
+stream_wait_seconds (default 60), certificate_days, certificate_renew_days, pooled (PgBouncer
+here logs in from the private address).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import shutil
@@ -26,6 +26,7 @@ from common import (
     POLL,
     Cluster,
     HostError,
+    app_hba_lines,
     apply_settings,
     as_postgres,
     ensure_certificate,
@@ -60,6 +61,7 @@ REQUIRED = [
     "replication_timeout",
     "wal_retrieve_retry_interval",
     "primary_ca_cert",
+    "max_connections",
 ]
 PGPASS = Path("/var/lib/postgresql/.pgpass")
 PRIMARY_CA = Path("/var/lib/postgresql/primary-ca.crt")
@@ -377,10 +379,7 @@ def rewind(cluster: Cluster, params: dict) -> str:
 
 
 def write_hba(cluster: Cluster, params: dict) -> bool:
-    lines = [
-        f"hostssl {params['db_name']} {params['db_user']} {ipaddress.ip_network(s)} scram-sha-256"
-        for s in params["allowed_sources"]
-    ]
+    lines = app_hba_lines(params)
     path = cluster.confdir / "pg_hba.conf"
     return write_if_changed(
         path, replace_managed_block(path.read_text(), lines), mode=0o640, owner="postgres"

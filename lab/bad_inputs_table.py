@@ -55,6 +55,8 @@ CASES: list[tuple[str, dict, frozenset]] = [
     ),
     ("unknown CA rotation stage", {**DROPLETS, "caRotation": "rotate"}, ALL),
     ("misspelt key", {**DROPLETS, "replicaCont": 2}, ALL),
+    ("max_connections below the pool", {**DROPLETS, "pumaProcesses": 8, "sidekiqThreads": 50}, ALL),
+    ("pool on PostgreSQL's port", {**DROPLETS, "pgbouncerPort": 5432}, ALL),
     ("hosts listed in droplets mode", {**DROPLETS, "hosts": HOSTS["hosts"]}, ALL),
     ("hosts mode without hosts", {**HOSTS, "hosts": []}, ALL),
     ("fewer hosts than replicas", {**HOSTS, "replicaCount": 3}, ALL),

@@ -37,7 +37,7 @@ import psycopg
 
 from lab import namespaces as lab_hosts
 from lab.stack import ROOT, LabStack
-from mastodon_data.cli.check_replication import connect, lsn
+from mastodon_data.cli.check_replication import connect, direct_env, lsn
 
 LAB = lab_hosts.Lab(
     prefix="mlabb", subnet="10.254.0.0/24", state_dir=Path("/var/lib/mastodon-lab-bench")
@@ -161,7 +161,7 @@ class Bench:
 
     def connect(self, index: int) -> psycopg.Connection:
         """As the app role (pg_monitor), the way the replication check connects."""
-        return connect(self.outputs["mastodon_env"], LAB.host(index).address)
+        return connect(direct_env(self.outputs), LAB.host(index).address)
 
     def replica_hosts(self) -> list[int]:
         names = {LAB.host(i).name: i for i in range(1, HOSTS + 1)}

@@ -3,9 +3,9 @@
 
 Each host is a network namespace on a bridge (in a "switch" namespace) with its own address,
 a private mount namespace in which /etc/postgresql, /var/lib/postgresql, /var/run/postgresql,
-/var/log/postgresql (and pgBackRest's and systemd's unit directories) are its own, and its own
-sshd. Everything the lab makes carries the lab's prefix, so `down` can find and remove it even
-after a crash midway.
+/var/log/postgresql (and PgBouncer's, pgBackRest's and systemd's unit directories) are its own,
+and its own sshd. Everything the lab makes carries the lab's prefix, so `down` can find and
+remove it even after a crash midway.
 
     python3 -m lab.namespaces up [--hosts N]  # idempotent; from the project directory
     python3 -m lab.namespaces down            # removes namespaces, processes, mounts, files
@@ -50,6 +50,7 @@ PRIVATE_DIRS = {
     "/var/spool/pgbackrest": ("postgres", "postgres", 0o750),
     "/var/lib/pgbackrest": ("postgres", "postgres", 0o750),
     "/etc/systemd/system": ("root", "root", 0o755),
+    "/etc/pgbouncer": ("root", "root", 0o755),  # PgBouncer's configuration (host/pooler.py)
 }
 
 # And privately too: the host's fstab (the volume step writes its lines there) and the directory

@@ -99,6 +99,7 @@ def mastodon_env(
     replica_port: int | None = None,
     replica_db_name: str | None = None,
     through_pool: bool = False,
+    replica_through_pool: bool = False,
     redis: str | None = None,
     object_storage: ObjectStorage | None = None,
 ) -> dict[str, str]:
@@ -106,7 +107,8 @@ def mastodon_env(
     object storage when given.
 
     `through_pool`: DB_* point at a pgBouncer pool in transaction mode, where prepared statements
-    break; the replica (`replica_db_name`, default `db_name`) is then still reached directly.
+    break. `replica_through_pool`: so do REPLICA_DB_* (PgBouncer on the replica too); else the
+    replica (`replica_db_name`, default `db_name`) is reached directly, with prepared statements.
     """
     env = {
         "DB_HOST": db_host,
@@ -127,9 +129,9 @@ def mastodon_env(
             "REPLICA_DB_USER": db_user,
             "REPLICA_DB_PASS": db_password,
         }
-        if through_pool:
-            # Read by Mastodon 4.4+; older versions fall back to PREPARED_STATEMENTS (false).
-            env["REPLICA_PREPARED_STATEMENTS"] = "true"
+        if through_pool or replica_through_pool:
+            # Read by Mastodon 4.4+; older versions fall back to PREPARED_STATEMENTS.
+            env["REPLICA_PREPARED_STATEMENTS"] = "false" if replica_through_pool else "true"
     if redis is not None:
         env |= {
             "REDIS_URL": redis,

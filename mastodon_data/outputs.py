@@ -6,6 +6,7 @@ PostgreSQL, whatever runs it, is described by one plain dict of endpoints (no se
     db_name, user              Mastodon's database and role
     pool_name, pool_host, pool_port, pool_size   the pgBouncer pool, or None (no pool)
     replica_host, replica_port the read replica Mastodon uses, or None
+    replica_pool_port          the pool in front of that replica (PgBouncer on it), or None
 
 From it come the `postgres` output (the same keys in every mode), `mastodon_env` and
 `migration_env`.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mastodon_data.config import PoolSettings
 from mastodon_data.env import ObjectStorage, mastodon_env, migration_env
 
 POOL_MODE = "transaction"
@@ -29,15 +31,21 @@ ENDPOINT_KEYS = (
     "pool_size",
     "replica_host",
     "replica_port",
+    "replica_pool_port",
 )
 
 
 def server_endpoints(
-    primary_address: str, replica_address: str | None, port: int, db_name: str, user: str
+    primary_address: str,
+    replica_address: str | None,
+    port: int,
+    db_name: str,
+    user: str,
+    pool: PoolSettings | None = None,
 ) -> dict:
-    """The endpoints of PostgreSQL on the stack's own servers: no pool; the first replica serves
-    Mastodon's reads."""
-    return {
+    """The endpoints of PostgreSQL on the stack's own servers; the first replica serves
+    Mastodon's reads. With `pool`, PgBouncer on each host: its pool has the database's name."""
+    endpoints = {
         **dict.fromkeys(ENDPOINT_KEYS),
         "direct_host": primary_address,
         "direct_port": port,
@@ -46,6 +54,15 @@ def server_endpoints(
         "replica_host": replica_address,
         "replica_port": port if replica_address else None,
     }
+    if pool:
+        endpoints |= {
+            "pool_name": db_name,
+            "pool_host": primary_address,
+            "pool_port": pool.port,
+            "pool_size": pool.size,
+            "replica_pool_port": pool.port if replica_address else None,
+        }
+    return endpoints
 
 
 def postgres_output(endpoints: dict) -> dict:
@@ -61,7 +78,11 @@ def postgres_output(endpoints: dict) -> dict:
         }
     replica = None
     if endpoints["replica_host"]:
-        replica = {"private_host": endpoints["replica_host"], "port": endpoints["replica_port"]}
+        replica = {
+            "private_host": endpoints["replica_host"],
+            "port": endpoints["replica_port"],
+            "pool_port": endpoints.get("replica_pool_port"),
+        }
     return {
         "private_host": endpoints["direct_host"],
         "port": endpoints["direct_port"],
@@ -76,8 +97,10 @@ def env_output(
     endpoints: dict, db_password: str, redis: str | None = None, storage: dict | None = None
 ) -> dict[str, str]:
     """Mastodon's variables: through the pool when there is one (DB_NAME is then the pool's
-    name), the read replica always directly."""
+    name); the read replica through its own pool when it has one (PgBouncer on the stack's
+    servers), else directly (managed mode's read-only node)."""
     pooled = bool(endpoints["pool_host"])
+    replica_pooled = bool(endpoints.get("replica_pool_port"))
     via = "pool" if pooled else "direct"
     return mastodon_env(
         db_host=endpoints[f"{via}_host"],
@@ -86,9 +109,10 @@ def env_output(
         db_user=endpoints["user"],
         db_password=db_password,
         replica_host=endpoints["replica_host"],
-        replica_port=endpoints["replica_port"],
+        replica_port=endpoints["replica_pool_port" if replica_pooled else "replica_port"],
         replica_db_name=endpoints["db_name"],
         through_pool=pooled,
+        replica_through_pool=replica_pooled,
         redis=redis,
         object_storage=ObjectStorage(**storage) if storage else None,
     )

@@ -31,6 +31,7 @@ BACKUP_SECRETS = {
 SECRET_PARAMS = {
     "primary": {"replication_password": "replicationPassword", "db_password": "dbPassword"},
     "replica": {"replication_password": "replicationPassword"},
+    "pooler": {"db_password": "dbPassword"},
     "status": {},
     "promote": {},
     "backup": BACKUP_SECRETS,
@@ -59,7 +60,7 @@ LAUNCHER = (
 @dataclass(frozen=True)
 class Step:
     name: str
-    script: str  # primary | replica | status | promote | volume | backup | restore
+    script: str  # primary | replica | pooler | status | promote | volume | backup | restore
     host: Host
     params: dict = field(hash=False)  # non-secret parameters
     after: tuple[str, ...] = ()  # runs after these, and again whenever they run again
@@ -100,6 +101,14 @@ KEEP_DATA = (
 )
 
 
+# A pooler step that goes (the pool turned off, `pulumi destroy`) leaves PgBouncer as it is:
+# Mastodon may still use it until its .env.production changes.
+KEEP_POOLER = (
+    "echo 'mastodon-data: PgBouncer is left running on this host; once Mastodon no longer uses "
+    "it: systemctl disable --now pgbouncer'"
+)
+
+
 def command_line(ssh_user: str) -> str:
     """The remote command: no parameter or secret in it, sudo only for a non-root user."""
     run = f"python3 -c {shlex.quote(LAUNCHER)}"
@@ -133,8 +142,9 @@ def steps(
     backups: BackupSettings | None = None,
 ) -> list[Step]:
     """Each host's data device mounted first (where it has one); the primary; every replica
-    after it (in parallel); with backups, a backup step per host after those; a status
-    report per host last. Spare hosts get no step."""
+    after it (in parallel); with pools, a pooler step after each host's own step; with backups,
+    a backup step per host after the replication steps; a status report per host last. Spare
+    hosts get no step."""
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
     common = server_params(replication)
@@ -188,6 +198,18 @@ def steps(
     if backups:
         report["stanza"] = backups.stanza
     plan += [Step(f"status-{h.name}", "status", h, report, setup) for h in (primary, *replicas)]
+    if replication.pool:
+        plan += [
+            Step(
+                f"pooler-{step.host.name}",
+                "pooler",
+                step.host,
+                pooler_params(replication, step.host),
+                (step.name,),
+            )
+            for step in plan
+            if step.script in ("primary", "replica")
+        ]
     return plan
 
 
@@ -197,6 +219,21 @@ def volume_step(host: Host) -> Step:
     if host.data_size is not None:
         params["size_gib"] = host.data_size
     return Step(f"volume-{host.name}", "volume", host, params)
+
+
+def pooler_params(replication: ReplicationSettings, host: Host) -> dict:
+    """A pooler step's parameters (the password is a secret one)."""
+    pool = replication.pool
+    return {
+        "version": replication.postgres_version,
+        "port": replication.port,
+        "private_address": host.private_address,
+        "db_name": replication.db_name,
+        "db_user": replication.db_user,
+        "pool_port": pool.port,
+        "pool_size": pool.size,
+        "max_clients": pool.max_clients,
+    }
 
 
 def server_params(replication: ReplicationSettings) -> dict:
@@ -214,6 +251,9 @@ def server_params(replication: ReplicationSettings) -> dict:
         "wal_retrieve_retry_interval": replication.wal_retrieve_retry_interval,
         "certificate_days": replication.certificate_days,
         "certificate_renew_days": replication.certificate_renew_days,
+        "max_connections": replication.max_connections,
+        # PgBouncer on each host logs in to its own PostgreSQL at the private address.
+        "pooled": replication.pool is not None,
     }
 
 

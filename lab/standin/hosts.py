@@ -40,7 +40,7 @@ from lab.standin._lab import (
 
 BLACKHOLE_METRIC = "4242"  # behind a link's own route (metric 0), which wins while it exists
 BOOT_TIMEOUT = 180  # seconds a boot (clusters started, sshd up) may take
-# Run in the droplet's mount namespace at boot: the clusters systemd would start.
+# Run in the droplet's mount namespace at boot: the clusters (and PgBouncer) systemd would start.
 START_CLUSTERS = r"""
 import os, subprocess, sys
 from pathlib import Path
@@ -65,6 +65,17 @@ for line in out.splitlines():
     result = subprocess.run(["pg_ctlcluster", version, name, "start"], capture_output=True,
                             text=True, timeout=150)
     print(f"start {version}/{name}: {result.returncode} {result.stdout}{result.stderr}".strip())
+# PgBouncer as its enabled unit would start (host/pooler.py wrote its configuration), with room
+# for max_client_conn + default_pool_size descriptors as the unit's drop-in gives it.
+ini = Path("/etc/pgbouncer/pgbouncer.ini")
+text = ini.read_text() if ini.exists() else ""
+if "mastodon-data" in text:
+    values = dict(l.split(" = ", 1) for l in text.splitlines() if " = " in l)
+    files = int(values.get("max_client_conn", 1000)) + int(values.get("default_pool_size", 20)) + 64
+    result = subprocess.run(["sh", "-c", f'ulimit -n {files} && exec runuser -u postgres -- "$@"',
+                             "sh", "/usr/sbin/pgbouncer", "-d", "-q", str(ini)],
+                            capture_output=True, text=True, timeout=60)
+    print(f"start pgbouncer: {result.returncode} {result.stderr}".strip())
 """
 
 

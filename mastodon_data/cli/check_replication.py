@@ -118,8 +118,18 @@ def archive_line(name: str, conn: psycopg.Connection) -> tuple[str | None, bool]
     return line, True
 
 
+def direct_env(outputs: dict) -> dict:
+    """Mastodon's credentials, at PostgreSQL itself rather than a pool: the check counts each
+    server's own connections, and a transaction pool would not keep its session."""
+    postgres = outputs.get("postgres") or {}
+    env = dict(outputs["mastodon_env"])
+    if postgres.get("port"):
+        env |= {"DB_PORT": postgres["port"], "DB_NAME": postgres["database"]}
+    return env
+
+
 def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[list[str], bool]:
-    env = outputs["mastodon_env"]
+    env = direct_env(outputs)
     primary = outputs["primary"]
     lines, healthy = [], True
     with connect(env, primary["private_address"]) as conn:

@@ -1,6 +1,6 @@
 """Droplets mode: a primary and replica droplets in the stack's VPC, tagged by role, each with a
-data volume for PostgreSQL, and a cloud firewall (22 from the admin CIDRs only, 5432 from the
-allowed private sources only)."""
+data volume for PostgreSQL, and a cloud firewall (22 from the admin CIDRs only, 5432 and the
+pools' port from the allowed private sources only)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,14 @@ def firewall_inbound(droplets: DropletSettings, replica_tag: str | None) -> list
             "source_addresses": list(droplets.postgres_allowed_sources),
         },
     ]
+    if droplets.pool:  # PgBouncer: from the same private sources only
+        rules.append(
+            {
+                "protocol": "tcp",
+                "port_range": str(droplets.pool.port),
+                "source_addresses": list(droplets.postgres_allowed_sources),
+            }
+        )
     if replica_tag:  # replication connections, whatever the allowed sources
         rules.append(
             {"protocol": "tcp", "port_range": str(droplets.port), "source_tags": [replica_tag]}

@@ -1,7 +1,8 @@
 """PostgreSQL on the stack's own servers (droplets or existing hosts): the replication steps as
 `remote.Command`s, the primary first, then every replica in parallel, then a read-only status
-report per host. Scripts and secrets travel on stdin; a step's triggers are the hash of its
-scripts and non-secret parameters, so it runs again exactly when one of them changes."""
+report per host; with pools, PgBouncer set up on each host after its own step. Scripts and
+secrets travel on stdin; a step's triggers are the hash of its scripts and non-secret
+parameters, so it runs again exactly when one of them changes."""
 
 from __future__ import annotations
 
@@ -61,7 +62,12 @@ class ReplicationSteps(pulumi.ComponentResource):
             next((h.private_address for h in used if h.role == "replica"), None),
         ).apply(
             lambda a: outputs.server_endpoints(
-                a[0], a[1], replication.port, replication.db_name, replication.db_user
+                a[0],
+                a[1],
+                replication.port,
+                replication.db_name,
+                replication.db_user,
+                replication.pool,
             )
         )
         self.password = secrets["dbPassword"]
@@ -91,9 +97,7 @@ class ReplicationSteps(pulumi.ComponentResource):
             name,
             connection=connection,
             create=plan.command_line(host.ssh_user),
-            delete=plan.KEEP_DATA
-            if step.script in ("primary", "replica", "volume") and self._keep_data_note
-            else None,
+            delete=self._delete_note(step.script),
             stdin=stdin,
             # A status report runs again whenever a setup step ran again.
             triggers=[self._triggers[s] for s in (step.name, *step.after)],
@@ -119,6 +123,15 @@ class ReplicationSteps(pulumi.ComponentResource):
         return pulumi.Output.all(params, count).apply(
             lambda a: plan.trigger(step.script, a[0], renewals=a[1])
         )
+
+    def _delete_note(self, script: str) -> str | None:
+        """What a step's delete says on a host that outlives the stack (nothing for reports and
+        backup settings)."""
+        if not self._keep_data_note:
+            return None
+        if script == "pooler":
+            return plan.KEEP_POOLER
+        return plan.KEEP_DATA if script in ("primary", "replica", "volume") else None
 
 
 def _stdin(step: plan.Step, params: dict, secret_values: list[str]) -> str:

@@ -7,6 +7,7 @@ line each, naming the key, the bad value (never a secret's) and the exact fix. B
     project.py   Pulumi.yaml: the project's name, each setting's type and default
     checks.py    the message format, the Field table's reader, shared checks
     topology.py  mode, region, VPC, droplets, sources, database names, WAL
+    pooling.py   PgBouncer's pools on the stack's own servers, max_connections
     hosts.py     hosts mode's list of servers
     managed.py   managed PostgreSQL        access.py   who reaches the managed databases
     media.py     Spaces and the CDN        redis.py    Redis / Valkey
@@ -27,6 +28,7 @@ from mastodon_data.config.records import (
     Host,
     ManagedPostgresSettings,
     NetworkSettings,
+    PoolSettings,
     RedisSettings,
     ReplicationSettings,
     Settings,
@@ -61,6 +63,7 @@ __all__ = [
     "Host",
     "ManagedPostgresSettings",
     "NetworkSettings",
+    "PoolSettings",
     "RedisSettings",
     "ReplicationSettings",
     "Settings",

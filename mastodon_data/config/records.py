@@ -44,6 +44,16 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True)
+class PoolSettings:
+    """PgBouncer on every database host (mastodon_data/config/pooling.py): one transaction pool
+    of Mastodon's database in front of that host's PostgreSQL."""
+
+    port: int
+    size: int  # backends the pool may open (default_pool_size = max_db_connections)
+    max_clients: int  # max_client_conn
+
+
+@dataclass(frozen=True)
 class ReplicationSettings:
     """What the host scripts set up on the stack's own servers (droplets and hosts mode)."""
 
@@ -61,6 +71,8 @@ class ReplicationSettings:
     certificate_days: int = 825  # validity of a server certificate issued or renewed
     certificate_renew_days: int = 30  # renewed when closer than this to its end
     ca_rotation: str = "none"  # none | prepare | switch: the primary's CA hand-over
+    max_connections: int = 100
+    pool: PoolSettings | None = None  # None: Mastodon connects to PostgreSQL directly
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,7 @@ class DropletSettings:
     postgres_allowed_sources: tuple[str, ...]
     data_volume_size: int = 20  # GiB of each droplet's data volume
     port: int = POSTGRES_PORT
+    pool: PoolSettings | None = None  # its port is opened like PostgreSQL's
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,13 @@ NOT_FOR_MANAGED = {
     "certificateRenewDays": "DigitalOcean's own certificates",
     "caRotation": "DigitalOcean's own certificates",
     "dataVolumeSize": "DigitalOcean sizes the cluster's storage with dbClusterSize",
+    "maxConnections": "dbClusterSize (DigitalOcean sets it)",
+    "pgbouncer": "poolName and poolSize (DigitalOcean's pgBouncer)",
+    "pgbouncerPort": "the pool's port DigitalOcean gives",
+    "pumaProcesses": "poolSize",
+    "pumaThreads": "poolSize",
+    "sidekiqThreads": "poolSize",
+    "streamingDbPool": "poolSize",
 }
 
 

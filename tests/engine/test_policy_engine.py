@@ -30,7 +30,7 @@ EXPECTED = {
         "digitalocean:index/tag:Tag": 2,
         "digitalocean:index/droplet:Droplet": 2,
         "digitalocean:index/firewall:Firewall": 1,
-        "command:remote:Command": 4,  # primary, replica, a status report per host
+        "command:remote:Command": 6,  # primary, replica, a status report and a pooler per host
     },
     "prod": {  # managed PostgreSQL + read-only node, Spaces + CDN, Valkey
         "pulumi:pulumi:Stack": 1,

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from enginekit import POLICY, pack_venv
 from labkit import lab_unavailable, write_figures
@@ -92,6 +93,9 @@ def alpha(flow: Flow, ctx: dict) -> None:
             "operator -> primary private:5432": tcp(private, 5432),
             "vpc outsider -> primary private:5432": tcp(private, 5432, in_vpc),
             "vpc outsider -> replica private:5432": tcp(replica, 5432, in_vpc),
+            "operator -> primary private:6432": tcp(private, 6432),
+            "operator -> replica private:6432": tcp(replica, 6432),
+            "vpc outsider -> primary private:6432": tcp(private, 6432, in_vpc),
             "operator -> primary public:22": tcp(pub, 22),
             "public outsider -> primary public:22": tcp(pub, 22, on_public),
             "vpc outsider -> primary private:22": tcp(private, 22, in_vpc),
@@ -149,6 +153,17 @@ def alpha(flow: Flow, ctx: dict) -> None:
     )
 
 
+def replica_pool_in_recovery(env: dict) -> bool:
+    """One query through the replica's pool, as Mastodon's REPLICA_DB_* say (after a power
+    cycle: PgBouncer started at boot, as its enabled unit would be)."""
+    with psycopg.connect(
+        host=env["REPLICA_DB_HOST"], port=env["REPLICA_DB_PORT"], dbname=env["REPLICA_DB_NAME"],
+        user=env["REPLICA_DB_USER"], password=env["REPLICA_DB_PASS"], sslmode=env["DB_SSLMODE"],
+        connect_timeout=10, prepare_threshold=None, autocommit=True,
+    ) as conn:  # fmt: skip
+        return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+
+
 def bravo(flow: Flow, ctx: dict) -> None:
     s = Droplets(**ctx, name="bravo", vpc="10.240.2.0/24", replicas=1)
     first = s.apply()
@@ -175,6 +190,7 @@ def bravo(flow: Flow, ctx: dict) -> None:
     flow.record(
         "resize",
         **resized,
+        pool_after=replica_pool_in_recovery(resized["outputs"]["mastodon_env"]),
         before=before,
         after={"sysid": s.psql(replica, identity), "start": s.psql(replica, started)},
         size=s.droplet("replica-1")["size_slug"],
@@ -302,7 +318,8 @@ def keep_logs() -> None:
 def test_up_makes_droplets_that_replicate(flows):
     up = flows["alpha"].wait("up")
     assert up["check"][0] == 0, up["check"][1]
-    assert up["changes"] == {"create": 26}  # 17, and a volume, its attachment and step each
+    # 17, and per droplet a volume, its attachment, its volume step and its pooler step
+    assert up["changes"] == {"create": 29}
     outputs = up["outputs"]
     assert [r["name"] for r in outputs["replicas"]] == ["replica-1", "replica-2"]
     for replica in ("replica-1", "replica-2"):
@@ -314,11 +331,15 @@ def test_up_makes_droplets_that_replicate(flows):
     assert outputs["primary"]["public_address"].startswith("10.241.1.")
 
 
-def test_firewall_keeps_5432_from_hosts_outside_the_allowed_sources(flows):
+def test_firewall_keeps_5432_and_the_pools_from_hosts_outside_the_allowed_sources(flows):
     probes = flows["alpha"].wait("firewall")["probes"]
     assert probes["operator -> primary private:5432"] == "open"
     assert probes["vpc outsider -> primary private:5432"] == "timeout"  # dropped, not refused
     assert probes["vpc outsider -> replica private:5432"] == "timeout"
+    # The pools' port: the same sources only.
+    assert probes["operator -> primary private:6432"] == "open"
+    assert probes["operator -> replica private:6432"] == "open"
+    assert probes["vpc outsider -> primary private:6432"] == "timeout"
 
 
 def test_ssh_answers_only_from_admin_cidrs(flows):
@@ -346,7 +367,7 @@ def test_refreshed_preview_has_no_changes_and_passes_the_policy_pack(flows):
     quiet = flows["alpha"].wait("quiet")
     assert quiet["rc"] == 0, quiet["out"][-3000:]
     assert "Policies:" in quiet["out"] and "mastodon-data@v0.1.0" in quiet["out"]
-    assert "26 unchanged" in quiet["out"]
+    assert "29 unchanged" in quiet["out"]
 
 
 def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):
@@ -362,8 +383,8 @@ def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):
         old, now = status(before, replica), status(after, replica)
         assert now["system_identifier"] == old["system_identifier"] == sysid
         assert now["postmaster_start_time"] == old["postmaster_start_time"]
-    # the droplet, its volume, attachment and volume step, its replica step, its status report
-    assert three["changes"]["create"] == 6
+    # the droplet, its volume, attachment and volume step, its replica, status and pooler steps
+    assert three["changes"]["create"] == 7
 
 
 def test_back_to_two_replicas_drops_the_removed_ones_slot(flows):
@@ -373,7 +394,7 @@ def test_back_to_two_replicas_drops_the_removed_ones_slot(flows):
     assert two["droplets"] == [
         f"mastodon-db-alpha-{n}" for n in ("primary", "replica-1", "replica-2")
     ]
-    assert two["changes"]["delete"] == 6
+    assert two["changes"]["delete"] == 7
 
 
 def test_destroy_leaves_nothing_of_the_stack(flows):
@@ -393,6 +414,7 @@ def test_a_resized_replica_keeps_its_data_and_streams_again(flows):
     assert resize["after"]["sysid"] == resize["before"]["sysid"]  # the same cluster, not cloned
     assert resize["after"]["start"] != resize["before"]["start"]  # it was powered off and on
     assert resize["marker"].endswith("standin-marker")  # its disk kept
+    assert resize["pool_after"] is True  # its pool serves again, from the standby
     assert resize["check"][0] == 0, resize["check"][1]
 
 

@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.engine, pytest.mark.lab]
 LAB = lab_hosts.Lab(
     prefix="mlabe", subnet="10.247.0.0/24", state_dir=Path("/var/lib/mastodon-lab-engine")
 )
-STEPS = 8  # the stack, the ReplicationSteps component, primary + 2 replicas, 3 status reports
+# The stack, the ReplicationSteps component, primary + 2 replicas, 3 status reports, 3 poolers.
+STEPS = 11
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +131,10 @@ def test_one_more_replica_adds_exactly_its_steps(run):
     stack.configure(lab_hosts.stack_config(LAB, 3, 4), run["secrets"])
     stack.up()
     changes = stack.last_changes()
-    # The new replica and its status are created; the primary (slot, pg_hba) and the others'
-    # steps run again (allowed sources, replica count); their status reports follow.
-    assert changes["create"] == 2
+    # The new replica, its status and its pooler are created; the primary (slot, pg_hba) and
+    # the others' steps run again (allowed sources, replica count); their status reports and
+    # poolers follow.
+    assert changes["create"] == 3
     assert len(stack.outputs()["replicas"]) == 3
 
 

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from labkit import applied, new_secrets, own_lab, wait_until, write_figures
 
@@ -76,7 +77,18 @@ def test_promote_a_replica_when_the_primary_is_lost(stack):
     assert summary["timeline"] == 2
     receiver = outputs["replication"]["mlabp-h3"]["receiver"][0]
     assert receiver["status"] == "streaming" and receiver["sender_host"] == "10.248.0.12"
+    # Mastodon's env reaches the new primary through its pool: PgBouncer there now trusts the
+    # CA the promoted host made for its new certificate (verify-full on the server side).
+    env = outputs["mastodon_env"]
+    with psycopg.connect(
+        host=env["DB_HOST"], port=env["DB_PORT"], dbname=env["DB_NAME"], user=env["DB_USER"],
+        password=env["DB_PASS"], sslmode=env["DB_SSLMODE"], connect_timeout=10,
+        prepare_threshold=None, autocommit=True,
+    ) as conn:  # fmt: skip
+        assert (env["DB_PORT"], env["PREPARED_STATEMENTS"]) == ("6432", "false")
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
     sql(2, "INSERT INTO ledger SELECT generate_series(1001, 1500)")
+
     wait_until(lambda: sql(3, "SELECT count(*) FROM ledger") == "1500", 30, "new rows on h3")
     assert sql(2, "SELECT count(*) FROM ledger") == "1500"  # rows lost: 0
     config = stack.config()

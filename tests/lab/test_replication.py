@@ -32,8 +32,9 @@ def reports(outputs: dict) -> dict:
 
 
 def connect(outputs: dict, host: str) -> psycopg.Connection:
-    """Connects exactly as the replication check does, with the stack's variables."""
-    return check_replication.connect(outputs["mastodon_env"], host)
+    """Connects exactly as the replication check does: Mastodon's credentials, PostgreSQL's
+    own port (past the host's pool)."""
+    return check_replication.connect(check_replication.direct_env(outputs), host)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_replicas_refuse_writes(first_run):
 
 
 def test_app_connections_without_tls_are_refused(first_run):
-    env = first_run["mastodon_env"]
+    env = check_replication.direct_env(first_run)
     with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
         psycopg.connect(
             host="10.252.0.11",
@@ -206,8 +207,9 @@ def test_second_run_changes_nothing(lab_session, first_run):
     apply(lab_session, 2)  # the configuration without the re-seed of the test above
     lab_session.stack.preview("--expect-no-changes")
     second = apply(lab_session, 2)
-    # Six steps (primary, two replicas, a status per host), their component and the stack.
-    assert lab_session.stack.last_changes() == {"same": 8}
+    # Nine steps (primary, two replicas, a status and a pooler per host), their component and
+    # the stack.
+    assert lab_session.stack.last_changes() == {"same": 11}
     for name in ("mlabt-h2", "mlabt-h3"):
         before, after = first_run["replication"][name], second["replication"][name]
         assert after["system_identifier"] == before["system_identifier"]

@@ -22,6 +22,7 @@ from mastodon_data.config import (
     managed,
     media,
     parse_settings,
+    pooling,
     records,
     redis,
     secret_problems,
@@ -67,6 +68,9 @@ def test_valid_droplets_config() -> None:
             wal_retrieve_retry_interval="1s",
             replica_count=2,
             port=5432,
+            max_connections=100,
+            # 2 Puma processes x 5 threads + 25 Sidekiq threads + 10 streaming connections.
+            pool=records.PoolSettings(port=6432, size=45, max_clients=1000),
         ),
         droplets=records.DropletSettings(
             image="debian-12-x64",
@@ -78,6 +82,7 @@ def test_valid_droplets_config() -> None:
             admin_cidrs=("198.51.100.7/32",),
             postgres_allowed_sources=("10.118.0.0/20",),
             port=5432,
+            pool=records.PoolSettings(port=6432, size=45, max_clients=1000),
         ),
         hosts=(),
     )
@@ -133,9 +138,8 @@ def test_defaults_equal_pulumi_yaml() -> None:
 
 
 def test_every_setting_of_pulumi_yaml_is_described_once() -> None:
-    fields = [
-        f for domain in (topology, managed, access, media, redis, backups) for f in domain.FIELDS
-    ]
+    domains = (topology, pooling, managed, access, media, redis, backups)
+    fields = [f for domain in domains for f in domain.FIELDS]
     assert sorted(f.key for f in fields) == sorted(TYPES)  # each once, none left out
     for field in fields:
         assert (field.allowed is not None) == (TYPES[field.key] == "integer"), field.key
@@ -318,6 +322,22 @@ BAD_INPUTS = [
     ("hosts-too-few", {**HOSTS, "replicaCount": 3}, "hosts", "<3 entries>",
      "replicaCount 3 needs 4 hosts"),
     ("unknown-key", {**DROPLETS, "replicaCont": 2}, "replicaCont", "2", "unknown key"),
+    ("max-connections-below-pool", {**DROPLETS, "maxConnections": 50}, "maxConnections", "50",
+     "pumaProcesses x pumaThreads + sidekiqThreads + streamingDbPool = 2 x 5 + 25 + 10 = 45 (the "
+     "pool of each host), + 10 direct (migrations, checks) + 3 superuser_reserved_connections = "
+     "58"),
+    ("max-connections-below-threads-without-pool", {**DROPLETS, "pgbouncer": False,
+     "sidekiqThreads": 100}, "maxConnections", "100", "= 2 x 5 + 100 + 10 = 120"),
+    ("max-connections-tiny", {**DROPLETS, "maxConnections": 5}, "maxConnections", "5",
+     "20 to 10000"),
+    ("pool-port-postgres", {**DROPLETS, "pgbouncerPort": 5432}, "pgbouncerPort", "5432",
+     "PostgreSQL's own port"),
+    ("pool-port-privileged", {**DROPLETS, "pgbouncerPort": 80}, "pgbouncerPort", "80",
+     "1024 to 65535"),
+    ("pgbouncer-word", {**DROPLETS, "pgbouncer": "on"}, "pgbouncer", "'on'", "true or false"),
+    ("puma-zero", {**DROPLETS, "pumaProcesses": 0}, "pumaProcesses", "0", "1 to 1000"),
+    ("pool-setting-in-managed", {**MANAGED, "sidekiqThreads": 50}, "sidekiqThreads", "50",
+     "not used in managed mode (there: poolSize)"),
 ]  # fmt: skip
 
 
@@ -333,6 +353,30 @@ def test_bad_input_is_named_shown_and_fixed(raw: dict, key: str, shown: str, wha
     assert line.startswith(f"{PROJECT}:{key} = {shown}: "), line
     assert what in line
     assert ". Fix: " in line
+
+
+def test_max_connections_fix_sets_exactly_what_the_pool_needs() -> None:
+    (line,) = problems({**DROPLETS, "pumaProcesses": 8, "sidekiqThreads": 50})
+    # 8 x 5 + 50 + 10 = 100 backends per pool, + 10 direct + 3 reserved = 113 > 100.
+    assert line.endswith(
+        "Fix: pulumi config set mastodon-data:maxConnections 113 (or lower pumaProcesses, "
+        "pumaThreads, sidekiqThreads, streamingDbPool)"
+    ), line
+    settings = parse_settings(
+        {**DROPLETS, "pumaProcesses": 8, "sidekiqThreads": 50, "maxConnections": 113}, ALL_SECRETS
+    )
+    assert settings.replication.pool == records.PoolSettings(6432, 100, 1000)
+    assert settings.replication.max_connections == 113
+    big = parse_settings(
+        {**DROPLETS, "sidekiqThreads": 600, "maxConnections": 700}, ALL_SECRETS
+    ).replication.pool
+    assert big == records.PoolSettings(6432, 620, 1240)  # client slots: twice the threads
+
+
+def test_pgbouncer_off_leaves_no_pool() -> None:
+    settings = parse_settings({**DROPLETS, "pgbouncer": "false"}, ALL_SECRETS)
+    assert settings.replication.pool is None and settings.droplets.pool is None
+    assert parse_settings(MANAGED, ALL_SECRETS).replication is None
 
 
 def test_fixes_are_commands() -> None:

@@ -108,6 +108,7 @@ def test_settings_size_senders_and_slots_from_the_replica_count():
         "max_slot_wal_keep_size": "10GB",
         "replication_timeout": "10s",
         "wal_retrieve_retry_interval": "1s",
+        "max_connections": 120,
     }
     small = common.server_settings(common.Cluster(18), params, 2)
     large = common.server_settings(common.Cluster(18), params, 9)
@@ -116,4 +117,5 @@ def test_settings_size_senders_and_slots_from_the_replica_count():
     assert small["wal_level"] == "replica" and small["hot_standby"] == "on"
     assert small["wal_log_hints"] == "on" and small["ssl"] == "on"
     assert small["max_slot_wal_keep_size"] == "'10GB'"
+    assert small["max_connections"] == "120"  # the same on the primary and every replica
     assert small["ssl_cert_file"] == "'/etc/postgresql/18/main/server.crt'"

@@ -54,7 +54,7 @@ def secrets_for(mode: str, redis: str) -> dict:
     return secrets
 
 
-def expected_database(mode: str, replica: bool) -> dict:
+def expected_database(mode: str, replica: bool, pooled: bool = True) -> dict:
     if mode == "managed":
         env = {
             "DB_HOST": "private-pool.l.db.ondigitalocean.com",
@@ -78,22 +78,28 @@ def expected_database(mode: str, replica: bool) -> dict:
     primary, second = (
         ("10.118.0.2", "10.118.0.3") if mode == "droplets" else ("10.0.0.1", "10.0.0.2")
     )
+    # PgBouncer on every host (the default): both through a pool, no prepared statements.
+    port = "6432" if pooled else "5432"
     env = {
         "DB_HOST": primary,
-        "DB_PORT": "5432",
+        "DB_PORT": port,
         "DB_NAME": "mastodon_production",
         "DB_USER": "mastodon",
         "DB_PASS": SECRETS["dbPassword"],
         "DB_SSLMODE": "require",
     }
+    if pooled:
+        env["PREPARED_STATEMENTS"] = "false"
     if replica:
         env |= {
             "REPLICA_DB_HOST": second,
-            "REPLICA_DB_PORT": "5432",
+            "REPLICA_DB_PORT": port,
             "REPLICA_DB_NAME": "mastodon_production",
             "REPLICA_DB_USER": "mastodon",
             "REPLICA_DB_PASS": SECRETS["dbPassword"],
         }
+        if pooled:
+            env["REPLICA_PREPARED_STATEMENTS"] = "false"
     return env
 
 
@@ -138,7 +144,7 @@ def expected_migration(mode: str) -> dict:
     }
 
 
-def expected_postgres(mode: str, replica: bool) -> dict:
+def expected_postgres(mode: str, replica: bool, pooled: bool = True) -> dict:
     """The same keys in every mode: a pipeline reads them whatever runs PostgreSQL."""
     if mode == "managed":
         pool = {
@@ -149,19 +155,30 @@ def expected_postgres(mode: str, replica: bool) -> dict:
             "mode": "transaction",
         }
         primary, port = PG_PRIVATE, 25060
-        second = "private-replica.l.db.ondigitalocean.com"
+        second, replica_pool = "private-replica.l.db.ondigitalocean.com", None
     else:
-        pool, port = None, 5432
+        port = 5432
         primary, second = (
             ("10.118.0.2", "10.118.0.3") if mode == "droplets" else ("10.0.0.1", "10.0.0.2")
         )
+        # 2 Puma processes x 5 threads + 25 Sidekiq threads + 10 streaming (the defaults).
+        pool = {
+            "name": "mastodon_production",
+            "private_host": primary,
+            "port": 6432,
+            "size": 45,
+            "mode": "transaction",
+        }
+        pool, replica_pool = (pool, 6432) if pooled else (None, None)
     return {
         "private_host": primary,
         "port": port,
         "database": "mastodon_production",
         "user": "mastodon",
         "pool": pool,
-        "replica": {"private_host": second, "port": port} if replica else None,
+        "replica": (
+            {"private_host": second, "port": port, "pool_port": replica_pool} if replica else None
+        ),
     }
 
 
@@ -195,6 +212,17 @@ def test_mastodon_env_and_migration_env_for_every_combination(mode, replica, spa
         c for c in run.of_type("/databaseCluster:DatabaseCluster") if c.name == "redis-cluster"
     ]
     assert len(valkeys) == int(redis == "managed")
+
+
+@pytest.mark.parametrize("mode", ["droplets", "hosts"])
+@pytest.mark.parametrize("replica", [False, True])
+def test_without_pgbouncer_mastodon_connects_directly(mode, replica):
+    config = config_for(mode, replica, False, "none") | {"pgbouncer": False}
+    run = run_program(config, secrets_for(mode, "none"))
+    assert run.outputs["mastodon_env"] == expected_database(mode, replica, pooled=False)
+    assert run.outputs["migration_env"] == expected_migration(mode)
+    assert run.outputs["postgres"] == expected_postgres(mode, replica, pooled=False)
+    assert not [c for c in run.of_type("remote:Command") if "pooler" in c.name]
 
 
 @pytest.fixture(scope="module")
@@ -378,7 +406,11 @@ def test_plain_outputs_for_humans(full):
             "size": 150,
             "mode": "transaction",
         },
-        "replica": {"private_host": "private-replica.l.db.ondigitalocean.com", "port": 25060},
+        "replica": {
+            "private_host": "private-replica.l.db.ondigitalocean.com",
+            "port": 25060,
+            "pool_port": None,
+        },
     }
     assert full.outputs["postgres_ca_cert"] == DO_CA_CERT
     assert full.outputs["vpc_id"] == "network-vpc-id"

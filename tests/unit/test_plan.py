@@ -27,6 +27,9 @@ def test_primary_first_then_replicas_then_status_for_all():
         "status-db1",
         "status-db2",
         "status-db3",
+        "pooler-db1",
+        "pooler-db2",
+        "pooler-db3",
     ]
     assert steps[1].after == ("primary",)
     assert steps[3].after == ("primary", "replica-db2", "replica-db3")
@@ -34,6 +37,35 @@ def test_primary_first_then_replicas_then_status_for_all():
         {"name": "db2", "address": "10.0.0.2"},
         {"name": "db3", "address": "10.0.0.3"},
     ]
+
+
+def test_a_pooler_step_per_host_after_its_own_step():
+    steps = {s.name: s for s in plan_for(pumaProcesses=4, sidekiqThreads=20)}
+    assert steps["pooler-db1"].after == ("primary",)
+    assert steps["pooler-db3"].after == ("replica-db3",)
+    assert steps["pooler-db2"].params == {
+        "version": 18,
+        "port": 5432,
+        "private_address": "10.0.0.2",
+        "db_name": "mastodon_production",
+        "db_user": "mastodon",
+        "pool_port": 6432,
+        "pool_size": 4 * 5 + 20 + 10,
+        "max_clients": 1000,
+    }
+    assert steps["pooler-db2"].secret_params == {"db_password": "dbPassword"}
+    payload = plan.payload(steps["pooler-db2"], steps["pooler-db2"].params, SECRETS)
+    assert payload["params"]["db_password"] == "d" * 20
+    assert set(payload["files"]) == {"common.py", "pooler.py"}
+    # PostgreSQL lets the pool on its own host in (pg_hba), with the pool on only.
+    assert steps["primary"].params["pooled"] is True
+    assert steps["primary"].params["max_connections"] == 100
+
+
+def test_no_pooler_step_without_pgbouncer():
+    steps = plan_for(pgbouncer=False)
+    assert [s.name for s in steps if s.script == "pooler"] == []
+    assert steps[0].params["pooled"] is False
 
 
 def test_spare_hosts_are_not_used():

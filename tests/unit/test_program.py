@@ -44,7 +44,7 @@ def test_droplets_mode_makes_vpc_droplets_and_one_firewall(droplets):
     assert sorted(firewall.inputs["dropletIds"]) == [1001, 1002]
 
 
-def test_firewall_opens_5432_only_privately_and_22_only_to_admins(droplets):
+def test_firewall_opens_5432_and_the_pools_only_privately_and_22_only_to_admins(droplets):
     (firewall,) = droplets.of_type("/firewall:Firewall")
     for rule in firewall.inputs["inboundRules"]:
         sources = rule.get("sourceAddresses", [])
@@ -52,10 +52,15 @@ def test_firewall_opens_5432_only_privately_and_22_only_to_admins(droplets):
         if rule["portRange"] == "22":
             assert sources == ["198.51.100.7/32"]
         else:
-            assert rule["portRange"] == "5432"
+            assert rule["portRange"] in ("5432", "6432")
             assert all(ipaddress.ip_network(s).is_private for s in sources)
     ports = sorted(r["portRange"] for r in firewall.inputs["inboundRules"])
-    assert ports == ["22", "5432", "5432"]  # app sources, and the replicas by tag
+    assert ports == ["22", "5432", "5432", "6432"]  # app sources, the replicas by tag, the pools
+    assert {
+        "protocol": "tcp",
+        "portRange": "6432",
+        "sourceAddresses": ["10.118.0.0/20"],  # the VPC: postgresAllowedSources' default
+    } in (firewall.inputs["inboundRules"])
     assert {
         "protocol": "tcp",
         "portRange": "5432",
@@ -81,7 +86,12 @@ def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
         "replication-replica-replica-1",
         "replication-status-primary",
         "replication-status-replica-1",
+        "replication-pooler-primary",
+        "replication-pooler-replica-1",
     }
+    pooler = stdin_of(commands["replication-pooler-replica-1"])["params"]
+    assert pooler["private_address"] == "10.118.0.3" and pooler["pool_port"] == 6432
+    assert pooler["db_password"] == SECRETS["dbPassword"]  # on stdin only (checked below)
     primary = commands["replication-primary"]
     assert primary.inputs["connection"]["host"] == "203.0.113.1"
     assert primary.inputs["connection"]["privateKey"] == SECRETS["sshPrivateKey"]
@@ -108,7 +118,8 @@ def test_destroy_leaves_data_in_place_and_says_so():
         if command.name.startswith("replication-status-"):
             assert delete is None
             continue
-        assert delete.startswith("echo ") and "left in place" in delete
+        kept = "left running" if command.name.startswith("replication-pooler-") else "left in place"
+        assert delete.startswith("echo ") and kept in delete
         for destructive in ("rm ", "drop", "pg_dropcluster", "DROP", "apt-get"):
             assert destructive not in delete
 
@@ -121,18 +132,26 @@ def test_droplet_steps_go_without_their_host(droplets):
 
 def test_droplets_outputs(droplets):
     env = droplets.outputs["mastodon_env"]
-    assert env == {
+    assert env == {  # through PgBouncer on each droplet
         "DB_HOST": "10.118.0.2",
-        "DB_PORT": "5432",
+        "DB_PORT": "6432",
         "DB_NAME": "mastodon_production",
         "DB_USER": "mastodon",
         "DB_PASS": SECRETS["dbPassword"],
         "DB_SSLMODE": "require",
+        "PREPARED_STATEMENTS": "false",
         "REPLICA_DB_HOST": "10.118.0.3",
-        "REPLICA_DB_PORT": "5432",
+        "REPLICA_DB_PORT": "6432",
         "REPLICA_DB_NAME": "mastodon_production",
         "REPLICA_DB_USER": "mastodon",
         "REPLICA_DB_PASS": SECRETS["dbPassword"],
+        "REPLICA_PREPARED_STATEMENTS": "false",
+    }
+    assert droplets.outputs["migration_env"] == {
+        "DB_HOST": "10.118.0.2",
+        "DB_PORT": "5432",
+        "DB_NAME": "mastodon_production",
+        "PREPARED_STATEMENTS": "true",
     }
     assert droplets.outputs["primary"] == {
         "name": "primary",
@@ -166,11 +185,11 @@ def test_replicas_wait_for_the_primary_and_status_for_everything():
     run = run_program(HOSTS)
     names = [c.name for c in run.of_type("remote:Command")]
     assert names.index("replication-primary") < names.index("replication-replica-db2")
-    assert names[-3:] == [
-        "replication-status-db1",
-        "replication-status-db2",
-        "replication-status-db3",
-    ]
+    statuses = [n for n in names if n.startswith("replication-status-")]
+    assert statuses == [f"replication-status-db{n}" for n in (1, 2, 3)]
+    assert min(names.index(n) for n in statuses) > names.index("replication-replica-db3")
+    poolers = sorted(n for n in names if n.startswith("replication-pooler-"))
+    assert poolers == [f"replication-pooler-db{n}" for n in (1, 2, 3)]
 
 
 def test_bad_config_stops_the_program_before_any_resource():

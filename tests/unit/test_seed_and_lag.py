@@ -73,6 +73,7 @@ def test_both_ends_time_out_a_dead_link_and_the_replica_retries_every_second():
         "max_slot_wal_keep_size": "10GB",
         "replication_timeout": "15s",
         "wal_retrieve_retry_interval": "2s",
+        "max_connections": 100,
     }
     settings = common.server_settings(common.Cluster(15), params, 1)
     assert settings["wal_sender_timeout"] == "'15s'"

@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""PgBouncer (Debian's package) in front of this host's PostgreSQL: one transaction pool of
+Mastodon's database. Runs after this host's primary or replica step. Idempotent: a second run
+changes nothing.
+
+- TLS on both sides. Clients get the PostgreSQL server's own certificate and key (on the
+  primary issued by the cluster's CA, which the stack exports). PgBouncer verifies PostgreSQL's
+  certificate (verify-full, the private address) against the CA that issued it; a replica's
+  certificate is self-signed, so there it is its own trust anchor (pinned).
+- SCRAM, no clear-text password on disk: the auth file holds the role's SCRAM verifier exactly
+  as PostgreSQL stores it (pg_authid), so PgBouncer checks a client's proof and logs in to
+  PostgreSQL with the keys that proof yields (SCRAM pass-through).
+- Transaction pooling: at most `pool_size` backends (default_pool_size = max_db_connections).
+
+stdin (JSON): version, port, private_address, db_name, db_user, db_password, pool_port,
+pool_size, max_clients; optional verifier_wait_seconds (default 30). The password never reaches
+a file: it only tells when this host's PostgreSQL holds the current verifier (a replica replays
+the primary's change) and proves the pool end to end, from a 0600 file in a private directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from common import (
+    APT_LOCK_WAIT,
+    CA_DIR,
+    POLL,
+    Cluster,
+    HostError,
+    log,
+    main_wrapper,
+    pgpass_line,
+    read_params,
+    run,
+    systemd_running,
+    verifier_matches,
+    write_if_changed,
+)
+
+REQUIRED = [
+    "version",
+    "port",
+    "private_address",
+    "db_name",
+    "db_user",
+    "db_password",
+    "pool_port",
+    "pool_size",
+    "max_clients",
+]
+PGBOUNCER = Path("/usr/sbin/pgbouncer")
+CONF_DIR = Path("/etc/pgbouncer")  # Debian's layout
+INI = CONF_DIR / "pgbouncer.ini"
+USERLIST = CONF_DIR / "userlist.txt"
+SERVER_CA = CONF_DIR / "server-ca.crt"
+TLS_STATE = CONF_DIR / "tls.sha256"  # root only: which TLS files the running PgBouncer loaded
+PIDFILE = Path("/var/run/postgresql/pgbouncer.pid")
+LOGFILE = Path("/var/log/postgresql/pgbouncer.log")
+SYSTEMD_DROPIN = Path("/etc/systemd/system/pgbouncer.service.d/mastodon-data.conf")
+# Settings PgBouncer reads only when it starts; a change of any other is a reload.
+RESTART_KEYS = ("listen_addr", "listen_port", "unix_socket_dir", "pidfile")
+START_WAIT = 30  # seconds for PgBouncer to listen, or to exit when stopped
+FDS_PER_CLIENT = 1
+SPARE_FDS = 64  # log file, sockets PgBouncer keeps for itself
+
+
+def settings(params: dict, cluster: Cluster) -> dict[str, str]:
+    """The [pgbouncer] section."""
+    return {
+        "listen_addr": params["private_address"],
+        "listen_port": str(params["pool_port"]),
+        "unix_socket_dir": "/var/run/postgresql",
+        "pidfile": str(PIDFILE),
+        "logfile": str(LOGFILE),
+        "auth_type": "scram-sha-256",
+        "auth_file": str(USERLIST),
+        "pool_mode": "transaction",
+        "default_pool_size": str(params["pool_size"]),
+        "max_db_connections": str(params["pool_size"]),
+        "min_pool_size": "0",
+        "reserve_pool_size": "0",
+        "max_client_conn": str(params["max_clients"]),
+        "client_tls_sslmode": "require",
+        "client_tls_cert_file": str(cluster.confdir / "server.crt"),
+        "client_tls_key_file": str(cluster.confdir / "server.key"),
+        "client_tls_protocols": "secure",
+        "server_tls_sslmode": "verify-full",
+        "server_tls_ca_file": str(SERVER_CA),
+        "server_tls_protocols": "secure",
+    }
+
+
+def ini_text(params: dict, cluster: Cluster) -> str:
+    database = (
+        f"{params['db_name']} = host={params['private_address']} port={params['port']} "
+        f"dbname={params['db_name']}"
+    )
+    lines = [
+        "; Written by mastodon-data; changes here are overwritten on the next run.",
+        "[databases]",
+        database,
+        "",
+        "[pgbouncer]",
+        *(f"{key} = {value}" for key, value in settings(params, cluster).items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def ini_settings(text: str) -> dict[str, str]:
+    """`key = value` lines of an ini text (sections ignored)."""
+    found = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith((";", "#", "[")):
+            found[key.strip()] = value.strip()
+    return found
+
+
+def install() -> bool:
+    if PGBOUNCER.exists():
+        return False
+    log("installing pgbouncer")
+    apt = ["apt-get", "-q", "-y", "-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT}"]
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    run(apt + ["update"], env=env)
+    run(apt + ["install", "pgbouncer"], env=env)
+    return True
+
+
+def trust_anchor(cluster: Cluster) -> str:
+    """What verifies this host's PostgreSQL certificate: the cluster's CA where it issued it
+    (the primary), else the certificate itself (a replica's, self-signed)."""
+    server_crt = cluster.confdir / "server.crt"
+    if not server_crt.exists():
+        raise HostError(f"{server_crt} is missing: run this host's primary or replica step first")
+    ca_crt = CA_DIR / "ca.crt"
+    if ca_crt.exists():
+        verified = run(
+            ["openssl", "verify", "-CAfile", str(ca_crt), str(server_crt)], check=False
+        ).returncode
+        if verified == 0:
+            return ca_crt.read_text()
+    return server_crt.read_text()
+
+
+def current_verifier(cluster: Cluster, params: dict, wait: float) -> str:
+    """The role's SCRAM verifier, once it matches the password (a replica may still replay the
+    primary's ALTER ROLE)."""
+    deadline = time.monotonic() + wait
+    while True:
+        rows = cluster.sql_json(
+            f"SELECT rolpassword FROM pg_authid WHERE rolname = '{params['db_user']}'"
+        )
+        verifier = rows[0]["rolpassword"] if rows else None
+        if verifier_matches(verifier, params["db_password"]):
+            return verifier
+        if time.monotonic() > deadline:
+            raise HostError(
+                f"role {params['db_user']} on this host has no SCRAM verifier of the stack's "
+                f"dbPassword after {wait:.0f} s: run the primary step (and let this replica "
+                "catch up) first"
+            )
+        time.sleep(POLL)
+
+
+def userlist_text(user: str, verifier: str) -> str:
+    return f'"{user}" "{verifier}"\n'
+
+
+def tls_fingerprint(cluster: Cluster) -> str:
+    """What PgBouncer loaded its TLS from: the certificate it presents and the anchor it trusts.
+    A new one (a renewed certificate, a promoted replica's new CA) restarts it, so no old
+    certificate is served or trusted on."""
+    digest = hashlib.sha256()
+    for path in (cluster.confdir / "server.crt", cluster.confdir / "server.key", SERVER_CA):
+        digest.update(path.read_bytes())
+    return digest.hexdigest() + "\n"
+
+
+def write_files(params: dict, cluster: Cluster, verifier: str) -> tuple[bool, bool]:
+    """(anything changed, a restart is needed)."""
+    CONF_DIR.mkdir(mode=0o755, exist_ok=True)
+    old = ini_settings(INI.read_text()) if INI.exists() else {}
+    text = ini_text(params, cluster)
+    restart = any(old.get(key) != ini_settings(text)[key] for key in RESTART_KEYS)
+    changed = write_if_changed(INI, text, mode=0o640, owner="postgres")
+    changed |= write_if_changed(
+        USERLIST, userlist_text(params["db_user"], verifier), mode=0o600, owner="postgres"
+    )
+    changed |= write_if_changed(SERVER_CA, trust_anchor(cluster), mode=0o644, owner="postgres")
+    if write_if_changed(TLS_STATE, tls_fingerprint(cluster), mode=0o600):
+        changed, restart = True, True
+    return changed, restart and bool(old)
+
+
+def open_files(params: dict) -> int:
+    """File descriptors PgBouncer needs: every client and every backend, and a few of its own."""
+    return FDS_PER_CLIENT * (int(params["max_clients"]) + int(params["pool_size"])) + SPARE_FDS
+
+
+# --- the service, with systemd or (no systemd, as in the lab) on its own ---------------------
+def pid() -> int | None:
+    try:
+        number = int(PIDFILE.read_text().split()[0])
+        comm = Path(f"/proc/{number}/comm").read_text().strip()
+    except (OSError, ValueError, IndexError):
+        return None
+    return number if comm == "pgbouncer" else None
+
+
+def running() -> bool:
+    if systemd_running():
+        return run(["systemctl", "is-active", "--quiet", "pgbouncer"], check=False).returncode == 0
+    return pid() is not None
+
+
+def write_limit(params: dict) -> bool:
+    """systemd: a drop-in raising the unit's open-file limit (its default soft limit, 1024, is
+    below max_client_conn)."""
+    content = f"[Service]\nLimitNOFILE={open_files(params)}\n"
+    if not write_if_changed(SYSTEMD_DROPIN, content):
+        return False
+    run(["systemctl", "daemon-reload"])
+    return True
+
+
+def start(params: dict) -> None:
+    log("starting pgbouncer")
+    if systemd_running():
+        run(["systemctl", "enable", "--now", "pgbouncer"])
+    else:
+        PIDFILE.unlink(missing_ok=True)  # a stale one from a power cut
+        limit = open_files(params)
+        # Root raises the limit, then PgBouncer runs as postgres (it refuses root), detached.
+        script = f'ulimit -n {limit} && exec runuser -u postgres -- "$@"'
+        run(["sh", "-c", script, "sh", str(PGBOUNCER), "-d", "-q", str(INI)])
+    wait_listening(params)
+
+
+def stop() -> None:
+    if systemd_running():
+        run(["systemctl", "stop", "pgbouncer"])
+        return
+    number = pid()
+    if number is None:
+        return
+    os.kill(number, signal.SIGTERM)  # immediate shutdown; clients reconnect
+    deadline = time.monotonic() + START_WAIT
+    while pid() is not None:
+        if time.monotonic() > deadline:
+            raise HostError(f"pgbouncer (pid {number}) did not stop within {START_WAIT} s")
+        time.sleep(POLL)
+
+
+def reload() -> None:
+    log("reloading pgbouncer")
+    if systemd_running():
+        run(["systemctl", "reload", "pgbouncer"])
+    else:
+        os.kill(pid(), signal.SIGHUP)
+
+
+def wait_listening(params: dict) -> None:
+    address = (params["private_address"], int(params["pool_port"]))
+    deadline = time.monotonic() + START_WAIT
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(address, timeout=1):
+                return
+        except OSError:
+            time.sleep(POLL)
+    raise HostError(
+        f"pgbouncer does not listen on {address[0]}:{address[1]} after {START_WAIT} s; "
+        f"see {LOGFILE}"
+    )
+
+
+def apply(params: dict, changed: bool, restart: bool) -> str:
+    if systemd_running() and write_limit(params):
+        restart = True
+    if not running():
+        start(params)
+        return "started"
+    if restart:
+        stop()
+        start(params)
+        return "restarted"
+    if changed:
+        reload()
+        return "reloaded"
+    return "unchanged"
+
+
+def probe(params: dict, cluster: Cluster) -> str:
+    """One query through the pool as Mastodon makes it (TLS, SCRAM as db_user): proves the
+    pool, the auth file, the pass-through login to PostgreSQL and its TLS at once. The password
+    is in a 0600 pass file in a private directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="mastodon-data-pool-") as scratch:
+        passfile = Path(scratch) / "pgpass"
+        where = (params["private_address"], params["pool_port"], params["db_name"])
+        write_if_changed(
+            passfile, pgpass_line(*where, params["db_user"], params["db_password"]) + "\n",
+            mode=0o600,
+        )  # fmt: skip
+        conninfo = (
+            f"host={where[0]} port={where[1]} dbname={where[2]} user={params['db_user']} "
+            f"sslmode=require connect_timeout=10 passfile={passfile}"
+        )
+        result = run(
+            [str(cluster.bindir / "psql"), "-X", "-A", "-t", "-w", "-c", "SELECT 1", conninfo],
+            check=False,
+            timeout=30,
+        )
+    if result.returncode != 0 or result.stdout.strip() != "1":
+        raise HostError(
+            f"a query through the pool at {where[0]}:{where[1]} failed: "
+            f"{result.stderr.strip()}; see {LOGFILE}"
+        )
+    return "ok"
+
+
+def main() -> dict:
+    params = read_params(REQUIRED)
+    cluster = Cluster(params["version"], params["port"])
+    changed = []
+    if install():
+        changed.append("installed")
+    if not cluster.running():
+        raise HostError(
+            f"PostgreSQL {cluster.version}/{cluster.name} is not running: run this host's "
+            "primary or replica step first"
+        )
+    wait = float(params.get("verifier_wait_seconds", 30))
+    verifier = current_verifier(cluster, params, wait)
+    files_changed, restart = write_files(params, cluster, verifier)
+    if files_changed:
+        changed.append("configuration written")
+    action = apply(params, files_changed, restart)
+    if action != "unchanged":
+        changed.append(f"pgbouncer {action}")
+    for line in changed:
+        log(line)
+    return {
+        "role": "pooler",
+        "changed": changed,
+        "listen": f"{params['private_address']}:{params['pool_port']}",
+        "pool_size": int(params["pool_size"]),
+        "max_client_conn": int(params["max_clients"]),
+        "probe": probe(params, cluster),
+    }
+
+
+if __name__ == "__main__":
+    main_wrapper(main)

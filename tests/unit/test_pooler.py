@@ -1,0 +1,196 @@
+"""host/pooler.py's pure parts (the PgBouncer configuration it writes, when it restarts rather
+than reloads), app_hba_lines of common.py, and Mastodon's view of the emitted variables
+(config/database.yml, tests/mastodon_database.py) for a pooled and an unpooled stack."""
+
+from __future__ import annotations
+
+import subprocess
+
+import common
+import pooler
+import pytest
+
+from mastodon_data import outputs
+from mastodon_data.config import PoolSettings
+from tests.mastodon_database import database_config, erb_value, migration_environment
+
+PARAMS = {
+    "version": 15,
+    "port": 5432,
+    "private_address": "10.0.0.2",
+    "db_name": "mastodon_production",
+    "db_user": "mastodon",
+    "pool_port": 6432,
+    "pool_size": 45,
+    "max_clients": 1000,
+}
+
+
+def test_ini_is_a_transaction_pool_with_tls_both_sides_and_scram():
+    text = pooler.ini_text(PARAMS, common.Cluster(15))
+    assert (
+        "[databases]\nmastodon_production = host=10.0.0.2 port=5432 dbname=mastodon_production\n"
+        in text
+    )
+    values = pooler.ini_settings(text)
+    assert {key: values[key] for key in (
+        "listen_addr", "listen_port", "pool_mode", "default_pool_size", "max_db_connections",
+        "reserve_pool_size", "max_client_conn", "auth_type", "auth_file", "client_tls_sslmode",
+        "client_tls_cert_file", "client_tls_key_file", "server_tls_sslmode", "server_tls_ca_file",
+    )} == {
+        "listen_addr": "10.0.0.2",
+        "listen_port": "6432",
+        "pool_mode": "transaction",
+        "default_pool_size": "45",
+        "max_db_connections": "45",  # never more backends than the pool, whatever the users
+        "reserve_pool_size": "0",
+        "max_client_conn": "1000",
+        "auth_type": "scram-sha-256",
+        "auth_file": "/etc/pgbouncer/userlist.txt",
+        "client_tls_sslmode": "require",
+        "client_tls_cert_file": "/etc/postgresql/15/main/server.crt",
+        "client_tls_key_file": "/etc/postgresql/15/main/server.key",
+        "server_tls_sslmode": "verify-full",
+        "server_tls_ca_file": "/etc/pgbouncer/server-ca.crt",
+    }  # fmt: skip
+    assert "password" not in text.lower()
+
+
+def test_userlist_holds_the_verifier_not_a_password():
+    verifier = common.scram_verifier("a-password-of-twenty-chars")
+    line = pooler.userlist_text("mastodon", verifier)
+    assert line == f'"mastodon" "{verifier}"\n' and "a-password" not in line
+
+
+def test_open_files_cover_every_client_and_backend():
+    assert pooler.open_files(PARAMS) == 1000 + 45 + 64
+
+
+@pytest.mark.parametrize(
+    ("change", "restart"),
+    [({"pool_size": 60}, False), ({"max_clients": 2000}, False), ({"pool_port": 6433}, True),
+     ({"private_address": "10.0.0.9"}, True)],
+)  # fmt: skip
+def test_only_listening_changes_need_a_restart(change, restart):
+    before = pooler.ini_settings(pooler.ini_text(PARAMS, common.Cluster(15)))
+    after = pooler.ini_settings(pooler.ini_text({**PARAMS, **change}, common.Cluster(15)))
+    assert any(before[k] != after[k] for k in pooler.RESTART_KEYS) is restart
+
+
+def test_pg_hba_lets_the_hosts_own_pool_in_only_when_pooled():
+    params = {"db_name": "mastodon_production", "db_user": "mastodon", "private_address":
+              "10.0.0.2", "allowed_sources": ["10.0.1.0/24"]}  # fmt: skip
+    assert common.app_hba_lines(params) == [
+        "hostssl mastodon_production mastodon 10.0.1.0/24 scram-sha-256"
+    ]
+    assert common.app_hba_lines({**params, "pooled": True}) == [
+        "hostssl mastodon_production mastodon 10.0.1.0/24 scram-sha-256",
+        "hostssl mastodon_production mastodon 10.0.0.2/32 scram-sha-256",
+    ]
+    inside = {**params, "pooled": True, "allowed_sources": ["10.0.0.0/24", "10.0.0.2/32"]}
+    assert len(common.app_hba_lines(inside)) == 2  # already listed: not twice
+
+
+def test_erb_chains_fall_through_nil_only():
+    assert erb_value("ENV['A'] || ENV['B'] || 'x'", {"B": "b"}) == "b"
+    assert erb_value("ENV['A'] || 5432", {}) == "5432"
+    assert erb_value("ENV['A'] || 'x'", {"A": ""}) == ""  # '' is truthy in Ruby
+    assert erb_value("(ENV['A'] || '').to_json", {"A": 'p"w'}) == '"p\\"w"'
+
+
+def endpoints(replica: bool, pool: PoolSettings | None) -> dict:
+    return outputs.server_endpoints(
+        "10.0.0.1", "10.0.0.2" if replica else None, 5432, "mastodon_production", "mastodon", pool
+    )
+
+
+def test_mastodon_reads_pooled_primary_and_replica_and_direct_migrations():
+    ends = endpoints(True, PoolSettings(6432, 45, 1000))
+    env = outputs.env_output(ends, "pw-0123456789abcdef")
+    app = database_config(env)
+    assert [(c["host"], c["port"], c["prepared_statements"]) for c in app.values()] == [
+        ("10.0.0.1", 6432, False),
+        ("10.0.0.2", 6432, False),
+    ]
+    assert app["replica"]["replica"] is True and app["replica"]["sslmode"] == "require"
+    migrate = database_config(migration_environment(env, outputs.migration_output(ends)))
+    primary = migrate["primary"]
+    assert (primary["host"], primary["port"], primary["prepared_statements"]) == (
+        "10.0.0.1", 5432, True,
+    )  # fmt: skip
+
+
+def test_mastodon_reads_direct_servers_without_pgbouncer():
+    app = database_config(outputs.env_output(endpoints(True, None), "pw-0123456789abcdef"))
+    assert [(c["host"], c["port"], c["prepared_statements"]) for c in app.values()] == [
+        ("10.0.0.1", 5432, True),
+        ("10.0.0.2", 5432, True),
+    ]
+    alone = database_config(outputs.env_output(endpoints(False, None), "pw-0123456789abcdef"))
+    assert set(alone) == {"primary"}  # no REPLICA_DB_NAME: Mastodon reads the primary only
+
+
+def test_the_replication_check_goes_past_the_pools():
+    from mastodon_data.cli.check_replication import direct_env
+
+    ends = endpoints(True, PoolSettings(6432, 45, 1000))
+    stack = {
+        "mastodon_env": outputs.env_output(ends, "pw-0123456789abcdef"),
+        "postgres": outputs.postgres_output(ends),
+    }
+    env = direct_env(stack)
+    assert (env["DB_PORT"], env["DB_NAME"]) == (5432, "mastodon_production")
+    assert stack["mastodon_env"]["DB_PORT"] == "6432"  # the stack's own env is left as it is
+
+
+class SystemdHost:
+    """A host where systemd owns PgBouncer: records the commands, writes the drop-in nowhere
+    real (it goes to `dropin`)."""
+
+    def __init__(self, monkeypatch, tmp_path, active: bool):
+        self.calls: list[str] = []
+        self.active = active
+        monkeypatch.setattr(pooler, "systemd_running", lambda: True)
+        monkeypatch.setattr(pooler, "run", self)
+        monkeypatch.setattr(pooler, "SYSTEMD_DROPIN", tmp_path / "pgbouncer.service.d" / "x.conf")
+        monkeypatch.setattr(pooler, "wait_listening", lambda params: None)
+
+    def __call__(self, argv, **kwargs):
+        self.calls.append(" ".join(argv))
+        code = 0 if self.active or "is-active" not in argv else 3
+        return subprocess.CompletedProcess(argv, code, "", "")
+
+
+def test_with_systemd_the_unit_gets_its_file_limit_then_is_enabled_and_started(
+    monkeypatch, tmp_path
+):
+    host = SystemdHost(monkeypatch, tmp_path, active=False)
+    assert pooler.apply(PARAMS, changed=True, restart=False) == "started"
+    assert host.calls == [
+        "systemctl daemon-reload",
+        "systemctl is-active --quiet pgbouncer",
+        "systemctl enable --now pgbouncer",
+    ]
+    assert pooler.SYSTEMD_DROPIN.read_text() == "[Service]\nLimitNOFILE=1109\n"
+
+
+def test_with_systemd_a_change_is_a_reload_and_the_limit_a_restart(monkeypatch, tmp_path):
+    host = SystemdHost(monkeypatch, tmp_path, active=True)
+    pooler.SYSTEMD_DROPIN.parent.mkdir()
+    pooler.SYSTEMD_DROPIN.write_text("[Service]\nLimitNOFILE=1109\n")
+    assert pooler.apply(PARAMS, changed=True, restart=False) == "reloaded"
+    assert host.calls == ["systemctl is-active --quiet pgbouncer", "systemctl reload pgbouncer"]
+    host.calls.clear()
+    assert pooler.apply({**PARAMS, "max_clients": 2000}, changed=True, restart=False) == (
+        "restarted"
+    )  # a new LimitNOFILE needs a new process
+    assert host.calls == [
+        "systemctl daemon-reload",
+        "systemctl is-active --quiet pgbouncer",
+        "systemctl stop pgbouncer",
+        "systemctl enable --now pgbouncer",
+    ]
+    host.calls.clear()
+    assert pooler.apply({**PARAMS, "max_clients": 2000}, changed=False, restart=False) == (
+        "unchanged"
+    )
