@@ -6,6 +6,7 @@ import pulumi
 
 from mastodon_data import outputs, stack_config
 from mastodon_data.components import (
+    AuthorizedKeys,
     DropletTier,
     ManagedPostgres,
     ManagedValkey,
@@ -23,17 +24,22 @@ mode, redis = settings.mode, settings.redis
 network = PrivateNetwork("network", settings.network) if mode != "hosts" else None
 vpc_id = network.vpc.id if network else None
 if mode == "managed":
-    postgres = ManagedPostgres("postgres", settings.managed, settings.app_sources, vpc_id)
+    postgres = ManagedPostgres(
+        "postgres", settings.managed, settings.app_sources, vpc_id, settings.lifecycle
+    )
 else:
-    tier = DropletTier("db", settings.droplets, network) if mode == "droplets" else None
+    droplets = settings.droplets
+    tier = DropletTier("db", droplets, network, settings.lifecycle) if droplets else None
     hosts = tier.hosts if tier else settings.hosts
     postgres = ReplicationSteps(
         "replication", settings.replication, hosts, secrets, reseed, hosts_outlive_stack=not tier
     )
-media = SpacesMedia("media", settings.spaces) if settings.spaces else None
+    AuthorizedKeys("admin-keys", settings.lifecycle.authorized_keys, hosts, secrets)
+protect = settings.lifecycle.protect_data
+media = SpacesMedia("media", settings.spaces, protect) if settings.spaces else None
 valkey = None
 if redis and redis.mode == "managed":
-    valkey = ManagedValkey("redis", redis, settings.app_sources, vpc_id)
+    valkey = ManagedValkey("redis", redis, settings.app_sources, vpc_id, protect)
 redis_url = valkey.url if valkey else secrets.get(REDIS_URL_KEY)
 
 # Exports: PostgreSQL's the same in every mode, then what the mode and the options add.

@@ -25,6 +25,7 @@ SECRET_PARAMS = {
     "replica": {"replication_password": "replicationPassword"},
     "status": {},
     "promote": {},
+    "authorized_keys": {},
 }
 
 # Runs on the host: writes the shipped scripts into a private directory of its own (so runs
@@ -46,7 +47,7 @@ LAUNCHER = (
 @dataclass(frozen=True)
 class Step:
     name: str
-    script: str  # primary | replica | status | promote
+    script: str  # primary | replica | status | promote | authorized_keys
     host: Host
     params: dict = field(hash=False)  # non-secret parameters
     after: tuple[str, ...] = ()
@@ -170,3 +171,12 @@ def promote_step(replication: ReplicationSettings, host: Host) -> Step:
         host,
         {"version": replication.postgres_version, "port": replication.port},
     )
+
+
+def authorized_keys_steps(keys: Sequence[str], hosts: Sequence[Host]) -> list[Step]:
+    """The admins' keys into each host's login user's authorized_keys (spares too: an admin
+    may need to reach every server the stack knows)."""
+    return [
+        Step(f"keys-{h.name}", "authorized_keys", h, {"user": h.ssh_user, "keys": list(keys)})
+        for h in hosts
+    ]

@@ -1,20 +1,22 @@
-"""Droplets mode: a primary and replica droplets in the stack's VPC, tagged by role, and a cloud
-firewall (22 from the admin CIDRs only, 5432 from the allowed private sources only)."""
+"""Droplets mode: database droplets in the stack's VPC, named by position, one of them the
+primary (primaryNode), all with one tag, and a cloud firewall (22 from the admin CIDRs only,
+5432 from the allowed private sources only)."""
 
 from __future__ import annotations
 
 import pulumi
 import pulumi_digitalocean as do
 
+from mastodon_data.components.lifecycle import data_droplet
 from mastodon_data.components.network import PrivateNetwork
-from mastodon_data.config import DropletSettings, Host
+from mastodon_data.config import DropletSettings, Host, LifecycleSettings
 
 ANYWHERE = ["0.0.0.0/0", "::/0"]
 # Outbound: DNS, package mirrors and PGDG (HTTP/S), time.
 OUTBOUND = [("udp", "53"), ("tcp", "53"), ("tcp", "80"), ("tcp", "443"), ("udp", "123")]
 
 
-def firewall_inbound(droplets: DropletSettings, replica_tag: str | None) -> list[dict]:
+def firewall_inbound(droplets: DropletSettings, nodes_tag: str | None) -> list[dict]:
     """Inbound rules as plain data (tested without Pulumi's engine)."""
     rules = [
         {"protocol": "tcp", "port_range": "22", "source_addresses": list(droplets.admin_cidrs)},
@@ -24,9 +26,9 @@ def firewall_inbound(droplets: DropletSettings, replica_tag: str | None) -> list
             "source_addresses": list(droplets.postgres_allowed_sources),
         },
     ]
-    if replica_tag:  # replication connections, whatever the allowed sources
+    if nodes_tag:  # replication connections between the nodes, whatever the allowed sources
         rules.append(
-            {"protocol": "tcp", "port_range": str(droplets.port), "source_tags": [replica_tag]}
+            {"protocol": "tcp", "port_range": str(droplets.port), "source_tags": [nodes_tag]}
         )
     return rules
 
@@ -40,32 +42,37 @@ def firewall_outbound(port: int, vpc_cidr: str) -> list[dict]:
     return rules
 
 
+def former_name(index: int) -> str:
+    """The droplet's resource name when names carried the role (the first was the primary)."""
+    return "primary" if index == 0 else f"replica-{index}"
+
+
 class DropletTier(pulumi.ComponentResource):
-    """Droplets and their firewall in `network`'s VPC; `hosts`: the servers the replication steps
-    run on (addresses are Outputs until the droplets exist)."""
+    """Database droplets named by position (db-0 .. db-<replicaCount>) and their firewall in
+    `network`'s VPC; which one is the primary is configuration (primaryNode), so a failover
+    renames nothing. `hosts`: the servers the replication steps run on (addresses are Outputs
+    until the droplets exist)."""
 
     def __init__(
         self,
         name: str,
         droplets: DropletSettings,
         network: PrivateNetwork,
+        lifecycle: LifecycleSettings,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mastodon-data:index:DropletTier", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         stack = pulumi.get_stack()
-        tags = {
-            role: do.Tag(f"{name}-{role}", name=f"mastodon-data-{stack}-{role}", opts=child)
-            for role in ("primary", "replica")
-        }
+        # One tag for every database droplet: each may stream from whichever is the primary.
+        tag = do.Tag(f"{name}-nodes", name=f"mastodon-data-{stack}-db", opts=child)
         self.droplets: list[do.Droplet] = []
         self.hosts: list[Host] = []
         for index in range(1 + droplets.replica_count):
-            role = "primary" if index == 0 else "replica"
-            label = role if index == 0 else f"replica-{index}"
+            role = "primary" if index == lifecycle.primary_node else "replica"
             droplet = do.Droplet(
-                f"{name}-{label}",
-                name=f"mastodon-db-{stack}-{label}",
+                f"{name}-{index}",
+                name=f"mastodon-db-{stack}-{index}",
                 region=network.region,
                 image=droplets.image,
                 size=droplets.primary_size if role == "primary" else droplets.replica_size,
@@ -73,14 +80,18 @@ class DropletTier(pulumi.ComponentResource):
                 ssh_keys=list(droplets.ssh_key_ids),
                 monitoring=True,
                 ipv6=False,
-                tags=[tags[role].name],
-                opts=child,
+                tags=[tag.name],
+                opts=data_droplet(
+                    lifecycle.protect_data,
+                    pulumi.ResourceOptions(
+                        parent=self, aliases=[pulumi.Alias(name=f"{name}-{former_name(index)}")]
+                    ),
+                ),
             )
             self.droplets.append(droplet)
             addresses = (droplet.ipv4_address, droplet.ipv4_address_private)
-            self.hosts.append(Host(label, role, *addresses, droplets.ssh_user))
-        replica_tag = tags["replica"].name if droplets.replica_count else None
-        inbound = firewall_inbound(droplets, replica_tag)
+            self.hosts.append(Host(f"db-{index}", role, *addresses, droplets.ssh_user))
+        inbound = firewall_inbound(droplets, tag.name if droplets.replica_count else None)
         self.firewall = do.Firewall(
             f"{name}-firewall",
             name=f"mastodon-db-{stack}",

@@ -8,6 +8,7 @@ line each, naming the key, the bad value (never a secret's) and the exact fix. B
     checks.py    the message format, the Field table's reader, shared checks
     topology.py  mode, region, VPC, droplets, sources, database names, WAL
     hosts.py     hosts mode's list of servers
+    lifecycle.py protection, the primary's position, upgrades, admin keys
     managed.py   managed PostgreSQL        access.py   who reaches the managed databases
     media.py     Spaces and the CDN        redis.py    Redis / Valkey
     secrets.py   which secrets, set as secrets, and their values
@@ -23,6 +24,7 @@ from mastodon_data.config.records import (
     ConfigError,
     DropletSettings,
     Host,
+    LifecycleSettings,
     ManagedPostgresSettings,
     NetworkSettings,
     RedisSettings,
@@ -52,6 +54,7 @@ __all__ = [
     "ConfigError",
     "DropletSettings",
     "Host",
+    "LifecycleSettings",
     "ManagedPostgresSettings",
     "NetworkSettings",
     "RedisSettings",

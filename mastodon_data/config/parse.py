@@ -8,6 +8,7 @@ from typing import Any
 from mastodon_data.config.access import parse_app_sources
 from mastodon_data.config.checks import Validation, did_you_mean
 from mastodon_data.config.hosts import HOSTS_KEY, parse_hosts
+from mastodon_data.config.lifecycle import parse_lifecycle
 from mastodon_data.config.managed import parse_managed
 from mastodon_data.config.media import parse_spaces
 from mastodon_data.config.project import DEFAULTS, PROJECT
@@ -41,6 +42,7 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     redis = parse_redis(v, secrets_present, topology["region"])
     redis_mode = redis.mode if redis else "none"
     app_sources = parse_app_sources(v, needed=mode == "managed" or redis_mode == "managed")
+    lifecycle = parse_lifecycle(v, mode, topology)
     check_secrets_present(v, raw, secrets_present, required_secrets(mode, redis_mode))
     if v.lines:
         raise ConfigError("\n".join(v.lines))
@@ -54,6 +56,7 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
         spaces=spaces,
         redis=redis,
         app_sources=app_sources,
+        lifecycle=lifecycle,
         warnings=tuple(v.warnings),
     )
 

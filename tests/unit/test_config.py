@@ -18,6 +18,7 @@ from mastodon_data.config import (
     ConfigError,
     access,
     connection_limit,
+    lifecycle,
     managed,
     media,
     parse_settings,
@@ -132,7 +133,8 @@ def test_defaults_equal_pulumi_yaml() -> None:
 
 
 def test_every_setting_of_pulumi_yaml_is_described_once() -> None:
-    fields = [f for domain in (topology, managed, access, media, redis) for f in domain.FIELDS]
+    domains = (topology, managed, access, media, redis, lifecycle)
+    fields = [f for domain in domains for f in domain.FIELDS]
     assert sorted(f.key for f in fields) == sorted(TYPES)  # each once, none left out
     for field in fields:
         assert (field.allowed is not None) == (TYPES[field.key] == "integer"), field.key
