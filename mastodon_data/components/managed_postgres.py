@@ -43,7 +43,7 @@ class ManagedPostgres(pulumi.ComponentResource):
     ):
         super().__init__("mastodon-data:index:ManagedPostgres", name, None, opts)
         self._child = pulumi.ResourceOptions(parent=self)
-        self._protect = lifecycle.protect_data
+        self._keep_data = lifecycle.protect_data
         self._base = do_name("mastodon-data", pulumi.get_stack())
         wanted = str(managed.postgres_version)
         upgrading = lifecycle.postgres_upgrade_to == managed.postgres_version
@@ -59,7 +59,7 @@ class ManagedPostgres(pulumi.ComponentResource):
             # A changed version is a major upgrade in place: applied only in the run that asks
             # for it; otherwise the cluster keeps its version and version_check stops the run.
             opts=keep_data(
-                self._protect,
+                self._keep_data,
                 self._child
                 if upgrading
                 else pulumi.ResourceOptions(parent=self, ignore_changes=["version"]),
@@ -116,7 +116,7 @@ class ManagedPostgres(pulumi.ComponentResource):
             private_network_uuid=vpc_id,
             # One change at a time on a fresh cluster: after the database, role and pool.
             opts=keep_data(
-                self._protect, pulumi.ResourceOptions(parent=self, depends_on=[self.pool])
+                self._keep_data, pulumi.ResourceOptions(parent=self, depends_on=[self.pool])
             ),
         )
         # A read-only node has its own trusted sources, addressed by its uuid.

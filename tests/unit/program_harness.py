@@ -136,6 +136,8 @@ def digitalocean_outputs(typ: str, name: str, inputs: dict) -> dict | None:
 class Run:
     resources: list[Registered]
     options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)  # by resource name
+    # `protect` as the SDK sends it: inherited from the parent when the options leave it unset.
+    protected: dict[str, bool] = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)  # exports marked secret as a whole
 
@@ -174,6 +176,7 @@ def run_program(config: dict, secrets: dict | None = None) -> Run:
     def recording(self, t, name, props=None, opts=None, *args, **kwargs):
         run.options[name] = opts or pulumi.ResourceOptions()
         original(self, t, name, props, opts, *args, **kwargs)
+        run.protected[name] = bool(self._protect)
 
     pulumi.CustomResource.__init__ = recording
 

@@ -42,9 +42,9 @@ def test_every_resource_holding_data_is_protected_by_default():
         "media-bucket", "postgres-cluster", "postgres-replica", "redis-cluster"
     ]  # fmt: skip
     assert protected(managed) == stateful(managed)
-    # and nothing else: a firewall, a pool, a command may come and go
-    others = [n for n, o in managed.options.items() if o.protect and n not in stateful(managed)]
-    assert others == []
+    # and nothing else (protect is inherited from a parent): a firewall, a pool, a command may go
+    for run in (droplets, managed):
+        assert sorted(n for n, on in run.protected.items() if on) == stateful(run)
 
 
 def test_protect_data_false_unprotects_them_for_the_run():
