@@ -34,7 +34,8 @@ else:
     postgres = ReplicationSteps(
         "replication", settings.replication, hosts, secrets, reseed, hosts_outlive_stack=not tier
     )
-    AuthorizedKeys("admin-keys", settings.lifecycle.authorized_keys, hosts, secrets)
+    if settings.lifecycle.authorized_keys:  # admin keys, rotated without a new droplet
+        AuthorizedKeys("admin-keys", settings.lifecycle.authorized_keys, hosts, secrets)
 protect = settings.lifecycle.protect_data
 media = SpacesMedia("media", settings.spaces, protect) if settings.spaces else None
 valkey = None

@@ -16,8 +16,9 @@ from mastodon_data.config import Host
 
 
 class AuthorizedKeys(pulumi.ComponentResource):
-    """Nothing when no key is listed; else one `remote.Command` per host, run again when the keys
-    change. Its delete runs nothing: a host keeps the last keys written."""
+    """One `remote.Command` per host, run again when the keys change. Its delete runs nothing: a
+    host keeps the last keys written (the program makes this component only when keys are
+    listed)."""
 
     def __init__(
         self,
@@ -30,7 +31,7 @@ class AuthorizedKeys(pulumi.ComponentResource):
         super().__init__("mastodon-data:index:AuthorizedKeys", name, None, opts)
         self.commands = [
             self._command(f"{name}-{step.host.name}", step, secrets["sshPrivateKey"])
-            for step in (plan.authorized_keys_steps(keys, hosts) if keys else [])
+            for step in plan.authorized_keys_steps(keys, hosts)
         ]
         self.register_outputs({})
 
