@@ -406,18 +406,20 @@ def _norm(name: str) -> str:
 def _holds_data(resource_type: str, props) -> str | None:
     """What the resource is when it holds data the stack must keep, else None."""
     if resource_type == DROPLET:
-        return "database droplet" if _is_database_droplet(props) else None
+        return "database droplet" if _is_database_droplet(props, _known) else None
     kinds = {VOLUME: "volume", DATABASE_REPLICA: "read-only node", SPACES_BUCKET: "Spaces bucket"}
     if resource_type == DATABASE_CLUSTER:
         return "database cluster"
     return kinds.get(resource_type)
 
 
-def _is_database_droplet(props) -> bool:
+def _is_database_droplet(props, read=_get) -> bool:
+    """By its name, else by its tags (other resources' outputs, so read only when needed: with
+    `_get` a tag not known yet makes the SDK say the rule cannot judge before `up`)."""
     name = str(_known(props, "name", "") or "")
     if "mastodon-db" in name:
         return True
-    tags = _words(_known(props, "tags", []))  # other resources' outputs: read when needed
+    tags = _words(read(props, "tags", []))
     return any("mastodon-db" in t or DB_DROPLET_TAG.match(t) for t in tags)
 
 
