@@ -182,7 +182,8 @@ class LabHosts:
                     "Port 22",
                     f"HostKey {host_key}",
                     f"PidFile {home / 'sshd.pid'}",
-                    f"AuthorizedKeysFile {authorized}",
+                    # The keys the droplet was made with, then the login user's own file.
+                    f"AuthorizedKeysFile {authorized} .ssh/authorized_keys",
                     "PermitRootLogin prohibit-password",
                     "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no",
@@ -230,8 +231,12 @@ class LabHosts:
     def boot(self, droplet: dict) -> None:
         """Power on: a fresh mount namespace, the clusters started, then sshd."""
         home, ns = self.host_dir(droplet), self.netns(droplet)
+        # root's home of its own (over /root): what a step writes there, such as the admins'
+        # keys in ~/.ssh/authorized_keys, stays on this droplet.
+        (home / "root-home").mkdir(mode=0o700, exist_ok=True)
         mounts = " && ".join(
-            f"mount --bind {home / p.strip('/').replace('/', '-')} {p}" for p in PRIVATE_DIRS
+            [f"mount --bind {home / p.strip('/').replace('/', '-')} {p}" for p in PRIVATE_DIRS]
+            + [f"mount --bind {home / 'root-home'} /root"]
         )
         starter = home / "start_clusters.py"
         starter.write_text(START_CLUSTERS)
