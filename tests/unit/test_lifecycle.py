@@ -199,3 +199,19 @@ def test_the_script_keeps_the_keys_in_its_block_and_leaves_the_rest(monkeypatch,
 def test_the_script_refuses_what_is_not_a_public_key(monkeypatch, tmp_path):
     with pytest.raises(authorized_keys.HostError, match="not OpenSSH public keys"):
         run_script(monkeypatch, tmp_path, {"user": "deploy", "keys": ["rm -rf /"]})
+
+
+def test_failover_reads_the_droplets_from_the_outputs_by_position():
+    from mastodon_data.cli.failover import droplet_hosts
+
+    outputs = {
+        "primary": {"name": "db-1", "public_address": "203.0.113.2", "private_address": "10.0.0.3"},
+        "replicas": [
+            {"name": "db-0", "public_address": "203.0.113.1", "private_address": "10.0.0.2"}
+        ],
+    }
+    hosts = droplet_hosts(outputs, "deploy")
+    assert [(h.name, h.role, h.public_address, h.private_address, h.ssh_user) for h in hosts] == [
+        ("db-1", "primary", "203.0.113.2", "10.0.0.3", "deploy"),
+        ("db-0", "replica", "203.0.113.1", "10.0.0.2", "deploy"),
+    ]
