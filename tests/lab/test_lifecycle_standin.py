@@ -242,6 +242,6 @@ def test_protected_droplets_stop_destroy_until_protection_is_off_for_a_run(life,
     assert s.stack.last.returncode != 0
     assert "cannot be deleted because it is protected" in refused
     assert len(account_ids(s)["droplets"]) == 3
-    s.apply(protectData=False)
+    s.apply(protectData=False, primaryNode=1)  # the failover set primaryNode in the stack
     s.stack.destroy()
     assert account_ids(s) == {"droplets": {}, "vpcs": [], "firewalls": []}
