@@ -101,13 +101,15 @@ def promote_droplet(
             "up_s": _since(start)}  # fmt: skip
 
 
-def promote(stack: Stack, name: str, config: dict, settings) -> dict:
+def promote(
+    stack: Stack, name: str, config: dict, settings, known_hosts: Path | None = None
+) -> dict:
     replicas = [h for h in settings.hosts if h.role == "replica"]
     target = next((h for h in replicas if h.name == name), None)
     if target is None:
         names = [h.name for h in replicas]
         raise ConfigError(f"{name} is not a replica of this stack (replicas: {names})")
-    report, seconds = promote_over_ssh(settings, target, config["sshPrivateKey"])
+    report, seconds = promote_over_ssh(settings, target, config["sshPrivateKey"], known_hosts)
     survivors = [h.name for h in replicas if h.name != name]
     # The old primary becomes a spare: it rejoins only when the operator asks (`rejoin`).
     stack.set_plain(
@@ -164,9 +166,10 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data failover") ->
             if args.action != "promote":
                 raise ConfigError("droplets mode rejoins the old primary in `promote` itself")
             summary = promote_droplet(stack, args.name, config, settings, args.known_hosts)
+        elif args.action == "promote":
+            summary = promote(stack, args.name, config, settings, args.known_hosts)
         else:
-            action = promote if args.action == "promote" else rejoin
-            summary = action(stack, args.name, config, settings)
+            summary = rejoin(stack, args.name, config, settings)
         outputs = stack.outputs()
     except (ConfigError, PulumiFailed, host_ssh.StepFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
