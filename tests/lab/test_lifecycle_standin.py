@@ -181,7 +181,9 @@ def failed_over(life, changed):
         capture_output=True, text=True, timeout=1200, env=s.stack.env(),
     )  # fmt: skip
     FIGURES["failover_s"] = round(time.monotonic() - started, 1)
-    assert result.returncode == 0, result.stderr[-4000:]
+    if result.returncode != 0:  # the old primary's server log says why it did not stream
+        tail = s.ssh(old, "tail -n 40 /var/log/postgresql/postgresql-15-main.log", check=False)
+        raise AssertionError(f"{result.stderr[-3000:]}\n--- db-0's log:\n{tail}")
     summary = json.loads(result.stderr[result.stderr.index("{\n") :])
     outputs = json.loads(result.stdout)
     new = public(outputs, "db-1")

@@ -215,3 +215,27 @@ def test_failover_reads_the_droplets_from_the_outputs_by_position():
         ("db-1", "primary", "203.0.113.2", "10.0.0.3", "deploy"),
         ("db-0", "replica", "203.0.113.1", "10.0.0.2", "deploy"),
     ]
+
+
+def test_a_replica_ahead_of_the_new_primarys_timeline_is_told_apart(tmp_path):
+    from types import SimpleNamespace
+
+    import replica
+
+    log = tmp_path / "postgresql-15-main.log"
+    cluster = SimpleNamespace(log_file=log)
+    log.write_text("LOG:  restarted WAL streaming at 0/4000000 on timeline 1\n")
+    assert replica.log_says_reseed(cluster, 0) is None
+    forked = (
+        "LOG:  new timeline 2 forked off current database system timeline 1 before current "
+        "recovery point 0/40326D8\n"
+    )  # what a former primary said after a crash and a failover, on the stand-in
+    with log.open("a") as handle:
+        handle.write(forked)
+    assert replica.log_says_reseed(cluster, 0) == "ahead of the primary's timeline"
+    assert replica.log_says_reseed(cluster, log.stat().st_size) is None  # only what is new
+    log.write_text(
+        "FATAL:  requested WAL segment 000000010000000000000003 has already been removed\n"
+    )
+    assert replica.log_says_reseed(cluster, 0) == "slot invalidated"
+    assert set(replica.RESEED_WHY) == {"slot invalidated", "ahead of the primary's timeline"}
