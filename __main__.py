@@ -17,10 +17,11 @@ network = components.PrivateNetwork("network", settings.network) if mode != "hos
 vpc_id = network.vpc.id if network else None
 if mode == "managed":
     postgres = components.ManagedPostgres(
-        "postgres", settings.managed, settings.app_sources, vpc_id
+        "postgres", settings.managed, settings.app_sources, vpc_id, settings.lifecycle
     )
 else:
-    tier = components.DropletTier("db", settings.droplets, network) if mode == "droplets" else None
+    droplets = settings.droplets
+    tier = components.DropletTier("db", droplets, network, settings.lifecycle) if droplets else None
     hosts = tier.hosts if tier else settings.hosts
     repository, secrets = components.BackupRepository.with_key("backups", settings.backups, secrets)
     postgres = components.ReplicationSteps(
@@ -32,10 +33,13 @@ else:
         hosts_outlive_stack=not tier,
         backups=settings.backups,
     )
-media = components.SpacesMedia("media", settings.spaces) if settings.spaces else None
+    if settings.lifecycle.authorized_keys:  # admin keys, rotated without a new droplet
+        components.AuthorizedKeys("admin-keys", settings.lifecycle.authorized_keys, hosts, secrets)
+protect = settings.lifecycle.protect_data
+media = components.SpacesMedia("media", settings.spaces, protect) if settings.spaces else None
 valkey = None
 if redis and redis.mode == "managed":
-    valkey = components.ManagedValkey("redis", redis, settings.app_sources, vpc_id)
+    valkey = components.ManagedValkey("redis", redis, settings.app_sources, vpc_id, protect)
 redis_url = valkey.url if valkey else secrets.get(REDIS_URL_KEY)
 
 # Exports: PostgreSQL's the same in every mode, then what the mode and the options add.

@@ -72,6 +72,16 @@ NEEDS_RESEED = (
     "can no longer get changes from replication slot",
     "This slot has been invalidated",
 )
+# This server holds WAL past the point where the primary's timeline forked off (a former
+# primary that wrote on after the fork, seen after a crash even once rewound): it can never
+# follow that timeline; only a fresh clone can.
+FORKED_BEHIND = "forked off current database system timeline"
+RESEED_WHY = {
+    "slot invalidated": "the primary no longer has the WAL this replica needs (its slot was "
+    "invalidated, max_slot_wal_keep_size)",
+    "ahead of the primary's timeline": "this server has WAL past the point where the "
+    "primary's timeline forked off (writes the primary never had)",
+}
 # What initdb writes into a new cluster's postgresql.conf from the machine it runs on. A clone
 # takes the primary's values instead (read over the replication connection): its databases
 # already carry the primary's locales, and a hot standby needs max_connections >= the primary's.
@@ -416,25 +426,29 @@ def log_size(cluster: Cluster) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def log_says_reseed(cluster: Cluster, since: int) -> bool:
-    """Whether the server logged, after offset `since`, that its WAL is gone upstream."""
+def log_says_reseed(cluster: Cluster, since: int) -> str | None:
+    """Why the server, after offset `since`, can never stream from the primary as it is (its WAL
+    is gone upstream, or it is ahead of the primary's timeline), or None."""
     path = server_log(cluster)
     if not path.exists():
-        return False
+        return None
     with path.open("rb") as handle:
         handle.seek(max(since, path.stat().st_size - LOG_TAIL_BYTES))
         tail = handle.read().decode(errors="replace")
-    return any(marker in tail for marker in NEEDS_RESEED)
+    if FORKED_BEHIND in tail:
+        return "ahead of the primary's timeline"
+    return "slot invalidated" if any(marker in tail for marker in NEEDS_RESEED) else None
 
 
 def wait_streaming(cluster: Cluster, seconds: float, since: int) -> str:
-    """ "streaming", "needs reseed" (the primary removed WAL this replica needs) or "timeout"."""
+    """ "streaming", why it needs a re-seed (log_says_reseed), or "timeout"."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if receiver_status(cluster) == "streaming":
             return "streaming"
-        if log_says_reseed(cluster, since):
-            return "needs reseed"
+        reason = log_says_reseed(cluster, since)
+        if reason:
+            return reason
         time.sleep(POLL)
     return "timeout"
 
@@ -502,15 +516,12 @@ def main() -> dict:
     if action != "unchanged":
         changed.append(f"server {action}")
     state = wait_streaming(cluster, wait, since)
-    if state == "needs reseed":
-        log(
-            "the primary no longer has the WAL this replica needs (its slot was invalidated, "
-            "max_slot_wal_keep_size): re-seeding it"
-        )
+    if state in RESEED_WHY:
+        log(f"{RESEED_WHY[state]}: re-seeding it")
         clone(cluster, params)
         since = log_size(cluster)
         configure_and_start(cluster, params)
-        changed.append("re-seeded (slot invalidated)")
+        changed.append(f"re-seeded ({state})")
         state = wait_streaming(cluster, wait, since)
     if state != "streaming":
         raise HostError(

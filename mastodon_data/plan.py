@@ -37,6 +37,7 @@ SECRET_PARAMS = {
     "backup": BACKUP_SECRETS,
     "restore": BACKUP_SECRETS,
     "volume": {},
+    "authorized_keys": {},
 }
 # Modules a script imports besides common.py (shipped with it).
 SCRIPT_MODULES = {name: ("repository.py",) for name in ("backup", "restore", "status")}
@@ -60,7 +61,8 @@ LAUNCHER = (
 @dataclass(frozen=True)
 class Step:
     name: str
-    script: str  # primary | replica | pooler | status | promote | volume | backup | restore
+    script: str  # primary | replica | pooler | status | promote | volume | backup | restore |
+    # authorized_keys
     host: Host
     params: dict = field(hash=False)  # non-secret parameters
     after: tuple[str, ...] = ()  # runs after these, and again whenever they run again
@@ -323,3 +325,12 @@ def promote_step(replication: ReplicationSettings, host: Host) -> Step:
         host,
         {"version": replication.postgres_version, "port": replication.port},
     )
+
+
+def authorized_keys_steps(keys: Sequence[str], hosts: Sequence[Host]) -> list[Step]:
+    """The admins' keys into each host's login user's authorized_keys (spares too: an admin
+    may need to reach every server the stack knows)."""
+    return [
+        Step(f"keys-{h.name}", "authorized_keys", h, {"user": h.ssh_user, "keys": list(keys)})
+        for h in hosts
+    ]

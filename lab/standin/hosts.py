@@ -197,7 +197,8 @@ class LabHosts:
                     "Port 22",
                     f"HostKey {host_key}",
                     f"PidFile {home / 'sshd.pid'}",
-                    f"AuthorizedKeysFile {authorized}",
+                    # The keys the droplet was made with, then the login user's own file.
+                    f"AuthorizedKeysFile {authorized} .ssh/authorized_keys",
                     "PermitRootLogin prohibit-password",
                     "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no",
@@ -246,7 +247,10 @@ class LabHosts:
         """Power on: a fresh mount namespace, its fstab mounted (the data volume, `nofail`),
         the clusters started, then sshd."""
         home, ns = self.host_dir(droplet), self.netns(droplet)
-        mounts = make_private(home)
+        # root's home of its own (over /root): what a step writes there, such as the admins'
+        # keys in ~/.ssh/authorized_keys, stays on this droplet.
+        (home / "root-home").mkdir(mode=0o700, exist_ok=True)
+        mounts = make_private(home) + f" && mount --bind {home / 'root-home'} /root"
         starter = home / "start_clusters.py"
         starter.write_text(START_CLUSTERS)
         script = (

@@ -1,10 +1,13 @@
-"""Failover of a hosts-mode stack: promote a replica, then let `pulumi up` repoint the others;
-later, bring the failed primary back as a replica (pg_rewind).
+"""Failover: promote a replica, then let `pulumi up` repoint the others; the failed primary
+comes back as a replica (pg_rewind, or a fresh clone when a rewind is impossible).
 
-    # the primary is lost: promote mlab-h2; the stack's hosts are reordered and applied
+    # hosts mode, the primary is lost: promote mlab-h2; the stack's hosts are reordered, applied
     mastodon-data failover --stack prod promote mlab-h2
-    # the old primary is back: rewind it onto the new primary as a replica
+    # hosts mode, the old primary is back: rewind it onto the new primary as a replica
     mastodon-data failover --stack prod rejoin mlab-h1
+    # droplets mode: promote db-1; primaryNode becomes 1 and the old primary (db-0) is rewound
+    # as a replica in the same run (nothing is renamed or replaced)
+    mastodon-data failover --stack dev promote db-1
 
 Run it where `pulumi up` of the stack runs (`--cwd` for another project directory). The promote
 script runs over ssh with the stack's key; everything after it is `pulumi up` of the same
@@ -50,23 +53,63 @@ def reordered(hosts: list[dict], first: list[str]) -> list[dict]:
     return [by_name[n] for n in first] + [h for h in hosts if h["name"] not in first]
 
 
-def promote_over_ssh(settings, target: Host, ssh_key: str) -> tuple[dict, float]:
+def promote_over_ssh(
+    settings, target: Host, ssh_key: str, known_hosts: Path | None = None
+) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as private:
         key = Path(private) / "key"
         key.touch(mode=0o600)
         key.write_text(ssh_key.rstrip("\n") + "\n")
         start = time.monotonic()
-        out = host_ssh.run_step(plan.promote_step(settings.replication, target), {}, key, None)
+        step = plan.promote_step(settings.replication, target)
+        out = host_ssh.run_step(step, {}, key, known_hosts)
     return plan.parse_report(out), round(time.monotonic() - start, 2)
 
 
-def promote(stack: Stack, name: str, config: dict, settings) -> dict:
+def droplet_hosts(outputs: dict, ssh_user: str) -> list[Host]:
+    """The database droplets as the stack's outputs describe them (droplets mode)."""
+    servers = [(outputs["primary"], "primary")]
+    servers += [(r, "replica") for r in outputs.get("replicas", [])]
+    return [
+        Host(s["name"], role, s["public_address"], s["private_address"], ssh_user)
+        for s, role in servers
+    ]
+
+
+def promote_droplet(
+    stack: Stack, name: str, config: dict, settings, known_hosts: Path | None
+) -> dict:
+    """Droplets mode: the droplets keep their names (db-N); primaryNode says which is the
+    primary. The old primary is rewound as a replica in the same run, then the one-time
+    re-seed switch is removed again."""
+    hosts = droplet_hosts(stack.outputs(), settings.droplets.ssh_user)
+    old = next(h for h in hosts if h.role == "primary")
+    target = next((h for h in hosts if h.role == "replica" and h.name == name), None)
+    if target is None:
+        names = [h.name for h in hosts if h.role == "replica"]
+        raise ConfigError(f"{name} is not a replica of this stack (replicas: {names})")
+    report, seconds = promote_over_ssh(settings, target, config["sshPrivateKey"], known_hosts)
+    position = int(name.removeprefix("db-"))
+    stack.set_plain({"primaryNode": position, RESEED_KEY: [old.name]})
+    start = time.monotonic()
+    stack.up()
+    rejoined = stack.step_reports().get(f"replica-{old.name}", {})
+    stack.remove(RESEED_KEY)  # a re-seed is asked for once
+    stack.up()
+    return {"promoted": name, "primary_node": position, "promote_s": seconds, **report,
+            "rejoined": old.name, "changed": rejoined.get("changed", []),
+            "up_s": _since(start)}  # fmt: skip
+
+
+def promote(
+    stack: Stack, name: str, config: dict, settings, known_hosts: Path | None = None
+) -> dict:
     replicas = [h for h in settings.hosts if h.role == "replica"]
     target = next((h for h in replicas if h.name == name), None)
     if target is None:
         names = [h.name for h in replicas]
         raise ConfigError(f"{name} is not a replica of this stack (replicas: {names})")
-    report, seconds = promote_over_ssh(settings, target, config["sshPrivateKey"])
+    report, seconds = promote_over_ssh(settings, target, config["sshPrivateKey"], known_hosts)
     survivors = [h.name for h in replicas if h.name != name]
     # The old primary becomes a spare: it rejoins only when the operator asks (`rejoin`).
     stack.set_plain(
@@ -106,18 +149,27 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data failover") ->
     parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="the Pulumi project")
     parser.add_argument("action", choices=["promote", "rejoin"])
     parser.add_argument("name", help="the replica to promote, or the old primary to rejoin")
+    parser.add_argument(
+        "--known-hosts",
+        type=Path,
+        help="known_hosts file the hosts' keys are checked against (default: the stack's "
+        "hostKey, else trust on first use in ~/.ssh/known_hosts)",
+    )
     args = parser.parse_args(argv)
     stack = Stack(args.stack, args.cwd)
     try:
         config = stack.config()
         settings = parse_settings(typed(config), set(config) & set(ALL_SECRET_KEYS))
-        if settings.mode != "hosts":
-            raise ConfigError(
-                "failover drives hosts-mode stacks (droplets: `pg_promote` on the droplet, "
-                "then `pulumi up`)"
-            )
-        action = promote if args.action == "promote" else rejoin
-        summary = action(stack, args.name, config, settings)
+        if settings.mode == "managed":
+            raise ConfigError("managed mode fails over on its own (DigitalOcean's standby)")
+        if settings.mode == "droplets":
+            if args.action != "promote":
+                raise ConfigError("droplets mode rejoins the old primary in `promote` itself")
+            summary = promote_droplet(stack, args.name, config, settings, args.known_hosts)
+        elif args.action == "promote":
+            summary = promote(stack, args.name, config, settings, args.known_hosts)
+        else:
+            summary = rejoin(stack, args.name, config, settings)
         outputs = stack.outputs()
     except (ConfigError, PulumiFailed, host_ssh.StepFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,14 +1,16 @@
-"""Droplets mode: a primary and replica droplets in the stack's VPC, tagged by role, each with a
-data volume for PostgreSQL, and a cloud firewall (22 from the admin CIDRs only, 5432 and the
-pools' port from the allowed private sources only)."""
+"""Droplets mode: database droplets in the stack's VPC, named by position, one of them the
+primary (primaryNode), all with one tag, each with a data volume for PostgreSQL, and a cloud
+firewall (22 from the admin CIDRs only, 5432 and the pools' port from the allowed private
+sources only)."""
 
 from __future__ import annotations
 
 import pulumi
 import pulumi_digitalocean as do
 
+from mastodon_data.components.lifecycle import data_droplet, keep_data
 from mastodon_data.components.network import PrivateNetwork
-from mastodon_data.config import DropletSettings, Host
+from mastodon_data.config import DropletSettings, Host, LifecycleSettings
 from mastodon_data.naming import data_volume_name, volume_device
 
 ANYWHERE = ["0.0.0.0/0", "::/0"]
@@ -16,7 +18,7 @@ ANYWHERE = ["0.0.0.0/0", "::/0"]
 OUTBOUND = [("udp", "53"), ("tcp", "53"), ("tcp", "80"), ("tcp", "443"), ("udp", "123")]
 
 
-def firewall_inbound(droplets: DropletSettings, replica_tag: str | None) -> list[dict]:
+def firewall_inbound(droplets: DropletSettings, nodes_tag: str | None) -> list[dict]:
     """Inbound rules as plain data (tested without Pulumi's engine)."""
     rules = [
         {"protocol": "tcp", "port_range": "22", "source_addresses": list(droplets.admin_cidrs)},
@@ -34,9 +36,9 @@ def firewall_inbound(droplets: DropletSettings, replica_tag: str | None) -> list
                 "source_addresses": list(droplets.postgres_allowed_sources),
             }
         )
-    if replica_tag:  # replication connections, whatever the allowed sources
+    if nodes_tag:  # replication connections between the nodes, whatever the allowed sources
         rules.append(
-            {"protocol": "tcp", "port_range": str(droplets.port), "source_tags": [replica_tag]}
+            {"protocol": "tcp", "port_range": str(droplets.port), "source_tags": [nodes_tag]}
         )
     return rules
 
@@ -50,33 +52,38 @@ def firewall_outbound(port: int, vpc_cidr: str) -> list[dict]:
     return rules
 
 
+def former_name(index: int) -> str:
+    """The droplet's resource name when names carried the role (the first was the primary)."""
+    return "primary" if index == 0 else f"replica-{index}"
+
+
 class DropletTier(pulumi.ComponentResource):
-    """Droplets and their firewall in `network`'s VPC; `hosts`: the servers the replication steps
-    run on (addresses are Outputs until the droplets exist)."""
+    """Database droplets named by position (db-0 .. db-<replicaCount>) and their firewall in
+    `network`'s VPC; which one is the primary is configuration (primaryNode), so a failover
+    renames nothing. `hosts`: the servers the replication steps run on (addresses are Outputs
+    until the droplets exist)."""
 
     def __init__(
         self,
         name: str,
         droplets: DropletSettings,
         network: PrivateNetwork,
+        lifecycle: LifecycleSettings,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mastodon-data:index:DropletTier", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         stack = pulumi.get_stack()
-        tags = {
-            role: do.Tag(f"{name}-{role}", name=f"mastodon-data-{stack}-{role}", opts=child)
-            for role in ("primary", "replica")
-        }
+        # One tag for every database droplet: each may stream from whichever is the primary.
+        tag = do.Tag(f"{name}-nodes", name=f"mastodon-data-{stack}-db", opts=child)
         self.droplets: list[do.Droplet] = []
         self.volumes: list[do.Volume] = []
         self.hosts: list[Host] = []
         for index in range(1 + droplets.replica_count):
-            role = "primary" if index == 0 else "replica"
-            label = role if index == 0 else f"replica-{index}"
-            droplet_name = f"mastodon-db-{stack}-{label}"
+            role = "primary" if index == lifecycle.primary_node else "replica"
+            droplet_name = f"mastodon-db-{stack}-{index}"
             droplet = do.Droplet(
-                f"{name}-{label}",
+                f"{name}-{index}",
                 name=droplet_name,
                 region=network.region,
                 image=droplets.image,
@@ -85,17 +92,22 @@ class DropletTier(pulumi.ComponentResource):
                 ssh_keys=list(droplets.ssh_key_ids),
                 monitoring=True,
                 ipv6=False,
-                tags=[tags[role].name],
-                opts=child,
+                tags=[tag.name],
+                opts=data_droplet(
+                    lifecycle.protect_data,
+                    pulumi.ResourceOptions(
+                        parent=self, aliases=[pulumi.Alias(name=f"{name}-{former_name(index)}")]
+                    ),
+                ),
             )
             self.droplets.append(droplet)
             volume, device = self._data_volume(
-                f"{name}-{label}", droplet_name, droplet, network.region, droplets.data_volume_size
+                f"{name}-{index}", droplet_name, droplet, network.region, droplets, lifecycle
             )
             addresses = (droplet.ipv4_address, droplet.ipv4_address_private)
             self.hosts.append(
                 Host(
-                    label,
+                    f"db-{index}",
                     role,
                     *addresses,
                     droplets.ssh_user,
@@ -103,8 +115,7 @@ class DropletTier(pulumi.ComponentResource):
                     data_size=volume.size,
                 )  # fmt: skip
             )
-        replica_tag = tags["replica"].name if droplets.replica_count else None
-        inbound = firewall_inbound(droplets, replica_tag)
+        inbound = firewall_inbound(droplets, tag.name if droplets.replica_count else None)
         self.firewall = do.Firewall(
             f"{name}-firewall",
             name=f"mastodon-db-{stack}",
@@ -119,7 +130,13 @@ class DropletTier(pulumi.ComponentResource):
         self.register_outputs({})
 
     def _data_volume(
-        self, name: str, droplet_name: str, droplet: do.Droplet, region: str, size: int
+        self,
+        name: str,
+        droplet_name: str,
+        droplet: do.Droplet,
+        region: str,
+        droplets: DropletSettings,
+        lifecycle: LifecycleSettings,
     ) -> tuple[do.Volume, pulumi.Output]:
         """The droplet's data volume and its attachment; the device path is an Output of the
         attachment, so the steps that use the device wait for it. The volume is left
@@ -131,13 +148,13 @@ class DropletTier(pulumi.ComponentResource):
             f"{name}-data",
             name=volume_name,
             region=region,
-            size=size,
+            size=droplets.data_volume_size,
             # No description: DigitalOcean replaces a volume whose description changes.
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=keep_data(lifecycle.protect_data, pulumi.ResourceOptions(parent=self)),
         )
         self.volumes.append(volume)
         attachment = do.VolumeAttachment(
-            f"{name}-data",
+            f"{name}-data-attachment",
             droplet_id=droplet.id.apply(int),
             volume_id=volume.id,
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),

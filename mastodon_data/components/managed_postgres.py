@@ -7,9 +7,24 @@ from __future__ import annotations
 import pulumi
 import pulumi_digitalocean as do
 
-from mastodon_data.config import AppSources, ManagedPostgresSettings
+from mastodon_data.components.lifecycle import POOL_OPTIONS, keep_data
+from mastodon_data.config import PROJECT, AppSources, LifecycleSettings, ManagedPostgresSettings
 from mastodon_data.naming import do_name
 from mastodon_data.outputs import POOL_MODE
+
+
+def version_check(running: str | None, wanted: str) -> None:
+    """Stops the run when postgresVersion differs from the cluster's: that change is a major
+    upgrade in place, done only in a run that asks for it (postgresUpgradeTo)."""
+    if running is None or str(running) == wanted:
+        return
+    raise pulumi.RunError(
+        f"{PROJECT}:postgresVersion = {wanted}: the managed cluster runs PostgreSQL {running}; "
+        f"the change is a major upgrade in place (minutes of downtime, no way back). Fix: to "
+        f"upgrade, pulumi config set {PROJECT}:postgresUpgradeTo {wanted} for this run "
+        f"(then pulumi config rm {PROJECT}:postgresUpgradeTo); to keep {running}, pulumi config "
+        f"set {PROJECT}:postgresVersion {running}"
+    )
 
 
 class ManagedPostgres(pulumi.ComponentResource):
@@ -23,22 +38,35 @@ class ManagedPostgres(pulumi.ComponentResource):
         managed: ManagedPostgresSettings,
         app_sources: AppSources,
         vpc_id: pulumi.Input[str],
+        lifecycle: LifecycleSettings,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mastodon-data:index:ManagedPostgres", name, None, opts)
         self._child = pulumi.ResourceOptions(parent=self)
+        self._keep_data = lifecycle.protect_data
         self._base = do_name("mastodon-data", pulumi.get_stack())
+        wanted = str(managed.postgres_version)
+        upgrading = lifecycle.postgres_upgrade_to == managed.postgres_version
         self.cluster = do.DatabaseCluster(
             f"{name}-cluster",
             name=f"{self._base}-pg",
             engine="pg",
-            version=str(managed.postgres_version),
+            version=wanted,
             size=managed.size,
             region=managed.region,
             node_count=managed.node_count,  # 2+: a standby takes over automatically
             private_network_uuid=vpc_id,
-            opts=self._child,
+            # A changed version is a major upgrade in place: applied only in the run that asks
+            # for it; otherwise the cluster keeps its version and version_check stops the run.
+            opts=keep_data(
+                self._keep_data,
+                self._child
+                if upgrading
+                else pulumi.ResourceOptions(parent=self, ignore_changes=["version"]),
+            ),
         )
+        if not upgrading:
+            self.cluster.version.apply(lambda running: version_check(running, wanted))
         self._database_and_pool(name, managed)
         rules = [do.DatabaseFirewallRuleArgs(**rule) for rule in app_sources.firewall_rules()]
         self.firewall = do.DatabaseFirewall(
@@ -73,7 +101,7 @@ class ManagedPostgres(pulumi.ComponentResource):
             size=managed.pool_size,
             db_name=self.database.name,
             user=self.user.name,
-            opts=self._child,
+            opts=pulumi.ResourceOptions.merge(self._child, POOL_OPTIONS),
         )
 
     def _read_only_node(
@@ -87,7 +115,9 @@ class ManagedPostgres(pulumi.ComponentResource):
             region=managed.region,
             private_network_uuid=vpc_id,
             # One change at a time on a fresh cluster: after the database, role and pool.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.pool]),
+            opts=keep_data(
+                self._keep_data, pulumi.ResourceOptions(parent=self, depends_on=[self.pool])
+            ),
         )
         # A read-only node has its own trusted sources, addressed by its uuid.
         self.replica_firewall = do.DatabaseFirewall(

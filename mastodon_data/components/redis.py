@@ -7,6 +7,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_digitalocean as do
 
+from mastodon_data.components.lifecycle import keep_data
 from mastodon_data.config import AppSources, RedisSettings
 from mastodon_data.env import redis_url
 from mastodon_data.naming import do_name
@@ -26,6 +27,7 @@ class ManagedValkey(pulumi.ComponentResource):
         redis: RedisSettings,
         app_sources: AppSources,
         vpc_id: pulumi.Input[str] | None,
+        protect: bool = True,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mastodon-data:index:ManagedValkey", name, None, opts)
@@ -39,7 +41,7 @@ class ManagedValkey(pulumi.ComponentResource):
             region=redis.region,
             node_count=redis.node_count,
             private_network_uuid=vpc_id,
-            opts=child,
+            opts=keep_data(protect, child),  # Sidekiq's queues live here
         )
         # The engine-specific config is where Valkey takes its maxmemory policy (the cluster's
         # eviction_policy argument is checked as Redis-only by the Terraform provider).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_digitalocean as do
 
+from mastodon_data.components.lifecycle import keep_data
 from mastodon_data.config import SpacesSettings
 from mastodon_data.naming import do_name
 
@@ -20,14 +21,22 @@ class SpacesMedia(pulumi.ComponentResource):
     `output`: the stack output `media` (no secret in it)."""
 
     def __init__(
-        self, name: str, spaces: SpacesSettings, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        spaces: SpacesSettings,
+        protect: bool = True,
+        opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mastodon-data:index:SpacesMedia", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         base = do_name("mastodon-data", pulumi.get_stack())
         # "private" is the bucket ACL: nobody lists the bucket; objects carry their own ACL.
         self.bucket = do.SpacesBucket(
-            f"{name}-bucket", name=spaces.bucket, region=spaces.region, acl="private", opts=child
+            f"{name}-bucket",
+            name=spaces.bucket,
+            region=spaces.region,
+            acl="private",
+            opts=keep_data(protect, child),  # Mastodon's media
         )
         self.cors = do.SpacesBucketCorsConfiguration(
             f"{name}-cors",

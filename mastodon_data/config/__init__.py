@@ -9,6 +9,7 @@ line each, naming the key, the bad value (never a secret's) and the exact fix. B
     topology.py  mode, region, VPC, droplets, sources, database names, WAL
     pooling.py   PgBouncer's pools on the stack's own servers, max_connections
     hosts.py     hosts mode's list of servers
+    lifecycle.py protection, the primary's position, upgrades, admin keys
     managed.py   managed PostgreSQL        access.py   who reaches the managed databases
     media.py     Spaces and the CDN        redis.py    Redis / Valkey
     backups.py   pgBackRest's repository, retention and schedules
@@ -26,6 +27,7 @@ from mastodon_data.config.records import (
     ConfigError,
     DropletSettings,
     Host,
+    LifecycleSettings,
     ManagedPostgresSettings,
     NetworkSettings,
     PoolSettings,
@@ -61,6 +63,7 @@ __all__ = [
     "ConfigError",
     "DropletSettings",
     "Host",
+    "LifecycleSettings",
     "ManagedPostgresSettings",
     "NetworkSettings",
     "PoolSettings",

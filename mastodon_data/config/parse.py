@@ -9,6 +9,7 @@ from mastodon_data.config.access import parse_app_sources
 from mastodon_data.config.backups import parse_backups, wanted
 from mastodon_data.config.checks import Validation, did_you_mean
 from mastodon_data.config.hosts import HOSTS_KEY, parse_hosts
+from mastodon_data.config.lifecycle import parse_lifecycle
 from mastodon_data.config.managed import parse_managed
 from mastodon_data.config.media import parse_spaces
 from mastodon_data.config.pooling import parse_pooling
@@ -44,6 +45,7 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     redis = parse_redis(v, secrets_present, topology["region"])
     redis_mode = redis.mode if redis else "none"
     app_sources = parse_app_sources(v, needed=mode == "managed" or redis_mode == "managed")
+    lifecycle = parse_lifecycle(v, mode, topology)
     backups = parse_backups(v, mode, topology["region"], secrets_present)
     backups_on, backup_key = wanted(v, mode)
     needed = required_secrets(mode, redis_mode, backups=backups_on, backup_key=backup_key)
@@ -61,6 +63,7 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
         redis=redis,
         app_sources=app_sources,
         backups=backups,
+        lifecycle=lifecycle,
         warnings=tuple(v.warnings),
     )
 

@@ -168,6 +168,16 @@ class BackupSettings:
 
 
 @dataclass(frozen=True)
+class LifecycleSettings:
+    """How the stack treats what holds data, and which droplet is the primary."""
+
+    protect_data: bool = True  # Pulumi `protect` on droplets, volumes, clusters, buckets
+    primary_node: int = 0  # droplets mode: db-<primary_node> is the primary
+    postgres_upgrade_to: int = 0  # managed mode: this run may upgrade the cluster to it
+    authorized_keys: tuple[str, ...] = ()  # "<type> <base64>" lines kept on every host
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: str
     network: NetworkSettings
@@ -179,6 +189,7 @@ class Settings:
     redis: RedisSettings | None = None
     app_sources: AppSources = AppSources()
     backups: BackupSettings | None = None  # droplets and hosts mode
+    lifecycle: LifecycleSettings = LifecycleSettings()
     warnings: tuple[str, ...] = ()  # accepted, but worth a line in the preview
 
     def required_secrets(self) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ EXPECTED = {
         "mastodon-data:index:DropletTier": 1,
         "mastodon-data:index:ReplicationSteps": 1,
         "digitalocean:index/vpc:Vpc": 1,
-        "digitalocean:index/tag:Tag": 2,
+        "digitalocean:index/tag:Tag": 1,  # one for every database droplet
         "digitalocean:index/droplet:Droplet": 2,
         "digitalocean:index/firewall:Firewall": 1,
         "command:remote:Command": 6,  # primary, replica, a status report and a pooler per host

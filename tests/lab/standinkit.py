@@ -116,8 +116,9 @@ class Droplets:
             "outputs": self.stack.outputs(),
         }
 
-    def droplet(self, role: str) -> dict:
-        return self.client.droplet_named(f"mastodon-db-{self.name}-{role}")
+    def droplet(self, position: int | str) -> dict:
+        """The database droplet db-<position> as the account lists it."""
+        return self.client.droplet_named(f"mastodon-db-{self.name}-{position}")
 
     def ssh(self, address: str, command: str, timeout: float = 60, check=True) -> str:
         argv = self.lab.hosts.ssh_command(address, command)

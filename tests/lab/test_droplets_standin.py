@@ -61,6 +61,7 @@ def pack_args(workdir: Path) -> tuple[str, ...]:
     """The policy pack with allowedCidrs = the lab's public network, as an operator sets it."""
     document = json.loads((POLICY / "config.json").read_text())
     document["ssh-only-from-admin-cidrs"]["allowedCidrs"] = [LAB.public_network]
+    document["data-kept"]["allowDataLoss"] = True  # alpha removes a droplet on purpose
     path = workdir / "policy-config.json"
     path.write_text(json.dumps(document))
     return ("--policy-pack", str(POLICY), "--policy-pack-config", str(path))
@@ -72,7 +73,7 @@ def status(outputs: dict, host: str) -> dict:
 
 def alpha(flow: Flow, ctx: dict) -> None:
     s = Droplets(**ctx, name="alpha", vpc="10.240.1.0/24", replicas=2,
-                 postgresAllowedSources=[ALLOWED])  # fmt: skip
+                 postgresAllowedSources=[ALLOWED], protectData=False)  # fmt: skip
     first = s.apply()
     outputs = first["outputs"]
     flow.record("up", **first, check=check_replication(outputs))
@@ -125,9 +126,9 @@ def alpha(flow: Flow, ctx: dict) -> None:
         "three", before=before, plan=plan, **three, check=check_replication(three["outputs"])
     )
 
-    # Back to two: replica-3's droplet goes, its slot with it.
+    # Back to two: db-3's droplet goes, its slot with it.
     two = s.apply(replicaCount=2)
-    primary_pub = public(two["outputs"], "primary")
+    primary_pub = public(two["outputs"], "db-0")
     slots = s.psql(primary_pub, "SELECT slot_name FROM pg_replication_slots ORDER BY 1")
     names = sorted(d["name"] for d in s.client.droplets() if "-alpha-" in d["name"])
     flow.record("two", **two, slots=slots.split(), droplets=names,
@@ -169,7 +170,7 @@ def bravo(flow: Flow, ctx: dict) -> None:
     first = s.apply()
     flow.record("up", **first, check=check_replication(first["outputs"]))
     outputs = first["outputs"]
-    primary, replica = public(outputs, "primary"), public(outputs, "replica-1")
+    primary, replica = public(outputs, "db-0"), public(outputs, "db-1")
 
     # Resize the replica through the program (replicaSize): off, resize, on.
     s.psql(primary, "CREATE TABLE standin_probe (v text); INSERT INTO standin_probe VALUES ('1')")
@@ -193,7 +194,7 @@ def bravo(flow: Flow, ctx: dict) -> None:
         pool_after=replica_pool_in_recovery(resized["outputs"]["mastodon_env"]),
         before=before,
         after={"sysid": s.psql(replica, identity), "start": s.psql(replica, started)},
-        size=s.droplet("replica-1")["size_slug"],
+        size=s.droplet("1")["size_slug"],
         marker=s.ssh(replica, "ls /var/lib/postgresql/standin-marker", check=False),
         streaming_after=streaming,
         caught_up_after=caught_up,
@@ -201,14 +202,14 @@ def bravo(flow: Flow, ctx: dict) -> None:
     )
 
     # The replica's droplet deleted behind the program's back.
-    gone = s.droplet("replica-1")
+    gone = s.droplet("1")
     s.client.delete_droplet(gone["id"])
     s.stack.pulumi("refresh", "--yes", "--suppress-progress")
     refreshed = s.stack.last.stdout
     refresh_changes = s.stack.last_changes()
     again = s.apply()
-    new = s.droplet("replica-1")
-    replica = public(again["outputs"], "replica-1")
+    new = s.droplet("1")
+    replica = public(again["outputs"], "db-1")
     s.psql(primary, "INSERT INTO standin_probe VALUES ('3')")
     wait_until(lambda: s.psql(replica, "SELECT count(*) FROM standin_probe") == "3", 20, "row 3")
     flow.record(
@@ -222,6 +223,7 @@ def bravo(flow: Flow, ctx: dict) -> None:
         primary_sysid=s.psql(primary, identity),
         check=check_replication(again["outputs"]),
     )
+    s.apply(protectData=False)  # the droplets are protected: destroy needs that off first
     s.stack.destroy()
     flow.record(
         "destroy", droplets=[d["name"] for d in s.client.droplets() if "-bravo-" in d["name"]]
@@ -236,6 +238,7 @@ def charlie(flow: Flow, ctx: dict) -> None:
     account = s.client.state()
     quiet = s.stack.preview("--refresh", "--expect-no-changes", check=False)
     quiet = {"rc": s.stack.last.returncode, "out": quiet + s.stack.last.stderr}
+    s.apply(protectData=False)  # the droplets and the bucket are protected
     started = time.monotonic()
     s.stack.destroy()
     destroyed = round(time.monotonic() - started, 1)
@@ -318,14 +321,14 @@ def keep_logs() -> None:
 def test_up_makes_droplets_that_replicate(flows):
     up = flows["alpha"].wait("up")
     assert up["check"][0] == 0, up["check"][1]
-    # 17, and per droplet a volume, its attachment, its volume step and its pooler step
-    assert up["changes"] == {"create": 29}
+    # 16, and per droplet a volume, its attachment, its volume step and its pooler step
+    assert up["changes"] == {"create": 28}
     outputs = up["outputs"]
-    assert [r["name"] for r in outputs["replicas"]] == ["replica-1", "replica-2"]
-    for replica in ("replica-1", "replica-2"):
+    assert [r["name"] for r in outputs["replicas"]] == ["db-1", "db-2"]
+    for replica in ("db-1", "db-2"):
         report = status(outputs, replica)
         assert report["receiver"][0]["status"] == "streaming"
-        assert report["system_identifier"] == status(outputs, "primary")["system_identifier"]
+        assert report["system_identifier"] == status(outputs, "db-0")["system_identifier"]
     assert outputs["mastodon_env"]["DB_HOST"] == outputs["primary"]["private_address"]
     assert outputs["primary"]["private_address"].startswith("10.240.1.")
     assert outputs["primary"]["public_address"].startswith("10.241.1.")
@@ -367,7 +370,7 @@ def test_refreshed_preview_has_no_changes_and_passes_the_policy_pack(flows):
     quiet = flows["alpha"].wait("quiet")
     assert quiet["rc"] == 0, quiet["out"][-3000:]
     assert "Policies:" in quiet["out"] and "mastodon-data@v0.1.0" in quiet["out"]
-    assert "29 unchanged" in quiet["out"]
+    assert "28 unchanged" in quiet["out"]
 
 
 def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):
@@ -376,10 +379,10 @@ def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):
     assert "mastodon-data@v0.1.0" in three["plan"]["out"]
     before, after = three["before"], three["outputs"]
     assert three["check"][0] == 0, three["check"][1]
-    sysid = status(before, "primary")["system_identifier"]
-    new = status(after, "replica-3")
+    sysid = status(before, "db-0")["system_identifier"]
+    new = status(after, "db-3")
     assert new["receiver"][0]["status"] == "streaming" and new["system_identifier"] == sysid
-    for replica in ("replica-1", "replica-2"):
+    for replica in ("db-1", "db-2"):
         old, now = status(before, replica), status(after, replica)
         assert now["system_identifier"] == old["system_identifier"] == sysid
         assert now["postmaster_start_time"] == old["postmaster_start_time"]
@@ -390,11 +393,9 @@ def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):
 def test_back_to_two_replicas_drops_the_removed_ones_slot(flows):
     two = flows["alpha"].wait("two")
     assert two["check"][0] == 0, two["check"][1]
-    assert two["slots"] == ["mdata_replica_1", "mdata_replica_2"]
-    assert two["droplets"] == [
-        f"mastodon-db-alpha-{n}" for n in ("primary", "replica-1", "replica-2")
-    ]
-    assert two["changes"]["delete"] == 7
+    assert two["slots"] == ["mdata_db_1", "mdata_db_2"]
+    assert two["droplets"] == [f"mastodon-db-alpha-{n}" for n in range(3)]
+    assert two["changes"]["delete"] == 7  # the droplet, its volume and attachment, 4 steps
 
 
 def test_destroy_leaves_nothing_of_the_stack(flows):

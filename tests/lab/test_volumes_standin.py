@@ -52,10 +52,11 @@ def preview_steps(s: Droplets, *extra: str) -> tuple[int, list[dict], str]:
 
 def story(flow: Flow, ctx: dict) -> None:
     s = Droplets(**ctx, name="delta", vpc="10.240.20.0/24", replicas=1)
-    first = s.apply()
+    # Replacing a droplet on purpose is what protectData (on by default) refuses.
+    first = s.apply(protectData=False)
     outputs = first["outputs"]
-    primary = public(outputs, "primary")
-    replica = public(outputs, "replica-1")
+    primary = public(outputs, "db-0")
+    replica = public(outputs, "db-1")
     s.psql(primary, "CREATE TABLE volume_probe (n int)")
     s.psql(primary, f"INSERT INTO volume_probe SELECT generate_series(1, {ROWS})")
     wait_until(lambda: s.psql(replica, COUNT).startswith(f"{ROWS}|"), 30, "rows on the replica")
@@ -65,7 +66,7 @@ def story(flow: Flow, ctx: dict) -> None:
         check=check_replication(outputs),
         volumes=volumes_of(s),
         droplets={d["name"]: d["id"] for d in s.client.droplets()},
-        mounted={"primary": mounted(s, primary), "replica-1": mounted(s, replica)},
+        mounted={"db-0": mounted(s, primary), "db-1": mounted(s, replica)},
         reports=s.stack.step_reports(),
         sysid=s.psql(primary, IDENTITY),
         rows=s.psql(primary, COUNT),
@@ -74,16 +75,16 @@ def story(flow: Flow, ctx: dict) -> None:
     flow.record("quiet", rc=s.stack.last.returncode, out=quiet + s.stack.last.stderr)
 
     # The primary's droplet replaced on purpose: the same volume comes back on the new one.
-    old = s.droplet("primary")
+    old = s.droplet(0)
     urn = next(
         r["urn"]
         for r in json.loads(s.stack.pulumi("stack", "export"))["deployment"]["resources"]
-        if r["type"] == DATA_TYPES[1] and r["urn"].endswith("::db-primary")
+        if r["type"] == DATA_TYPES[1] and r["urn"].endswith("::db-0")
     )
     replace_plan = preview_steps(s, "--replace", urn)
     s.stack.up("--replace", urn)
     outputs = s.stack.outputs()
-    primary = public(outputs, "primary")
+    primary = public(outputs, "db-0")
     s.psql(primary, f"INSERT INTO volume_probe VALUES ({ROWS + 1})")
     wait_until(
         lambda: s.psql(replica, COUNT).startswith(f"{ROWS + 1}|"), 60, "the new row replicated"
@@ -92,7 +93,7 @@ def story(flow: Flow, ctx: dict) -> None:
         "replaced",
         plan=replace_plan,
         old_id=old["id"],
-        new_id=s.droplet("primary")["id"],
+        new_id=s.droplet(0)["id"],
         droplet_names=sorted(d["name"] for d in s.client.droplets()),
         volumes=volumes_of(s),
         mounted=mounted(s, primary),
@@ -114,7 +115,7 @@ def story(flow: Flow, ctx: dict) -> None:
         plan=plan,
         **grown,
         volumes=volumes_of(s),
-        mounted={"primary": mounted(s, primary), "replica-1": mounted(s, replica)},
+        mounted={"db-0": mounted(s, primary), "db-1": mounted(s, replica)},
         reports=s.stack.step_reports(),
         rows=s.psql(primary, COUNT),
         replica_rows=s.psql(replica, COUNT),
@@ -163,23 +164,24 @@ def test_each_database_droplet_keeps_postgresql_on_its_own_volume(flow):
     up = flow.wait("up")
     assert up["check"][0] == 0, up["check"][1]
     volumes = up["volumes"]
-    assert sorted(volumes) == ["mastodon-db-delta-primary-data", "mastodon-db-delta-replica-1-data"]
+    assert sorted(volumes) == ["mastodon-db-delta-0-data", "mastodon-db-delta-1-data"]
     droplets = up["droplets"]
-    for role in ("primary", "replica-1"):
-        volume = volumes[f"mastodon-db-delta-{role}-data"]
+    for n in (0, 1):
+        role = f"db-{n}"
+        volume = volumes[f"mastodon-db-delta-{n}-data"]
         assert volume["size_gigabytes"] == 1
-        assert volume["droplet_ids"] == [droplets[f"mastodon-db-delta-{role}"]]
+        assert volume["droplet_ids"] == [droplets[f"mastodon-db-delta-{n}"]]
         assert volume["filesystem_type"] == ""  # formatted by the volume step, not by DO
         source, fstype, size = up["mounted"][role].split()
         assert source.startswith("/dev/loop") and fstype == "ext4"
         assert int(size) > 0.9 * (1 << 30)
         report = up["reports"][f"volume-{role}"]
         assert report["changed"][:2] == ["formatted ext4", "mounted at /mnt/mastodon-data"]
-        assert report["device"] == f"/dev/disk/by-id/scsi-0DO_Volume_mastodon-db-delta-{role}-data"
+        assert report["device"] == f"/dev/disk/by-id/scsi-0DO_Volume_mastodon-db-delta-{n}-data"
     assert up["rows"] == f"{ROWS}|{ROWS * (ROWS + 1) // 2}"
-    # The stack, 3 components, VPC, 2 tags, 2 droplets, 2 volumes, 2 attachments, firewall,
-    # 2 volume steps, 2 setup steps, 2 reports.
-    assert up["changes"] == {"create": 22}  # with a pooler step per droplet
+    # The stack, 3 components, VPC, the tag, 2 droplets, 2 volumes, 2 attachments, firewall,
+    # 2 volume steps, 2 setup steps, 2 reports, 2 pooler steps.
+    assert up["changes"] == {"create": 21}
 
 
 def test_a_refreshed_preview_sees_no_drift(flow):
@@ -191,15 +193,15 @@ def test_a_replaced_droplet_gets_its_volume_back_with_every_row(flow):
     up, replaced = flow.wait("up"), flow.wait("replaced")
     assert replaced["check"][0] == 0, replaced["check"][1]
     assert replaced["new_id"] != replaced["old_id"]
-    assert replaced["droplet_names"] == ["mastodon-db-delta-primary", "mastodon-db-delta-replica-1"]
-    name = "mastodon-db-delta-primary-data"
+    assert replaced["droplet_names"] == ["mastodon-db-delta-0", "mastodon-db-delta-1"]
+    name = "mastodon-db-delta-0-data"
     before, after = up["volumes"][name], replaced["volumes"][name]
     assert after["id"] == before["id"]  # the same volume, not a new one
     assert after["droplet_ids"] == [replaced["new_id"]]
     assert replaced["sysid"] == up["sysid"] == replaced["replica_sysid"]
     total = ROWS + 1
     assert replaced["rows"] == replaced["replica_rows"] == f"{total}|{total * (total + 1) // 2}"
-    report = replaced["reports"]["volume-primary"]
+    report = replaced["reports"]["volume-db-0"]
     assert "formatted ext4" not in report["changed"]
     assert report["changed"][0] == "mounted at /mnt/mastodon-data"
     assert "cluster created" not in replaced["reports"]["primary"]["changed"]
@@ -207,7 +209,7 @@ def test_a_replaced_droplet_gets_its_volume_back_with_every_row(flow):
     rc, steps, out = replaced["plan"]
     assert rc == 0, out
     replacing = {s["urn"].rpartition("::")[2] for s in steps if s["op"] == "replace"}
-    assert {"db-primary", "db-primary-data"} <= replacing
+    assert {"db-0", "db-0-data-attachment"} <= replacing
     # (a preview lists what changes: nothing of a volume)
     assert [s for s in steps if f"${DATA_TYPES[0]}::" in s["urn"]] == []
 
@@ -217,13 +219,14 @@ def test_a_bigger_volume_is_resized_in_place_and_the_filesystem_grown(flow):
     rc, steps, out = grown["plan"]
     assert rc == 0, out
     ops = {s["urn"].rpartition("::")[2]: s["op"] for s in steps if s["op"] != "same"}
-    assert ops["db-primary-data"] == "update" and ops["db-replica-1-data"] == "update"
+    assert ops["db-0-data"] == "update" and ops["db-1-data"] == "update"
     data = [s for s in steps if any(f"${t}::" in s["urn"] for t in DATA_TYPES)]
     assert {s["op"] for s in data} == {"update"}, data  # the volumes; no droplet
     assert [s for s in steps if "VolumeAttachment" in s["urn"]] == []
     assert grown["check"][0] == 0, grown["check"][1]
-    for role in ("primary", "replica-1"):
-        assert grown["volumes"][f"mastodon-db-delta-{role}-data"]["size_gigabytes"] == 2
+    for n in (0, 1):
+        role = f"db-{n}"
+        assert grown["volumes"][f"mastodon-db-delta-{n}-data"]["size_gigabytes"] == 2
         assert int(grown["mounted"][role].split()[2]) > 1.9 * (1 << 30)
         assert grown["reports"][f"volume-{role}"]["changed"] == [
             "filesystem grown from 1.00 GiB to 2.00 GiB (offline: PostgreSQL stopped for it)"

@@ -57,8 +57,9 @@ class Mocks(pulumi.runtime.Mocks):
         self.resources.append(Registered(args.typ, args.name, unwrap(dict(args.inputs)), wrapped))
         state = dict(args.inputs)
         if args.typ == "digitalocean:index/droplet:Droplet":
-            # Addresses follow the name (registration order is not deterministic).
-            n = 1 if args.name.endswith("primary") else 1 + int(args.name.rsplit("-", 1)[1])
+            # Addresses follow the position in the name, db-<n> (registration order is not
+            # deterministic).
+            n = 1 + int(args.name.rsplit("-", 1)[1])
             state |= {"ipv4Address": f"203.0.113.{n}", "ipv4AddressPrivate": f"10.118.0.{n + 1}"}
             return [str(1000 + n), state]
         if args.typ.startswith(DO):
@@ -135,6 +136,9 @@ def digitalocean_outputs(typ: str, name: str, inputs: dict) -> dict | None:
 @dataclass
 class Run:
     resources: list[Registered]
+    options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)  # by resource name
+    # `protect` as the SDK sends it: inherited from the parent when the options leave it unset.
+    protected: dict[str, bool] = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)  # exports marked secret as a whole
 
@@ -187,6 +191,15 @@ def run_program(
     saved = {name: os.environ.get(name) for name in environ}
     os.environ.update(environ)
     run = Run(mocks.resources)
+    # Mocks see no resource options: they are recorded as the program passes them.
+    original = pulumi.CustomResource.__init__
+
+    def recording(self, t, name, props=None, opts=None, *args, **kwargs):
+        run.options[name] = opts or pulumi.ResourceOptions()
+        original(self, t, name, props, opts, *args, **kwargs)
+        run.protected[name] = bool(self._protect)
+
+    pulumi.CustomResource.__init__ = recording
 
     @pulumi.runtime.test
     def program():
@@ -203,6 +216,7 @@ def run_program(
     try:
         program()
     finally:
+        pulumi.CustomResource.__init__ = original
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

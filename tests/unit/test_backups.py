@@ -225,7 +225,7 @@ def test_droplets_mode_makes_a_bucket_and_a_key_for_backups_alone():
     key = run.one("/spacesKey:SpacesKey", "backups-key")
     assert key.inputs["name"] == "mastodon-data-unit-backups"
     assert key.inputs["grants"] == [{"bucket": "mastodon-pg-backups", "permission": "readwrite"}]
-    step = run.one(":remote:Command", "replication-backup-primary")
+    step = run.one(":remote:Command", "replication-backup-db-0")
     params = json.loads(step.inputs["stdin"])["params"]
     assert params["repo_key"] == SPACES_ACCESS_KEY
     assert params["repo_key_secret"] == SPACES_SECRET_KEY

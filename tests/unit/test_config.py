@@ -19,6 +19,7 @@ from mastodon_data.config import (
     access,
     backups,
     connection_limit,
+    lifecycle,
     managed,
     media,
     parse_settings,
@@ -138,7 +139,7 @@ def test_defaults_equal_pulumi_yaml() -> None:
 
 
 def test_every_setting_of_pulumi_yaml_is_described_once() -> None:
-    domains = (topology, pooling, managed, access, media, redis, backups)
+    domains = (topology, pooling, managed, access, media, redis, backups, lifecycle)
     fields = [f for domain in domains for f in domain.FIELDS]
     assert sorted(f.key for f in fields) == sorted(TYPES)  # each once, none left out
     for field in fields:

@@ -374,13 +374,61 @@ def test_droplet_tags_unknown_in_a_preview_are_not_read_when_the_name_decides():
     assert violations(rules.validate_database_droplets_monitored, args) == []
 
 
+def kept(typ, props, config=None, **opts):
+    args = resource_args(typ, props, name="it", config=config)
+    args.opts = SimpleNamespace(**{"protect": False, "ignore_changes": [],
+                                   "delete_before_replace": False, **opts})  # fmt: skip
+    return violations(rules.validate_data_kept, args)
+
+
+DB_DROPLET = {"name": "mastodon-db-prod-0", "tags": ["mastodon-data-prod-db"]}
+CREATE_ONLY = ["sshKeys", "image", "userData"]
+
+
+@pytest.mark.parametrize(
+    ("typ", "props", "what"),
+    [
+        (rules.DROPLET, DB_DROPLET, "database droplet"),
+        (rules.VOLUME, {"name": "pg"}, "volume"),
+        (rules.DATABASE_CLUSTER, {"engine": "pg"}, "database cluster"),
+        (rules.DATABASE_CLUSTER, {"engine": "valkey"}, "database cluster"),
+        (rules.DATABASE_REPLICA, {"name": "ro"}, "read-only node"),
+        (rules.SPACES_BUCKET, {"name": "media"}, "Spaces bucket"),
+    ],
+)
+def test_data_kept_refuses_unprotected_data_unless_the_run_allows_it(typ, props, what):
+    ignore = CREATE_ONLY if typ == rules.DROPLET else []
+    assert kept(typ, props, protect=True, ignore_changes=ignore) == []
+    (message,) = kept(typ, props, ignore_changes=ignore)
+    assert message.startswith(f"the {what} it is not protected: a change that replaces it, or ")
+    assert "pulumi config rm mastodon-data:protectData" in message
+    assert '{"data-kept": {"allowDataLoss": true}}' in message
+    assert kept(typ, props, config={"allowDataLoss": True}, ignore_changes=ignore) == []
+
+
+def test_data_kept_wants_database_droplets_to_ignore_create_only_inputs():
+    (message,) = kept(rules.DROPLET, DB_DROPLET, protect=True, ignore_changes=["image"])
+    assert message.startswith("the database droplet it does not ignore sshKeys, userData: ")
+    snake = ["ssh_keys", "image", "user_data"]  # as a Python program may name them
+    assert kept(rules.DROPLET, DB_DROPLET, protect=True, ignore_changes=snake) == []
+    web = {"name": "mastodon-web-1", "tags": ["mastodon-app"]}
+    assert kept(rules.DROPLET, web) == []  # not ours to judge
+
+
+def test_data_kept_wants_the_pool_replaced_delete_first():
+    (message,) = kept(rules.DATABASE_POOL, {"name": "mastodon_pool"})
+    assert "refuses a second pool of the same name" in message
+    assert kept(rules.DATABASE_POOL, {"name": "p"}, delete_before_replace=True) == []
+    assert kept(rules.DATABASE_USER, {"name": "mastodon"}) == []  # holds no data of its own
+
+
 # --- the pack as registered ------------------------------------------------------------------
 
 
 def test_policies_are_unique_wired_and_configurable():
     policies = rules.policies()
     names = [p.name for p in policies]
-    assert len(set(names)) == len(names) == 8
+    assert len(set(names)) == len(names) == 9
     by_name = {p.name: p for p in policies}
     assert isinstance(by_name["databases-have-firewall"], StackValidationPolicy)
     assert isinstance(by_name["secret-outputs"], StackValidationPolicy)
@@ -457,6 +505,9 @@ def test_the_program_passes_every_rule_on_mocks(secret_options, config, secrets)
         )
         for validate in RESOURCE_RULES:
             assert violations(validate, args) == [], (validate.__name__, registered.name)
+        options = run.options.get(registered.name, pulumi.ResourceOptions())
+        args.opts = options  # protect, ignore_changes, delete_before_replace as registered
+        assert violations(rules.validate_data_kept, args) == [], registered.name
     # Stack rules: the resources with the dependency the engine would record (a firewall's
     # clusterId came from the cluster; mock ids are "<name>-id", uuids "<name>-uuid").
     by_id = {}

@@ -79,7 +79,7 @@ def test_the_pack_announces_its_policies_as_mandatory(analyzer):
     assert info.name == "mastodon-data"
     names = {p.name for p in info.policies}
     assert {"no-public-database-ports", "ssh-only-from-admin-cidrs", "secret-outputs"} <= names
-    assert len(names) == 8
+    assert len(names) == 9
     assert {p.enforcementLevel for p in info.policies} == {pb.MANDATORY}
 
 
@@ -124,8 +124,10 @@ def test_unknown_values_during_a_preview(analyzer):
     droplet = "digitalocean:index/droplet:Droplet"
     # The name decides: the tags (another resource's output) are not read.
     known = {"name": "mastodon-db-dev-primary", "monitoring": False, "tags": [UNKNOWN]}
-    (diagnostic,) = analyze(analyzer, droplet, "db-primary", known).diagnostics
-    assert diagnostic.policyName == "database-droplets-monitored"
+    found = analyze(analyzer, droplet, "db-primary", known).diagnostics
+    # data-kept twice: the request carries no options (no protect, nothing ignored)
+    names = sorted(d.policyName for d in found)
+    assert names == ["data-kept", "data-kept", "database-droplets-monitored"]
     # Only the tags could tell: the SDK reports it cannot judge before `up` (advisory).
     unsure = {"name": "pg-1", "monitoring": False, "tags": UNKNOWN}
     (diagnostic,) = analyze(analyzer, droplet, "pg-1", unsure).diagnostics

@@ -32,14 +32,15 @@ def test_droplets_mode_makes_vpc_droplets_and_one_firewall(droplets):
     (vpc,) = droplets.of_type("/vpc:Vpc")
     assert vpc.inputs["ipRange"] == "10.118.0.0/20" and vpc.inputs["region"] == "nyc3"
     by_name = {d.name: d for d in droplets.of_type("/droplet:Droplet")}
-    primary, replica = by_name["db-primary"], by_name["db-replica-1"]
+    primary, replica = by_name["db-0"], by_name["db-1"]
     for droplet in (primary, replica):
         assert droplet.inputs["monitoring"] is True
         assert droplet.inputs["vpcUuid"] == "network-vpc-id"  # the PrivateNetwork's
         assert droplet.inputs["sshKeys"] == ["12345"]
         assert droplet.inputs["image"] == "ubuntu-24-04-x64"
-    assert primary.inputs["tags"] == ["mastodon-data-unit-primary"]
-    assert replica.inputs["tags"] == ["mastodon-data-unit-replica"]
+        assert droplet.inputs["tags"] == ["mastodon-data-unit-db"]  # one tag, not the role
+    assert primary.inputs["name"] == "mastodon-db-unit-0"
+    assert replica.inputs["name"] == "mastodon-db-unit-1"
     (firewall,) = droplets.of_type("/firewall:Firewall")
     assert sorted(firewall.inputs["dropletIds"]) == [1001, 1002]
 
@@ -64,7 +65,7 @@ def test_firewall_opens_5432_and_the_pools_only_privately_and_22_only_to_admins(
     assert {
         "protocol": "tcp",
         "portRange": "5432",
-        "sourceTags": ["mastodon-data-unit-replica"],
+        "sourceTags": ["mastodon-data-unit-db"],
     } in (firewall.inputs["inboundRules"])
     outbound = {(r["protocol"], r["portRange"]) for r in firewall.inputs["outboundRules"]}
     assert outbound == {
@@ -80,25 +81,25 @@ def test_firewall_opens_5432_and_the_pools_only_privately_and_22_only_to_admins(
 def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
     commands = {c.name: c for c in droplets.of_type("remote:Command")}
     assert set(commands) == {
-        "replication-volume-primary",
-        "replication-volume-replica-1",
+        "replication-volume-db-0",
+        "replication-volume-db-1",
         "replication-primary",
-        "replication-replica-replica-1",
-        "replication-status-primary",
-        "replication-status-replica-1",
-        "replication-pooler-primary",
-        "replication-pooler-replica-1",
+        "replication-replica-db-1",
+        "replication-status-db-0",
+        "replication-status-db-1",
+        "replication-pooler-db-0",
+        "replication-pooler-db-1",
     }
-    pooler = stdin_of(commands["replication-pooler-replica-1"])["params"]
+    pooler = stdin_of(commands["replication-pooler-db-1"])["params"]
     assert pooler["private_address"] == "10.118.0.3" and pooler["pool_port"] == 6432
     assert pooler["db_password"] == SECRETS["dbPassword"]  # on stdin only (checked below)
     primary = commands["replication-primary"]
     assert primary.inputs["connection"]["host"] == "203.0.113.1"
     assert primary.inputs["connection"]["privateKey"] == SECRETS["sshPrivateKey"]
     params = stdin_of(primary)["params"]
-    assert params["replicas"] == [{"name": "replica-1", "address": "10.118.0.3"}]
+    assert params["replicas"] == [{"name": "db-1", "address": "10.118.0.3"}]
     assert params["db_password"] == SECRETS["dbPassword"]
-    replica = stdin_of(commands["replication-replica-replica-1"])["params"]
+    replica = stdin_of(commands["replication-replica-db-1"])["params"]
     assert replica["primary_address"] == "10.118.0.2"
     assert replica["replication_password"] == SECRETS["replicationPassword"]
     assert "db_password" not in replica  # a replica never needs the app's password
@@ -154,12 +155,12 @@ def test_droplets_outputs(droplets):
         "PREPARED_STATEMENTS": "true",
     }
     assert droplets.outputs["primary"] == {
-        "name": "primary",
+        "name": "db-0",
         "public_address": "203.0.113.1",
         "private_address": "10.118.0.2",
     }
     assert [r["private_address"] for r in droplets.outputs["replicas"]] == ["10.118.0.3"]
-    assert set(droplets.outputs["replication"]) == {"primary", "replica-1"}
+    assert set(droplets.outputs["replication"]) == {"db-0", "db-1"}
     assert droplets.outputs["postgres_ca_cert"] == CA_CERT
 
 

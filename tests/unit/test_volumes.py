@@ -43,8 +43,8 @@ def test_every_database_droplet_gets_an_unformatted_volume_named_after_it(record
     run, _, _ = recorded
     droplets = {d.name: d for d in run.of_type("/droplet:Droplet")}
     volumes = {v.name: v for v in run.of_type("/volume:Volume")}
-    assert sorted(volumes) == ["db-primary-data", "db-replica-1-data", "db-replica-2-data"]
-    for label in ("primary", "replica-1", "replica-2"):
+    assert sorted(volumes) == ["db-0-data", "db-1-data", "db-2-data"]
+    for label in ("0", "1", "2"):
         droplet, volume = droplets[f"db-{label}"], volumes[f"db-{label}-data"]
         assert droplet.inputs["name"] == f"mastodon-db-unit-{label}"
         assert volume.inputs["name"] == f"mastodon-db-unit-{label}-data"
@@ -58,11 +58,11 @@ def test_every_database_droplet_gets_an_unformatted_volume_named_after_it(record
 def test_attachments_join_each_volume_to_its_droplet_detaching_first(recorded):
     run, options, _ = recorded
     attachments = {a.name: a for a in run.of_type("/volumeAttachment:VolumeAttachment")}
-    assert attachments["db-primary-data"].inputs == {
+    assert attachments["db-0-data-attachment"].inputs == {
         "dropletId": 1001,
-        "volumeId": "db-primary-data-id",
+        "volumeId": "db-0-data-id",
     }
-    assert attachments["db-replica-2-data"].inputs["dropletId"] == 1003
+    assert attachments["db-2-data-attachment"].inputs["dropletId"] == 1003
     # A volume has one droplet at a time: a replaced droplet's attachment goes first.
     assert all(options[name].delete_before_replace for name in attachments)
 
@@ -70,8 +70,8 @@ def test_attachments_join_each_volume_to_its_droplet_detaching_first(recorded):
 def test_volume_step_runs_first_on_every_host_with_the_stable_device(recorded):
     run, _, options = recorded
     commands = {c.name.removeprefix("replication-"): c for c in run.of_type("remote:Command")}
-    for label in ("primary", "replica-1", "replica-2"):
-        step = commands[f"volume-{label}"]
+    for label in ("0", "1", "2"):
+        step = commands[f"volume-db-{label}"]
         stdin = json.loads(step.inputs["stdin"])
         assert stdin["run"] == "volume.py"
         assert sorted(stdin["files"]) == ["common.py", "volume.py"]
@@ -81,12 +81,12 @@ def test_volume_step_runs_first_on_every_host_with_the_stable_device(recorded):
         }
         assert step.inputs.get("delete") is None  # droplets' steps delete nothing
     after = {n: [d._name for d in options[n].depends_on] for n in options}
-    assert after["replication-primary"] == ["replication-volume-primary"]
-    assert after["replication-replica-replica-1"] == [
+    assert after["replication-primary"] == ["replication-volume-db-0"]
+    assert after["replication-replica-db-1"] == [
         "replication-primary",
-        "replication-volume-replica-1",
+        "replication-volume-db-1",
     ]
-    assert after["replication-volume-primary"] == []
+    assert after["replication-volume-db-0"] == []
 
 
 def test_a_grown_volume_reruns_only_its_volume_step_and_reports():

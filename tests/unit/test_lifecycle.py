@@ -1,0 +1,243 @@
+"""Protection and lifecycle options on Pulumi's mocks (the options as the program passes them),
+roles by position (primaryNode), the admins' keys step, the settings' checks, the managed
+version guard, and the authorized_keys host script on a directory of its own."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pwd
+import sys
+
+import authorized_keys
+import pulumi
+import pytest
+from program_harness import run_program
+
+from mastodon_data.components.managed_postgres import version_check
+from mastodon_data.config import SECRET_KEYS, ConfigError, parse_settings
+from tests.fixtures import DROPLETS, HOST_KEY, MANAGED, SPACES
+
+ADMIN_KEY = HOST_KEY  # any OpenSSH public key line
+STATEFUL = ("/droplet:Droplet", "/volume:Volume", "/databaseCluster:DatabaseCluster",
+            "/databaseReplica:DatabaseReplica", "/spacesBucket:SpacesBucket")  # fmt: skip
+MANAGED_ALL = {**MANAGED, **SPACES, "managedReplica": True, "redisMode": "managed"}
+
+
+def stateful(run) -> list[str]:
+    return sorted(r.name for suffix in STATEFUL for r in run.of_type(suffix))
+
+
+def protected(run) -> list[str]:
+    return sorted(name for name in stateful(run) if run.options[name].protect is True)
+
+
+def test_every_resource_holding_data_is_protected_by_default():
+    droplets = run_program({**DROPLETS, **SPACES, "replicaCount": 2})
+    assert stateful(droplets) == [
+        "db-0", "db-0-data", "db-1", "db-1-data", "db-2", "db-2-data", "media-bucket"
+    ]  # fmt: skip
+    assert protected(droplets) == stateful(droplets)
+    managed = run_program(MANAGED_ALL, secrets={})
+    assert stateful(managed) == [
+        "media-bucket", "postgres-cluster", "postgres-replica", "redis-cluster"
+    ]  # fmt: skip
+    assert protected(managed) == stateful(managed)
+    # and nothing else (protect is inherited from a parent): a firewall, a pool, a command may go
+    for run in (droplets, managed):
+        assert sorted(n for n, on in run.protected.items() if on) == stateful(run)
+
+
+def test_protect_data_false_unprotects_them_for_the_run():
+    droplets = run_program({**DROPLETS, **SPACES, "protectData": False})
+    assert stateful(droplets) == ["db-0", "db-0-data", "db-1", "db-1-data", "media-bucket"]
+    assert protected(droplets) == []
+    assert protected(run_program({**MANAGED_ALL, "protectData": "false"}, secrets={})) == []
+
+
+def test_droplets_ignore_the_inputs_that_would_replace_them_and_keep_their_former_urns():
+    run = run_program({**DROPLETS, "replicaCount": 2, "protectData": False})
+    for index, former in enumerate(["db-primary", "db-replica-1", "db-replica-2"]):
+        options = run.options[f"db-{index}"]
+        assert sorted(options.ignore_changes) == ["image", "sshKeys", "userData"]
+        (alias,) = options.aliases
+        assert alias.name == former  # same parent (the tier "db"), same type
+
+
+def test_the_pool_is_deleted_before_its_replacement_is_made():
+    run = run_program(MANAGED, secrets={})
+    assert run.options["postgres-pool"].delete_before_replace is True
+    assert not run.options["postgres-cluster"].delete_before_replace
+
+
+def test_the_cluster_version_is_ignored_unless_the_run_asks_for_the_upgrade():
+    run = run_program({**MANAGED, "postgresVersion": 17}, secrets={})
+    assert run.options["postgres-cluster"].ignore_changes == ["version"]
+    assert run.one("/databaseCluster:DatabaseCluster").inputs["version"] == "17"
+    upgrade = run_program({**MANAGED, "postgresVersion": 17, "postgresUpgradeTo": 17}, secrets={})
+    assert not upgrade.options["postgres-cluster"].ignore_changes
+    assert upgrade.options["postgres-cluster"].protect is True
+
+
+def test_a_changed_version_stops_the_run_naming_the_setting_and_both_fixes():
+    version_check("17", "17")  # the same: nothing to say
+    version_check(None, "17")  # not known yet (a new cluster in a preview)
+    with pytest.raises(pulumi.RunError) as stopped:
+        version_check("16", "17")
+    message = str(stopped.value)
+    assert message.startswith("mastodon-data:postgresVersion = 17: the managed cluster runs ")
+    assert "pulumi config set mastodon-data:postgresUpgradeTo 17 for this run" in message
+    assert "pulumi config set mastodon-data:postgresVersion 16" in message
+
+
+def servers(run) -> tuple[str, list[str]]:
+    return run.outputs["primary"]["name"], [r["name"] for r in run.outputs["replicas"]]
+
+
+def test_primary_node_makes_another_droplet_the_primary_and_renames_nothing():
+    before = run_program({**DROPLETS, "replicaCount": 2})
+    after = run_program({**DROPLETS, "replicaCount": 2, "primaryNode": 1})
+    assert servers(before) == ("db-0", ["db-1", "db-2"])
+    assert servers(after) == ("db-1", ["db-0", "db-2"])
+    for run in (before, after):
+        droplets = {d.name: d.inputs["name"] for d in run.of_type("/droplet:Droplet")}
+        assert droplets == {f"db-{i}": f"mastodon-db-unit-{i}" for i in range(3)}
+    commands = {c.name: c for c in after.of_type("command:remote:Command")}
+    primary = json.loads(commands["replication-primary"].inputs["stdin"])["params"]
+    assert primary["private_address"] == "10.118.0.3"  # db-1's
+    assert [r["name"] for r in primary["replicas"]] == ["db-0", "db-2"]
+    for name in ("db-0", "db-2"):
+        params = json.loads(commands[f"replication-replica-{name}"].inputs["stdin"])["params"]
+        assert params["primary_address"] == "10.118.0.3"
+    env = after.outputs["mastodon_env"]
+    assert env["DB_HOST"] == "10.118.0.3" and env["REPLICA_DB_HOST"] == "10.118.0.2"
+
+
+def test_sizes_follow_the_role():
+    run = run_program({**DROPLETS, "primaryNode": 1, "primarySize": "s-4vcpu-8gb"})
+    sizes = {d.name: d.inputs["size"] for d in run.of_type("/droplet:Droplet")}
+    assert sizes == {"db-0": "s-2vcpu-4gb", "db-1": "s-4vcpu-8gb"}
+
+
+def test_admin_keys_go_to_every_host_on_stdin_only_when_listed():
+    none = run_program(DROPLETS)
+    assert [c.name for c in none.of_type("command:remote:Command") if "keys" in c.name] == []
+    run = run_program({**DROPLETS, "authorizedKeys": [ADMIN_KEY + " admin@example"]})
+    commands = {c.name: c for c in run.of_type("command:remote:Command")}
+    for host, address in (("db-0", "203.0.113.1"), ("db-1", "203.0.113.2")):
+        command = commands[f"admin-keys-{host}"]
+        stdin = json.loads(command.inputs["stdin"])
+        assert stdin["run"] == "authorized_keys.py"
+        assert stdin["params"] == {"user": "root", "keys": [ADMIN_KEY]}  # comment dropped
+        assert command.inputs["connection"]["host"] == address
+        assert ADMIN_KEY not in command.inputs["create"]
+        assert "stdin" in run.options[f"admin-keys-{host}"].additional_secret_outputs
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"primaryNode": 2}, "mastodon-data:primaryNode = 2: no droplet db-2: replicaCount 1 "
+         "makes db-0 to db-1. Fix: pulumi config set mastodon-data:primaryNode 0"),
+        ({"primaryNode": 11}, "mastodon-data:primaryNode = 11: not an integer from 0 to 10. "
+         "Fix: pulumi config set mastodon-data:primaryNode 1"),
+        ({"postgresUpgradeTo": 17}, "mastodon-data:postgresUpgradeTo = 17: only a managed "
+         "cluster is upgraded in place (the host scripts install one version). Fix: pulumi "
+         "config rm mastodon-data:postgresUpgradeTo"),
+        ({"protectData": "yes"}, "mastodon-data:protectData = 'yes': not true or false. Fix: "
+         "pulumi config set mastodon-data:protectData True"),
+        ({"authorizedKeys": ["ssh-ed25519"]}, "mastodon-data:authorizedKeys[0] = "
+         "'ssh-ed25519': not '<type> <base64>' with a type among"),
+    ],
+)  # fmt: skip
+def test_bad_lifecycle_settings_name_the_setting_and_the_fix(changes, expected):
+    with pytest.raises(ConfigError) as problems:
+        parse_settings({**DROPLETS, **changes}, SECRET_KEYS)
+    (line,) = str(problems.value).splitlines()
+    assert line.startswith(expected)
+
+
+def test_managed_upgrade_must_name_the_version_set():
+    with pytest.raises(ConfigError) as problems:
+        parse_settings({**MANAGED, "postgresVersion": 17, "postgresUpgradeTo": 18}, ())
+    assert str(problems.value) == (
+        "mastodon-data:postgresUpgradeTo = 18: not postgresVersion 17: the run may upgrade only "
+        "to the version set. Fix: pulumi config set mastodon-data:postgresUpgradeTo 17, or "
+        "pulumi config rm mastodon-data:postgresUpgradeTo"
+    )
+    with pytest.raises(ConfigError, match="primaryNode = 1: only droplets mode"):
+        parse_settings({**MANAGED, "primaryNode": 1}, ())
+
+
+def run_script(monkeypatch, home, params: dict) -> dict:
+    me = pwd.getpwuid(os.getuid())
+    fake = pwd.struct_passwd((*me[:5], str(home), me[6]))
+    monkeypatch.setattr(authorized_keys.pwd, "getpwnam", lambda name: fake)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(params)))
+    return authorized_keys.main()
+
+
+def test_the_script_keeps_the_keys_in_its_block_and_leaves_the_rest(monkeypatch, tmp_path):
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir(mode=0o755)
+    (ssh / "authorized_keys").write_text("ssh-ed25519 AAAAcreatedbydigitalocean do\n")
+    first = run_script(monkeypatch, tmp_path, {"user": "deploy", "keys": [ADMIN_KEY + " a@b"]})
+    text = (ssh / "authorized_keys").read_text()
+    assert text == (
+        "# BEGIN mastodon-data (managed: edits here are overwritten)\n"
+        f"{ADMIN_KEY}\n# END mastodon-data\nssh-ed25519 AAAAcreatedbydigitalocean do\n"
+    )
+    assert first["changed"] == ["authorized_keys written"] and first["keys"] == 1
+    assert (ssh.stat().st_mode & 0o777, (ssh / "authorized_keys").stat().st_mode & 0o777) == (
+        0o700, 0o600,
+    )  # fmt: skip
+    again = run_script(monkeypatch, tmp_path, {"user": "deploy", "keys": [ADMIN_KEY]})
+    assert again["changed"] == []  # a re-run changes nothing
+    run_script(monkeypatch, tmp_path, {"user": "deploy", "keys": []})  # the key retired
+    assert (ssh / "authorized_keys").read_text().count("ssh-") == 1
+
+
+def test_the_script_refuses_what_is_not_a_public_key(monkeypatch, tmp_path):
+    with pytest.raises(authorized_keys.HostError, match="not OpenSSH public keys"):
+        run_script(monkeypatch, tmp_path, {"user": "deploy", "keys": ["rm -rf /"]})
+
+
+def test_failover_reads_the_droplets_from_the_outputs_by_position():
+    from mastodon_data.cli.failover import droplet_hosts
+
+    outputs = {
+        "primary": {"name": "db-1", "public_address": "203.0.113.2", "private_address": "10.0.0.3"},
+        "replicas": [
+            {"name": "db-0", "public_address": "203.0.113.1", "private_address": "10.0.0.2"}
+        ],
+    }
+    hosts = droplet_hosts(outputs, "deploy")
+    assert [(h.name, h.role, h.public_address, h.private_address, h.ssh_user) for h in hosts] == [
+        ("db-1", "primary", "203.0.113.2", "10.0.0.3", "deploy"),
+        ("db-0", "replica", "203.0.113.1", "10.0.0.2", "deploy"),
+    ]
+
+
+def test_a_replica_ahead_of_the_new_primarys_timeline_is_told_apart(tmp_path):
+    from types import SimpleNamespace
+
+    import replica
+
+    log = tmp_path / "postgresql-15-main.log"
+    cluster = SimpleNamespace(log_file=log)
+    log.write_text("LOG:  restarted WAL streaming at 0/4000000 on timeline 1\n")
+    assert replica.log_says_reseed(cluster, 0) is None
+    forked = (
+        "LOG:  new timeline 2 forked off current database system timeline 1 before current "
+        "recovery point 0/40326D8\n"
+    )  # what a former primary said after a crash and a failover, on the stand-in
+    with log.open("a") as handle:
+        handle.write(forked)
+    assert replica.log_says_reseed(cluster, 0) == "ahead of the primary's timeline"
+    assert replica.log_says_reseed(cluster, log.stat().st_size) is None  # only what is new
+    log.write_text(
+        "FATAL:  requested WAL segment 000000010000000000000003 has already been removed\n"
+    )
+    assert replica.log_says_reseed(cluster, 0) == "slot invalidated"
+    assert set(replica.RESEED_WHY) == {"slot invalidated", "ahead of the primary's timeline"}
