@@ -29,8 +29,11 @@ EXPECTED = {
         "digitalocean:index/vpc:Vpc": 1,
         "digitalocean:index/tag:Tag": 1,  # one for every database droplet
         "digitalocean:index/droplet:Droplet": 2,
+        "digitalocean:index/volume:Volume": 2,  # each droplet's data volume
+        "digitalocean:index/volumeAttachment:VolumeAttachment": 2,
         "digitalocean:index/firewall:Firewall": 1,
-        "command:remote:Command": 6,  # primary, replica, a status report and a pooler per host
+        # primary, replica; per host a volume step, a status report and a pooler
+        "command:remote:Command": 8,
     },
     "prod": {  # managed PostgreSQL + read-only node, Spaces + CDN, Valkey
         "pulumi:pulumi:Stack": 1,

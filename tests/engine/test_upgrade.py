@@ -20,13 +20,15 @@ from lifecyclekit import import_state, state_from_preview
 pytestmark = pytest.mark.engine
 
 TIER = "mastodon-data:index:DropletTier"
+# What a stack of that layout did not have yet (data volumes came later).
+NEWER = ("digitalocean:index/volume:Volume", "digitalocean:index/volumeAttachment:VolumeAttachment")
 
 
 def tier_owned_vpc(former_vpc: str, tier: str):
     """The earlier layout's resources: no PrivateNetwork, the VPC a child of the tier."""
 
     def edit(resource: dict) -> list[dict]:
-        if resource["type"] == "mastodon-data:index:PrivateNetwork":
+        if resource["type"] in ("mastodon-data:index:PrivateNetwork", *NEWER):
             return []
         if resource["urn"] == former_vpc:
             resource["parent"] = tier
@@ -53,7 +55,10 @@ def test_a_droplets_stack_made_when_the_tier_owned_its_vpc_keeps_vpc_and_droplet
         if step["urn"].split("::")[2].rpartition("$")[2].startswith("digitalocean:")
         and step["op"] != "same"  # listed when only `protect` changes (the droplets)
     }
-    assert changes == {}, changes  # no create, update, replace or delete of any of them
+    # No create, update, replace or delete of any of them; only the data volumes are new.
+    assert changes == {
+        f"db-{n}-{what}": "create" for n in (0, 1) for what in ("data", "data-attachment")
+    }, changes
     # the stack, the tier, the replication component, the VPC, the tag, two droplets, the
     # firewall
     assert preview["changeSummary"]["same"] == 8
