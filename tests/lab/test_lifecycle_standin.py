@@ -106,7 +106,8 @@ def test_first_up_makes_three_protected_droplets_that_replicate(life, first):
     assert [r["name"] for r in first["outputs"]["replicas"]] == ["db-1", "db-2"]
     state = json.loads(s.stack.pulumi("stack", "export"))["deployment"]["resources"]
     protected = sorted(r["urn"].rpartition("::")[2] for r in state if r.get("protect"))
-    assert protected == ["db-0", "db-1", "db-2"]
+    # the droplets and their data volumes
+    assert protected == ["db-0", "db-0-data", "db-1", "db-1-data", "db-2", "db-2-data"]
 
 
 @pytest.fixture(scope="module")
