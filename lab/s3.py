@@ -17,13 +17,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from lab.namespaces import wait_for_port
 
 VENV_BIN = Path(sys.executable).parent
 START_WAIT = 30  # seconds for moto and stunnel to listen
@@ -60,7 +61,7 @@ class LabS3:
             "moto",
             [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.moto_port)],
         )
-        if not listening("127.0.0.1", self.moto_port, START_WAIT):
+        if not wait_for_port("127.0.0.1", self.moto_port, START_WAIT):
             raise S3Error(
                 f"moto did not listen on 127.0.0.1:{self.moto_port}; see {self.log('moto')}"
             )
@@ -80,7 +81,7 @@ class LabS3:
             )
         )
         self._spawn("stunnel", ["stunnel4", str(conf)])
-        if not listening(self.address, self.tls_port, START_WAIT):
+        if not wait_for_port(self.address, self.tls_port, START_WAIT):
             self.stop()
             raise S3Error(f"stunnel did not listen on {self.endpoint}; see {self.log('stunnel')}")
 
@@ -131,17 +132,6 @@ def openssl(args: list[str]) -> None:
     result = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         raise S3Error(f"openssl {args[0]} failed: {result.stderr.strip()}")
-
-
-def listening(address: str, port: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((address, port), timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.2)
-    return False
 
 
 def stop_pid(pid: int) -> None:
