@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark of the backups (issue 14) on the backup lab (mlk, two hosts) with the lab's object
-store (moto behind stunnel, lab/s3.py), in one run:
+"""Benchmark of the backups (issue 14) on a backup lab of its own (mlkb, two hosts) with the
+lab's object store (moto behind stunnel, lab/s3.py), in one run:
 
 - at ~1 GB (`pgbench -i -s 70` on the primary): a plain `pg_basebackup -X stream -c fast` on the
   primary (the floor); a pgBackRest full backup to the S3 store (`mastodon-data backups now`, as
@@ -35,11 +35,13 @@ from lab import namespaces as lab_hosts
 from lab.s3 import LabS3
 from lab.stack import ROOT, LabStack
 
+# A lab, store and ports of its own: never those of tests/lab/test_backups.py (mlk, 19000-19001).
 LAB = lab_hosts.Lab(
-    prefix="mlk", subnet="10.234.0.0/24", state_dir=Path("/var/lib/mastodon-lab-backup")
+    prefix="mlkb", subnet="10.235.0.0/24", state_dir=Path("/var/lib/mastodon-lab-backup-bench")
 )
-S3_DIR = Path("/var/lib/mastodon-lab-backup-s3")
-BUCKET = "mlk-bench-backups"
+S3_DIR = Path("/var/lib/mastodon-lab-backup-bench-s3")
+S3_PORTS = (19010, 19011)  # moto, TLS
+BUCKET = "mlkb-bench-backups"
 PGBIN = "/usr/lib/postgresql/15/bin"
 DB = "mastodon_production"
 PSQL = f"cd /tmp && runuser -u postgres -- {PGBIN}/psql -X -A -t -d {DB}"
@@ -115,7 +117,7 @@ def make_stack(store: LabS3, workdir: Path) -> LabStack:
         "backups": True,
         "backupBucket": BUCKET,
         "backupEndpoint": store.endpoint,
-        "backupAccessKeyId": "mlk-bench-key",
+        "backupAccessKeyId": "mlkb-bench-key",
         "backupCaCert": store.ca_cert.read_text(),
     }
     stack_secrets = {
@@ -209,13 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=70)
     parser.add_argument("--load-seconds", type=int, default=30)
     args = parser.parse_args(argv)
-    store = LabS3(LAB.operator_address, S3_DIR)
+    store = LabS3(LAB.operator_address, S3_DIR, *S3_PORTS)
     lab_hosts.down(LAB)
     try:
         lab_hosts.up(LAB, 2)
         store.start()
         store.make_bucket(BUCKET)
-        with tempfile.TemporaryDirectory(prefix="mlk-bench-") as workdir:
+        with tempfile.TemporaryDirectory(prefix="mlkb-bench-") as workdir:
             stack = make_stack(store, Path(workdir))
             figures = backups_and_restores(stack, args.scale)
             figures |= archive_lag(args.load_seconds)
