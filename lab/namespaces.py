@@ -37,6 +37,23 @@ REQUIRED_TOOLS = {
     "ssh-keygen": "openssh-client",
     "pg_createcluster": "postgresql-common",
 }
+# What systemd starts when a droplet boots, for a lab host whose processes are gone (the
+# machine restarted): its PostgreSQL clusters set to start automatically, and PgBouncer where
+# the pooler step configured it (with the open-file limit of its systemd drop-in).
+BOOT = """set -e
+pg_lsclusters -h | while read -r version name _; do
+    if grep -qx auto "/etc/postgresql/$version/$name/start.conf"; then
+        pg_ctlcluster "$version" "$name" start
+    fi
+done
+ini=/etc/pgbouncer/pgbouncer.ini
+dropin=/etc/systemd/system/pgbouncer.service.d/mastodon-data.conf
+if [ -f "$ini" ] && [ -f "$dropin" ]; then
+    limit=$(sed -n 's/^LimitNOFILE=//p' "$dropin")
+    rm -f /var/run/postgresql/pgbouncer.pid
+    sh -c "ulimit -n ${limit:-4096} && exec runuser -u postgres -- /usr/sbin/pgbouncer -d -q $ini"
+fi
+"""
 
 # Directories each host owns privately, with the owner and mode Debian gives them.
 PRIVATE_DIRS = {
@@ -338,7 +355,8 @@ def ensure_host(lab: Lab, index: int) -> LabHost:
         run(hn + ["addr", "add", addr, "dev", "eth0"])
     run(hn + ["link", "set", "eth0", "up"])
     run(hn + ["link", "set", "lo", "up"])
-    if not pid_alive(host.state_dir / "sshd.pid"):
+    booting = not pid_alive(host.state_dir / "sshd.pid")
+    if booting:
         mounts = make_private(host.state_dir)
         run(
             [
@@ -363,7 +381,17 @@ def ensure_host(lab: Lab, index: int) -> LabHost:
             f"sshd of {host.name} does not answer on {host.address}:22 "
             f"(see {host.state_dir / 'sshd.log'})"
         )
+    if booting:
+        boot(lab, host)
     return host
+
+
+def boot(lab: Lab, host: LabHost) -> None:
+    """Starts what a droplet's systemd would at boot (BOOT); nothing on a new host."""
+    argv = lab.ssh_command(host.address, "bash -s")
+    result = subprocess.run(argv, input=BOOT, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise LabError(f"starting the services of {host.name} failed: {result.stderr.strip()}")
 
 
 def write_inventory(lab: Lab, hosts: list[LabHost]) -> dict:
