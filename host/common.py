@@ -534,9 +534,9 @@ def issue_certificate(
         os.chmod(path, mode)
 
 
-def server_settings(cluster: Cluster, params: dict, replica_slots: int) -> dict[str, str]:
+def server_settings(cluster: Cluster, params: dict) -> dict[str, str]:
     """Settings shared by primary and replicas (a standby needs the primary's limits or more)."""
-    senders = max(10, replica_slots + 4)  # headroom for base backups and a re-seed
+    senders = int(params["wal_senders"])
     return {
         "listen_addresses": f"'localhost,{params['private_address']}'",
         "port": str(cluster.port),

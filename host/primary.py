@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Makes this host the streaming-replication primary. Idempotent: a second run changes nothing.
 
-stdin (JSON): version, port, private_address, replicas [{name, address}], replication_user,
+stdin (JSON): version, port, private_address, replication_peers [address], replication_user,
 replication_password, db_name, db_user, db_password, allowed_sources [CIDR], wal_keep_size,
-max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval, max_connections;
+max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval, max_connections,
+wal_senders;
 optional certificate_days, certificate_renew_days (the server certificate's validity and renewal
 window), ca_rotation (none, prepare, switch: README "Rotating the CA"), pooled (PgBouncer on this
 host logs in from the private address).
@@ -12,7 +13,6 @@ host logs in from the private address).
 from __future__ import annotations
 
 import ipaddress
-import time
 
 from common import (
     Cluster,
@@ -28,20 +28,17 @@ from common import (
     rotate_ca,
     scram_verifier,
     server_settings,
-    slot_name,
     trusted_cas,
     verifier_matches,
     write_if_changed,
     write_settings,
 )
 
-SLOT_RELEASE_WAIT = 10.0  # seconds for a removed replica's walsender to end
-
 REQUIRED = [
     "version",
     "port",
     "private_address",
-    "replicas",
+    "replication_peers",
     "replication_user",
     "replication_password",
     "db_name",
@@ -53,6 +50,7 @@ REQUIRED = [
     "replication_timeout",
     "wal_retrieve_retry_interval",
     "max_connections",
+    "wal_senders",
 ]
 
 
@@ -62,8 +60,8 @@ def host_network(address: str) -> str:
 
 def hba_lines(params: dict) -> list[str]:
     lines = []
-    for replica in params["replicas"]:
-        network = host_network(replica["address"])
+    for peer in params["replication_peers"]:
+        network = host_network(peer)
         lines.append(f"hostssl replication {params['replication_user']} {network} scram-sha-256")
         # pg_rewind of a former primary reads files through an ordinary connection.
         lines.append(f"hostssl postgres {params['replication_user']} {network} scram-sha-256")
@@ -139,53 +137,6 @@ def ensure_database(cluster: Cluster, name: str, owner: str) -> str:
     return "unchanged"
 
 
-def drop_slot(cluster: Cluster, name: str, wait: float = SLOT_RELEASE_WAIT) -> None:
-    """Drops one of our slots. A removed replica may still stream on it (its host is removed
-    after this step, or kept as a spare): pg_hba no longer lets it in (rewritten and reloaded
-    before), so its walsender is ended and the slot, free, is dropped; kept, it would hold WAL up
-    to max_slot_wal_keep_size for a replica that is gone."""
-    deadline = time.monotonic() + wait
-    while True:
-        cluster.sql(
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-            f"WHERE slot_name = '{name}' AND active_pid IS NOT NULL;"
-        )
-        if not cluster.sql_json(
-            f"SELECT 1 AS busy FROM pg_replication_slots WHERE slot_name = '{name}' AND active"
-        ):
-            cluster.sql(f"SELECT pg_drop_replication_slot('{name}');")
-            return
-        if time.monotonic() > deadline:
-            raise HostError(f"slot {name} is still in use after {wait:.0f} s; run the step again")
-        time.sleep(0.1)
-
-
-def ensure_slots(cluster: Cluster, replicas: list[dict]) -> dict[str, str]:
-    """One physical slot per replica; stale slots of ours dropped so they hold no WAL."""
-    wanted = {slot_name(r["name"]) for r in replicas}
-    slots = {
-        row["slot_name"]: row
-        for row in cluster.sql_json(
-            "SELECT slot_name, active, wal_status FROM pg_replication_slots "
-            "WHERE slot_name LIKE 'mdata\\_%'"
-        )
-    }
-    report = {}
-    for name, row in list(slots.items()):
-        if name not in wanted:
-            drop_slot(cluster, name)
-            report[name] = "dropped (replica no longer configured)"
-        elif name in wanted and row["wal_status"] == "lost" and not row["active"]:
-            # max_slot_wal_keep_size invalidated it: the replica must be re-seeded.
-            cluster.sql(f"SELECT pg_drop_replication_slot('{name}');")
-            del slots[name]
-            report[name] = "recreated (it was invalidated: its replica needs a re-seed)"
-    for name in sorted(wanted - slots.keys()):
-        cluster.sql(f"SELECT pg_create_physical_replication_slot('{name}');")
-        report.setdefault(name, "created")
-    return report
-
-
 def main() -> dict:
     params = read_params(REQUIRED)
     cluster = Cluster(params["version"], params["port"])
@@ -209,7 +160,7 @@ def main() -> dict:
     ca_crt, ca_key, ca_made = ensure_ca()
     changed += rotate_ca(params.get("ca_rotation", "none"))
     touched = ensure_certificate(cluster, params["private_address"], (ca_crt, ca_key), params)
-    touched |= write_settings(cluster, server_settings(cluster, params, len(params["replicas"])))
+    touched |= write_settings(cluster, server_settings(cluster, params))
     touched |= write_hba(cluster, hba_lines(params))
     action = apply_settings(cluster, touched)
     if action != "unchanged":
@@ -228,8 +179,6 @@ def main() -> dict:
     state = ensure_database(cluster, params["db_name"], params["db_user"])
     if state != "unchanged":
         changed.append(f"database {params['db_name']} {state}")
-    slots = ensure_slots(cluster, params["replicas"])
-    changed += [f"slot {name} {state}" for name, state in slots.items()]
     for line in changed:
         log(line)
     if ca_made:

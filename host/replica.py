@@ -7,7 +7,7 @@ settings written into the copy, the copy registered as the cluster (no initdb), 
 returns when the server accepts connections, no reload.
 
 stdin (JSON): version, port, name, private_address, primary_address, primary_port,
-replication_user, replication_password, db_name, db_user, allowed_sources [CIDR], replica_count,
+replication_user, replication_password, db_name, db_user, allowed_sources [CIDR], wal_senders,
 wal_keep_size, max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval,
 primary_ca_cert (PEM, from the primary step's report), max_connections; optional reseed (bool),
 stream_wait_seconds (default 60), certificate_days, certificate_renew_days, pooled (PgBouncer
@@ -55,7 +55,7 @@ REQUIRED = [
     "db_name",
     "db_user",
     "allowed_sources",
-    "replica_count",
+    "wal_senders",
     "wal_keep_size",
     "max_slot_wal_keep_size",
     "replication_timeout",
@@ -270,6 +270,39 @@ def identify_primary(params: dict) -> tuple[str, dict[str, str]]:
     raise HostError(f"cannot open a replication connection to {where}: {err} -> {hint}")
 
 
+def slot_sql(name: str) -> list[str]:
+    """Drops the slot when max_slot_wal_keep_size invalidated it (the replica then re-seeds,
+    log_says_reseed) and creates it when missing; prints how many were dropped, then the name if
+    created. The replication role may (REPLICATION); no other slot is touched."""
+    where = f"slot_name = '{name}'"
+    return [
+        "SELECT count(*) FROM (SELECT pg_drop_replication_slot(slot_name) FROM "
+        f"pg_replication_slots WHERE {where} AND wal_status = 'lost' AND NOT active) AS dropped;",
+        f"SELECT CASE WHEN NOT EXISTS (SELECT FROM pg_replication_slots WHERE {where}) "
+        f"THEN (pg_create_physical_replication_slot('{name}')).slot_name END;",
+    ]
+
+
+def ensure_slot(params: dict) -> str | None:
+    """This replica's slot on the primary, made by the replica itself: adding a replica needs
+    nothing from the primary's step, and the step that prunes slots (slots.py) never touches a
+    configured one. Returns what changed, or None."""
+    name = slot_name(params["name"])
+    commands = [arg for sql in slot_sql(name) for arg in ("-c", sql)]
+    argv = ["psql", "-X", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1", *commands]
+    result = run(as_postgres([*argv, f"{conninfo(params)} dbname=postgres"]), check=False)
+    lines = result.stdout.splitlines()
+    if result.returncode != 0 or len(lines) != 2:
+        raise HostError(
+            f"cannot make slot {name} on the primary at {params['primary_address']}: "
+            f"{result.stderr.strip()} -> the replication role needs a pg_hba entry for database "
+            "postgres from this host (the primary step writes it): run the primary step again"
+        )
+    if lines[0] != "0":
+        return f"slot {name} recreated (it was invalidated: this replica re-seeds)"
+    return f"slot {name} created" if lines[1] == name else None
+
+
 def has_user_data(cluster: Cluster) -> bool:
     if not cluster.running():
         cluster.start()
@@ -313,7 +346,7 @@ def base_backup(cluster: Cluster, params: dict) -> Path:
         shutil.rmtree(scratch, ignore_errors=True)
         err = result.stderr.strip()
         hint = (
-            "run the primary step first (it creates the slot)"
+            "its slot was dropped meanwhile (is this replica still configured?): run again"
             if "does not exist" in err
             else "fix the cause and run again; the old data directory is untouched"
         )
@@ -455,7 +488,7 @@ def wait_streaming(cluster: Cluster, seconds: float, since: int) -> str:
 
 def configure_and_start(cluster: Cluster, params: dict) -> str:
     touched = ensure_certificate(cluster, params["private_address"], None, params)
-    touched |= write_settings(cluster, server_settings(cluster, params, params["replica_count"]))
+    touched |= write_settings(cluster, server_settings(cluster, params))
     touched |= write_hba(cluster, params)
     action = apply_settings(cluster, touched)
     if ensure_upstream(cluster, params) and action == "unchanged":
@@ -506,6 +539,9 @@ def main() -> dict:
     if ensure_primary_ca(params):
         changed.append("primary CA written")
     primary_id, primary_conf = identify_primary(params)
+    slot = ensure_slot(params)
+    if slot:
+        changed.append(slot)
     if not cluster.exists():
         changed.append(seed(cluster, params, primary_id, primary_conf))
     matched = match_primary(cluster, params, primary_id)

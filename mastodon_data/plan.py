@@ -32,6 +32,7 @@ SECRET_PARAMS = {
     "primary": {"replication_password": "replicationPassword", "db_password": "dbPassword"},
     "replica": {"replication_password": "replicationPassword"},
     "pooler": {"db_password": "dbPassword"},
+    "slots": {},
     "status": {},
     "promote": {},
     "backup": BACKUP_SECRETS,
@@ -61,8 +62,8 @@ LAUNCHER = (
 @dataclass(frozen=True)
 class Step:
     name: str
-    script: str  # primary | replica | pooler | status | promote | volume | backup | restore |
-    # authorized_keys
+    script: str  # primary | slots | replica | pooler | status | promote | volume | backup |
+    # restore | authorized_keys
     host: Host
     params: dict = field(hash=False)  # non-secret parameters
     after: tuple[str, ...] = ()  # runs after these, and again whenever they run again
@@ -150,7 +151,7 @@ def steps(
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
     common = server_params(replication)
-    replica_list = [{"name": r.name, "address": r.private_address} for r in replicas]
+    common["wal_senders"] = wal_senders(len(replicas))
     plan = [volume_step(h) for h in (primary, *replicas) if h.data_device is not None]
     volume = {s.host.name: (s.name,) for s in plan}
     plan.append(
@@ -161,7 +162,9 @@ def steps(
             {
                 **common,
                 "private_address": primary.private_address,
-                "replicas": replica_list,
+                # Every server of the stack may replicate (spares too, so turning one into a
+                # replica leaves the primary's step as it is; the slot is the replica's own).
+                "replication_peers": [h.private_address for h in hosts if h is not primary],
                 "ca_rotation": replication.ca_rotation,
             },
             requires=volume.get(primary.name, ()),
@@ -174,7 +177,6 @@ def steps(
             "private_address": replica.private_address,
             "primary_address": primary.private_address,
             "primary_port": replication.port,
-            "replica_count": len(replicas),
         }
         if replica.name in reseed:
             params["reseed"] = True
@@ -188,6 +190,7 @@ def steps(
                 volume.get(replica.name, ()),
             )
         )
+    plan.append(slots_step(replication, primary, replicas))
     if backups:
         # After every replication step: the primary's restart (archive_mode) must not cut a
         # replica's base backup short.
@@ -213,6 +216,23 @@ def steps(
             if step.script in ("primary", "replica")
         ]
     return plan
+
+
+def slots_step(replication: ReplicationSettings, primary: Host, replicas: list[Host]) -> Step:
+    """Drops the slots of replicas no longer configured (host/slots.py), beside the replicas'
+    steps, not before them: each replica step makes its own slot."""
+    params = {
+        "version": replication.postgres_version,
+        "port": replication.port,
+        "replicas": [r.name for r in replicas],
+    }
+    return Step("slots", "slots", primary, params, requires=("primary",))
+
+
+def wal_senders(replicas: int) -> int:
+    """max_wal_senders and max_replication_slots on every server: headroom for base backups and a
+    re-seed, and the same value from one to six replicas (adding one changes no other step)."""
+    return max(10, replicas + 4)
 
 
 def volume_step(host: Host) -> Step:

@@ -94,12 +94,14 @@ def test_plan_adds_a_backup_step_per_host_after_replication_and_before_the_repor
     settings = parse_settings(HOSTS, set(HOSTS_SECRETS))
     steps = plan.steps(settings.replication, settings.hosts, backups=settings.backups)
     names = [s.name for s in steps]
-    assert names == ["primary", "replica-db2", "backup-db1", "backup-db2", "status-db1",
+    assert names == ["primary", "replica-db2", "slots", "backup-db1", "backup-db2", "status-db1",
                      "status-db2", "pooler-db1", "pooler-db2"]  # fmt: skip
     by_name = {s.name: s for s in steps}
     # After every replication step: the primary's restart must not cut a base backup short.
     assert by_name["backup-db1"].after == by_name["backup-db2"].after == ("primary", "replica-db2")
-    assert by_name["status-db1"].after == ("primary", "replica-db2", "backup-db1", "backup-db2")
+    assert by_name["status-db1"].after == (
+        "primary", "replica-db2", "slots", "backup-db1", "backup-db2"
+    )  # fmt: skip
     assert by_name["status-db1"].params["stanza"] == "mastodon"
     params = by_name["backup-db2"].params
     assert params["role"] == "replica" and params["action"] == "configure"
@@ -124,7 +126,7 @@ def test_without_backups_the_plan_is_unchanged():
     settings = parse_settings(hosts_stack(count=3, replicas=1), set(SECRETS))
     steps = plan.steps(settings.replication, settings.hosts)
     assert [s.name for s in steps] == [
-        "primary", "replica-db2", "status-db1", "status-db2", "pooler-db1", "pooler-db2"
+        "primary", "replica-db2", "slots", "status-db1", "status-db2", "pooler-db1", "pooler-db2"
     ]  # fmt: skip
     assert "stanza" not in steps[-1].params
 

@@ -101,7 +101,7 @@ def test_install_is_skipped_when_present(monkeypatch):
     assert fake.calls == []
 
 
-def test_settings_size_senders_and_slots_from_the_replica_count():
+def test_settings_size_senders_and_slots_from_the_plan():
     params = {
         "private_address": "10.0.0.5",
         "wal_keep_size": "1GB",
@@ -110,8 +110,8 @@ def test_settings_size_senders_and_slots_from_the_replica_count():
         "wal_retrieve_retry_interval": "1s",
         "max_connections": 120,
     }
-    small = common.server_settings(common.Cluster(18), params, 2)
-    large = common.server_settings(common.Cluster(18), params, 9)
+    small = common.server_settings(common.Cluster(18), {**params, "wal_senders": 10})
+    large = common.server_settings(common.Cluster(18), {**params, "wal_senders": 13})
     assert small["max_wal_senders"] == "10" and large["max_wal_senders"] == "13"
     assert small["listen_addresses"] == "'localhost,10.0.0.5'"
     assert small["wal_level"] == "replica" and small["hot_standby"] == "on"

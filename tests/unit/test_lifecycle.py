@@ -106,7 +106,9 @@ def test_primary_node_makes_another_droplet_the_primary_and_renames_nothing():
     commands = {c.name: c for c in after.of_type("command:remote:Command")}
     primary = json.loads(commands["replication-primary"].inputs["stdin"])["params"]
     assert primary["private_address"] == "10.118.0.3"  # db-1's
-    assert [r["name"] for r in primary["replicas"]] == ["db-0", "db-2"]
+    assert primary["replication_peers"] == ["10.118.0.2", "10.118.0.4"]  # db-0's and db-2's
+    slots = json.loads(commands["replication-slots"].inputs["stdin"])["params"]
+    assert slots["replicas"] == ["db-0", "db-2"]
     for name in ("db-0", "db-2"):
         params = json.loads(commands[f"replication-replica-{name}"].inputs["stdin"])["params"]
         assert params["primary_address"] == "10.118.0.3"

@@ -24,6 +24,7 @@ def test_primary_first_then_replicas_then_status_for_all():
         "primary",
         "replica-db2",
         "replica-db3",
+        "slots",
         "status-db1",
         "status-db2",
         "status-db3",
@@ -32,11 +33,27 @@ def test_primary_first_then_replicas_then_status_for_all():
         "pooler-db3",
     ]
     assert steps[1].after == ("primary",)
-    assert steps[3].after == ("primary", "replica-db2", "replica-db3")
-    assert steps[0].params["replicas"] == [
-        {"name": "db2", "address": "10.0.0.2"},
-        {"name": "db3", "address": "10.0.0.3"},
-    ]
+    assert steps[4].after == ("primary", "replica-db2", "replica-db3", "slots")
+    # Every other server of the stack may replicate: the replicas and the spare db4.
+    assert steps[0].params["replication_peers"] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    # The slot pruning needs the primary only, and no replica waits for it.
+    assert steps[3].requires == ("primary",) and steps[3].after == ()
+    assert steps[3].host.name == "db1"
+    assert steps[3].params == {"version": 18, "port": 5432, "replicas": ["db2", "db3"]}
+    assert {s.params["wal_senders"] for s in steps[:3]} == {10}
+
+
+def test_adding_a_replica_runs_its_own_step_and_the_slot_pruning_only():
+    """A spare turned replica: the primary's and the other replica's steps keep their
+    parameters (so their triggers), as long as wal_senders stays the same."""
+    before = {s.name: s.params for s in plan_for(replicaCount=1)}
+    after = {s.name: s.params for s in plan_for(replicaCount=2)}
+    changed = sorted(name for name in after if before.get(name) != after[name])
+    assert changed == ["pooler-db3", "replica-db3", "slots", "status-db3"]
+
+
+def test_wal_senders_grow_past_six_replicas_on_every_server():
+    assert [plan.wal_senders(n) for n in (0, 1, 6, 7, 9)] == [10, 10, 10, 11, 13]
 
 
 def test_a_pooler_step_per_host_after_its_own_step():

@@ -85,6 +85,7 @@ def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
         "replication-volume-db-1",
         "replication-primary",
         "replication-replica-db-1",
+        "replication-slots",
         "replication-status-db-0",
         "replication-status-db-1",
         "replication-pooler-db-0",
@@ -97,7 +98,8 @@ def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
     assert primary.inputs["connection"]["host"] == "203.0.113.1"
     assert primary.inputs["connection"]["privateKey"] == SECRETS["sshPrivateKey"]
     params = stdin_of(primary)["params"]
-    assert params["replicas"] == [{"name": "db-1", "address": "10.118.0.3"}]
+    assert params["replication_peers"] == ["10.118.0.3"]
+    assert stdin_of(commands["replication-slots"])["params"]["replicas"] == ["db-1"]
     assert params["db_password"] == SECRETS["dbPassword"]
     replica = stdin_of(commands["replication-replica-db-1"])["params"]
     assert replica["primary_address"] == "10.118.0.2"
@@ -116,7 +118,7 @@ def test_destroy_leaves_data_in_place_and_says_so():
     run = run_program(HOSTS)
     for command in run.of_type("remote:Command"):
         delete = command.inputs.get("delete")
-        if command.name.startswith("replication-status-"):
+        if command.name.startswith(("replication-status-", "replication-slots")):
             assert delete is None
             continue
         kept = "left running" if command.name.startswith("replication-pooler-") else "left in place"

@@ -74,8 +74,9 @@ def test_both_ends_time_out_a_dead_link_and_the_replica_retries_every_second():
         "replication_timeout": "15s",
         "wal_retrieve_retry_interval": "2s",
         "max_connections": 100,
+        "wal_senders": 10,
     }
-    settings = common.server_settings(common.Cluster(15), params, 1)
+    settings = common.server_settings(common.Cluster(15), params)
     assert settings["wal_sender_timeout"] == "'15s'"
     assert settings["wal_receiver_timeout"] == "'15s'"
     assert settings["wal_retrieve_retry_interval"] == "'2s'"

@@ -102,7 +102,7 @@ def test_a_grown_volume_reruns_only_its_volume_step_and_reports():
     # Ordered after the volume step, but not re-run by it (its triggers do not include it).
     assert primary.requires == ("volume-primary",) and primary.after == ()
     status = next(s for s in big if s.name == "status-primary")
-    assert status.after == ("volume-primary", "primary")
+    assert status.after == ("volume-primary", "primary", "slots")
 
 
 def test_hosts_mode_mounts_only_the_hosts_that_name_a_data_device():
