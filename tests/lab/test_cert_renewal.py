@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.engine, pytest.mark.lab]
 LAB = lab_hosts.Lab(
     prefix="mlc", subnet="10.232.0.0/24", state_dir=Path("/var/lib/mastodon-lab-cert")
 )
-STEPS = 11  # the stack, the ReplicationSteps component, primary + 2 replicas, 3 status reports,
-# 3 pooler steps
+STEPS = 12  # the stack, the ReplicationSteps component, primary + 2 replicas, the slots step,
+# 3 status reports, 3 pooler steps
 CONF = "/etc/postgresql/15/main"
 CA = "/etc/postgresql/mastodon-data-ca"
 DAY = 86400

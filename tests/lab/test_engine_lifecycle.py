@@ -21,8 +21,9 @@ pytestmark = [pytest.mark.engine, pytest.mark.lab]
 LAB = lab_hosts.Lab(
     prefix="mlabe", subnet="10.247.0.0/24", state_dir=Path("/var/lib/mastodon-lab-engine")
 )
-# The stack, the ReplicationSteps component, primary + 2 replicas, 3 status reports, 3 poolers.
-STEPS = 11
+# The stack, the ReplicationSteps component, primary + 2 replicas, the slots step, 3 status
+# reports, 3 poolers.
+STEPS = 12
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ PRIMARY, REPLICA = "10.233.0.11", "10.233.0.12"
 # 1 Puma process x 5 threads + 5 Sidekiq threads + 5 streaming connections = 15 per pool.
 THREADS = {"pumaProcesses": 1, "pumaThreads": 5, "sidekiqThreads": 5, "streamingDbPool": 5}
 POOL_SIZE = 15
-# The stack, the component, primary + 2 replicas, 3 status reports, 3 pooler steps.
-RESOURCES = 11
+# The stack, the component, primary + 2 replicas, the slots step, 3 status reports, 3 pooler steps.
+RESOURCES = 12
 CLIENTS = 200
 SAMPLE_EVERY = 0.02  # seconds between two counts of PostgreSQL's backends
 
