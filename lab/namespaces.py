@@ -355,8 +355,7 @@ def ensure_host(lab: Lab, index: int) -> LabHost:
         run(hn + ["addr", "add", addr, "dev", "eth0"])
     run(hn + ["link", "set", "eth0", "up"])
     run(hn + ["link", "set", "lo", "up"])
-    booting = not pid_alive(host.state_dir / "sshd.pid")
-    if booting:
+    if not pid_alive(host.state_dir / "sshd.pid"):
         mounts = make_private(host.state_dir)
         run(
             [
@@ -381,13 +380,16 @@ def ensure_host(lab: Lab, index: int) -> LabHost:
             f"sshd of {host.name} does not answer on {host.address}:22 "
             f"(see {host.state_dir / 'sshd.log'})"
         )
-    if booting:
-        boot(lab, host)
     return host
 
 
+def rebooted(host: LabHost) -> bool:
+    """The host was set up before and its processes are gone (the machine restarted)."""
+    return (host.state_dir / "sshd_config").exists() and not pid_alive(host.state_dir / "sshd.pid")
+
+
 def boot(lab: Lab, host: LabHost) -> None:
-    """Starts what a droplet's systemd would at boot (BOOT); nothing on a new host."""
+    """Starts what a droplet's systemd would at boot (BOOT)."""
     argv = lab.ssh_command(host.address, "bash -s")
     result = subprocess.run(argv, input=BOOT, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
@@ -417,12 +419,16 @@ def up(lab: Lab, count: int) -> dict:
     preflight()
     ensure_keys(lab)
     ensure_switch(lab)
+    booting = [lab.host(i) for i in range(1, count + 1) if rebooted(lab.host(i))]
     hosts = [ensure_host(lab, i) for i in range(1, count + 1)]
     # Hosts beyond `count` from an earlier, larger lab are removed.
     for ns in netns_list():
         if ns.startswith(f"{lab.prefix}-h") and ns not in {h.netns for h in hosts}:
             remove_netns(ns)
-    return write_inventory(lab, hosts)
+    inventory = write_inventory(lab, hosts)
+    for host in booting:
+        boot(lab, host)
+    return inventory
 
 
 def remove_netns(ns: str, grace: float = 10.0) -> None:
