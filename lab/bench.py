@@ -5,7 +5,8 @@ five hosts), in one run (issue 15). Each figure is the median of `--rounds` roun
 - the first `up` (a primary and two replicas on fresh hosts) and a no-change `up` after it;
 - at ~1 GB (`pgbench -i -s 70` on the primary): `pulumi up` adding one replica, a raw
   `pg_basebackup -X stream -c fast` of the same primary on the same host (the floor), and
-  `pulumi up` adding three replicas at once;
+  `pulumi up` adding three replicas at once, and three raw copies at once (what the machine
+  allows);
 - lag (p50/p99/max of the primary's pg_stat_replication, every 50 ms) under a pgbench write load,
   and rows lost once every replica has replayed the primary's last position;
 - catch-up after a 30 s cut of a replica's link under load: seconds from the link's return until
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from math import ceil
 from pathlib import Path
 
@@ -324,13 +326,25 @@ def raw_basebackup(bench: Bench, index: int) -> float:
     """The floor: a raw copy of the primary onto replica host `index` over the very connection
     the replica step copied through (its primary_conninfo: TLS, its .pgpass), timed on the host,
     then removed."""
-    conninfo = psql(index, "SHOW primary_conninfo")
-    if "'" in conninfo or "host=" not in conninfo:
-        raise BenchError(f"unexpected primary_conninfo on h{index}: {conninfo!r}")
+    return raw_basebackups(bench, [index])
+
+
+def raw_basebackups(bench: Bench, indexes: list[int]) -> float:
+    """Raw copies onto several replica hosts at once (as raw_basebackup): seconds from the first
+    start to the last end (the hosts share this machine's clock)."""
+    conninfos = {index: psql(index, "SHOW primary_conninfo") for index in indexes}
+    for index, conninfo in conninfos.items():
+        if "'" in conninfo or "host=" not in conninfo:
+            raise BenchError(f"unexpected primary_conninfo on h{index}: {conninfo!r}")
     psql(1, "CHECKPOINT")
-    script = FLOOR.format(pgbin=PGBIN, conninfo=conninfo)
-    start, end = map(float, ssh(index, "bash -s", 900, stdin=script).split()[-2:])
-    return end - start
+
+    def copy(index: int) -> list[float]:
+        script = FLOOR.format(pgbin=PGBIN, conninfo=conninfos[index])
+        return [float(t) for t in ssh(index, "bash -s", 900, stdin=script).split()[-2:]]
+
+    with ThreadPoolExecutor(len(indexes)) as pool:
+        spans = list(pool.map(copy, indexes))
+    return max(end for _, end in spans) - min(start for start, _ in spans)
 
 
 def expect_cloned(bench: Bench, replicas: list[int]) -> None:
@@ -392,6 +406,7 @@ def data_round(bench: Bench, args: argparse.Namespace) -> dict:
     bench.reset()
     three = bench.up(3)
     expect_cloned(bench, [2, 3, 4])
+    raw_three = raw_basebackups(bench, [2, 3, 4])
     again = bench.up(3)
     if set(bench.stack.last_changes()) != {"same"}:
         raise BenchError(f"the no-change `up` changed: {bench.stack.last_changes()}")
@@ -399,6 +414,7 @@ def data_round(bench: Bench, args: argparse.Namespace) -> dict:
         "add_one_replica_s": one,
         "raw_basebackup_s": floor,
         "add_three_replicas_s": three,
+        "raw_three_basebackups_s": raw_three,
         "no_change_up_1gb_s": again,
         **lag_under_load(bench, args.load_seconds, args.rate),
         **link_cut(bench, args.cut_seconds, args.rate),
@@ -493,6 +509,8 @@ def figures_of(result: dict) -> dict:
     ]
     figures["add_one_vs_basebackup"] = figures["add_one_replica_s"] / figures["raw_basebackup_s"]
     figures["three_vs_one"] = figures["add_three_replicas_s"] / figures["add_one_replica_s"]
+    # What the machine allows: three raw copies at once vs one.
+    figures["raw_three_vs_one"] = figures["raw_three_basebackups_s"] / figures["raw_basebackup_s"]
     figures["rows_lost"] = max(figures["load_rows_lost"], figures["cut_rows_lost"])
     figures["checksums_match"] = figures["load_checksums_match"] and figures["cut_checksums_match"]
     return figures

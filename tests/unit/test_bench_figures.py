@@ -16,6 +16,7 @@ DATA = {
     "add_one_replica_s": 9.0,
     "raw_basebackup_s": 4.0,
     "add_three_replicas_s": 12.6,
+    "raw_three_basebackups_s": 7.0,
     "lag_max_s": 0.03,
     "load_rows_lost": 0,
     "cut_rows_lost": 0,
@@ -39,6 +40,7 @@ def test_ratios_and_the_engine_floor_context():
     assert figures["no_change_vs_first"] == pytest.approx(1.9 / 9.0)
     assert figures["add_one_vs_basebackup"] == pytest.approx(9.0 / 4.0)
     assert figures["three_vs_one"] == pytest.approx(1.4)
+    assert figures["raw_three_vs_one"] == pytest.approx(7.0 / 4.0)
     assert figures["no_change_above_floor_s"] == pytest.approx(0.8)
     assert figures["add_one_above_floor_vs_basebackup"] == pytest.approx((9.0 - 1.1) / 4.0)
     assert figures["rows_lost"] == 0
