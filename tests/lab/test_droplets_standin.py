@@ -370,7 +370,7 @@ def test_refreshed_preview_has_no_changes_and_passes_the_policy_pack(flows):
     quiet = flows["alpha"].wait("quiet")
     assert quiet["rc"] == 0, quiet["out"][-3000:]
     assert "Policies:" in quiet["out"] and "mastodon-data@v0.1.0" in quiet["out"]
-    assert "28 unchanged" in quiet["out"]
+    assert "29 unchanged" in quiet["out"]
 
 
 def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):

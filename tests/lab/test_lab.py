@@ -91,6 +91,20 @@ def test_creation_is_idempotent(infra_lab):
     assert all(running(pid) for pid in daemons)
 
 
+def test_a_host_whose_processes_are_gone_boots_its_server_again(infra_lab):
+    """The machine restarted: `up` starts sshd and, as systemd on a droplet, the clusters set to
+    start automatically (a manual one stays down)."""
+    lab_hosts.up(infra_lab, 2)
+    ssh(infra_lab, 1, "pg_createcluster 15 main --start >/dev/null")
+    ssh(infra_lab, 2, "pg_createcluster 15 main --start >/dev/null && "
+        "echo manual > /etc/postgresql/15/main/start.conf")  # fmt: skip
+    for pid in namespace_pids(infra_lab):
+        os.kill(pid, 9)  # a power cut: nothing shuts down cleanly
+    lab_hosts.up(infra_lab, 2)
+    assert ssh(infra_lab, 1, "pg_lsclusters -h").split()[3] == "online"
+    assert ssh(infra_lab, 2, "pg_lsclusters -h").split()[3] == "down"
+
+
 def test_removal_leaves_nothing_and_stops_every_process(infra_lab):
     lab_hosts.up(infra_lab, 2)
     ssh(infra_lab, 1, "pg_createcluster 15 main --start >/dev/null")  # a server to stop
