@@ -154,7 +154,9 @@ class Bench:
 
     def up(self, replicas: int) -> float:
         """Seconds of `pulumi up` alone with `replicas` replicas (configured before)."""
-        self.config = lab_hosts.stack_config(LAB, replicas, HOSTS)
+        # The app's network (postgresAllowedSources) stays the same whatever the replica count,
+        # as an operator's does: h1-h4 and the operator.
+        self.config = lab_hosts.stack_config(LAB, replicas, HOSTS, sources_for=HOSTS - 1)
         self.stack.configure(self.config, self.secrets)
         self.up_started = time.monotonic()
         took, _ = timed(self.stack.up)

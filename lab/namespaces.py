@@ -192,12 +192,13 @@ def link_exists(name: str, netns: str | None = None) -> bool:
 
 
 def pid_alive(pid_file: Path) -> int | None:
+    """The pid in the file when that process runs (a killed one not yet reaped is a zombie)."""
     try:
         pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-        return pid
+        status = Path(f"/proc/{pid}/status").read_text()
     except (OSError, ValueError):
         return None
+    return None if "\nState:\tZ" in status else pid
 
 
 def wait_for_port(address: str, port: int, seconds: float) -> bool:
@@ -491,16 +492,17 @@ def host_key(host: LabHost) -> str:
     return " ".join((host.state_dir / "ssh_host_ed25519_key.pub").read_text().split()[:2])
 
 
-def stack_config(lab: Lab, replica_count: int, hosts: int) -> dict:
+def stack_config(lab: Lab, replica_count: int, hosts: int, sources_for: int | None = None) -> dict:
     """A hosts-mode stack configuration (keys without the project prefix) for this lab's first
-    `hosts` hosts, host keys pinned. On 5432: the operator and the hosts in use; spare hosts are
-    deliberately outside."""
+    `hosts` hosts, host keys pinned. On 5432: the operator and the first `sources_for` hosts
+    (default: those in use; spare hosts are deliberately outside)."""
+    sources_for = 1 + replica_count if sources_for is None else sources_for
     return {
         "postgresMode": "hosts",
         "postgresVersion": 15,  # what this machine (Debian 12) can install
         "replicaCount": replica_count,
         "postgresAllowedSources": [f"{lab.operator_address}/32"]
-        + [f"{lab.host(i).address}/32" for i in range(1, 2 + replica_count)],
+        + [f"{lab.host(i).address}/32" for i in range(1, 1 + sources_for)],
         "walKeepSize": "64MB",
         "maxSlotWalKeepSize": "256MB",
         "hosts": [

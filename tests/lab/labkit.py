@@ -136,9 +136,12 @@ class LabSession:
         self.stack = LabStack("labtest", workdir / "stack")
         self.stack.prepare()
 
-    def apply(self, replica_count: int, reseed: tuple[str, ...] = ()) -> dict:
-        """`pulumi up` of the test lab's stack with `replica_count` replicas of four hosts."""
-        config = lab_hosts.stack_config(self.lab, replica_count, 4)
+    def apply(
+        self, replica_count: int, reseed: tuple[str, ...] = (), sources_for: int | None = None
+    ) -> dict:
+        """`pulumi up` of the test lab's stack with `replica_count` replicas of four hosts (the
+        first `sources_for` in postgresAllowedSources, default those in use)."""
+        config = lab_hosts.stack_config(self.lab, replica_count, 4, sources_for)
         if reseed:
             config["reseedReplicas"] = list(reseed)
         return applied(self.stack, config, self.secrets)

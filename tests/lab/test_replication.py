@@ -109,7 +109,8 @@ def test_app_connections_without_tls_are_refused(first_run):
 
 
 def test_a_lab_host_not_listed_is_refused(lab_session, first_run):
-    # h4 is a spare: neither a replica nor in postgresAllowedSources.
+    # h4 is a spare, not in postgresAllowedSources: the app's role is refused from it (only the
+    # replication role may replicate from the stack's servers).
     for dbname, extra in (("mastodon_production", ""), ("replication", " replication=true")):
         result = lab_session.ssh(
             4,
@@ -283,10 +284,15 @@ def test_primary_down_during_replica_setup_then_rerun_completes(lab_session, fir
 
 
 def test_more_replicas_by_rerun_without_recloning_the_others(lab_session, first_run):
-    third = apply(lab_session, 3)
+    # The operator's postgresAllowedSources (the app's network) stays as it was.
+    third = lab_session.apply(3, sources_for=3)
     steps = reports(third)
     # (pgpass and CA may have been written by the failed run of the test above)
-    assert steps["replica-mlabt-h4"]["changed"][-2:] == ["slot mdata_mlabt_h4 created", "cloned"]
+    assert steps["replica-mlabt-h4"]["changed"][-3:] == [
+        "slot mdata_mlabt_h4 created",
+        "cloned",
+        "server started",
+    ]
     # The spare turned replica runs its own steps (replica, status, pooler) and the slot pruning;
     # the primary's and the other replicas' steps do not run, and the reports are read again.
     assert lab_session.stack.last_changes() == {"create": 3, "replace": 4, "same": 8}
