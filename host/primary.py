@@ -111,14 +111,16 @@ REWIND_FUNCTIONS = (
 
 
 def ensure_rewind_grants(cluster: Cluster, role: str) -> bool:
-    """Lets the replication role serve pg_rewind, so a failed primary can rejoin cheaply."""
-    missing = [
-        f
-        for f in REWIND_FUNCTIONS
-        if cluster.sql(f"SELECT has_function_privilege('{role}', '{f}', 'EXECUTE');") != "t"
-    ]
-    for function in missing:
-        cluster.sql(f'GRANT EXECUTE ON FUNCTION {function} TO "{role}";')
+    """Lets the replication role serve pg_rewind, so a failed primary can rejoin cheaply (one
+    query to find what is missing)."""
+    checks = ", ".join(
+        f"has_function_privilege('{role}', '{f}', 'EXECUTE') AS f{i}"
+        for i, f in enumerate(REWIND_FUNCTIONS)
+    )
+    granted = cluster.sql_json(f"SELECT {checks}")[0]
+    missing = [f for i, f in enumerate(REWIND_FUNCTIONS) if not granted[f"f{i}"]]
+    if missing:
+        cluster.sql(f'GRANT EXECUTE ON FUNCTION {", ".join(missing)} TO "{role}";')
     return bool(missing)
 
 

@@ -41,6 +41,7 @@ REQUIRED_TOOLS = {
 # machine restarted): its PostgreSQL clusters set to start automatically, and PgBouncer where
 # the pooler step configured it (with the open-file limit of its systemd drop-in).
 BOOT = """set -e
+find /var/run/postgresql -mindepth 1 -delete  # a tmpfs on a droplet: empty after a reboot
 pg_lsclusters -h | while read -r version name _; do
     if grep -qx auto "/etc/postgresql/$version/$name/start.conf"; then
         pg_ctlcluster "$version" "$name" start
