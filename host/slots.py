@@ -17,21 +17,27 @@ SLOT_RELEASE_WAIT = 10.0  # seconds for a removed replica's walsender to end
 
 def drop_slot(cluster: Cluster, name: str, wait: float = SLOT_RELEASE_WAIT) -> None:
     """Drops one of our slots. A removed replica may still stream on it (its host is removed
-    after this step, or kept as a spare): its walsender is ended and the slot, free, is dropped;
-    kept, it would hold WAL up to max_slot_wal_keep_size for a replica that is gone."""
+    after this step, or kept as a spare, which pg_hba still lets in and which reconnects within
+    wal_retrieve_retry_interval): its walsender is ended, waited for, and the slot dropped at
+    once in the same session; kept, it would hold WAL up to max_slot_wal_keep_size for a
+    replica that is gone. A replica quicker than that is ended again, within `wait`."""
+    where = f"slot_name = '{name}'"
+    statement = (
+        f"SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE {where} "
+        f"AND active_pid IS NOT NULL;\nSELECT pg_drop_replication_slot(slot_name) "
+        f"FROM pg_replication_slots WHERE {where};"
+    )
     deadline = time.monotonic() + wait
     while True:
-        cluster.sql(
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-            f"WHERE slot_name = '{name}' AND active_pid IS NOT NULL;"
-        )
-        if not cluster.sql_json(
-            f"SELECT 1 AS busy FROM pg_replication_slots WHERE slot_name = '{name}' AND active"
-        ):
-            cluster.sql(f"SELECT pg_drop_replication_slot('{name}');")
+        try:
+            cluster.sql(statement)
             return
-        if time.monotonic() > deadline:
-            raise HostError(f"slot {name} is still in use after {wait:.0f} s; run the step again")
+        except HostError as error:
+            if "is active for PID" not in str(error) or time.monotonic() > deadline:
+                raise HostError(
+                    f"slot {name} could not be dropped within {wait:.0f} s ({error}); "
+                    "run the step again"
+                ) from error
         time.sleep(0.1)
 
 

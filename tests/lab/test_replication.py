@@ -324,3 +324,15 @@ def apply_only_replica(session, name: str, replica_count: int) -> str:
     return run_one_step(
         config, session.secrets, f"replica-{name}", session.workdir, session.ca_cert
     )
+
+
+def test_fewer_replicas_drop_the_removed_ones_slot_while_it_streams(lab_session):
+    # h4 streams (re-seeded above) and, a spare again, may still connect: its walsender is
+    # ended and its slot dropped all the same, so it holds no WAL.
+    before = lab_session.psql(1, "SELECT slot_name FROM pg_replication_slots WHERE active")
+    assert "mdata_mlabt_h4" in before.stdout
+    outputs = apply(lab_session, 2)
+    slots = reports(outputs)["slots"]
+    assert slots["changed"] == ["slot mdata_mlabt_h4 dropped (replica no longer configured)"]
+    names = sorted(s["slot_name"] for s in outputs["replication"]["mlabt-h1"]["slots"])
+    assert names == ["mdata_mlabt_h2", "mdata_mlabt_h3"]
