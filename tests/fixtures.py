@@ -32,6 +32,14 @@ DROPLETS = {
     "adminCidrs": ["198.51.100.7/32"],
 }
 MANAGED = {"postgresMode": "managed", "appTag": "mastodon-app"}
+# What host/replica.py needs to build its connection string (its other parameters aside).
+REPLICA_PARAMS = {
+    "name": "db2",
+    "primary_address": "10.0.0.1",
+    "primary_port": 5432,
+    "replication_user": "replicator",
+    "replication_timeout": "10s",
+}
 SPACES = {"spacesBucket": "mastodon-media-test", "spacesRegion": "nyc3"}  # add to any mode
 
 

@@ -11,13 +11,7 @@ import pytest
 import replica
 import slots
 
-PARAMS = {
-    "name": "db2",
-    "primary_address": "10.0.0.1",
-    "primary_port": 5432,
-    "replication_user": "replicator",
-    "replication_timeout": "10s",
-}
+from tests.fixtures import REPLICA_PARAMS as PARAMS
 
 
 def answering(monkeypatch, stdout: str, returncode: int = 0, stderr: str = "") -> list:

@@ -12,15 +12,9 @@ import replica
 from mastodon_data import plan
 from mastodon_data.cli import check_replication
 from mastodon_data.config import ConfigError, parse_settings
-from tests.fixtures import DROPLETS, SECRETS, hosts_stack
+from tests.fixtures import DROPLETS, REPLICA_PARAMS, SECRETS, hosts_stack
 
-PARAMS = {
-    "name": "db2",
-    "primary_address": "10.0.0.1",
-    "primary_port": 5432,
-    "replication_user": "replicator",
-    "replication_timeout": "10s",
-}
+PARAMS = REPLICA_PARAMS
 CONNINFO = (
     "host=10.0.0.1 port=5432 user=replicator application_name=db2 sslmode=verify-full "
     "sslrootcert=/var/lib/postgresql/primary-ca.crt connect_timeout=10 keepalives=1 "
