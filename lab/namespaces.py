@@ -39,7 +39,8 @@ REQUIRED_TOOLS = {
 }
 # What systemd starts when a droplet boots, for a lab host whose processes are gone (the
 # machine restarted): its PostgreSQL clusters set to start automatically, and PgBouncer where
-# the pooler step configured it (with the open-file limit of its systemd drop-in).
+# the pooler step configured it (the open-file limit of its systemd drop-in where there is one;
+# without systemd the pooler step writes none, and the host's hard limit stands in).
 BOOT = """set -e
 find /var/run/postgresql -mindepth 1 -delete  # a tmpfs on a droplet: empty after a reboot
 pg_lsclusters -h | while read -r version name _; do
@@ -49,10 +50,9 @@ pg_lsclusters -h | while read -r version name _; do
 done
 ini=/etc/pgbouncer/pgbouncer.ini
 dropin=/etc/systemd/system/pgbouncer.service.d/mastodon-data.conf
-if [ -f "$ini" ] && [ -f "$dropin" ]; then
-    limit=$(sed -n 's/^LimitNOFILE=//p' "$dropin")
-    rm -f /var/run/postgresql/pgbouncer.pid
-    sh -c "ulimit -n ${limit:-4096} && exec runuser -u postgres -- /usr/sbin/pgbouncer -d -q $ini"
+if [ -f "$ini" ]; then
+    limit=$(sed -n 's/^LimitNOFILE=//p' "$dropin" 2>/dev/null || true)
+    sh -c "ulimit -n ${limit:-$(ulimit -Hn)} && exec runuser -u postgres -- /usr/sbin/pgbouncer -d -q $ini"
 fi
 """
 

@@ -91,11 +91,25 @@ def test_creation_is_idempotent(infra_lab):
     assert all(running(pid) for pid in daemons)
 
 
+POOLER_INI = """[databases]
+* = host=127.0.0.1 port=5432
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = 6432
+auth_type = trust
+auth_file = /etc/pgbouncer/userlist.txt
+pidfile = /var/run/postgresql/pgbouncer.pid
+logfile = /var/log/postgresql/pgbouncer.log
+"""
+
+
 def test_a_host_whose_processes_are_gone_boots_its_server_again(infra_lab):
     """The machine restarted: `up` starts sshd and, as systemd on a droplet, the clusters set to
-    start automatically (a manual one stays down)."""
+    start automatically (a manual one stays down) and PgBouncer where it is configured."""
     lab_hosts.up(infra_lab, 2)
     ssh(infra_lab, 1, "pg_createcluster 15 main --start >/dev/null")
+    ssh(infra_lab, 1, f"printf '%s' '{POOLER_INI}' > /etc/pgbouncer/pgbouncer.ini && "
+        "touch /etc/pgbouncer/userlist.txt")  # fmt: skip
     ssh(infra_lab, 2, "pg_createcluster 15 main --start >/dev/null && "
         "echo manual > /etc/postgresql/15/main/start.conf")  # fmt: skip
     for pid in namespace_pids(infra_lab):
@@ -103,6 +117,8 @@ def test_a_host_whose_processes_are_gone_boots_its_server_again(infra_lab):
     lab_hosts.up(infra_lab, 2)
     assert ssh(infra_lab, 1, "pg_lsclusters -h").split()[3] == "online"
     assert ssh(infra_lab, 2, "pg_lsclusters -h").split()[3] == "down"
+    assert "127.0.0.1:6432" in ssh(infra_lab, 1, "ss -ltn")
+    assert "6432" not in ssh(infra_lab, 2, "ss -ltn")  # no PgBouncer configured there
 
 
 def test_removal_leaves_nothing_and_stops_every_process(infra_lab):
