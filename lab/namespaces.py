@@ -52,7 +52,8 @@ ini=/etc/pgbouncer/pgbouncer.ini
 dropin=/etc/systemd/system/pgbouncer.service.d/mastodon-data.conf
 if [ -f "$ini" ]; then
     limit=$(sed -n 's/^LimitNOFILE=//p' "$dropin" 2>/dev/null || true)
-    sh -c "ulimit -n ${limit:-$(ulimit -Hn)} && exec runuser -u postgres -- /usr/sbin/pgbouncer -d -q $ini"
+    limit=${limit:-$(ulimit -Hn)}
+    sh -c "ulimit -n $limit && exec runuser -u postgres -- /usr/sbin/pgbouncer -d -q $ini"
 fi
 """
 

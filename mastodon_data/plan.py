@@ -145,9 +145,9 @@ def steps(
     backups: BackupSettings | None = None,
 ) -> list[Step]:
     """Each host's data device mounted first (where it has one); the primary; every replica
-    after it (in parallel); with pools, a pooler step after each host's own step; with backups,
-    a backup step per host after the replication steps; a status report per host last. Spare
-    hosts get no step."""
+    after it (in parallel), and beside them the pruning of stale slots on the primary; with
+    pools, a pooler step after each host's own step; with backups, a backup step per host after
+    the replication steps; a status report per host last. Spare hosts get no step."""
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
     common = server_params(replication)
