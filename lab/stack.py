@@ -26,7 +26,7 @@ ENGINE_BIN = ROOT / ".engine" / "bin"
 ENGINE_STATUS = ROOT / ".engine" / "status.json"
 # What the engine needs: the project file, the program and its package, the host scripts the
 # steps ship, the venv (the program's interpreter) and the policy pack.
-PROJECT_LINKS = ("Pulumi.yaml", "__main__.py", "mastodon_data", "host", "venv", "policy")
+PROJECT_LINKS = ("Pulumi.yaml", "__main__.py", "mastodon_data", "venv", "policy")
 COMPONENTS = ("cli", "language-python", "command", "digitalocean")
 
 

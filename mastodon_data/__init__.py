@@ -7,7 +7,6 @@
                    managed PostgreSQL, media, Redis)
     outputs, env   stack outputs and Mastodon's variables from resolved values (pure)
     cli/           the operator's `mastodon-data` command
-
-The host scripts the replication steps ship (host/, stdlib only) and the Pulumi program itself
-(__main__.py) live beside this package in the project directory.
+    host/          what runs on a database server: the scripts the steps ship on stdin
+                   (stdlib only; package data, never imported by the program)
 """

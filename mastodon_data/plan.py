@@ -1,6 +1,6 @@
 """The replication step plan: which host script runs where, with which parameters, in which order.
 
-Pure: no Pulumi, no I/O beyond reading the host scripts' source (host/). The Pulumi program
+Pure: no Pulumi, no I/O beyond reading the host scripts' source (mastodon_data/host/). The Pulumi program
 turns each step into a `remote.Command` (components/replication.py); cli/host_ssh.py runs one
 step over ssh (the failover's promote, tests of one script). Addresses may be Pulumi Outputs
 (droplets) or text.
@@ -13,12 +13,12 @@ import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 
 from mastodon_data.config import BackupSettings, Host, ReplicationSettings
 
-# The payload shipped to the hosts (stdlib only), beside this package in the project directory.
-HOST_SCRIPTS = Path(__file__).resolve().parent.parent / "host"
+# The payload shipped to the hosts (stdlib only): package data, read the same way installed or not.
+HOST_SCRIPTS = resources.files("mastodon_data") / "host"
 # The steps that issue and renew their host's server certificate.
 CERTIFICATE_SCRIPTS = ("primary", "replica")
 # Which stack secret feeds which script parameter (they travel on stdin only). The repository's
@@ -219,7 +219,7 @@ def steps(
 
 
 def slots_step(replication: ReplicationSettings, primary: Host, replicas: list[Host]) -> Step:
-    """Drops the slots of replicas no longer configured (host/slots.py), beside the replicas'
+    """Drops the slots of replicas no longer configured (mastodon_data/host/slots.py), beside the replicas'
     steps, not before them: each replica step makes its own slot."""
     params = {
         "version": replication.postgres_version,
@@ -236,7 +236,7 @@ def wal_senders(replicas: int) -> int:
 
 
 def volume_step(host: Host) -> Step:
-    """PostgreSQL's directories on the host's data device (host/volume.py)."""
+    """PostgreSQL's directories on the host's data device (mastodon_data/host/volume.py)."""
     params = {"device": host.data_device}
     if host.data_size is not None:
         params["size_gib"] = host.data_size
