@@ -78,12 +78,12 @@ POSIX_RESTORE = (
 
 
 def archive_query() -> str:
-    """ARCHIVE_QUERY of mastodon_data/host/repository.py (what the status step reports), read from its source."""
+    """ARCHIVE_QUERY of host/repository.py (what the status step reports), read from its source."""
     tree = ast.parse((ROOT / "mastodon_data" / "host" / "repository.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and node.targets[0].id == "ARCHIVE_QUERY":
             return ast.literal_eval(node.value)
-    raise RuntimeError("mastodon_data/host/repository.py has no ARCHIVE_QUERY")
+    raise RuntimeError("host/repository.py has no ARCHIVE_QUERY")
 
 
 def ssh(index: int, command: str) -> str:

@@ -69,7 +69,7 @@ PRIVATE_DIRS = {
     "/var/spool/pgbackrest": ("postgres", "postgres", 0o750),
     "/var/lib/pgbackrest": ("postgres", "postgres", 0o750),
     "/etc/systemd/system": ("root", "root", 0o755),
-    "/etc/pgbouncer": ("root", "root", 0o755),  # PgBouncer's configuration (mastodon_data/host/pooler.py)
+    "/etc/pgbouncer": ("root", "root", 0o755),  # PgBouncer's configuration (host/pooler.py)
 }
 
 # And privately too: the host's fstab (the volume step writes its lines there) and the directory

@@ -1,6 +1,6 @@
 """The replication step plan: which host script runs where, with which parameters, in which order.
 
-Pure: no Pulumi, no I/O beyond reading the host scripts' source (mastodon_data/host/). The Pulumi program
+Pure: no Pulumi, no I/O beyond reading the host scripts' source (host/). The Pulumi program
 turns each step into a `remote.Command` (components/replication.py); cli/host_ssh.py runs one
 step over ssh (the failover's promote, tests of one script). Addresses may be Pulumi Outputs
 (droplets) or text.
@@ -219,7 +219,7 @@ def steps(
 
 
 def slots_step(replication: ReplicationSettings, primary: Host, replicas: list[Host]) -> Step:
-    """Drops the slots of replicas no longer configured (mastodon_data/host/slots.py), beside the replicas'
+    """Drops the slots of replicas no longer configured (host/slots.py), beside the replicas'
     steps, not before them: each replica step makes its own slot."""
     params = {
         "version": replication.postgres_version,
@@ -236,7 +236,7 @@ def wal_senders(replicas: int) -> int:
 
 
 def volume_step(host: Host) -> Step:
-    """PostgreSQL's directories on the host's data device (mastodon_data/host/volume.py)."""
+    """PostgreSQL's directories on the host's data device (host/volume.py)."""
     params = {"device": host.data_device}
     if host.data_size is not None:
         params["size_gib"] = host.data_size

@@ -32,7 +32,7 @@ DROPLETS = {
     "adminCidrs": ["198.51.100.7/32"],
 }
 MANAGED = {"postgresMode": "managed", "appTag": "mastodon-app"}
-# What mastodon_data/host/replica.py needs to build its connection string (its other parameters aside).
+# What host/replica.py needs to build its connection string (its other parameters aside).
 REPLICA_PARAMS = {
     "name": "db2",
     "primary_address": "10.0.0.1",

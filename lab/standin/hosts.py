@@ -65,7 +65,7 @@ for line in out.splitlines():
     result = subprocess.run(["pg_ctlcluster", version, name, "start"], capture_output=True,
                             text=True, timeout=150)
     print(f"start {version}/{name}: {result.returncode} {result.stdout}{result.stderr}".strip())
-# PgBouncer as its enabled unit would start (mastodon_data/host/pooler.py wrote its configuration), with room
+# PgBouncer as its enabled unit would start (host/pooler.py wrote its configuration), with room
 # for max_client_conn + default_pool_size descriptors as the unit's drop-in gives it.
 ini = Path("/etc/pgbouncer/pgbouncer.ini")
 text = ini.read_text() if ini.exists() else ""

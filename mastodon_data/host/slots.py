@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Drops, on the primary, the replication slots of replicas no longer configured, so they hold
-no WAL for a replica that is gone. Each replica's step creates its own slot (mastodon_data/host/replica.py),
+no WAL for a replica that is gone. Each replica's step creates its own slot (host/replica.py),
 so this runs beside those steps, and adding a replica never waits for it.
 
 stdin (JSON): version, port, replicas [name].

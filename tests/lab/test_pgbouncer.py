@@ -1,5 +1,5 @@
 """PgBouncer transaction pools on a lab of their own, through the engine: `pulumi up` of a
-hosts-mode stack (primary + 2 replicas) sets up a pool on every host (mastodon_data/host/pooler.py); the
+hosts-mode stack (primary + 2 replicas) sets up a pool on every host (host/pooler.py); the
 rendered `.env.production` goes through them. Proven here: prepared statements break through a
 transaction pool and the emitted env does not use them; 200 concurrent clients are served while
 PostgreSQL never holds more backends than the pool size; Mastodon's config/database.yml reads

@@ -1,4 +1,4 @@
-"""The volume step (mastodon_data/host/volume.py) alone over SSH on lab hosts of this test's own, with loop
+"""The volume step (host/volume.py) alone over SSH on lab hosts of this test's own, with loop
 devices as data devices (hosts mode's dataDevice): a blank device is formatted and mounted, an
 existing filesystem kept, a grown device's filesystem grown; another filesystem, a foreign ext4,
 unnamed data and PostgreSQL files already on the root disk are refused, and nothing is formatted

@@ -1,4 +1,4 @@
-"""mastodon_data/host/pooler.py's pure parts (the PgBouncer configuration it writes, when it restarts rather
+"""host/pooler.py's pure parts (the PgBouncer configuration it writes, when it restarts rather
 than reloads), app_hba_lines of common.py, and Mastodon's view of the emitted variables
 (config/database.yml, tests/mastodon_database.py) for a pooled and an unpooled stack."""
 

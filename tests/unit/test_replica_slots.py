@@ -1,5 +1,5 @@
-"""Each replica's own slot on the primary (mastodon_data/host/replica.py ensure_slot) and the pruning of the
-others' (mastodon_data/host/slots.py): what they run and how they read the answers. Pure parts; the lab tests
+"""Each replica's own slot on the primary (host/replica.py ensure_slot) and the pruning of the
+others' (host/slots.py): what they run and how they read the answers. Pure parts; the lab tests
 (tests/lab/test_replication.py) run them for real."""
 
 from __future__ import annotations
