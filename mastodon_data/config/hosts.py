@@ -165,27 +165,9 @@ def parse_host(v: Validation, index: int, entry: Any, role: str) -> Host | None:
         set_path_command(f"{prefix}.sshPort", 22),
     )
     host_key = entry.get("hostKey")
-    why = host_key_problem(host_key) if isinstance(host_key, str) else "not a string"
-    if host_key is not None and why:
-        v.bad(
-            f"{prefix}.hostKey",
-            host_key,
-            why,
-            "ssh-keyscan -p <sshPort> -t ed25519 <publicAddress> | cut -d' ' -f2- | "
-            f"pulumi config set --path '{PROJECT}:{prefix}.hostKey'",
-        )
+    check_host_key(v, prefix, host_key)
     data_device = entry.get("dataDevice")
-    if data_device is not None and (
-        not isinstance(data_device, str) or not DATA_DEVICE.fullmatch(data_device)
-    ):
-        v.bad(
-            f"{prefix}.dataDevice",
-            data_device,
-            "not a block device path under /dev (a stable one: /dev/disk/by-id/...)",
-            set_path_command(f"{prefix}.dataDevice", STABLE_EXAMPLE)
-            + " (names: ls -l /dev/disk/by-id), or "
-            + f"pulumi config rm --path '{PROJECT}:{prefix}.dataDevice'",
-        )
+    check_data_device(v, prefix, data_device)
     if len(v.lines) > before:
         return None
     # Kept as "<type> <base64>": the form both known_hosts and the SSH libraries read.
@@ -200,6 +182,32 @@ def parse_host(v: Validation, index: int, entry: Any, role: str) -> Host | None:
         known_key,
         data_device,
     )
+
+
+def check_host_key(v: Validation, prefix: str, host_key: Any) -> None:
+    why = host_key_problem(host_key) if isinstance(host_key, str) else "not a string"
+    if host_key is not None and why:
+        v.bad(
+            f"{prefix}.hostKey",
+            host_key,
+            why,
+            "ssh-keyscan -p <sshPort> -t ed25519 <publicAddress> | cut -d' ' -f2- | "
+            f"pulumi config set --path '{PROJECT}:{prefix}.hostKey'",
+        )
+
+
+def check_data_device(v: Validation, prefix: str, data_device: Any) -> None:
+    if data_device is not None and (
+        not isinstance(data_device, str) or not DATA_DEVICE.fullmatch(data_device)
+    ):
+        v.bad(
+            f"{prefix}.dataDevice",
+            data_device,
+            "not a block device path under /dev (a stable one: /dev/disk/by-id/...)",
+            set_path_command(f"{prefix}.dataDevice", STABLE_EXAMPLE)
+            + " (names: ls -l /dev/disk/by-id), or "
+            + f"pulumi config rm --path '{PROJECT}:{prefix}.dataDevice'",
+        )
 
 
 def read_entry_text(v: Validation, prefix: str, index: int, entry: Mapping, field: Field) -> Any:
