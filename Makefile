@@ -1,4 +1,5 @@
-# Tasks: `make lab` (the main job on the built-in lab), `make test`, `make lab-down`, `make engine`.
+# Tasks: `make lab` (the main job on the built-in lab), `make test`, `make lab-down`, `make engine`,
+# `make docs`.
 # Each installs what it needs first: Debian packages, the venv, the Pulumi engine.
 PY := venv/bin/python
 HOSTS ?= 3
@@ -41,10 +42,16 @@ lab-droplets: packages venv/.installed engine
 lab-droplets-down: venv/.installed
 	$(PY) -m lab.standin.lab_droplets down
 
+.PHONY: docs
+# The docs site (mkdocs.yml) in strict mode into build/site/ (ignored): a broken link or anchor,
+# or a page missing from the nav, fails. tests/unit/test_docs.py checks the generated pages.
+docs: venv/.installed
+	venv/bin/mkdocs build --strict --quiet
+
 lint: venv/.installed engine
 	venv/bin/ruff check .
 	venv/bin/ruff format --check .
 	.engine/bin/actionlint
 
-test: packages venv/.installed engine lint
+test: packages venv/.installed engine lint docs
 	$(PY) -m pytest -q -ra --durations=10

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prints the README's table of invalid configurations: each case is run through the real
+"""Prints the table of docs/operators/invalid-configurations.md: each case is run through the real
 validation (mastodon_data/config) and the table shows the message it gets. A unit test runs
 the same cases, so the table cannot drift from the code.
 

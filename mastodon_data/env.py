@@ -1,7 +1,8 @@
 """Mastodon's environment from resolved values. Pure.
 
 Names are the ones Mastodon reads (config/database.yml, streaming/index.js,
-config/initializers/paperclip.rb, lib/mastodon/redis_configuration.rb; see FACTS.md).
+config/initializers/paperclip.rb, lib/mastodon/redis_configuration.rb; see
+docs/operators/outputs.md).
 `DATABASE_REPLICA_URL` is read by nothing, and `DATABASE_URL` / `REPLICA_DATABASE_URL` would
 override the DB_* / REPLICA_DB_* values, so none of them is ever emitted; nor is
 `REDIS_NAMESPACE` (Mastodon 4.4+ refuses to start with it).

@@ -6,7 +6,8 @@ headers). What happens on the machine (lab hosts, packet filtering) is the `back
 in background threads as the real API does its work after answering (a droplet is "new", then
 "active"; an action is "in-progress", then "completed").
 
-Known behaviour of the real API modelled here (FACTS.md, terraform-provider-digitalocean):
+Known behaviour of the real API modelled here (docs/developers/standin.md, "Fidelity";
+terraform-provider-digitalocean):
 - a firewall rule's port range "all" is stored and returned as "0" (ICMP: "0" too); IPv6
   addresses come back lowercased;
 - tag names compare case-insensitively (the first spelling is kept and returned);

@@ -6,8 +6,8 @@ replication_password, db_name, db_user, db_password, allowed_sources [CIDR], wal
 max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval, max_connections,
 wal_senders;
 optional certificate_days, certificate_renew_days (the server certificate's validity and renewal
-window), ca_rotation (none, prepare, switch: README "Rotating the CA"), pooled (PgBouncer on this
-host logs in from the private address).
+window), ca_rotation (none, prepare, switch: docs/operators/certificates.md), pooled (PgBouncer
+on this host logs in from the private address).
 """
 
 from __future__ import annotations

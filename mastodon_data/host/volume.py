@@ -66,7 +66,7 @@ ExecStart=/bin/sh -c '{START_AUTO_CLUSTERS.replace("$", "$$")}'
 WantedBy=multi-user.target
 """
 CAP_SYS_RESOURCE = 24  # linux/capability.h
-MIGRATE_HINT = "see README 'Data on volumes: a stack made before volumes'"
+MIGRATE_HINT = "see docs/operators/volumes.md, 'PostgreSQL files on the root disk'"
 
 
 def main() -> dict:

@@ -187,16 +187,16 @@ def test_postgresql_files_on_the_root_disk_are_never_hidden(lab, loops, tmp_path
     assert str(caught.value) == (
         "volume-mlv-h3 failed: /var/lib/postgresql already holds PostgreSQL files on this "
         "server's own disk; mounting the data volume over them would hide them. Move them onto "
-        "the volume first (see README 'Data on volumes: a stack made before volumes'), then run "
-        "pulumi up again"
+        "the volume first (see docs/operators/volumes.md, 'PostgreSQL files on the root disk'), "
+        "then run pulumi up again"
     )
     assert sh(["blkid", "-p", device], check=False) == ""  # nothing formatted
     assert mounts_on(3) == []
     assert on_host(3, "cat /var/lib/postgresql/15/main/PG_VERSION") == "15"
 
-    # The README's way onto the volume, then the step mounts the moved files.
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = readme.split("# on the droplet, as root\n", 1)[1].split("# then, where pulumi", 1)[0]
+    # The docs' way onto the volume, then the step mounts the moved files.
+    page = (Path(__file__).resolve().parents[2] / "docs/operators/volumes.md").read_text()
+    block = page.split("# on the droplet, as root\n", 1)[1].split("# then, where pulumi", 1)[0]
     commands = [line for line in block.splitlines() if not line.startswith(("DEV=", "BACKUP="))]
     backup = tmp_path / "root-disk"
     script = f"DEV={device}; BACKUP={backup}\n" + "\n".join(commands)

@@ -1,4 +1,4 @@
-"""Every case of the README's bad-input table is refused with the key named and a fix."""
+"""Every case of the docs' bad-input table is refused with the key named and a fix."""
 
 from __future__ import annotations
 
