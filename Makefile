@@ -46,7 +46,7 @@ lab-droplets-down: venv/.installed
 # The docs site (mkdocs.yml) in strict mode into build/site/ (ignored): a broken link or anchor,
 # or a page missing from the nav, fails. tests/unit/test_docs.py checks the generated pages.
 docs: venv/.installed
-	venv/bin/mkdocs build --strict --quiet
+	venv/bin/mkdocs build --strict
 
 lint: venv/.installed engine
 	venv/bin/ruff check .
