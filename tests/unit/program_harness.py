@@ -13,10 +13,10 @@ from pathlib import Path
 import pulumi
 
 from mastodon_data import cert_renewal
+from mastodon_data.config import PROJECT
 from tests.fixtures import SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = "mastodon-data"
 
 CA_CERT = "-----BEGIN CERTIFICATE-----\nMIIBtestca\n-----END CERTIFICATE-----\n"
 DO_CA_CERT = "-----BEGIN CERTIFICATE-----\nMIIBdigitaloceanca\n-----END CERTIFICATE-----\n"
