@@ -167,17 +167,20 @@ class CertificateProbes:
 
 
 def run_program(
-    config: dict, secrets: dict | None = None, probes: CertificateProbes | None = None
+    config: dict,
+    secrets: dict | None = None,
+    probes: CertificateProbes | None = None,
+    project: str = PROJECT,
 ) -> Run:
-    """Runs __main__.py with `config` (keys without the project prefix) and the secrets; the
-    hosts' certificate checks are answered by `probes` (no SSH)."""
+    """Runs __main__.py with `config` (keys without the project prefix) and the secrets in a
+    project named `project`; the hosts' certificate checks are answered by `probes` (no SSH)."""
     secrets = SECRETS if secrets is None else secrets
     cert_renewal.READER[0] = probes or CertificateProbes()
     mocks = Mocks()
     # A fresh root stack per run: set_mocks keeps an existing one, and with it the exports of
     # the previous run (an output this run does not export would still be there).
     pulumi.runtime.settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="unit", preview=False)
+    pulumi.runtime.set_mocks(mocks, project=project, stack="unit", preview=False)
     values = {**config, **secrets}
     wire = {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
     secret_keys = [f"{PROJECT}:{k}" for k in secrets]
