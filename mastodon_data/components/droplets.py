@@ -52,6 +52,39 @@ def firewall_outbound(port: int, vpc_cidr: str) -> list[dict]:
     return rules
 
 
+def create_only_warnings(
+    droplets: DropletSettings, made: list[tuple[str, list[str] | None, str | None]]
+) -> list[str]:
+    """What a run says when sshKeyIds or image differ from what existing droplets were made with
+    (`made`: each droplet's name, keys and image as the state holds them). DigitalOcean uses
+    both only when it makes a droplet, and a change would make a new one without the data, so
+    the droplets ignore them: the setting reaches only droplets made later. Plain data."""
+    warnings = []
+    keys = set(droplets.ssh_key_ids)
+    stale = [(name, set(old)) for name, old, _ in made if old is not None and set(old) != keys]
+    if stale:
+        old_keys = set().union(*(old for _, old in stale))
+        change = "; ".join(
+            f"{what} {', '.join(sorted(ids))}"
+            for what, ids in (("added", keys - old_keys), ("removed", old_keys - keys))
+            if ids
+        )
+        warnings.append(
+            f"sshKeyIds{f' ({change})' if change else ''} reach only droplets made later: "
+            f"{', '.join(name for name, _ in stale)} keep the keys they were made with (other "
+            "keys would mean a new droplet, without its data). To let a key in on the existing "
+            "droplets, add its public key (the .pub line) to authorizedKeys."
+        )
+    stale_image = [f"{name} ({old})" for name, _, old in made if old not in (None, droplets.image)]
+    if stale_image:
+        warnings.append(
+            f"image {droplets.image} reaches only droplets made later: {', '.join(stale_image)} "
+            "keep the system they were made from (another image would mean a new droplet, "
+            "without its data). Upgrade an existing droplet's system on the droplet itself."
+        )
+    return warnings
+
+
 def former_name(index: int) -> str:
     """The droplet's resource name when names carried the role (the first was the primary)."""
     return "primary" if index == 0 else f"replica-{index}"
@@ -127,7 +160,14 @@ class DropletTier(pulumi.ComponentResource):
             ],
             opts=child,
         )
+        made = [pulumi.Output.all(d.name, d.ssh_keys, d.image) for d in self.droplets]
+        pulumi.Output.all(*made).apply(lambda made: self._warn(droplets, made))
         self.register_outputs({})
+
+    def _warn(self, droplets: DropletSettings, made: list) -> None:
+        """At preview too: the droplets' keys and image are then the state's (ignored changes)."""
+        for warning in create_only_warnings(droplets, made):
+            pulumi.log.warn(warning, resource=self)
 
     def _data_volume(
         self,

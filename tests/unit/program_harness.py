@@ -49,8 +49,12 @@ class Registered:
 
 
 class Mocks(pulumi.runtime.Mocks):
-    def __init__(self):
+    """`made_with`: what every droplet's state holds beside its inputs (camelCase), as for
+    droplets made earlier with other keys or another image (inputs the droplets ignore)."""
+
+    def __init__(self, made_with: dict | None = None):
         self.resources: list[Registered] = []
+        self.made_with = made_with or {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         wrapped = {k for k, v in args.inputs.items() if isinstance(v, dict) and SECRET_SIG in v}
@@ -61,6 +65,7 @@ class Mocks(pulumi.runtime.Mocks):
             # deterministic).
             n = 1 + int(args.name.rsplit("-", 1)[1])
             state |= {"ipv4Address": f"203.0.113.{n}", "ipv4AddressPrivate": f"10.118.0.{n + 1}"}
+            state |= self.made_with
             return [str(1000 + n), state]
         if args.typ.startswith(DO):
             outputs = digitalocean_outputs(args.typ.removeprefix(DO), args.name, state)
@@ -171,12 +176,14 @@ def run_program(
     secrets: dict | None = None,
     probes: CertificateProbes | None = None,
     project: str = PROJECT,
+    made_with: dict | None = None,
 ) -> Run:
     """Runs __main__.py with `config` (keys without the project prefix) and the secrets in a
-    project named `project`; the hosts' certificate checks are answered by `probes` (no SSH)."""
+    project named `project`; the hosts' certificate checks are answered by `probes` (no SSH);
+    `made_with`: see Mocks."""
     secrets = SECRETS if secrets is None else secrets
     cert_renewal.READER[0] = probes or CertificateProbes()
-    mocks = Mocks()
+    mocks = Mocks(made_with)
     # A fresh root stack per run: set_mocks keeps an existing one, and with it the exports of
     # the previous run (an output this run does not export would still be there).
     pulumi.runtime.settings.ROOT.set(None)
