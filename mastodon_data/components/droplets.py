@@ -70,17 +70,17 @@ def create_only_warnings(
             if ids
         )
         warnings.append(
-            f"sshKeyIds{f' ({change})' if change else ''} reach only droplets made later: "
-            f"{', '.join(name for name, _ in stale)} keep the keys they were made with (other "
-            "keys would mean a new droplet, without its data). To let a key in on the existing "
-            "droplets, add its public key (the .pub line) to authorizedKeys."
+            f"sshKeyIds{f' ({change})' if change else ''} reach only droplets made later, as "
+            "other keys would mean a new droplet without its data; these keep the keys they "
+            f"were made with: {', '.join(name for name, _ in stale)}. To let a key in on them, "
+            "add its public key (the .pub line) to authorizedKeys."
         )
     stale_image = [f"{name} ({old})" for name, _, old in made if old not in (None, droplets.image)]
     if stale_image:
         warnings.append(
-            f"image {droplets.image} reaches only droplets made later: {', '.join(stale_image)} "
-            "keep the system they were made from (another image would mean a new droplet, "
-            "without its data). Upgrade an existing droplet's system on the droplet itself."
+            f"image {droplets.image} reaches only droplets made later, as another image would "
+            "mean a new droplet without its data; these keep the system they were made from: "
+            f"{', '.join(stale_image)}. Upgrade their system on the droplets themselves."
         )
     return warnings
 

@@ -80,14 +80,14 @@ def test_keys_and_image_the_droplets_were_not_made_with_are_named_with_what_appl
     made_with = {"sshKeys": ["12345", "11111"], "image": "ubuntu-22-04-x64"}
     run_program({**DROPLETS, "sshKeyIds": ["12345", "67890"]}, made_with=made_with)
     assert warnings_of(caplog) == [
-        "sshKeyIds (added 67890; removed 11111) reach only droplets made later: "
-        "mastodon-db-unit-0, mastodon-db-unit-1 keep the keys they were made with (other keys "
-        "would mean a new droplet, without its data). To let a key in on the existing "
-        "droplets, add its public key (the .pub line) to authorizedKeys.",
-        "image ubuntu-24-04-x64 reaches only droplets made later: mastodon-db-unit-0 "
-        "(ubuntu-22-04-x64), mastodon-db-unit-1 (ubuntu-22-04-x64) keep the system they were "
-        "made from (another image would mean a new droplet, without its data). Upgrade an "
-        "existing droplet's system on the droplet itself.",
+        "sshKeyIds (added 67890; removed 11111) reach only droplets made later, as other keys "
+        "would mean a new droplet without its data; these keep the keys they were made with: "
+        "mastodon-db-unit-0, mastodon-db-unit-1. To let a key in on them, add its public key "
+        "(the .pub line) to authorizedKeys.",
+        "image ubuntu-24-04-x64 reaches only droplets made later, as another image would mean a "
+        "new droplet without its data; these keep the system they were made from: "
+        "mastodon-db-unit-0 (ubuntu-22-04-x64), mastodon-db-unit-1 (ubuntu-22-04-x64). Upgrade "
+        "their system on the droplets themselves.",
     ]
 
 
