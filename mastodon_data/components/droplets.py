@@ -148,24 +148,28 @@ class DropletTier(pulumi.ComponentResource):
                     data_size=volume.size,
                 )  # fmt: skip
             )
-        inbound = firewall_inbound(droplets, tag.name if droplets.replica_count else None)
-        self.firewall = do.Firewall(
-            f"{name}-firewall",
-            name=f"mastodon-db-{stack}",
-            droplet_ids=[d.id.apply(int) for d in self.droplets],
-            inbound_rules=[do.FirewallInboundRuleArgs(**r) for r in inbound],
-            outbound_rules=[
-                do.FirewallOutboundRuleArgs(**r)
-                for r in firewall_outbound(droplets.port, network.cidr)
-            ],
-            opts=child,
-        )
+        self.firewall = self._firewall(name, droplets, network, tag)
+        # At preview too: the droplets' keys and image are then the state's (ignored changes).
         made = [pulumi.Output.all(d.name, d.ssh_keys, d.image) for d in self.droplets]
         pulumi.Output.all(*made).apply(lambda made: self._warn(droplets, made))
         self.register_outputs({})
 
+    def _firewall(
+        self, name: str, droplets: DropletSettings, network: PrivateNetwork, tag: do.Tag
+    ) -> do.Firewall:
+        """One firewall for every database droplet of the stack."""
+        inbound = firewall_inbound(droplets, tag.name if droplets.replica_count else None)
+        outbound = firewall_outbound(droplets.port, network.cidr)
+        return do.Firewall(
+            f"{name}-firewall",
+            name=f"mastodon-db-{pulumi.get_stack()}",
+            droplet_ids=[d.id.apply(int) for d in self.droplets],
+            inbound_rules=[do.FirewallInboundRuleArgs(**r) for r in inbound],
+            outbound_rules=[do.FirewallOutboundRuleArgs(**r) for r in outbound],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
     def _warn(self, droplets: DropletSettings, made: list) -> None:
-        """At preview too: the droplets' keys and image are then the state's (ignored changes)."""
         for warning in create_only_warnings(droplets, made):
             pulumi.log.warn(warning, resource=self)
 

@@ -9,6 +9,7 @@ import os
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import pulumi
 
@@ -198,8 +199,6 @@ def run_program(
         "PULUMI_CONFIG": json.dumps(wire),
         "PULUMI_CONFIG_SECRET_KEYS": json.dumps(secret_keys),
     }
-    saved = {name: os.environ.get(name) for name in environ}
-    os.environ.update(environ)
     run = Run(mocks.resources)
     # Mocks see no resource options: they are recorded as the program passes them.
     original = pulumi.CustomResource.__init__
@@ -224,12 +223,8 @@ def run_program(
         return pulumi.Output.all(collected, pulumi.Output.all(**exports).apply(run.outputs.update))
 
     try:
-        program()
+        with mock.patch.dict(os.environ, environ):
+            program()
     finally:
         pulumi.CustomResource.__init__ = original
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return run
