@@ -10,10 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-from labkit import lab_unavailable
-from standinkit import Droplets
+from standinkit import Droplets, standin_account
 
-from lab.stack import engine_gap
 from lab.standin.service import StandInLab
 
 pytestmark = [pytest.mark.engine, pytest.mark.lab]
@@ -36,16 +34,10 @@ def warnings(s: Droplets) -> tuple[int, list[str]]:
 
 @pytest.fixture(scope="module")
 def previews(tmp_path_factory):
-    reason = lab_unavailable() or engine_gap()
-    if reason:
-        pytest.skip(reason)
-    LAB.down()
-    try:
-        client = LAB.start()
-        key = client.register_key("mlwd-operator", LAB.hosts.ensure_operator_key())
-        s = Droplets(LAB, client.url, key["id"], tmp_path_factory.mktemp("warn"), "warn",
+    with standin_account(LAB) as (client, key_id):
+        s = Droplets(LAB, client.url, key_id, tmp_path_factory.mktemp("warn"), "warn",
                      "10.240.40.0/24", 0, protectData=False)  # fmt: skip
-        seen = {"key": str(key["id"]), "new": len(json.loads(s.stack.preview("--json"))["steps"])}
+        seen = {"key": str(key_id), "new": len(json.loads(s.stack.preview("--json"))["steps"])}
         seen["new warnings"] = warnings(s)[1]  # a new stack: every step a create
         s.apply()
         seen["same"] = warnings(s)
@@ -54,9 +46,6 @@ def previews(tmp_path_factory):
         s.stack.configure(s.config, s.secrets)
         seen["changed"] = warnings(s)
         yield seen
-    finally:
-        rest = LAB.down()
-        assert rest == [], f"the stand-in lab left: {rest}"
 
 
 def test_no_warning_for_a_new_stack_nor_an_unchanged_one(previews):
