@@ -1,7 +1,9 @@
 """mastodon-data: the data tier of a Mastodon instance as a Pulumi program.
 
+program        the Pulumi program: configuration -> components -> outputs (a project's
+               __main__.py calls program.run())
 config/        the stack's settings, validated in one place (pure)
-stack_config   reads them through Pulumi's public API (the program's loader)
+stack_config   the one loader of a stack's configuration, for the program and the commands
 plan           the replication steps: which host script runs where, in which order (pure)
 components/    one ComponentResource per concern (network, droplets, replication steps,
                managed PostgreSQL, media, Redis)

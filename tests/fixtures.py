@@ -13,8 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from mastodon_data.config import PROJECT
+
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = "mastodon-data"
 # The operator's command as installed into the venv that runs the tests (`make`: pip install -e .).
 COMMAND = str(Path(sys.executable).parent / "mastodon-data")
 

@@ -18,18 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mastodon_data import plan
+from mastodon_data import plan, stack_config
 from mastodon_data.cli import host_ssh
-from mastodon_data.cli.failover import typed
 from mastodon_data.cli.pulumi_cli import PulumiFailed, Stack
 from mastodon_data.config import (
-    ALL_SECRET_KEYS,
     BACKUP_PASSPHRASE_KEY,
     BACKUP_SECRET_KEY,
     ConfigError,
     Host,
     Settings,
-    parse_settings,
 )
 
 
@@ -44,16 +41,16 @@ class BackupStack:
 
     @classmethod
     def read(cls, stack: Stack) -> BackupStack:
-        config = stack.config()
-        settings = parse_settings(typed(config), set(config) & set(ALL_SECRET_KEYS))
+        loaded = stack_config.from_listing(stack.config_listing())
+        settings = loaded.settings
         if settings.backups is None:
             raise ConfigError("backups are off in this stack (mastodon-data:backups)")
         key = stack.outputs().get("backup_key")
         if not key:
             raise ConfigError("the stack has no backup_key output yet: run `pulumi up` first")
         secrets = {
-            "sshPrivateKey": config["sshPrivateKey"],
-            BACKUP_PASSPHRASE_KEY: config[BACKUP_PASSPHRASE_KEY],
+            "sshPrivateKey": loaded.secrets["sshPrivateKey"],
+            BACKUP_PASSPHRASE_KEY: loaded.secrets[BACKUP_PASSPHRASE_KEY],
             "backupAccessKeyId": key["access_key_id"],
             BACKUP_SECRET_KEY: key["secret_access_key"],
         }

@@ -25,26 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from mastodon_data import plan
+from mastodon_data import plan, stack_config
 from mastodon_data.cli import host_ssh
 from mastodon_data.cli.pulumi_cli import PulumiFailed, Stack
-from mastodon_data.config import (
-    ALL_SECRET_KEYS,
-    RESEED_KEY,
-    ConfigError,
-    Host,
-    decode,
-    parse_settings,
-)
-
-
-def typed(config: dict) -> dict:
-    """Plain settings typed as the program reads them (numbers and lists arrive as JSON text)."""
-    return {
-        key: decode(key, value) if isinstance(value, str) else value
-        for key, value in config.items()
-        if key not in ALL_SECRET_KEYS and key != RESEED_KEY
-    }
+from mastodon_data.config import HOSTS_KEY, RESEED_KEY, ConfigError, Host
+from mastodon_data.stack_config import StackConfig
 
 
 def reordered(hosts: list[dict], first: list[str]) -> list[dict]:
@@ -54,14 +39,14 @@ def reordered(hosts: list[dict], first: list[str]) -> list[dict]:
 
 
 def promote_over_ssh(
-    settings, target: Host, ssh_key: str, known_hosts: Path | None = None
+    loaded: StackConfig, target: Host, known_hosts: Path | None = None
 ) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as private:
         key = Path(private) / "key"
         key.touch(mode=0o600)
-        key.write_text(ssh_key.rstrip("\n") + "\n")
+        key.write_text(loaded.secrets["sshPrivateKey"].rstrip("\n") + "\n")
         start = time.monotonic()
-        step = plan.promote_step(settings.replication, target)
+        step = plan.promote_step(loaded.settings.replication, target)
         out = host_ssh.run_step(step, {}, key, known_hosts)
     return plan.parse_report(out), round(time.monotonic() - start, 2)
 
@@ -76,19 +61,18 @@ def droplet_hosts(outputs: dict, ssh_user: str) -> list[Host]:
     ]
 
 
-def promote_droplet(
-    stack: Stack, name: str, config: dict, settings, known_hosts: Path | None
-) -> dict:
+def promote_droplet(stack: Stack, name: str, loaded: StackConfig, known_hosts: Path | None) -> dict:
     """Droplets mode: the droplets keep their names (db-N); primaryNode says which is the
     primary. The old primary is rewound as a replica in the same run, then the one-time
     re-seed switch is removed again."""
+    settings = loaded.settings
     hosts = droplet_hosts(stack.outputs(), settings.droplets.ssh_user)
     old = next(h for h in hosts if h.role == "primary")
     target = next((h for h in hosts if h.role == "replica" and h.name == name), None)
     if target is None:
         names = [h.name for h in hosts if h.role == "replica"]
         raise ConfigError(f"{name} is not a replica of this stack (replicas: {names})")
-    report, seconds = promote_over_ssh(settings, target, config["sshPrivateKey"], known_hosts)
+    report, seconds = promote_over_ssh(loaded, target, known_hosts)
     position = int(name.removeprefix("db-"))
     stack.set_plain({"primaryNode": position, RESEED_KEY: [old.name]})
     start = time.monotonic()
@@ -101,32 +85,34 @@ def promote_droplet(
             "up_s": _since(start)}  # fmt: skip
 
 
-def promote(
-    stack: Stack, name: str, config: dict, settings, known_hosts: Path | None = None
-) -> dict:
+def promote(stack: Stack, name: str, loaded: StackConfig, known_hosts: Path | None = None) -> dict:
+    settings = loaded.settings
     replicas = [h for h in settings.hosts if h.role == "replica"]
     target = next((h for h in replicas if h.name == name), None)
     if target is None:
         names = [h.name for h in replicas]
         raise ConfigError(f"{name} is not a replica of this stack (replicas: {names})")
-    report, seconds = promote_over_ssh(settings, target, config["sshPrivateKey"], known_hosts)
+    report, seconds = promote_over_ssh(loaded, target, known_hosts)
     survivors = [h.name for h in replicas if h.name != name]
     # The old primary becomes a spare: it rejoins only when the operator asks (`rejoin`).
     stack.set_plain(
-        {"hosts": reordered(config["hosts"], [name, *survivors]), "replicaCount": len(survivors)}
+        {
+            "hosts": reordered(loaded.values[HOSTS_KEY], [name, *survivors]),
+            "replicaCount": len(survivors),
+        }
     )
     start = time.monotonic()
     stack.up()
     return {"promoted": name, "promote_s": seconds, **report, "up_s": _since(start)}
 
 
-def rejoin(stack: Stack, name: str, config: dict, settings) -> dict:
-    names = [h.name for h in settings.hosts if h.role != "spare"]
+def rejoin(stack: Stack, name: str, loaded: StackConfig) -> dict:
+    names = [h.name for h in loaded.settings.hosts if h.role != "spare"]
     if name in names:
         raise ConfigError(f"{name} is already the primary or a replica of this stack")
     stack.set_plain(
         {
-            "hosts": reordered(config["hosts"], [*names, name]),
+            "hosts": reordered(loaded.values[HOSTS_KEY], [*names, name]),
             "replicaCount": len(names),
             RESEED_KEY: [name],
         }
@@ -158,18 +144,18 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data failover") ->
     args = parser.parse_args(argv)
     stack = Stack(args.stack, args.cwd)
     try:
-        config = stack.config()
-        settings = parse_settings(typed(config), set(config) & set(ALL_SECRET_KEYS))
-        if settings.mode == "managed":
+        loaded = stack_config.from_listing(stack.config_listing())
+        mode = loaded.settings.mode
+        if mode == "managed":
             raise ConfigError("managed mode fails over on its own (DigitalOcean's standby)")
-        if settings.mode == "droplets":
+        if mode == "droplets":
             if args.action != "promote":
                 raise ConfigError("droplets mode rejoins the old primary in `promote` itself")
-            summary = promote_droplet(stack, args.name, config, settings, args.known_hosts)
+            summary = promote_droplet(stack, args.name, loaded, args.known_hosts)
         elif args.action == "promote":
-            summary = promote(stack, args.name, config, settings, args.known_hosts)
+            summary = promote(stack, args.name, loaded, args.known_hosts)
         else:
-            summary = rejoin(stack, args.name, config, settings)
+            summary = rejoin(stack, args.name, loaded)
         outputs = stack.outputs()
     except (ConfigError, PulumiFailed, host_ssh.StepFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 from mastodon_data import plan
-
-PROJECT = "mastodon-data"
+from mastodon_data.config import PROJECT
 
 
 class PulumiFailed(RuntimeError):
@@ -66,12 +65,16 @@ class Stack:
         """The stack outputs with secrets shown (what `render_env` reads)."""
         return json.loads(self.pulumi("stack", "output", "--json", "--show-secrets"))
 
+    def config_listing(self) -> dict[str, dict]:
+        """`pulumi config --json --show-secrets`: by full key, the value and whether it is a
+        secret (what mastodon_data.stack_config.from_listing reads)."""
+        return json.loads(self.pulumi("config", "--json", "--show-secrets"))
+
     def config(self) -> dict:
         """This project's configuration, keys without the prefix, secrets in clear."""
-        listed = json.loads(self.pulumi("config", "--json", "--show-secrets"))
         return {
             key.partition(":")[2]: item.get("objectValue", item.get("value"))
-            for key, item in listed.items()
+            for key, item in self.config_listing().items()
             if key.startswith(f"{PROJECT}:")
         }
 

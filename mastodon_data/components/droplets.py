@@ -52,6 +52,39 @@ def firewall_outbound(port: int, vpc_cidr: str) -> list[dict]:
     return rules
 
 
+def create_only_warnings(
+    droplets: DropletSettings, made: list[tuple[str, list[str] | None, str | None]]
+) -> list[str]:
+    """What a run says when sshKeyIds or image differ from what existing droplets were made with
+    (`made`: each droplet's name, keys and image as the state holds them). DigitalOcean uses
+    both only when it makes a droplet, and a change would make a new one without the data, so
+    the droplets ignore them: the setting reaches only droplets made later. Plain data."""
+    warnings = []
+    keys = set(droplets.ssh_key_ids)
+    stale = [(name, set(old)) for name, old, _ in made if old is not None and set(old) != keys]
+    if stale:
+        old_keys = set().union(*(old for _, old in stale))
+        change = "; ".join(
+            f"{what} {', '.join(sorted(ids))}"
+            for what, ids in (("added", keys - old_keys), ("removed", old_keys - keys))
+            if ids
+        )
+        warnings.append(
+            f"sshKeyIds{f' ({change})' if change else ''} reach only droplets made later, as "
+            "other keys would mean a new droplet without its data; these keep the keys they "
+            f"were made with: {', '.join(name for name, _ in stale)}. To let a key in on them, "
+            "add its public key (the .pub line) to authorizedKeys."
+        )
+    stale_image = [f"{name} ({old})" for name, _, old in made if old not in (None, droplets.image)]
+    if stale_image:
+        warnings.append(
+            f"image {droplets.image} reaches only droplets made later, as another image would "
+            "mean a new droplet without its data; these keep the system they were made from: "
+            f"{', '.join(stale_image)}. Upgrade their system on the droplets themselves."
+        )
+    return warnings
+
+
 def former_name(index: int) -> str:
     """The droplet's resource name when names carried the role (the first was the primary)."""
     return "primary" if index == 0 else f"replica-{index}"
@@ -115,19 +148,30 @@ class DropletTier(pulumi.ComponentResource):
                     data_size=volume.size,
                 )  # fmt: skip
             )
+        self.firewall = self._firewall(name, droplets, network, tag)
+        # At preview too: the droplets' keys and image are then the state's (ignored changes).
+        made = [pulumi.Output.all(d.name, d.ssh_keys, d.image) for d in self.droplets]
+        pulumi.Output.all(*made).apply(lambda made: self._warn(droplets, made))
+        self.register_outputs({})
+
+    def _firewall(
+        self, name: str, droplets: DropletSettings, network: PrivateNetwork, tag: do.Tag
+    ) -> do.Firewall:
+        """One firewall for every database droplet of the stack."""
         inbound = firewall_inbound(droplets, tag.name if droplets.replica_count else None)
-        self.firewall = do.Firewall(
+        outbound = firewall_outbound(droplets.port, network.cidr)
+        return do.Firewall(
             f"{name}-firewall",
-            name=f"mastodon-db-{stack}",
+            name=f"mastodon-db-{pulumi.get_stack()}",
             droplet_ids=[d.id.apply(int) for d in self.droplets],
             inbound_rules=[do.FirewallInboundRuleArgs(**r) for r in inbound],
-            outbound_rules=[
-                do.FirewallOutboundRuleArgs(**r)
-                for r in firewall_outbound(droplets.port, network.cidr)
-            ],
-            opts=child,
+            outbound_rules=[do.FirewallOutboundRuleArgs(**r) for r in outbound],
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        self.register_outputs({})
+
+    def _warn(self, droplets: DropletSettings, made: list) -> None:
+        for warning in create_only_warnings(droplets, made):
+            pulumi.log.warn(warning, resource=self)
 
     def _data_volume(
         self,

@@ -1,10 +1,11 @@
 """The stack's settings, validated in one place before anything is created.
 
-Pure (no Pulumi import; the only file read is Pulumi.yaml, for the defaults), so the Pulumi
-program, the tools and the tests share it. Every problem is collected and reported at once, one
-line each, naming the key, the bad value (never a secret's) and the exact fix. By concern:
+Pure (no Pulumi import; the only file read is the packaged Pulumi.yaml, for the types and
+defaults, on first use), so the Pulumi program, the tools and the tests share it. Every problem
+is collected and reported at once, one line each, naming the key, the bad value (never a
+secret's) and the exact fix. By concern:
 
-    project.py   Pulumi.yaml: the project's name, each setting's type and default
+    project.py   the project's name; each setting's type and default (Pulumi.yaml)
     checks.py    the message format, the Field table's reader, shared checks
     topology.py  mode, region, VPC, droplets, sources, database names, WAL
     pooling.py   PgBouncer's pools on the stack's own servers, max_connections

@@ -1,30 +1,68 @@
-"""Pulumi.yaml, read once: the project's name and each setting's type and default.
+"""The project's name, and each setting's type and default from the `config:` schema of
+Pulumi.yaml as the package carries it (mastodon_data/config/Pulumi.yaml, a link to the
+repository's own), read on first use, never at import.
 
-The engine applies the same defaults to a stack that leaves a key unset; the tools that read a
-stack file without the engine get them from here, so no default is written twice.
+The package's copy, not the project directory's: the defaults belong to the code that reads
+them, so the program and every command agree whatever the operator's Pulumi.yaml holds (the full
+schema, an older copy, or only the name and runtime). The engine applies the same defaults to a
+stack that leaves a key unset when the project's Pulumi.yaml carries the schema.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from importlib import resources
 from typing import Any
 
 import yaml
 
-PROJECT_FILE = Path(__file__).resolve().parents[2] / "Pulumi.yaml"
+# Every setting is `mastodon-data:<key>`: a project of another name would find none of them.
+PROJECT = "mastodon-data"
 
 
-def load_project(path: Path = PROJECT_FILE) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """(project name, {key: type}, {key: default}) from the `config:` schema of `path`."""
-    document = yaml.safe_load(path.read_text()) or {}
+def read_schema(text: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """(project name, {key: type}, {key: default}) from the text of a Pulumi.yaml."""
+    document = yaml.safe_load(text) or {}
     schema = document.get("config") or {}
     types = {key: spec.get("type", "string") for key, spec in schema.items()}
     defaults = {key: spec.get("default") for key, spec in schema.items()}
-    return document["name"], types, defaults
+    return document.get("name"), types, defaults
 
 
-PROJECT, TYPES, DEFAULTS = load_project()
+@functools.cache
+def _packaged_schema() -> tuple[dict[str, str], dict[str, Any]]:
+    _, types, defaults = read_schema(
+        resources.files(__package__).joinpath("Pulumi.yaml").read_text()
+    )
+    return types, defaults
+
+
+class _SchemaColumn(Mapping[str, Any]):
+    """{key: type} or {key: default}: a read-only mapping that reads the schema when first used."""
+
+    def __init__(self, column: int) -> None:
+        self._column = column
+
+    def _values(self) -> dict[str, Any]:
+        return _packaged_schema()[self._column]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __repr__(self) -> str:
+        return repr(self._values())
+
+
+TYPES: Mapping[str, str] = _SchemaColumn(0)
+DEFAULTS: Mapping[str, Any] = _SchemaColumn(1)
 
 
 def decode(key: str, value: Any) -> Any:

@@ -143,7 +143,7 @@ FIELDS = (
     ),
     Field("sshUser", pattern=UNIX_USER, what="not a valid unix user name"),
     Field("adminCidrs", example=ADMIN_EXAMPLE),  # entries: check_admin_cidrs
-    Field("postgresAllowedSources", example=DEFAULTS["vpcCidr"]),  # check_allowed_sources
+    Field("postgresAllowedSources"),  # example: the VPC's default range; check_allowed_sources
     Field("dbName", check=database_problem),
     Field("dbUser", check=role_problem),
     Field("replicationUser", check=role_problem),
@@ -161,7 +161,7 @@ FIELDS = (
 
 def parse_topology(v: Validation) -> dict[str, Any]:
     """The topology's Settings fields (by name), checked together; problems go to `v`."""
-    values = v.read(FIELDS)
+    values = v.read(FIELDS, postgresAllowedSources=DEFAULTS["vpcCidr"])
     mode = values["postgresMode"] if v.ok("postgresMode") else None
     vpc = ipaddress.ip_network(values["vpcCidr"]) if v.ok("vpcCidr") else None
     if mode == "managed":

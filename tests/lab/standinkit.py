@@ -10,9 +10,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+from labkit import lab_unavailable
+
+from lab.stack import engine_gap
 from lab.standin._lab import OPERATOR_COMMAND, LabStack
 from lab.standin.client import Client
 from lab.standin.service import StandInLab
@@ -52,6 +57,23 @@ except ConnectionRefusedError:
 except OSError as e:
     print("blocked" if e.errno == 1 else f"error {e.errno}")
 """
+
+
+@contextmanager
+def standin_account(lab: StandInLab) -> Iterator[tuple[Client, int]]:
+    """`lab` started afresh (the test skipped where it cannot run), the operator's key in its
+    account: (its client, the key's id); at the end nothing of it is left."""
+    reason = lab_unavailable() or engine_gap()
+    if reason:
+        pytest.skip(reason)
+    lab.down()
+    try:
+        client = lab.start()
+        key = client.register_key(f"{lab.prefix}-operator", lab.hosts.ensure_operator_key())
+        yield client, key["id"]
+    finally:
+        rest = lab.down()
+        assert rest == [], f"the stand-in lab left: {rest}"
 
 
 class Flow:

@@ -9,14 +9,15 @@ import os
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import pulumi
 
 from mastodon_data import cert_renewal
+from mastodon_data.config import PROJECT
 from tests.fixtures import SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = "mastodon-data"
 
 CA_CERT = "-----BEGIN CERTIFICATE-----\nMIIBtestca\n-----END CERTIFICATE-----\n"
 DO_CA_CERT = "-----BEGIN CERTIFICATE-----\nMIIBdigitaloceanca\n-----END CERTIFICATE-----\n"
@@ -49,8 +50,12 @@ class Registered:
 
 
 class Mocks(pulumi.runtime.Mocks):
-    def __init__(self):
+    """`made_with`: what every droplet's state holds beside its inputs (camelCase), as for
+    droplets made earlier with other keys or another image (inputs the droplets ignore)."""
+
+    def __init__(self, made_with: dict | None = None):
         self.resources: list[Registered] = []
+        self.made_with = made_with or {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         wrapped = {k for k, v in args.inputs.items() if isinstance(v, dict) and SECRET_SIG in v}
@@ -61,6 +66,7 @@ class Mocks(pulumi.runtime.Mocks):
             # deterministic).
             n = 1 + int(args.name.rsplit("-", 1)[1])
             state |= {"ipv4Address": f"203.0.113.{n}", "ipv4AddressPrivate": f"10.118.0.{n + 1}"}
+            state |= self.made_with
             return [str(1000 + n), state]
         if args.typ.startswith(DO):
             outputs = digitalocean_outputs(args.typ.removeprefix(DO), args.name, state)
@@ -167,17 +173,22 @@ class CertificateProbes:
 
 
 def run_program(
-    config: dict, secrets: dict | None = None, probes: CertificateProbes | None = None
+    config: dict,
+    secrets: dict | None = None,
+    probes: CertificateProbes | None = None,
+    project: str = PROJECT,
+    made_with: dict | None = None,
 ) -> Run:
-    """Runs __main__.py with `config` (keys without the project prefix) and the secrets; the
-    hosts' certificate checks are answered by `probes` (no SSH)."""
+    """Runs __main__.py with `config` (keys without the project prefix) and the secrets in a
+    project named `project`; the hosts' certificate checks are answered by `probes` (no SSH);
+    `made_with`: see Mocks."""
     secrets = SECRETS if secrets is None else secrets
     cert_renewal.READER[0] = probes or CertificateProbes()
-    mocks = Mocks()
+    mocks = Mocks(made_with)
     # A fresh root stack per run: set_mocks keeps an existing one, and with it the exports of
     # the previous run (an output this run does not export would still be there).
     pulumi.runtime.settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="unit", preview=False)
+    pulumi.runtime.set_mocks(mocks, project=project, stack="unit", preview=False)
     values = {**config, **secrets}
     wire = {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
     secret_keys = [f"{PROJECT}:{k}" for k in secrets]
@@ -188,8 +199,6 @@ def run_program(
         "PULUMI_CONFIG": json.dumps(wire),
         "PULUMI_CONFIG_SECRET_KEYS": json.dumps(secret_keys),
     }
-    saved = {name: os.environ.get(name) for name in environ}
-    os.environ.update(environ)
     run = Run(mocks.resources)
     # Mocks see no resource options: they are recorded as the program passes them.
     original = pulumi.CustomResource.__init__
@@ -214,12 +223,8 @@ def run_program(
         return pulumi.Output.all(collected, pulumi.Output.all(**exports).apply(run.outputs.update))
 
     try:
-        program()
+        with mock.patch.dict(os.environ, environ):
+            program()
     finally:
         pulumi.CustomResource.__init__ = original
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return run

@@ -15,6 +15,7 @@ import pulumi
 import pytest
 from program_harness import run_program
 
+from mastodon_data.components.droplets import create_only_warnings
 from mastodon_data.components.managed_postgres import version_check
 from mastodon_data.config import SECRET_KEYS, ConfigError, parse_settings
 from tests.fixtures import DROPLETS, HOST_KEY, MANAGED, SPACES
@@ -63,6 +64,38 @@ def test_droplets_ignore_the_inputs_that_would_replace_them_and_keep_their_forme
         assert sorted(options.ignore_changes) == ["image", "sshKeys", "userData"]
         (alias,) = options.aliases
         assert alias.name == former  # same parent (the tier "db"), same type
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_no_warning_when_the_droplets_were_made_as_configured(caplog):
+    run_program({**DROPLETS, "replicaCount": 1})
+    assert warnings_of(caplog) == []
+
+
+def test_keys_and_image_the_droplets_were_not_made_with_are_named_with_what_applies(caplog):
+    # The state's values of inputs the droplets ignore, as a preview sees them.
+    made_with = {"sshKeys": ["12345", "11111"], "image": "ubuntu-22-04-x64"}
+    run_program({**DROPLETS, "sshKeyIds": ["12345", "67890"]}, made_with=made_with)
+    assert warnings_of(caplog) == [
+        "sshKeyIds (added 67890; removed 11111) reach only droplets made later, as other keys "
+        "would mean a new droplet without its data; these keep the keys they were made with: "
+        "mastodon-db-unit-0, mastodon-db-unit-1. To let a key in on them, add its public key "
+        "(the .pub line) to authorizedKeys.",
+        "image ubuntu-24-04-x64 reaches only droplets made later, as another image would mean a "
+        "new droplet without its data; these keep the system they were made from: "
+        "mastodon-db-unit-0 (ubuntu-22-04-x64), mastodon-db-unit-1 (ubuntu-22-04-x64). Upgrade "
+        "their system on the droplets themselves.",
+    ]
+
+
+def test_keys_in_another_order_are_the_same_keys():
+    settings = parse_settings({**DROPLETS, "sshKeyIds": ["1", "2"]}, SECRET_KEYS).droplets
+    made = [("db-0", ["2", "1"], settings.image), ("db-1", None, None)]  # db-1: not known
+    assert create_only_warnings(settings, made) == []
+    assert len(create_only_warnings(settings, [("db-0", ["1"], settings.image)])) == 1
 
 
 def test_the_pool_is_deleted_before_its_replacement_is_made():

@@ -1,0 +1,98 @@
+"""The Pulumi program: the stack's configuration -> its components -> the outputs a deploy
+pipeline reads. PostgreSQL runs on droplets made here, on existing hosts, or managed by
+DigitalOcean; media (Spaces and a CDN) and Redis (Valkey) may be added in every mode.
+
+A project runs it from its `__main__.py`, this repository's as an operator's:
+
+    from mastodon_data.program import run
+
+    run()
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from mastodon_data import cert_renewal, components, outputs, stack_config
+from mastodon_data.config import REDIS_URL_KEY, Settings
+
+
+def run() -> None:
+    """The whole program, in the order the engine meets it."""
+    # Configuration: every setting checked at once; any problem stops here, with its fix.
+    settings, secrets, reseed = stack_config.load()
+    cert_renewal.start_early(settings)  # hosts mode: the SSH checks overlap the imports below
+    mode, protect = settings.mode, settings.lifecycle.protect_data
+
+    # Components: one VPC per stack (hosts mode has none), PostgreSQL, media, Redis.
+    network = components.PrivateNetwork("network", settings.network) if mode != "hosts" else None
+    vpc_id = network.vpc.id if network else None
+    repository = None
+    if mode == "managed":
+        postgres = components.ManagedPostgres(
+            "postgres", settings.managed, settings.app_sources, vpc_id, settings.lifecycle
+        )
+    else:
+        postgres, repository, secrets = replicated_postgres(settings, network, secrets, reseed)
+    media = components.SpacesMedia("media", settings.spaces, protect) if settings.spaces else None
+    valkey = None
+    if settings.redis and settings.redis.mode == "managed":
+        valkey = components.ManagedValkey(
+            "redis", settings.redis, settings.app_sources, vpc_id, protect
+        )
+
+    # Exports: PostgreSQL's the same in every mode, then what the mode and the options add.
+    export_postgres(mode, postgres, repository)
+    if network:
+        pulumi.export("vpc_id", network.vpc.id)
+    if media:
+        pulumi.export("media", media.output)
+    if valkey:
+        pulumi.export("redis", valkey.output)
+    redis_url = valkey.url if valkey else secrets.get(REDIS_URL_KEY)
+    export_mastodon_env(postgres, redis_url, media.storage if media else None)
+
+
+def replicated_postgres(settings: Settings, network, secrets: dict, reseed: frozenset[str]):
+    """Droplets and hosts mode: the servers (droplets made here, or the existing hosts), the
+    backup repository, the replication steps on the servers and the admin keys. Returns
+    (the steps, the repository or None, the secrets with the repository's key added)."""
+    droplets, lifecycle = settings.droplets, settings.lifecycle
+    tier = components.DropletTier("db", droplets, network, lifecycle) if droplets else None
+    hosts = tier.hosts if tier else settings.hosts
+    repository, secrets = components.BackupRepository.with_key("backups", settings.backups, secrets)
+    postgres = components.ReplicationSteps(
+        "replication",
+        settings.replication,
+        hosts,
+        secrets,
+        reseed,
+        hosts_outlive_stack=not tier,
+        backups=settings.backups,
+    )
+    if lifecycle.authorized_keys:  # admin keys, rotated without a new droplet
+        components.AuthorizedKeys("admin-keys", lifecycle.authorized_keys, hosts, secrets)
+    return postgres, repository, secrets
+
+
+def export_postgres(mode: str, postgres, repository) -> None:
+    pulumi.export("postgres", postgres.endpoints.apply(outputs.postgres_output))
+    pulumi.export("postgres_ca_cert", postgres.ca_cert)
+    if mode == "managed":
+        pulumi.export("postgres_admin", postgres.admin)  # secret; for `mastodon-data grant`
+        return
+    pulumi.export("primary", postgres.primary)
+    pulumi.export("replicas", postgres.replicas)
+    pulumi.export("replication", postgres.status)
+    if repository:  # backup_key (secret): for `mastodon-data restore`
+        pulumi.export("backups", repository.output)
+        pulumi.export("backup_key", repository.key_output)
+
+
+def export_mastodon_env(postgres, redis_url, storage) -> None:
+    """Mastodon's variables (secret as a whole) and the overrides of a direct migration."""
+    env = pulumi.Output.all(postgres.endpoints, postgres.password, redis_url, storage)
+    pulumi.export("mastodon_env", pulumi.Output.secret(env.apply(lambda a: outputs.env_output(*a))))
+    # No credential in it (host, port, name): plain in every mode, as the policy pack expects.
+    migration = postgres.endpoints.apply(outputs.migration_output)
+    pulumi.export("migration_env", pulumi.Output.unsecret(migration))
