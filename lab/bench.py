@@ -39,7 +39,7 @@ import psycopg
 
 from lab import namespaces as lab_hosts
 from lab.stack import ROOT, LabStack
-from mastodon_data.cli.check_replication import connect, direct_env, lsn
+from mastodon_data.database import connect, direct_env, lsn
 
 LAB = lab_hosts.Lab(
     prefix="mlabb", subnet="10.254.0.0/24", state_dir=Path("/var/lib/mastodon-lab-bench")

@@ -21,7 +21,6 @@ from pathlib import Path
 from mastodon_data import plan
 from mastodon_data.cli import host_ssh
 from mastodon_data.cli.failover import typed
-from mastodon_data.cli.pulumi_cli import PulumiFailed, Stack
 from mastodon_data.config import (
     ALL_SECRET_KEYS,
     BACKUP_PASSPHRASE_KEY,
@@ -31,6 +30,7 @@ from mastodon_data.config import (
     Settings,
     parse_settings,
 )
+from mastodon_data.pulumi_cli import PulumiFailed, Stack
 
 
 @dataclass(frozen=True)

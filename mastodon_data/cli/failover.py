@@ -27,7 +27,6 @@ from pathlib import Path
 
 from mastodon_data import plan
 from mastodon_data.cli import host_ssh
-from mastodon_data.cli.pulumi_cli import PulumiFailed, Stack
 from mastodon_data.config import (
     ALL_SECRET_KEYS,
     RESEED_KEY,
@@ -36,6 +35,7 @@ from mastodon_data.config import (
     decode,
     parse_settings,
 )
+from mastodon_data.pulumi_cli import PulumiFailed, Stack
 
 
 def typed(config: dict) -> dict:
