@@ -80,7 +80,7 @@ if "mastodon-data" in text:
 
 
 class LabHosts:
-    """The stand-in's backend (standin.model.Backend) on this machine."""
+    """The stand-in's backend (lab/standin/backend.py) on this machine."""
 
     def __init__(self, prefix: str, public_network: str, state_dir: Path, vpc_pool=(), log=print):
         self.prefix, self.state_dir, self.log = prefix, Path(state_dir), log
