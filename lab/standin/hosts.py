@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from lab.standin._lab import netns_list, remove_netns, run
+from lab.standin._lab import ensure_key, netns_list, remove_netns, run
 from lab.standin.lab_disks import LabDisks
 from lab.standin.lab_network import BLACKHOLE_METRIC
 
@@ -32,9 +32,7 @@ class LabHosts(LabDisks):
     def ensure_operator_key(self) -> str:
         """The operator's key pair (made once); returns the public key."""
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not self.operator_key.exists():
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{self.prefix}-operator",
-                 "-f", str(self.operator_key)])  # fmt: skip
+        ensure_key(self.operator_key, f"{self.prefix}-operator")
         return Path(f"{self.operator_key}.pub").read_text().strip()
 
     # -- teardown -----------------------------------------------------------------------------

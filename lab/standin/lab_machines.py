@@ -24,7 +24,16 @@ import threading
 import time
 from pathlib import Path
 
-from lab.standin._lab import LabError, link_exists, make_private, netns_list, pid_alive, run
+from lab.standin._lab import (
+    LabError,
+    ensure_key,
+    link_exists,
+    make_private,
+    netns_list,
+    pid_alive,
+    run,
+    sshd_config,
+)
 from lab.standin.lab_network import LabNetwork
 
 BOOT_TIMEOUT = 180  # seconds a boot (clusters started, sshd up) may take
@@ -99,35 +108,14 @@ class LabMachines(LabNetwork):
     def write_files(self, host: dict, public_keys: list[str]) -> None:
         home = self.host_dir(host)
         make_private(home)
-        host_key = home / "ssh_host_ed25519_key"
-        if not host_key.exists():
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host["name"],
-                 "-f", str(host_key)])  # fmt: skip
+        host_key = ensure_key(home / "ssh_host_ed25519_key", host["name"])
         authorized = home / "authorized_keys"
         authorized.write_text("".join(f"{k.strip()}\n" for k in public_keys))
         os.chmod(authorized, 0o600)
-        (home / "sshd_config").write_text(
-            "\n".join(
-                [
-                    "ListenAddress 0.0.0.0",
-                    "Port 22",
-                    f"HostKey {host_key}",
-                    f"PidFile {home / 'sshd.pid'}",
-                    # The keys the host was made with, then the login user's own file.
-                    f"AuthorizedKeysFile {authorized} .ssh/authorized_keys",
-                    "PermitRootLogin prohibit-password",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "UsePAM no",
-                    "UseDNS no",
-                    "StrictModes no",
-                    "Subsystem sftp internal-sftp",
-                    "MaxStartups 50:30:100",
-                    "MaxSessions 50",
-                    "",
-                ]
-            )
-        )
+        # The keys the host was made with, then the login user's own file.
+        keys = f"{authorized} .ssh/authorized_keys"
+        config = sshd_config("0.0.0.0", host_key, home / "sshd.pid", keys, "UseDNS no")
+        (home / "sshd_config").write_text(config)
 
     def plug(self, host: dict, vpc: dict) -> None:
         """The namespace and its two interfaces (idempotent)."""
