@@ -65,33 +65,14 @@ class Account:
         self.fresh: dict[tuple[str, str], int] = {}  # (collection, id) -> 404s still to give
         self.threads: list[threading.Thread] = []
         self.sync_wanted = False
-        # The resources, in the order they recover after a restart.
-        self.catalog = Catalog(self)
-        self.actions = Actions(self)
-        self.vpcs = Vpcs(self)
-        self.tags = Tags(self)
-        self.ssh_keys = SshKeys(self)
-        self.machines = Machines(self)
-        self.droplets = Droplets(self)
-        self.droplet_actions = DropletActions(self)
-        self.volumes = Volumes(self)
-        self.firewalls = Firewalls(self)
-        self.spaces_keys = SpacesKeys(self)
-        self.cdn_endpoints = CdnEndpoints(self)
-        self.resources: list[Resource] = [
-            self.catalog,
-            self.actions,
-            self.vpcs,
-            self.tags,
-            self.ssh_keys,
-            self.machines,
-            self.droplets,
-            self.droplet_actions,
-            self.volumes,
-            self.firewalls,
-            self.spaces_keys,
-            self.cdn_endpoints,
-        ]
+        # The resources (each an attribute, for the others to reach), in the order they
+        # recover after a restart: actions, droplets, volumes, then the firewalls.
+        self.catalog, self.actions, self.machines = Catalog(self), Actions(self), Machines(self)
+        self.vpcs, self.tags, self.ssh_keys = Vpcs(self), Tags(self), SshKeys(self)
+        self.droplets, self.droplet_actions = Droplets(self), DropletActions(self)
+        self.volumes, self.firewalls = Volumes(self), Firewalls(self)
+        self.spaces_keys, self.cdn_endpoints = SpacesKeys(self), CdnEndpoints(self)
+        self.resources = [r for r in vars(self).values() if isinstance(r, Resource)]
         self.state = self.load()
         self.routes = [
             (method, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "/?$"),

@@ -9,9 +9,10 @@ import os
 import shutil
 from pathlib import Path
 
-from lab.standin._lab import ensure_key, netns_list, remove_netns, run
+from lab.host_files import ensure_key
 from lab.standin.lab_disks import LabDisks
 from lab.standin.lab_network import BLACKHOLE_METRIC
+from lab.system import netns_list, remove_netns, run
 
 
 class LabHosts(LabDisks):

@@ -8,8 +8,9 @@ import os
 import signal
 from pathlib import Path
 
-from lab.standin._lab import DEVICE_LINKS, netns_list, pid_alive, private_source, run
+from lab.host_files import DEVICE_LINKS, private_source
 from lab.standin.lab_machines import LabMachines
+from lab.system import netns_list, pid_alive, run
 
 
 class LabDisks(LabMachines):

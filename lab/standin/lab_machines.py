@@ -24,17 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-from lab.standin._lab import (
-    LabError,
-    ensure_key,
-    link_exists,
-    make_private,
-    netns_list,
-    pid_alive,
-    run,
-    sshd_config,
-)
+from lab.host_files import ensure_key, make_private, sshd_config
 from lab.standin.lab_network import LabNetwork
+from lab.system import LabError, link_exists, netns_list, pid_alive, run
 
 BOOT_TIMEOUT = 180  # seconds a boot (clusters started, sshd up) may take
 # Run in the host's mount namespace at boot: the clusters (and PgBouncer) systemd would start.

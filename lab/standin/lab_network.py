@@ -12,7 +12,7 @@ import ipaddress
 import threading
 from pathlib import Path
 
-from lab.standin._lab import link_exists, netns_list, run
+from lab.system import link_exists, netns_list, run
 
 BLACKHOLE_METRIC = "4242"  # behind a link's own route (metric 0), which wins while it exists
 

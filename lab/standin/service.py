@@ -19,9 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.standin._lab import IMPORT_PATHS, ROOT, LabError, pid_alive, preflight
+from lab.standin._lab import IMPORT_PATHS, ROOT
 from lab.standin.client import Client
 from lab.standin.hosts import LabHosts
+from lab.system import LabError, pid_alive, preflight
 
 START_TIMEOUT = 30  # seconds for the server to answer
 STOP_TIMEOUT = 60  # seconds for it to finish its background work and exit

@@ -3,15 +3,15 @@ power, a volume's attachment); "in-progress", then "completed" or "errored"."""
 
 from __future__ import annotations
 
-from lab.standin.resources.base import Request, Resource, now_iso
-from lab.standin.resources.catalog import region_json
+from .base import Request, Resource, at, now_iso
+from .catalog import region_json
 
 
 class Actions(Resource):
     COLLECTION = "actions"
 
     def routes(self):
-        return [("GET", "/v2/actions/{action}", self.get)]
+        return at("/v2/actions/{action}", GET=self.get)
 
     def start(self, kind: str, resource_type: str, resource_id, region: str) -> dict:
         action = {

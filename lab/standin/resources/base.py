@@ -51,6 +51,11 @@ class Request:
 Route = tuple[str, str, Callable[[Request], object]]
 
 
+def at(path: str, **handlers: Callable[[Request], object]) -> list[Route]:
+    """The routes of one path, by method: at("/v2/vpcs", GET=self.list, POST=self.create)."""
+    return [(method, path, handler) for method, handler in handlers.items()]
+
+
 @dataclass
 class Timings:
     """Seconds the stand-in's work takes at least (the provider's own waits come on top:

@@ -8,7 +8,7 @@ machine's Debian 12, so only `debian-12-x64` makes a droplet: the other public i
 
 from __future__ import annotations
 
-from lab.standin.resources.base import Request, Resource, not_found, page
+from .base import Request, Resource, at, not_found, page
 
 REGIONS = {
     "nyc1": "New York 1",
@@ -98,10 +98,10 @@ class Catalog(Resource):
 
     def routes(self):
         return [
-            ("GET", "/v2/account", self.get_account),
-            ("GET", "/v2/regions", self.list_regions),
-            ("GET", "/v2/sizes", self.list_sizes),
-            ("GET", "/v2/images/{image}", self.get_image),
+            *at("/v2/account", GET=self.get_account),
+            *at("/v2/regions", GET=self.list_regions),
+            *at("/v2/sizes", GET=self.list_sizes),
+            *at("/v2/images/{image}", GET=self.get_image),
         ]
 
     def get_account(self, request: Request):

@@ -6,15 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from lab.standin.resources.base import (
-    ApiError,
-    Request,
-    Resource,
-    json_body,
-    now_iso,
-    page,
-    unprocessable,
-)
+from .base import ApiError, Request, Resource, at, json_body, now_iso, page, unprocessable
 
 TTLS = (60, 600, 3600, 86400, 604800)
 
@@ -24,11 +16,8 @@ class CdnEndpoints(Resource):
 
     def routes(self):
         return [
-            ("GET", "/v2/cdn/endpoints", self.list),
-            ("POST", "/v2/cdn/endpoints", self.create),
-            ("GET", "/v2/cdn/endpoints/{id}", self.get),
-            ("PUT", "/v2/cdn/endpoints/{id}", self.update),
-            ("DELETE", "/v2/cdn/endpoints/{id}", self.delete),
+            *at("/v2/cdn/endpoints", GET=self.list, POST=self.create),
+            *at("/v2/cdn/endpoints/{id}", GET=self.get, PUT=self.update, DELETE=self.delete),
         ]
 
     def list(self, request: Request):

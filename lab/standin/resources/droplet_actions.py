@@ -6,32 +6,18 @@ from __future__ import annotations
 
 import time
 
-from lab.standin.resources.base import (
-    HOSTNAME,
-    Faults,
-    Request,
-    Resource,
-    json_body,
-    page,
-    unprocessable,
-    wait_out,
-)
-from lab.standin.resources.catalog import SIZES
-from lab.standin.resources.machines import POWER
+from .base import HOSTNAME, Faults, Request, Resource, at, json_body, page, unprocessable, wait_out
+from .catalog import SIZES
+from .machines import POWER
 
-# What a completed action changes in the droplet's record (resize and rename: their values).
+# What a completed action sets in the droplet's record (resize and rename: see `apply`).
 EFFECTS = {
-    "power_off": {"status": "off"},
-    "shutdown": {"status": "off"},
-    "power_on": {"status": "active"},
-    "reboot": {"status": "active"},
-    "power_cycle": {"status": "active"},
+    **dict.fromkeys(("power_off", "shutdown"), {"status": "off"}),
+    **dict.fromkeys(("power_on", "reboot", "power_cycle"), {"status": "active"}),
     "enable_backups": {"backups": True},
     "disable_backups": {"backups": False},
     "enable_ipv6": {"ipv6": True},
-    "enable_private_networking": {},
-    "resize": {},
-    "rename": {},
+    **dict.fromkeys(("enable_private_networking", "resize", "rename"), {}),
 }
 
 
@@ -40,9 +26,8 @@ class DropletActions(Resource):
 
     def routes(self):
         return [
-            ("GET", "/v2/droplets/{id}/actions", self.list),
-            ("POST", "/v2/droplets/{id}/actions", self.start),
-            ("GET", "/v2/droplets/{id}/actions/{action}", self.get),
+            *at("/v2/droplets/{id}/actions", GET=self.list, POST=self.start),
+            *at("/v2/droplets/{id}/actions/{action}", GET=self.get),
         ]
 
     def list(self, request: Request):

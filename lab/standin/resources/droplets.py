@@ -9,12 +9,13 @@ import hashlib
 import ipaddress
 import time
 
-from lab.standin.resources.base import (
+from .base import (
     HOSTNAME,
     ApiError,
     Faults,
     Request,
     Resource,
+    at,
     has_tag,
     json_body,
     now_iso,
@@ -22,7 +23,7 @@ from lab.standin.resources.base import (
     unprocessable,
     wait_out,
 )
-from lab.standin.resources.catalog import (
+from .catalog import (
     DROPLET_LIMIT,
     IMAGES,
     LAB_IMAGES,
@@ -40,11 +41,8 @@ class Droplets(Resource):
 
     def routes(self):
         return [
-            ("GET", "/v2/droplets", self.list),
-            ("POST", "/v2/droplets", self.create),
-            ("DELETE", "/v2/droplets", self.delete_by_tag),
-            ("GET", "/v2/droplets/{id}", self.get),
-            ("DELETE", "/v2/droplets/{id}", self.delete),
+            *at("/v2/droplets", GET=self.list, POST=self.create, DELETE=self.delete_by_tag),
+            *at("/v2/droplets/{id}", GET=self.get, DELETE=self.delete),
         ]
 
     def find_droplet(self, ident) -> dict:

@@ -9,15 +9,8 @@ import threading
 import uuid
 
 from lab.standin.firewall import applies_to, compile_rules
-from lab.standin.resources.base import (
-    HOSTNAME,
-    Request,
-    Resource,
-    json_body,
-    now_iso,
-    page,
-    unprocessable,
-)
+
+from .base import HOSTNAME, Request, Resource, at, json_body, now_iso, page, unprocessable
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 
@@ -32,15 +25,10 @@ class Firewalls(Resource):
 
     def routes(self):
         return [
-            ("GET", "/v2/firewalls", self.list),
-            ("POST", "/v2/firewalls", self.create),
-            ("GET", "/v2/firewalls/{id}", self.get),
-            ("PUT", "/v2/firewalls/{id}", self.update),
-            ("DELETE", "/v2/firewalls/{id}", self.delete),
-            ("POST", "/v2/firewalls/{id}/droplets", self.add_droplets),
-            ("DELETE", "/v2/firewalls/{id}/droplets", self.remove_droplets),
-            ("POST", "/v2/firewalls/{id}/tags", self.add_tags),
-            ("DELETE", "/v2/firewalls/{id}/tags", self.remove_tags),
+            *at("/v2/firewalls", GET=self.list, POST=self.create),
+            *at("/v2/firewalls/{id}", GET=self.get, PUT=self.update, DELETE=self.delete),
+            *at("/v2/firewalls/{id}/droplets", POST=self.add_droplets, DELETE=self.remove_droplets),
+            *at("/v2/firewalls/{id}/tags", POST=self.add_tags, DELETE=self.remove_tags),
         ]
 
     def normalise_target(self, target: dict, side: str) -> dict:

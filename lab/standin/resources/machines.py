@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from lab.standin.resources.base import Resource, unprocessable
+from .base import Resource, unprocessable
 
 # A power action as what the machine does, in order (a reboot shuts down gracefully; a power
 # cycle pulls the plug).

@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from lab.standin.resources.base import (
-    Request,
-    Resource,
-    json_body,
-    now_iso,
-    page,
-    unprocessable,
-)
+from .base import Request, Resource, at, json_body, now_iso, page, unprocessable
 
 PERMISSIONS = ("read", "readwrite", "fullaccess")
 
@@ -37,11 +30,8 @@ class SpacesKeys(Resource):
 
     def routes(self):
         return [
-            ("GET", "/v2/spaces/keys", self.list),
-            ("POST", "/v2/spaces/keys", self.create),
-            ("GET", "/v2/spaces/keys/{key}", self.get),
-            ("PUT", "/v2/spaces/keys/{key}", self.update),
-            ("DELETE", "/v2/spaces/keys/{key}", self.delete),
+            *at("/v2/spaces/keys", GET=self.list, POST=self.create),
+            *at("/v2/spaces/keys/{key}", GET=self.get, PUT=self.update, DELETE=self.delete),
         ]
 
     def list(self, request: Request):

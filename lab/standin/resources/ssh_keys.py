@@ -6,15 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from lab.standin.resources.base import (
-    ApiError,
-    Request,
-    Resource,
-    json_body,
-    not_found,
-    page,
-    unprocessable,
-)
+from .base import ApiError, Request, Resource, at, json_body, not_found, page, unprocessable
 
 
 def key_fingerprint(public_key: str) -> str:
@@ -35,11 +27,8 @@ class SshKeys(Resource):
 
     def routes(self):
         return [
-            ("GET", "/v2/account/keys", self.list),
-            ("POST", "/v2/account/keys", self.create),
-            ("GET", "/v2/account/keys/{key}", self.get),
-            ("PUT", "/v2/account/keys/{key}", self.update),
-            ("DELETE", "/v2/account/keys/{key}", self.delete),
+            *at("/v2/account/keys", GET=self.list, POST=self.create),
+            *at("/v2/account/keys/{key}", GET=self.get, PUT=self.update, DELETE=self.delete),
         ]
 
     def find_key(self, ident: str) -> dict:

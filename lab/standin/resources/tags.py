@@ -5,15 +5,7 @@ from __future__ import annotations
 
 import re
 
-from lab.standin.resources.base import (
-    Request,
-    Resource,
-    has_tag,
-    json_body,
-    not_found,
-    page,
-    unprocessable,
-)
+from .base import Request, Resource, at, has_tag, json_body, not_found, page, unprocessable
 
 TAG_NAME = re.compile(r"[A-Za-z0-9:_.-]{1,255}")
 
@@ -23,12 +15,9 @@ class Tags(Resource):
 
     def routes(self):
         return [
-            ("GET", "/v2/tags", self.list),
-            ("POST", "/v2/tags", self.create),
-            ("GET", "/v2/tags/{name}", self.get),
-            ("DELETE", "/v2/tags/{name}", self.delete),
-            ("POST", "/v2/tags/{name}/resources", self.tag_resources),
-            ("DELETE", "/v2/tags/{name}/resources", self.untag_resources),
+            *at("/v2/tags", GET=self.list, POST=self.create),
+            *at("/v2/tags/{name}", GET=self.get, DELETE=self.delete),
+            *at("/v2/tags/{name}/resources", POST=self.tag_resources, DELETE=self.untag_resources),
         ]
 
     def taggable(self) -> dict[str, Resource]:

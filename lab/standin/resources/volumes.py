@@ -8,11 +8,12 @@ import re
 import time
 import uuid
 
-from lab.standin.resources.base import (
+from .base import (
     ApiError,
     Faults,
     Request,
     Resource,
+    at,
     json_body,
     not_found,
     now_iso,
@@ -20,7 +21,7 @@ from lab.standin.resources.base import (
     unprocessable,
     wait_out,
 )
-from lab.standin.resources.catalog import REGIONS, region_json
+from .catalog import REGIONS, region_json
 
 
 class Volumes(Resource):
@@ -28,13 +29,11 @@ class Volumes(Resource):
 
     def routes(self):
         return [
-            ("GET", "/v2/volumes", self.list),
-            ("POST", "/v2/volumes", self.create),
-            ("GET", "/v2/volumes/{id}", self.get),
-            ("DELETE", "/v2/volumes/{id}", self.delete),
-            ("POST", "/v2/volumes/{id}/actions", self.start_action),
-            ("POST", "/v2/volumes/actions", self.start_action_by_name),
-            ("GET", "/v2/volumes/{id}/actions/{action}", self.get_action),
+            *at("/v2/volumes", GET=self.list, POST=self.create),
+            *at("/v2/volumes/{id}", GET=self.get, DELETE=self.delete),
+            *at("/v2/volumes/{id}/actions", POST=self.start_action),
+            *at("/v2/volumes/actions", POST=self.start_action_by_name),
+            *at("/v2/volumes/{id}/actions/{action}", GET=self.get_action),
         ]
 
     @staticmethod

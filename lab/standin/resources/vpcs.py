@@ -7,33 +7,23 @@ from __future__ import annotations
 import ipaddress
 import uuid
 
-from lab.standin.resources.base import (
-    HOSTNAME,
-    ApiError,
-    Request,
-    Resource,
-    json_body,
-    now_iso,
-    page,
-    unprocessable,
-)
-from lab.standin.resources.catalog import REGIONS
+from .base import HOSTNAME, ApiError, Request, Resource, at, json_body, now_iso, page, unprocessable
+from .catalog import REGIONS
 
 RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
 
 class Vpcs(Resource):
+    """By id; a VPC's `index` (1, 2, ...) names its bridge and the operator's link into it."""
+
     COLLECTION = "vpcs"
 
     def routes(self):
         return [
-            ("GET", "/v2/vpcs", self.list),
-            ("POST", "/v2/vpcs", self.create),
-            ("GET", "/v2/vpcs/{id}", self.get),
-            ("PUT", "/v2/vpcs/{id}", self.update),
-            ("PATCH", "/v2/vpcs/{id}", self.update),
-            ("DELETE", "/v2/vpcs/{id}", self.delete),
-            ("GET", "/v2/vpcs/{id}/members", self.members),
+            *at("/v2/vpcs", GET=self.list, POST=self.create),
+            *at("/v2/vpcs/{id}", GET=self.get, DELETE=self.delete),
+            *at("/v2/vpcs/{id}", PUT=self.update, PATCH=self.update),
+            *at("/v2/vpcs/{id}/members", GET=self.members),
         ]
 
     @staticmethod
