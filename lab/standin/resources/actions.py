@@ -9,6 +9,7 @@ from .catalog import region_json
 
 class Actions(Resource):
     COLLECTION = "actions"
+    KIND = "action"
 
     def routes(self):
         return at("/v2/actions/{action}", GET=self.get)
@@ -45,7 +46,7 @@ class Actions(Resource):
         ]
 
     def get(self, request: Request):
-        return {"action": self.find(request.params["action"], "action")}
+        return {"action": self.find(request.params["action"])}
 
     def recover(self) -> None:
         """Work cut short by a restart ended in error."""

@@ -137,6 +137,7 @@ class Resource:
     that concern it."""
 
     COLLECTION = ""  # its key in the account's state
+    KIND = ""  # what one of its records is called in a 404
 
     def __init__(self, account: Account):
         self.account = account
@@ -151,10 +152,10 @@ class Resource:
     def routes(self) -> list[Route]:
         return []
 
-    def find(self, ident: str, what: str) -> dict:
+    def find(self, ident) -> dict:
         record = self.items.get(str(ident))
         if not record:
-            raise not_found(f"{what} {ident}")
+            raise not_found(f"{self.KIND} {ident}")
         return record
 
     def check_fresh(self, ident: str) -> None:

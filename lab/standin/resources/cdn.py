@@ -13,6 +13,7 @@ TTLS = (60, 600, 3600, 86400, 604800)
 
 class CdnEndpoints(Resource):
     COLLECTION = "cdns"
+    KIND = "cdn endpoint"
 
     def routes(self):
         return [
@@ -52,10 +53,10 @@ class CdnEndpoints(Resource):
         return 201, {"endpoint": cdn}
 
     def get(self, request: Request):
-        return {"endpoint": self.find(request.params["id"], "cdn endpoint")}
+        return {"endpoint": self.find(request.params["id"])}
 
     def update(self, request: Request):
-        cdn = self.find(request.params["id"], "cdn endpoint")
+        cdn = self.find(request.params["id"])
         body = json_body(request)
         if "ttl" in body:
             cdn["ttl"] = int(body["ttl"])
@@ -65,7 +66,7 @@ class CdnEndpoints(Resource):
         return {"endpoint": cdn}
 
     def delete(self, request: Request):
-        cdn = self.find(request.params["id"], "cdn endpoint")
+        cdn = self.find(request.params["id"])
         del self.items[cdn["id"]]
         self.save()
         return 204, None

@@ -31,12 +31,12 @@ class DropletActions(Resource):
         ]
 
     def list(self, request: Request):
-        droplet = self.account.droplets.find_droplet(request.params["id"])
+        droplet = self.account.droplets.find(request.params["id"])
         actions = self.account.actions.of("droplet", droplet["id"])
         return page(actions, "actions", request.query)
 
     def get(self, request: Request):
-        self.account.droplets.find_droplet(request.params["id"])
+        self.account.droplets.find(request.params["id"])
         return self.account.actions.get(request)
 
     @staticmethod
@@ -68,7 +68,7 @@ class DropletActions(Resource):
                 )
 
     def start(self, request: Request):
-        droplet = self.account.droplets.find_droplet(request.params["id"])
+        droplet = self.account.droplets.find(request.params["id"])
         body = json_body(request)
         self.check(droplet, body)
         droplet["locked"] = True

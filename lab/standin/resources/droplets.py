@@ -38,15 +38,13 @@ from .catalog import (
 
 class Droplets(Resource):
     COLLECTION = "droplets"
+    KIND = "droplet"
 
     def routes(self):
         return [
             *at("/v2/droplets", GET=self.list, POST=self.create, DELETE=self.delete_by_tag),
             *at("/v2/droplets/{id}", GET=self.get, DELETE=self.delete),
         ]
-
-    def find_droplet(self, ident) -> dict:
-        return self.find(ident, "droplet")
 
     def networks(self, d: dict) -> list[dict]:
         """Its IPv4 networks as the API shows them (none while it is new)."""
@@ -109,7 +107,7 @@ class Droplets(Resource):
 
     def get(self, request: Request):
         self.check_fresh(request.params["id"])
-        return {"droplet": self.droplet_json(self.find_droplet(request.params["id"]))}
+        return {"droplet": self.droplet_json(self.find(request.params["id"]))}
 
     # -- creation -----------------------------------------------------------------------------
     @staticmethod
@@ -222,7 +220,7 @@ class Droplets(Resource):
 
     # -- deletion -----------------------------------------------------------------------------
     def delete(self, request: Request):
-        self.start_delete(self.find_droplet(request.params["id"]))
+        self.start_delete(self.find(request.params["id"]))
         return 204, None
 
     def delete_by_tag(self, request: Request):

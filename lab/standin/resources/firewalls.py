@@ -17,6 +17,7 @@ PROTOCOLS = ("tcp", "udp", "icmp")
 
 class Firewalls(Resource):
     COLLECTION = "firewalls"
+    KIND = "firewall"
 
     def __init__(self, account):
         super().__init__(account)
@@ -103,22 +104,22 @@ class Firewalls(Resource):
 
     def get(self, request: Request):
         self.check_fresh(request.params["id"])
-        return {"firewall": self.firewall_json(self.find(request.params["id"], "firewall"))}
+        return {"firewall": self.firewall_json(self.find(request.params["id"]))}
 
     def update(self, request: Request):
-        firewall = self.find(request.params["id"], "firewall")
+        firewall = self.find(request.params["id"])
         self.from_body(json_body(request), firewall)
         self.changed()
         return {"firewall": self.firewall_json(firewall)}
 
     def delete(self, request: Request):
-        self.find(request.params["id"], "firewall")
+        self.find(request.params["id"])
         del self.items[request.params["id"]]
         self.changed()
         return 204, None
 
     def add_droplets(self, request: Request):
-        firewall = self.find(request.params["id"], "firewall")
+        firewall = self.find(request.params["id"])
         for ident in json_body(request).get("droplet_ids") or []:
             if int(ident) not in firewall["droplet_ids"]:
                 firewall["droplet_ids"].append(int(ident))
@@ -126,14 +127,14 @@ class Firewalls(Resource):
         return 204, None
 
     def remove_droplets(self, request: Request):
-        firewall = self.find(request.params["id"], "firewall")
+        firewall = self.find(request.params["id"])
         gone = {int(i) for i in json_body(request).get("droplet_ids") or []}
         firewall["droplet_ids"] = [i for i in firewall["droplet_ids"] if i not in gone]
         self.changed()
         return 204, None
 
     def add_tags(self, request: Request):
-        firewall = self.find(request.params["id"], "firewall")
+        firewall = self.find(request.params["id"])
         for name in json_body(request).get("tags") or []:
             name = self.account.tags.ensure(name)
             if name not in firewall["tags"]:
@@ -142,7 +143,7 @@ class Firewalls(Resource):
         return 204, None
 
     def remove_tags(self, request: Request):
-        firewall = self.find(request.params["id"], "firewall")
+        firewall = self.find(request.params["id"])
         gone = {t.lower() for t in json_body(request).get("tags") or []}
         firewall["tags"] = [t for t in firewall["tags"] if t.lower() not in gone]
         self.changed()

@@ -27,6 +27,7 @@ def grants(body: dict) -> list[dict]:
 
 class SpacesKeys(Resource):
     COLLECTION = "spaces_keys"  # by access key
+    KIND = "spaces key"
 
     def routes(self):
         return [
@@ -55,17 +56,17 @@ class SpacesKeys(Resource):
         return 201, {"key": spaces_key_json(key, secret=True)}  # the secret: only now
 
     def get(self, request: Request):
-        return {"key": spaces_key_json(self.find(request.params["key"], "spaces key"))}
+        return {"key": spaces_key_json(self.find(request.params["key"]))}
 
     def update(self, request: Request):
-        key = self.find(request.params["key"], "spaces key")
+        key = self.find(request.params["key"])
         body = json_body(request)
         key.update(name=body.get("name") or key["name"], grants=grants(body))
         self.save()
         return {"key": spaces_key_json(key)}
 
     def delete(self, request: Request):
-        key = self.find(request.params["key"], "spaces key")
+        key = self.find(request.params["key"])
         del self.items[key["access_key"]]
         self.save()
         return 204, None

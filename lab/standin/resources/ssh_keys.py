@@ -24,6 +24,7 @@ def key_fingerprint(public_key: str) -> str:
 
 class SshKeys(Resource):
     COLLECTION = "keys"
+    KIND = "ssh key"
 
     def routes(self):
         return [
@@ -31,7 +32,7 @@ class SshKeys(Resource):
             *at("/v2/account/keys/{key}", GET=self.get, PUT=self.update, DELETE=self.delete),
         ]
 
-    def find_key(self, ident: str) -> dict:
+    def find(self, ident: str) -> dict:
         for key in self.items.values():
             if ident in (str(key["id"]), key["fingerprint"]):
                 return key
@@ -42,7 +43,7 @@ class SshKeys(Resource):
         keys = []
         for entry in entries or []:
             try:
-                keys.append(self.find_key(str(entry)))
+                keys.append(self.find(str(entry)))
             except ApiError as exc:
                 raise unprocessable(f"ssh_keys: no SSH key {entry} in this account") from exc
         return keys
@@ -71,16 +72,16 @@ class SshKeys(Resource):
         return 201, {"ssh_key": key}
 
     def get(self, request: Request):
-        return {"ssh_key": self.find_key(request.params["key"])}
+        return {"ssh_key": self.find(request.params["key"])}
 
     def update(self, request: Request):
-        key = self.find_key(request.params["key"])
+        key = self.find(request.params["key"])
         key["name"] = json_body(request).get("name", key["name"])
         self.save()
         return {"ssh_key": key}
 
     def delete(self, request: Request):
-        key = self.find_key(request.params["key"])
+        key = self.find(request.params["key"])
         del self.items[str(key["id"])]
         self.save()
         return 204, None

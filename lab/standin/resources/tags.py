@@ -12,6 +12,7 @@ TAG_NAME = re.compile(r"[A-Za-z0-9:_.-]{1,255}")
 
 class Tags(Resource):
     COLLECTION = "tags"  # by lowercased name
+    KIND = "tag"
 
     def routes(self):
         return [
@@ -24,7 +25,7 @@ class Tags(Resource):
         """The resources whose records carry tags, by the API's resource_type."""
         return {"droplet": self.account.droplets, "volume": self.account.volumes}
 
-    def find_tag(self, name: str) -> dict:
+    def find(self, name: str) -> dict:
         tag = self.items.get(name.lower())
         if not tag:
             raise not_found(f"tag {name}")
@@ -60,14 +61,14 @@ class Tags(Resource):
     def create(self, request: Request):
         name = self.ensure(json_body(request).get("name") or "")
         self.save()
-        return 201, {"tag": self.tag_json(self.find_tag(name))}
+        return 201, {"tag": self.tag_json(self.find(name))}
 
     def get(self, request: Request):
         self.check_fresh(request.params["name"].lower())
-        return {"tag": self.tag_json(self.find_tag(request.params["name"]))}
+        return {"tag": self.tag_json(self.find(request.params["name"]))}
 
     def delete(self, request: Request):
-        tag = self.find_tag(request.params["name"])
+        tag = self.find(request.params["name"])
         del self.items[tag["name"].lower()]
         for resource in (*self.taggable().values(), self.account.firewalls):
             resource.untag_all(tag["name"])
@@ -86,7 +87,7 @@ class Tags(Resource):
         return found
 
     def tag_resources(self, request: Request):
-        tag = self.find_tag(request.params["name"])
+        tag = self.find(request.params["name"])
         for record in self.targets(request):
             if not has_tag(record, tag["name"]):
                 record.setdefault("tags", []).append(tag["name"])
@@ -95,7 +96,7 @@ class Tags(Resource):
         return 204, None
 
     def untag_resources(self, request: Request):
-        tag = self.find_tag(request.params["name"])
+        tag = self.find(request.params["name"])
         for record in self.targets(request):
             record["tags"] = [t for t in record["tags"] if t.lower() != tag["name"].lower()]
         self.save()

@@ -26,6 +26,7 @@ from .catalog import REGIONS, region_json
 
 class Volumes(Resource):
     COLLECTION = "volumes"
+    KIND = "volume"
 
     def routes(self):
         return [
@@ -91,10 +92,10 @@ class Volumes(Resource):
         return 201, {"volume": self.volume_json(volume)}
 
     def get(self, request: Request):
-        return {"volume": self.volume_json(self.find(request.params["id"], "volume"))}
+        return {"volume": self.volume_json(self.find(request.params["id"]))}
 
     def delete(self, request: Request):
-        volume = self.find(request.params["id"], "volume")
+        volume = self.find(request.params["id"])
         if volume["droplet_ids"]:
             raise ApiError(409, "conflict", "Volume is currently attached to a droplet")
         self.account.backend.delete_volume(dict(volume))
@@ -114,7 +115,7 @@ class Volumes(Resource):
 
     def attachment(self, volume: dict, body: dict) -> dict:
         """Attach or detach (body["type"]) in the records; the droplet."""
-        droplet = self.account.droplets.find_droplet(str(body.get("droplet_id")))
+        droplet = self.account.droplets.find(str(body.get("droplet_id")))
         if droplet["region"] != volume["region"]:
             raise unprocessable("the volume and the droplet are in different regions")
         attached = droplet["id"] in volume["droplet_ids"]
@@ -132,7 +133,7 @@ class Volumes(Resource):
         return droplet
 
     def start_action(self, request: Request):
-        volume = self.find(request.params["id"], "volume")
+        volume = self.find(request.params["id"])
         body = json_body(request)
         kind = body.get("type")
         droplet = None
@@ -181,7 +182,7 @@ class Volumes(Resource):
                 self.save()
 
     def get_action(self, request: Request):
-        self.find(request.params["id"], "volume")
+        self.find(request.params["id"])
         return self.account.actions.get(request)
 
     # -- hooks --------------------------------------------------------------------------------

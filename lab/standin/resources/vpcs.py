@@ -17,6 +17,7 @@ class Vpcs(Resource):
     """By id; a VPC's `index` (1, 2, ...) names its bridge and the operator's link into it."""
 
     COLLECTION = "vpcs"
+    KIND = "vpc"
 
     def routes(self):
         return [
@@ -92,10 +93,10 @@ class Vpcs(Resource):
 
     def get(self, request: Request):
         self.check_fresh(request.params["id"])
-        return {"vpc": self.vpc_json(self.find(request.params["id"], "vpc"))}
+        return {"vpc": self.vpc_json(self.find(request.params["id"]))}
 
     def update(self, request: Request):
-        vpc = self.find(request.params["id"], "vpc")
+        vpc = self.find(request.params["id"])
         body = json_body(request)
         if "name" in body:
             if not HOSTNAME.fullmatch(body["name"] or ""):
@@ -110,11 +111,11 @@ class Vpcs(Resource):
         return [m for r in self.account.resources for m in r.vpc_members(vpc_id)]
 
     def members(self, request: Request):
-        vpc = self.find(request.params["id"], "vpc")
+        vpc = self.find(request.params["id"])
         return page(self.all_members(vpc["id"]), "members", request.query)
 
     def delete(self, request: Request):
-        vpc = self.find(request.params["id"], "vpc")
+        vpc = self.find(request.params["id"])
         if self.all_members(vpc["id"]):
             raise ApiError(403, "forbidden", "Can not delete VPC with members")
         del self.items[vpc["id"]]
