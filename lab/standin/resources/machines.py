@@ -2,7 +2,14 @@
 serve: a droplet is one, and a managed database's node can be one too. Here a new host gets its
 number and its two addresses (on the public network, and in its VPC), and a power action
 becomes the backend's sequence; the backend (lab/standin/backend.py, `HostBackend`) plugs,
-boots, powers and destroys the host itself."""
+boots, powers and destroys the host itself.
+
+A resource whose records are hosts: `place(vpc)` gives a new record its `host`, `public` and
+`private` keys; `account.backend.create_host(record, vpc, keys)` makes it (in the background:
+`account.spawn`); `power(record, "power_off")` pulls its plug; `backend.destroy_host(record)`
+removes it; its `hosts()` hook returns its records, so their addresses stay taken, and its
+`vpc_members()` hook keeps their VPC from being deleted.
+"""
 
 from __future__ import annotations
 
