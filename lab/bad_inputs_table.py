@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sys
 
+from lab.example_stacks import DROPLETS, MANAGED, hosts_stack, with_host
+from lab.example_stacks import SPACES as MEDIA
 from mastodon_data.config import SECRET_KEYS, ConfigError, parse_settings
-from tests.fixtures import DROPLETS, MANAGED, hosts_stack, with_host
-from tests.fixtures import SPACES as MEDIA
 
 HOSTS = hosts_stack(first_address=10)  # db1 at 192.0.2.10, db2 at 192.0.2.11
 ALL = frozenset(SECRET_KEYS)

@@ -19,24 +19,23 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# Which Debian package provides each tool the lab needs (for the refusal message).
-REQUIRED_TOOLS = {
-    "ip": "iproute2",
-    "unshare": "util-linux",
-    "nsenter": "util-linux",
-    "/usr/sbin/sshd": "openssh-server",
-    "ssh": "openssh-client",
-    "ssh-keygen": "openssh-client",
-    "pg_createcluster": "postgresql-common",
-}
+from lab.host_files import ensure_key, make_private, sshd_config
+from lab.system import (
+    LabError,
+    link_exists,
+    netns_list,
+    pid_alive,
+    preflight,
+    remove_netns,
+    run,
+    wait_for_port,
+)
+
 # What systemd starts when a droplet boots, for a lab host whose processes are gone (the
 # machine restarted): its PostgreSQL clusters set to start automatically, and PgBouncer where
 # the pooler step configured it (the open-file limit of its systemd drop-in where there is one;
@@ -56,33 +55,6 @@ if [ -f "$ini" ]; then
     sh -c "ulimit -n $limit && exec runuser -u postgres -- /usr/sbin/pgbouncer -d -q $ini"
 fi
 """
-
-# Directories each host owns privately, with the owner and mode Debian gives them.
-PRIVATE_DIRS = {
-    "/etc/postgresql": ("postgres", "postgres", 0o755),
-    "/var/lib/postgresql": ("postgres", "postgres", 0o755),
-    "/var/run/postgresql": ("postgres", "postgres", 0o2775),
-    "/var/log/postgresql": ("root", "postgres", 0o1775),
-    # pgBackRest's configuration, log, spool and lock files, and the backup timers' units
-    "/etc/pgbackrest": ("root", "postgres", 0o750),
-    "/var/log/pgbackrest": ("postgres", "postgres", 0o750),
-    "/var/spool/pgbackrest": ("postgres", "postgres", 0o750),
-    "/var/lib/pgbackrest": ("postgres", "postgres", 0o750),
-    "/etc/systemd/system": ("root", "root", 0o755),
-    "/etc/pgbouncer": ("root", "root", 0o755),  # PgBouncer's configuration (host/pooler.py)
-}
-
-# And privately too: the host's fstab (the volume step writes its lines there) and the directory
-# its attached volumes appear in, as udev makes it. A bind needs a target: the directory is made
-# on this machine when missing (empty; nothing of the lab ever lands in it).
-PRIVATE_FILES = {"/etc/fstab": "# <file system> <mount point> <type> <options> <dump> <pass>\n"}
-DEVICE_LINKS = "/dev/disk/by-id"
-
-STEP_TIMEOUT = 30  # seconds for any single system command
-
-
-class LabError(RuntimeError):
-    """The lab cannot be built or removed; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -162,76 +134,10 @@ class Lab:
         ]
 
 
-def run(
-    argv: list[str], check: bool = True, timeout: float = STEP_TIMEOUT, input: str | None = None
-) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
-    if check and result.returncode != 0:
-        raise LabError(f"`{' '.join(argv)}` failed ({result.returncode}): {result.stderr.strip()}")
-    return result
-
-
-def preflight() -> None:
-    """Refuse clearly where the lab cannot run."""
-    if os.geteuid() != 0:
-        raise LabError("the lab needs root (network and mount namespaces): run it with sudo")
-    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)})
-    if missing:
-        raise LabError(
-            "the lab needs tools that are not installed; install them with: "
-            f"apt-get install -y {' '.join(missing)}"
-        )
-
-
-def netns_list() -> set[str]:
-    out = run(["ip", "netns", "list"]).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-def link_exists(name: str, netns: str | None = None) -> bool:
-    argv = ["ip"] + (["-n", netns] if netns else []) + ["link", "show", name]
-    return run(argv, check=False).returncode == 0
-
-
-def pid_alive(pid_file: Path) -> int | None:
-    """The pid in the file when that process runs (a killed one not yet reaped is a zombie)."""
-    try:
-        pid = int(pid_file.read_text().strip())
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (OSError, ValueError):
-        return None
-    return None if "\nState:\tZ" in status else pid
-
-
-def wait_for_port(address: str, port: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((address, port), timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
 def ensure_keys(lab: Lab) -> None:
     lab.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(lab.state_dir, 0o700)
-    if not lab.private_key.exists():
-        run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                f"{lab.prefix}-operator",
-                "-f",
-                str(lab.private_key),
-            ]
-        )
+    ensure_key(lab.private_key, f"{lab.prefix}-operator")
     os.chmod(lab.private_key, 0o600)
 
 
@@ -266,64 +172,16 @@ def ensure_switch(lab: Lab) -> None:
     run(["ip", "link", "set", lab.operator_link, "up"])
 
 
-def private_source(home: Path, path: str) -> Path:
-    """Where a host keeps its own copy of `path` (in its state directory `home`)."""
-    return home / path.strip("/").replace("/", "-")
-
-
-def make_private(home: Path) -> str:
-    """Makes the host's private directories and files in `home`; returns the shell commands
-    that bind them over the shared ones (in the host's own mount namespace)."""
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for path, (owner, group, mode) in PRIVATE_DIRS.items():
-        src = private_source(home, path)
-        src.mkdir(exist_ok=True)
-        shutil.chown(src, owner, group)
-        os.chmod(src, mode)
-    for path, text in PRIVATE_FILES.items():
-        src = private_source(home, path)
-        if not src.exists():
-            src.write_text(text)
-            os.chmod(src, 0o644)
-    private_source(home, DEVICE_LINKS).mkdir(mode=0o755, exist_ok=True)
-    # A bind needs a target: one missing on this machine (/etc/pgbackrest: Debian's package does
-    # not make it) is made empty here; the host's own directory is mounted over it.
-    for path in (*PRIVATE_DIRS, DEVICE_LINKS):
-        Path(path).mkdir(mode=0o755, parents=True, exist_ok=True)
-    paths = [*PRIVATE_DIRS, *PRIVATE_FILES, DEVICE_LINKS]
-    return " && ".join(f"mount --bind {private_source(home, p)} {p}" for p in paths)
-
-
 def write_host_files(lab: Lab, host: LabHost) -> Path:
     """The host's private directories, its host key and its sshd_config."""
     make_private(host.state_dir)
-    host_key = host.state_dir / "ssh_host_ed25519_key"
-    if not host_key.exists():
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(host_key)])
+    host_key = ensure_key(host.state_dir / "ssh_host_ed25519_key", host.name)
     authorized = host.state_dir / "authorized_keys"
     authorized.write_text(Path(f"{lab.private_key}.pub").read_text())
     os.chmod(authorized, 0o600)
     config = host.state_dir / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                f"ListenAddress {host.address}",
-                "Port 22",
-                f"HostKey {host_key}",
-                f"PidFile {host.state_dir / 'sshd.pid'}",
-                f"AuthorizedKeysFile {authorized}",
-                "PermitRootLogin prohibit-password",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "StrictModes no",
-                "Subsystem sftp internal-sftp",
-                "MaxStartups 50:30:100",
-                "MaxSessions 50",
-                "",
-            ]
-        )
-    )
+    pid_file = host.state_dir / "sshd.pid"
+    config.write_text(sshd_config(host.address, host_key, pid_file, str(authorized)))
     return config
 
 
@@ -432,26 +290,6 @@ def up(lab: Lab, count: int) -> dict:
     for host in booting:
         boot(lab, host)
     return inventory
-
-
-def remove_netns(ns: str, grace: float = 10.0) -> None:
-    """Stop every process in the namespace (their mounts go with them), then delete it."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = [int(p) for p in run(["ip", "netns", "pids", ns], check=False).stdout.split()]
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline:
-            if not run(["ip", "netns", "pids", ns], check=False).stdout.split():
-                pids = []
-                break
-            time.sleep(0.1)
-        if not pids:
-            break
-    run(["ip", "netns", "del", ns], check=False)
 
 
 def down(lab: Lab) -> None:

@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.namespaces import wait_for_port
+from lab.system import wait_for_port
 
 VENV_BIN = Path(sys.executable).parent
 START_WAIT = 30  # seconds for moto and stunnel to listen

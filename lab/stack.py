@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from mastodon_data.cli.pulumi_cli import (  # noqa: F401 (PulumiFailed re-exported)
+from mastodon_data.pulumi_cli import (  # noqa: F401 (PulumiFailed re-exported)
     PROJECT,
     PulumiFailed,
     Stack,

@@ -1,6 +1,6 @@
-"""Example stacks for the tests and lab/bad_inputs_table.py: settings as they stand in
-Pulumi.<stack>.yaml (keys without the project prefix), and secrets to go with them; the committed
-stack files read the same way.
+"""Example stacks for the tests: settings as they stand in Pulumi.<stack>.yaml (keys without the
+project prefix; the ones lab/bad_inputs_table.py shares come from lab/example_stacks.py), and
+secrets to go with them; the committed stack files read the same way.
 
 Import as `from tests.fixtures import ...`, from the repository root (pytest's pythonpath, or
 `python -m` run there)."""
@@ -13,6 +13,14 @@ from pathlib import Path
 
 import yaml
 
+from lab.example_stacks import (  # noqa: F401 - the tests' examples too
+    DROPLETS,
+    MANAGED,
+    SPACES,
+    host_entries,
+    hosts_stack,
+    with_host,
+)
 from mastodon_data.config import PROJECT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,12 +35,6 @@ SECRETS = {
     "dbPassword": "database-secret-0123456789",
 }
 
-DROPLETS = {
-    "postgresMode": "droplets",
-    "sshKeyIds": ["12345"],
-    "adminCidrs": ["198.51.100.7/32"],
-}
-MANAGED = {"postgresMode": "managed", "appTag": "mastodon-app"}
 # What host/replica.py needs to build its connection string (its other parameters aside).
 REPLICA_PARAMS = {
     "name": "db2",
@@ -41,42 +43,7 @@ REPLICA_PARAMS = {
     "replication_user": "replicator",
     "replication_timeout": "10s",
 }
-SPACES = {"spacesBucket": "mastodon-media-test", "spacesRegion": "nyc3"}  # add to any mode
-
-
-def host_entries(count: int, first_address: int = 1) -> list[dict]:
-    """db1, db2, ...: public 192.0.2.<n>, private 10.0.0.<n>, n counting from first_address."""
-    return [
-        {
-            "name": f"db{i + 1}",
-            "publicAddress": f"192.0.2.{first_address + i}",
-            "privateAddress": f"10.0.0.{first_address + i}",
-        }
-        for i in range(count)
-    ]
-
-
-def hosts_stack(count: int = 2, replicas: int = 1, first_address: int = 1) -> dict:
-    """A hosts-mode stack of `count` hosts: the first the primary, then `replicas` replicas."""
-    return {
-        "postgresMode": "hosts",
-        "replicaCount": replicas,
-        "postgresAllowedSources": ["10.0.0.0/24"],
-        "hosts": host_entries(count, first_address),
-    }
-
-
 HOSTS = hosts_stack()
-
-
-def with_host(stack: dict, index: int, **changes) -> dict:
-    """`stack` with the changes made to its host `index` (a change to None removes the key)."""
-    hosts = [dict(host) for host in stack["hosts"]]
-    hosts[index].update(changes)
-    for key, value in changes.items():
-        if value is None:
-            del hosts[index][key]
-    return {**stack, "hosts": hosts}
 
 
 def ssh_string(data: bytes) -> bytes:

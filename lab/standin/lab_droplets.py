@@ -18,10 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from lab.standin._lab import OPERATOR_COMMAND, ROOT, EngineMissing, LabError, PulumiFailed
+from lab.standin._lab import OPERATOR_COMMAND, ROOT, EngineMissing, PulumiFailed
 from lab.standin.client import Client, coverage
 from lab.standin.service import StandInLab
 from lab.standin.stack import droplets_config, droplets_stack, stack_secrets
+from lab.system import LabError
 
 LAB = StandInLab()  # mlabd: public 10.241.0.0/24, VPC 10.240.0.0/24, /var/lib/mastodon-lab-do
 STACK = "lab-droplets"

@@ -23,7 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from lab.standin.model import Account, ApiError, Faults, Request
+from lab.standin.account import Account
+from lab.standin.resources.base import ApiError, Faults, Request
 from lab.standin.spaces import S3Error, Spaces, is_spaces_host
 
 RATE_LIMIT = 5000  # requests per hour, as DigitalOcean's

@@ -19,9 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.standin._lab import IMPORT_PATHS, ROOT, LabError, pid_alive, preflight
+from lab.standin._lab import IMPORT_PATHS, ROOT
 from lab.standin.client import Client
 from lab.standin.hosts import LabHosts
+from lab.system import LabError, pid_alive, preflight
 
 START_TIMEOUT = 30  # seconds for the server to answer
 STOP_TIMEOUT = 60  # seconds for it to finish its background work and exit
@@ -33,7 +34,7 @@ class StandInLab:
     public_network: str = "10.241.0.0/24"
     vpc_pool: tuple[str, ...] = ("10.240.0.0/24",)
     state_dir: Path = Path("/var/lib/mastodon-lab-do")
-    timings: dict = field(default_factory=dict, hash=False)  # standin.model.Timings overrides
+    timings: dict = field(default_factory=dict, hash=False)  # resources.base.Timings overrides
 
     @property
     def hosts(self) -> LabHosts:
@@ -120,7 +121,8 @@ class StandInLab:
 
 def serve(args: argparse.Namespace) -> int:
     """The server process: the account on the lab hosts, on a loopback port, until SIGTERM."""
-    from lab.standin.model import Account, Timings
+    from lab.standin.account import Account
+    from lab.standin.resources.base import Timings
     from lab.standin.server import serve as start_server
 
     state_dir = Path(args.state_dir)

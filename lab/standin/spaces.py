@@ -13,7 +13,8 @@ import uuid
 import xml.etree.ElementTree as ET
 from urllib.parse import parse_qsl
 
-from lab.standin.model import Account, now_iso
+from lab.standin.account import Account
+from lab.standin.resources.base import now_iso
 
 DOMAIN = ".spaces.test"
 REGIONS = ("ams3", "atl1", "blr1", "fra1", "lon1", "nyc3", "sfo2", "sfo3", "sgp1", "syd1", "tor1")

@@ -13,8 +13,7 @@ import yaml
 from lab.standin._lab import ROOT, LabStack, write_private
 from lab.standin.client import Client
 from lab.standin.service import StandInLab
-
-PROJECT = "mastodon-data"
+from mastodon_data.config import PROJECT
 
 
 def dev_settings() -> dict:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from mastodon_data import plan, stack_config
 from mastodon_data.cli import host_ssh
-from mastodon_data.cli.pulumi_cli import PulumiFailed, Stack
 from mastodon_data.config import (
     BACKUP_PASSPHRASE_KEY,
     BACKUP_SECRET_KEY,
@@ -28,6 +27,7 @@ from mastodon_data.config import (
     Host,
     Settings,
 )
+from mastodon_data.pulumi_cli import PulumiFailed, Stack
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import time
 
 import psycopg
 
-CONNECT_TIMEOUT = 5  # seconds per host
+from mastodon_data.database import connect, direct_env, lsn
+
 SETTLE = 1.0  # seconds a replica behind the primary's position may take to reach it
 POLL = 0.1  # seconds between two looks at the replica meanwhile
 
@@ -36,14 +37,6 @@ ARCHIVER_SQL = """SELECT current_setting('archive_mode'), archived_count, failed
     pg_current_wal_lsn()::text,
     (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')
     FROM pg_stat_archiver"""
-
-
-def lsn(text: str | None) -> int | None:
-    """A WAL position ("16/B374D848") as a number, so positions compare correctly."""
-    if not text:
-        return None
-    high, low = text.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
 
 
 def caught_up(primary_lsn: str, receive_lsn: str | None, replay_lsn: str | None) -> bool:
@@ -80,20 +73,6 @@ def settle(rconn: psycopg.Connection, primary_lsn: str, started: float) -> float
     return None
 
 
-def connect(env: dict, host: str) -> psycopg.Connection:
-    return psycopg.connect(
-        host=host,
-        port=env["DB_PORT"],
-        dbname=env["DB_NAME"],
-        user=env["DB_USER"],
-        password=env["DB_PASS"],
-        sslmode=env.get("DB_SSLMODE", "require"),
-        connect_timeout=CONNECT_TIMEOUT,
-        autocommit=True,
-        application_name="mastodon-data-check",
-    )
-
-
 def archived_end(wal_file: str, segment_size: int) -> int:
     """The WAL position where `wal_file` (timeline, log, segment in hex) ends."""
     return int(wal_file[8:16], 16) * 2**32 + (int(wal_file[16:24], 16) + 1) * segment_size
@@ -116,16 +95,6 @@ def archive_line(name: str, conn: psycopg.Connection) -> tuple[str | None, bool]
     if failing:
         return f"{line}  <- archiving is failing (see the PostgreSQL log)", False
     return line, True
-
-
-def direct_env(outputs: dict) -> dict:
-    """Mastodon's credentials, at PostgreSQL itself rather than a pool: the check counts each
-    server's own connections, and a transaction pool would not keep its session."""
-    postgres = outputs.get("postgres") or {}
-    env = dict(outputs["mastodon_env"])
-    if postgres.get("port"):
-        env |= {"DB_PORT": postgres["port"], "DB_NAME": postgres["database"]}
-    return env
 
 
 def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[list[str], bool]:

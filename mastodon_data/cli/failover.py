@@ -27,8 +27,8 @@ from pathlib import Path
 
 from mastodon_data import plan, stack_config
 from mastodon_data.cli import host_ssh
-from mastodon_data.cli.pulumi_cli import PulumiFailed, Stack
 from mastodon_data.config import HOSTS_KEY, RESEED_KEY, ConfigError, Host
+from mastodon_data.pulumi_cli import PulumiFailed, Stack
 from mastodon_data.stack_config import StackConfig
 
 

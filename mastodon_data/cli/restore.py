@@ -23,8 +23,8 @@ from pathlib import Path
 from mastodon_data import plan
 from mastodon_data.cli import host_ssh
 from mastodon_data.cli.backups import BackupStack
-from mastodon_data.cli.pulumi_cli import PulumiFailed, Stack
 from mastodon_data.config import ConfigError, Host
+from mastodon_data.pulumi_cli import PulumiFailed, Stack
 
 
 def target(stack: BackupStack, args: argparse.Namespace) -> Host:

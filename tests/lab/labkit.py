@@ -18,6 +18,7 @@ import pytest
 
 from lab import namespaces as lab_hosts
 from lab.stack import LabStack
+from lab.system import REQUIRED_TOOLS
 from mastodon_data import plan
 from mastodon_data.cli import host_ssh
 from mastodon_data.config import parse_settings
@@ -32,7 +33,7 @@ TEST_LAB = lab_hosts.Lab(
 def lab_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "the lab needs root (network and mount namespaces)"
-    for tool, package in lab_hosts.REQUIRED_TOOLS.items():
+    for tool, package in REQUIRED_TOOLS.items():
         if not shutil.which(tool):
             return f"{tool} is missing (apt install {package})"
     return None

@@ -16,7 +16,7 @@ from labkit import run_one_step
 from lab import namespaces as lab_hosts
 from mastodon_data import plan
 from mastodon_data.cli import check_replication, host_ssh
-from mastodon_data.cli.pulumi_cli import PulumiFailed
+from mastodon_data.pulumi_cli import PulumiFailed
 from tests.fixtures import COMMAND
 
 pytestmark = pytest.mark.lab

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.bench import aggregate, figures_of, target_table
+from lab.bench.figures import aggregate, figures_of, target_table
 
 FIRST = [
     {"first_up_s": 8.0, "no_change_up_s": 2.0, "engine_floor_up_s": 1.0},

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from lab import namespaces as lab_hosts
+from lab import system
 
 
 def test_refuses_without_root(monkeypatch):
-    monkeypatch.setattr(lab_hosts.os, "geteuid", lambda: 1000)
-    with pytest.raises(lab_hosts.LabError, match="needs root"):
-        lab_hosts.preflight()
+    monkeypatch.setattr(system.os, "geteuid", lambda: 1000)
+    with pytest.raises(system.LabError, match="needs root"):
+        system.preflight()
 
 
 @pytest.mark.parametrize(
@@ -22,8 +22,8 @@ def test_refuses_without_root(monkeypatch):
     ],
 )
 def test_names_the_package_of_a_missing_tool(monkeypatch, tool, package):
-    monkeypatch.setattr(lab_hosts.os, "geteuid", lambda: 0)
-    real_which = lab_hosts.shutil.which
-    monkeypatch.setattr(lab_hosts.shutil, "which", lambda t: None if t == tool else real_which(t))
-    with pytest.raises(lab_hosts.LabError, match=f"apt-get install -y .*{package}"):
-        lab_hosts.preflight()
+    monkeypatch.setattr(system.os, "geteuid", lambda: 0)
+    real_which = system.shutil.which
+    monkeypatch.setattr(system.shutil, "which", lambda t: None if t == tool else real_which(t))
+    with pytest.raises(system.LabError, match=f"apt-get install -y .*{package}"):
+        system.preflight()

@@ -7,9 +7,11 @@ import time
 
 import pytest
 
+from lab.standin.account import Account
+from lab.standin.backend import Backend
 from lab.standin.client import ApiFailed, Client, coverage
 from lab.standin.firewall import compile_rules
-from lab.standin.model import Account, Backend, Timings
+from lab.standin.resources.base import Timings
 from lab.standin.server import serve
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBGMd9+t1y6Y0s9Z8eL8mQmGf0q6Oe3E3wG8gQ9JkPq7 op"
@@ -232,13 +234,13 @@ def test_firewall_tags_and_droplets_resolve_to_both_addresses(api):
             {"protocol": "udp", "ports": "53", "destinations": {"addresses": ["0.0.0.0/0", "::/0"]}}
         ],
     }
-    script = compile_rules([rules], api.account.resolve)
+    script = compile_rules([rules], api.account.firewalls.resolve)
     assert "ip saddr { 198.51.100.7/32 } tcp dport 22 accept" in script
     assert "ip saddr { 10.241.0.10/32, 10.240.0.2/32 } tcp dport 5432 accept" in script
     assert "meta nfproto ipv4 meta l4proto udp udp dport 53 accept" in script  # 0.0.0.0/0
     assert "meta nfproto ipv6 meta l4proto udp udp dport 53 accept" in script
     assert "policy drop" in script and "ct state established,related accept" in script
-    no_firewall = compile_rules([], api.account.resolve)
+    no_firewall = compile_rules([], api.account.firewalls.resolve)
     assert no_firewall.strip().endswith("delete table inet do-cloud-firewall")
 
 

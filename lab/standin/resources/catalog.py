@@ -1,4 +1,5 @@
-"""What the stand-in's account offers: regions, droplet sizes and images, as the API lists them.
+"""What the stand-in's account offers: regions, droplet sizes and images, as the API lists them,
+and the account itself (GET /v2/account).
 
 Slugs, memory, vCPUs and disk are DigitalOcean's; prices are indicative. The lab runs this
 machine's Debian 12, so only `debian-12-x64` makes a droplet: the other public images are known
@@ -6,6 +7,8 @@ machine's Debian 12, so only `debian-12-x64` makes a droplet: the other public i
 """
 
 from __future__ import annotations
+
+from .base import Request, Resource, at, not_found, page
 
 REGIONS = {
     "nyc1": "New York 1",
@@ -88,3 +91,48 @@ def image_json(slug: str) -> dict:
         "size_gigabytes": 2.5,
         "status": "available",
     }
+
+
+class Catalog(Resource):
+    """The account and what it offers (no state: the catalog is fixed)."""
+
+    def routes(self):
+        return [
+            *at("/v2/account", GET=self.get_account),
+            *at("/v2/regions", GET=self.list_regions),
+            *at("/v2/sizes", GET=self.list_sizes),
+            *at("/v2/images/{image}", GET=self.get_image),
+        ]
+
+    def get_account(self, request: Request):
+        return {
+            "account": {
+                "droplet_limit": DROPLET_LIMIT,
+                "floating_ip_limit": 3,
+                "volume_limit": 100,
+                "email": "operator@standin.invalid",
+                "uuid": "00000000-0000-4000-8000-000000000001",
+                "email_verified": True,
+                "status": "active",
+                "status_message": "",
+                "team": {"uuid": "00000000-0000-4000-8000-000000000002", "name": "lab"},
+            }
+        }
+
+    def list_regions(self, request: Request):
+        return page([region_json(s) for s in REGIONS], "regions", request.query)
+
+    def list_sizes(self, request: Request):
+        return page([size_json(s) for s in SIZES], "sizes", request.query)
+
+    def get_image(self, request: Request):
+        slug = request.params["image"]
+        known = image_slug(slug)
+        if known not in IMAGES:
+            raise not_found(f"image {slug}")
+        return {"image": image_json(known)}
+
+
+def image_slug(text: str) -> str:
+    """An image named by its slug or its id, as its slug (unknown: `text` itself)."""
+    return next((s for s, (i, _, _) in IMAGES.items() if text in (s, str(i))), text)

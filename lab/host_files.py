@@ -1,0 +1,91 @@
+"""A lab host's own files: the directories and files bound over the machine's in the host's
+mount namespace (PostgreSQL's, PgBouncer's, pgBackRest's, systemd's units, fstab and the
+volumes' device links), and its sshd's configuration and host key. Both labs' hosts (lab/
+namespaces.py and the stand-in's, lab/standin/lab_machines.py) are made of them. Stdlib only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from lab.system import run
+
+# Directories each host owns privately, with the owner and mode Debian gives them.
+PRIVATE_DIRS = {
+    "/etc/postgresql": ("postgres", "postgres", 0o755),
+    "/var/lib/postgresql": ("postgres", "postgres", 0o755),
+    "/var/run/postgresql": ("postgres", "postgres", 0o2775),
+    "/var/log/postgresql": ("root", "postgres", 0o1775),
+    # pgBackRest's configuration, log, spool and lock files, and the backup timers' units
+    "/etc/pgbackrest": ("root", "postgres", 0o750),
+    "/var/log/pgbackrest": ("postgres", "postgres", 0o750),
+    "/var/spool/pgbackrest": ("postgres", "postgres", 0o750),
+    "/var/lib/pgbackrest": ("postgres", "postgres", 0o750),
+    "/etc/systemd/system": ("root", "root", 0o755),
+    "/etc/pgbouncer": ("root", "root", 0o755),  # PgBouncer's configuration (host/pooler.py)
+}
+
+# And privately too: the host's fstab (the volume step writes its lines there) and the directory
+# its attached volumes appear in, as udev makes it. A bind needs a target: the directory is made
+# on this machine when missing (empty; nothing of the lab ever lands in it).
+PRIVATE_FILES = {"/etc/fstab": "# <file system> <mount point> <type> <options> <dump> <pass>\n"}
+DEVICE_LINKS = "/dev/disk/by-id"
+
+
+def private_source(home: Path, path: str) -> Path:
+    """Where a host keeps its own copy of `path` (in its state directory `home`)."""
+    return home / path.strip("/").replace("/", "-")
+
+
+def make_private(home: Path) -> str:
+    """Makes the host's private directories and files in `home`; returns the shell commands
+    that bind them over the shared ones (in the host's own mount namespace)."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path, (owner, group, mode) in PRIVATE_DIRS.items():
+        src = private_source(home, path)
+        src.mkdir(exist_ok=True)
+        shutil.chown(src, owner, group)
+        os.chmod(src, mode)
+    for path, text in PRIVATE_FILES.items():
+        src = private_source(home, path)
+        if not src.exists():
+            src.write_text(text)
+            os.chmod(src, 0o644)
+    private_source(home, DEVICE_LINKS).mkdir(mode=0o755, exist_ok=True)
+    # A bind needs a target: one missing on this machine (/etc/pgbackrest: Debian's package does
+    # not make it) is made empty here; the host's own directory is mounted over it.
+    for path in (*PRIVATE_DIRS, DEVICE_LINKS):
+        Path(path).mkdir(mode=0o755, parents=True, exist_ok=True)
+    paths = [*PRIVATE_DIRS, *PRIVATE_FILES, DEVICE_LINKS]
+    return " && ".join(f"mount --bind {private_source(home, p)} {p}" for p in paths)
+
+
+def ensure_key(path: Path, comment: str) -> Path:
+    """An ed25519 key pair at `path` (made once, no passphrase): a host key or the operator's."""
+    if not path.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    return path
+
+
+def sshd_config(listen: str, host_key: Path, pid_file: Path, authorized: str, *extra: str) -> str:
+    """A lab host's sshd_config: root by key only, no PAM; `extra` lines for the host's kind."""
+    return "\n".join(
+        [
+            f"ListenAddress {listen}",
+            "Port 22",
+            f"HostKey {host_key}",
+            f"PidFile {pid_file}",
+            f"AuthorizedKeysFile {authorized}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            *extra,
+            "StrictModes no",
+            "Subsystem sftp internal-sftp",
+            "MaxStartups 50:30:100",
+            "MaxSessions 50",
+            "",
+        ]
+    )

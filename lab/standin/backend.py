@@ -1,0 +1,63 @@
+"""What the account's resources are on the machine: the interface the API's side calls, in
+three parts. This module's `Backend` does nothing (tests of the API alone); the lab's is
+`lab.standin.hosts.LabHosts`.
+
+A host is a record (a dict) with at least these keys, whatever resource it serves (a droplet
+today; a managed database's node can be one the same way):
+    id        names its files on the machine
+    host      its number among the account's hosts: names its namespace and its links
+    name      its hostname
+    public    its address on the public network
+    private   its address in its VPC
+    status    "off" when it is to be recovered powered off
+"""
+
+from __future__ import annotations
+
+
+class NetworkBackend:
+    """A VPC (its record: id, ip_range, index) as a network on the machine."""
+
+    def ensure_network(self, vpc: dict) -> None: ...
+
+    def remove_network(self, vpc: dict) -> None: ...
+
+
+class HostBackend:
+    """The machinery of a lab host: made (plugged into its networks, booted), powered, filtered
+    and destroyed."""
+
+    def create_host(self, host: dict, vpc: dict, public_keys: list[str]) -> None: ...
+
+    def power_off(self, host: dict) -> None: ...
+
+    def shutdown(self, host: dict) -> None: ...
+
+    def power_on(self, host: dict) -> None: ...
+
+    def destroy_host(self, host: dict) -> None: ...
+
+    def apply_firewall(self, host: dict, script: str) -> None: ...
+
+    def recover(self, host: dict, vpc: dict, public_keys: list[str]) -> None: ...
+
+
+class DiskBackend:
+    """A volume (its record: id, name, size_gigabytes) as a block device, and its attachment
+    to a host."""
+
+    def create_volume(self, volume: dict) -> None: ...
+
+    def resize_volume(self, volume: dict) -> None: ...
+
+    def attach_volume(self, volume: dict, host: dict) -> None: ...
+
+    def detach_volume(self, volume: dict, host: dict) -> None: ...
+
+    def delete_volume(self, volume: dict) -> None: ...
+
+    def recover_volume(self, volume: dict, hosts: list[dict]) -> None: ...
+
+
+class Backend(NetworkBackend, HostBackend, DiskBackend):
+    """Every part, doing nothing."""
