@@ -29,6 +29,7 @@ from lab.standin.resources.actions import Actions
 from lab.standin.resources.base import ApiError, Faults, Request, Resource, Timings, not_found
 from lab.standin.resources.catalog import Catalog
 from lab.standin.resources.cdn import CdnEndpoints
+from lab.standin.resources.databases import Databases
 from lab.standin.resources.droplet_actions import DropletActions
 from lab.standin.resources.droplets import Droplets
 from lab.standin.resources.firewalls import Firewalls
@@ -66,12 +67,13 @@ class Account:
         self.threads: list[threading.Thread] = []
         self.sync_wanted = False
         # The resources (each an attribute, for the others to reach), in the order they
-        # recover after a restart: actions, droplets, volumes, then the firewalls.
+        # recover after a restart: actions, droplets, volumes, the firewalls, then the databases.
         self.catalog, self.actions, self.machines = Catalog(self), Actions(self), Machines(self)
         self.vpcs, self.tags, self.ssh_keys = Vpcs(self), Tags(self), SshKeys(self)
         self.droplets, self.droplet_actions = Droplets(self), DropletActions(self)
         self.volumes, self.firewalls = Volumes(self), Firewalls(self)
         self.spaces_keys, self.cdn_endpoints = SpacesKeys(self), CdnEndpoints(self)
+        self.databases = Databases(self)
         self.resources = [r for r in vars(self).values() if isinstance(r, Resource)]
         self.state = self.load()
         self.routes = [

@@ -3,7 +3,7 @@ three parts. This module's `Backend` does nothing (tests of the API alone); the 
 `lab.standin.hosts.LabHosts`.
 
 A host is a record (a dict) with at least these keys, whatever resource it serves (a droplet
-today; a managed database's node can be one the same way):
+or a managed database's node):
     id        names its files on the machine
     host      its number among the account's hosts: names its namespace and its links
     name      its hostname
@@ -59,5 +59,27 @@ class DiskBackend:
     def recover_volume(self, volume: dict, hosts: list[dict]) -> None: ...
 
 
-class Backend(NetworkBackend, HostBackend, DiskBackend):
+# What the API-only backend serves as the account's database CA (no lab, no certificate).
+NO_CA = "-----BEGIN CERTIFICATE-----\nno lab: no CA\n-----END CERTIFICATE-----\n"
+
+
+class DatabaseBackend:
+    """A managed database cluster's nodes (each a host, made with `HostBackend.create_host`)
+    running PostgreSQL; the cluster's record: lab/standin/resources/databases.py."""
+
+    def database_ca(self) -> str:
+        """The account's CA (PEM): every node's certificate chains to it."""
+        return NO_CA
+
+    def start_postgres(self, cluster: dict, node: dict, primary: dict | None) -> None:
+        """PostgreSQL on `node`: the primary (`primary` None) or a standby streaming from it."""
+
+    def run_sql(self, node: dict, sql: str, database: str = "postgres") -> None:
+        """`sql` run as the superuser on `node` (given on stdin: it may carry a password)."""
+
+    def publish_names(self, names: dict[str, str]) -> None:
+        """The lab's host names (name -> address) for the app side to resolve."""
+
+
+class Backend(NetworkBackend, HostBackend, DiskBackend, DatabaseBackend):
     """Every part, doing nothing."""

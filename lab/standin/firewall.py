@@ -102,3 +102,30 @@ def applies_to(firewall: dict, droplet: dict) -> bool:
         return True
     tags = {t.lower() for t in firewall.get("tags") or []}
     return any(t.lower() in tags for t in droplet.get("tags") or [])
+
+
+DATABASE_TABLE = "do-database-firewall"
+
+
+def compile_trusted_sources(addresses: list[str] | None, ports: list[int]) -> str:
+    """The nft script for a managed database's node: only `addresses` reach its database
+    `ports` (None: no trusted source, open to all, as on DigitalOcean); other ports untouched."""
+    header = f"table inet {DATABASE_TABLE}\ndelete table inet {DATABASE_TABLE}\n"
+    if addresses is None:
+        return header
+    allowed = _families(addresses).get("ip", [])
+    allow = [] if not allowed else [f"    ip saddr {{ {', '.join(allowed)} }} accept"]
+    if allowed == ["any"]:
+        allow = ["    meta nfproto ipv4 accept"]
+    body = [
+        f"table inet {DATABASE_TABLE} {{",
+        "  chain inbound {",
+        "    type filter hook input priority filter; policy accept;",
+        '    iif "lo" accept',
+        *allow,
+        f"    tcp dport {{ {', '.join(str(p) for p in ports)} }} drop",
+        "  }",
+        "}",
+        "",
+    ]
+    return header + "\n".join(body)

@@ -1,6 +1,7 @@
 """The stand-in's backend on this machine (lab/standin/backend.py): its networks
-(lab_network.py), its hosts (lab_machines.py) and their volumes (lab_disks.py), the operator's
-key and ssh, and the removal of everything of a lab's prefix.
+(lab_network.py), its hosts (lab_machines.py), their volumes (lab_disks.py), managed databases'
+nodes (lab_databases.py), the operator's key and ssh, and the removal of everything of a lab's
+prefix.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import shutil
 from pathlib import Path
 
 from lab.host_files import ensure_key
-from lab.standin.lab_disks import LabDisks
+from lab.standin.lab_databases import LabDatabases
 from lab.standin.lab_network import BLACKHOLE_METRIC
 from lab.system import netns_list, remove_netns, run
 
 
-class LabHosts(LabDisks):
-    """Networks, hosts and volumes of the stand-in's account, and the operator's view of them."""
+class LabHosts(LabDatabases):
+    """Networks, hosts, volumes and database nodes of the stand-in's account, and the
+    operator's view of them."""
 
     @property
     def operator_key(self) -> Path:

@@ -9,5 +9,6 @@ the account's state and its routes), composed by lab/standin/account.py:
     volumes          volumes and their actions
     firewalls        cloud firewalls, and the packet filters that enforce them
     spaces_keys, cdn
+    databases        managed PostgreSQL clusters: nodes, databases, users, trusted sources
     base             what they share: errors, requests, paging, timings, faults, `Resource`
 """

@@ -183,6 +183,7 @@ class Firewalls(Resource):
                 if self.applied.get(ident) != script:
                     self.account.backend.apply_firewall(droplet, script)
                     self.applied[ident] = script
+            self.account.databases.sync()  # trusted sources name droplets and tags too
 
     # -- hooks --------------------------------------------------------------------------------
     def forget_droplet(self, ident: str) -> None:

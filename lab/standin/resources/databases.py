@@ -1,0 +1,429 @@
+"""Managed databases (PostgreSQL): a cluster's nodes are lab hosts in its VPC
+(lab/standin/resources/machines.py) running this machine's PostgreSQL 15 on port 25060 with TLS
+from the account's CA; `num_nodes` 2 or 3 = a primary and hot standbys streaming from it. A
+cluster is "creating" until its nodes are up, then "online". Its databases (owned by `doadmin`),
+users (LOGIN roles without grants) and trusted sources (packet filters on every node: no rule =
+open) are the real server's.
+
+Shapes and behaviour as the DigitalOcean provider calls and reads them (the spec with its
+citations: docs/developers/standin.md). Not here yet: pools, read-only nodes, Valkey, the
+standby's takeover.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import ipaddress
+import re
+import secrets
+import uuid
+
+from lab.standin.firewall import compile_trusted_sources
+
+from .base import ApiError, Request, Resource, at, json_body, not_found, now_iso, unprocessable
+from .catalog import REGIONS
+
+PORT = 25060
+ACCOUNT_NUMBER = 1  # the `do-user-<n>` of the host names
+DEFAULT_PROJECT = "a1b2c3d4-0000-4000-8000-000000000001"
+# slug: memory GiB (DigitalOcean's database sizes)
+DB_SIZES = {
+    "db-s-1vcpu-1gb": 1,
+    "db-s-1vcpu-2gb": 2,
+    "db-s-2vcpu-4gb": 4,
+    "db-s-4vcpu-8gb": 8,
+    "db-s-6vcpu-16gb": 16,
+    "db-s-8vcpu-32gb": 32,
+    "db-s-16vcpu-64gb": 64,
+}
+ENGINES = {"pg"}  # valkey: not yet
+RULE_TYPES = ("droplet", "k8s", "ip_addr", "tag", "app")
+NAME = re.compile(r"[a-z][a-z0-9-]{2,62}")
+SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
+HOST_KINDS = ("", "private-", "replica-", "private-replica-")
+RESERVED_USERS = {"doadmin", "postgres", "standin_replication"}
+
+
+def new_password() -> str:
+    """A password as DigitalOcean's look (letters, digits, `_`, `-`: safe in an SQL literal)."""
+    return "AVNS_" + secrets.token_urlsafe(15)
+
+
+class Databases(Resource):
+    COLLECTION = "databases"
+    KIND = "database cluster"
+
+    def routes(self):
+        base = "/v2/databases/{id}"
+        return [
+            *at("/v2/databases", GET=self.list, POST=self.create),
+            *at(base, GET=self.get, DELETE=self.delete),
+            *at(f"{base}/ca", GET=self.ca),
+            *at(f"{base}/dbs", GET=self.list_dbs, POST=self.create_db),
+            *at(f"{base}/dbs/{{name}}", GET=self.get_db, DELETE=self.delete_db),
+            *at(f"{base}/users", GET=self.list_users, POST=self.create_user),
+            *at(f"{base}/users/{{name}}", GET=self.get_user, DELETE=self.delete_user),
+            *at(f"{base}/firewall", GET=self.get_firewall, PUT=self.put_firewall),
+        ]
+
+    # -- the shapes -------------------------------------------------------------------------
+    @staticmethod
+    def host_name(cluster: dict, kind: str = "") -> str:
+        """kind "" (the primary), "private-", "replica-" or "private-replica-"."""
+        return f"{kind}{cluster['name']}-do-user-{ACCOUNT_NUMBER}-0.db.ondigitalocean.com"
+
+    def connection(self, cluster: dict, kind: str) -> dict:
+        host, password = self.host_name(cluster, kind), cluster["password"]
+        return {
+            "uri": f"postgres://doadmin:{password}@{host}:{PORT}/defaultdb?sslmode=require",
+            "database": "defaultdb",
+            "host": host,
+            "port": PORT,
+            "user": "doadmin",
+            "password": password,
+            "ssl": True,
+        }
+
+    def cluster_json(self, c: dict) -> dict:
+        document = {
+            "id": c["id"],
+            "name": c["name"],
+            "engine": c["engine"],
+            "version": c["version"],
+            "num_nodes": c["num_nodes"],
+            "size": c["size"],
+            "region": c["region"],
+            "status": c["status"],
+            "created_at": c["created_at"],
+            "private_network_uuid": c["private_network_uuid"],
+            "tags": list(c["tags"]),
+            "project_id": c["project_id"],
+            "storage_size_mib": 0,
+            "db_names": list(c["dbs"]),
+            "connection": self.connection(c, ""),
+            "private_connection": self.connection(c, "private-"),
+            "users": [self.user_json(c, name, name == "doadmin") for name in c["users"]],
+            "maintenance_window": {
+                "day": "saturday",
+                "hour": "08:45:12",
+                "pending": False,
+                "description": [],
+            },
+            "metrics_endpoints": [{"host": self.host_name(c), "port": 9273}],
+        }
+        if c["num_nodes"] > 1:
+            document["standby_connection"] = self.connection(c, "replica-")
+            document["standby_private_connection"] = self.connection(c, "private-replica-")
+            standby = {"host": self.host_name(c, "replica-"), "port": 9273}
+            document["metrics_endpoints"].append(standby)
+        return document
+
+    @staticmethod
+    def user_json(cluster: dict, name: str, password: bool = False) -> dict:
+        """A user; its password only when asked (the create's answer, doadmin's in the cluster)."""
+        user = cluster["users"][name]
+        document = {"name": name, "role": user["role"]}
+        if password:
+            document["password"] = user["password"]
+        return document
+
+    # -- clusters -----------------------------------------------------------------------------
+    def list(self, request: Request):
+        return {"databases": [self.cluster_json(c) for c in self.items.values()]}
+
+    def get(self, request: Request):
+        self.check_fresh(request.params["id"])
+        return {"database": self.cluster_json(self.find(request.params["id"]))}
+
+    def checked(self, body: dict) -> dict:
+        """The fields of a create request, or the API's refusal."""
+        name, engine = str(body.get("name") or ""), body.get("engine")
+        if not NAME.fullmatch(name):
+            raise unprocessable("name must be 3-63 lowercase letters, digits and dashes")
+        if any(c["name"] == name for c in self.items.values()):
+            raise unprocessable(f"a database cluster named {name} already exists")
+        if engine not in ENGINES:
+            raise unprocessable(f"engine {engine!r}: the stand-in makes pg clusters only")
+        if body.get("region") not in REGIONS:
+            raise unprocessable(f"region {body.get('region')!r} is not available")
+        if body.get("size") not in DB_SIZES:
+            raise unprocessable(f"size {body.get('size')!r} is not a database size")
+        nodes = body.get("num_nodes")
+        if not isinstance(nodes, int) or not 1 <= nodes <= 3:
+            raise unprocessable("num_nodes must be 1, 2 or 3")
+        for unsupported in ("backup_restore", "storage_autoscale", "do_settings"):
+            if body.get(unsupported):
+                raise unprocessable(f"the stand-in does not model {unsupported}")
+        return {"name": name, "engine": engine, "version": str(body.get("version") or "15"),
+                "size": body["size"], "region": body["region"], "num_nodes": nodes}  # fmt: skip
+
+    def checked_vpc(self, body: dict, region: str) -> dict:
+        vpc_id = body.get("private_network_uuid") or ""
+        vpc = self.account.vpcs.items.get(vpc_id)
+        if not vpc:
+            raise unprocessable(
+                f"private_network_uuid {vpc_id!r}: the stand-in makes clusters in a VPC it has"
+            )
+        if vpc["region"] != region:
+            raise unprocessable(f"vpc {vpc_id} is in {vpc['region']}, not in {region}")
+        return vpc
+
+    def create(self, request: Request):
+        body = json_body(request)
+        fields = self.checked(body)
+        vpc = self.checked_vpc(body, fields["region"])
+        ident = str(uuid.uuid4())
+        nodes = [
+            {"id": f"pg-{ident[:8]}-{i}", "name": f"{fields['name']}-{i}", "status": "on",
+             **self.account.machines.place(vpc)}
+            for i in range(fields["num_nodes"])
+        ]  # fmt: skip
+        cluster = {
+            **fields,
+            "id": ident,
+            "status": "creating",
+            "created_at": now_iso(),
+            "private_network_uuid": vpc["id"],
+            "project_id": body.get("project_id") or DEFAULT_PROJECT,
+            "tags": [self.account.tags.ensure(t) for t in body.get("tags") or []],
+            "password": new_password(),
+            "replication_password": new_password(),
+            "nodes": nodes,
+            "dbs": ["defaultdb"],
+            "users": {"doadmin": {"role": "primary", "password": ""}},
+            "rules": [],
+            "deleting": False,
+        }
+        cluster["users"]["doadmin"]["password"] = cluster["password"]
+        self.items[ident] = cluster
+        self.mark_fresh(request, ident)
+        self.save()
+        self.account.spawn(self.run_create, ident)
+        return 201, {"database": self.cluster_json(cluster)}
+
+    def run_create(self, ident: str) -> None:
+        with self.account.lock:
+            cluster = copy.deepcopy(self.items[ident])
+            cluster["host_names"] = [self.host_name(cluster, kind) for kind in HOST_KINDS]
+            vpc = dict(self.account.vpcs.items[cluster["private_network_uuid"]])
+        backend = self.account.backend
+        primary = cluster["nodes"][0]
+        for index, node in enumerate(cluster["nodes"]):
+            backend.create_host(node, vpc, [])
+            backend.start_postgres(cluster, node, None if index == 0 else primary)
+            with self.account.lock:
+                if ident in self.items:
+                    self.items[ident]["nodes"][index]["host_ready"] = True
+        self.publish()
+        self.account.firewalls.sync()
+        with self.account.lock:
+            if ident in self.items:
+                self.items[ident]["status"] = "online"
+                self.save()
+
+    def delete(self, request: Request):
+        cluster = self.find(request.params["id"])
+        if not cluster["deleting"]:
+            cluster["deleting"] = True
+            self.save()
+            self.account.spawn(self.run_delete, cluster["id"])
+        return 204, None
+
+    def run_delete(self, ident: str) -> None:
+        with self.account.lock:
+            nodes = [dict(n) for n in self.items[ident]["nodes"]]
+        for node in nodes:
+            self.account.backend.destroy_host(node)
+        with self.account.lock:
+            del self.items[ident]
+            self.save()
+        self.publish()
+
+    def online(self, request: Request) -> dict:
+        cluster = self.find(request.params["id"])
+        if cluster["status"] != "online" or cluster["deleting"]:
+            raise ApiError(
+                412, "precondition_failed", f"cluster {cluster['id']} is {cluster['status']}"
+            )
+        return cluster
+
+    # -- the CA -------------------------------------------------------------------------------
+    def ca(self, request: Request):
+        self.find(request.params["id"])
+        pem = self.account.backend.database_ca().encode()
+        return {"ca": {"certificate": base64.b64encode(pem).decode()}}
+
+    # -- databases ----------------------------------------------------------------------------
+    def list_dbs(self, request: Request):
+        return {"dbs": [{"name": n} for n in self.find(request.params["id"])["dbs"]]}
+
+    def get_db(self, request: Request):
+        cluster, name = self.find(request.params["id"]), request.params["name"]
+        if name not in cluster["dbs"]:
+            raise not_found(f"database {name}")
+        return {"db": {"name": name}}
+
+    def create_db(self, request: Request):
+        cluster = self.online(request)
+        name = str(json_body(request).get("name") or "")
+        if not SQL_NAME.fullmatch(name):
+            raise unprocessable("name must be letters, digits, _ and -, starting with a letter")
+        if name in cluster["dbs"]:
+            raise unprocessable(f"database {name} already exists")
+        self.sql(cluster, f'CREATE DATABASE "{name}" OWNER doadmin')
+        cluster["dbs"].append(name)
+        self.save()
+        return 201, {"db": {"name": name}}
+
+    def delete_db(self, request: Request):
+        cluster, name = self.find(request.params["id"]), request.params["name"]
+        if name not in cluster["dbs"] or name == "defaultdb":
+            raise not_found(f"database {name}")
+        self.sql(cluster, f'DROP DATABASE "{name}" WITH (FORCE)')
+        cluster["dbs"].remove(name)
+        self.save()
+        return 204, None
+
+    # -- users --------------------------------------------------------------------------------
+    def list_users(self, request: Request):
+        cluster = self.find(request.params["id"])
+        return {"users": [self.user_json(cluster, name) for name in cluster["users"]]}
+
+    def get_user(self, request: Request):
+        cluster, name = self.find(request.params["id"]), request.params["name"]
+        if name not in cluster["users"]:
+            raise not_found(f"user {name}")
+        return {"user": self.user_json(cluster, name)}
+
+    def create_user(self, request: Request):
+        cluster = self.online(request)
+        body = json_body(request)
+        name = str(body.get("name") or "")
+        if not SQL_NAME.fullmatch(name) or name in RESERVED_USERS:
+            raise unprocessable(f"user name {name!r} is not allowed")
+        if name in cluster["users"]:
+            raise unprocessable(f"user {name} already exists")
+        if body.get("settings") or body.get("mysql_settings"):
+            raise unprocessable("the stand-in does not model user settings")
+        password = new_password()
+        self.sql(cluster, f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+        cluster["users"][name] = {"role": "normal", "password": password}
+        self.save()
+        return 201, {"user": self.user_json(cluster, name, password=True)}
+
+    def delete_user(self, request: Request):
+        cluster, name = self.find(request.params["id"]), request.params["name"]
+        if name not in cluster["users"] or name == "doadmin":
+            raise not_found(f"user {name}")
+        # What it owns goes to doadmin first (a role that owns objects cannot be dropped).
+        for database in cluster["dbs"]:
+            self.sql(cluster, f'REASSIGN OWNED BY "{name}" TO doadmin; DROP OWNED BY "{name}"',
+                     database)  # fmt: skip
+        self.sql(cluster, f'DROP ROLE "{name}"')
+        del cluster["users"][name]
+        self.save()
+        return 204, None
+
+    def sql(self, cluster: dict, sql: str, database: str = "postgres") -> None:
+        self.account.backend.run_sql(cluster["nodes"][0], sql, database)
+
+    # -- trusted sources ----------------------------------------------------------------------
+    def get_firewall(self, request: Request):
+        cluster = self.find(request.params["id"])
+        return {"rules": [{**rule, "cluster_uuid": cluster["id"]} for rule in cluster["rules"]]}
+
+    def put_firewall(self, request: Request):
+        cluster = self.find(request.params["id"])
+        rules = json_body(request).get("rules") or []
+        if len(rules) > 100:
+            raise unprocessable("a cluster has at most 100 trusted sources")
+        kept = {(r["type"], r["value"]): r for r in cluster["rules"]}
+        new = []
+        for rule in rules:
+            kind, value = rule.get("type"), str(rule.get("value") or "")
+            if kind not in RULE_TYPES or not value:
+                raise unprocessable(f"rule type {kind!r}: one of {', '.join(RULE_TYPES)}")
+            if kind == "ip_addr":
+                try:
+                    if ipaddress.ip_network(value, strict=False).version != 4:
+                        raise unprocessable(f"ip_addr {value}: IPv6 is not supported")
+                except ValueError as err:
+                    raise unprocessable(f"ip_addr {value!r} is not an address") from err
+            old = kept.get((kind, value))
+            old = old or {"uuid": str(uuid.uuid4()), "created_at": now_iso()}
+            new.append({"uuid": old["uuid"], "type": kind, "value": value,
+                        "created_at": old["created_at"]})  # fmt: skip
+        cluster["rules"] = new
+        self.save()
+        self.account.firewalls.want_sync()
+        return 204, None
+
+    def trusted_addresses(self, cluster: dict) -> list[str] | None:
+        """The addresses its rules let in (its own nodes too, for replication); None: open."""
+        if not cluster["rules"]:
+            return None
+        target = {
+            "addresses": [r["value"] for r in cluster["rules"] if r["type"] == "ip_addr"],
+            "droplet_ids": [r["value"] for r in cluster["rules"] if r["type"] == "droplet"],
+            "tags": [r["value"] for r in cluster["rules"] if r["type"] == "tag"],
+        }
+        own = [f"{n[side]}/32" for n in cluster["nodes"] for side in ("public", "private")]
+        return own + self.account.firewalls.resolve(target)
+
+    def sync(self) -> None:
+        """Every node's packet filter made to match its cluster's trusted sources now (called
+        by `firewalls.sync`, under its lock)."""
+        with self.account.lock:
+            plans = [
+                (dict(node), compile_trusted_sources(self.trusted_addresses(c), [PORT]))
+                for c in self.items.values()
+                if not c["deleting"]
+                for node in c["nodes"]
+                if node.get("host_ready")
+            ]
+        for node, script in plans:
+            if self.account.firewalls.applied.get(node["id"]) != script:
+                self.account.backend.apply_firewall(node, script)
+                self.account.firewalls.applied[node["id"]] = script
+
+    def publish(self) -> None:
+        """The clusters' host names, for the app side (primary first, then the first standby)."""
+        names = {}
+        with self.account.lock:
+            for c in self.items.values():
+                nodes = c["nodes"]
+                names[self.host_name(c)] = nodes[0]["public"]
+                names[self.host_name(c, "private-")] = nodes[0]["private"]
+                if len(nodes) > 1:
+                    names[self.host_name(c, "replica-")] = nodes[1]["public"]
+                    names[self.host_name(c, "private-replica-")] = nodes[1]["private"]
+        self.account.backend.publish_names(names)
+
+    # -- hooks --------------------------------------------------------------------------------
+    def hosts(self) -> list[dict]:
+        return [node for c in self.items.values() for node in c["nodes"]]
+
+    def vpc_members(self, vpc_id: str) -> list[dict]:
+        return [
+            {"urn": f"do:dbaas:{c['id']}", "name": c["name"], "created_at": c["created_at"]}
+            for c in self.items.values()
+            if c["private_network_uuid"] == vpc_id
+        ]
+
+    def forget_droplet(self, ident: str) -> None:
+        """A droplet rule stays (as on DigitalOcean) but resolves to nothing now."""
+
+    def recover(self) -> None:
+        """After a restart: the nodes brought back (their PostgreSQL starts at boot); a cluster
+        cut short while creating is not finished (docs/developers/standin.md)."""
+        for cluster in list(self.items.values()):
+            if cluster["deleting"]:
+                self.account.spawn(self.run_delete, cluster["id"])
+                continue
+            vpc = dict(self.account.vpcs.items[cluster["private_network_uuid"]])
+            for node in cluster["nodes"]:
+                if node.get("host_ready"):
+                    self.account.backend.recover(dict(node), vpc, [])
+        self.publish()
+        self.account.firewalls.sync()
