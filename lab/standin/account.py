@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import threading
 import time
@@ -98,7 +99,10 @@ class Account:
             return
         with self.lock:  # one writer at a time: requests and background work both save
             tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True))
+            tmp.unlink(missing_ok=True)
+            # 0600: it holds the databases' and Spaces keys' secrets
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                out.write(json.dumps(self.state, indent=1, sort_keys=True))
             tmp.replace(self.state_file)
 
     def next_id(self, kind: str) -> int:

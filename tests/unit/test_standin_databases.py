@@ -272,6 +272,7 @@ def test_trusted_sources_are_kept_in_order_and_enforced_on_every_node(api):
         send(api, "PUT", base, {"rules": [{**empty, "type": "ip_addr", "value": "fd00::/8"}]})[0]
         == 422
     )
+    assert send(api, "PUT", base, {"rules": [{**empty, "type": "droplet", "value": "x"}]})[0] == 422
     assert send(api, "PUT", base, {"rules": []}) == (204, None)
     assert api.call("GET", base) == {"rules": []}
     assert api.backend.filters[nodes[1]["id"]] == compile_trusted_sources(None, [25060])
@@ -312,3 +313,5 @@ def test_a_deleted_cluster_leaves_no_node_and_no_state(api):
     assert api.backend.names == {}
     assert api.account.machines.in_use() == []
     assert json.loads(api.account.state_file.read_text())["databases"] == {}
+    assert api.account.state_file.stat().st_mode & 0o777 == 0o600  # it held the passwords
+    assert not set(nodes) & set(api.account.firewalls.applied)

@@ -238,6 +238,8 @@ class Databases(Resource):
         with self.account.lock:
             del self.items[ident]
             self.save()
+            for node in nodes:
+                self.account.firewalls.applied.pop(node["id"], None)
         self.publish()
 
     def online(self, request: Request) -> dict:
@@ -344,6 +346,8 @@ class Databases(Resource):
             kind, value = rule.get("type"), str(rule.get("value") or "")
             if kind not in RULE_TYPES or not value:
                 raise unprocessable(f"rule type {kind!r}: one of {', '.join(RULE_TYPES)}")
+            if kind == "droplet" and not value.isdigit():
+                raise unprocessable(f"droplet {value!r}: a droplet id")
             if kind == "ip_addr":
                 try:
                     if ipaddress.ip_network(value, strict=False).version != 4:
