@@ -315,3 +315,16 @@ def test_a_deleted_cluster_leaves_no_node_and_no_state(api):
     assert json.loads(api.account.state_file.read_text())["databases"] == {}
     assert api.account.state_file.stat().st_mode & 0o777 == 0o600  # it held the passwords
     assert not set(nodes) & set(api.account.firewalls.applied)
+
+
+def test_a_cluster_deleted_while_creating_leaves_no_node(api):
+    made = []
+    api.backend.create_host = lambda host, vpc, keys: (time.sleep(0.5), made.append(host["id"]))
+    vpc = api.call("POST", "/v2/vpcs", {"name": "v", "region": "tor1"})["vpc"]
+    _, created = send(api, "POST", "/v2/databases", {**CLUSTER, "private_network_uuid": vpc["id"]})
+    ident = created["database"]["id"]
+    assert send(api, "DELETE", f"/v2/databases/{ident}") == (204, None)
+    assert api.account.idle(10)
+    assert made == [f"pg-{ident[:8]}-0"]  # the standby was not begun
+    assert sorted(api.backend.destroyed) == [f"pg-{ident[:8]}-0", f"pg-{ident[:8]}-1"]
+    assert send(api, "GET", f"/v2/databases/{ident}")[0] == 404

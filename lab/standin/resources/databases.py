@@ -17,6 +17,7 @@ import copy
 import ipaddress
 import re
 import secrets
+import threading
 import uuid
 
 from lab.standin.firewall import compile_trusted_sources
@@ -53,6 +54,10 @@ def new_password() -> str:
 class Databases(Resource):
     COLLECTION = "databases"
     KIND = "database cluster"
+
+    def __init__(self, account):
+        super().__init__(account)
+        self.work_locks: dict[str, threading.Lock] = {}
 
     def routes(self):
         base = "/v2/databases/{id}"
@@ -207,20 +212,27 @@ class Databases(Resource):
             cluster = copy.deepcopy(self.items[ident])
             cluster["host_names"] = [self.host_name(cluster, kind) for kind in HOST_KINDS]
             vpc = dict(self.account.vpcs.items[cluster["private_network_uuid"]])
-        backend = self.account.backend
-        primary = cluster["nodes"][0]
-        for index, node in enumerate(cluster["nodes"]):
-            backend.create_host(node, vpc, [])
-            backend.start_postgres(cluster, node, None if index == 0 else primary)
-            with self.account.lock:
-                if ident in self.items:
+        with self.working(ident):  # a delete meanwhile waits, then removes what was made
+            primary = cluster["nodes"][0]
+            for index, node in enumerate(cluster["nodes"]):
+                with self.account.lock:
+                    if self.items[ident]["deleting"]:
+                        return
+                self.account.backend.create_host(node, vpc, [])
+                self.account.backend.start_postgres(cluster, node, None if index else primary)
+                with self.account.lock:
                     self.items[ident]["nodes"][index]["host_ready"] = True
         self.publish()
         self.account.firewalls.sync()
         with self.account.lock:
-            if ident in self.items:
+            if ident in self.items and not self.items[ident]["deleting"]:
                 self.items[ident]["status"] = "online"
                 self.save()
+
+    def working(self, ident: str) -> threading.Lock:
+        """The lock of the cluster's work on the machine (its creation, its deletion)."""
+        with self.account.lock:
+            return self.work_locks.setdefault(ident, threading.Lock())
 
     def delete(self, request: Request):
         cluster = self.find(request.params["id"])
@@ -231,15 +243,17 @@ class Databases(Resource):
         return 204, None
 
     def run_delete(self, ident: str) -> None:
-        with self.account.lock:
-            nodes = [dict(n) for n in self.items[ident]["nodes"]]
-        for node in nodes:
-            self.account.backend.destroy_host(node)
-        with self.account.lock:
-            del self.items[ident]
-            self.save()
+        with self.working(ident):
+            with self.account.lock:
+                nodes = [dict(n) for n in self.items[ident]["nodes"]]
             for node in nodes:
-                self.account.firewalls.applied.pop(node["id"], None)
+                self.account.backend.destroy_host(node)
+            with self.account.lock:
+                del self.items[ident]
+                self.work_locks.pop(ident, None)
+                self.save()
+                for node in nodes:
+                    self.account.firewalls.applied.pop(node["id"], None)
         self.publish()
 
     def online(self, request: Request) -> dict:
