@@ -44,6 +44,10 @@ class Recorder(Backend):
         self.names: dict[str, str] = {}
         self.filters: dict[str, str] = {}
         self.destroyed: list[str] = []
+        self.started: list[tuple[str, str | None]] = []  # (node id, its primary's id)
+
+    def start_postgres(self, cluster, node, primary):
+        self.started.append((node["id"], primary and primary["id"]))
 
     def run_sql(self, node, sql, database="postgres"):
         self.sql.append((node["id"], database, sql))
@@ -136,6 +140,8 @@ def test_a_cluster_is_created_then_online_with_connections_as_digitalocean_fills
     # Every read the same (the provider compares them), the names published for the app side.
     assert api.call("GET", f"/v2/databases/{cluster['id']}")["database"] == cluster
     nodes = api.account.databases.items[cluster["id"]]["nodes"]
+    # Node 0 the primary, node 1 its standby.
+    assert api.backend.started == [(nodes[0]["id"], None), (nodes[1]["id"], nodes[0]["id"])]
     assert api.backend.names == {
         HOST: nodes[0]["public"],
         f"private-{HOST}": nodes[0]["private"],

@@ -219,7 +219,7 @@ class Databases(Resource):
                     if self.items[ident]["deleting"]:
                         return
                 self.account.backend.create_host(node, vpc, [])
-                self.account.backend.start_postgres(cluster, node, None if index else primary)
+                self.account.backend.start_postgres(cluster, node, primary if index else None)
                 with self.account.lock:
                     self.items[ident]["nodes"][index]["host_ready"] = True
         self.publish()
