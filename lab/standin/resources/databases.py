@@ -178,9 +178,9 @@ class Databases(Resource):
         body = json_body(request)
         fields = self.checked(body)
         vpc = self.checked_vpc(body, fields["region"])
-        ident = str(uuid.uuid4())
-        nodes = [
-            {"id": f"pg-{ident[:8]}-{i}", "name": f"{fields['name']}-{i}", "status": "on",
+        ident, password = str(uuid.uuid4()), new_password()
+        nodes = [  # a node's name is its hostname: at most 64 characters
+            {"id": f"pg-{ident[:8]}-{i}", "name": f"{fields['name'][:60]}-{i}", "status": "on",
              **self.account.machines.place(vpc)}
             for i in range(fields["num_nodes"])
         ]  # fmt: skip
@@ -192,15 +192,14 @@ class Databases(Resource):
             "private_network_uuid": vpc["id"],
             "project_id": body.get("project_id") or DEFAULT_PROJECT,
             "tags": [self.account.tags.ensure(t) for t in body.get("tags") or []],
-            "password": new_password(),
+            "password": password,
             "replication_password": new_password(),
             "nodes": nodes,
             "dbs": ["defaultdb"],
-            "users": {"doadmin": {"role": "primary", "password": ""}},
+            "users": {"doadmin": {"role": "primary", "password": password}},
             "rules": [],
             "deleting": False,
         }
-        cluster["users"]["doadmin"]["password"] = cluster["password"]
         self.items[ident] = cluster
         self.mark_fresh(request, ident)
         self.save()
