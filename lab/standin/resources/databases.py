@@ -5,9 +5,12 @@ cluster is "creating" until its nodes are up, then "online". Its databases (owne
 users (LOGIN roles without grants) and trusted sources (packet filters on every node: no rule =
 open) are the real server's.
 
-Shapes and behaviour as the DigitalOcean provider calls and reads them (the spec with its
-citations: docs/developers/standin.md). Not here yet: pools, read-only nodes, Valkey, the
-standby's takeover.
+Shapes and behaviour as the DigitalOcean provider calls and reads them (terraform-provider-
+digitalocean's `database` package, godo's databases.go, DigitalOcean's OpenAPI description): every
+root object wrapped (`database`, `db`, `user`, `rules`, `ca`), `created_at` RFC 3339, `version`
+as sent, a user's `settings` never returned (it would be a permanent diff). What is modelled and
+what is not: docs/developers/standin.md. Not here yet: pools, read-only nodes, Valkey, the
+standby's takeover (each a module of its own on the cluster's record).
 """
 
 from __future__ import annotations
