@@ -32,7 +32,7 @@ def firewall_inbound(droplets: DropletSettings, nodes_tag: str | None) -> list[d
         rules.append(
             {
                 "protocol": "tcp",
-                "port_range": str(droplets.pool.port),
+                "port_range": str(droplets.pool.pgbouncer_port),
                 "source_addresses": list(droplets.postgres_allowed_sources),
             }
         )
@@ -112,7 +112,7 @@ class DropletTier(pulumi.ComponentResource):
                     *addresses,
                     droplets.ssh_user,
                     data_device=device,
-                    data_size=volume.size,
+                    data_volume_size=volume.size,
                 )  # fmt: skip
             )
         inbound = firewall_inbound(droplets, tag.name if droplets.replica_count else None)
