@@ -60,7 +60,7 @@ def validate_data_kept(args, report) -> None:
             "removal, would destroy its data. Fix: pulumi config rm mastodon-data:protectData "
             "(on by default). To replace or remove it on purpose, for one run: pulumi config "
             "set mastodon-data:protectData false and pass a --policy-pack-config with "
-            f'{{"data-kept": {{"{ALLOW_DATA_LOSS}": true}}}} (README: Protection and lifecycle)'
+            f'{{"data-kept": {{"{ALLOW_DATA_LOSS}": true}}}} (docs/operators/lifecycle.md)'
         )
     if what == "database droplet":
         ignored = set(getattr(opts, "ignore_changes", None) or [])
