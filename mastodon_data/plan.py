@@ -14,7 +14,7 @@ import hashlib
 import json
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any
 
@@ -22,12 +22,14 @@ from mastodon_data.config import BackupSettings, Host, ReplicationSettings
 from mastodon_data.host_params import (
     AuthorizedKeysParams,
     BackupParams,
+    ClusterParams,
     HostParams,
     PoolerParams,
     PrimaryParams,
     PromoteParams,
     ReplicaParams,
     RestoreParams,
+    ServerParams,
     SlotsParams,
     StatusParams,
     VolumeParams,
@@ -65,8 +67,13 @@ KEEP_POOLER = (
     "echo 'mastodon-data: PgBouncer is left running on this host; once Mastodon no longer uses "
     "it: systemctl disable --now pgbouncer'"
 )
-KEEP_NOTES = {"primary": KEEP_DATA, "replica": KEEP_DATA, "volume": KEEP_DATA,
-              "pooler": KEEP_POOLER}  # fmt: skip
+# What a step's delete says on a host that outlives the stack, by script (the others: nothing).
+KEEP_NOTES = {
+    "primary": KEEP_DATA,
+    "replica": KEEP_DATA,
+    "volume": KEEP_DATA,
+    "pooler": KEEP_POOLER,
+}
 
 
 @dataclass(frozen=True)
@@ -220,15 +227,9 @@ def steps(
         # After every replication step: the primary's restart (archive_mode) must not cut a
         # replica's base backup short.
         replication_steps = tuple(s.name for s in plan if s.script in CERTIFICATE_SCRIPTS)
-        plan += [
-            Step(
-                f"backup-{h.name}",
-                h,
-                backup_params(replication, backups, h.role),
-                replication_steps,
-            )  # fmt: skip
-            for h in servers
-        ]
+        for host in servers:
+            params = backup_params(replication, backups, host.role)
+            plan.append(Step(f"backup-{host.name}", host, params, replication_steps))
     setup = tuple(s.name for s in plan)
     report = StatusParams(**cluster(replication), stanza=backups.stanza if backups else "")
     plan += [Step(f"status-{h.name}", h, report, setup) for h in servers]
@@ -241,9 +242,16 @@ def steps(
     return plan
 
 
+def named(record: type[HostParams], *settings: Any) -> dict[str, Any]:
+    """The fields of `record` that the settings records hold: a setting has one name from
+    Pulumi.yaml to the host, so it is taken by that name."""
+    names = [f.name for f in fields(record)]
+    return {name: getattr(s, name) for s in settings for name in names if hasattr(s, name)}
+
+
 def cluster(replication: ReplicationSettings) -> dict[str, int]:
     """The fields every script of a cluster has (ClusterParams)."""
-    return {"postgres_version": replication.postgres_version, "port": replication.port}
+    return named(ClusterParams, replication)
 
 
 def primary_step(
@@ -292,19 +300,8 @@ def replica_step(
 def server_params(replication: ReplicationSettings, host: Host, replicas: int) -> dict:
     """The parameters the primary and the replicas share (ServerParams)."""
     return {
-        **cluster(replication),
+        **named(ServerParams, replication),
         "private_address": host.private_address,
-        "db_name": replication.db_name,
-        "db_user": replication.db_user,
-        "replication_user": replication.replication_user,
-        "postgres_allowed_sources": tuple(replication.postgres_allowed_sources),
-        "wal_keep_size": replication.wal_keep_size,
-        "max_slot_wal_keep_size": replication.max_slot_wal_keep_size,
-        "replication_timeout": replication.replication_timeout,
-        "wal_retrieve_retry_interval": replication.wal_retrieve_retry_interval,
-        "certificate_days": replication.certificate_days,
-        "certificate_renew_days": replication.certificate_renew_days,
-        "max_connections": replication.max_connections,
         "wal_senders": wal_senders(replicas),
         # PgBouncer on each host logs in to its own PostgreSQL at the private address.
         "pgbouncer": replication.pool is not None,
@@ -335,31 +332,11 @@ def volume_step(host: Host) -> Step:
 
 def pooler_params(replication: ReplicationSettings, host: Host) -> PoolerParams:
     """A pooler step's parameters (the password is a secret one)."""
-    pool = replication.pool
     return PoolerParams(
-        **cluster(replication),
+        **named(PoolerParams, replication, replication.pool),
         private_address=host.private_address,
-        db_name=replication.db_name,
-        db_user=replication.db_user,
-        pgbouncer_port=pool.pgbouncer_port,
-        pool_size=pool.size,
-        max_clients=pool.max_clients,
+        pool_size=replication.pool.size,
     )
-
-
-def repository_params(replication: ReplicationSettings, backups: BackupSettings) -> dict:
-    """What every pgBackRest script needs: the cluster, the stanza, the repository, retention."""
-    return {
-        **cluster(replication),
-        "stanza": backups.stanza,
-        "backup_endpoint": backups.backup_endpoint,
-        "backup_bucket": backups.backup_bucket,
-        "backup_region": backups.backup_region,
-        "backup_path": backups.backup_path,
-        "backup_ca_cert": backups.backup_ca_cert,
-        "backup_retention_full": backups.backup_retention_full,
-        "backup_retention_diff": backups.backup_retention_diff,
-    }
 
 
 def backup_params(
@@ -369,15 +346,9 @@ def backup_params(
     action: str = "configure",
     kind: str = "full",
 ) -> BackupParams:
-    return BackupParams(
-        **repository_params(replication, backups),
-        action=action,
-        role=role,
-        backup_full_schedule=backups.backup_full_schedule,
-        backup_diff_schedule=backups.backup_diff_schedule,
-        backup_archive_timeout=backups.backup_archive_timeout,
-        type=kind,
-    )
+    """A backup step's parameters: the cluster, the repository, retention and schedules."""
+    settings = named(BackupParams, replication, backups)
+    return BackupParams(**settings, action=action, role=role, type=kind)
 
 
 def backup_now_step(
@@ -404,12 +375,8 @@ def restore_step(
     overwrite: bool = False,
 ) -> Step:
     """A restore of the repository onto `host` (`mastodon-data restore`)."""
-    params = RestoreParams(
-        **repository_params(replication, backups),
-        db_name=replication.db_name,
-        target_time=target_time,
-        overwrite=overwrite,
-    )
+    settings = named(RestoreParams, replication, backups)
+    params = RestoreParams(**settings, target_time=target_time, overwrite=overwrite)
     return Step(f"restore-{host.name}", host, params)
 
 
@@ -421,11 +388,8 @@ def promote_step(replication: ReplicationSettings, host: Host) -> Step:
 def authorized_keys_steps(keys: Sequence[str], hosts: Sequence[Host]) -> list[Step]:
     """The admins' keys into each host's login user's authorized_keys (spares too: an admin
     may need to reach every server the stack knows)."""
-    return [
-        Step(
-            f"keys-{h.name}",
-            h,
-            AuthorizedKeysParams(ssh_user=h.ssh_user, authorized_keys=tuple(keys)),
-        )  # fmt: skip
-        for h in hosts
-    ]
+    steps = []
+    for host in hosts:
+        params = AuthorizedKeysParams(ssh_user=host.ssh_user, authorized_keys=tuple(keys))
+        steps.append(Step(f"keys-{host.name}", host, params))
+    return steps
