@@ -5,7 +5,7 @@ settings records, here and on the host); the other fields are what the plan deri
 (wal_senders, replication_peers, ...).
 
 Secrets are no fields: a record's SECRETS names, for each secret parameter, the stack secret
-that fills it on stdin only (never in a trigger, the state's inputs or a command line).
+that fills it on the command's stdin (a secret input), never in its trigger or command line.
 tests/unit/test_host_params.py holds every plan the tests build against the scripts: each key a
 script reads is sent, and no other.
 """
@@ -31,11 +31,8 @@ class HostParams:
 
     def values(self) -> dict[str, Any]:
         """The fields as the script reads them (tuples as JSON lists), secrets apart."""
-        return {
-            f.name: list(value) if isinstance(value, tuple) else value
-            for f in fields(self)
-            for value in [getattr(self, f.name)]
-        }
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
