@@ -1,9 +1,10 @@
 """PostgreSQL on the stack's own servers (droplets or existing hosts): the replication steps as
 `remote.Command`s, the primary first, then every replica in parallel (beside them the slots
 step, which drops stale slots on the primary), then a read-only status report per host; with
-pools, PgBouncer set up on each host after its own step. Scripts and secrets travel on stdin; a
-step's triggers are the hash of its scripts and non-secret parameters, so it runs again exactly
-when one of them changes."""
+pools, PgBouncer set up on each host after its own step. One command per step of the plan,
+made from the step alone (mastodon_data/plan.py): scripts and secrets travel on stdin; a step's
+trigger is the hash of its scripts, non-secret parameters and trigger inputs, so it runs again
+exactly when one of them changes."""
 
 from __future__ import annotations
 
