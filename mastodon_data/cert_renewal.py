@@ -1,7 +1,7 @@
 """Certificate renewal on a stable stack: a step runs only when its trigger changes, so before
 every `pulumi up` (and preview) the program asks each database server, over SSH and read-only,
 whether its certificate is within the renewal window, and how many times it was renewed
-(host/common.py RENEWALS_FILE). That count, plus one when a renewal is due, is part of the host
+(host/tls.py RENEWALS_FILE). That count, plus one when a renewal is due, is part of the host
 step's trigger: a due certificate re-runs the step, which renews it (and counts it, so the next
 run finds the same number and nothing due: the trigger is back where it was).
 
@@ -27,7 +27,7 @@ from mastodon_data.config import PROJECT, Host, Settings
 SSH_KEY = "sshPrivateKey"  # the stack secret the steps connect with
 READ_TIMEOUT = 30  # seconds for one host's answer, connection included
 CONNECT_TIMEOUT = 10
-RENEWALS_FILE = "mastodon-data-renewals"  # host/common.py's, beside server.crt
+RENEWALS_FILE = "mastodon-data-renewals"  # host/tls.py's, beside server.crt
 # The probe carries nothing secret (an end date and a count): it takes the cheapest of the
 # key exchanges every OpenSSH since 6.5 has, not the post-quantum hybrid (a third of the
 # probe's time here), which protects recorded traffic that this probe does not have.

@@ -58,9 +58,9 @@ def server_endpoints(
         endpoints |= {
             "pool_name": db_name,
             "pool_host": primary_address,
-            "pool_port": pool.port,
+            "pool_port": pool.pgbouncer_port,
             "pool_size": pool.size,
-            "replica_pool_port": pool.port if replica_address else None,
+            "replica_pool_port": pool.pgbouncer_port if replica_address else None,
         }
     return endpoints
 

@@ -1,47 +1,44 @@
 """The replication step plan: which host script runs where, with which parameters, in which order.
 
-Pure: no Pulumi, no I/O beyond reading the host scripts' source (host/). The Pulumi program
-turns each step into a `remote.Command` (components/replication.py); cli/host_ssh.py runs one
-step over ssh (the failover's promote, tests of one script). Addresses may be Pulumi Outputs
-(droplets) or text.
+Pure: no Pulumi, no I/O beyond reading the host scripts' source (host/). A `Step` carries all
+its `remote.Command` needs (the command line, the payload of scripts and parameters, what
+triggers it), so the Pulumi program makes one command per step and nothing else
+(components/replication.py); cli/host_ssh.py runs one step over ssh (the failover's promote,
+tests of one script). Addresses may be Pulumi Outputs (droplets) or text.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from importlib import resources
+from typing import Any
 
 from mastodon_data.config import BackupSettings, Host, ReplicationSettings
+from mastodon_data.host_params import (
+    AuthorizedKeysParams,
+    BackupParams,
+    ClusterParams,
+    HostParams,
+    PoolerParams,
+    PrimaryParams,
+    PromoteParams,
+    ReplicaParams,
+    RestoreParams,
+    ServerParams,
+    SlotsParams,
+    StatusParams,
+    VolumeParams,
+)
 
 # The payload shipped to the hosts (stdlib only): package data, read the same way installed or not.
 HOST_SCRIPTS = resources.files("mastodon_data") / "host"
 # The steps that issue and renew their host's server certificate.
 CERTIFICATE_SCRIPTS = ("primary", "replica")
-# Which stack secret feeds which script parameter (they travel on stdin only). The repository's
-# key comes from the stack's own Spaces key (droplets) or from the settings (hosts).
-BACKUP_SECRETS = {
-    "repo_key": "backupAccessKeyId",
-    "repo_key_secret": "backupSecretAccessKey",
-    "cipher_pass": "backupCipherPassphrase",
-}
-SECRET_PARAMS = {
-    "primary": {"replication_password": "replicationPassword", "db_password": "dbPassword"},
-    "replica": {"replication_password": "replicationPassword"},
-    "pooler": {"db_password": "dbPassword"},
-    "slots": {},
-    "status": {},
-    "promote": {},
-    "backup": BACKUP_SECRETS,
-    "restore": BACKUP_SECRETS,
-    "volume": {},
-    "authorized_keys": {},
-}
-# Modules a script imports besides common.py (shipped with it).
-SCRIPT_MODULES = {name: ("repository.py",) for name in ("backup", "restore", "status")}
 
 # Runs on the host: writes the shipped scripts into a private directory of its own (so runs
 # never see each other's files) and feeds the parameters to the one asked for. Scripts and
@@ -58,20 +55,102 @@ LAUNCHER = (
     "sys.exit(r.returncode)\n"
 )
 
+# What `pulumi destroy` (or dropping a replica) runs: nothing that touches data. On existing hosts
+# the databases stay where they are, and the message says so.
+KEEP_DATA = (
+    "echo 'mastodon-data: PostgreSQL and its data are left in place on this host; "
+    "remove them yourself if that is what you want.'"
+)
+# A pooler step that goes (the pool turned off, `pulumi destroy`) leaves PgBouncer as it is:
+# Mastodon may still use it until its .env.production changes.
+KEEP_POOLER = (
+    "echo 'mastodon-data: PgBouncer is left running on this host; once Mastodon no longer uses "
+    "it: systemctl disable --now pgbouncer'"
+)
+# What a step's delete says on a host that outlives the stack, by script (the others: nothing).
+KEEP_NOTES = {
+    "primary": KEEP_DATA,
+    "replica": KEEP_DATA,
+    "volume": KEEP_DATA,
+    "pooler": KEEP_POOLER,
+}
+
 
 @dataclass(frozen=True)
 class Step:
+    """One host script's run on one host, and everything its command needs: `command` (the
+    remote command line), `stdin()` (the payload: scripts, parameters, secrets), `trigger()`
+    (what runs it again), `keep_note` (what its delete says on a host that outlives the
+    stack). It runs after the steps in `after`, and again whenever they run again; after the
+    steps in `requires` only (a grown volume re-runs nothing else)."""
+
     name: str
-    script: str  # primary | slots | replica | pooler | status | promote | volume | backup |
-    # restore | authorized_keys
     host: Host
-    params: dict = field(hash=False)  # non-secret parameters
-    after: tuple[str, ...] = ()  # runs after these, and again whenever they run again
-    requires: tuple[str, ...] = ()  # runs after these only (a grown volume re-runs nothing else)
+    record: HostParams = field(hash=False)  # the script's parameters, secrets apart
+    after: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    # Parameters filled when the step runs, from another step's report: (parameter, step, key).
+    report_inputs: tuple[tuple[str, str, str], ...] = ()
+    # Values that run the step again when they change, though its script does not read them.
+    trigger_inputs: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def script(self) -> str:
+        return self.record.SCRIPT
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The non-secret parameters, as the script reads them (may hold Outputs)."""
+        return self.record.values()
 
     @property
     def secret_params(self) -> dict[str, str]:
-        return SECRET_PARAMS[self.script]
+        """Secret parameter -> the stack secret that fills it."""
+        return self.record.SECRETS
+
+    @property
+    def command(self) -> str:
+        return command_line(self.host.ssh_user)
+
+    @property
+    def keep_note(self) -> str | None:
+        return KEEP_NOTES.get(self.script)
+
+    @property
+    def report_sources(self) -> tuple[str, ...]:
+        """The steps whose reports (stdout) fill_reports takes, in order."""
+        return tuple(source for _, source, _ in self.report_inputs)
+
+    @property
+    def renewal_probe(self) -> tuple[int, int] | None:
+        """(postgres_version, certificate_renew_days) of a step that owns its host's server
+        certificate: the program reads the renewal count before each run (cert_renewal)."""
+        if self.script not in CERTIFICATE_SCRIPTS:
+            return None
+        return self.record.postgres_version, self.record.certificate_renew_days
+
+    def fill_reports(self, params: dict, stdouts: Sequence[str]) -> dict:
+        """`params` with the report inputs taken from the reports of report_sources."""
+        taken = {
+            param: parse_report(stdout).get(key, "")
+            for (param, _, key), stdout in zip(self.report_inputs, stdouts, strict=True)
+        }
+        return {**params, **taken}
+
+    def stdin(self, params: dict, secret_values: Sequence[str]) -> str:
+        """The payload as JSON; `secret_values` in the order of secret_params."""
+        secrets = dict(zip(self.secret_params.values(), secret_values, strict=True))
+        return json.dumps(payload(self, params, secrets))
+
+    def trigger(self, params: dict, inputs: Mapping[str, Any], renewals: int = 0) -> str:
+        """Changes when the step's scripts, non-secret parameters or trigger inputs change, or
+        its host's server certificate is due for renewal (`renewals`: the count read on the
+        host, plus one when due; see cert_renewal): it runs again then."""
+        digest = hashlib.sha256()
+        for name, source in script_files(self.script).items():
+            digest.update(name.encode() + b"\0" + source.encode() + b"\0")
+        digest.update(json.dumps({**params, **inputs}, sort_keys=True).encode())
+        return digest.hexdigest() + (f"+renewal-{renewals}" if renewals else "")
 
 
 def parse_report(stdout: str) -> dict:
@@ -83,33 +162,29 @@ def parse_report(stdout: str) -> dict:
         return {"unparsed": lines[-1][:200]}
 
 
-def from_primary(report: dict) -> dict:
-    """What replica steps take from the primary step's report: the CA that signed its
-    certificate, so replication runs with sslmode=verify-full."""
-    return {"primary_ca_cert": report.get("ca_cert", "")}
+def host_imports(source: str) -> list[str]:
+    """The host modules (files beside the scripts) a script or module imports."""
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module)
+    return [f"{name}.py" for name in names if (HOST_SCRIPTS / f"{name}.py").is_file()]
 
 
 def script_files(script: str) -> dict[str, str]:
-    """The files a step ships: its own script and the shared helpers, so editing another
-    role's script does not re-run (or even diff) this step."""
-    names = ("common.py", *SCRIPT_MODULES.get(script, ()), f"{script}.py")
-    return {name: (HOST_SCRIPTS / name).read_text() for name in names}
-
-
-# What `pulumi destroy` (or dropping a replica) runs: nothing that touches data. On existing hosts
-# the databases stay where they are, and the message says so.
-KEEP_DATA = (
-    "echo 'mastodon-data: PostgreSQL and its data are left in place on this host; "
-    "remove them yourself if that is what you want.'"
-)
-
-
-# A pooler step that goes (the pool turned off, `pulumi destroy`) leaves PgBouncer as it is:
-# Mastodon may still use it until its .env.production changes.
-KEEP_POOLER = (
-    "echo 'mastodon-data: PgBouncer is left running on this host; once Mastodon no longer uses "
-    "it: systemctl disable --now pgbouncer'"
-)
+    """The files a step ships: its own script and the host modules it imports (common.py and
+    the others, found in its imports), so editing another role's script does not re-run (or
+    even diff) this step."""
+    files: dict[str, str] = {}
+    wanted = [f"{script}.py"]
+    while wanted:
+        name = wanted.pop()
+        if name not in files:
+            files[name] = (HOST_SCRIPTS / name).read_text()
+            wanted += host_imports(files[name])
+    return dict(sorted(files.items()))
 
 
 def command_line(ssh_user: str) -> str:
@@ -118,23 +193,11 @@ def command_line(ssh_user: str) -> str:
     return run if ssh_user == "root" else f"sudo -n {run}"
 
 
-def payload(step: Step, params: dict, secrets: dict[str, str]) -> dict:
-    """What goes on the step's stdin: the scripts, and the parameters with secrets filled in."""
-    filled = dict(params)
-    for param, key in step.secret_params.items():
-        filled[param] = secrets[key]
+def payload(step: Step, params: dict, secrets: Mapping[str, str]) -> dict:
+    """What goes on the step's stdin: the scripts, and the parameters with secrets filled in
+    (`secrets` by the stack's names)."""
+    filled = {**params, **{param: secrets[key] for param, key in step.secret_params.items()}}
     return {"files": script_files(step.script), "run": f"{step.script}.py", "params": filled}
-
-
-def trigger(script: str, params: dict, renewals: int = 0) -> str:
-    """Changes when the step's scripts or non-secret parameters change, or its host's server
-    certificate is due for renewal (`renewals`: the count read on the host, plus one when
-    due; see cert_renewal): it runs again then."""
-    digest = hashlib.sha256()
-    for name, source in script_files(script).items():
-        digest.update(name.encode() + b"\0" + source.encode() + b"\0")
-    digest.update(json.dumps(params, sort_keys=True).encode())
-    return digest.hexdigest() + (f"+renewal-{renewals}" if renewals else "")
 
 
 def steps(
@@ -146,87 +209,110 @@ def steps(
 ) -> list[Step]:
     """Each host's data device mounted first (where it has one); the primary; every replica
     after it (in parallel), and beside them the pruning of stale slots on the primary; with
-    pools, a pooler step after each host's own step; with backups, a backup step per host after
-    the replication steps; a status report per host last. Spare hosts get no step."""
+    backups, a backup step per host after the replication steps; a status report per host;
+    with pools, a pooler step after each host's own step. Spare hosts get no step."""
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
-    common = server_params(replication)
-    common["wal_senders"] = wal_senders(len(replicas))
-    plan = [volume_step(h) for h in (primary, *replicas) if h.data_device is not None]
+    servers = (primary, *replicas)
+    plan = [volume_step(h) for h in servers if h.data_device is not None]
     volume = {s.host.name: (s.name,) for s in plan}
-    plan.append(
-        Step(
-            "primary",
-            "primary",
-            primary,
-            {
-                **common,
-                "private_address": primary.private_address,
-                # Every server of the stack may replicate (spares too, so turning one into a
-                # replica leaves the primary's step as it is; the slot is the replica's own).
-                "replication_peers": [h.private_address for h in hosts if h is not primary],
-                "ca_rotation": replication.ca_rotation,
-            },
-            requires=volume.get(primary.name, ()),
-        )
-    )
-    for replica in replicas:
-        params = {
-            **common,
-            "name": replica.name,
-            "private_address": replica.private_address,
-            "primary_address": primary.private_address,
-            "primary_port": replication.port,
-        }
-        if replica.name in reseed:
-            params["reseed"] = True
-        plan.append(
-            Step(
-                f"replica-{replica.name}",
-                "replica",
-                replica,
-                params,
-                ("primary",),
-                volume.get(replica.name, ()),
-            )
-        )
+    peers = [h for h in hosts if h is not primary]
+    plan.append(primary_step(replication, primary, peers, len(replicas), volume))
+    plan += [
+        replica_step(replication, r, primary, len(replicas), r.name in reseed, volume)
+        for r in replicas
+    ]
     plan.append(slots_step(replication, primary, replicas))
     if backups:
         # After every replication step: the primary's restart (archive_mode) must not cut a
         # replica's base backup short.
-        replication_steps = tuple(s.name for s in plan if s.script in ("primary", "replica"))
-        for host in (primary, *replicas):
+        replication_steps = tuple(s.name for s in plan if s.script in CERTIFICATE_SCRIPTS)
+        for host in servers:
             params = backup_params(replication, backups, host.role)
-            plan.append(Step(f"backup-{host.name}", "backup", host, params, replication_steps))
+            plan.append(Step(f"backup-{host.name}", host, params, replication_steps))
     setup = tuple(s.name for s in plan)
-    report = {"version": replication.postgres_version, "port": replication.port}
-    if backups:
-        report["stanza"] = backups.stanza
-    plan += [Step(f"status-{h.name}", "status", h, report, setup) for h in (primary, *replicas)]
+    report = StatusParams(**cluster(replication), stanza=backups.stanza if backups else "")
+    plan += [Step(f"status-{h.name}", h, report, setup) for h in servers]
     if replication.pool:
         plan += [
-            Step(
-                f"pooler-{step.host.name}",
-                "pooler",
-                step.host,
-                pooler_params(replication, step.host),
-                (step.name,),
-            )
-            for step in plan
-            if step.script in ("primary", "replica")
+            Step(f"pooler-{s.host.name}", s.host, pooler_params(replication, s.host), (s.name,))
+            for s in plan
+            if s.script in CERTIFICATE_SCRIPTS
         ]
     return plan
+
+
+def named(record: type[HostParams], *settings: Any) -> dict[str, Any]:
+    """The fields of `record` that the settings records hold: a setting has one name from
+    Pulumi.yaml to the host, so it is taken by that name."""
+    names = [f.name for f in fields(record)]
+    return {name: getattr(s, name) for s in settings for name in names if hasattr(s, name)}
+
+
+def cluster(replication: ReplicationSettings) -> dict[str, int]:
+    """The fields every script of a cluster has (ClusterParams)."""
+    return named(ClusterParams, replication)
+
+
+def primary_step(
+    replication: ReplicationSettings,
+    primary: Host,
+    peers: Sequence[Host],
+    replicas: int,
+    volume: Mapping[str, tuple[str, ...]],
+) -> Step:
+    """Every other server of the stack may replicate (spares too, so turning one into a replica
+    leaves the primary's step as it is; the slot is the replica's own)."""
+    params = PrimaryParams(
+        **server_params(replication, primary, replicas),
+        replication_peers=tuple(h.private_address for h in peers),
+        ca_rotation=replication.ca_rotation,
+    )
+    return Step("primary", primary, params, requires=volume.get(primary.name, ()))
+
+
+def replica_step(
+    replication: ReplicationSettings,
+    replica: Host,
+    primary: Host,
+    replicas: int,
+    reseed: bool,
+    volume: Mapping[str, tuple[str, ...]],
+) -> Step:
+    """A replica after the primary, with the CA of the primary's report (verify-full)."""
+    params = ReplicaParams(
+        **server_params(replication, replica, replicas),
+        name=replica.name,
+        primary_address=primary.private_address,
+        primary_port=replication.port,
+        reseed=reseed,
+    )
+    return Step(
+        f"replica-{replica.name}",
+        replica,
+        params,
+        after=("primary",),
+        requires=volume.get(replica.name, ()),
+        report_inputs=(("primary_ca_cert", "primary", "ca_cert"),),
+    )
+
+
+def server_params(replication: ReplicationSettings, host: Host, replicas: int) -> dict:
+    """The parameters the primary and the replicas share (ServerParams)."""
+    return {
+        **named(ServerParams, replication),
+        "private_address": host.private_address,
+        "wal_senders": wal_senders(replicas),
+        # PgBouncer on each host logs in to its own PostgreSQL at the private address.
+        "pgbouncer": replication.pool is not None,
+    }
 
 
 def slots_step(replication: ReplicationSettings, primary: Host, replicas: list[Host]) -> Step:
     """Drops the slots of replicas no longer configured (host/slots.py), beside the replicas'
     steps, not before them: each replica step makes its own slot."""
-    params = {
-        "version": replication.postgres_version,
-        "port": replication.port,
-        "replicas": [r.name for r in replicas],
-    }
-    return Step("slots", "slots", primary, params, requires=("primary",))
+    params = SlotsParams(**cluster(replication), replicas=tuple(r.name for r in replicas))
+    return Step("slots", primary, params, requires=("primary",))
 
 
 def wal_senders(replicas: int) -> int:
@@ -236,88 +322,49 @@ def wal_senders(replicas: int) -> int:
 
 
 def volume_step(host: Host) -> Step:
-    """PostgreSQL's directories on the host's data device (host/volume.py)."""
-    params = {"device": host.data_device}
-    if host.data_size is not None:
-        params["size_gib"] = host.data_size
-    return Step(f"volume-{host.name}", "volume", host, params)
+    """PostgreSQL's directories on the host's data device (host/volume.py). The device's size,
+    when known, runs the step again when it grows (the script reads the size on the host)."""
+    known = host.data_volume_size is not None
+    size = {"data_volume_size": host.data_volume_size} if known else {}
+    params = VolumeParams(data_device=host.data_device)
+    return Step(f"volume-{host.name}", host, params, trigger_inputs=size)
 
 
-def pooler_params(replication: ReplicationSettings, host: Host) -> dict:
+def pooler_params(replication: ReplicationSettings, host: Host) -> PoolerParams:
     """A pooler step's parameters (the password is a secret one)."""
-    pool = replication.pool
-    return {
-        "version": replication.postgres_version,
-        "port": replication.port,
-        "private_address": host.private_address,
-        "db_name": replication.db_name,
-        "db_user": replication.db_user,
-        "pool_port": pool.port,
-        "pool_size": pool.size,
-        "max_clients": pool.max_clients,
-    }
-
-
-def server_params(replication: ReplicationSettings) -> dict:
-    """The parameters the primary and the replicas share."""
-    return {
-        "version": replication.postgres_version,
-        "port": replication.port,
-        "replication_user": replication.replication_user,
-        "db_name": replication.db_name,
-        "db_user": replication.db_user,
-        "allowed_sources": list(replication.postgres_allowed_sources),
-        "wal_keep_size": replication.wal_keep_size,
-        "max_slot_wal_keep_size": replication.max_slot_wal_keep_size,
-        "replication_timeout": replication.replication_timeout,
-        "wal_retrieve_retry_interval": replication.wal_retrieve_retry_interval,
-        "certificate_days": replication.certificate_days,
-        "certificate_renew_days": replication.certificate_renew_days,
-        "max_connections": replication.max_connections,
-        # PgBouncer on each host logs in to its own PostgreSQL at the private address.
-        "pooled": replication.pool is not None,
-    }
-
-
-def repository_params(replication: ReplicationSettings, backups: BackupSettings) -> dict:
-    """What every pgBackRest script needs: the cluster, the stanza, the repository, retention."""
-    return {
-        "version": replication.postgres_version,
-        "port": replication.port,
-        "stanza": backups.stanza,
-        "repository": backups.repository(),
-        "retention_full": backups.retention_full,
-        "retention_diff": backups.retention_diff,
-    }
+    return PoolerParams(
+        **named(PoolerParams, replication, replication.pool),
+        private_address=host.private_address,
+        pool_size=replication.pool.size,
+    )
 
 
 def backup_params(
-    replication: ReplicationSettings, backups: BackupSettings, role: str, action: str = "configure"
-) -> dict:
-    return {
-        **repository_params(replication, backups),
-        "action": action,
-        "role": role,
-        "schedule_full": backups.schedule_full,
-        "schedule_diff": backups.schedule_diff,
-        "archive_timeout": backups.archive_timeout,
-    }
+    replication: ReplicationSettings,
+    backups: BackupSettings,
+    role: str,
+    action: str = "configure",
+    kind: str = "full",
+) -> BackupParams:
+    """A backup step's parameters: the cluster, the repository, retention and schedules."""
+    settings = named(BackupParams, replication, backups)
+    return BackupParams(**settings, action=action, role=role, type=kind)
 
 
 def backup_now_step(
     replication: ReplicationSettings, backups: BackupSettings, host: Host, kind: str
 ) -> Step:
     """One backup on the primary, now (`mastodon-data backup`)."""
-    params = {**backup_params(replication, backups, host.role, "backup"), "type": kind}
-    return Step(f"backup-now-{host.name}", "backup", host, params)
+    params = backup_params(replication, backups, host.role, "backup", kind)
+    return Step(f"backup-now-{host.name}", host, params)
 
 
 def backup_check_step(
     replication: ReplicationSettings, backups: BackupSettings, host: Host
 ) -> Step:
     """`pgbackrest check` and `info` on the primary (`mastodon-data backups check`)."""
-    return Step(f"backup-check-{host.name}", "backup", host,
-                backup_params(replication, backups, host.role, "check"))  # fmt: skip
+    params = backup_params(replication, backups, host.role, "check")
+    return Step(f"backup-check-{host.name}", host, params)
 
 
 def restore_step(
@@ -328,29 +375,21 @@ def restore_step(
     overwrite: bool = False,
 ) -> Step:
     """A restore of the repository onto `host` (`mastodon-data restore`)."""
-    params = {
-        **repository_params(replication, backups),
-        "db_name": replication.db_name,
-        "target_time": target_time,
-        "overwrite": overwrite,
-    }
-    return Step(f"restore-{host.name}", "restore", host, params)
+    settings = named(RestoreParams, replication, backups)
+    params = RestoreParams(**settings, target_time=target_time, overwrite=overwrite)
+    return Step(f"restore-{host.name}", host, params)
 
 
 def promote_step(replication: ReplicationSettings, host: Host) -> Step:
     """Failover: turns a replica into the primary (`mastodon-data failover promote`)."""
-    return Step(
-        f"promote-{host.name}",
-        "promote",
-        host,
-        {"version": replication.postgres_version, "port": replication.port},
-    )
+    return Step(f"promote-{host.name}", host, PromoteParams(**cluster(replication)))
 
 
 def authorized_keys_steps(keys: Sequence[str], hosts: Sequence[Host]) -> list[Step]:
     """The admins' keys into each host's login user's authorized_keys (spares too: an admin
     may need to reach every server the stack knows)."""
-    return [
-        Step(f"keys-{h.name}", "authorized_keys", h, {"user": h.ssh_user, "keys": list(keys)})
-        for h in hosts
-    ]
+    steps = []
+    for host in hosts:
+        params = AuthorizedKeysParams(ssh_user=host.ssh_user, authorized_keys=tuple(keys))
+        steps.append(Step(f"keys-{host.name}", host, params))
+    return steps

@@ -5,13 +5,13 @@ this is how admin keys are added and retired without replacing a droplet."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import pulumi
 from pulumi_command import remote
 
 from mastodon_data import plan
+from mastodon_data.components.replication import ssh_connection
 from mastodon_data.config import Host
 
 
@@ -36,24 +36,12 @@ class AuthorizedKeys(pulumi.ComponentResource):
         self.register_outputs({})
 
     def _command(self, name: str, step: plan.Step, private_key: pulumi.Output) -> remote.Command:
-        host = step.host
-        connection = remote.ConnectionArgsDict(
-            host=host.public_address,
-            port=host.ssh_port,
-            user=host.ssh_user,
-            private_key=private_key,
-            dial_error_limit=10,
-            per_dial_timeout=15,
-        )
-        if host.host_key:
-            connection["host_key"] = host.host_key
-        stdin = json.dumps(plan.payload(step, step.params, {}))
         return remote.Command(
             name,
-            connection=connection,
-            create=plan.command_line(host.ssh_user),
-            stdin=stdin,
-            triggers=[plan.trigger(step.script, step.params)],
+            connection=ssh_connection(step.host, private_key),
+            create=step.command,
+            stdin=step.stdin(step.params, []),
+            triggers=[step.trigger(step.params, step.trigger_inputs)],
             add_previous_output_in_env=False,
             logging=remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["stdin"]),

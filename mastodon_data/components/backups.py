@@ -27,16 +27,19 @@ class BackupRepository(pulumi.ComponentResource):
         if backups.make_bucket:
             self._make_bucket(name, backups)
         else:
-            self.key_id = pulumi.Output.from_input(backups.access_key_id)
+            self.key_id = pulumi.Output.from_input(backups.backup_access_key_id)
             self.key_secret = pulumi.Output.secret(key_secret)
         self.output = {
-            **backups.repository(),
-            "bucket": self.bucket.name if self.bucket else backups.bucket,
+            "endpoint": backups.backup_endpoint,
+            "bucket": self.bucket.name if self.bucket else backups.backup_bucket,
+            "region": backups.backup_region,
+            "path": backups.backup_path,
+            "ca_cert": backups.backup_ca_cert,
             "stanza": backups.stanza,
-            "retention_full": backups.retention_full,
-            "retention_diff": backups.retention_diff,
-            "schedule_full": backups.schedule_full,
-            "schedule_diff": backups.schedule_diff,
+            "retention_full": backups.backup_retention_full,
+            "retention_diff": backups.backup_retention_diff,
+            "schedule_full": backups.backup_full_schedule,
+            "schedule_diff": backups.backup_diff_schedule,
         }
         self.register_outputs({})
 
@@ -65,8 +68,8 @@ class BackupRepository(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.bucket = do.SpacesBucket(
             f"{name}-bucket",
-            name=backups.bucket,
-            region=backups.region,
+            name=backups.backup_bucket,
+            region=backups.backup_region,
             acl="private",
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )

@@ -32,7 +32,7 @@ def firewall_inbound(droplets: DropletSettings, nodes_tag: str | None) -> list[d
         rules.append(
             {
                 "protocol": "tcp",
-                "port_range": str(droplets.pool.port),
+                "port_range": str(droplets.pool.pgbouncer_port),
                 "source_addresses": list(droplets.postgres_allowed_sources),
             }
         )
@@ -115,23 +115,8 @@ class DropletTier(pulumi.ComponentResource):
         for index in range(1 + droplets.replica_count):
             role = "primary" if index == lifecycle.primary_node else "replica"
             droplet_name = f"mastodon-db-{stack}-{index}"
-            droplet = do.Droplet(
-                f"{name}-{index}",
-                name=droplet_name,
-                region=network.region,
-                image=droplets.image,
-                size=droplets.primary_size if role == "primary" else droplets.replica_size,
-                vpc_uuid=network.vpc.id,
-                ssh_keys=list(droplets.ssh_key_ids),
-                monitoring=True,
-                ipv6=False,
-                tags=[tag.name],
-                opts=data_droplet(
-                    lifecycle.protect_data,
-                    pulumi.ResourceOptions(
-                        parent=self, aliases=[pulumi.Alias(name=f"{name}-{former_name(index)}")]
-                    ),
-                ),
+            droplet = self._droplet(
+                name, index, droplet_name, role, tag, droplets, network, lifecycle
             )
             self.droplets.append(droplet)
             volume, device = self._data_volume(
@@ -145,7 +130,7 @@ class DropletTier(pulumi.ComponentResource):
                     *addresses,
                     droplets.ssh_user,
                     data_device=device,
-                    data_size=volume.size,
+                    data_volume_size=volume.size,
                 )  # fmt: skip
             )
         self.firewall = self._firewall(name, droplets, network, tag)
@@ -172,6 +157,38 @@ class DropletTier(pulumi.ComponentResource):
     def _warn(self, droplets: DropletSettings, made: list) -> None:
         for warning in create_only_warnings(droplets, made):
             pulumi.log.warn(warning, resource=self)
+
+    def _droplet(
+        self,
+        name: str,
+        index: int,
+        droplet_name: str,
+        role: str,
+        tag: do.Tag,
+        droplets: DropletSettings,
+        network: PrivateNetwork,
+        lifecycle: LifecycleSettings,
+    ) -> do.Droplet:
+        """One database droplet, protected as data, under the name it had when names carried
+        the role too (an alias)."""
+        return do.Droplet(
+            f"{name}-{index}",
+            name=droplet_name,
+            region=network.region,
+            image=droplets.image,
+            size=droplets.primary_size if role == "primary" else droplets.replica_size,
+            vpc_uuid=network.vpc.id,
+            ssh_keys=list(droplets.ssh_key_ids),
+            monitoring=True,
+            ipv6=False,
+            tags=[tag.name],
+            opts=data_droplet(
+                lifecycle.protect_data,
+                pulumi.ResourceOptions(
+                    parent=self, aliases=[pulumi.Alias(name=f"{name}-{former_name(index)}")]
+                ),
+            ),
+        )
 
     def _data_volume(
         self,

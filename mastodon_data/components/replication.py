@@ -1,13 +1,13 @@
 """PostgreSQL on the stack's own servers (droplets or existing hosts): the replication steps as
 `remote.Command`s, the primary first, then every replica in parallel (beside them the slots
 step, which drops stale slots on the primary), then a read-only status report per host; with
-pools, PgBouncer set up on each host after its own step. Scripts and secrets travel on stdin; a
-step's triggers are the hash of its scripts and non-secret parameters, so it runs again exactly
-when one of them changes."""
+pools, PgBouncer set up on each host after its own step. One command per step of the plan,
+made from the step alone (mastodon_data/plan.py): scripts and secrets travel on stdin; a step's
+trigger is the hash of its scripts, non-secret parameters and trigger inputs, so it runs again
+exactly when one of them changes."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import pulumi
@@ -75,31 +75,26 @@ class ReplicationSteps(pulumi.ComponentResource):
         self.register_outputs({})
 
     def _command(self, name: str, step: plan.Step, secrets: dict) -> remote.Command:
-        host = step.host
-        connection = remote.ConnectionArgsDict(
-            host=host.public_address,
-            port=host.ssh_port,
-            user=host.ssh_user,
-            private_key=secrets["sshPrivateKey"],
-            dial_error_limit=10,
-            per_dial_timeout=15,
+        """The step's command, from the step alone: its parameters (with what it takes from
+        earlier steps' reports), its secrets on stdin, its trigger (with its host's certificate
+        renewal count, for a step that owns one)."""
+        key = secrets["sshPrivateKey"]
+        reports = [self.commands[source].stdout for source in step.report_sources]
+        params = pulumi.Output.all(pulumi.Output.from_input(step.params), *reports).apply(
+            lambda a: step.fill_reports(a[0], a[1:])
         )
-        if host.host_key:
-            connection["host_key"] = host.host_key
-        params = pulumi.Output.from_input(step.params)
-        if step.script == "replica":  # the primary's CA, from its report
-            params = pulumi.Output.all(params, self.commands["primary"].stdout).apply(
-                lambda args: {**args[0], **plan.from_primary(plan.parse_report(args[1]))}
-            )
-        self._triggers[step.name] = self._trigger(step, params, secrets["sshPrivateKey"])
+        probe = step.renewal_probe
+        renewals = cert_renewal.renewal_count_output(step.host, key, *probe) if probe else 0
+        self._triggers[step.name] = pulumi.Output.all(
+            params, pulumi.Output.from_input(step.trigger_inputs), renewals
+        ).apply(lambda a: step.trigger(*a))
         stdin = pulumi.Output.all(params, *(secrets[k] for k in step.secret_params.values()))
-        stdin = pulumi.Output.secret(stdin.apply(lambda args: _stdin(step, args[0], args[1:])))
         return remote.Command(
             name,
-            connection=connection,
-            create=plan.command_line(host.ssh_user),
-            delete=self._delete_note(step.script),
-            stdin=stdin,
+            connection=ssh_connection(step.host, key),
+            create=step.command,
+            delete=step.keep_note if self._keep_data_note else None,
+            stdin=pulumi.Output.secret(stdin.apply(lambda a: step.stdin(a[0], a[1:]))),
             # A status report runs again whenever a setup step ran again.
             triggers=[self._triggers[s] for s in (step.name, *step.after)],
             add_previous_output_in_env=False,
@@ -111,30 +106,17 @@ class ReplicationSteps(pulumi.ComponentResource):
             ),
         )
 
-    @staticmethod
-    def _trigger(step: plan.Step, params: pulumi.Output, key: pulumi.Output) -> pulumi.Output:
-        """The hash of the step's scripts and parameters; for a step that owns a server
-        certificate (primary, replica) also its renewal count, read on the host at every run
-        (cert_renewal), so a certificate within its renewal window runs the step again."""
-        if step.script not in plan.CERTIFICATE_SCRIPTS:
-            return params.apply(lambda p: plan.trigger(step.script, p))
-        count = cert_renewal.renewal_count_output(
-            step.host, key, step.params["version"], step.params["certificate_renew_days"]
-        )
-        return pulumi.Output.all(params, count).apply(
-            lambda a: plan.trigger(step.script, a[0], renewals=a[1])
-        )
 
-    def _delete_note(self, script: str) -> str | None:
-        """What a step's delete says on a host that outlives the stack (nothing for reports and
-        backup settings)."""
-        if not self._keep_data_note:
-            return None
-        if script == "pooler":
-            return plan.KEEP_POOLER
-        return plan.KEEP_DATA if script in ("primary", "replica", "volume") else None
-
-
-def _stdin(step: plan.Step, params: dict, secret_values: list[str]) -> str:
-    secrets = dict(zip(step.secret_params.values(), secret_values, strict=True))
-    return json.dumps(plan.payload(step, params, secrets))
+def ssh_connection(host: Host, private_key: pulumi.Output) -> remote.ConnectionArgsDict:
+    """How a step's command reaches its host: the stack's key, the host key when pinned."""
+    connection = remote.ConnectionArgsDict(
+        host=host.public_address,
+        port=host.ssh_port,
+        user=host.ssh_user,
+        private_key=private_key,
+        dial_error_limit=10,
+        per_dial_timeout=15,
+    )
+    if host.host_key:
+        connection["host_key"] = host.host_key
+    return connection

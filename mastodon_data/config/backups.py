@@ -94,17 +94,17 @@ def parse_backups(
         return None
     bucket_region = values["backupRegion"] or region or "nyc3"
     return BackupSettings(
-        bucket=values["backupBucket"],
-        region=bucket_region,
-        endpoint=values["backupEndpoint"] or f"{bucket_region}.digitaloceanspaces.com",
+        backup_bucket=values["backupBucket"],
+        backup_region=bucket_region,
+        backup_endpoint=values["backupEndpoint"] or f"{bucket_region}.digitaloceanspaces.com",
         make_bucket=mode == "droplets",
-        access_key_id=values["backupAccessKeyId"],
-        ca_cert=values["backupCaCert"],
-        retention_full=values["backupRetentionFull"],
-        retention_diff=values["backupRetentionDiff"],
-        schedule_full=values["backupFullSchedule"],
-        schedule_diff=values["backupDiffSchedule"],
-        archive_timeout=values["backupArchiveTimeout"],
+        backup_access_key_id=values["backupAccessKeyId"],
+        backup_ca_cert=values["backupCaCert"],
+        backup_retention_full=values["backupRetentionFull"],
+        backup_retention_diff=values["backupRetentionDiff"],
+        backup_full_schedule=values["backupFullSchedule"],
+        backup_diff_schedule=values["backupDiffSchedule"],
+        backup_archive_timeout=values["backupArchiveTimeout"],
     )
 
 

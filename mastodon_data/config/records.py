@@ -29,10 +29,10 @@ class Host:
     ssh_port: int = 22
     host_key: str | None = None  # "<type> <base64>", pinned; None: not checked by the program
     # The block device PostgreSQL's files live on (a droplet's volume, a host's dataDevice);
-    # None: they stay on the server's own disk. Its size (GiB) when known: a change re-runs
-    # the volume step, which grows the filesystem.
+    # None: they stay on the server's own disk. Its size (GiB, dataVolumeSize) when known: a
+    # change re-runs the volume step, which grows the filesystem.
     data_device: Any = None
-    data_size: Any = None
+    data_volume_size: Any = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class PoolSettings:
     """PgBouncer on every database host (mastodon_data/config/pooling.py): one transaction pool
     of Mastodon's database in front of that host's PostgreSQL."""
 
-    port: int
+    pgbouncer_port: int
     size: int  # backends the pool may open (default_pool_size = max_db_connections)
     max_clients: int  # max_client_conn
 
@@ -142,29 +142,19 @@ class RedisSettings:
 class BackupSettings:
     """pgBackRest's repository (an S3-compatible bucket), retention and schedules."""
 
-    bucket: str
-    region: str
-    endpoint: str  # host[:port], HTTPS
+    backup_bucket: str
+    backup_region: str
+    backup_endpoint: str  # host[:port], HTTPS
     make_bucket: bool  # droplets mode: a Spaces bucket and key made by the stack
-    access_key_id: str = ""  # hosts mode (its secret: backupSecretAccessKey)
-    ca_cert: str = ""
-    retention_full: int = 2
-    retention_diff: int = 6
-    schedule_full: str = "Sun *-*-* 02:30:00"
-    schedule_diff: str = "Mon..Sat *-*-* 02:30:00"
-    archive_timeout: str = "60s"
+    backup_access_key_id: str = ""  # hosts mode (its secret: backupSecretAccessKey)
+    backup_ca_cert: str = ""
+    backup_retention_full: int = 2
+    backup_retention_diff: int = 6
+    backup_full_schedule: str = "Sun *-*-* 02:30:00"
+    backup_diff_schedule: str = "Mon..Sat *-*-* 02:30:00"
+    backup_archive_timeout: str = "60s"
     stanza: str = "mastodon"
-    path: str = "/pgbackrest"  # inside the bucket
-
-    def repository(self) -> dict:
-        """What the host scripts are told about the repository (no secret)."""
-        return {
-            "endpoint": self.endpoint,
-            "bucket": self.bucket,
-            "region": self.region,
-            "path": self.path,
-            "ca_cert": self.ca_cert,
-        }
+    backup_path: str = "/pgbackrest"  # inside the bucket
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ VOLUME_SIZES = range(1, 16385)  # GiB: DigitalOcean's volume limits
 VPC_PREFIXES = range(16, 25)
 CERTIFICATE_DAYS = range(7, 3651)  # at most the CA's own ten years
 CERTIFICATE_RENEW_DAYS = range(1, 366)
-CA_ROTATIONS = ("none", "prepare", "switch")  # host/common.py's stages
+CA_ROTATIONS = ("none", "prepare", "switch")  # host/tls.py's stages
 
 # Droplet size slugs: family, then "<n>vcpu-<mem>[-<disk>]" or a bare cpu count (c-4), then an
 # optional cpu vendor: s-2vcpu-4gb, s-1vcpu-512mb-10gb, c-4, so1_5-2vcpu-16gb, s-4vcpu-8gb-amd.

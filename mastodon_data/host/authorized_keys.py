@@ -4,7 +4,8 @@ keys are rotated on droplets whose `ssh_keys` only count at creation (and on exi
 Lines outside the block (the keys DigitalOcean put there at creation, the stack's own) are left
 as they are; an empty list empties the block.
 
-stdin (JSON): user (the login user), keys (OpenSSH public key lines "<type> <base64>").
+stdin (JSON): AuthorizedKeysParams (mastodon_data/host_params.py): ssh_user (the login user),
+authorized_keys (OpenSSH public key lines "<type> <base64>").
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ def login_user(name: str) -> pwd.struct_passwd:
 
 
 def main() -> dict:
-    params = read_params(["user", "keys"])
-    keys = [" ".join(str(k).split()[:2]) for k in params["keys"]]
+    params = read_params()
+    keys = [" ".join(str(k).split()[:2]) for k in params["authorized_keys"]]
     bad = [k[:30] for k in keys if not k.startswith(KEY_TYPES) or len(k.split()) != 2]
     if bad:
         raise HostError(f"not OpenSSH public keys: {bad}")
-    user = login_user(params["user"])
+    user = login_user(params["ssh_user"])
     path = Path(user.pw_dir) / ".ssh" / "authorized_keys"
     text = path.read_text() if path.exists() else ""
     changed = write_if_changed(path, replace_managed_block(text, keys), mode=0o600)

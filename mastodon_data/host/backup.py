@@ -8,9 +8,8 @@ of the scheduled full and differential backups; on the primary the stanza is cre
 archives and backs up once promoted.
 `action` backup (`mastodon-data backup`): one backup of `type` full|diff|incr, on the primary.
 
-stdin (JSON): action, version, port, role, stanza, repository, retention_full, retention_diff,
-schedule_full, schedule_diff, archive_timeout, type; secrets repo_key, repo_key_secret,
-cipher_pass (see repository.py).
+stdin (JSON): BackupParams (mastodon_data/host_params.py) and the repository's secrets (see
+repository.py).
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from common import (
 from repository import (
     BACKUP_TIMEOUT,
     PGBACKREST,
-    REQUIRED,
     archive_status,
     install,
     pgbackrest,
@@ -51,7 +49,7 @@ def archive_settings(params: dict) -> dict[str, str]:
         "archive_command": f"'{PGBACKREST} --stanza={params['stanza']} archive-push %p'",
         # A quiet server still hands a WAL file over at least this often (the archive lag's
         # bound when nothing fills a segment).
-        "archive_timeout": f"'{params['archive_timeout']}'",
+        "archive_timeout": f"'{params['backup_archive_timeout']}'",
     }
 
 
@@ -86,13 +84,14 @@ def unit_files(params: dict) -> dict[str, str]:
     """A service and a timer per scheduled backup type. The service runs only where the
     cluster is the primary (ExecCondition), so after a failover the new primary's timers take
     over without a change here."""
-    stanza, version, port = params["stanza"], params["version"], params["port"]
+    stanza, version, port = params["stanza"], params["postgres_version"], params["port"]
+    schedules = {"full": params["backup_full_schedule"], "diff": params["backup_diff_schedule"]}
     is_primary = (
         f"/usr/lib/postgresql/{version}/bin/psql -X -A -t -p {port} -d postgres "
         "-c 'SELECT pg_is_in_recovery()' | grep -qx f"
     )
     files = {}
-    for kind in ("full", "diff"):
+    for kind, schedule in schedules.items():
         name = f"mastodon-data-backup-{kind}"
         files[f"{name}.service"] = "\n".join(
             [
@@ -120,7 +119,7 @@ def unit_files(params: dict) -> dict[str, str]:
                 f"Description=mastodon-data: scheduled pgBackRest {kind} backup",
                 "",
                 "[Timer]",
-                f"OnCalendar={params[f'schedule_{kind}']}",
+                f"OnCalendar={schedule}",
                 "Persistent=true",
                 "RandomizedDelaySec=5min",
                 "",
@@ -180,7 +179,7 @@ def configure(params: dict, cluster: Cluster) -> dict:
 
 
 def backup(params: dict, cluster: Cluster) -> dict:
-    kind = params.get("type", "full")
+    kind = params["type"]
     if kind not in BACKUP_TYPES:
         raise HostError(f"backup type {kind!r} is not one of {', '.join(BACKUP_TYPES)}")
     if cluster.sql("SELECT pg_is_in_recovery();") != "f":
@@ -209,8 +208,8 @@ def check(params: dict, cluster: Cluster) -> dict:
 
 
 def main() -> dict:
-    params = read_params(["action", "version", "port", "role", *REQUIRED])
-    cluster = Cluster(params["version"], params["port"])
+    params = read_params()
+    cluster = Cluster(params["postgres_version"], params["port"])
     if not (cluster.exists() and cluster.running()):
         raise HostError(f"PostgreSQL {cluster.version}/main is not running here: run the "
                         "primary or replica step first")  # fmt: skip

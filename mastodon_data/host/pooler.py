@@ -12,10 +12,10 @@ changes nothing.
   PostgreSQL with the keys that proof yields (SCRAM pass-through).
 - Transaction pooling: at most `pool_size` backends (default_pool_size = max_db_connections).
 
-stdin (JSON): version, port, private_address, db_name, db_user, db_password, pool_port,
-pool_size, max_clients; optional verifier_wait_seconds (default 30). The password never reaches
-a file: it only tells when this host's PostgreSQL holds the current verifier (a replica replays
-the primary's change) and proves the pool end to end, from a 0600 file in a private directory.
+stdin (JSON): PoolerParams (mastodon_data/host_params.py) and the secret db_password, which
+never reaches a file: it only tells when this host's PostgreSQL holds the current verifier (a
+replica replays the primary's change) and proves the pool end to end, from a 0600 file in a
+private directory.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pathlib import Path
 
 from common import (
     APT_LOCK_WAIT,
-    CA_DIR,
     POLL,
     Cluster,
     HostError,
@@ -43,18 +42,8 @@ from common import (
     verifier_matches,
     write_if_changed,
 )
+from tls import CA_DIR
 
-REQUIRED = [
-    "version",
-    "port",
-    "private_address",
-    "db_name",
-    "db_user",
-    "db_password",
-    "pool_port",
-    "pool_size",
-    "max_clients",
-]
 PGBOUNCER = Path("/usr/sbin/pgbouncer")
 CONF_DIR = Path("/etc/pgbouncer")  # Debian's layout
 INI = CONF_DIR / "pgbouncer.ini"
@@ -67,6 +56,7 @@ SYSTEMD_DROPIN = Path("/etc/systemd/system/pgbouncer.service.d/mastodon-data.con
 # Settings PgBouncer reads only when it starts; a change of any other is a reload.
 RESTART_KEYS = ("listen_addr", "listen_port", "unix_socket_dir", "pidfile")
 START_WAIT = 30  # seconds for PgBouncer to listen, or to exit when stopped
+VERIFIER_WAIT = 30  # seconds for a replica to replay the primary's new password verifier
 FDS_PER_CLIENT = 1
 SPARE_FDS = 64  # log file, sockets PgBouncer keeps for itself
 
@@ -75,7 +65,7 @@ def settings(params: dict, cluster: Cluster) -> dict[str, str]:
     """The [pgbouncer] section."""
     return {
         "listen_addr": params["private_address"],
-        "listen_port": str(params["pool_port"]),
+        "listen_port": str(params["pgbouncer_port"]),
         "unix_socket_dir": "/var/run/postgresql",
         "pidfile": str(PIDFILE),
         "logfile": str(LOGFILE),
@@ -268,7 +258,7 @@ def reload() -> None:
 
 
 def wait_listening(params: dict) -> None:
-    address = (params["private_address"], int(params["pool_port"]))
+    address = (params["private_address"], int(params["pgbouncer_port"]))
     deadline = time.monotonic() + START_WAIT
     while time.monotonic() < deadline:
         try:
@@ -304,7 +294,7 @@ def probe(params: dict, cluster: Cluster) -> str:
     is in a 0600 pass file in a private directory, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="mastodon-data-pool-") as scratch:
         passfile = Path(scratch) / "pgpass"
-        where = (params["private_address"], params["pool_port"], params["db_name"])
+        where = (params["private_address"], params["pgbouncer_port"], params["db_name"])
         write_if_changed(
             passfile, pgpass_line(*where, params["db_user"], params["db_password"]) + "\n",
             mode=0o600,
@@ -327,8 +317,8 @@ def probe(params: dict, cluster: Cluster) -> str:
 
 
 def main() -> dict:
-    params = read_params(REQUIRED)
-    cluster = Cluster(params["version"], params["port"])
+    params = read_params()
+    cluster = Cluster(params["postgres_version"], params["port"])
     changed = []
     if install():
         changed.append("installed")
@@ -337,8 +327,7 @@ def main() -> dict:
             f"PostgreSQL {cluster.version}/{cluster.name} is not running: run this host's "
             "primary or replica step first"
         )
-    wait = float(params.get("verifier_wait_seconds", 30))
-    verifier = current_verifier(cluster, params, wait)
+    verifier = current_verifier(cluster, params, VERIFIER_WAIT)
     files_changed, restart = write_files(params, cluster, verifier)
     if files_changed:
         changed.append("configuration written")
@@ -350,7 +339,7 @@ def main() -> dict:
     return {
         "role": "pooler",
         "changed": changed,
-        "listen": f"{params['private_address']}:{params['pool_port']}",
+        "listen": f"{params['private_address']}:{params['pgbouncer_port']}",
         "pool_size": int(params["pool_size"]),
         "max_client_conn": int(params["max_clients"]),
         "probe": probe(params, cluster),

@@ -1,13 +1,8 @@
 #!/usr/bin/env python3
 """Makes this host the streaming-replication primary. Idempotent: a second run changes nothing.
 
-stdin (JSON): version, port, private_address, replication_peers [address], replication_user,
-replication_password, db_name, db_user, db_password, allowed_sources [CIDR], wal_keep_size,
-max_slot_wal_keep_size, replication_timeout, wal_retrieve_retry_interval, max_connections,
-wal_senders;
-optional certificate_days, certificate_renew_days (the server certificate's validity and renewal
-window), ca_rotation (none, prepare, switch: docs/operators/certificates.md), pooled (PgBouncer
-on this host logs in from the private address).
+stdin (JSON): PrimaryParams (mastodon_data/host_params.py) and the secrets replication_password,
+db_password.
 """
 
 from __future__ import annotations
@@ -19,39 +14,17 @@ from common import (
     HostError,
     app_hba_lines,
     apply_settings,
-    ensure_ca,
-    ensure_certificate,
     log,
     main_wrapper,
     read_params,
     replace_managed_block,
-    rotate_ca,
     scram_verifier,
     server_settings,
-    trusted_cas,
     verifier_matches,
     write_if_changed,
     write_settings,
 )
-
-REQUIRED = [
-    "version",
-    "port",
-    "private_address",
-    "replication_peers",
-    "replication_user",
-    "replication_password",
-    "db_name",
-    "db_user",
-    "db_password",
-    "allowed_sources",
-    "wal_keep_size",
-    "max_slot_wal_keep_size",
-    "replication_timeout",
-    "wal_retrieve_retry_interval",
-    "max_connections",
-    "wal_senders",
-]
+from tls import ensure_ca, ensure_certificate, rotate_ca, trusted_cas
 
 
 def host_network(address: str) -> str:
@@ -140,8 +113,8 @@ def ensure_database(cluster: Cluster, name: str, owner: str) -> str:
 
 
 def main() -> dict:
-    params = read_params(REQUIRED)
-    cluster = Cluster(params["version"], params["port"])
+    params = read_params()
+    cluster = Cluster(params["postgres_version"], params["port"])
     changed = []
     if cluster.install():
         changed.append("installed")
@@ -160,7 +133,7 @@ def main() -> dict:
             "point the primary setting at the current primary"
         )
     ca_crt, ca_key, ca_made = ensure_ca()
-    changed += rotate_ca(params.get("ca_rotation", "none"))
+    changed += rotate_ca(params["ca_rotation"])
     touched = ensure_certificate(cluster, params["private_address"], (ca_crt, ca_key), params)
     touched |= write_settings(cluster, server_settings(cluster, params))
     touched |= write_hba(cluster, hba_lines(params))

@@ -2,7 +2,7 @@
 """Promotes this hot standby to primary (pg_promote) and clears its upstream settings.
 Idempotent: on a primary it changes nothing.
 
-stdin (JSON): version, port.
+stdin (JSON): PromoteParams (mastodon_data/host_params.py).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ PROMOTE_WAIT = 60  # seconds pg_promote may take
 
 
 def main() -> dict:
-    params = read_params(["version", "port"])
-    cluster = Cluster(params["version"], params["port"])
+    params = read_params()
+    cluster = Cluster(params["postgres_version"], params["port"])
     if not (cluster.exists() and cluster.running()):
         raise HostError(f"PostgreSQL {cluster.version}/main is not running here: start it first")
     changed = []

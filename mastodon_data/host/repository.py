@@ -1,9 +1,9 @@
 """pgBackRest on this host: its configuration (the repository in object storage, encrypted)
 and running it as postgres. Shared by backup.py, restore.py and status.py; stdlib only.
 
-Parameters (JSON on stdin): `stanza`, `repository` {endpoint, bucket, region, path, ca_cert},
-`retention_full`, `retention_diff`; secrets `repo_key`, `repo_key_secret`, `cipher_pass`. The
-secrets go into pgbackrest.conf (0640 root:postgres) and nowhere else.
+Parameters (JSON on stdin): RepositoryParams (mastodon_data/host_params.py), and the secrets
+backup_access_key_id, backup_secret_access_key, backup_cipher_passphrase, which go into
+pgbackrest.conf (0640 root:postgres) and nowhere else.
 """
 
 from __future__ import annotations
@@ -39,15 +39,6 @@ ARCHIVE_QUERY = """SELECT archived_count, failed_count, last_archived_wal,
         '0/0'::pg_lsn + (('x' || substr(last_archived_wal, 9, 8))::bit(32)::bigint * 4294967296
           + (('x' || substr(last_archived_wal, 17, 8))::bit(32)::bigint + 1) * segment
         )::numeric)::bigint AS lag_bytes) AS lag"""
-REQUIRED = [
-    "stanza",
-    "repository",
-    "retention_full",
-    "retention_diff",
-    "repo_key",
-    "repo_key_secret",
-    "cipher_pass",
-]
 
 
 def install() -> bool:
@@ -71,24 +62,23 @@ def endpoint_parts(endpoint: str) -> tuple[str, int]:
 def conf_text(params: dict, version: int, port: int) -> str:
     """pgbackrest.conf: one S3 repository (path style, any S3-compatible store such as Spaces),
     encrypted, with the retention; the stanza is this host's cluster."""
-    repo = params["repository"]
-    host, tls_port = endpoint_parts(repo["endpoint"])
+    host, tls_port = endpoint_parts(params["backup_endpoint"])
     lines = [
         "# Written by mastodon-data; changes here are overwritten on the next run.",
         "[global]",
         "repo1-type=s3",
         f"repo1-s3-endpoint={host}",
         f"repo1-storage-port={tls_port}",
-        f"repo1-s3-bucket={repo['bucket']}",
-        f"repo1-s3-region={repo['region']}",
+        f"repo1-s3-bucket={params['backup_bucket']}",
+        f"repo1-s3-region={params['backup_region']}",
         "repo1-s3-uri-style=path",
-        f"repo1-s3-key={params['repo_key']}",
-        f"repo1-s3-key-secret={params['repo_key_secret']}",
-        f"repo1-path={repo['path']}",
+        f"repo1-s3-key={params['backup_access_key_id']}",
+        f"repo1-s3-key-secret={params['backup_secret_access_key']}",
+        f"repo1-path={params['backup_path']}",
         "repo1-cipher-type=aes-256-cbc",
-        f"repo1-cipher-pass={params['cipher_pass']}",
-        f"repo1-retention-full={int(params['retention_full'])}",
-        f"repo1-retention-diff={int(params['retention_diff'])}",
+        f"repo1-cipher-pass={params['backup_cipher_passphrase']}",
+        f"repo1-retention-full={int(params['backup_retention_full'])}",
+        f"repo1-retention-diff={int(params['backup_retention_diff'])}",
         "process-max=2",
         "compress-type=zst",
         "start-fast=y",
@@ -96,7 +86,7 @@ def conf_text(params: dict, version: int, port: int) -> str:
         "log-level-console=warn",
         "log-level-file=info",
     ]
-    if repo.get("ca_cert"):
+    if params["backup_ca_cert"]:
         lines.append(f"repo1-storage-ca-file={CA_FILE}")
     lines += [
         "",
@@ -112,7 +102,7 @@ def conf_text(params: dict, version: int, port: int) -> str:
 def check_params(params: dict) -> None:
     if not STANZA_RE.match(str(params["stanza"])):
         raise HostError(f"stanza {params['stanza']!r} is not a plain name")
-    for key in ("repo_key", "repo_key_secret", "cipher_pass"):
+    for key in ("backup_access_key_id", "backup_secret_access_key", "backup_cipher_passphrase"):
         value = params[key]
         if not value or not value.isprintable() or any(c.isspace() for c in value):
             raise HostError(f"{key} is empty or holds whitespace or control characters")
@@ -125,7 +115,7 @@ def write_conf(params: dict, version: int, port: int) -> bool:
     CONF_DIR.mkdir(mode=0o750, exist_ok=True)
     shutil.chown(CONF_DIR, "root", "postgres")
     changed = False
-    ca = params["repository"].get("ca_cert") or ""
+    ca = params["backup_ca_cert"]
     if ca:
         changed |= write_if_changed(CA_FILE, ca if ca.endswith("\n") else ca + "\n")
     changed |= write_if_changed(CONF, conf_text(params, version, port), mode=0o640)

@@ -8,8 +8,8 @@ cluster listens on localhost only) and does not archive (`--archive-mode=off`), 
 never writes into the repository; the stack's backup step turns archiving on when the host
 becomes the stack's primary. A cluster holding data is replaced only with `overwrite`.
 
-stdin (JSON): version, port, stanza, repository, retention_full, retention_diff, target_time
-("" = latest), overwrite, db_name; secrets repo_key, repo_key_secret, cipher_pass.
+stdin (JSON): RestoreParams (mastodon_data/host_params.py: target_time "" is the latest the
+archive reaches) and the repository's secrets (see repository.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import shutil
 import time
 
 from common import POLL, Cluster, HostError, log, main_wrapper, read_params
-from repository import BACKUP_TIMEOUT, REQUIRED, install, pgbackrest, write_conf
+from repository import BACKUP_TIMEOUT, install, pgbackrest, write_conf
 
 PROMOTE_WAIT = 3600  # seconds for the replay of the archived WAL up to the target
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d(:?\d\d)?|Z)?$")
@@ -51,7 +51,7 @@ def prepare_cluster(cluster: Cluster, overwrite: bool) -> list[str]:
 
 
 def restore_args(params: dict) -> list[str]:
-    target = params.get("target_time") or ""
+    target = params["target_time"]
     args = ["--archive-mode=off"]
     if target:
         if not TIME_RE.match(target):
@@ -102,12 +102,12 @@ def verify(cluster: Cluster, db_name: str) -> dict:
 
 
 def main() -> dict:
-    params = read_params(["version", "port", "db_name", *REQUIRED])
-    cluster = Cluster(params["version"], params["port"])
+    params = read_params()
+    cluster = Cluster(params["postgres_version"], params["port"])
     args = restore_args(params)
     changed = ["pgbackrest installed"] if install() else []
     write_conf(params, cluster.version, cluster.port)
-    changed += prepare_cluster(cluster, bool(params.get("overwrite")))
+    changed += prepare_cluster(cluster, bool(params["overwrite"]))
     log("pgbackrest restore " + " ".join(args[:-1]))
     start = time.monotonic()
     pgbackrest(params["stanza"], *args, timeout=BACKUP_TIMEOUT)
@@ -119,7 +119,7 @@ def main() -> dict:
     return {
         "action": "restore",
         "changed": changed,
-        "target_time": params.get("target_time") or "latest",
+        "target_time": params["target_time"] or "latest",
         "restore_s": restore_s,
         "recovery_s": recovery_s,
         "recovery": recovery_point(cluster, since),

@@ -3,7 +3,7 @@
 no WAL for a replica that is gone. Each replica's step creates its own slot (host/replica.py),
 so this runs beside those steps, and adding a replica never waits for it.
 
-stdin (JSON): version, port, replicas [name].
+stdin (JSON): SlotsParams (mastodon_data/host_params.py).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def stale_slots(cluster: Cluster, replicas: list[str]) -> list[str]:
 
 
 def main() -> dict:
-    params = read_params(["version", "port", "replicas"])
-    cluster = Cluster(params["version"], params["port"])
+    params = read_params()
+    cluster = Cluster(params["postgres_version"], params["port"])
     changed = []
     for name in stale_slots(cluster, params["replicas"]):
         drop_slot(cluster, name)

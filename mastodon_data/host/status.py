@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Read-only report of this host's PostgreSQL: role, lag, slots, connections. Changes nothing.
 
-stdin (JSON): version, port; with backups: stanza (then the repository's backups and the WAL
-archive's progress are reported too, read with `pgbackrest info`).
+stdin (JSON): StatusParams (mastodon_data/host_params.py); with a stanza (backups), the
+repository's backups and the WAL archive's progress are reported too (`pgbackrest info`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ REPLICA_QUERIES = {
 
 
 def main() -> dict:
-    params = read_params(["version", "port"])
-    cluster = Cluster(params["version"], params["port"])
+    params = read_params()
+    cluster = Cluster(params["postgres_version"], params["port"])
     report = {
         "host": socket.gethostname(),
         "installed": cluster.installed(),
@@ -58,7 +58,7 @@ def main() -> dict:
     report.update(info, running=True, role="replica" if info["in_recovery"] else "primary")
     queries = REPLICA_QUERIES if info["in_recovery"] else PRIMARY_QUERIES
     report.update({key: cluster.sql_json(query) for key, query in queries.items()})
-    if params.get("stanza"):
+    if params["stanza"]:
         report["backups"] = backups_report(cluster, params["stanza"], info["in_recovery"])
     return report
 

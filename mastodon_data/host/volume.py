@@ -11,7 +11,8 @@ The fstab lines (`nofail`) bring it back after a reboot; a grown device grows th
 (online where the kernel allows it, else with PostgreSQL stopped for it). Existing data on the
 root disk is never hidden: the step refuses and says how to move it. Idempotent.
 
-stdin (JSON): device; size_gib (informative: a change runs the step again).
+stdin (JSON): VolumeParams (mastodon_data/host_params.py). The device's size is read here; the
+program's (dataVolumeSize) only runs the step again when it changes.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ MIGRATE_HINT = "see docs/operators/volumes.md, 'PostgreSQL files on the root dis
 
 
 def main() -> dict:
-    params = read_params(["device"])
-    device = Path(params["device"])
+    params = read_params()
+    device = Path(params["data_device"])
     real = wait_for_device(device)
     changed: list[str] = []
     mounted_now = False

@@ -15,6 +15,7 @@ from program_harness import SECRETS, SPACES_ACCESS_KEY, SPACES_SECRET_KEY, run_p
 
 from mastodon_data import plan
 from mastodon_data.config import ConfigError, parse_settings
+from mastodon_data.host_params import SCRIPTS
 from tests.fixtures import DROPLETS, MANAGED, hosts_stack
 
 PASSPHRASE = "backup-passphrase-0123456789"
@@ -34,11 +35,12 @@ def problems(config: dict, secrets: dict) -> str:
 def test_defaults_of_a_droplets_stack_with_backups():
     backups = parse_settings({**DROPLETS, **ON}, set(BACKUP_SECRETS)).backups
     assert backups.make_bucket is True
-    assert backups.endpoint == "nyc3.digitaloceanspaces.com" and backups.region == "nyc3"
-    assert (backups.retention_full, backups.retention_diff) == (2, 6)
-    assert backups.schedule_full == "Sun *-*-* 02:30:00"
-    assert backups.schedule_diff == "Mon..Sat *-*-* 02:30:00"
-    assert backups.archive_timeout == "60s" and backups.stanza == "mastodon"
+    assert backups.backup_endpoint == "nyc3.digitaloceanspaces.com"
+    assert backups.backup_region == "nyc3"
+    assert (backups.backup_retention_full, backups.backup_retention_diff) == (2, 6)
+    assert backups.backup_full_schedule == "Sun *-*-* 02:30:00"
+    assert backups.backup_diff_schedule == "Mon..Sat *-*-* 02:30:00"
+    assert backups.backup_archive_timeout == "60s" and backups.stanza == "mastodon"
     assert parse_settings(DROPLETS, set(SECRETS)).backups is None  # off by default
 
 
@@ -105,12 +107,17 @@ def test_plan_adds_a_backup_step_per_host_after_replication_and_before_the_repor
     assert by_name["status-db1"].params["stanza"] == "mastodon"
     params = by_name["backup-db2"].params
     assert params["role"] == "replica" and params["action"] == "configure"
-    assert params["repository"] == {
-        "endpoint": "nyc3.digitaloceanspaces.com",
-        "bucket": "mastodon-pg-backups",
-        "region": "nyc3",
-        "path": "/pgbackrest",
-        "ca_cert": "",
+    assert {key: params[key] for key in params if key.startswith("backup_")} == {
+        "backup_endpoint": "nyc3.digitaloceanspaces.com",
+        "backup_bucket": "mastodon-pg-backups",
+        "backup_region": "nyc3",
+        "backup_path": "/pgbackrest",
+        "backup_ca_cert": "",
+        "backup_retention_full": 2,
+        "backup_retention_diff": 6,
+        "backup_full_schedule": "Sun *-*-* 02:30:00",
+        "backup_diff_schedule": "Mon..Sat *-*-* 02:30:00",
+        "backup_archive_timeout": "60s",
     }
     # The backup scripts ship repository.py with them; secrets only in the payload.
     for script in ("backup", "restore", "status"):  # each imports repository.py
@@ -118,7 +125,7 @@ def test_plan_adds_a_backup_step_per_host_after_replication_and_before_the_repor
     payload = plan.payload(by_name["backup-db1"], params, {
         "backupAccessKeyId": "KEYID123", "backupSecretAccessKey": HOST_KEY_SECRET,
         "backupCipherPassphrase": PASSPHRASE})  # fmt: skip
-    assert payload["params"]["cipher_pass"] == PASSPHRASE
+    assert payload["params"]["backup_cipher_passphrase"] == PASSPHRASE
     assert PASSPHRASE not in plan.command_line("root")
 
 
@@ -128,23 +135,21 @@ def test_without_backups_the_plan_is_unchanged():
     assert [s.name for s in steps] == [
         "primary", "replica-db2", "slots", "status-db1", "status-db2", "pooler-db1", "pooler-db2"
     ]  # fmt: skip
-    assert "stanza" not in steps[-1].params
+    assert {s.params["stanza"] for s in steps if s.script == "status"} == {""}
 
 
 REPO_PARAMS = {
     "stanza": "mastodon",
-    "repository": {
-        "endpoint": "10.234.0.1:19001",
-        "bucket": "b-1",
-        "region": "nyc3",
-        "path": "/pgbackrest",
-        "ca_cert": "PEM",
-    },  # fmt: skip
-    "retention_full": 3,
-    "retention_diff": 5,
-    "repo_key": "KEYID",
-    "repo_key_secret": "SECRET",
-    "cipher_pass": "PASS",
+    "backup_endpoint": "10.234.0.1:19001",
+    "backup_bucket": "b-1",
+    "backup_region": "nyc3",
+    "backup_path": "/pgbackrest",
+    "backup_ca_cert": "PEM",
+    "backup_retention_full": 3,
+    "backup_retention_diff": 5,
+    "backup_access_key_id": "KEYID",
+    "backup_secret_access_key": "SECRET",
+    "backup_cipher_passphrase": "PASS",
 }
 
 
@@ -168,7 +173,7 @@ def test_pgbackrest_conf_names_the_repository_and_the_cluster():
         "pg1-port=5433",
     ):
         assert line in text
-    no_ca = {**REPO_PARAMS, "repository": {**REPO_PARAMS["repository"], "ca_cert": ""}}
+    no_ca = {**REPO_PARAMS, "backup_ca_cert": ""}
     conf = repository.conf_text(no_ca, 15, 5432)
     assert "storage-ca-file" not in conf
     assert repository.endpoint_parts("nyc3.digitaloceanspaces.com") == (
@@ -176,13 +181,16 @@ def test_pgbackrest_conf_names_the_repository_and_the_cluster():
 
 
 def test_a_secret_with_a_newline_never_reaches_the_file():
-    with pytest.raises(repository.HostError, match="cipher_pass is empty or holds whitespace"):
-        repository.check_params({**REPO_PARAMS, "cipher_pass": "a\n[global]"})
+    with pytest.raises(
+        repository.HostError, match="backup_cipher_passphrase is empty or holds whitespace"
+    ):
+        repository.check_params({**REPO_PARAMS, "backup_cipher_passphrase": "a\n[global]"})
 
 
 def test_archiving_settings_and_timers():
-    params = {**REPO_PARAMS, "version": 16, "port": 5432, "archive_timeout": "60s",
-              "schedule_full": "Sun *-*-* 02:30:00", "schedule_diff": "daily"}  # fmt: skip
+    params = {**REPO_PARAMS, "postgres_version": 16, "port": 5432,
+              "backup_archive_timeout": "60s", "backup_full_schedule": "Sun *-*-* 02:30:00",
+              "backup_diff_schedule": "daily"}  # fmt: skip
     assert backup.archive_settings(params) == {
         "archive_mode": "on",
         "archive_command": "'/usr/bin/pgbackrest --stanza=mastodon archive-push %p'",
@@ -229,9 +237,9 @@ def test_droplets_mode_makes_a_bucket_and_a_key_for_backups_alone():
     assert key.inputs["grants"] == [{"bucket": "mastodon-pg-backups", "permission": "readwrite"}]
     step = run.one(":remote:Command", "replication-backup-db-0")
     params = json.loads(step.inputs["stdin"])["params"]
-    assert params["repo_key"] == SPACES_ACCESS_KEY
-    assert params["repo_key_secret"] == SPACES_SECRET_KEY
-    assert params["cipher_pass"] == PASSPHRASE
+    assert params["backup_access_key_id"] == SPACES_ACCESS_KEY
+    assert params["backup_secret_access_key"] == SPACES_SECRET_KEY
+    assert params["backup_cipher_passphrase"] == PASSPHRASE
     assert {"backup_key"} <= run.secret_outputs and "backups" not in run.secret_outputs
     assert run.outputs["backups"]["bucket"] == "mastodon-pg-backups"
 
@@ -241,14 +249,15 @@ def test_hosts_mode_uses_the_given_bucket_and_key():
     assert run.of_type("/spacesBucket:SpacesBucket") == []
     step = run.one(":remote:Command", "replication-backup-db1")
     params = json.loads(step.inputs["stdin"])["params"]
-    assert (params["repo_key"], params["repo_key_secret"]) == ("KEYID123", HOST_KEY_SECRET)
+    assert (params["backup_access_key_id"], params["backup_secret_access_key"]) == (
+        "KEYID123", HOST_KEY_SECRET)  # fmt: skip
     assert run.outputs["backup_key"] == {
         "access_key_id": "KEYID123", "secret_access_key": HOST_KEY_SECRET}  # fmt: skip
     assert "backup_key" in run.secret_outputs
     assert HOST_KEY_SECRET not in json.dumps(run.outputs["backups"])
 
 
-@pytest.mark.parametrize("script", sorted(plan.SECRET_PARAMS))
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_each_script_imports_with_only_the_files_its_step_ships(script, tmp_path):
     for name, source in plan.script_files(script).items():
         (tmp_path / name).write_text(source)

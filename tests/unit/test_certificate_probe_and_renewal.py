@@ -10,8 +10,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-import common
 import pytest
+import tls
 from program_harness import CertificateProbes, run_program
 
 from mastodon_data import cert_renewal, plan
@@ -19,6 +19,7 @@ from mastodon_data.config import ConfigError, Host, parse_settings
 from tests.fixtures import DROPLETS, HOSTS, SECRETS, hosts_stack
 
 ADDRESS = "10.0.0.1"
+DEFAULTS = {"certificate_days": 825, "certificate_renew_days": 30}  # the program's
 DAY = 86400
 
 
@@ -90,11 +91,11 @@ class Confdir:
 
 @pytest.fixture
 def host_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(common.shutil, "chown", lambda *args, **kwargs: None)
+    monkeypatch.setattr(tls.shutil, "chown", lambda *args, **kwargs: None)
     ca_dir = tmp_path / "ca"
     ca_dir.mkdir()
-    monkeypatch.setattr(common, "CA_DIR", ca_dir)
-    ca_crt, ca_key, made = common.ensure_ca()
+    monkeypatch.setattr(tls, "CA_DIR", ca_dir)
+    ca_crt, ca_key, made = tls.ensure_ca()
     assert made
     confdir = tmp_path / "conf"
     confdir.mkdir()
@@ -122,63 +123,63 @@ def test_issued_certificate_chains_to_the_ca_and_is_not_renewed_while_valid(host
     cluster, ca = host_files
     assert probe(cluster) == "none 0"
     params = {"certificate_days": 400, "certificate_renew_days": 30}
-    assert common.ensure_certificate(cluster, ADDRESS, ca, params) is True
+    assert tls.ensure_certificate(cluster, ADDRESS, ca, params) is True
     crt = cluster.confdir / "server.crt"
     assert valid_for(crt, 400)
-    assert common.certificate_problem(crt, ADDRESS, ca[0]) is None
+    assert tls.certificate_problem(crt, ADDRESS, ca[0], 30) is None
     assert stat.S_IMODE(os.stat(cluster.confdir / "server.key").st_mode) == 0o600
-    assert common.ensure_certificate(cluster, ADDRESS, ca, params) is False
+    assert tls.ensure_certificate(cluster, ADDRESS, ca, params) is False
     assert probe(cluster) == "ok 0"
-    assert not (cluster.confdir / common.RENEWALS_FILE).exists()
+    assert not (cluster.confdir / tls.RENEWALS_FILE).exists()
 
 
 def test_a_certificate_within_its_window_is_renewed_and_counted(host_files):
     cluster, ca = host_files
-    common.issue_certificate(cluster, ADDRESS, ca, 5)  # five days left
+    tls.issue_certificate(cluster, ADDRESS, ca, 5)  # five days left
     crt = cluster.confdir / "server.crt"
-    assert common.certificate_problem(crt, ADDRESS, ca[0], renew_days=4) is None
-    assert common.certificate_problem(crt, ADDRESS, ca[0], renew_days=30) == "due"
+    assert tls.certificate_problem(crt, ADDRESS, ca[0], renew_days=4) is None
+    assert tls.certificate_problem(crt, ADDRESS, ca[0], renew_days=30) == "due"
     assert probe(cluster, 4) == "ok 0"
     assert probe(cluster, 30) == "due 0"  # the program's trigger takes 0 + 1
     before = crt.read_text()
     params = {"certificate_days": 825, "certificate_renew_days": 30}
-    assert common.ensure_certificate(cluster, ADDRESS, ca, params) is True
+    assert tls.ensure_certificate(cluster, ADDRESS, ca, params) is True
     assert crt.read_text() != before
     assert valid_for(crt, 825)
-    assert common.certificate_problem(crt, ADDRESS, ca[0]) is None  # same CA
-    assert (cluster.confdir / common.RENEWALS_FILE).read_text() == "1\n"
+    assert tls.certificate_problem(crt, ADDRESS, ca[0], 30) is None  # same CA
+    assert (cluster.confdir / tls.RENEWALS_FILE).read_text() == "1\n"
     assert probe(cluster, 30) == "ok 1"  # the same count as the run that renewed it
     # A second renewal counts on.
-    common.issue_certificate(cluster, ADDRESS, ca, 5)
+    tls.issue_certificate(cluster, ADDRESS, ca, 5)
     assert probe(cluster, 30) == "due 1"
-    assert common.ensure_certificate(cluster, ADDRESS, ca, params) is True
+    assert tls.ensure_certificate(cluster, ADDRESS, ca, params) is True
     assert probe(cluster, 30) == "ok 2"
 
 
 def test_a_replica_self_signed_certificate_is_renewed_too(host_files):
     cluster, _ = host_files
-    common.issue_certificate(cluster, ADDRESS, None, 2)
-    assert common.ensure_certificate(cluster, ADDRESS, None, {"certificate_renew_days": 3})
+    tls.issue_certificate(cluster, ADDRESS, None, 2)
+    assert tls.ensure_certificate(cluster, ADDRESS, None, {**DEFAULTS, "certificate_renew_days": 3})
     assert probe(cluster, 3) == "ok 1"
     assert valid_for(cluster.confdir / "server.crt", 825)
 
 
 def test_a_certificate_for_another_address_is_issued_again_but_not_counted(host_files):
     cluster, ca = host_files
-    common.issue_certificate(cluster, "10.0.0.9", ca, 825)
+    tls.issue_certificate(cluster, "10.0.0.9", ca, 825)
     crt = cluster.confdir / "server.crt"
-    assert common.certificate_problem(crt, ADDRESS, ca[0]) == "address"
-    assert common.ensure_certificate(cluster, ADDRESS, ca, {}) is True
-    assert common.certificate_problem(crt, ADDRESS, ca[0]) is None
+    assert tls.certificate_problem(crt, ADDRESS, ca[0], 30) == "address"
+    assert tls.ensure_certificate(cluster, ADDRESS, ca, DEFAULTS) is True
+    assert tls.certificate_problem(crt, ADDRESS, ca[0], 30) is None
     assert probe(cluster) == "ok 0"
 
 
 def test_a_certificate_of_another_ca_is_issued_again(host_files, tmp_path):
     cluster, ca = host_files
     other = (tmp_path / "other.crt", tmp_path / "other.key")
-    common.self_signed(other[1], other[0], "/CN=other CA", ["basicConstraints=critical,CA:TRUE"])
-    common.issue_certificate(cluster, ADDRESS, other, 825)
-    assert common.certificate_problem(cluster.confdir / "server.crt", ADDRESS, ca[0]) == "issuer"
+    tls.self_signed(other[1], other[0], "/CN=other CA", ["basicConstraints=critical,CA:TRUE"])
+    tls.issue_certificate(cluster, ADDRESS, other, 825)
+    assert tls.certificate_problem(cluster.confdir / "server.crt", ADDRESS, ca[0], 30) == "issuer"
 
 
 # --- the program's check of a host -----------------------------------------------------------
@@ -281,47 +282,47 @@ def certificates_in(pem: str) -> int:
 
 def test_ca_rotation_hands_over_with_both_cas_trusted(host_files):
     cluster, ca = host_files
-    common.ensure_certificate(cluster, ADDRESS, ca, {})
+    tls.ensure_certificate(cluster, ADDRESS, ca, DEFAULTS)
     crt = cluster.confdir / "server.crt"
     first_ca = ca[0].read_text()
-    assert common.rotate_ca("none") == []
-    assert common.trusted_cas() == first_ca
+    assert tls.rotate_ca("none") == []
+    assert tls.trusted_cas() == first_ca
     # prepare: a next CA beside the signing one, both trusted; the server certificate stays.
-    assert common.rotate_ca("prepare") == ["next certificate authority made"]
-    assert common.rotate_ca("prepare") == []
-    next_ca = common.ca_files("next")[0].read_text()
-    assert common.trusted_cas() == first_ca + next_ca
-    assert common.ensure_certificate(cluster, ADDRESS, ca, {}) is False
+    assert tls.rotate_ca("prepare") == ["next certificate authority made"]
+    assert tls.rotate_ca("prepare") == []
+    next_ca = tls.ca_files("next")[0].read_text()
+    assert tls.trusted_cas() == first_ca + next_ca
+    assert tls.ensure_certificate(cluster, ADDRESS, ca, DEFAULTS) is False
     # switch: the next CA signs; the server certificate is issued again by it (not counted).
-    assert common.rotate_ca("switch") == ["switched to the next certificate authority"]
-    assert common.rotate_ca("switch") == []
+    assert tls.rotate_ca("switch") == ["switched to the next certificate authority"]
+    assert tls.rotate_ca("switch") == []
     assert ca[0].read_text() == next_ca
-    assert common.trusted_cas() == next_ca + first_ca
-    assert common.certificate_problem(crt, ADDRESS, ca[0]) == "issuer"
-    assert common.ensure_certificate(cluster, ADDRESS, ca, {}) is True
-    assert common.certificate_problem(crt, ADDRESS, ca[0]) is None
-    assert not (cluster.confdir / common.RENEWALS_FILE).exists()
+    assert tls.trusted_cas() == next_ca + first_ca
+    assert tls.certificate_problem(crt, ADDRESS, ca[0], 30) == "issuer"
+    assert tls.ensure_certificate(cluster, ADDRESS, ca, DEFAULTS) is True
+    assert tls.certificate_problem(crt, ADDRESS, ca[0], 30) is None
+    assert not (cluster.confdir / tls.RENEWALS_FILE).exists()
     # none: the old CA dropped.
-    assert common.rotate_ca("none") == ["previous certificate authority dropped"]
-    assert common.trusted_cas() == next_ca and certificates_in(next_ca) == 1
+    assert tls.rotate_ca("none") == ["previous certificate authority dropped"]
+    assert tls.trusted_cas() == next_ca and certificates_in(next_ca) == 1
     assert stat.S_IMODE(os.stat(ca[1]).st_mode) == 0o600
 
 
 def test_switch_without_a_prepared_ca_is_refused(host_files):
-    with pytest.raises(common.HostError, match="run with caRotation prepare first"):
-        common.rotate_ca("switch")
+    with pytest.raises(tls.HostError, match="run with caRotation prepare first"):
+        tls.rotate_ca("switch")
 
 
 def test_the_program_and_the_host_know_the_same_stages():
     from mastodon_data.config import topology
 
-    assert topology.CA_ROTATIONS == common.CA_ROTATIONS
+    assert topology.CA_ROTATIONS == tls.CA_ROTATIONS
 
 
 def test_an_unused_next_ca_is_removed_by_none(host_files):
-    common.rotate_ca("prepare")
-    assert common.rotate_ca("none") == ["unused next certificate authority removed"]
-    assert not common.ca_files("next")[0].exists() and not common.ca_files("next")[1].exists()
+    tls.rotate_ca("prepare")
+    assert tls.rotate_ca("none") == ["unused next certificate authority removed"]
+    assert not tls.ca_files("next")[0].exists() and not tls.ca_files("next")[1].exists()
 
 
 def test_ca_rotation_setting_reaches_only_the_primary_step():

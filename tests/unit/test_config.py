@@ -71,7 +71,7 @@ def test_valid_droplets_config() -> None:
             port=5432,
             max_connections=100,
             # 2 Puma processes x 5 threads + 25 Sidekiq threads + 10 streaming connections.
-            pool=records.PoolSettings(port=6432, size=45, max_clients=1000),
+            pool=records.PoolSettings(pgbouncer_port=6432, size=45, max_clients=1000),
         ),
         droplets=records.DropletSettings(
             image="debian-12-x64",
@@ -83,7 +83,7 @@ def test_valid_droplets_config() -> None:
             admin_cidrs=("198.51.100.7/32",),
             postgres_allowed_sources=("10.118.0.0/20",),
             port=5432,
-            pool=records.PoolSettings(port=6432, size=45, max_clients=1000),
+            pool=records.PoolSettings(pgbouncer_port=6432, size=45, max_clients=1000),
         ),
         hosts=(),
     )

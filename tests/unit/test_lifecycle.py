@@ -164,7 +164,8 @@ def test_admin_keys_go_to_every_host_on_stdin_only_when_listed():
         command = commands[f"admin-keys-{host}"]
         stdin = json.loads(command.inputs["stdin"])
         assert stdin["run"] == "authorized_keys.py"
-        assert stdin["params"] == {"user": "root", "keys": [ADMIN_KEY]}  # comment dropped
+        # The key's comment dropped.
+        assert stdin["params"] == {"ssh_user": "root", "authorized_keys": [ADMIN_KEY]}
         assert command.inputs["connection"]["host"] == address
         assert ADMIN_KEY not in command.inputs["create"]
         assert "stdin" in run.options[f"admin-keys-{host}"].additional_secret_outputs
@@ -205,6 +206,11 @@ def test_managed_upgrade_must_name_the_version_set():
         parse_settings({**MANAGED, "primaryNode": 1}, ())
 
 
+def keys_for(user: str, *keys: str) -> dict:
+    """The authorized_keys step's parameters."""
+    return {"ssh_user": user, "authorized_keys": list(keys)}
+
+
 def run_script(monkeypatch, home, params: dict) -> dict:
     me = pwd.getpwuid(os.getuid())
     fake = pwd.struct_passwd((*me[:5], str(home), me[6]))
@@ -217,7 +223,7 @@ def test_the_script_keeps_the_keys_in_its_block_and_leaves_the_rest(monkeypatch,
     ssh = tmp_path / ".ssh"
     ssh.mkdir(mode=0o755)
     (ssh / "authorized_keys").write_text("ssh-ed25519 AAAAcreatedbydigitalocean do\n")
-    first = run_script(monkeypatch, tmp_path, {"user": "deploy", "keys": [ADMIN_KEY + " a@b"]})
+    first = run_script(monkeypatch, tmp_path, keys_for("deploy", ADMIN_KEY + " a@b"))
     text = (ssh / "authorized_keys").read_text()
     assert text == (
         "# BEGIN mastodon-data (managed: edits here are overwritten)\n"
@@ -227,15 +233,15 @@ def test_the_script_keeps_the_keys_in_its_block_and_leaves_the_rest(monkeypatch,
     assert (ssh.stat().st_mode & 0o777, (ssh / "authorized_keys").stat().st_mode & 0o777) == (
         0o700, 0o600,
     )  # fmt: skip
-    again = run_script(monkeypatch, tmp_path, {"user": "deploy", "keys": [ADMIN_KEY]})
+    again = run_script(monkeypatch, tmp_path, keys_for("deploy", ADMIN_KEY))
     assert again["changed"] == []  # a re-run changes nothing
-    run_script(monkeypatch, tmp_path, {"user": "deploy", "keys": []})  # the key retired
+    run_script(monkeypatch, tmp_path, keys_for("deploy"))  # the key retired
     assert (ssh / "authorized_keys").read_text().count("ssh-") == 1
 
 
 def test_the_script_refuses_what_is_not_a_public_key(monkeypatch, tmp_path):
     with pytest.raises(authorized_keys.HostError, match="not OpenSSH public keys"):
-        run_script(monkeypatch, tmp_path, {"user": "deploy", "keys": ["rm -rf /"]})
+        run_script(monkeypatch, tmp_path, keys_for("deploy", "rm -rf /"))
 
 
 def test_failover_reads_the_droplets_from_the_outputs_by_position():

@@ -39,7 +39,7 @@ def test_primary_first_then_replicas_then_status_for_all():
     # The slot pruning needs the primary only, and no replica waits for it.
     assert steps[3].requires == ("primary",) and steps[3].after == ()
     assert steps[3].host.name == "db1"
-    assert steps[3].params == {"version": 18, "port": 5432, "replicas": ["db2", "db3"]}
+    assert steps[3].params == {"postgres_version": 18, "port": 5432, "replicas": ["db2", "db3"]}
     assert {s.params["wal_senders"] for s in steps[:3]} == {10}
 
 
@@ -61,38 +61,43 @@ def test_a_pooler_step_per_host_after_its_own_step():
     assert steps["pooler-db1"].after == ("primary",)
     assert steps["pooler-db3"].after == ("replica-db3",)
     assert steps["pooler-db2"].params == {
-        "version": 18,
+        "postgres_version": 18,
         "port": 5432,
         "private_address": "10.0.0.2",
         "db_name": "mastodon_production",
         "db_user": "mastodon",
-        "pool_port": 6432,
+        "pgbouncer_port": 6432,
         "pool_size": 4 * 5 + 20 + 10,
         "max_clients": 1000,
     }
     assert steps["pooler-db2"].secret_params == {"db_password": "dbPassword"}
     payload = plan.payload(steps["pooler-db2"], steps["pooler-db2"].params, SECRETS)
     assert payload["params"]["db_password"] == "d" * 20
-    assert set(payload["files"]) == {"common.py", "pooler.py"}
+    assert set(payload["files"]) == {"common.py", "pooler.py", "tls.py"}
     # PostgreSQL lets the pool on its own host in (pg_hba), with the pool on only.
-    assert steps["primary"].params["pooled"] is True
+    assert steps["primary"].params["pgbouncer"] is True
     assert steps["primary"].params["max_connections"] == 100
 
 
 def test_no_pooler_step_without_pgbouncer():
     steps = plan_for(pgbouncer=False)
     assert [s.name for s in steps if s.script == "pooler"] == []
-    assert steps[0].params["pooled"] is False
+    assert steps[0].params["pgbouncer"] is False
 
 
 def test_spare_hosts_are_not_used():
     assert "replica-db4" not in [s.name for s in plan_for()]
 
 
+def replica_trigger(**changes) -> str:
+    step = plan_for(**changes)[1]
+    return step.trigger(step.params, step.trigger_inputs)
+
+
 def test_trigger_follows_non_secret_parameters_and_own_scripts(monkeypatch):
-    base = plan.trigger("replica", plan_for()[1].params)
-    assert plan.trigger("replica", plan_for()[1].params) == base  # stable
-    assert plan.trigger("replica", plan_for(walKeepSize="2GB")[1].params) != base
+    base = replica_trigger()
+    assert replica_trigger() == base  # stable
+    assert replica_trigger(walKeepSize="2GB") != base
     real = plan.script_files
 
     def edited(name):
@@ -100,12 +105,11 @@ def test_trigger_follows_non_secret_parameters_and_own_scripts(monkeypatch):
             {**real(script), name: "changed"} if name in real(script) else real(script)
         )
 
-    monkeypatch.setattr(plan, "script_files", edited("replica.py"))
-    assert plan.trigger("replica", plan_for()[1].params) != base
-    monkeypatch.setattr(plan, "script_files", edited("common.py"))
-    assert plan.trigger("replica", plan_for()[1].params) != base
+    for shipped in ("replica.py", "standby.py", "tls.py", "common.py"):
+        monkeypatch.setattr(plan, "script_files", edited(shipped))
+        assert replica_trigger() != base, shipped
     monkeypatch.setattr(plan, "script_files", edited("promote.py"))
-    assert plan.trigger("replica", plan_for()[1].params) == base  # another role's script
+    assert replica_trigger() == base  # another role's script
 
 
 def test_secrets_only_in_the_payload_never_in_params_or_command():
@@ -117,7 +121,7 @@ def test_secrets_only_in_the_payload_never_in_params_or_command():
     assert plan.payload(primary, primary.params, SECRETS)["params"]["db_password"] == "d" * 20
     assert "db_password" not in plan.payload(replica, replica.params, SECRETS)["params"]
     files = set(plan.payload(replica, replica.params, SECRETS)["files"])
-    assert files == {"common.py", "replica.py"}  # only what the step runs
+    assert files == {"common.py", "replica.py", "standby.py", "tls.py"}  # what the step runs
 
 
 def test_launcher_runs_as_root_or_through_sudo():
@@ -129,10 +133,13 @@ def test_launcher_runs_as_root_or_through_sudo():
 def test_reseed_is_asked_per_replica():
     settings = parse_settings(HOSTS, set(SECRETS))
     steps = plan.steps(settings.replication, settings.hosts, reseed=frozenset({"db3"}))
-    assert "reseed" not in steps[1].params and steps[2].params["reseed"] is True
+    assert steps[1].params["reseed"] is False and steps[2].params["reseed"] is True
 
 
 def test_replicas_take_the_primary_ca_from_its_report():
-    report = plan.parse_report('progress\n{"ca_cert": "PEM", "changed": []}\n')
-    assert plan.from_primary(report) == {"primary_ca_cert": "PEM"}
+    replica = plan_for()[1]
+    assert replica.report_sources == ("primary",)
+    filled = replica.fill_reports(replica.params, ['progress\n{"ca_cert": "PEM", "changed": []}\n'])
+    assert filled == {**replica.params, "primary_ca_cert": "PEM"}
+    assert replica.params["primary_ca_cert"] == ""  # until the primary step reported
     assert plan.parse_report("") == {}

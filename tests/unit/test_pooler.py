@@ -15,12 +15,12 @@ from mastodon_data.config import PoolSettings
 from tests.mastodon_database import database_config, erb_value, migration_environment
 
 PARAMS = {
-    "version": 15,
+    "postgres_version": 15,
     "port": 5432,
     "private_address": "10.0.0.2",
     "db_name": "mastodon_production",
     "db_user": "mastodon",
-    "pool_port": 6432,
+    "pgbouncer_port": 6432,
     "pool_size": 45,
     "max_clients": 1000,
 }
@@ -68,7 +68,7 @@ def test_open_files_cover_every_client_and_backend():
 
 @pytest.mark.parametrize(
     ("change", "restart"),
-    [({"pool_size": 60}, False), ({"max_clients": 2000}, False), ({"pool_port": 6433}, True),
+    [({"pool_size": 60}, False), ({"max_clients": 2000}, False), ({"pgbouncer_port": 6433}, True),
      ({"private_address": "10.0.0.9"}, True)],
 )  # fmt: skip
 def test_only_listening_changes_need_a_restart(change, restart):
@@ -78,16 +78,22 @@ def test_only_listening_changes_need_a_restart(change, restart):
 
 
 def test_pg_hba_lets_the_hosts_own_pool_in_only_when_pooled():
-    params = {"db_name": "mastodon_production", "db_user": "mastodon", "private_address":
-              "10.0.0.2", "allowed_sources": ["10.0.1.0/24"]}  # fmt: skip
+    params = {
+        "db_name": "mastodon_production",
+        "db_user": "mastodon",
+        "pgbouncer": False,
+        "private_address": "10.0.0.2",
+        "postgres_allowed_sources": ["10.0.1.0/24"],
+    }
     assert common.app_hba_lines(params) == [
         "hostssl mastodon_production mastodon 10.0.1.0/24 scram-sha-256"
     ]
-    assert common.app_hba_lines({**params, "pooled": True}) == [
+    assert common.app_hba_lines({**params, "pgbouncer": True}) == [
         "hostssl mastodon_production mastodon 10.0.1.0/24 scram-sha-256",
         "hostssl mastodon_production mastodon 10.0.0.2/32 scram-sha-256",
     ]
-    inside = {**params, "pooled": True, "allowed_sources": ["10.0.0.0/24", "10.0.0.2/32"]}
+    inside = {**params, "pgbouncer": True,
+              "postgres_allowed_sources": ["10.0.0.0/24", "10.0.0.2/32"]}  # fmt: skip
     assert len(common.app_hba_lines(inside)) == 2  # already listed: not twice
 
 

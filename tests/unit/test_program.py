@@ -92,7 +92,7 @@ def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
         "replication-pooler-db-1",
     }
     pooler = stdin_of(commands["replication-pooler-db-1"])["params"]
-    assert pooler["private_address"] == "10.118.0.3" and pooler["pool_port"] == 6432
+    assert pooler["private_address"] == "10.118.0.3" and pooler["pgbouncer_port"] == 6432
     assert pooler["db_password"] == SECRETS["dbPassword"]  # on stdin only (checked below)
     primary = commands["replication-primary"]
     assert primary.inputs["connection"]["host"] == "203.0.113.1"

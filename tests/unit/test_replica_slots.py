@@ -10,6 +10,7 @@ import common
 import pytest
 import replica
 import slots
+import standby
 
 from tests.fixtures import REPLICA_PARAMS as PARAMS
 
@@ -38,7 +39,7 @@ def test_the_replica_makes_its_slot_over_an_ordinary_tls_connection(monkeypatch,
     assert replica.ensure_slot(PARAMS) == changed
     (argv,) = calls
     assert argv[:4] == ["runuser", "-u", "postgres", "--"]
-    assert argv[-1] == f"{replica.conninfo(PARAMS)} dbname=postgres"  # no password in it
+    assert argv[-1] == f"{standby.conninfo(PARAMS)} dbname=postgres"  # no password in it
     sql = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-c"]
     assert sql == replica.slot_sql("mdata_db2")
     assert "wal_status = 'lost' AND NOT active" in sql[0]  # only an invalidated, idle slot goes

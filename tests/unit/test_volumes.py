@@ -76,9 +76,8 @@ def test_volume_step_runs_first_on_every_host_with_the_stable_device(recorded):
         assert stdin["run"] == "volume.py"
         assert sorted(stdin["files"]) == ["common.py", "volume.py"]
         assert stdin["params"] == {
-            "device": f"/dev/disk/by-id/scsi-0DO_Volume_mastodon-db-unit-{label}-data",
-            "size_gib": 50,
-        }
+            "data_device": f"/dev/disk/by-id/scsi-0DO_Volume_mastodon-db-unit-{label}-data"
+        }  # its size (50) only in the trigger: the script reads the device's own
         assert step.inputs.get("delete") is None  # droplets' steps delete nothing
     after = {n: [d._name for d in options[n].depends_on] for n in options}
     assert after["replication-primary"] == ["replication-volume-db-0"]
@@ -91,12 +90,18 @@ def test_volume_step_runs_first_on_every_host_with_the_stable_device(recorded):
 
 def test_a_grown_volume_reruns_only_its_volume_step_and_reports():
     hosts = [
-        plan.Host("primary", "primary", "p", "10.0.0.2", data_device="/dev/x", data_size=size)
+        plan.Host(
+            "primary", "primary", "p", "10.0.0.2", data_device="/dev/x", data_volume_size=size
+        )
         for size in (20, 40)
     ]
     replication = parse_settings({**DROPLETS}, set(SECRETS)).replication
     small, big = (plan.steps(replication, [h]) for h in hosts)
-    changed = [a.name for a, b in zip(small, big, strict=True) if a.params != b.params]
+
+    def trigger(step: plan.Step) -> str:
+        return step.trigger(step.params, step.trigger_inputs)
+
+    changed = [a.name for a, b in zip(small, big, strict=True) if trigger(a) != trigger(b)]
     assert changed == ["volume-primary"]
     primary = next(s for s in big if s.name == "primary")
     # Ordered after the volume step, but not re-run by it (its triggers do not include it).
@@ -114,7 +119,7 @@ def test_hosts_mode_mounts_only_the_hosts_that_name_a_data_device():
     assert {"replication-volume-db1", "replication-volume-db3"}.isdisjoint(commands)
     step = run.one("remote:Command", "replication-volume-db2")
     assert json.loads(step.inputs["stdin"])["params"] == {
-        "device": "/dev/disk/by-id/scsi-0QEMU_disk-db2"
+        "data_device": "/dev/disk/by-id/scsi-0QEMU_disk-db2"
     }
     assert "left in place" in step.inputs["delete"]  # an existing host keeps its data
     assert not run.of_type("/volume:Volume")
@@ -177,7 +182,7 @@ def test_data_device_is_read_per_host():
     config["hosts"][1]["dataDevice"] = "/dev/disk/by-id/nvme-disk_1"
     settings = parse_settings(config, set(SECRETS))
     assert [h.data_device for h in settings.hosts] == [None, "/dev/disk/by-id/nvme-disk_1"]
-    assert settings.hosts[1].data_size is None
+    assert settings.hosts[1].data_volume_size is None
 
 
 def test_the_boot_unit_starts_the_clusters_after_the_volume_is_mounted():

@@ -1,0 +1,179 @@
+"""What each host script (mastodon_data/host/<script>.py) reads from the JSON on its stdin: one
+record per script, its fields named as the script reads them. A setting keeps one name from
+Pulumi.yaml to the host, the snake_case of its key (postgresVersion: postgres_version in the
+settings records, here and on the host); the other fields are what the plan derives
+(wal_senders, replication_peers, ...).
+
+Secrets are no fields: a record's SECRETS names, for each secret parameter, the stack secret
+that fills it on the command's stdin (a secret input), never in its trigger or command line.
+tests/unit/test_host_params.py holds every plan the tests build against the scripts: each key a
+script reads is sent, and no other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+Address = Any  # text, or a Pulumi Output until the droplet exists
+
+BACKUP_SECRETS = {
+    "backup_access_key_id": "backupAccessKeyId",
+    "backup_secret_access_key": "backupSecretAccessKey",
+    "backup_cipher_passphrase": "backupCipherPassphrase",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostParams:
+    SCRIPT: ClassVar[str]  # host/<SCRIPT>.py reads these parameters
+    SECRETS: ClassVar[dict[str, str]] = {}  # secret parameter -> stack secret
+
+    def values(self) -> dict[str, Any]:
+        """The fields as the script reads them (tuples as JSON lists), secrets apart."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterParams(HostParams):
+    """The cluster a script works on: Debian's <postgres_version>/main, on `port`."""
+
+    postgres_version: int
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerParams(ClusterParams):
+    """What the primary and the replicas share: the server's settings, Mastodon's database and
+    role, the replication role, TLS."""
+
+    private_address: Address
+    db_name: str
+    db_user: str
+    replication_user: str
+    postgres_allowed_sources: tuple[str, ...]
+    wal_keep_size: str
+    max_slot_wal_keep_size: str
+    replication_timeout: str
+    wal_retrieve_retry_interval: str
+    certificate_days: int
+    certificate_renew_days: int
+    max_connections: int
+    wal_senders: int  # max_wal_senders and max_replication_slots
+    pgbouncer: bool  # PgBouncer on the host logs in from its private address
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrimaryParams(ServerParams):
+    SCRIPT: ClassVar[str] = "primary"
+    SECRETS: ClassVar[dict[str, str]] = {
+        "replication_password": "replicationPassword",
+        "db_password": "dbPassword",
+    }
+    replication_peers: tuple[Address, ...]  # who may connect as the replication role
+    ca_rotation: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicaParams(ServerParams):
+    SCRIPT: ClassVar[str] = "replica"
+    SECRETS: ClassVar[dict[str, str]] = {"replication_password": "replicationPassword"}
+    name: str  # the host's: its slot and application_name
+    primary_address: Address
+    primary_port: int
+    reseed: bool = False  # the host is in reseedReplicas
+    primary_ca_cert: str = ""  # the primary step's report's, when the step runs
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlotsParams(ClusterParams):
+    SCRIPT: ClassVar[str] = "slots"
+    replicas: tuple[str, ...]  # the configured replicas' names (their slots stay)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusParams(ClusterParams):
+    SCRIPT: ClassVar[str] = "status"
+    stanza: str = ""  # with backups: the repository's backups are reported too
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromoteParams(ClusterParams):
+    SCRIPT: ClassVar[str] = "promote"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolerParams(ClusterParams):
+    SCRIPT: ClassVar[str] = "pooler"
+    SECRETS: ClassVar[dict[str, str]] = {"db_password": "dbPassword"}
+    private_address: Address
+    db_name: str
+    db_user: str
+    pgbouncer_port: int
+    pool_size: int  # default_pool_size = max_db_connections
+    max_clients: int  # max_client_conn
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepositoryParams(ClusterParams):
+    """pgBackRest's repository (host/repository.py): the bucket, the stanza, retention."""
+
+    SECRETS: ClassVar[dict[str, str]] = BACKUP_SECRETS
+    stanza: str
+    backup_endpoint: str
+    backup_bucket: str
+    backup_region: str
+    backup_path: str
+    backup_ca_cert: str
+    backup_retention_full: int
+    backup_retention_diff: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupParams(RepositoryParams):
+    SCRIPT: ClassVar[str] = "backup"
+    action: str  # configure | backup | check
+    role: str  # primary | replica
+    backup_full_schedule: str
+    backup_diff_schedule: str
+    backup_archive_timeout: str
+    type: str = "full"  # of a backup now: full | diff | incr
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestoreParams(RepositoryParams):
+    SCRIPT: ClassVar[str] = "restore"
+    db_name: str
+    target_time: str = ""  # "": the latest the archive reaches
+    overwrite: bool = False  # replace a cluster that holds data
+
+
+@dataclass(frozen=True, kw_only=True)
+class VolumeParams(HostParams):
+    SCRIPT: ClassVar[str] = "volume"
+    data_device: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthorizedKeysParams(HostParams):
+    SCRIPT: ClassVar[str] = "authorized_keys"
+    ssh_user: str
+    authorized_keys: tuple[str, ...]
+
+
+SCRIPTS = {
+    record.SCRIPT: record
+    for record in (
+        PrimaryParams,
+        ReplicaParams,
+        SlotsParams,
+        StatusParams,
+        PromoteParams,
+        PoolerParams,
+        BackupParams,
+        RestoreParams,
+        VolumeParams,
+        AuthorizedKeysParams,
+    )
+}
