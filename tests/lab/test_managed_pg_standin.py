@@ -4,7 +4,7 @@ user, trusted sources, the CA) goes up, refreshes with no change, is reached as 
 would be (verify-full against the CA from /ca, on the cluster's host names, as doadmin and as the
 user), keeps an address outside its trusted sources out, and leaves nothing when destroyed.
 
-Lab `mlpg`: public network 10.241.40.0/24, VPC 10.240.40.0/24."""
+Lab `mlpg`: public network 10.241.50.0/24, VPC 10.240.50.0/24."""
 
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ from lab.standin.stack import provider_env
 
 LAB = StandInLab(
     prefix="mlpg",
-    public_network="10.241.40.0/24",
-    vpc_pool=("10.240.40.0/24",),
+    public_network="10.241.50.0/24",
+    vpc_pool=("10.240.50.0/24",),
     state_dir=Path("/var/lib/mastodon-lab-pg-test"),
 )
 pytestmark = [pytest.mark.engine, pytest.mark.lab]
 STACK = "pgt"
 PROGRAM = Path(__file__).parent / "managed_pg_program" / "__main__.py"
-OUTSIDER = "10.241.40.250"  # on the public network, in no trusted source
+OUTSIDER = "10.241.50.250"  # on the public network, in no trusted source
 # Run on the app side (the lab's host names resolve): connects with verify-full and answers
 # (in recovery?, user, database); the password comes on stdin.
 CONNECT = """
@@ -57,9 +57,9 @@ def program_stack(workdir: Path, client) -> LabStack:
     write_private(workdir / "passphrase", "test-passphrase-of-a-throwaway-stack")
     stack.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase", stack=False)
     operator = LAB.operator_address
-    vpc_operator = "10.240.40.1"
+    vpc_operator = "10.240.50.1"
     stack.configure(
-        {"vpcCidr": "10.240.40.0/24", "appTag": "mlpg-app",
+        {"vpcCidr": "10.240.50.0/24", "appTag": "mlpg-app",
          "appCidrs": [f"{operator}/32", f"{vpc_operator}/32"]},
         {},
     )  # fmt: skip
