@@ -3,6 +3,8 @@
 # Each installs what it needs first: Debian packages, the venv, the Pulumi engine.
 PY := venv/bin/python
 HOSTS ?= 3
+# Test files run side by side (most lab tests wait on the provider and on PostgreSQL, not the CPU).
+TEST_WORKERS ?= 3
 # The plugins' upstream source, for machines where Pulumi's installer cannot be reached.
 ENGINE_SRC ?= $(if $(wildcard ../shared/engine-src),$(abspath ../shared/engine-src))
 export ENGINE_SRC
@@ -54,4 +56,4 @@ lint: venv/.installed engine
 	.engine/bin/actionlint
 
 test: packages venv/.installed engine lint docs
-	$(PY) -m pytest -q -ra --durations=10
+	$(PY) -m pytest -q -ra --durations=10 -n $(TEST_WORKERS) --dist loadfile

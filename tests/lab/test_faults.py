@@ -216,10 +216,10 @@ def test_interrupted_base_backup_then_rerun_completes(faults):
     try:
         worker = threading.Thread(target=clone_h4)
         worker.start()
-        wait_until(
-            lambda: faults.ssh(4, "pgrep -x pg_basebackup || true") != "", 60, "pg_basebackup"
-        )
-        faults.ssh(4, "pkill -9 -x pg_basebackup")
+        # This host's only (--ns: lab hosts share the machine's process table with other labs).
+        own = "--ns $$ --nslist net -x pg_basebackup"
+        wait_until(lambda: faults.ssh(4, f"pgrep {own} || true") != "", 60, "pg_basebackup")
+        faults.ssh(4, f"pkill -9 {own}")
         worker.join(timeout=120)
     finally:
         subprocess.run([*throttle, "del", "dev", port, "root"], check=True, timeout=10)
