@@ -162,6 +162,14 @@ class Account:
         status, document = result if isinstance(result, tuple) else (200, result)
         return status, document, {}
 
+    def publish_names(self) -> None:
+        """Every resource's DNS names, written for the app side (lab/standin/lab_pki.py)."""
+        names: dict[str, str] = {}
+        with self.lock:
+            for resource in self.resources:
+                names.update(resource.host_names())
+        self.backend.publish_names(names)
+
     # -- background work ----------------------------------------------------------------------
     def spawn(self, target: Callable, *args) -> None:
         def guarded():

@@ -1,22 +1,15 @@
 """A managed database cluster's nodes on this machine (lab/standin/backend.py,
 `DatabaseBackend`): lab hosts (lab_machines.py) running this machine's PostgreSQL 15 on port
-25060, TLS with certificates of the account's CA (made once, in the state directory), a
-standby cloned from its primary with pg_basebackup and streaming from it.
-
-Host names: the stand-in writes the lab's own hosts file (`<state dir>/hosts`: localhost and
-the clusters' names). The app side resolves them by running with that file mounted over
-/etc/hosts in a mount namespace of its own (`app_command`), as `ip netns exec` does with
-/etc/netns; this machine's /etc/hosts and resolver are never touched, and nothing outside the
-lab sees the names.
+25060, TLS with certificates of the account's CA (lab_pki.py), a standby cloned from its primary
+with pg_basebackup and streaming from it.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
-from lab.standin.lab_disks import LabDisks
+from lab.standin.lab_pki import LabPki
 from lab.system import LabError, pid_alive
 
 PG_VERSION = "15"  # the lab's PostgreSQL, whatever version the cluster was asked for
@@ -38,53 +31,18 @@ hostnossl all all 0.0.0.0/0 reject
 hostssl replication standin_replication 0.0.0.0/0 scram-sha-256
 hostssl all all 0.0.0.0/0 scram-sha-256
 """
-EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-LOCALHOST = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
 
 
-def openssl(*args: str) -> None:
-    result = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        raise LabError(f"openssl {args[0]} failed: {result.stderr.strip()}")
-
-
-class LabDatabases(LabDisks):
-    """The nodes of managed database clusters, and the lab's host names."""
-
-    @property
-    def ca_dir(self) -> Path:
-        return self.state_dir / "database-ca"
-
-    @property
-    def hosts_file(self) -> Path:
-        return self.state_dir / "hosts"
-
-    def database_ca(self) -> str:
-        cert = self.ca_dir / "ca.crt"
-        if not cert.exists():
-            self.ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            openssl("req", "-x509", *EC, "-days", "3650", "-subj", "/CN=stand-in project CA",
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-                    "-keyout", str(self.ca_dir / "ca.key"), "-out", str(cert))  # fmt: skip
-        return cert.read_text()
+class LabDatabases(LabPki):
+    """The nodes of managed database clusters."""
 
     def node_certificate(self, cluster: dict, node: dict) -> Path:
         """The node's key and certificate (every host name of its cluster, its addresses) in
         its state directory; returns that directory."""
-        self.database_ca()
-        tls = self.host_dir(node) / "tls"
-        tls.mkdir(mode=0o700, exist_ok=True)
-        names = cluster["host_names"]
-        alt = ",".join([*(f"DNS:{n}" for n in names),
-                        f"IP:{node['public']}", f"IP:{node['private']}"])  # fmt: skip
-        (tls / "ext").write_text(f"subjectAltName={alt}\nextendedKeyUsage=serverAuth\n")
-        openssl("req", "-new", *EC, "-subj", f"/CN={names[0]}", "-keyout", str(tls / "node.key"),
-                "-out", str(tls / "node.csr"))  # fmt: skip
-        openssl("x509", "-req", "-in", str(tls / "node.csr"), "-CA", str(self.ca_dir / "ca.crt"),
-                "-CAkey", str(self.ca_dir / "ca.key"), "-CAcreateserial", "-days", "3650",
-                "-extfile", str(tls / "ext"), "-out", str(tls / "node.crt"))  # fmt: skip
-        return tls
+        addresses = [node["public"], node["private"]]
+        return self.database_certificate(
+            self.host_dir(node) / "tls", cluster["host_names"], addresses
+        )
 
     def node_run(self, node: dict, script: str, stdin: str = "", timeout: float = 120) -> str:
         """`script` (sh) in the node's namespaces (its mounts: its own PostgreSQL files)."""
@@ -146,21 +104,3 @@ pg_ctlcluster {PG_VERSION} main start
     def run_sql(self, node: dict, sql: str, database: str = "postgres") -> None:
         psql = f"runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -p {PORT} -d {database}"
         self.node_run(node, f"{psql} -f -", stdin=sql)
-
-    def publish_names(self, names: dict[str, str]) -> None:
-        """Written in place: a bind mount of the file keeps seeing it."""
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lines = "".join(f"{address} {name}\n" for name, address in sorted(names.items()))
-        with open(self.hosts_file, "a+") as out:
-            out.seek(0)
-            out.truncate()
-            out.write(LOCALHOST + lines)
-        os.chmod(self.hosts_file, 0o644)
-
-    def app_command(self, *argv: str) -> list[str]:
-        """`argv` run as on an app host: the lab's host names resolve."""
-        if not self.hosts_file.exists():
-            self.publish_names({})
-        mount = 'mount --bind "$0" /etc/hosts && exec "$@"'
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount,
-                str(self.hosts_file), *argv]  # fmt: skip

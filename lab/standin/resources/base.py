@@ -188,6 +188,11 @@ class Resource:
     def forget_droplet(self, ident: str) -> None:
         """Droplet `ident` is gone: its records name it no more."""
 
+    def host_names(self) -> dict[str, str]:
+        """The DNS names its records answer on (name -> address), as the app side resolves them
+        (`Account.publish_names`, under the account's lock)."""
+        return {}
+
     def recover(self) -> None:
         """After a restart of the stand-in: work cut short is finished, the machine brought to
         the state the API shows."""

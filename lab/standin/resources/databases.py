@@ -224,7 +224,7 @@ class Databases(Resource):
                 self.account.backend.start_postgres(cluster, node, primary if index else None)
                 with self.account.lock:
                     self.items[ident]["nodes"][index]["host_ready"] = True
-        self.publish()
+        self.account.publish_names()
         self.account.firewalls.sync()
         with self.account.lock:
             if ident in self.items and not self.items[ident]["deleting"]:
@@ -256,7 +256,7 @@ class Databases(Resource):
                 self.save()
                 for node in nodes:
                     self.account.firewalls.applied.pop(node["id"], None)
-        self.publish()
+        self.account.publish_names()
 
     def online(self, request: Request) -> dict:
         cluster = self.find(request.params["id"])
@@ -407,20 +407,19 @@ class Databases(Resource):
                 self.account.backend.apply_firewall(node, script)
                 self.account.firewalls.applied[node["id"]] = script
 
-    def publish(self) -> None:
-        """The clusters' host names, for the app side (primary first, then the first standby)."""
-        names = {}
-        with self.account.lock:
-            for c in self.items.values():
-                nodes = c["nodes"]
-                names[self.host_name(c)] = nodes[0]["public"]
-                names[self.host_name(c, "private-")] = nodes[0]["private"]
-                if len(nodes) > 1:
-                    names[self.host_name(c, "replica-")] = nodes[1]["public"]
-                    names[self.host_name(c, "private-replica-")] = nodes[1]["private"]
-        self.account.backend.publish_names(names)
-
     # -- hooks --------------------------------------------------------------------------------
+    def host_names(self) -> dict[str, str]:
+        """The clusters' host names: the primary's, then the first standby's."""
+        names = {}
+        for c in self.items.values():
+            nodes = c["nodes"]
+            names[self.host_name(c)] = nodes[0]["public"]
+            names[self.host_name(c, "private-")] = nodes[0]["private"]
+            if len(nodes) > 1:
+                names[self.host_name(c, "replica-")] = nodes[1]["public"]
+                names[self.host_name(c, "private-replica-")] = nodes[1]["private"]
+        return names
+
     def hosts(self) -> list[dict]:
         return [node for c in self.items.values() for node in c["nodes"]]
 
@@ -445,5 +444,5 @@ class Databases(Resource):
             for node in cluster["nodes"]:
                 if node.get("host_ready"):
                     self.account.backend.recover(dict(node), vpc, [])
-        self.publish()
+        self.account.publish_names()
         self.account.firewalls.sync()
