@@ -80,6 +80,20 @@ class DatabaseBackend:
     def publish_names(self, names: dict[str, str]) -> None:
         """The lab's host names (name -> address) for the app side to resolve."""
 
+    def configure_pools(self, cluster: dict, node: dict) -> None:
+        """PgBouncer on `node` serving the cluster's connection pools (`cluster["pools"]`) to
+        its users (`cluster["users"]`); stopped when it has none."""
+
+    def node_healthy(self, node: dict) -> bool:
+        """Whether `node`'s PostgreSQL answers (the control plane's health check)."""
+        return True
+
+    def promote(self, node: dict) -> None:
+        """The standby on `node` promoted: it takes writes from now on."""
+
+    def follow(self, cluster: dict, node: dict, primary: dict) -> None:
+        """The standby on `node` streaming from `primary` from now on."""
+
 
 class Backend(NetworkBackend, HostBackend, DiskBackend, DatabaseBackend):
     """Every part, doing nothing."""

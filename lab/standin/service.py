@@ -143,6 +143,7 @@ def serve(args: argparse.Namespace) -> int:
     for vpc in account.state["vpcs"].values():
         hosts.ensure_network(vpc)
     account.recover()
+    watching = account.start_watching(timings.health_check)
     server = start_server(account, args.port, state_dir / "requests.jsonl")
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
@@ -152,6 +153,7 @@ def serve(args: argparse.Namespace) -> int:
     print(f"stand-in of the DigitalOcean API at {server.url} (lab {args.prefix})", flush=True)
     while not stopping:
         time.sleep(0.2)
+    watching.set()
     server.shutdown()
     account.idle(STOP_TIMEOUT - 5)
     account.save()

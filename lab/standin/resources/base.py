@@ -76,6 +76,7 @@ class Timings:
         }
     )
     default_action: float = 1.0
+    health_check: float = 1.0  # between the control plane's checks of a database's primary
 
     def of(self, action: str) -> float:
         return self.actions.get(action, self.default_action)
@@ -196,3 +197,11 @@ class Resource:
     def recover(self) -> None:
         """After a restart of the stand-in: work cut short is finished, the machine brought to
         the state the API shows."""
+
+    def watch(self) -> None:
+        """One round of the control plane's health checks (`Account.start_watching`)."""
+
+    def primary_moved(self, cluster: dict) -> None:
+        """Managed database `cluster`'s standby took over: `cluster["nodes"][0]` is its new
+        primary (lab/standin/resources/database_takeover.py). Nothing answers it yet: read-only
+        nodes will follow the new primary here."""

@@ -9,8 +9,9 @@ Shapes and behaviour as the DigitalOcean provider calls and reads them (terrafor
 digitalocean's `database` package, godo's databases.go, DigitalOcean's OpenAPI description): every
 root object wrapped (`database`, `db`, `user`, `rules`, `ca`), `created_at` RFC 3339, `version`
 as sent, a user's `settings` never returned (it would be a permanent diff). What is modelled and
-what is not: docs/developers/standin.md. Not here yet: pools, read-only nodes, Valkey, the
-standby's takeover (each a module of its own on the cluster's record).
+what is not: docs/developers/standin.md. Modules of their own on the cluster's record: its
+connection pools (database_pools.py), its standby's takeover (database_takeover.py). Not here
+yet: read-only nodes, Valkey.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .base import ApiError, Request, Resource, at, json_body, not_found, now_iso
 from .catalog import REGIONS
 
 PORT = 25060
+POOL_PORT = 25061  # PgBouncer's (database_pools.py): trusted sources cover both
 ACCOUNT_NUMBER = 1  # the `do-user-<n>` of the host names
 DEFAULT_PROJECT = "a1b2c3d4-0000-4000-8000-000000000001"
 # slug: memory GiB (DigitalOcean's database sizes)
@@ -201,6 +203,7 @@ class Databases(Resource):
             "dbs": ["defaultdb"],
             "users": {"doadmin": {"role": "primary", "password": password}},
             "rules": [],
+            "pools": {},
             "deleting": False,
         }
         self.items[ident] = cluster
@@ -328,6 +331,7 @@ class Databases(Resource):
         self.sql(cluster, f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
         cluster["users"][name] = {"role": "normal", "password": password}
         self.save()
+        self.account.database_pools.apply(cluster)  # PgBouncer knows the cluster's users
         return 201, {"user": self.user_json(cluster, name, password=True)}
 
     def delete_user(self, request: Request):
@@ -341,6 +345,7 @@ class Databases(Resource):
         self.sql(cluster, f'DROP ROLE "{name}"')
         del cluster["users"][name]
         self.save()
+        self.account.database_pools.apply(cluster)
         return 204, None
 
     def sql(self, cluster: dict, sql: str, database: str = "postgres") -> None:
@@ -396,7 +401,7 @@ class Databases(Resource):
         by `firewalls.sync`, under its lock)."""
         with self.account.lock:
             plans = [
-                (dict(node), compile_trusted_sources(self.trusted_addresses(c), [PORT]))
+                (dict(node), compile_trusted_sources(self.trusted_addresses(c), [PORT, POOL_PORT]))
                 for c in self.items.values()
                 if not c["deleting"]
                 for node in c["nodes"]
