@@ -1,0 +1,268 @@
+"""Connection pools and the standby's takeover of the stand-in's managed PostgreSQL, through the
+real engine and provider: a stack of the test's own (tests/lab/managed_pool_program: a cluster
+with a standby, a database, a user, a pool in transaction mode, trusted sources) goes up; the pool
+is reached as DigitalOcean's would be (verify-full with the CA from /ca on the cluster's host
+names at 25061, from the app side); prepared statements of three interleaved clients fail through
+it; its primary is powered off under a write load through the pool, and the standby takes over:
+writes resume through the same host name, the rows committed before are there, a new standby
+streams, and a refresh shows no change; a pool over DigitalOcean's limit is refused.
+
+Lab `mlpt`: public network 10.241.57.0/24, VPC 10.240.57.0/24."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from standinkit import standin_account
+from test_managed_pg_standin import PROGRAM as PG_PROGRAM
+
+from lab.stack import ROOT, LabStack, PulumiFailed, write_private
+from lab.standin.service import StandInLab
+from lab.standin.stack import provider_env
+
+LAB = StandInLab(
+    prefix="mlpt",
+    public_network="10.241.57.0/24",
+    vpc_pool=("10.240.57.0/24",),
+    state_dir=Path("/var/lib/mastodon-lab-pools-test"),
+)
+pytestmark = [pytest.mark.engine, pytest.mark.lab]
+STACK = "plt"
+PROGRAM = PG_PROGRAM.parent.parent / "managed_pool_program" / "__main__.py"
+POOL_SIZE = 10
+RESUME_BOUND = 20  # seconds from the kill until a write through the pool succeeds again
+TAKEOVER_WAIT = 120  # seconds for the new standby to stream
+# On the app side: each statement of argv[6:] on one connection (verify-full; the password on
+# stdin); prints the rows of the last, or the error's class and message.
+QUERY = """
+import json, sys, psycopg
+host, port, user, dbname, ca, sslmode = sys.argv[1:7]
+try:
+    with psycopg.connect(host=host, port=int(port), user=user, dbname=dbname,
+                         password=sys.stdin.read(), sslmode=sslmode, sslrootcert=ca,
+                         connect_timeout=5, autocommit=True) as conn:
+        for sql in sys.argv[7:]:
+            cur = conn.execute(sql)
+        print(json.dumps(cur.fetchall() if cur.description else None, default=str))
+except psycopg.Error as err:
+    print(json.dumps({"error": type(err).__name__, "message": str(err)}))
+"""
+# Three clients, one after the other, each running a server-side prepared statement of its own
+# twice (psycopg names each _pg3_0): through a transaction pool they share one server connection.
+PREPARED = """
+import json, sys, psycopg
+host, port, user, dbname, ca = sys.argv[1:6]
+password = sys.stdin.read()
+clients = [psycopg.connect(host=host, port=int(port), user=user, dbname=dbname, password=password,
+                           sslmode="verify-full", sslrootcert=ca, autocommit=True)
+           for _ in range(3)]
+outcomes = []
+for round in range(2):
+    for i, conn in enumerate(clients):
+        try:
+            [answer] = conn.execute(f"select %s::int + {i}", [10], prepare=True).fetchone()
+            outcomes.append("ok" if answer == 10 + i else f"wrong answer {answer}")
+        except psycopg.Error as err:
+            outcomes.append(type(err).__name__)
+print(json.dumps(outcomes))
+"""
+# Inserts rows 1, 2, ... through the pool, each its own transaction, reconnecting after an error
+# (a dead peer is given up after 2 s); never a prepared statement (as Mastodon's
+# PREPARED_STATEMENTS=false through a transaction pool); one JSON line per commit or error. Stops
+# after 20 commits following its first error, or at its deadline.
+WRITER = """
+import json, sys, time, psycopg
+host, port, user, dbname, ca, seconds = sys.argv[1:7]
+password = sys.stdin.read()
+deadline, n, conn, failed, after = time.monotonic() + float(seconds), 0, None, False, 0
+while time.monotonic() < deadline and after < 20:
+    try:
+        if conn is None:
+            conn = psycopg.connect(host=host, port=int(port), user=user, dbname=dbname,
+                                   password=password, sslmode="verify-full", sslrootcert=ca,
+                                   autocommit=True, connect_timeout=2, tcp_user_timeout=2000,
+                                   prepare_threshold=None)
+        conn.execute("insert into takeover (n) values (%s)", [n + 1])
+        n += 1
+        after += failed
+        print(json.dumps({"committed": n, "at": time.time()}), flush=True)
+    except psycopg.Error as err:
+        failed = True
+        print(json.dumps({"error": type(err).__name__, "message": str(err), "at": time.time()}),
+              flush=True)
+        if conn is not None:
+            conn.close()
+        conn = None
+        time.sleep(0.2)
+    time.sleep(0.02)
+"""
+
+
+def program_stack(workdir: Path, client) -> LabStack:
+    """The test's program in `workdir`, its stack made, its provider on the stand-in."""
+    stack = LabStack(STACK, workdir, timeout=240)
+    stack.extra_env.update(provider_env(client))
+    workdir.mkdir(mode=0o700, parents=True)
+    (workdir / "backend").mkdir()
+    (workdir / "Pulumi.yaml").write_text(
+        "name: mastodon-data\nruntime:\n  name: python\n  options:\n"
+        f"    toolchain: pip\n    virtualenv: {ROOT / 'venv'}\n"
+    )
+    (workdir / "__main__.py").symlink_to(PROGRAM)
+    write_private(workdir / "passphrase", "test-passphrase-of-a-throwaway-stack")
+    stack.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase", stack=False)
+    stack.configure(program_config(), {})
+    return stack
+
+
+def program_config(**extra) -> dict:
+    cidrs = [f"{LAB.operator_address}/32", "10.240.57.1/32"]  # the app side, both networks
+    return {"vpcCidr": "10.240.57.0/24", "appTag": "mlpt-app", "appCidrs": cidrs,
+            "poolSize": POOL_SIZE, **extra}  # fmt: skip
+
+
+def app_side(script: str, *argv: str, password: str, timeout: float = 30):
+    """`script` run on the app side (the lab's names resolve); its JSON answer."""
+    command = LAB.hosts.app_command(sys.executable, "-c", script, *argv)
+    result = subprocess.run(command, input=password, capture_output=True, text=True,
+                            timeout=timeout)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def query(out: dict, ca: Path, host: str, port: int, *sql: str, admin=False, sslmode="verify-full"):
+    """`sql` as the pool's user through the pool (`admin`: as doadmin, on `defaultdb` or the
+    database when `port` is 25060)."""
+    user, password = (
+        ("doadmin", out["admin_password"]) if admin else ("mastodon", out["pool_password"])
+    )
+    dbname = out["pool_name"] if port == 25061 else "mastodon_production"
+    return app_side(QUERY, host, str(port), user, dbname, str(ca), sslmode, *sql, password=password)
+
+
+def cluster_record(client, ident: str) -> dict:
+    return client.call("GET", "/_standin/state")["databases"][ident]
+
+
+def check_the_pool(out: dict, ca: Path) -> None:
+    """verify-full on both host names; TLS only; transaction mode breaks prepared statements."""
+    who = "select current_user, current_database(), pg_is_in_recovery()"
+    for host in (out["pool_host"], out["pool_private_host"]):
+        assert query(out, ca, host, 25061, who) == [["mastodon", "mastodon_production", False]]
+    plain = query(out, ca, out["pool_private_host"], 25061, who, sslmode="disable")
+    assert plain["error"] == "OperationalError", plain
+    argv = (out["pool_private_host"], "25061", "mastodon", out["pool_name"], str(ca))
+    outcomes = app_side(PREPARED, *argv, password=out["pool_password"])
+    # psycopg names a connection's statements _pg3_0, _pg3_1, ... (a failed one uses up its
+    # name): on the one server connection they share, each name exists once.
+    assert outcomes == [
+        "ok",
+        "DuplicatePreparedStatement",
+        "DuplicatePreparedStatement",
+        "ok",
+        "ok",
+        "DuplicatePreparedStatement",
+    ]
+    # The same three clients straight to PostgreSQL: each its own session.
+    direct = (out["private_host"], "25060", "mastodon", "mastodon_production", str(ca))
+    assert app_side(PREPARED, *direct, password=out["pool_password"]) == ["ok"] * 6
+
+
+def write_through_a_takeover(client, out: dict, ca: Path, ident: str, log: Path) -> dict:
+    """The primary powered off under writes through the pool; what the writer saw."""
+    made = query(out, ca, out["private_host"], 25060,
+                 "create table takeover (n int primary key, at timestamptz default now())",
+                 "grant select, insert on takeover to mastodon", admin=True)  # fmt: skip
+    assert made is None, made
+    primary = cluster_record(client, ident)["nodes"][0]
+    argv = (out["pool_private_host"], "25061", "mastodon", out["pool_name"], str(ca), "90")
+    with open(log, "w") as errors:
+        writer = subprocess.Popen(LAB.hosts.app_command(sys.executable, "-c", WRITER, *argv),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=errors, text=True)  # fmt: skip
+    writer.stdin.write(out["pool_password"])
+    writer.stdin.close()
+    lines = []
+    while len(lines) < 50:  # writes flow before the kill
+        line = writer.stdout.readline()
+        assert line, f"the writer ended ({writer.wait(5)}): {lines} {log.read_text()}"
+        lines.append(json.loads(line))
+    LAB.hosts.power_off(primary)  # a pulled plug: every process of the node killed, links down
+    killed = time.time()
+    lines += [json.loads(line) for line in writer.stdout]
+    assert writer.wait(timeout=120) == 0, log.read_text()
+    return {"lines": lines, "killed": killed, "dead": primary["id"]}
+
+
+def test_a_pool_reached_a_takeover_under_writes_and_a_pool_over_the_limit(tmp_path):
+    with standin_account(LAB) as (client, _key):
+        client.token = f"dop_v1_standin-{STACK}"
+        stack = program_stack(tmp_path / "stack", client)
+        stack.up()
+        out = stack.outputs()
+        stack.preview("--refresh", "--expect-no-changes")
+        [cluster] = client.call("GET", "/v2/databases")["databases"]
+        assert out["pool_host"] == cluster["connection"]["host"]
+        assert out["pool_private_host"] == cluster["private_connection"]["host"]
+        assert (out["pool_port"], out["pool_name"], out["pool_user"]) == (
+            25061,
+            "mastodon_pool",
+            "mastodon",
+        )
+        ca = tmp_path / "ca.pem"
+        ca.write_text(out["ca_cert"])
+        check_the_pool(out, ca)
+
+        seen = write_through_a_takeover(client, out, ca, cluster["id"], tmp_path / "writer.log")
+        committed = [e for e in seen["lines"] if "committed" in e]
+        first_error = next(e for e in seen["lines"] if "error" in e)
+        before = [e["committed"] for e in committed if e["at"] < first_error["at"]]
+        resumed = next(e for e in committed if e["at"] > first_error["at"])
+        resume_seconds = resumed["at"] - seen["killed"]
+        assert resume_seconds < RESUME_BOUND
+        rows = query(out, ca, out["pool_private_host"], 25061, "select n from takeover order by n")
+        present = {row[0] for row in rows}
+        lost = sorted(set(before) - present)
+        assert {e["committed"] for e in committed} - set(before) <= present  # after: all there
+        deadline = time.monotonic() + TAKEOVER_WAIT
+        while time.monotonic() < deadline:
+            nodes = cluster_record(client, cluster["id"])["nodes"]
+            if seen["dead"] not in [n["id"] for n in nodes] and all(
+                n.get("host_ready") for n in nodes
+            ):
+                break
+            time.sleep(1)
+        new_primary, new_standby = nodes
+        assert new_standby["id"] == f"pg-{cluster['id'][:8]}-2"
+        streaming = LAB.hosts.node_run(
+            new_primary,
+            "runuser -u postgres -- psql -X -At -p 25060 -c "
+            "'select client_addr, state from pg_stat_replication'",
+        )
+        assert streaming.split() == [f"{new_standby['private']}|streaming"]
+        recovery = "select pg_is_in_recovery()"
+        assert query(out, ca, f"replica-{out['host']}", 25060, recovery, admin=True) == [[True]]
+        assert query(out, ca, out["host"], 25060, recovery, admin=True) == [[False]]
+        after = client.call("GET", f"/v2/databases/{cluster['id']}")["database"]
+        assert after == cluster
+        stack.preview("--refresh", "--expect-no-changes")
+
+        # A second pool over DigitalOcean's limit (47 on 2 GiB, 10 taken): the provider fails.
+        stack.configure(program_config(extraPoolSize=38), {})
+        with pytest.raises(PulumiFailed) as refused:
+            stack.up()
+        assert (
+            "pool size 38 exceeds the 37 connections available on db-s-1vcpu-2gb "
+            "(25 per GiB, 3 reserved, 10 used by other pools)"
+        ) in str(refused.value)
+        stack.configure(program_config(), {})
+        stack.destroy()
+        print(
+            f"takeover: writes resumed {resume_seconds:.1f} s after the kill; "
+            f"{len(before)} rows committed before, {len(lost)} lost {lost}"
+        )
