@@ -21,7 +21,7 @@ from lab.stack import engine_gap
 from lab.standin._lab import OPERATOR_COMMAND, LabStack
 from lab.standin.client import Client
 from lab.standin.service import StandInLab
-from lab.standin.stack import droplets_config, droplets_stack, stack_secrets
+from lab.standin.stack import droplets_config, stack_secrets, standin_stack
 
 LAB = StandInLab(
     prefix="mlabdt",
@@ -121,7 +121,7 @@ class Droplets:
         self.client = Client(url, token=f"dop_v1_standin-{name}")
         self.config = droplets_config(lab, key_id, vpc, replicas, **changes)
         self.secrets = stack_secrets(lab, workdir / f"{name}-secrets.json")
-        self.stack: LabStack = droplets_stack(
+        self.stack: LabStack = standin_stack(
             lab, self.client, name, workdir / name, self.config, self.secrets
         )
         self.stack.timeout = COMMAND_TIMEOUT
