@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from standinkit import PROBE, standin_account, wait_until
+from standinkit import PROBE, program_stack, standin_account, wait_until
 
-from lab.stack import ROOT, LabStack, write_private
+from lab.stack import LabStack
 from lab.standin.account import Account
 from lab.standin.service import StandInLab
 from lab.standin.stack import provider_env
@@ -58,26 +58,12 @@ except psycopg.Error as err:
 """
 
 
-def program_stack(workdir: Path, client) -> LabStack:
+def replica_stack(workdir: Path, client) -> LabStack:
     """The test's program in `workdir`, its stack made, its provider on the stand-in."""
-    stack = LabStack(STACK, workdir, timeout=300)
-    stack.extra_env.update(provider_env(client))
-    workdir.mkdir(mode=0o700, parents=True)
-    (workdir / "backend").mkdir()
-    (workdir / "Pulumi.yaml").write_text(
-        "name: mastodon-data\nruntime:\n  name: python\n  options:\n"
-        f"    toolchain: pip\n    virtualenv: {ROOT / 'venv'}\n"
-    )
-    (workdir / "__main__.py").symlink_to(PROGRAM)
-    write_private(workdir / "passphrase", "test-passphrase-of-a-throwaway-stack")
-    stack.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase", stack=False)
     operator = [f"{LAB.operator_address}/32", "10.240.57.1/32"]
-    stack.configure(
-        {"vpcCidr": "10.240.57.0/24", "appTag": "mlro-app",
-         "clusterCidrs": [*operator, f"{INSIDER}/32"], "replicaCidrs": operator},
-        {},
-    )  # fmt: skip
-    return stack
+    config = {"vpcCidr": "10.240.57.0/24", "appTag": "mlro-app",
+              "clusterCidrs": [*operator, f"{INSIDER}/32"], "replicaCidrs": operator}  # fmt: skip
+    return program_stack(STACK, PROGRAM, workdir, client, config)
 
 
 class Sql:
@@ -167,7 +153,7 @@ def take_over_by_hand(cluster_id: str, promote: str, stop: str) -> str:
 def test_a_read_only_node_read_filtered_following_its_primary_and_destroyed(tmp_path):
     with standin_account(LAB) as (client, _key):
         client.token = f"dop_v1_standin-{STACK}"
-        stack = program_stack(tmp_path / "stack", client)
+        stack = replica_stack(tmp_path / "stack", client)
         stack.up()
         out = stack.outputs()
         stack.preview("--refresh", "--expect-no-changes")
@@ -233,3 +219,10 @@ def check_destroyed(stack: LabStack, client, node: dict) -> None:
     assert list((LAB.state_dir / "droplets").iterdir()) == []
     assert "ondigitalocean" not in LAB.hosts.hosts_file.read_text()
     assert state()["database_replicas"] == {}
+    # Every request was one the stand-in implements, the provider's replica calls among them.
+    entries = [json.loads(line) for line in LAB.request_log.read_text().splitlines()]
+    assert [e["path"] for e in entries if not e.get("implemented")] == []
+    routes = {e["route"] for e in entries}
+    for route in ("POST", "GET", "DELETE"):
+        wanted = "/v2/databases/{id}/replicas" + ("" if route == "POST" else "/{name}")
+        assert f"{route} {wanted}" in routes
