@@ -161,7 +161,7 @@ class DatabaseReplicas(Resource):
             )
         self.account.publish_names()
         with self.account.lock:
-            if not self.items[ident]["deleting"]:
+            if self.still_wanted(ident):  # a delete may have removed it meanwhile
                 self.items[ident]["status"] = "online"
                 self.save()
 
