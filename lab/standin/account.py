@@ -30,6 +30,7 @@ from lab.standin.resources.actions import Actions
 from lab.standin.resources.base import ApiError, Faults, Request, Resource, Timings, not_found
 from lab.standin.resources.catalog import Catalog
 from lab.standin.resources.cdn import CdnEndpoints
+from lab.standin.resources.database_replicas import DatabaseReplicas
 from lab.standin.resources.databases import Databases
 from lab.standin.resources.droplet_actions import DropletActions
 from lab.standin.resources.droplets import Droplets
@@ -74,7 +75,7 @@ class Account:
         self.droplets, self.droplet_actions = Droplets(self), DropletActions(self)
         self.volumes, self.firewalls = Volumes(self), Firewalls(self)
         self.spaces_keys, self.cdn_endpoints = SpacesKeys(self), CdnEndpoints(self)
-        self.databases = Databases(self)
+        self.databases, self.database_replicas = Databases(self), DatabaseReplicas(self)
         self.resources = [r for r in vars(self).values() if isinstance(r, Resource)]
         self.state = self.load()
         self.routes = [

@@ -77,6 +77,11 @@ class DatabaseBackend:
     def run_sql(self, node: dict, sql: str, database: str = "postgres") -> None:
         """`sql` run as the superuser on `node` (given on stdin: it may carry a password)."""
 
+    def follow_primary(self, cluster: dict, node: dict, primary: dict) -> str:
+        """Standby `node` (a read-only node) made to stream from `primary`, the cluster's new
+        primary node: "followed" (re-pointed) or "cloned again" (its timeline could not)."""
+        return "followed"
+
     def publish_names(self, names: dict[str, str]) -> None:
         """The lab's host names (name -> address) for the app side to resolve."""
 

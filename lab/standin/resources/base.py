@@ -193,6 +193,10 @@ class Resource:
         (`Account.publish_names`, under the account's lock)."""
         return {}
 
+    def primary_moved(self, cluster: dict) -> None:
+        """A standby of managed database `cluster` took over: node 0 is its primary now (what
+        streams from it follows; blocking, called outside the account's lock)."""
+
     def recover(self) -> None:
         """After a restart of the stand-in: work cut short is finished, the machine brought to
         the state the API shows."""
