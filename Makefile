@@ -44,6 +44,16 @@ lab-droplets: packages venv/.installed engine
 lab-droplets-down: venv/.installed
 	$(PY) -m lab.standin.lab_droplets down
 
+.PHONY: lab-managed lab-managed-down
+# Managed mode on the stand-in: a prod-like stack (PostgreSQL with a standby, the pool, a read-only
+# node, Valkey, Spaces and the CDN) through pulumi up, then grant, the env and its check from an
+# app droplet.
+lab-managed: packages venv/.installed engine
+	$(PY) -m lab.standin.lab_managed up
+
+lab-managed-down: venv/.installed
+	$(PY) -m lab.standin.lab_managed down
+
 .PHONY: docs
 # The docs site (mkdocs.yml) in strict mode into build/site/ (ignored): a broken link or anchor,
 # or a page missing from the nav, fails. tests/unit/test_docs.py checks the generated pages.

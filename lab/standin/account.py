@@ -31,6 +31,7 @@ from lab.standin.resources.base import ApiError, Faults, Request, Resource, Timi
 from lab.standin.resources.catalog import Catalog
 from lab.standin.resources.cdn import CdnEndpoints
 from lab.standin.resources.database_pools import DatabasePools
+from lab.standin.resources.database_replicas import DatabaseReplicas
 from lab.standin.resources.database_takeover import DatabaseTakeover
 from lab.standin.resources.databases import Databases
 from lab.standin.resources.droplet_actions import DropletActions
@@ -71,13 +72,13 @@ class Account:
         self.sync_wanted = False
         # The resources (each an attribute, for the others to reach), in the order they
         # recover after a restart: actions, droplets, volumes, the firewalls, the databases, their
-        # pools.
+        # read-only nodes and pools.
         self.catalog, self.actions, self.machines = Catalog(self), Actions(self), Machines(self)
         self.vpcs, self.tags, self.ssh_keys = Vpcs(self), Tags(self), SshKeys(self)
         self.droplets, self.droplet_actions = Droplets(self), DropletActions(self)
         self.volumes, self.firewalls = Volumes(self), Firewalls(self)
         self.spaces_keys, self.cdn_endpoints = SpacesKeys(self), CdnEndpoints(self)
-        self.databases = Databases(self)
+        self.databases, self.database_replicas = Databases(self), DatabaseReplicas(self)
         self.database_pools, self.database_takeover = DatabasePools(self), DatabaseTakeover(self)
         self.resources = [r for r in vars(self).values() if isinstance(r, Resource)]
         self.state = self.load()

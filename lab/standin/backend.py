@@ -77,6 +77,12 @@ class DatabaseBackend:
     def run_sql(self, node: dict, sql: str, database: str = "postgres") -> None:
         """`sql` run as the superuser on `node` (given on stdin: it may carry a password)."""
 
+    def follow_primary(self, cluster: dict, node: dict, primary: dict) -> str:
+        """Standby `node` (a read-only node, or another standby of the cluster) made to stream
+        from `primary`, the cluster's new primary node: "followed" (re-pointed) or "cloned
+        again" (its timeline could not)."""
+        return "followed"
+
     def publish_names(self, names: dict[str, str]) -> None:
         """The lab's host names (name -> address) for the app side to resolve."""
 
@@ -90,9 +96,6 @@ class DatabaseBackend:
 
     def promote(self, node: dict) -> None:
         """The standby on `node` promoted: it takes writes from now on."""
-
-    def follow(self, cluster: dict, node: dict, primary: dict) -> None:
-        """The standby on `node` streaming from `primary` from now on."""
 
 
 class Backend(NetworkBackend, HostBackend, DiskBackend, DatabaseBackend):

@@ -69,6 +69,19 @@ class Client:
             time.sleep(0.2)
         raise TimeoutError(f"droplet {ident} still there after {wait} s")
 
+    def ensure_droplet(self, body: dict, wait: float = 60) -> dict:
+        """Droplet `body["name"]` (made when missing, as `doctl compute droplet create --wait`),
+        once active."""
+        found = [d for d in self.droplets() if d["name"] == body["name"]]
+        droplet = found[0] if found else self.call("POST", "/v2/droplets", body)["droplet"]
+        deadline = time.monotonic() + wait
+        while droplet["status"] != "active":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"droplet {body['name']} not active after {wait} s")
+            time.sleep(0.5)
+            droplet = self.call("GET", f"/v2/droplets/{droplet['id']}")["droplet"]
+        return droplet
+
     # the stand-in's control
     def endpoints(self) -> list[str]:
         return self.call("GET", "/_standin/endpoints")["endpoints"]

@@ -14,6 +14,7 @@ from lab.system import LabError, pid_alive
 
 PG_VERSION = "15"  # the lab's PostgreSQL, whatever version the cluster was asked for
 PORT = 25060
+DATA = f"/var/lib/postgresql/{PG_VERSION}/main"
 TLS_DIR = "/var/lib/postgresql/tls"
 SETTINGS = f"""listen_addresses = '*'
 port = {PORT}
@@ -60,7 +61,6 @@ class LabDatabases(LabPki):
     def start_postgres(self, cluster: dict, node: dict, primary: dict | None) -> None:
         tls = self.node_certificate(cluster, node)
         conf = f"/etc/postgresql/{PG_VERSION}/main"
-        data = f"/var/lib/postgresql/{PG_VERSION}/main"
         script = f"""
 pg_createcluster {PG_VERSION} main -p {PORT} >/dev/null
 install -d -o postgres -g postgres -m 0700 {TLS_DIR}
@@ -75,20 +75,27 @@ cat > {conf}/pg_hba.conf <<'EOF'
             self.node_run(node, script + f"pg_ctlcluster {PG_VERSION} main start\n")
             self.run_sql(node, self.bootstrap_sql(cluster))
             return
-        # The standby: a copy of the primary, streaming from it (the password read from stdin
-        # into the postgres user's passfile, never on a command line).
+        self.node_run(node, script)
+        self.clone(cluster, node, primary)
+
+    def clone(self, cluster: dict, node: dict, primary: dict) -> None:
+        """The node's (stopped) cluster made a copy of `primary`'s, streaming from it (the
+        password read from stdin into the postgres user's passfile, never on a command line)."""
         source = f"host={primary['private']} port={PORT} user=standin_replication sslmode=require"
-        script += f"""
-find {data} -mindepth 1 -delete
+        script = f"""
+find {DATA} -mindepth 1 -delete
 umask 077
 head -n1 > /var/lib/postgresql/.pgpass
 chown postgres:postgres /var/lib/postgresql/.pgpass
-runuser -u postgres -- pg_basebackup -d "{source}" -D {data} -R -X stream -c fast
+runuser -u postgres -- pg_basebackup -d "{source}" -D {DATA} -R -X stream -c fast
 pg_ctlcluster {PG_VERSION} main start
 """
+        self.node_run(node, script, stdin=self.passfile_line(cluster, primary), timeout=300)
+
+    @staticmethod
+    def passfile_line(cluster: dict, primary: dict) -> str:
         password = cluster["replication_password"]
-        line = f"{primary['private']}:{PORT}:*:standin_replication:{password}\n"
-        self.node_run(node, script, stdin=line, timeout=300)
+        return f"{primary['private']}:{PORT}:*:standin_replication:{password}\n"
 
     @staticmethod
     def bootstrap_sql(cluster: dict) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from lab.standin._lab import OPERATOR_COMMAND, ROOT, EngineMissing, PulumiFailed
 from lab.standin.client import Client, coverage
 from lab.standin.service import StandInLab
-from lab.standin.stack import droplets_config, droplets_stack, stack_secrets
+from lab.standin.stack import droplets_config, stack_secrets, standin_stack
 from lab.system import LabError
 
 LAB = StandInLab()  # mlabd: public 10.241.0.0/24, VPC 10.240.0.0/24, /var/lib/mastodon-lab-do
@@ -35,7 +35,7 @@ def up(replicas: int, env_file: Path) -> int:
     key = client.register_key(f"{LAB.prefix}-operator", LAB.hosts.ensure_operator_key())
     config = droplets_config(LAB, key["id"], LAB.vpc_pool[0], replicas)
     secrets = stack_secrets(LAB, LAB.state_dir / "secrets.json")
-    stack = droplets_stack(LAB, client, STACK, LAB.state_dir / "stack", config, secrets)
+    stack = standin_stack(LAB, client, STACK, LAB.state_dir / "stack", config, secrets)
     print(stack.up(), end="")
     outputs = stack.outputs()
     print(json.dumps({**outputs, "mastodon_env": "[secret]"}, indent=2, sort_keys=True))

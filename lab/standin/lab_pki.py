@@ -121,3 +121,8 @@ class LabPki(LabDisks):
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount,
                 str(self.hosts_file), str(self.trust_bundle), bundle,
                 "env", *variables, *argv]  # fmt: skip
+
+    def on_host_command(self, host: dict, *argv: str) -> list[str]:
+        """`argv` run as an app on lab host `host` (a droplet): in its network, with the app
+        side's names and trust."""
+        return ["ip", "netns", "exec", self.netns(host), *self.app_command(*argv)]

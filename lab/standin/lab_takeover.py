@@ -1,6 +1,7 @@
 """What the control plane does on a managed cluster's nodes when its primary dies
 (lab/standin/backend.py, `DatabaseBackend`; lab/standin/resources/database_takeover.py): the
-primary's health check, the standby's promotion, another standby re-pointed at the new primary.
+primary's health check and the standby's promotion (another standby follows the new primary as a
+read-only node does: lab_read_only.py).
 """
 
 from __future__ import annotations
@@ -29,19 +30,3 @@ class LabTakeover(LabPools):
     def promote(self, node: dict) -> None:
         """`pg_ctl promote`, which waits until the server takes writes."""
         self.node_run(node, f"pg_ctlcluster {PG_VERSION} main promote", timeout=90)
-
-    def follow(self, cluster: dict, node: dict, primary: dict) -> None:
-        """The standby's `primary_conninfo` (reloaded: PostgreSQL 15 needs no restart) and its
-        passfile now name `primary`; it follows the new timeline (`recovery_target_timeline`
-        is `latest`)."""
-        source = f"host={primary['private']} port={PORT} user=standin_replication sslmode=require"
-        psql = f"runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -p {PORT}"
-        script = f"""
-umask 077
-head -n1 > /var/lib/postgresql/.pgpass
-chown postgres:postgres /var/lib/postgresql/.pgpass
-{psql} -c "ALTER SYSTEM SET primary_conninfo = '{source}'" -c "SELECT pg_reload_conf()"
-"""
-        password = cluster["replication_password"]
-        line = f"{primary['private']}:{PORT}:*:standin_replication:{password}\n"
-        self.node_run(node, script, stdin=line)

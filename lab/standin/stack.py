@@ -16,9 +16,9 @@ from lab.standin.service import StandInLab
 from mastodon_data.config import PROJECT
 
 
-def dev_settings() -> dict:
-    """Pulumi.dev.yaml's settings (keys without the project prefix)."""
-    document = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+def example_settings(stack: str = "dev") -> dict:
+    """Pulumi.<stack>.yaml's settings (keys without the project prefix)."""
+    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
     return {
         key.partition(":")[2]: value
         for key, value in document["config"].items()
@@ -33,7 +33,7 @@ def droplets_config(
     range the stand-in owns, the operator's key and address, small WAL limits and data volumes
     (sparse files here)."""
     return {
-        **dev_settings(),
+        **example_settings("dev"),
         "image": "debian-12-x64",
         "postgresVersion": 15,
         "vpcCidr": vpc_cidr,
@@ -45,6 +45,17 @@ def droplets_config(
         "dataVolumeSize": 1,
         **changes,
     }
+
+
+def managed_config(vpc_cidr: str, bucket: str, **changes) -> dict:
+    """The prod stack as the lab can run it: the lab's PostgreSQL version, a VPC range and a
+    bucket name the stand-in owns, the CDN on its own endpoint name (the stand-in makes no
+    certificates for a custom domain)."""
+    settings = example_settings("prod")
+    for unmodelled in ("cdnCustomDomain", "cdnDnsDomain"):
+        settings.pop(unmodelled)
+    return {**settings, "postgresVersion": 15, "vpcCidr": vpc_cidr, "spacesBucket": bucket,
+            **changes}  # fmt: skip
 
 
 def provider_env(client: Client) -> dict[str, str]:
@@ -77,7 +88,7 @@ def stack_secrets(lab: StandInLab, path: Path) -> dict[str, str]:
     return json.loads(path.read_text())
 
 
-def droplets_stack(
+def standin_stack(
     lab: StandInLab, client: Client, name: str, workdir: Path, config: dict, secrets: dict
 ) -> LabStack:
     """Stack `name` in `workdir`, configured, its provider on the stand-in."""

@@ -6,7 +6,8 @@ DigitalOcean creates the database owned by its admin user (doadmin) and gives a 
 "minimal permissions"; since PostgreSQL 15 the public schema belongs to the database owner and
 nobody else may CREATE in it, so `rails db:setup` / `db:migrate` as Mastodon's role would fail.
 This grants that role CONNECT, CREATE, TEMPORARY on the database and USAGE, CREATE on schema
-public, as the admin user over TLS (output `postgres_admin`). Idempotent. Run it where the
+public, as the admin user over TLS, the server's certificate verified against the cluster's CA
+(outputs `postgres_admin`, `postgres_ca_cert`). Idempotent. Run it where the
 database firewall lets you in (a Mastodon droplet). Never prints a secret.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 
 
 class GrantError(Exception):
@@ -22,8 +24,6 @@ class GrantError(Exception):
 
 
 def grant(outputs: dict, connect_timeout: int = 10) -> str:
-    import psycopg
-    from psycopg import sql
 
     try:
         admin, postgres = outputs["postgres_admin"], outputs["postgres"]
@@ -35,6 +35,19 @@ def grant(outputs: dict, connect_timeout: int = 10) -> str:
         ) from None
     if admin == "[secret]" or admin.get("password") == "[secret]":
         raise GrantError("the outputs are masked: add --show-secrets")
+    ca = outputs.get("postgres_ca_cert")
+    if not ca:
+        raise GrantError("no postgres_ca_cert output: the cluster's CA verifies its certificate")
+    with tempfile.NamedTemporaryFile("w", suffix=".crt") as ca_file:  # mode 0600
+        ca_file.write(ca)
+        ca_file.flush()
+        return grant_as_admin(admin, database, role, ca_file.name, connect_timeout)
+
+
+def grant_as_admin(admin: dict, database: str, role: str, ca: str, connect_timeout: int) -> str:
+    import psycopg
+    from psycopg import sql
+
     try:
         with psycopg.connect(
             host=admin["host"],
@@ -42,7 +55,8 @@ def grant(outputs: dict, connect_timeout: int = 10) -> str:
             user=admin["user"],
             password=admin["password"],
             dbname=database,
-            sslmode="require",
+            sslmode="verify-full",
+            sslrootcert=ca,
             connect_timeout=connect_timeout,
             autocommit=True,
         ) as conn:

@@ -18,10 +18,10 @@ import pytest
 from labkit import lab_unavailable
 
 from lab.stack import engine_gap
-from lab.standin._lab import OPERATOR_COMMAND, LabStack
+from lab.standin._lab import OPERATOR_COMMAND, ROOT, LabStack, write_private
 from lab.standin.client import Client
 from lab.standin.service import StandInLab
-from lab.standin.stack import droplets_config, droplets_stack, stack_secrets
+from lab.standin.stack import droplets_config, provider_env, stack_secrets, standin_stack
 
 LAB = StandInLab(
     prefix="mlabdt",
@@ -76,6 +76,25 @@ def standin_account(lab: StandInLab) -> Iterator[tuple[Client, int]]:
         assert rest == [], f"the stand-in lab left: {rest}"
 
 
+def program_stack(name: str, program: Path, workdir: Path, client: Client, config: dict,
+                  timeout: float = 300) -> LabStack:  # fmt: skip
+    """Stack `name` of a test's own Pulumi program (`program`, its `__main__.py`) in `workdir`,
+    configured with `config`, its provider on the stand-in of `client`."""
+    stack = LabStack(name, workdir, timeout=timeout)
+    stack.extra_env.update(provider_env(client))
+    workdir.mkdir(mode=0o700, parents=True)
+    (workdir / "backend").mkdir()
+    (workdir / "Pulumi.yaml").write_text(
+        "name: mastodon-data\nruntime:\n  name: python\n  options:\n"
+        f"    toolchain: pip\n    virtualenv: {ROOT / 'venv'}\n"
+    )
+    (workdir / "__main__.py").symlink_to(program)
+    write_private(workdir / "passphrase", "test-passphrase-of-a-throwaway-stack")
+    stack.pulumi("stack", "init", name, "--secrets-provider", "passphrase", stack=False)
+    stack.configure(config, {})
+    return stack
+
+
 class Flow:
     """A sequence of operations on one stack, in a thread; each step records what it saw."""
 
@@ -121,7 +140,7 @@ class Droplets:
         self.client = Client(url, token=f"dop_v1_standin-{name}")
         self.config = droplets_config(lab, key_id, vpc, replicas, **changes)
         self.secrets = stack_secrets(lab, workdir / f"{name}-secrets.json")
-        self.stack: LabStack = droplets_stack(
+        self.stack: LabStack = standin_stack(
             lab, self.client, name, workdir / name, self.config, self.secrets
         )
         self.stack.timeout = COMMAND_TIMEOUT

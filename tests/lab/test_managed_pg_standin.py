@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from standinkit import PROBE, standin_account
+from standinkit import program_stack as stack_of_program
 
-from lab.stack import ROOT, LabStack, write_private
+from lab.stack import LabStack
 from lab.standin.service import StandInLab
-from lab.standin.stack import provider_env
 
 LAB = StandInLab(
     prefix="mlpg",
@@ -45,25 +45,11 @@ with psycopg.connect(host=host, port=25060, user=user, dbname=dbname, password=s
 
 def program_stack(workdir: Path, client) -> LabStack:
     """The test's program in `workdir`, its stack made, its provider on the stand-in."""
-    stack = LabStack(STACK, workdir, timeout=240)  # an up takes about 20 s
-    stack.extra_env.update(provider_env(client))
-    workdir.mkdir(mode=0o700, parents=True)
-    (workdir / "backend").mkdir()
-    (workdir / "Pulumi.yaml").write_text(
-        "name: mastodon-data\nruntime:\n  name: python\n  options:\n"
-        f"    toolchain: pip\n    virtualenv: {ROOT / 'venv'}\n"
-    )
-    (workdir / "__main__.py").symlink_to(PROGRAM)
-    write_private(workdir / "passphrase", "test-passphrase-of-a-throwaway-stack")
-    stack.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase", stack=False)
     operator = LAB.operator_address
     vpc_operator = "10.240.50.1"
-    stack.configure(
-        {"vpcCidr": "10.240.50.0/24", "appTag": "mlpg-app",
-         "appCidrs": [f"{operator}/32", f"{vpc_operator}/32"]},
-        {},
-    )  # fmt: skip
-    return stack
+    config = {"vpcCidr": "10.240.50.0/24", "appTag": "mlpg-app",
+              "appCidrs": [f"{operator}/32", f"{vpc_operator}/32"]}  # fmt: skip
+    return stack_of_program(STACK, PROGRAM, workdir, client, config, timeout=240)
 
 
 def connect(host: str, user: str, dbname: str, password: str, ca: Path) -> list:

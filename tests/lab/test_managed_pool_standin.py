@@ -7,7 +7,7 @@ it; its primary is powered off under a write load through the pool, and the stan
 writes resume through the same host name, the rows committed before are there, a new standby
 streams, and a refresh shows no change; a pool over DigitalOcean's limit is refused.
 
-Lab `mlpt`: public network 10.241.57.0/24, VPC 10.240.57.0/24."""
+Lab `mlpt`: public network 10.241.64.0/24, VPC 10.240.64.0/24."""
 
 from __future__ import annotations
 
@@ -18,22 +18,20 @@ import time
 from pathlib import Path
 
 import pytest
-from standinkit import standin_account
-from test_managed_pg_standin import PROGRAM as PG_PROGRAM
+from standinkit import program_stack, standin_account
 
-from lab.stack import ROOT, LabStack, PulumiFailed, write_private
+from lab.stack import PulumiFailed
 from lab.standin.service import StandInLab
-from lab.standin.stack import provider_env
 
 LAB = StandInLab(
     prefix="mlpt",
-    public_network="10.241.57.0/24",
-    vpc_pool=("10.240.57.0/24",),
+    public_network="10.241.64.0/24",
+    vpc_pool=("10.240.64.0/24",),
     state_dir=Path("/var/lib/mastodon-lab-pools-test"),
 )
 pytestmark = [pytest.mark.engine, pytest.mark.lab]
 STACK = "plt"
-PROGRAM = PG_PROGRAM.parent.parent / "managed_pool_program" / "__main__.py"
+PROGRAM = Path(__file__).parent / "managed_pool_program" / "__main__.py"
 POOL_SIZE = 10
 RESUME_BOUND = 20  # seconds from the kill until a write through the pool succeeds again
 TAKEOVER_WAIT = 120  # seconds for the new standby to stream
@@ -106,26 +104,9 @@ while time.monotonic() < deadline and after < 20:
 """
 
 
-def program_stack(workdir: Path, client) -> LabStack:
-    """The test's program in `workdir`, its stack made, its provider on the stand-in."""
-    stack = LabStack(STACK, workdir, timeout=240)
-    stack.extra_env.update(provider_env(client))
-    workdir.mkdir(mode=0o700, parents=True)
-    (workdir / "backend").mkdir()
-    (workdir / "Pulumi.yaml").write_text(
-        "name: mastodon-data\nruntime:\n  name: python\n  options:\n"
-        f"    toolchain: pip\n    virtualenv: {ROOT / 'venv'}\n"
-    )
-    (workdir / "__main__.py").symlink_to(PROGRAM)
-    write_private(workdir / "passphrase", "test-passphrase-of-a-throwaway-stack")
-    stack.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase", stack=False)
-    stack.configure(program_config(), {})
-    return stack
-
-
 def program_config(**extra) -> dict:
-    cidrs = [f"{LAB.operator_address}/32", "10.240.57.1/32"]  # the app side, both networks
-    return {"vpcCidr": "10.240.57.0/24", "appTag": "mlpt-app", "appCidrs": cidrs,
+    cidrs = [f"{LAB.operator_address}/32", "10.240.64.1/32"]  # the app side, both networks
+    return {"vpcCidr": "10.240.64.0/24", "appTag": "mlpt-app", "appCidrs": cidrs,
             "poolSize": POOL_SIZE, **extra}  # fmt: skip
 
 
@@ -250,7 +231,7 @@ def check_the_takeover(client, out: dict, ca: Path, cluster: dict, log: Path) ->
 def test_a_pool_reached_a_takeover_under_writes_and_a_pool_over_the_limit(tmp_path):
     with standin_account(LAB) as (client, _key):
         client.token = f"dop_v1_standin-{STACK}"
-        stack = program_stack(tmp_path / "stack", client)
+        stack = program_stack(STACK, PROGRAM, tmp_path / "stack", client, program_config())
         stack.up()
         out = stack.outputs()
         stack.preview("--refresh", "--expect-no-changes")

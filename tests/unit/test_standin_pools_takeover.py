@@ -41,8 +41,9 @@ class PoolRecorder(Recorder):
     def promote(self, node):
         self.promoted.append(node["id"])
 
-    def follow(self, cluster, node, primary):
+    def follow_primary(self, cluster, node, primary):
         self.followed.append((node["id"], primary["id"]))
+        return "followed"
 
     def create_host(self, host, vpc, public_keys):
         self.created.append(host["id"])

@@ -194,14 +194,13 @@ class Resource:
         (`Account.publish_names`, under the account's lock)."""
         return {}
 
+    def primary_moved(self, cluster: dict) -> None:
+        """A standby of managed database `cluster` took over: node 0 is its primary now (what
+        streams from it follows; blocking, called outside the account's lock)."""
+
     def recover(self) -> None:
         """After a restart of the stand-in: work cut short is finished, the machine brought to
         the state the API shows."""
 
     def watch(self) -> None:
         """One round of the control plane's health checks (`Account.start_watching`)."""
-
-    def primary_moved(self, cluster: dict) -> None:
-        """Managed database `cluster`'s standby took over: `cluster["nodes"][0]` is its new
-        primary (lab/standin/resources/database_takeover.py). Nothing answers it yet: read-only
-        nodes will follow the new primary here."""

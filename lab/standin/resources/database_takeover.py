@@ -72,7 +72,7 @@ class DatabaseTakeover(Resource):
                     moved = copy.deepcopy(cluster)
                 self.account.publish_names()
                 for standby in others:
-                    self.account.backend.follow(moved, standby, successor)
+                    self.account.backend.follow_primary(moved, standby, successor)
                 for resource in self.account.resources:
                     resource.primary_moved(moved)
                 promoted = time.monotonic() - started

@@ -9,9 +9,9 @@ Shapes and behaviour as the DigitalOcean provider calls and reads them (terrafor
 digitalocean's `database` package, godo's databases.go, DigitalOcean's OpenAPI description): every
 root object wrapped (`database`, `db`, `user`, `rules`, `ca`), `created_at` RFC 3339, `version`
 as sent, a user's `settings` never returned (it would be a permanent diff). What is modelled and
-what is not: docs/developers/standin.md. Modules of their own on the cluster's record: its
-connection pools (database_pools.py), its standby's takeover (database_takeover.py). Not here
-yet: read-only nodes, Valkey.
+what is not: docs/developers/standin.md. Read-only nodes: database_replicas.py (their trusted
+sources are served here, by their uuid); connection pools: database_pools.py; the standby's
+takeover: database_takeover.py. Not here yet: Valkey.
 """
 
 from __future__ import annotations
@@ -245,6 +245,7 @@ class Databases(Resource):
             cluster["deleting"] = True
             self.save()
             self.account.spawn(self.run_delete, cluster["id"])
+            self.account.database_replicas.delete_all(cluster["id"])
         return 204, None
 
     def run_delete(self, ident: str) -> None:
@@ -352,12 +353,19 @@ class Databases(Resource):
         self.account.backend.run_sql(cluster["nodes"][0], sql, database)
 
     # -- trusted sources ----------------------------------------------------------------------
+    def with_rules(self, ident: str) -> dict:
+        """A cluster, or a read-only node by its uuid: its trusted sources are its own."""
+        record = self.items.get(ident) or self.account.database_replicas.items.get(ident)
+        if not record:
+            raise not_found(f"{self.KIND} {ident}")
+        return record
+
     def get_firewall(self, request: Request):
-        cluster = self.find(request.params["id"])
+        cluster = self.with_rules(request.params["id"])
         return {"rules": [{**rule, "cluster_uuid": cluster["id"]} for rule in cluster["rules"]]}
 
     def put_firewall(self, request: Request):
-        cluster = self.find(request.params["id"])
+        cluster = self.with_rules(request.params["id"])
         rules = json_body(request).get("rules") or []
         if len(rules) > 100:
             raise unprocessable("a cluster has at most 100 trusted sources")
@@ -385,7 +393,8 @@ class Databases(Resource):
         return 204, None
 
     def trusted_addresses(self, cluster: dict) -> list[str] | None:
-        """The addresses its rules let in (its own nodes too, for replication); None: open."""
+        """The addresses its rules let in (its own nodes and read-only nodes too, for
+        replication); None: open."""
         if not cluster["rules"]:
             return None
         target = {
@@ -394,6 +403,7 @@ class Databases(Resource):
             "tags": [r["value"] for r in cluster["rules"] if r["type"] == "tag"],
         }
         own = [f"{n[side]}/32" for n in cluster["nodes"] for side in ("public", "private")]
+        own += self.account.database_replicas.addresses_of(cluster["id"])
         return own + self.account.firewalls.resolve(target)
 
     def sync(self) -> None:

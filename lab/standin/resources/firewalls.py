@@ -184,6 +184,7 @@ class Firewalls(Resource):
                     self.account.backend.apply_firewall(droplet, script)
                     self.applied[ident] = script
             self.account.databases.sync()  # trusted sources name droplets and tags too
+            self.account.database_replicas.sync()
 
     # -- hooks --------------------------------------------------------------------------------
     def forget_droplet(self, ident: str) -> None:
