@@ -13,6 +13,7 @@ from test_standin_databases import CLUSTER, HOST, Recorder, online_cluster, send
 from lab.standin.account import Account
 from lab.standin.client import Client
 from lab.standin.firewall import compile_trusted_sources
+from lab.standin.lab_pools import pools_config
 from lab.standin.resources.base import Timings
 from lab.standin.server import serve
 
@@ -253,3 +254,27 @@ def test_a_single_node_cluster_or_one_being_made_is_not_taken_over(api):
     watch_rounds(api, 5)
     assert api.account.idle(10)
     assert api.backend.promoted == []
+
+
+def test_pgbouncers_configuration_has_one_entry_per_pool_and_no_secret():
+    cluster = {
+        "pools": {
+            "mastodon_pool": {"user": "mastodon", "db": "mastodon_production",
+                              "mode": "transaction", "size": 20},
+            "anyone": {"user": "", "db": "defaultdb", "mode": "session", "size": 5},
+        },
+        "users": {"doadmin": {"password": "AVNS_secret"}},
+    }  # fmt: skip
+    text = pools_config(cluster)
+    assert text.startswith(
+        "[databases]\n"
+        "mastodon_pool = host=127.0.0.1 port=25060 dbname=mastodon_production user=mastodon "
+        "pool_size=20 pool_mode=transaction\n"
+        "anyone = host=127.0.0.1 port=25060 dbname=defaultdb pool_size=5 pool_mode=session\n"
+        "\n[pgbouncer]\nlisten_addr = *\nlisten_port = 25061\n"
+    )
+    for setting in ("auth_type = scram-sha-256", "client_tls_sslmode = require",
+                    "server_tls_sslmode = require",
+                    "auth_file = /etc/pgbouncer/standin-users.txt"):  # fmt: skip
+        assert f"\n{setting}\n" in text
+    assert "AVNS_secret" not in text
