@@ -9,6 +9,8 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
@@ -62,9 +64,9 @@ class Recorder(Backend):
         self.destroyed.append(host["id"])
 
 
-@pytest.fixture
-def api(tmp_path):
-    backend = Recorder()
+@contextmanager
+def served(backend: Backend, tmp_path) -> Iterator[Client]:
+    """An account on `backend` served on loopback: its client (with `.account`, `.backend`)."""
     account = Account(
         backend,
         vpc_pool=("10.240.0.0/24",),
@@ -75,9 +77,17 @@ def api(tmp_path):
     server = serve(account)
     client = Client(server.url)
     client.account, client.backend = account, backend
-    yield client
-    server.shutdown()
-    account.idle(10)
+    try:
+        yield client
+    finally:
+        server.shutdown()
+        account.idle(10)
+
+
+@pytest.fixture
+def api(tmp_path):
+    with served(Recorder(), tmp_path) as client:
+        yield client
 
 
 def send(client: Client, method: str, path: str, body=None) -> tuple[int, dict | None]:

@@ -8,14 +8,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_standin_databases import CLUSTER, HOST, Recorder, online_cluster, send
+from test_standin_databases import CLUSTER, HOST, Recorder, online_cluster, send, served
 
-from lab.standin.account import Account
 from lab.standin.client import Client
 from lab.standin.firewall import compile_trusted_sources
 from lab.standin.lab_pools import pools_config
-from lab.standin.resources.base import Timings
-from lab.standin.server import serve
 
 # What the provider sends for the program's pool (all five fields, always).
 POOL = {"user": "mastodon", "name": "mastodon_pool", "size": 20, "db": "mastodon_production",
@@ -52,20 +49,8 @@ class PoolRecorder(Recorder):
 
 @pytest.fixture
 def api(tmp_path):
-    backend = PoolRecorder()
-    account = Account(
-        backend,
-        vpc_pool=("10.240.0.0/24",),
-        state_file=tmp_path / "state.json",
-        timings=Timings(boot=0.1),
-        log=lambda text: None,
-    )
-    server = serve(account)
-    client = Client(server.url)
-    client.account, client.backend = account, backend
-    yield client
-    server.shutdown()
-    account.idle(10)
+    with served(PoolRecorder(), tmp_path) as client:
+        yield client
 
 
 def cluster_with_user(client: Client, **changes) -> tuple[dict, str]:
