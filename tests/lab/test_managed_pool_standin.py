@@ -1,11 +1,12 @@
 """Connection pools and the standby's takeover of the stand-in's managed PostgreSQL, through the
 real engine and provider: a stack of the test's own (tests/lab/managed_pool_program: a cluster
-with a standby, a database, a user, a pool in transaction mode, trusted sources) goes up; the pool
-is reached as DigitalOcean's would be (verify-full with the CA from /ca on the cluster's host
-names at 25061, from the app side); prepared statements of three interleaved clients fail through
-it; its primary is powered off under a write load through the pool, and the standby takes over:
-writes resume through the same host name, the rows committed before are there, a new standby
-streams, and a refresh shows no change; a pool over DigitalOcean's limit is refused.
+with a standby, a database, a user, a pool in transaction mode, trusted sources, a read-only node)
+goes up; the pool is reached as DigitalOcean's would be (verify-full with the CA from /ca on the
+cluster's host names at 25061, from the app side); prepared statements of three interleaved
+clients fail through it; its primary is powered off under a write load through the pool, and the
+standby takes over: writes resume through the same host name, the rows committed before are
+there, a new standby and the read-only node stream from the new primary, and a refresh shows no
+change; a pool over DigitalOcean's limit is refused.
 
 Lab `mlpt`: public network 10.241.64.0/24, VPC 10.240.64.0/24."""
 
@@ -15,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -212,12 +214,21 @@ def check_the_takeover(client, out: dict, ca: Path, cluster: dict, log: Path) ->
     assert present == [n for n in range(1, committed[-1]["committed"] + 1) if n not in lost]
     new_primary, standby = new_standby(client, cluster["id"], seen["dead"])
     assert standby["id"] == f"pg-{cluster['id'][:8]}-2"
+    # The new standby and the read-only node stream from the new primary; the node has the rows
+    # written after the takeover.
+    [read_only] = client.call("GET", "/_standin/state")["database_replicas"].values()
     streaming = LAB.hosts.node_run(
         new_primary,
         "runuser -u postgres -- psql -X -At -p 25060 -c "
-        "'select client_addr, state from pg_stat_replication'",
+        "'select client_addr, state from pg_stat_replication order by 1'",
     )
-    assert streaming.split() == [f"{standby['private']}|streaming"]
+    followers = sorted([standby["private"], read_only["node"]["private"]], key=ip_address)
+    assert streaming.split() == [f"{address}|streaming" for address in followers]
+    last, deadline = [[committed[-1]["committed"]]], time.monotonic() + 15
+    on_node = "select max(n) from takeover"
+    while query(out, ca, out["replica_private_host"], 25060, on_node, admin=True) != last:
+        assert time.monotonic() < deadline, "the read-only node lacks the rows after the takeover"
+        time.sleep(0.5)
     recovery = "select pg_is_in_recovery()"
     assert query(out, ca, f"replica-{out['host']}", 25060, recovery, admin=True) == [[True]]
     assert query(out, ca, out["host"], 25060, recovery, admin=True) == [[False]]

@@ -1,6 +1,7 @@
 """The managed PostgreSQL stack of tests/lab/test_managed_pool_standin.py: a VPC, a cluster with
 a standby, a database, a user, a connection pool in transaction mode (as the project's managed
-component makes it), trusted sources, the CA; `extraPoolSize` adds a second pool."""
+component makes it), trusted sources, a read-only node, the CA; `extraPoolSize` adds a second
+pool."""
 
 import pulumi
 import pulumi_digitalocean as do
@@ -46,6 +47,14 @@ rules += [
     for cidr in config.require_object("appCidrs")
 ]
 do.DatabaseFirewall("firewall", cluster_id=cluster.id, rules=rules)
+replica = do.DatabaseReplica(
+    "replica",
+    cluster_id=cluster.id,
+    name=f"{name}-pg-replica",
+    size="db-s-1vcpu-2gb",
+    region="tor1",
+    private_network_uuid=vpc.id,
+)
 ca = do.get_database_ca_output(cluster_id=cluster.id)
 
 pulumi.export("host", cluster.host)
@@ -57,4 +66,5 @@ pulumi.export("pool_port", pool.port)
 pulumi.export("pool_name", pool.name)
 pulumi.export("pool_user", pool.user)
 pulumi.export("pool_password", pool.password)
+pulumi.export("replica_private_host", replica.private_host)
 pulumi.export("ca_cert", ca.certificate)
