@@ -20,7 +20,7 @@ from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
-from standinkit import program_stack, standin_account
+from standinkit import PROBE, program_stack, standin_account
 
 from lab.stack import PulumiFailed
 from lab.standin.service import StandInLab
@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.lab]
 STACK = "plt"
 PROGRAM = Path(__file__).parent / "managed_pool_program" / "__main__.py"
 POOL_SIZE = 10
+OUTSIDER = "10.241.64.250"  # on the public network, in no trusted source
 RESUME_BOUND = 20  # seconds from the kill until a write through the pool succeeds again
 TAKEOVER_WAIT = 120  # seconds for the new standby to stream
 # On the app side: each statement of argv[6:] on one connection (verify-full; the password on
@@ -159,6 +160,17 @@ def check_the_pool(out: dict, ca: Path) -> None:
     assert app_side(PREPARED, *direct, password=out["pool_password"]) == ["ok"] * 6
 
 
+def check_trusted_sources(client, cluster_id: str) -> None:
+    """An address outside the trusted sources reaches neither 25060 nor the pools' 25061."""
+    outsider = LAB.hosts.add_probe(1, "pub", OUTSIDER, 24)
+    for node in cluster_record(client, cluster_id)["nodes"]:
+        for port in ("25060", "25061"):
+            argv = ["ip", "netns", "exec", outsider, sys.executable, "-c", PROBE, node["public"],
+                    port, "2"]  # fmt: skip
+            seen = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+            assert seen.strip() == "timeout", (node["id"], port, seen)
+
+
 def write_through_a_takeover(client, out: dict, ca: Path, ident: str, log: Path) -> dict:
     """The primary powered off under writes through the pool; what the writer saw."""
     made = query(out, ca, out["private_host"], 25060,
@@ -259,6 +271,7 @@ def test_a_pool_reached_a_takeover_under_writes_and_a_pool_over_the_limit(tmp_pa
         ca = tmp_path / "ca.pem"
         ca.write_text(out["ca_cert"])
         check_the_pool(out, ca)
+        check_trusted_sources(client, cluster["id"])
         measured = check_the_takeover(client, out, ca, cluster, tmp_path / "writer.log")
         stack.preview("--refresh", "--expect-no-changes")
 
