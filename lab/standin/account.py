@@ -38,6 +38,7 @@ from lab.standin.resources.machines import Machines
 from lab.standin.resources.spaces_keys import SpacesKeys
 from lab.standin.resources.ssh_keys import SshKeys
 from lab.standin.resources.tags import Tags
+from lab.standin.resources.valkey import ValkeyConfigs
 from lab.standin.resources.volumes import Volumes
 from lab.standin.resources.vpcs import Vpcs
 
@@ -74,7 +75,7 @@ class Account:
         self.droplets, self.droplet_actions = Droplets(self), DropletActions(self)
         self.volumes, self.firewalls = Volumes(self), Firewalls(self)
         self.spaces_keys, self.cdn_endpoints = SpacesKeys(self), CdnEndpoints(self)
-        self.databases = Databases(self)
+        self.databases, self.valkey_configs = Databases(self), ValkeyConfigs(self)
         self.resources = [r for r in vars(self).values() if isinstance(r, Resource)]
         self.state = self.load()
         self.routes = [
