@@ -39,6 +39,7 @@ from lab.standin.resources.machines import Machines
 from lab.standin.resources.spaces_keys import SpacesKeys
 from lab.standin.resources.ssh_keys import SshKeys
 from lab.standin.resources.tags import Tags
+from lab.standin.resources.valkey import ValkeyConfigs
 from lab.standin.resources.volumes import Volumes
 from lab.standin.resources.vpcs import Vpcs
 
@@ -76,6 +77,7 @@ class Account:
         self.volumes, self.firewalls = Volumes(self), Firewalls(self)
         self.spaces_keys, self.cdn_endpoints = SpacesKeys(self), CdnEndpoints(self)
         self.databases, self.database_replicas = Databases(self), DatabaseReplicas(self)
+        self.valkey_configs = ValkeyConfigs(self)
         self.resources = [r for r in vars(self).values() if isinstance(r, Resource)]
         self.state = self.load()
         self.routes = [

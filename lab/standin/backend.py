@@ -65,7 +65,7 @@ NO_CA = "-----BEGIN CERTIFICATE-----\nno lab: no CA\n-----END CERTIFICATE-----\n
 
 class DatabaseBackend:
     """A managed database cluster's nodes (each a host, made with `HostBackend.create_host`)
-    running PostgreSQL; the cluster's record: lab/standin/resources/databases.py."""
+    running PostgreSQL or Valkey; the cluster's record: lab/standin/resources/databases.py."""
 
     def database_ca(self) -> str:
         """The account's CA (PEM): every node's certificate chains to it."""
@@ -81,6 +81,15 @@ class DatabaseBackend:
         """Standby `node` (a read-only node) made to stream from `primary`, the cluster's new
         primary node: "followed" (re-pointed) or "cloned again" (its timeline could not)."""
         return "followed"
+
+    def start_valkey(
+        self, cluster: dict, node: dict, primary: dict | None, settings: dict[str, str]
+    ) -> None:
+        """valkey-server on `node` with `settings` (directive -> value): the primary (`primary`
+        None) or a replica of it."""
+
+    def configure_valkey(self, cluster: dict, node: dict, settings: dict[str, str]) -> None:
+        """`settings` applied to the running valkey-server on `node` (and kept for its restarts)."""
 
     def publish_names(self, names: dict[str, str]) -> None:
         """The lab's host names (name -> address) for the app side to resolve."""

@@ -136,6 +136,7 @@ class RedisSettings:
     size: str
     node_count: int
     region: str
+    cache: bool = False  # managed: a second cluster for Mastodon's cache (CACHE_REDIS_URL)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,7 @@ digitalocean's `database` package, godo's databases.go, DigitalOcean's OpenAPI d
 root object wrapped (`database`, `db`, `user`, `rules`, `ca`), `created_at` RFC 3339, `version`
 as sent, a user's `settings` never returned (it would be a permanent diff). What is modelled and
 what is not: docs/developers/standin.md. Read-only nodes: database_replicas.py (their trusted
-sources are served here, by their uuid). Not here yet: pools, Valkey, the standby's takeover
-(each a module of its own on the cluster's record).
+sources are served here, by their uuid). Engine `valkey`: valkey.py.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import uuid
 
 from lab.standin.firewall import compile_trusted_sources
 
+from . import valkey
 from .base import ApiError, Request, Resource, at, json_body, not_found, now_iso, unprocessable
 from .catalog import REGIONS
 
@@ -42,7 +42,7 @@ DB_SIZES = {
     "db-s-8vcpu-32gb": 32,
     "db-s-16vcpu-64gb": 64,
 }
-ENGINES = {"pg"}  # valkey: not yet
+ENGINES = ("pg", valkey.ENGINE)
 RULE_TYPES = ("droplet", "k8s", "ip_addr", "tag", "app")
 NAME = re.compile(r"[a-z][a-z0-9-]{2,62}")
 SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
@@ -69,10 +69,14 @@ class Databases(Resource):
             *at("/v2/databases", GET=self.list, POST=self.create),
             *at(base, GET=self.get, DELETE=self.delete),
             *at(f"{base}/ca", GET=self.ca),
-            *at(f"{base}/dbs", GET=self.list_dbs, POST=self.create_db),
-            *at(f"{base}/dbs/{{name}}", GET=self.get_db, DELETE=self.delete_db),
-            *at(f"{base}/users", GET=self.list_users, POST=self.create_user),
-            *at(f"{base}/users/{{name}}", GET=self.get_user, DELETE=self.delete_user),
+            *at(f"{base}/dbs", GET=self.pg(self.list_dbs), POST=self.pg(self.create_db)),
+            *at(f"{base}/dbs/{{name}}", GET=self.pg(self.get_db), DELETE=self.pg(self.delete_db)),
+            *at(f"{base}/users", GET=self.pg(self.list_users), POST=self.pg(self.create_user)),
+            *at(
+                f"{base}/users/{{name}}",
+                GET=self.pg(self.get_user),
+                DELETE=self.pg(self.delete_user),
+            ),  # fmt: skip
             *at(f"{base}/firewall", GET=self.get_firewall, PUT=self.put_firewall),
         ]
 
@@ -84,6 +88,8 @@ class Databases(Resource):
 
     def connection(self, cluster: dict, kind: str) -> dict:
         host, password = self.host_name(cluster, kind), cluster["password"]
+        if cluster.get("engine") == valkey.ENGINE:  # a read-only node's record has none: pg
+            return valkey.connection(cluster, host)
         return {
             "uri": f"postgres://doadmin:{password}@{host}:{PORT}/defaultdb?sslmode=require",
             "database": "defaultdb",
@@ -112,7 +118,10 @@ class Databases(Resource):
             "db_names": list(c["dbs"]),
             "connection": self.connection(c, ""),
             "private_connection": self.connection(c, "private-"),
-            "users": [self.user_json(c, name, name == "doadmin") for name in c["users"]],
+            "users": [
+                self.user_json(c, name, user["role"] == "primary")
+                for name, user in c["users"].items()
+            ],
             "maintenance_window": {
                 "day": "saturday",
                 "hour": "08:45:12",
@@ -153,7 +162,10 @@ class Databases(Resource):
         if any(c["name"] == name for c in self.items.values()):
             raise unprocessable(f"a database cluster named {name} already exists")
         if engine not in ENGINES:
-            raise unprocessable(f"engine {engine!r}: the stand-in makes pg clusters only")
+            raise unprocessable(f"engine {engine!r}: the stand-in makes pg and valkey clusters")
+        version = str(body.get("version") or ("15" if engine == "pg" else valkey.VERSIONS[0]))
+        if engine == valkey.ENGINE and version not in valkey.VERSIONS:
+            raise unprocessable(f"valkey version {version!r} is not available (8)")
         if body.get("region") not in REGIONS:
             raise unprocessable(f"region {body.get('region')!r} is not available")
         if body.get("size") not in DB_SIZES:
@@ -164,7 +176,7 @@ class Databases(Resource):
         for unsupported in ("backup_restore", "storage_autoscale", "do_settings"):
             if body.get(unsupported):
                 raise unprocessable(f"the stand-in does not model {unsupported}")
-        return {"name": name, "engine": engine, "version": str(body.get("version") or "15"),
+        return {"name": name, "engine": engine, "version": version,
                 "size": body["size"], "region": body["region"], "num_nodes": nodes}  # fmt: skip
 
     def checked_vpc(self, body: dict, region: str) -> dict:
@@ -184,8 +196,8 @@ class Databases(Resource):
         vpc = self.checked_vpc(body, fields["region"])
         ident, password = str(uuid.uuid4()), new_password()
         nodes = [  # a node's name is its hostname: at most 64 characters
-            {"id": f"pg-{ident[:8]}-{i}", "name": f"{fields['name'][:60]}-{i}", "status": "on",
-             **self.account.machines.place(vpc)}
+            {"id": f"{fields['engine']}-{ident[:8]}-{i}", "name": f"{fields['name'][:60]}-{i}",
+             "status": "on", **self.account.machines.place(vpc)}
             for i in range(fields["num_nodes"])
         ]  # fmt: skip
         cluster = {
@@ -204,6 +216,8 @@ class Databases(Resource):
             "rules": [],
             "deleting": False,
         }
+        if fields["engine"] == valkey.ENGINE:
+            cluster |= valkey.new_cluster_fields(password)
         self.items[ident] = cluster
         self.mark_fresh(request, ident)
         self.save()
@@ -222,7 +236,7 @@ class Databases(Resource):
                     if self.items[ident]["deleting"]:
                         return
                 self.account.backend.create_host(node, vpc, [])
-                self.account.backend.start_postgres(cluster, node, primary if index else None)
+                self.start(cluster, node, primary if index else None)
                 with self.account.lock:
                     self.items[ident]["nodes"][index]["host_ready"] = True
         self.account.publish_names()
@@ -231,6 +245,28 @@ class Databases(Resource):
             if ident in self.items and not self.items[ident]["deleting"]:
                 self.items[ident]["status"] = "online"
                 self.save()
+
+    def start(self, cluster: dict, node: dict, primary: dict | None) -> None:
+        if cluster["engine"] == valkey.ENGINE:
+            settings = valkey.server_settings(cluster["valkey_config"], self.memory_gib(cluster))
+            self.account.backend.start_valkey(cluster, node, primary, settings)
+        else:
+            self.account.backend.start_postgres(cluster, node, primary)
+
+    @staticmethod
+    def memory_gib(cluster: dict) -> int:
+        return DB_SIZES[cluster["size"]]
+
+    def pg(self, handler):
+        """`handler` for PostgreSQL clusters; a Valkey cluster gets DigitalOcean's refusal."""
+
+        def only_pg(request: Request):
+            cluster = self.find(request.params["id"])
+            if cluster["engine"] == valkey.ENGINE:
+                raise unprocessable(valkey.NOT_SUPPORTED[request.path.split("/")[4]])
+            return handler(request)
+
+        return only_pg
 
     def working(self, ident: str) -> threading.Lock:
         """The lock of the cluster's work on the machine (its creation, its deletion)."""
@@ -402,12 +438,17 @@ class Databases(Resource):
         own += self.account.database_replicas.addresses_of(cluster["id"])
         return own + self.account.firewalls.resolve(target)
 
+    @staticmethod
+    def ports(cluster: dict) -> list[int]:
+        """The ports its trusted sources guard."""
+        return list(valkey.PORTS) if cluster.get("engine") == valkey.ENGINE else [PORT]
+
     def sync(self) -> None:
         """Every node's packet filter made to match its cluster's trusted sources now (called
         by `firewalls.sync`, under its lock)."""
         with self.account.lock:
             plans = [
-                (dict(node), compile_trusted_sources(self.trusted_addresses(c), [PORT]))
+                (dict(node), compile_trusted_sources(self.trusted_addresses(c), self.ports(c)))
                 for c in self.items.values()
                 if not c["deleting"]
                 for node in c["nodes"]
