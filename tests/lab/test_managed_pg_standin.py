@@ -46,7 +46,7 @@ with psycopg.connect(host=host, port=25060, user=user, dbname=dbname, password=s
 def program_stack(workdir: Path, client) -> LabStack:
     """The test's program in `workdir`, its stack made, its provider on the stand-in."""
     stack = LabStack(STACK, workdir, timeout=240)  # an up takes about 20 s
-    stack.extra_env.update(provider_env(client))
+    stack.extra_env.update(provider_env(LAB, client))
     workdir.mkdir(mode=0o700, parents=True)
     (workdir / "backend").mkdir()
     (workdir / "Pulumi.yaml").write_text(
