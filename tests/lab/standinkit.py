@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from labkit import lab_unavailable
 
-from lab.stack import engine_gap
+from lab.stack import ROOT, engine_gap, write_private
 from lab.standin._lab import OPERATOR_COMMAND, LabStack
 from lab.standin.client import Client
 from lab.standin.service import StandInLab
-from lab.standin.stack import droplets_config, droplets_stack, stack_secrets
+from lab.standin.stack import droplets_config, droplets_stack, provider_env, stack_secrets
 
 LAB = StandInLab(
     prefix="mlabdt",
@@ -74,6 +74,26 @@ def standin_account(lab: StandInLab) -> Iterator[tuple[Client, int]]:
     finally:
         rest = lab.down()
         assert rest == [], f"the stand-in lab left: {rest}"
+
+
+def program_stack(
+    lab: StandInLab, client: Client, name: str, workdir: Path, program: Path, config: dict
+) -> LabStack:
+    """Stack `name` of a test's own program (`program`, its __main__.py) in `workdir`,
+    configured, its provider on the stand-in."""
+    stack = LabStack(name, workdir, timeout=240)
+    stack.extra_env.update(provider_env(lab, client))
+    workdir.mkdir(mode=0o700, parents=True)
+    (workdir / "backend").mkdir()
+    (workdir / "Pulumi.yaml").write_text(
+        "name: mastodon-data\nruntime:\n  name: python\n  options:\n"
+        f"    toolchain: pip\n    virtualenv: {ROOT / 'venv'}\n"
+    )
+    (workdir / "__main__.py").symlink_to(program)
+    write_private(workdir / "passphrase", "test-passphrase-of-a-throwaway-stack")
+    stack.pulumi("stack", "init", name, "--secrets-provider", "passphrase", stack=False)
+    stack.configure(config, {})
+    return stack
 
 
 class Flow:

@@ -15,11 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from standinkit import PROBE, standin_account
+from standinkit import PROBE, program_stack, standin_account
 
-from lab.stack import ROOT, LabStack, write_private
 from lab.standin.service import StandInLab
-from lab.standin.stack import provider_env
 
 LAB = StandInLab(
     prefix="mlpg",
@@ -43,27 +41,11 @@ with psycopg.connect(host=host, port=25060, user=user, dbname=dbname, password=s
 """
 
 
-def program_stack(workdir: Path, client) -> LabStack:
-    """The test's program in `workdir`, its stack made, its provider on the stand-in."""
-    stack = LabStack(STACK, workdir, timeout=240)  # an up takes about 20 s
-    stack.extra_env.update(provider_env(LAB, client))
-    workdir.mkdir(mode=0o700, parents=True)
-    (workdir / "backend").mkdir()
-    (workdir / "Pulumi.yaml").write_text(
-        "name: mastodon-data\nruntime:\n  name: python\n  options:\n"
-        f"    toolchain: pip\n    virtualenv: {ROOT / 'venv'}\n"
-    )
-    (workdir / "__main__.py").symlink_to(PROGRAM)
-    write_private(workdir / "passphrase", "test-passphrase-of-a-throwaway-stack")
-    stack.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase", stack=False)
-    operator = LAB.operator_address
-    vpc_operator = "10.240.50.1"
-    stack.configure(
-        {"vpcCidr": "10.240.50.0/24", "appTag": "mlpg-app",
-         "appCidrs": [f"{operator}/32", f"{vpc_operator}/32"]},
-        {},
-    )  # fmt: skip
-    return stack
+def stack_config() -> dict:
+    """The program's settings: its VPC, the app tag and the operator's addresses trusted."""
+    operator, vpc_operator = LAB.operator_address, "10.240.50.1"
+    return {"vpcCidr": "10.240.50.0/24", "appTag": "mlpg-app",
+            "appCidrs": [f"{operator}/32", f"{vpc_operator}/32"]}  # fmt: skip
 
 
 def connect(host: str, user: str, dbname: str, password: str, ca: Path) -> list:
@@ -81,7 +63,7 @@ def probe(ns: str, address: str) -> str:
 def test_a_managed_cluster_up_refreshed_reached_filtered_and_destroyed(tmp_path):
     with standin_account(LAB) as (client, _key):
         client.token = f"dop_v1_standin-{STACK}"
-        stack = program_stack(tmp_path / "stack", client)
+        stack = program_stack(LAB, client, STACK, tmp_path / "stack", PROGRAM, stack_config())
         started = time.monotonic()
         stack.up()
         up_seconds = time.monotonic() - started

@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from standinkit import standin_account
+from standinkit import program_stack, standin_account
 
-from lab.stack import ROOT, LabStack, write_private
+from lab.stack import ROOT
 from lab.standin.service import StandInLab
-from lab.standin.stack import PROVIDER_KEY, provider_env, provider_spaces_key
+from lab.standin.stack import PROVIDER_KEY, provider_spaces_key
 
 LAB = StandInLab(
     prefix="mlsp",
@@ -75,22 +75,6 @@ except ClientError as err:
 """
 
 
-def program_stack(workdir: Path, client) -> LabStack:
-    stack = LabStack(STACK, workdir, timeout=240)
-    stack.extra_env.update(provider_env(LAB, client))
-    workdir.mkdir(mode=0o700, parents=True)
-    (workdir / "backend").mkdir()
-    (workdir / "Pulumi.yaml").write_text(
-        "name: mastodon-data\nruntime:\n  name: python\n  options:\n"
-        f"    toolchain: pip\n    virtualenv: {ROOT / 'venv'}\n"
-    )
-    (workdir / "__main__.py").symlink_to(PROGRAM)
-    write_private(workdir / "passphrase", "test-passphrase-of-a-throwaway-stack")
-    stack.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase", stack=False)
-    stack.configure(BUCKETS, {})
-    return stack
-
-
 def app(env: dict, action: str, bucket: str, key: str = "-") -> list:
     """The app side's answers (the lab's names resolve, its public CA is trusted)."""
     argv = LAB.hosts.app_command(sys.executable, "-c", APP, action, bucket, key)
@@ -103,7 +87,7 @@ def app(env: dict, action: str, bucket: str, key: str = "-") -> list:
 def test_mastodon_uploads_to_spaces_and_media_is_served_by_the_cdn(tmp_path):
     with standin_account(LAB) as (client, _key):
         client.token = f"dop_v1_standin-{STACK}"
-        stack = program_stack(tmp_path / "stack", client)
+        stack = program_stack(LAB, client, STACK, tmp_path / "stack", PROGRAM, BUCKETS)
         stack.up()
         out = stack.outputs()
         media, other = out["media_env"], out["other_env"]
