@@ -28,6 +28,7 @@ from urllib.parse import unquote
 from lab.standin.backend import Backend
 from lab.standin.resources.actions import Actions
 from lab.standin.resources.base import ApiError, Faults, Request, Resource, Timings, not_found
+from lab.standin.resources.buckets import Buckets
 from lab.standin.resources.catalog import Catalog
 from lab.standin.resources.cdn import CdnEndpoints
 from lab.standin.resources.database_replicas import DatabaseReplicas
@@ -76,6 +77,7 @@ class Account:
         self.droplets, self.droplet_actions = Droplets(self), DropletActions(self)
         self.volumes, self.firewalls = Volumes(self), Firewalls(self)
         self.spaces_keys, self.cdn_endpoints = SpacesKeys(self), CdnEndpoints(self)
+        self.buckets = Buckets(self)
         self.databases, self.database_replicas = Databases(self), DatabaseReplicas(self)
         self.valkey_configs = ValkeyConfigs(self)
         self.resources = [r for r in vars(self).values() if isinstance(r, Resource)]

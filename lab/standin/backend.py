@@ -95,5 +95,13 @@ class DatabaseBackend:
         """The lab's host names (name -> address) for the app side to resolve."""
 
 
-class Backend(NetworkBackend, HostBackend, DiskBackend, DatabaseBackend):
+class SpacesBackend:
+    """Where Spaces and the CDN answer on the machine (lab/standin/spaces.py)."""
+
+    def spaces_address(self) -> str | None:
+        """The loopback address the stand-in serves them on over TLS, or None: not served."""
+        return None
+
+
+class Backend(NetworkBackend, HostBackend, DiskBackend, DatabaseBackend, SpacesBackend):
     """Every part, doing nothing."""

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from standinkit import PROBE, standin_account
+from standinkit import PROBE, program_stack, standin_account
 
-from lab.stack import ROOT, LabStack, write_private
+from lab.stack import LabStack
 from lab.standin.service import StandInLab
-from lab.standin.stack import provider_env
 from lab.system import pid_alive
 
 LAB = StandInLab(
@@ -72,25 +71,11 @@ print(json.dumps(answers))
 """
 
 
-def program_stack(workdir: Path, client) -> LabStack:
+def valkey_stack(workdir: Path, client) -> LabStack:
     """The test's program in `workdir`, its stack made, its provider on the stand-in."""
-    stack = LabStack(STACK, workdir, timeout=300)
-    stack.extra_env.update(provider_env(client))
-    workdir.mkdir(mode=0o700, parents=True)
-    (workdir / "backend").mkdir()
-    (workdir / "Pulumi.yaml").write_text(
-        "name: mastodon-data\nruntime:\n  name: python\n  options:\n"
-        f"    toolchain: pip\n    virtualenv: {ROOT / 'venv'}\n"
-    )
-    (workdir / "__main__.py").symlink_to(PROGRAM)
-    write_private(workdir / "passphrase", "test-passphrase-of-a-throwaway-stack")
-    stack.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase", stack=False)
-    stack.configure(
-        {"vpcCidr": "10.240.70.0/24", "appTag": "mlvk-app",
-         "appCidrs": [f"{LAB.operator_address}/32", "10.240.70.1/32"]},
-        {},
-    )  # fmt: skip
-    return stack
+    config = {"vpcCidr": "10.240.70.0/24", "appTag": "mlvk-app",
+              "appCidrs": [f"{LAB.operator_address}/32", "10.240.70.1/32"]}  # fmt: skip
+    return program_stack(LAB, client, STACK, workdir, PROGRAM, config, timeout=300)
 
 
 def app_side(script: str, stdin: str, *argv: str) -> dict:
@@ -116,7 +101,7 @@ def probe(ns: str, address: str, port: int) -> str:
 def test_valkey_queues_and_cache_up_refreshed_reached_filtered_and_destroyed(tmp_path):
     with standin_account(LAB) as (client, _key):
         client.token = f"dop_v1_standin-{STACK}"
-        stack = program_stack(tmp_path / "stack", client)
+        stack = valkey_stack(tmp_path / "stack", client)
         started = time.monotonic()
         stack.up()
         up_seconds = time.monotonic() - started
