@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(iproute2 util-linux openssh-server openssh-client postgresql-15 postgresql-common
           postgresql-client-15 openssl pgbouncer redis-server nftables make curl pgbackrest
-          stunnel4)
+          stunnel4 prometheus)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 ((${#missing[@]})) || exit 0

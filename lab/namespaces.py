@@ -38,8 +38,8 @@ from lab.system import (
 
 # What systemd starts when a droplet boots, for a lab host whose processes are gone (the
 # machine restarted): its PostgreSQL clusters set to start automatically, and PgBouncer where
-# the pooler step configured it (the open-file limit of its systemd drop-in where there is one;
-# without systemd the pooler step writes none, and the host's hard limit stands in).
+# the pooler step configured it, with the open-file limit of the drop-in that step writes
+# (pgbouncerOpenFiles; the host's hard limit where there is none).
 BOOT = """set -e
 find /var/run/postgresql -mindepth 1 -delete  # a tmpfs on a droplet: empty after a reboot
 pg_lsclusters -h | while read -r version name _; do
