@@ -52,7 +52,9 @@ dropin=/etc/systemd/system/pgbouncer.service.d/mastodon-data.conf
 if [ -f "$ini" ]; then
     limit=$(sed -n 's/^LimitNOFILE=//p' "$dropin" 2>/dev/null || true)
     limit=${limit:-$(ulimit -Hn)}
-    sh -c "ulimit -n $limit && exec runuser -u postgres -- /usr/sbin/pgbouncer -d -q $ini"
+    # setpriv keeps the limit (runuser's PAM session would lower the soft one), as pooler.py
+    (ulimit -n "$limit" && exec setpriv --reuid=postgres --regid=postgres --init-groups -- \\
+        /usr/sbin/pgbouncer -d -q "$ini")
 fi
 """
 

@@ -55,6 +55,7 @@ LOGFILE = Path("/var/log/postgresql/pgbouncer.log")
 SYSTEMD_DROPIN = Path("/etc/systemd/system/pgbouncer.service.d/mastodon-data.conf")
 # Settings PgBouncer reads only when it starts; a change of any other is a reload.
 RESTART_KEYS = ("listen_addr", "listen_port", "unix_socket_dir", "pidfile")
+AS_POSTGRES = "setpriv --reuid=postgres --regid=postgres --init-groups --"  # util-linux
 START_WAIT = 30  # seconds for PgBouncer to listen, or to exit when stopped
 VERIFIER_WAIT = 30  # seconds for a replica to replay the primary's new password verifier
 
@@ -227,8 +228,9 @@ def start(params: dict) -> None:
     else:
         PIDFILE.unlink(missing_ok=True)  # a stale one from a power cut
         limit = int(params["pgbouncer_open_files"])
-        # Root raises the limit, then PgBouncer runs as postgres (it refuses root), detached.
-        script = f'ulimit -n {limit} && exec runuser -u postgres -- "$@"'
+        # Root raises the limit, then PgBouncer runs as postgres (it refuses root), detached;
+        # setpriv, not runuser, whose PAM session (pam_limits) lowers the soft limit again.
+        script = f'ulimit -n {limit} && exec {AS_POSTGRES} "$@"'
         run(["sh", "-c", script, "sh", str(PGBOUNCER), "-d", "-q", str(INI)])
     wait_listening(params)
 
