@@ -4,6 +4,7 @@ each alert tested firing and not firing by tests/unit/promtool/rules_test.yml.""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,27 @@ from mastodon_data.config import SECRET_KEYS, parse_settings
 from tests.fixtures import DROPLETS
 
 PROMTOOL_TESTS = Path(__file__).parent / "promtool" / "rules_test.yml"
+QUERIES = Path(monitoring.__file__).parent / "postgres_queries.yaml"
+# What the rules read of each exporter, as its source names it at the version the rules are
+# written for (docs/operators/monitoring.md); the PostgreSQL exporter's custom metrics are
+# postgres_queries.yaml's, <query>_<column>.
+EXPORTED = {
+    "up",  # Prometheus's own, per target
+    # prometheus-postgres-exporter 0.11.1, default metrics
+    "pg_up", "pg_stat_replication_pg_wal_lsn_diff", "pg_replication_slots_pg_wal_lsn_diff",
+    "pg_stat_activity_count", "pg_settings_max_connections", "pg_stat_archiver_failed_count",
+    # pgbouncer_exporter v0.12.1 (with --pgBouncer.pid-file)
+    "pgbouncer_up", "pgbouncer_pools_client_waiting_connections",
+    "pgbouncer_pools_client_maxwait_seconds", "pgbouncer_process_open_fds",
+    "pgbouncer_process_max_fds",
+    # pgbackrest_exporter v0.23.0
+    "pgbackrest_backup_since_last_completion_seconds", "pgbackrest_exporter_status",
+    "pgbackrest_stanza_status",
+    # node_exporter, ssl_exporter v2.4.3
+    "node_filesystem_avail_bytes", "node_filesystem_size_bytes", "ssl_cert_not_after",
+    "ssl_probe_success",
+}  # fmt: skip
+PROMQL_WORDS = {"and", "or", "unless", "by", "on", "without", "ignoring", "bool"}
 # What rules_test.yml was written for: the defaults, with two replicas.
 STACK = {**DROPLETS, "replicaCount": 2}
 
@@ -93,3 +115,27 @@ def test_a_placeholder_without_a_value_is_refused(monkeypatch):
     settings = parse_settings(STACK, frozenset(SECRET_KEYS))
     with pytest.raises(ValueError, match="unknown_threshold"):
         monitoring.render_rules(settings.replication, settings.alerts)
+
+
+def metrics_read(expr: str) -> set[str]:
+    """The metric names in a PromQL expression: label matchers, grouping lists, ranges,
+    strings and functions taken out."""
+    bare = re.sub(r"\{[^}]*\}|\[[^]]*\]|\b(?:by|on)\s*\([^)]*\)", " ", expr)
+    names = re.findall(r"\b([a-z_][a-z0-9_]*)\b(?!\s*\()", bare)
+    return {name for name in names if name not in PROMQL_WORDS}
+
+
+def test_the_rules_read_only_metrics_the_exporters_serve():
+    custom = {
+        f"{query}_{column}"
+        for query, spec in yaml.safe_load(QUERIES.read_text()).items()
+        for metric in spec["metrics"]
+        for column in metric
+    }
+    assert custom == {
+        "pg_replica_in_recovery", "pg_replica_streaming", "pg_replica_lag_seconds",
+        "pg_archive_ready_segments", "pg_archive_oldest_ready_seconds",
+    }  # fmt: skip
+    groups = yaml.safe_load(rendered())["groups"]
+    read = set().union(*(metrics_read(rule["expr"]) for g in groups for rule in g["rules"]))
+    assert read == EXPORTED | custom
