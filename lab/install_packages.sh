@@ -7,7 +7,7 @@
 set -euo pipefail
 packages=(iproute2 util-linux openssh-server openssh-client postgresql-15 postgresql-common
           postgresql-client-15 openssl pgbouncer redis-server nftables make curl pgbackrest
-          stunnel4)
+          stunnel4 prometheus)
 backports=(valkey-server)
 BACKPORTS_SOURCES=/etc/apt/sources.list.d/bookworm-backports.sources
 missing=() missing_backports=()

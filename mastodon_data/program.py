@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pulumi
 
-from mastodon_data import cert_renewal, components, outputs, stack_config
+from mastodon_data import cert_renewal, components, monitoring, outputs, stack_config
 from mastodon_data.config import REDIS_URL_KEY, Settings
 
 
@@ -34,6 +34,8 @@ def run() -> None:
         )
     else:
         postgres, repository, secrets = replicated_postgres(settings, network, secrets, reseed)
+        # The rules for the operator's Prometheus, filled in with this stack's values.
+        pulumi.export("alert_rules", monitoring.render_rules(settings.replication, settings.alerts))
     media = components.SpacesMedia("media", settings.spaces, protect) if settings.spaces else None
     valkey = cache = None
     if settings.redis and settings.redis.mode == "managed":
