@@ -31,7 +31,9 @@ from lab.standin.resources.base import ApiError, Faults, Request, Resource, Timi
 from lab.standin.resources.buckets import Buckets
 from lab.standin.resources.catalog import Catalog
 from lab.standin.resources.cdn import CdnEndpoints
+from lab.standin.resources.database_pools import DatabasePools
 from lab.standin.resources.database_replicas import DatabaseReplicas
+from lab.standin.resources.database_takeover import DatabaseTakeover
 from lab.standin.resources.databases import Databases
 from lab.standin.resources.droplet_actions import DropletActions
 from lab.standin.resources.droplets import Droplets
@@ -71,7 +73,8 @@ class Account:
         self.threads: list[threading.Thread] = []
         self.sync_wanted = False
         # The resources (each an attribute, for the others to reach), in the order they
-        # recover after a restart: actions, droplets, volumes, the firewalls, then the databases.
+        # recover after a restart: actions, droplets, volumes, the firewalls, the databases, their
+        # read-only nodes and pools.
         self.catalog, self.actions, self.machines = Catalog(self), Actions(self), Machines(self)
         self.vpcs, self.tags, self.ssh_keys = Vpcs(self), Tags(self), SshKeys(self)
         self.droplets, self.droplet_actions = Droplets(self), DropletActions(self)
@@ -80,6 +83,7 @@ class Account:
         self.buckets = Buckets(self)
         self.databases, self.database_replicas = Databases(self), DatabaseReplicas(self)
         self.valkey_configs = ValkeyConfigs(self)
+        self.database_pools, self.database_takeover = DatabasePools(self), DatabaseTakeover(self)
         self.resources = [r for r in vars(self).values() if isinstance(r, Resource)]
         self.state = self.load()
         self.routes = [
@@ -188,6 +192,23 @@ class Account:
         thread = threading.Thread(target=guarded, daemon=True, name=f"standin-{target.__name__}")
         self.threads = [t for t in self.threads if t.is_alive()] + [thread]
         thread.start()
+
+    def start_watching(self, interval: float) -> threading.Event:
+        """The control plane's health checks: every resource's `watch` hook, every `interval`
+        seconds, in a thread of its own until the returned event is set."""
+        stop = threading.Event()
+
+        def rounds():
+            while not stop.wait(interval):
+                for resource in self.resources:
+                    try:
+                        resource.watch()
+                    except Exception:  # noqa: BLE001 - logged; the next round tries again
+                        self.log(f"watch of {type(resource).__name__} failed:\n"
+                                 f"{traceback.format_exc()}")  # fmt: skip
+
+        threading.Thread(target=rounds, daemon=True, name="standin-watch").start()
+        return stop
 
     def idle(self, timeout: float = 60.0) -> bool:
         """Waits for the background work to end (tests, shutdown)."""

@@ -78,8 +78,9 @@ class DatabaseBackend:
         """`sql` run as the superuser on `node` (given on stdin: it may carry a password)."""
 
     def follow_primary(self, cluster: dict, node: dict, primary: dict) -> str:
-        """Standby `node` (a read-only node) made to stream from `primary`, the cluster's new
-        primary node: "followed" (re-pointed) or "cloned again" (its timeline could not)."""
+        """Standby `node` (a read-only node, or another standby of the cluster) made to stream
+        from `primary`, the cluster's new primary node: "followed" (re-pointed) or "cloned
+        again" (its timeline could not)."""
         return "followed"
 
     def start_valkey(
@@ -93,6 +94,17 @@ class DatabaseBackend:
 
     def publish_names(self, names: dict[str, str]) -> None:
         """The lab's host names (name -> address) for the app side to resolve."""
+
+    def configure_pools(self, cluster: dict, node: dict) -> None:
+        """PgBouncer on `node` serving the cluster's connection pools (`cluster["pools"]`) to
+        its users (`cluster["users"]`); stopped when it has none."""
+
+    def node_healthy(self, node: dict) -> bool:
+        """Whether `node`'s PostgreSQL answers (the control plane's health check)."""
+        return True
+
+    def promote(self, node: dict) -> None:
+        """The standby on `node` promoted: it takes writes from now on."""
 
 
 class SpacesBackend:

@@ -144,6 +144,7 @@ def serve(args: argparse.Namespace) -> int:
     for vpc in account.state["vpcs"].values():
         hosts.ensure_network(vpc)
     account.recover()
+    watching = account.start_watching(timings.health_check)
     server = start_server(account, args.port, state_dir / "requests.jsonl")
     spaces = serve_spaces(server, hosts.spaces_address(), hosts.spaces_certificate())
     stopping = []
@@ -154,6 +155,7 @@ def serve(args: argparse.Namespace) -> int:
     print(f"stand-in of the DigitalOcean API at {server.url} (lab {args.prefix})", flush=True)
     while not stopping:
         time.sleep(0.2)
+    watching.set()
     spaces.shutdown()
     server.shutdown()
     account.idle(STOP_TIMEOUT - 5)

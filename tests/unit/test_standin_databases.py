@@ -9,6 +9,8 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
@@ -62,9 +64,9 @@ class Recorder(Backend):
         self.destroyed.append(host["id"])
 
 
-@pytest.fixture
-def api(tmp_path):
-    backend = Recorder()
+@contextmanager
+def served(backend: Backend, tmp_path) -> Iterator[Client]:
+    """An account on `backend` served on loopback: its client (with `.account`, `.backend`)."""
     account = Account(
         backend,
         vpc_pool=("10.240.0.0/24",),
@@ -75,9 +77,17 @@ def api(tmp_path):
     server = serve(account)
     client = Client(server.url)
     client.account, client.backend = account, backend
-    yield client
-    server.shutdown()
-    account.idle(10)
+    try:
+        yield client
+    finally:
+        server.shutdown()
+        account.idle(10)
+
+
+@pytest.fixture
+def api(tmp_path):
+    with served(Recorder(), tmp_path) as client:
+        yield client
 
 
 def send(client: Client, method: str, path: str, body=None) -> tuple[int, dict | None]:
@@ -253,7 +263,7 @@ def test_trusted_sources_are_kept_in_order_and_enforced_on_every_node(api):
     base = f"/v2/databases/{cluster['id']}/firewall"
     nodes = api.account.databases.items[cluster["id"]]["nodes"]
     assert set(api.backend.filters) == {n["id"] for n in nodes}
-    assert api.backend.filters[nodes[0]["id"]] == compile_trusted_sources(None, [25060])
+    assert api.backend.filters[nodes[0]["id"]] == compile_trusted_sources(None, [25060, 25061])
     empty = {"uuid": "", "cluster_uuid": "", "created_at": "0001-01-01T00:00:00Z"}
     rules = [{**empty, "type": "tag", "value": "mastodon-app"},
              {**empty, "type": "ip_addr", "value": "10.118.0.0/20"}]  # fmt: skip
@@ -268,7 +278,7 @@ def test_trusted_sources_are_kept_in_order_and_enforced_on_every_node(api):
     own = [f"{n[side]}/32" for n in nodes for side in ("public", "private")]
     for node in nodes:
         assert api.backend.filters[node["id"]] == compile_trusted_sources(
-            [*own, "10.118.0.0/20"], [25060]
+            [*own, "10.118.0.0/20"], [25060, 25061]
         )
     # A rule that survives a PUT keeps its uuid; the order is the PUT's.
     send(api, "PUT", base, {"rules": [{**empty, "type": "ip_addr", "value": "10.118.0.0/20"}]})
@@ -281,7 +291,7 @@ def test_trusted_sources_are_kept_in_order_and_enforced_on_every_node(api):
     assert send(api, "PUT", base, {"rules": [{**empty, "type": "droplet", "value": "x"}]})[0] == 422
     assert send(api, "PUT", base, {"rules": []}) == (204, None)
     assert api.call("GET", base) == {"rules": []}
-    assert api.backend.filters[nodes[1]["id"]] == compile_trusted_sources(None, [25060])
+    assert api.backend.filters[nodes[1]["id"]] == compile_trusted_sources(None, [25060, 25061])
 
 
 def test_tag_and_droplet_rules_let_in_the_droplets_addresses(api):
@@ -304,9 +314,9 @@ def test_tag_and_droplet_rules_let_in_the_droplets_addresses(api):
     allowed += [f"{records[str(d['id'])][side]}/32" for d in (tagged, named)
                 for side in ("public", "private")]  # fmt: skip
     script = api.backend.filters[nodes[0]["id"]]
-    assert script == compile_trusted_sources(allowed, [25060])
+    assert script == compile_trusted_sources(allowed, [25060, 25061])
     assert f"ip saddr {{ {', '.join(allowed)} }} accept" in script
-    assert "tcp dport { 25060 } drop" in script
+    assert "tcp dport { 25060, 25061 } drop" in script
 
 
 def test_a_deleted_cluster_leaves_no_node_and_no_state(api):

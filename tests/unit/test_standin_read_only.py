@@ -168,12 +168,13 @@ def test_a_replicas_trusted_sources_are_its_own_by_its_uuid(ro):
     )
     # The cluster's rules are untouched; once it has some, they let the replica in (it streams).
     assert ro.call("GET", f"/v2/databases/{cluster['id']}/firewall") == {"rules": []}
-    assert ro.backend.filters[nodes[0]["id"]] == compile_trusted_sources(None, [25060])
+    assert ro.backend.filters[nodes[0]["id"]] == compile_trusted_sources(None, [25060, 25061])
     rules = [{**EMPTY, "type": "ip_addr", "value": "10.9.0.0/16"}]
     send(ro, "PUT", f"/v2/databases/{cluster['id']}/firewall", {"rules": rules})
     cluster_own = [f"{n[side]}/32" for n in nodes for side in ("public", "private")]
     assert ro.backend.filters[nodes[0]["id"]] == compile_trusted_sources(
-        [*cluster_own, *own, "10.9.0.0/16"], [25060]
+        [*cluster_own, *own, "10.9.0.0/16"],
+        [25060, 25061],  # the cluster's: its pools' too
     )
     assert ro.backend.filters[node["id"]] == compile_trusted_sources(
         [*own, "10.118.0.0/20"], [25060]

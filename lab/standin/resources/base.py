@@ -76,6 +76,7 @@ class Timings:
         }
     )
     default_action: float = 1.0
+    health_check: float = 1.0  # between the control plane's checks of a database's primary
 
     def of(self, action: str) -> float:
         return self.actions.get(action, self.default_action)
@@ -200,3 +201,6 @@ class Resource:
     def recover(self) -> None:
         """After a restart of the stand-in: work cut short is finished, the machine brought to
         the state the API shows."""
+
+    def watch(self) -> None:
+        """One round of the control plane's health checks (`Account.start_watching`)."""

@@ -10,26 +10,24 @@ digitalocean's `database` package, godo's databases.go, DigitalOcean's OpenAPI d
 root object wrapped (`database`, `db`, `user`, `rules`, `ca`), `created_at` RFC 3339, `version`
 as sent, a user's `settings` never returned (it would be a permanent diff). What is modelled and
 what is not: docs/developers/standin.md. Read-only nodes: database_replicas.py (their trusted
-sources are served here, by their uuid). Engine `valkey`: valkey.py.
+sources are served here, by their uuid); connection pools: database_pools.py; the standby's
+takeover: database_takeover.py; engine `valkey`: valkey.py.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import ipaddress
 import re
 import secrets
 import threading
 import uuid
 
-from lab.standin.firewall import compile_trusted_sources
-
 from . import valkey
 from .base import ApiError, Request, Resource, at, json_body, not_found, now_iso, unprocessable
 from .catalog import REGIONS
+from .database_firewall import PORT, TrustedSources
 
-PORT = 25060
 ACCOUNT_NUMBER = 1  # the `do-user-<n>` of the host names
 DEFAULT_PROJECT = "a1b2c3d4-0000-4000-8000-000000000001"
 # slug: memory GiB (DigitalOcean's database sizes)
@@ -43,7 +41,6 @@ DB_SIZES = {
     "db-s-16vcpu-64gb": 64,
 }
 ENGINES = ("pg", valkey.ENGINE)
-RULE_TYPES = ("droplet", "k8s", "ip_addr", "tag", "app")
 NAME = re.compile(r"[a-z][a-z0-9-]{2,62}")
 SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 HOST_KINDS = ("", "private-", "replica-", "private-replica-")
@@ -55,7 +52,7 @@ def new_password() -> str:
     return "AVNS_" + secrets.token_urlsafe(15)
 
 
-class Databases(Resource):
+class Databases(TrustedSources, Resource):
     COLLECTION = "databases"
     KIND = "database cluster"
 
@@ -214,6 +211,7 @@ class Databases(Resource):
             "dbs": ["defaultdb"],
             "users": {"doadmin": {"role": "primary", "password": password}},
             "rules": [],
+            "pools": {},
             "deleting": False,
         }
         if fields["engine"] == valkey.ENGINE:
@@ -366,6 +364,7 @@ class Databases(Resource):
         self.sql(cluster, f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
         cluster["users"][name] = {"role": "normal", "password": password}
         self.save()
+        self.account.database_pools.apply(cluster)  # PgBouncer knows the cluster's users
         return 201, {"user": self.user_json(cluster, name, password=True)}
 
     def delete_user(self, request: Request):
@@ -379,85 +378,11 @@ class Databases(Resource):
         self.sql(cluster, f'DROP ROLE "{name}"')
         del cluster["users"][name]
         self.save()
+        self.account.database_pools.apply(cluster)
         return 204, None
 
     def sql(self, cluster: dict, sql: str, database: str = "postgres") -> None:
         self.account.backend.run_sql(cluster["nodes"][0], sql, database)
-
-    # -- trusted sources ----------------------------------------------------------------------
-    def with_rules(self, ident: str) -> dict:
-        """A cluster, or a read-only node by its uuid: its trusted sources are its own."""
-        record = self.items.get(ident) or self.account.database_replicas.items.get(ident)
-        if not record:
-            raise not_found(f"{self.KIND} {ident}")
-        return record
-
-    def get_firewall(self, request: Request):
-        cluster = self.with_rules(request.params["id"])
-        return {"rules": [{**rule, "cluster_uuid": cluster["id"]} for rule in cluster["rules"]]}
-
-    def put_firewall(self, request: Request):
-        cluster = self.with_rules(request.params["id"])
-        rules = json_body(request).get("rules") or []
-        if len(rules) > 100:
-            raise unprocessable("a cluster has at most 100 trusted sources")
-        kept = {(r["type"], r["value"]): r for r in cluster["rules"]}
-        new = []
-        for rule in rules:
-            kind, value = rule.get("type"), str(rule.get("value") or "")
-            if kind not in RULE_TYPES or not value:
-                raise unprocessable(f"rule type {kind!r}: one of {', '.join(RULE_TYPES)}")
-            if kind == "droplet" and not value.isdigit():
-                raise unprocessable(f"droplet {value!r}: a droplet id")
-            if kind == "ip_addr":
-                try:
-                    if ipaddress.ip_network(value, strict=False).version != 4:
-                        raise unprocessable(f"ip_addr {value}: IPv6 is not supported")
-                except ValueError as err:
-                    raise unprocessable(f"ip_addr {value!r} is not an address") from err
-            old = kept.get((kind, value))
-            old = old or {"uuid": str(uuid.uuid4()), "created_at": now_iso()}
-            new.append({"uuid": old["uuid"], "type": kind, "value": value,
-                        "created_at": old["created_at"]})  # fmt: skip
-        cluster["rules"] = new
-        self.save()
-        self.account.firewalls.want_sync()
-        return 204, None
-
-    def trusted_addresses(self, cluster: dict) -> list[str] | None:
-        """The addresses its rules let in (its own nodes and read-only nodes too, for
-        replication); None: open."""
-        if not cluster["rules"]:
-            return None
-        target = {
-            "addresses": [r["value"] for r in cluster["rules"] if r["type"] == "ip_addr"],
-            "droplet_ids": [r["value"] for r in cluster["rules"] if r["type"] == "droplet"],
-            "tags": [r["value"] for r in cluster["rules"] if r["type"] == "tag"],
-        }
-        own = [f"{n[side]}/32" for n in cluster["nodes"] for side in ("public", "private")]
-        own += self.account.database_replicas.addresses_of(cluster["id"])
-        return own + self.account.firewalls.resolve(target)
-
-    @staticmethod
-    def ports(cluster: dict) -> list[int]:
-        """The ports its trusted sources guard."""
-        return list(valkey.PORTS) if cluster.get("engine") == valkey.ENGINE else [PORT]
-
-    def sync(self) -> None:
-        """Every node's packet filter made to match its cluster's trusted sources now (called
-        by `firewalls.sync`, under its lock)."""
-        with self.account.lock:
-            plans = [
-                (dict(node), compile_trusted_sources(self.trusted_addresses(c), self.ports(c)))
-                for c in self.items.values()
-                if not c["deleting"]
-                for node in c["nodes"]
-                if node.get("host_ready")
-            ]
-        for node, script in plans:
-            if self.account.firewalls.applied.get(node["id"]) != script:
-                self.account.backend.apply_firewall(node, script)
-                self.account.firewalls.applied[node["id"]] = script
 
     # -- hooks --------------------------------------------------------------------------------
     def host_names(self) -> dict[str, str]:

@@ -1,6 +1,6 @@
-"""A small managed PostgreSQL stack of tests/lab/test_managed_pg_standin.py (the project's
-managed component always makes a pool, which the stand-in does not have yet): a VPC, a cluster
-with a standby, a database, a user, trusted sources, the CA."""
+"""A small managed PostgreSQL stack of tests/lab/test_managed_pg_standin.py (no pool: the pools
+have tests/lab/managed_pool_program): a VPC, a cluster with a standby, a database, a user,
+trusted sources, the CA."""
 
 import pulumi
 import pulumi_digitalocean as do
