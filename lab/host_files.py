@@ -1,5 +1,5 @@
 """A lab host's own files: the directories and files bound over the machine's in the host's
-mount namespace (PostgreSQL's, PgBouncer's, pgBackRest's, systemd's units, fstab and the
+mount namespace (PostgreSQL's, PgBouncer's, pgBackRest's, Valkey's, systemd's units, fstab and the
 volumes' device links), and its sshd's configuration and host key. Both labs' hosts (lab/
 namespaces.py and the stand-in's, lab/standin/lab_machines.py) are made of them. Stdlib only."""
 
@@ -24,6 +24,7 @@ PRIVATE_DIRS = {
     "/var/lib/pgbackrest": ("postgres", "postgres", 0o750),
     "/etc/systemd/system": ("root", "root", 0o755),
     "/etc/pgbouncer": ("root", "root", 0o755),  # PgBouncer's configuration (host/pooler.py)
+    "/var/lib/valkey": ("valkey", "valkey", 0o750),  # a managed Valkey node's (lab_valkey.py)
 }
 
 # And privately too: the host's fstab (the volume step writes its lines there) and the directory

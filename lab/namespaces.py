@@ -38,8 +38,8 @@ from lab.system import (
 
 # What systemd starts when a droplet boots, for a lab host whose processes are gone (the
 # machine restarted): its PostgreSQL clusters set to start automatically, and PgBouncer where
-# the pooler step configured it (the open-file limit of its systemd drop-in where there is one;
-# without systemd the pooler step writes none, and the host's hard limit stands in).
+# the pooler step configured it, with the open-file limit of the drop-in that step writes
+# (pgbouncerOpenFiles; the host's hard limit where there is none).
 BOOT = """set -e
 find /var/run/postgresql -mindepth 1 -delete  # a tmpfs on a droplet: empty after a reboot
 pg_lsclusters -h | while read -r version name _; do
@@ -52,7 +52,9 @@ dropin=/etc/systemd/system/pgbouncer.service.d/mastodon-data.conf
 if [ -f "$ini" ]; then
     limit=$(sed -n 's/^LimitNOFILE=//p' "$dropin" 2>/dev/null || true)
     limit=${limit:-$(ulimit -Hn)}
-    sh -c "ulimit -n $limit && exec runuser -u postgres -- /usr/sbin/pgbouncer -d -q $ini"
+    # setpriv keeps the limit (runuser's PAM session would lower the soft one), as pooler.py
+    (ulimit -n "$limit" && exec setpriv --reuid=postgres --regid=postgres --init-groups -- \\
+        /usr/sbin/pgbouncer -d -q "$ini")
 fi
 """
 

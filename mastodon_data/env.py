@@ -27,7 +27,7 @@ DATABASE_KEYS = (
     *REPLICA_KEYS,
     "REPLICA_PREPARED_STATEMENTS",
 )
-REDIS_KEYS = ("REDIS_URL", "REDIS_DRIVER")
+REDIS_KEYS = ("REDIS_URL", "REDIS_DRIVER", "CACHE_REDIS_URL")
 S3_KEYS = (
     "S3_ENABLED",
     "S3_BUCKET",
@@ -102,10 +102,11 @@ def mastodon_env(
     through_pool: bool = False,
     replica_through_pool: bool = False,
     redis: str | None = None,
+    cache_redis: str | None = None,
     object_storage: ObjectStorage | None = None,
 ) -> dict[str, str]:
-    """Mastodon's variables: the database (REPLICA_DB_* only with a replica), and Redis and
-    object storage when given.
+    """Mastodon's variables: the database (REPLICA_DB_* only with a replica), and Redis (with
+    `cache_redis`, the cache's own) and object storage when given.
 
     `through_pool`: DB_* point at a pgBouncer pool in transaction mode, where prepared statements
     break. `replica_through_pool`: so do REPLICA_DB_* (PgBouncer on the replica too); else the
@@ -139,6 +140,8 @@ def mastodon_env(
             # The default hiredis driver has no TLS; rediss:// needs the Ruby driver.
             "REDIS_DRIVER": "ruby",
         }
+    if cache_redis is not None:  # else Mastodon's cache shares REDIS_URL
+        env["CACHE_REDIS_URL"] = cache_redis
     if object_storage is not None:
         env |= s3_env(object_storage)
     return env

@@ -112,7 +112,8 @@ class PoolerParams(ClusterParams):
     db_user: str
     pgbouncer_port: int
     pool_size: int  # default_pool_size = max_db_connections
-    max_clients: int  # max_client_conn
+    pgbouncer_max_client_conn: int  # max_client_conn
+    pgbouncer_open_files: int  # LimitNOFILE (systemd) or ulimit -n
 
 
 @dataclass(frozen=True, kw_only=True)

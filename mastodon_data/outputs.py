@@ -94,7 +94,11 @@ def postgres_output(endpoints: dict) -> dict:
 
 
 def env_output(
-    endpoints: dict, db_password: str, redis: str | None = None, storage: dict | None = None
+    endpoints: dict,
+    db_password: str,
+    redis: str | None = None,
+    storage: dict | None = None,
+    cache_redis: str | None = None,
 ) -> dict[str, str]:
     """Mastodon's variables: through the pool when there is one (DB_NAME is then the pool's
     name); the read replica through its own pool when it has one (PgBouncer on the stack's
@@ -114,6 +118,7 @@ def env_output(
         through_pool=pooled,
         replica_through_pool=replica_pooled,
         redis=redis,
+        cache_redis=cache_redis,
         object_storage=ObjectStorage(**storage) if storage else None,
     )
 

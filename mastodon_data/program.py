@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pulumi
 
-from mastodon_data import cert_renewal, components, outputs, stack_config
+from mastodon_data import cert_renewal, components, monitoring, outputs, stack_config
 from mastodon_data.config import REDIS_URL_KEY, Settings
 
 
@@ -34,12 +34,18 @@ def run() -> None:
         )
     else:
         postgres, repository, secrets = replicated_postgres(settings, network, secrets, reseed)
+        # The rules for the operator's Prometheus, filled in with this stack's values.
+        pulumi.export("alert_rules", monitoring.render_rules(settings.replication, settings.alerts))
     media = components.SpacesMedia("media", settings.spaces, protect) if settings.spaces else None
-    valkey = None
+    valkey = cache = None
     if settings.redis and settings.redis.mode == "managed":
         valkey = components.ManagedValkey(
             "redis", settings.redis, settings.app_sources, vpc_id, protect
         )
+        if settings.redis.cache:
+            cache = components.ManagedValkey(
+                "redis-cache", settings.redis, settings.app_sources, vpc_id, protect, cache=True
+            )
 
     # Exports: PostgreSQL's the same in every mode, then what the mode and the options add.
     export_postgres(mode, postgres, repository)
@@ -49,8 +55,10 @@ def run() -> None:
         pulumi.export("media", media.output)
     if valkey:
         pulumi.export("redis", valkey.output)
+    if cache:
+        pulumi.export("redis_cache", cache.output)
     redis_url = valkey.url if valkey else secrets.get(REDIS_URL_KEY)
-    export_mastodon_env(postgres, redis_url, media.storage if media else None)
+    export_mastodon_env(postgres, redis_url, media.storage if media else None, cache)
 
 
 def replicated_postgres(settings: Settings, network, secrets: dict, reseed: frozenset[str]):
@@ -89,9 +97,10 @@ def export_postgres(mode: str, postgres, repository) -> None:
         pulumi.export("backup_key", repository.key_output)
 
 
-def export_mastodon_env(postgres, redis_url, storage) -> None:
+def export_mastodon_env(postgres, redis_url, storage, cache=None) -> None:
     """Mastodon's variables (secret as a whole) and the overrides of a direct migration."""
-    env = pulumi.Output.all(postgres.endpoints, postgres.password, redis_url, storage)
+    cache_url = cache.url if cache else None
+    env = pulumi.Output.all(postgres.endpoints, postgres.password, redis_url, storage, cache_url)
     pulumi.export("mastodon_env", pulumi.Output.secret(env.apply(lambda a: outputs.env_output(*a))))
     # No credential in it (host, port, name): plain in every mode, as the policy pack expects.
     migration = postgres.endpoints.apply(outputs.migration_output)

@@ -28,6 +28,7 @@ from urllib.parse import unquote
 from lab.standin.backend import Backend
 from lab.standin.resources.actions import Actions
 from lab.standin.resources.base import ApiError, Faults, Request, Resource, Timings, not_found
+from lab.standin.resources.buckets import Buckets
 from lab.standin.resources.catalog import Catalog
 from lab.standin.resources.cdn import CdnEndpoints
 from lab.standin.resources.database_pools import DatabasePools
@@ -41,6 +42,7 @@ from lab.standin.resources.machines import Machines
 from lab.standin.resources.spaces_keys import SpacesKeys
 from lab.standin.resources.ssh_keys import SshKeys
 from lab.standin.resources.tags import Tags
+from lab.standin.resources.valkey import ValkeyConfigs
 from lab.standin.resources.volumes import Volumes
 from lab.standin.resources.vpcs import Vpcs
 
@@ -78,7 +80,9 @@ class Account:
         self.droplets, self.droplet_actions = Droplets(self), DropletActions(self)
         self.volumes, self.firewalls = Volumes(self), Firewalls(self)
         self.spaces_keys, self.cdn_endpoints = SpacesKeys(self), CdnEndpoints(self)
+        self.buckets = Buckets(self)
         self.databases, self.database_replicas = Databases(self), DatabaseReplicas(self)
+        self.valkey_configs = ValkeyConfigs(self)
         self.database_pools, self.database_takeover = DatabasePools(self), DatabaseTakeover(self)
         self.resources = [r for r in vars(self).values() if isinstance(r, Resource)]
         self.state = self.load()

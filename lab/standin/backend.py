@@ -65,7 +65,7 @@ NO_CA = "-----BEGIN CERTIFICATE-----\nno lab: no CA\n-----END CERTIFICATE-----\n
 
 class DatabaseBackend:
     """A managed database cluster's nodes (each a host, made with `HostBackend.create_host`)
-    running PostgreSQL; the cluster's record: lab/standin/resources/databases.py."""
+    running PostgreSQL or Valkey; the cluster's record: lab/standin/resources/databases.py."""
 
     def database_ca(self) -> str:
         """The account's CA (PEM): every node's certificate chains to it."""
@@ -83,6 +83,15 @@ class DatabaseBackend:
         again" (its timeline could not)."""
         return "followed"
 
+    def start_valkey(
+        self, cluster: dict, node: dict, primary: dict | None, settings: dict[str, str]
+    ) -> None:
+        """valkey-server on `node` with `settings` (directive -> value): the primary (`primary`
+        None) or a replica of it."""
+
+    def configure_valkey(self, cluster: dict, node: dict, settings: dict[str, str]) -> None:
+        """`settings` applied to the running valkey-server on `node` (and kept for its restarts)."""
+
     def publish_names(self, names: dict[str, str]) -> None:
         """The lab's host names (name -> address) for the app side to resolve."""
 
@@ -98,5 +107,13 @@ class DatabaseBackend:
         """The standby on `node` promoted: it takes writes from now on."""
 
 
-class Backend(NetworkBackend, HostBackend, DiskBackend, DatabaseBackend):
+class SpacesBackend:
+    """Where Spaces and the CDN answer on the machine (lab/standin/spaces.py)."""
+
+    def spaces_address(self) -> str | None:
+        """The loopback address the stand-in serves them on over TLS, or None: not served."""
+        return None
+
+
+class Backend(NetworkBackend, HostBackend, DiskBackend, DatabaseBackend, SpacesBackend):
     """Every part, doing nothing."""

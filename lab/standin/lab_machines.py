@@ -10,8 +10,9 @@ address and authorises the keys it was made with.
 
 Power is modelled: off = every process killed (a pulled plug; PostgreSQL recovers from its WAL at
 the next start) and the links down; on = a boot: the run directory emptied, every cluster whose
-start.conf says `auto` started (as systemd's postgresql@ units do), then sshd. A graceful
-shutdown stops the clusters first. Destroying the host removes the namespace and its files.
+start.conf says `auto` started (as systemd's postgresql@ units do), Valkey when configured, then
+sshd. A graceful shutdown stops the clusters first. Destroying the host removes the namespace and
+its files.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ if "mastodon-data" in text:
                              "sh", "/usr/sbin/pgbouncer", "-d", "-q", str(ini)],
                             capture_output=True, text=True, timeout=60)
     print(f"start pgbouncer: {result.returncode} {result.stderr}".strip())
+# A managed Valkey node's server (lab/standin/lab_valkey.py wrote its configuration).
+valkey = Path("/var/lib/valkey/valkey.conf")
+if valkey.exists():
+    result = subprocess.run(["runuser", "-u", "valkey", "--", "valkey-server", str(valkey)],
+                            capture_output=True, text=True, timeout=60)
+    print(f"start valkey: {result.returncode} {result.stdout}{result.stderr}".strip())
 """
 
 

@@ -15,7 +15,11 @@ and the fault that answered instead, if any.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import shutil
+import ssl
+import tempfile
 import threading
 import time
 import uuid
@@ -25,7 +29,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from lab.standin.account import Account
 from lab.standin.resources.base import ApiError, Faults, Request
-from lab.standin.spaces import S3Error, Spaces, is_spaces_host
+from lab.standin.s3_common import S3Error
+from lab.standin.spaces import Spaces, is_spaces_host, route
 
 RATE_LIMIT = 5000  # requests per hour, as DigitalOcean's
 
@@ -51,12 +56,25 @@ class StandInServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], account: Account, log: RequestLog):
-        if address[0] not in ("127.0.0.1", "::1", "localhost"):
+    def __init__(self, address, account: Account, log: RequestLog, spaces: Spaces | None = None,
+                 handler=None):  # fmt: skip
+        if address[0] != "localhost" and not ipaddress.ip_address(address[0]).is_loopback:
             raise ValueError("the stand-in listens on loopback only")
-        super().__init__(address, Handler)
+        super().__init__(address, handler or Handler)
         self.account, self.request_log = account, log
-        self.spaces = Spaces(account)
+        self.scratch = None  # objects of an account without a state directory (tests)
+        if spaces is None:
+            if account.state_file:
+                root = account.state_file.parent / "spaces"
+            else:
+                root = self.scratch = Path(tempfile.mkdtemp(prefix="standin-spaces-"))
+            spaces = Spaces(account, root)
+        self.spaces = spaces
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     @property
     def url(self) -> str:
@@ -121,8 +139,7 @@ class Handler(BaseHTTPRequestHandler):
         started = time.time()
         url = urlsplit(self.path)
         query = dict(parse_qsl(url.query))
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self.read_body()
         entry = {"t": round(started, 3), "method": method, "path": url.path, "query": url.query}
         account = self.server.account
         try:
@@ -176,9 +193,22 @@ class Handler(BaseHTTPRequestHandler):
         self.server.request_log.add(entry)
         self.send(status, document, headers)
 
+    def read_body(self) -> bytes:
+        """The request's body, also when sent with HTTP chunked transfer (SDKs' streams)."""
+        if "chunked" not in (self.headers.get("Transfer-Encoding") or "").lower():
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+        parts = []
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline().strip():  # trailers, up to the empty line
+            pass
+        return b"".join(parts)
+
     def s3(self, method: str, host: str, url, raw: bytes, entry: dict) -> None:
         """Spaces (S3, virtual-host style, reached through the stand-in as an HTTP proxy)."""
-        _, _, _, template = Spaces.route(method, host, url.path, url.query)
+        template = route(method, host, url.path, url.query).template
         entry.update(route=template, implemented=template is not None, host=host)
         try:
             status, body, headers = self.server.spaces.handle(
@@ -217,8 +247,48 @@ class Handler(BaseHTTPRequestHandler):
         return 404, {"id": "not_found", "message": f"no control endpoint {path}"}
 
 
+class SpacesHandler(Handler):
+    """Spaces and the CDN over TLS, as Mastodon and browsers reach them: S3 only."""
+
+    def dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        raw = self.read_body()
+        entry = {"t": round(time.time(), 3), "method": method, "path": url.path,
+                 "query": url.query, "tls": True}  # fmt: skip
+        self.s3(method, self.headers.get("Host", ""), url, raw, entry)
+
+
 def serve(account: Account, port: int = 0, log_file: Path | None = None) -> StandInServer:
     """Starts the server in a thread; `server.url` is where the provider points."""
     server = StandInServer(("127.0.0.1", port), account, RequestLog(log_file))
     threading.Thread(target=server.serve_forever, daemon=True, name="standin-http").start()
+    return server
+
+
+class SpacesServer(StandInServer):
+    """TLS, each connection's handshake in its own thread."""
+
+    def __init__(self, address, api: StandInServer, context: ssl.SSLContext):
+        super().__init__(address, api.account, api.request_log, api.spaces, SpacesHandler)
+        self.context = context
+
+    def finish_request(self, request, client_address) -> None:
+        try:
+            request.settimeout(30)
+            connection = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # a client that does not trust the certificate, or went away
+        try:
+            super().finish_request(connection, client_address)
+        finally:
+            connection.close()
+
+
+def serve_spaces(api: StandInServer, address: str, certificate: Path, port: int = 443):
+    """Spaces' and the CDN's HTTPS on `address` (loopback), with `certificate`'s node.crt and
+    node.key; the API server's account, objects and log."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate / "node.crt", certificate / "node.key")
+    server = SpacesServer((address, port), api, context)
+    threading.Thread(target=server.serve_forever, daemon=True, name="standin-https").start()
     return server

@@ -124,6 +124,7 @@ def serve(args: argparse.Namespace) -> int:
     from lab.standin.account import Account
     from lab.standin.resources.base import Timings
     from lab.standin.server import serve as start_server
+    from lab.standin.server import serve_spaces
 
     state_dir = Path(args.state_dir)
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -145,6 +146,7 @@ def serve(args: argparse.Namespace) -> int:
     account.recover()
     watching = account.start_watching(timings.health_check)
     server = start_server(account, args.port, state_dir / "requests.jsonl")
+    spaces = serve_spaces(server, hosts.spaces_address(), hosts.spaces_certificate())
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
@@ -154,6 +156,7 @@ def serve(args: argparse.Namespace) -> int:
     while not stopping:
         time.sleep(0.2)
     watching.set()
+    spaces.shutdown()
     server.shutdown()
     account.idle(STOP_TIMEOUT - 5)
     account.save()

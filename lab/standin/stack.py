@@ -4,6 +4,7 @@ provider's environment, its secrets."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import secrets as random
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from lab.standin._lab import ROOT, LabStack, write_private
-from lab.standin.client import Client
+from lab.standin.client import ApiFailed, Client
 from lab.standin.service import StandInLab
 from mastodon_data.config import PROJECT
 
@@ -58,12 +59,39 @@ def managed_config(vpc_cidr: str, bucket: str, **changes) -> dict:
             **changes}  # fmt: skip
 
 
-def provider_env(client: Client) -> dict[str, str]:
+PROVIDER_KEY = "lab-provider"  # the Spaces key the lab's stacks give the provider
+
+
+def provider_spaces_key(lab: StandInLab, client: Client) -> dict:
+    """The account's full-access Spaces key for the provider, as an operator makes one in the
+    control panel: made once per stand-in, kept 0600 in its directory (its secret is shown
+    only on creation); {"access_key", "secret_key"}."""
+    path = lab.state_dir / "provider-spaces-key.json"
+    with open(lab.state_dir / "provider-spaces-key.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # stacks of one stand-in start side by side
+        if path.exists():
+            key = json.loads(path.read_text())
+            try:
+                client.call("GET", f"/v2/spaces/keys/{key['access_key']}")
+                return key
+            except ApiFailed as err:
+                if err.status != 404:
+                    raise
+        grants = [{"bucket": "", "permission": "fullaccess"}]
+        made = client.call("POST", "/v2/spaces/keys", {"name": PROVIDER_KEY, "grants": grants})
+        key = {k: made["key"][k] for k in ("access_key", "secret_key")}
+        path.unlink(missing_ok=True)
+        write_private(path, json.dumps(key))
+        return key
+
+
+def provider_env(lab: StandInLab, client: Client) -> dict[str, str]:
     """The real DigitalOcean provider pointed at the stand-in; its token names the stack in the
     stand-in's log and fault switches. Spaces (S3) goes to `<bucket>.<region>.spaces.test`
     through the stand-in as an HTTP proxy, which answers it and forwards nothing; loopback is
-    never proxied (the API, the engine's own gRPC). The Spaces keys are dummies: signatures are
-    not checked."""
+    never proxied (the API, the engine's own gRPC). It signs its S3 calls with the account's
+    full-access key, which the stand-in checks as Spaces does."""
+    key = provider_spaces_key(lab, client)
     return {
         "DIGITALOCEAN_TOKEN": client.token,
         "DIGITALOCEAN_API_URL": client.url,
@@ -71,8 +99,8 @@ def provider_env(client: Client) -> dict[str, str]:
         "SPACES_ENDPOINT_URL": "http://{{.Region}}.spaces.test",
         "HTTP_PROXY": client.url,
         "NO_PROXY": "127.0.0.1,localhost",
-        "SPACES_ACCESS_KEY_ID": "STANDINDUMMYKEY",
-        "SPACES_SECRET_ACCESS_KEY": "standin-dummy-secret",
+        "SPACES_ACCESS_KEY_ID": key["access_key"],
+        "SPACES_SECRET_ACCESS_KEY": key["secret_key"],
     }
 
 
@@ -93,7 +121,7 @@ def standin_stack(
 ) -> LabStack:
     """Stack `name` in `workdir`, configured, its provider on the stand-in."""
     stack = LabStack(name, workdir)
-    stack.extra_env.update(provider_env(client))
+    stack.extra_env.update(provider_env(lab, client))
     stack.prepare()
     stack.configure(config, secrets)
     return stack

@@ -14,6 +14,7 @@ secret's) and the exact fix. By concern:
     managed.py   managed PostgreSQL        access.py   who reaches the managed databases
     media.py     Spaces and the CDN        redis.py    Redis / Valkey
     backups.py   pgBackRest's repository, retention and schedules
+    monitoring.py the alert rules' thresholds
     secrets.py   which secrets, set as secrets, and their values
     records.py   the Settings records      parse.py    parse_settings over all of them
 """
@@ -23,6 +24,7 @@ from mastodon_data.config.managed import connection_limit
 from mastodon_data.config.parse import OPERATION_KEYS, RESEED_KEY, parse_settings
 from mastodon_data.config.project import DEFAULTS, PROJECT, TYPES, decode
 from mastodon_data.config.records import (
+    AlertThresholds,
     AppSources,
     BackupSettings,
     ConfigError,
@@ -48,6 +50,7 @@ from mastodon_data.config.secrets import (
 )
 
 __all__ = [
+    "AlertThresholds",
     "ALL_SECRET_KEYS",
     "BACKUP_PASSPHRASE_KEY",
     "BACKUP_SECRET_KEY",

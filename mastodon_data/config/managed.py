@@ -26,6 +26,12 @@ RESERVED_CONNECTIONS = 3
 NODE_COUNTS = range(1, 4)
 SMALLEST_PLAN_GIB = 1
 POOL_SIZES = range(1, 10**6)
+# Basic plans by RAM (docs.digitalocean.com/products/databases/postgresql/details/pricing/):
+# the fix of a cluster too small for Mastodon's clients names the first one large enough.
+BASIC_PLANS = (
+    "db-s-1vcpu-2gb", "db-s-2vcpu-4gb", "db-s-4vcpu-8gb", "db-s-6vcpu-16gb", "db-s-8vcpu-32gb",
+    "db-s-16vcpu-64gb",
+)  # fmt: skip
 
 
 def database_size(key: str) -> Field:
@@ -69,17 +75,7 @@ def parse_managed(
     values = v.read(FIELDS, managedReplicaRegion=region or "nyc3")
     size, node_count = values["dbClusterSize"], values["dbNodeCount"]
     check_nodes(v, size if v.ok("dbClusterSize") else None, node_count)
-    # The pool's upper bound is the cluster's connection limit (unknown for a bad size slug).
-    limit = connection_limit(size) if size is not None else None
-    if values["poolSize"] is not None and limit is not None and values["poolSize"] > limit:
-        v.bad(
-            "poolSize",
-            v.value("poolSize"),
-            f"larger than {size} allows: {limit} backend connections (25 per GiB of RAM, "
-            f"{RESERVED_CONNECTIONS} reserved by DigitalOcean)",
-            f"{set_command('poolSize', min(limit, DEFAULTS['poolSize']))}, or a larger "
-            "dbClusterSize",
-        )
+    check_pool(v, size, values["poolSize"], topology["mastodon_clients"])
     replica_region = values["managedReplicaRegion"]
     if replica_region and region is not None and replica_region != region:
         v.bad(
@@ -100,6 +96,47 @@ def parse_managed(
         pool_size=values["poolSize"],
         replica=values["managedReplica"],
     )
+
+
+def check_pool(
+    v: Validation, size: str | None, pool_size: int | None, clients: tuple[int, str] | None
+) -> None:
+    """Mastodon's clients fit in the pool (else they wait for a connection), and the pool in
+    the cluster's connection limit, shared by all its pools (unknown for a bad size slug)."""
+    limit = connection_limit(size) if size is not None else None
+    if pool_size is None or limit is None:
+        return
+    allows = (
+        f"{size} allows: {limit} backend connections across its pools (25 per GiB of RAM, "
+        f"{RESERVED_CONNECTIONS} reserved by DigitalOcean)"
+    )
+    if pool_size > limit:
+        fix = set_command("poolSize", min(limit, DEFAULTS["poolSize"]))
+        v.bad(
+            "poolSize",
+            v.value("poolSize"),
+            f"larger than {allows}",
+            f"{fix}, or a larger dbClusterSize",
+        )
+    elif clients is not None and clients[0] > pool_size:
+        count, sum_text = clients
+        what = f"smaller than Mastodon's clients: {sum_text}; the others wait for a connection"
+        if count <= limit:
+            v.bad("poolSize", pool_size, what, set_command("poolSize", count))
+            return
+        larger = next((s for s in BASIC_PLANS if connection_limit(s) >= count), None)
+        fix = (
+            f"{set_command('dbClusterSize', larger)} ({connection_limit(larger)} connections)"
+            if larger
+            else "a dbClusterSize with more RAM (doctl databases options slugs --engine pg)"
+        )
+        v.bad(
+            "dbClusterSize",
+            size,
+            f"too small for Mastodon's clients: {sum_text}, more than {allows}",
+            f"{fix} and {set_command('poolSize', count)} (or lower pumaProcesses, pumaThreads, "
+            "sidekiqThreads, streamingDbPool)",
+        )
 
 
 def check_nodes(v: Validation, size: str | None, node_count: int | None) -> None:

@@ -12,6 +12,7 @@ from mastodon_data.config.hosts import HOSTS_KEY, parse_hosts
 from mastodon_data.config.lifecycle import parse_lifecycle
 from mastodon_data.config.managed import parse_managed
 from mastodon_data.config.media import parse_spaces
+from mastodon_data.config.monitoring import parse_alerts
 from mastodon_data.config.pooling import parse_pooling
 from mastodon_data.config.project import DEFAULTS, PROJECT
 from mastodon_data.config.records import (
@@ -46,6 +47,7 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     redis_mode = redis.mode if redis else "none"
     app_sources = parse_app_sources(v, needed=mode == "managed" or redis_mode == "managed")
     lifecycle = parse_lifecycle(v, mode, topology)
+    alerts = parse_alerts(v)
     backups = parse_backups(v, mode, topology["region"], secrets_present)
     backups_on, backup_key = wanted(v, mode)
     needed = required_secrets(mode, redis_mode, backups=backups_on, backup_key=backup_key)
@@ -64,6 +66,7 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
         app_sources=app_sources,
         backups=backups,
         lifecycle=lifecycle,
+        alerts=alerts,
         warnings=tuple(v.warnings),
     )
 

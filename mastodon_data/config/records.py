@@ -50,7 +50,8 @@ class PoolSettings:
 
     pgbouncer_port: int
     size: int  # backends the pool may open (default_pool_size = max_db_connections)
-    max_clients: int  # max_client_conn
+    pgbouncer_max_client_conn: int  # max_client_conn
+    pgbouncer_open_files: int  # the process's open-file limit (LimitNOFILE, ulimit -n)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class RedisSettings:
     size: str
     node_count: int
     region: str
+    cache: bool = False  # managed: a second cluster for Mastodon's cache (CACHE_REDIS_URL)
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,25 @@ class LifecycleSettings:
 
 
 @dataclass(frozen=True)
+class AlertThresholds:
+    """Thresholds of the shipped alert rules (mastodon_data/monitoring/rules.yml), one setting
+    each (alertReplayLagSeconds: alert_replay_lag_seconds)."""
+
+    alert_replay_lag_seconds: int = 60
+    alert_replay_lag_size: str = "256MB"
+    alert_slot_wal_percent: int = 80
+    alert_disk_percent: int = 80
+    alert_archive_wait_seconds: int = 300
+    alert_full_backup_age_hours: int = 192
+    alert_diff_backup_age_hours: int = 26
+    alert_pool_waiting_clients: int = 0
+    alert_pool_max_wait_seconds: int = 2
+    alert_connections_percent: int = 80
+    alert_open_files_percent: int = 80
+    alert_certificate_days: int = 14
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: str
     network: NetworkSettings
@@ -180,6 +201,7 @@ class Settings:
     app_sources: AppSources = AppSources()
     backups: BackupSettings | None = None  # droplets and hosts mode
     lifecycle: LifecycleSettings = LifecycleSettings()
+    alerts: AlertThresholds = AlertThresholds()
     warnings: tuple[str, ...] = ()  # accepted, but worth a line in the preview
 
     def required_secrets(self) -> tuple[str, ...]:

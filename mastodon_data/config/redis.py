@@ -1,5 +1,6 @@
 """Redis: none (REDIS_URL is not managed here), a managed Valkey cluster, or an external one
-given as the secret redisUrl."""
+given as the secret redisUrl; with a managed one, optionally a second cluster for Mastodon's
+cache (redisCache)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ FIELDS = (
     Field("redisMode", example="managed", choices=REDIS_MODES),
     database_size("redisSize"),
     Field("redisNodeCount", example=2, allowed=NODE_COUNTS),
+    Field("redisCache", example="true"),
 )
 
 
@@ -32,6 +34,14 @@ def parse_redis(
             f"pulumi config rm {PROJECT}:{REDIS_URL_KEY}, or "
             f"{set_command('redisMode', 'external')}",
         )
+    if values["redisCache"] and mode != "managed":
+        v.add(
+            "redisCache",
+            "true",
+            f"needs redisMode managed (the cache is a Valkey cluster made here), not {mode}",
+            f"{set_command('redisMode', 'managed')}, or pulumi config rm {PROJECT}:redisCache",
+        )
     if mode == "none" or not v.ok(*values):
         return None
-    return RedisSettings(mode, values["redisSize"], values["redisNodeCount"], region)
+    size, nodes, cache = values["redisSize"], values["redisNodeCount"], values["redisCache"]
+    return RedisSettings(mode, size, nodes, region, cache)

@@ -56,10 +56,8 @@ NOT_FOR_MANAGED = {
     "maxConnections": "dbClusterSize (DigitalOcean sets it)",
     "pgbouncer": "poolName and poolSize (DigitalOcean's pgBouncer)",
     "pgbouncerPort": "the pool's port DigitalOcean gives",
-    "pumaProcesses": "poolSize",
-    "pumaThreads": "poolSize",
-    "sidekiqThreads": "poolSize",
-    "streamingDbPool": "poolSize",
+    "pgbouncerMaxClientConn": "DigitalOcean's pgBouncer",
+    "pgbouncerOpenFiles": "DigitalOcean's pgBouncer",
 }
 
 

@@ -55,10 +55,9 @@ LOGFILE = Path("/var/log/postgresql/pgbouncer.log")
 SYSTEMD_DROPIN = Path("/etc/systemd/system/pgbouncer.service.d/mastodon-data.conf")
 # Settings PgBouncer reads only when it starts; a change of any other is a reload.
 RESTART_KEYS = ("listen_addr", "listen_port", "unix_socket_dir", "pidfile")
+AS_POSTGRES = "setpriv --reuid=postgres --regid=postgres --init-groups --"  # util-linux
 START_WAIT = 30  # seconds for PgBouncer to listen, or to exit when stopped
 VERIFIER_WAIT = 30  # seconds for a replica to replay the primary's new password verifier
-FDS_PER_CLIENT = 1
-SPARE_FDS = 64  # log file, sockets PgBouncer keeps for itself
 
 
 def settings(params: dict, cluster: Cluster) -> dict[str, str]:
@@ -76,7 +75,7 @@ def settings(params: dict, cluster: Cluster) -> dict[str, str]:
         "max_db_connections": str(params["pool_size"]),
         "min_pool_size": "0",
         "reserve_pool_size": "0",
-        "max_client_conn": str(params["max_clients"]),
+        "max_client_conn": str(params["pgbouncer_max_client_conn"]),
         "client_tls_sslmode": "require",
         "client_tls_cert_file": str(cluster.confdir / "server.crt"),
         "client_tls_key_file": str(cluster.confdir / "server.key"),
@@ -190,11 +189,6 @@ def write_files(params: dict, cluster: Cluster, verifier: str) -> tuple[bool, bo
     return changed, restart and bool(old)
 
 
-def open_files(params: dict) -> int:
-    """File descriptors PgBouncer needs: every client and every backend, and a few of its own."""
-    return FDS_PER_CLIENT * (int(params["max_clients"]) + int(params["pool_size"])) + SPARE_FDS
-
-
 # --- the service, with systemd or (no systemd, as in the lab) on its own ---------------------
 def pid() -> int | None:
     try:
@@ -211,13 +205,19 @@ def running() -> bool:
     return pid() is not None
 
 
+def limit_text(params: dict) -> str:
+    """The unit's drop-in: the open-file limit the stack checked (pgbouncerOpenFiles; the
+    unit's default soft limit, 1024, is below max_client_conn)."""
+    return f"[Service]\nLimitNOFILE={int(params['pgbouncer_open_files'])}\n"
+
+
 def write_limit(params: dict) -> bool:
-    """systemd: a drop-in raising the unit's open-file limit (its default soft limit, 1024, is
-    below max_client_conn)."""
-    content = f"[Service]\nLimitNOFILE={open_files(params)}\n"
-    if not write_if_changed(SYSTEMD_DROPIN, content):
+    """The drop-in, with or without systemd (without it, `start` and the lab's boot read the
+    limit from it); True when it changed, so PgBouncer restarts with the new limit."""
+    if not write_if_changed(SYSTEMD_DROPIN, limit_text(params)):
         return False
-    run(["systemctl", "daemon-reload"])
+    if systemd_running():
+        run(["systemctl", "daemon-reload"])
     return True
 
 
@@ -227,9 +227,10 @@ def start(params: dict) -> None:
         run(["systemctl", "enable", "--now", "pgbouncer"])
     else:
         PIDFILE.unlink(missing_ok=True)  # a stale one from a power cut
-        limit = open_files(params)
-        # Root raises the limit, then PgBouncer runs as postgres (it refuses root), detached.
-        script = f'ulimit -n {limit} && exec runuser -u postgres -- "$@"'
+        limit = int(params["pgbouncer_open_files"])
+        # Root raises the limit, then PgBouncer runs as postgres (it refuses root), detached;
+        # setpriv, not runuser, whose PAM session (pam_limits) lowers the soft limit again.
+        script = f'ulimit -n {limit} && exec {AS_POSTGRES} "$@"'
         run(["sh", "-c", script, "sh", str(PGBOUNCER), "-d", "-q", str(INI)])
     wait_listening(params)
 
@@ -273,7 +274,7 @@ def wait_listening(params: dict) -> None:
 
 
 def apply(params: dict, changed: bool, restart: bool) -> str:
-    if systemd_running() and write_limit(params):
+    if write_limit(params):
         restart = True
     if not running():
         start(params)
@@ -341,7 +342,8 @@ def main() -> dict:
         "changed": changed,
         "listen": f"{params['private_address']}:{params['pgbouncer_port']}",
         "pool_size": int(params["pool_size"]),
-        "max_client_conn": int(params["max_clients"]),
+        "max_client_conn": int(params["pgbouncer_max_client_conn"]),
+        "open_files": int(params["pgbouncer_open_files"]),
         "probe": probe(params, cluster),
     }
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from labkit import lab_unavailable
 
-from lab.stack import engine_gap
-from lab.standin._lab import OPERATOR_COMMAND, ROOT, LabStack, write_private
+from lab.stack import ROOT, engine_gap, write_private
+from lab.standin._lab import OPERATOR_COMMAND, LabStack
 from lab.standin.client import Client
 from lab.standin.service import StandInLab
 from lab.standin.stack import droplets_config, provider_env, stack_secrets, standin_stack
@@ -76,12 +76,19 @@ def standin_account(lab: StandInLab) -> Iterator[tuple[Client, int]]:
         assert rest == [], f"the stand-in lab left: {rest}"
 
 
-def program_stack(name: str, program: Path, workdir: Path, client: Client, config: dict,
-                  timeout: float = 300) -> LabStack:  # fmt: skip
-    """Stack `name` of a test's own Pulumi program (`program`, its `__main__.py`) in `workdir`,
-    configured with `config`, its provider on the stand-in of `client`."""
+def program_stack(
+    lab: StandInLab,
+    client: Client,
+    name: str,
+    workdir: Path,
+    program: Path,
+    config: dict,
+    timeout: float = 240,
+) -> LabStack:
+    """Stack `name` of a test's own program (`program`, its __main__.py) in `workdir`,
+    configured, its provider on the stand-in."""
     stack = LabStack(name, workdir, timeout=timeout)
-    stack.extra_env.update(provider_env(client))
+    stack.extra_env.update(provider_env(lab, client))
     workdir.mkdir(mode=0o700, parents=True)
     (workdir / "backend").mkdir()
     (workdir / "Pulumi.yaml").write_text(

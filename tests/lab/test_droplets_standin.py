@@ -42,6 +42,7 @@ from standinkit import (
 from lab.stack import engine_gap
 from lab.standin.client import coverage
 from lab.standin.server import client_label
+from lab.standin.stack import PROVIDER_KEY
 
 pytestmark = [pytest.mark.engine, pytest.mark.lab]
 OPERATOR = LAB.operator_address  # 10.241.1.1: the stacks' adminCidrs
@@ -447,14 +448,17 @@ def test_media_bucket_cors_key_and_cdn_through_spaces_and_the_api(flows):
     assert found["bucket"]["acl"] == "private" and found["bucket"]["region"] == "nyc3"
     (rule,) = found["bucket"]["cors"]
     assert sorted(rule["AllowedMethod"]) == ["GET", "HEAD"] and rule["AllowedOrigin"] == ["*"]
-    (key,) = found["spaces_keys"]
+    (provider,) = [k for k in found["spaces_keys"] if k["name"] == PROVIDER_KEY]
+    assert provider["grants"] == [{"bucket": "", "permission": "fullaccess"}]
+    (key,) = [k for k in found["spaces_keys"] if k["name"] != PROVIDER_KEY]
     assert key["grants"] == [{"bucket": BUCKET, "permission": "readwrite"}]
     (cdn,) = found["cdns"]
     assert cdn["origin"] == f"{BUCKET}.nyc3.digitaloceanspaces.com"
     assert found["outputs"]["media"]["bucket"] == BUCKET
     assert "S3 PUT /{bucket}?cors" in found["s3"] and "S3 GET /{bucket}?cors" in found["s3"]
     assert found["quiet"]["rc"] == 0, found["quiet"]["out"][-3000:]
-    assert found["left"] == {"buckets": {}, "spaces_keys": {}, "cdns": {}}
+    assert found["left"] == {"buckets": {}, "spaces_keys": {provider["access_key"]: provider},
+                             "cdns": {}}  # fmt: skip
 
 
 def test_every_request_the_provider_sent_was_implemented(flows):

@@ -63,7 +63,7 @@ def replica_stack(workdir: Path, client) -> LabStack:
     operator = [f"{LAB.operator_address}/32", "10.240.57.1/32"]
     config = {"vpcCidr": "10.240.57.0/24", "appTag": "mlro-app",
               "clusterCidrs": [*operator, f"{INSIDER}/32"], "replicaCidrs": operator}  # fmt: skip
-    return program_stack(STACK, PROGRAM, workdir, client, config)
+    return program_stack(LAB, client, STACK, workdir, PROGRAM, config, timeout=300)
 
 
 class Sql:
@@ -95,7 +95,7 @@ def restarted(stack: LabStack):
     LAB.stop()
     client = LAB.start()
     client.token = f"dop_v1_standin-{STACK}"
-    stack.extra_env.update(provider_env(client))
+    stack.extra_env.update(provider_env(LAB, client))
     return client
 
 

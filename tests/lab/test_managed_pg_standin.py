@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from standinkit import PROBE, standin_account
-from standinkit import program_stack as stack_of_program
+from standinkit import PROBE, program_stack, standin_account
 
-from lab.stack import LabStack
 from lab.standin.service import StandInLab
 
 LAB = StandInLab(
@@ -43,13 +41,11 @@ with psycopg.connect(host=host, port=25060, user=user, dbname=dbname, password=s
 """
 
 
-def program_stack(workdir: Path, client) -> LabStack:
-    """The test's program in `workdir`, its stack made, its provider on the stand-in."""
-    operator = LAB.operator_address
-    vpc_operator = "10.240.50.1"
-    config = {"vpcCidr": "10.240.50.0/24", "appTag": "mlpg-app",
-              "appCidrs": [f"{operator}/32", f"{vpc_operator}/32"]}  # fmt: skip
-    return stack_of_program(STACK, PROGRAM, workdir, client, config, timeout=240)
+def stack_config() -> dict:
+    """The program's settings: its VPC, the app tag and the operator's addresses trusted."""
+    operator, vpc_operator = LAB.operator_address, "10.240.50.1"
+    return {"vpcCidr": "10.240.50.0/24", "appTag": "mlpg-app",
+            "appCidrs": [f"{operator}/32", f"{vpc_operator}/32"]}  # fmt: skip
 
 
 def connect(host: str, user: str, dbname: str, password: str, ca: Path) -> list:
@@ -67,7 +63,7 @@ def probe(ns: str, address: str) -> str:
 def test_a_managed_cluster_up_refreshed_reached_filtered_and_destroyed(tmp_path):
     with standin_account(LAB) as (client, _key):
         client.token = f"dop_v1_standin-{STACK}"
-        stack = program_stack(tmp_path / "stack", client)
+        stack = program_stack(LAB, client, STACK, tmp_path / "stack", PROGRAM, stack_config())
         started = time.monotonic()
         stack.up()
         up_seconds = time.monotonic() - started

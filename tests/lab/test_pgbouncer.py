@@ -331,6 +331,33 @@ def test_tls_on_both_sides_and_scram_without_clear_text(pooled, rendered):
         assert found.stdout.split() == [], f"h{index}: {found.stdout}"
 
 
+def running_limits(index: int) -> tuple[str, str]:
+    """(max_client_conn of the host's pgbouncer.ini, the running PgBouncer's 'Max open files'
+    soft and hard limit)."""
+    script = (
+        "sed -n 's/^max_client_conn = //p' /etc/pgbouncer/pgbouncer.ini; "
+        "awk '/^Max open files/ {print $4, $5}' "
+        '"/proc/$(head -n1 /var/run/postgresql/pgbouncer.pid)/limits"'
+    )
+    result = ssh(index, script)
+    assert result.returncode == 0, result.stderr
+    clients, files = result.stdout.splitlines()
+    return clients, files
+
+
+def test_pgbouncer_runs_with_the_checked_limits_and_a_new_limit_restarts_it(pooled):
+    """The connection budget's values on the hosts: max_client_conn and the open-file limit of
+    the running process are the settings the preview checked; a raised limit restarts it."""
+    assert [running_limits(i) for i in (1, 2, 3)] == [("1000", "4096 4096")] * 3
+    pooled["config"] = {**pooled["config"], "pgbouncerOpenFiles": 5000}
+    outputs = applied(pooled["stack"], pooled["config"], pooled["secrets"])
+    for name in ("mlg-h1", "mlg-h2", "mlg-h3"):
+        report = outputs["steps"][f"pooler-{name}"]
+        assert report["changed"] == ["pgbouncer restarted"], name
+        assert (report["open_files"], report["probe"]) == (5000, "ok")
+    assert [running_limits(i) for i in (1, 2, 3)] == [("1000", "5000 5000")] * 3
+
+
 def test_a_new_db_password_reaches_every_pool(pooled, rendered):
     """dbPassword rotated: the primary step sets the new verifier, each pooler step (its stdin
     changed) waits until its host holds it, rewrites the auth file and reloads PgBouncer."""

@@ -22,6 +22,7 @@ from mastodon_data.config import (
     lifecycle,
     managed,
     media,
+    monitoring,
     parse_settings,
     pooling,
     records,
@@ -71,7 +72,12 @@ def test_valid_droplets_config() -> None:
             port=5432,
             max_connections=100,
             # 2 Puma processes x 5 threads + 25 Sidekiq threads + 10 streaming connections.
-            pool=records.PoolSettings(pgbouncer_port=6432, size=45, max_clients=1000),
+            pool=records.PoolSettings(
+                pgbouncer_port=6432,
+                size=45,
+                pgbouncer_max_client_conn=1000,
+                pgbouncer_open_files=4096,
+            ),
         ),
         droplets=records.DropletSettings(
             image="debian-12-x64",
@@ -83,7 +89,12 @@ def test_valid_droplets_config() -> None:
             admin_cidrs=("198.51.100.7/32",),
             postgres_allowed_sources=("10.118.0.0/20",),
             port=5432,
-            pool=records.PoolSettings(pgbouncer_port=6432, size=45, max_clients=1000),
+            pool=records.PoolSettings(
+                pgbouncer_port=6432,
+                size=45,
+                pgbouncer_max_client_conn=1000,
+                pgbouncer_open_files=4096,
+            ),
         ),
         hosts=(),
     )
@@ -139,7 +150,7 @@ def test_defaults_equal_pulumi_yaml() -> None:
 
 
 def test_every_setting_of_pulumi_yaml_is_described_once() -> None:
-    domains = (topology, pooling, managed, access, media, redis, backups, lifecycle)
+    domains = (topology, pooling, managed, access, media, redis, backups, lifecycle, monitoring)
     fields = [f for domain in domains for f in domain.FIELDS]
     assert sorted(f.key for f in fields) == sorted(TYPES)  # each once, none left out
     for field in fields:
@@ -162,7 +173,8 @@ BAD_INPUTS = [
      "'s-2vcpu-4gb'", "database size slug"),
     ("db-nodes-4", {**MANAGED, "dbNodeCount": 4}, "dbNodeCount", "4", "1 to 3"),
     ("db-nodes-0", {**MANAGED, "dbNodeCount": 0}, "dbNodeCount", "0", "1 to 3"),
-    ("db-standby-on-smallest", {**MANAGED, "dbClusterSize": "db-s-1vcpu-1gb", "poolSize": 20},
+    ("db-standby-on-smallest", {**MANAGED, "dbClusterSize": "db-s-1vcpu-1gb", "poolSize": 20,
+     "sidekiqThreads": 5, "streamingDbPool": 5},
      "dbNodeCount", "2", "cannot have standby nodes"),
     ("pool-too-large", {**MANAGED, "poolSize": 98}, "poolSize", "98",
      "larger than db-s-2vcpu-4gb allows: 97"),
@@ -215,6 +227,12 @@ BAD_INPUTS = [
      "5", "1 to 3"),
     ("redis-managed-in-hosts-no-source", {**HOSTS, "redisMode": "managed"}, "appTag", "''",
      "at least one app source"),
+    ("redis-cache-without-valkey", {**MANAGED, "redisCache": True}, "redisCache", "true",
+     "needs redisMode managed (the cache is a Valkey cluster made here), not none"),
+    ("redis-cache-external", {**MANAGED, "redisMode": "external", "redisCache": "true"},
+     "redisCache", "true", "needs redisMode managed"),
+    ("redis-cache-word", {**MANAGED, "redisMode": "managed", "redisCache": "yes"}, "redisCache",
+     "'yes'", "true or false"),
     ("mode-unknown", {**DROPLETS, "postgresMode": "k8s"}, "postgresMode", "'k8s'",
      "not one of droplets, hosts, managed"),
     ("region", {**DROPLETS, "region": "nyc9"}, "region", "'nyc9'", "not one of"),
@@ -337,8 +355,10 @@ BAD_INPUTS = [
      "1024 to 65535"),
     ("pgbouncer-word", {**DROPLETS, "pgbouncer": "on"}, "pgbouncer", "'on'", "true or false"),
     ("puma-zero", {**DROPLETS, "pumaProcesses": 0}, "pumaProcesses", "0", "1 to 1000"),
-    ("pool-setting-in-managed", {**MANAGED, "sidekiqThreads": 50}, "sidekiqThreads", "50",
-     "not used in managed mode (there: poolSize)"),
+    ("managed-clients-over-pool", {**MANAGED, "sidekiqThreads": 50}, "poolSize", "50",
+     "= 2 x 5 + 50 + 10 = 70; the others wait for a connection"),
+    ("pgbouncer-setting-in-managed", {**MANAGED, "pgbouncerOpenFiles": 8192},
+     "pgbouncerOpenFiles", "8192", "not used in managed mode (there: DigitalOcean's pgBouncer)"),
 ]  # fmt: skip
 
 
@@ -366,12 +386,13 @@ def test_max_connections_fix_sets_exactly_what_the_pool_needs() -> None:
     settings = parse_settings(
         {**DROPLETS, "pumaProcesses": 8, "sidekiqThreads": 50, "maxConnections": 113}, ALL_SECRETS
     )
-    assert settings.replication.pool == records.PoolSettings(6432, 100, 1000)
+    assert settings.replication.pool == records.PoolSettings(6432, 100, 1000, 4096)
     assert settings.replication.max_connections == 113
     big = parse_settings(
-        {**DROPLETS, "sidekiqThreads": 600, "maxConnections": 700}, ALL_SECRETS
+        {**DROPLETS, "sidekiqThreads": 600, "maxConnections": 700, "pgbouncerMaxClientConn": 1240},
+        ALL_SECRETS,
     ).replication.pool
-    assert big == records.PoolSettings(6432, 620, 1240)  # client slots: twice the threads
+    assert big == records.PoolSettings(6432, 620, 1240, 4096)  # client slots: twice the threads
 
 
 def test_pgbouncer_off_leaves_no_pool() -> None:

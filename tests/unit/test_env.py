@@ -143,6 +143,13 @@ def test_redis_and_object_storage_in_any_mode() -> None:
     assert "PREPARED_STATEMENTS" not in env  # no pool: Mastodon's default (true)
 
 
+def test_the_caches_own_redis_is_cache_redis_url_beside_redis_url() -> None:
+    queues, cache = "rediss://default:p@q:25061", "rediss://default:c@c:25061"
+    env = with_replica(replica_host="10.118.0.3", redis=queues, cache_redis=cache)
+    assert (env["REDIS_URL"], env["CACHE_REDIS_URL"]) == (queues, cache)
+    assert "CACHE_REDIS_URL" not in with_replica(replica_host="10.118.0.3", redis=queues)
+
+
 def test_redis_url_encodes_the_password() -> None:
     assert (
         redis_url(user="default", password="a/b+c@d:e", host="h.example", port=25061)
@@ -164,7 +171,11 @@ def test_migration_env_goes_direct_with_prepared_statements() -> None:
 def test_managed_keys_cover_every_emitted_key() -> None:
     emitted = set(
         through_pool(
-            replica_host="r", replica_port=25060, redis="rediss://u:p@h:1", object_storage=STORAGE
+            replica_host="r",
+            replica_port=25060,
+            redis="rediss://u:p@h:1",
+            cache_redis="rediss://u:p@c:1",
+            object_storage=STORAGE,
         )
     )
     emitted |= set(with_replica(replica_host="10.118.0.3", replica_port=5432))
@@ -179,6 +190,7 @@ def test_owned_keys_follow_the_groups_the_stack_emits() -> None:
     assert owned_keys(primary_only() | {"REDIS_URL": "x"}) == database | {
         "REDIS_URL",
         "REDIS_DRIVER",
+        "CACHE_REDIS_URL",
         "REDIS_NAMESPACE",
     }
     assert set(S3) <= owned_keys(primary_only() | {"S3_BUCKET": "b"})

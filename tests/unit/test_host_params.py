@@ -58,7 +58,7 @@ STACKS = {
 # Fields the plan derives: no setting of that name (the others are snake_case settings).
 DERIVED = {
     "port", "wal_senders", "replication_peers", "primary_address", "primary_port",
-    "reseed", "primary_ca_cert", "replicas", "stanza", "pool_size", "max_clients",
+    "reseed", "primary_ca_cert", "replicas", "stanza", "pool_size",
     "backup_path", "action", "role", "type", "target_time", "overwrite",
 }  # fmt: skip
 

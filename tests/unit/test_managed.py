@@ -205,6 +205,8 @@ def test_mastodon_env_and_migration_env_for_every_combination(mode, replica, spa
     assert run.outputs["migration_env"] == expected_migration(mode)
     assert run.outputs["postgres"] == expected_postgres(mode, replica)
     assert "mastodon_env" in run.secret_outputs
+    # The alert rules are for the stack's own servers (droplets, hosts).
+    assert ("alert_rules" in run.outputs) is (mode != "managed")
     assert not {"DATABASE_URL", "REPLICA_DATABASE_URL", "REDIS_NAMESPACE"} & set(env)
     # The services exist exactly when asked for, in any mode.
     assert len(run.of_type("/spacesBucket:SpacesBucket")) == int(spaces)

@@ -22,7 +22,8 @@ PARAMS = {
     "db_user": "mastodon",
     "pgbouncer_port": 6432,
     "pool_size": 45,
-    "max_clients": 1000,
+    "pgbouncer_max_client_conn": 1000,
+    "pgbouncer_open_files": 4096,
 }
 
 
@@ -62,14 +63,14 @@ def test_userlist_holds_the_verifier_not_a_password():
     assert line == f'"mastodon" "{verifier}"\n' and "a-password" not in line
 
 
-def test_open_files_cover_every_client_and_backend():
-    assert pooler.open_files(PARAMS) == 1000 + 45 + 64
+def test_the_unit_gets_the_checked_open_file_limit():
+    assert pooler.limit_text(PARAMS) == "[Service]\nLimitNOFILE=4096\n"
 
 
 @pytest.mark.parametrize(
     ("change", "restart"),
-    [({"pool_size": 60}, False), ({"max_clients": 2000}, False), ({"pgbouncer_port": 6433}, True),
-     ({"private_address": "10.0.0.9"}, True)],
+    [({"pool_size": 60}, False), ({"pgbouncer_max_client_conn": 2000}, False),
+     ({"pgbouncer_port": 6433}, True), ({"private_address": "10.0.0.9"}, True)],
 )  # fmt: skip
 def test_only_listening_changes_need_a_restart(change, restart):
     before = pooler.ini_settings(pooler.ini_text(PARAMS, common.Cluster(15)))
@@ -111,7 +112,7 @@ def endpoints(replica: bool, pool: PoolSettings | None) -> dict:
 
 
 def test_mastodon_reads_pooled_primary_and_replica_and_direct_migrations():
-    ends = endpoints(True, PoolSettings(6432, 45, 1000))
+    ends = endpoints(True, PoolSettings(6432, 45, 1000, 4096))
     env = outputs.env_output(ends, "pw-0123456789abcdef")
     app = database_config(env)
     assert [(c["host"], c["port"], c["prepared_statements"]) for c in app.values()] == [
@@ -139,7 +140,7 @@ def test_mastodon_reads_direct_servers_without_pgbouncer():
 def test_the_replication_check_goes_past_the_pools():
     from mastodon_data.cli.check_replication import direct_env
 
-    ends = endpoints(True, PoolSettings(6432, 45, 1000))
+    ends = endpoints(True, PoolSettings(6432, 45, 1000, 4096))
     stack = {
         "mastodon_env": outputs.env_output(ends, "pw-0123456789abcdef"),
         "postgres": outputs.postgres_output(ends),
@@ -177,17 +178,17 @@ def test_with_systemd_the_unit_gets_its_file_limit_then_is_enabled_and_started(
         "systemctl is-active --quiet pgbouncer",
         "systemctl enable --now pgbouncer",
     ]
-    assert pooler.SYSTEMD_DROPIN.read_text() == "[Service]\nLimitNOFILE=1109\n"
+    assert pooler.SYSTEMD_DROPIN.read_text() == "[Service]\nLimitNOFILE=4096\n"
 
 
 def test_with_systemd_a_change_is_a_reload_and_the_limit_a_restart(monkeypatch, tmp_path):
     host = SystemdHost(monkeypatch, tmp_path, active=True)
     pooler.SYSTEMD_DROPIN.parent.mkdir()
-    pooler.SYSTEMD_DROPIN.write_text("[Service]\nLimitNOFILE=1109\n")
+    pooler.SYSTEMD_DROPIN.write_text("[Service]\nLimitNOFILE=4096\n")
     assert pooler.apply(PARAMS, changed=True, restart=False) == "reloaded"
     assert host.calls == ["systemctl is-active --quiet pgbouncer", "systemctl reload pgbouncer"]
     host.calls.clear()
-    assert pooler.apply({**PARAMS, "max_clients": 2000}, changed=True, restart=False) == (
+    assert pooler.apply({**PARAMS, "pgbouncer_open_files": 8192}, changed=True, restart=False) == (
         "restarted"
     )  # a new LimitNOFILE needs a new process
     assert host.calls == [
@@ -197,6 +198,6 @@ def test_with_systemd_a_change_is_a_reload_and_the_limit_a_restart(monkeypatch, 
         "systemctl enable --now pgbouncer",
     ]
     host.calls.clear()
-    assert pooler.apply({**PARAMS, "max_clients": 2000}, changed=False, restart=False) == (
+    assert pooler.apply({**PARAMS, "pgbouncer_open_files": 8192}, changed=False, restart=False) == (
         "unchanged"
     )

@@ -17,7 +17,12 @@ import pytest
 from test_policy import DROPLETS, HOSTS, MANAGED
 
 ROOT = Path(__file__).resolve().parents[2]
-MODES = {"droplets": (DROPLETS, None), "hosts": (HOSTS, None), "managed": (MANAGED, {})}
+MODES = {
+    "droplets": (DROPLETS, None),
+    "hosts": (HOSTS, None),
+    "managed": (MANAGED, {}),
+    "managed-with-cache": ({**MANAGED, "redisCache": True}, {}),  # two Valkey clusters
+}
 
 DUMP = """
 import json, sys

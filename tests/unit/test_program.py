@@ -14,6 +14,8 @@ import pulumi
 import pytest
 from program_harness import CA_CERT, SECRETS, run_program
 
+from mastodon_data import monitoring
+from mastodon_data.config import parse_settings
 from tests.fixtures import DROPLETS, hosts_stack
 
 HOSTS = hosts_stack(count=3, replicas=2)
@@ -164,6 +166,9 @@ def test_droplets_outputs(droplets):
     assert [r["private_address"] for r in droplets.outputs["replicas"]] == ["10.118.0.3"]
     assert set(droplets.outputs["replication"]) == {"db-0", "db-1"}
     assert droplets.outputs["postgres_ca_cert"] == CA_CERT
+    settings = parse_settings(DROPLETS, frozenset(SECRETS))
+    rules = monitoring.render_rules(settings.replication, settings.alerts)
+    assert droplets.outputs["alert_rules"] == rules and "alert_rules" not in droplets.secret_outputs
 
 
 def test_no_replica_means_no_replica_variables():

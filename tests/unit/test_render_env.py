@@ -304,6 +304,17 @@ def test_redis_and_s3_groups_owned_only_when_the_stack_emits_them(tmp_path: Path
     assert "S3_PERMISSION=private\n" in text
 
 
+def test_a_cache_redis_url_the_stack_no_longer_emits_is_removed(tmp_path: Path) -> None:
+    target = tmp_path / ".env.production"
+    redis = {"REDIS_URL": "rediss://default:p@h:25061", "REDIS_DRIVER": "ruby"}
+    cache = {"CACHE_REDIS_URL": "rediss://default:c@c:25061"}
+    assert run(tmp_path, {"mastodon_env": {**ENV, **redis, **cache}}).returncode == 0
+    assert "CACHE_REDIS_URL=rediss://default:c@c:25061\n" in target.read_text()
+    # redisCache turned off: Mastodon's cache goes back to REDIS_URL, not to a gone cluster.
+    assert run(tmp_path, {"mastodon_env": {**ENV, **redis}}).returncode == 0
+    assert "CACHE_REDIS_URL" not in target.read_text()
+
+
 def test_stale_service_keys_within_an_owned_group_are_removed(tmp_path: Path) -> None:
     target = tmp_path / ".env.production"
     target.write_text("S3_ENABLED=true\nS3_ALIAS_HOST=old.example\nS3_CLOUDFRONT_HOST=x\n")

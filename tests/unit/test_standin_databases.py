@@ -171,7 +171,7 @@ def test_a_single_node_cluster_has_no_standby_fields(api):
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ({"engine": "valkey"}, "pg clusters only"),
+        ({"engine": "mysql"}, "makes pg and valkey clusters"),
         ({"size": "s-1vcpu-1gb"}, "not a database size"),
         ({"region": "mars1"}, "not available"),
         ({"num_nodes": 4}, "1, 2 or 3"),

@@ -8,7 +8,7 @@ the account's state and its routes), composed by lab/standin/account.py:
     droplets, droplet_actions
     volumes          volumes and their actions
     firewalls        cloud firewalls, and the packet filters that enforce them
-    spaces_keys, cdn
+    spaces_keys, cdn, buckets  (the buckets' S3 side: lab/standin/spaces.py)
     databases        managed PostgreSQL clusters: nodes, databases, users, trusted sources
     base             what they share: errors, requests, paging, timings, faults, `Resource`
 """

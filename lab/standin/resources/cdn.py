@@ -1,5 +1,6 @@
 """CDN endpoints in front of a Spaces bucket (certificates and custom domains are not
-modelled: the stand-in refuses them)."""
+modelled: the stand-in refuses them). The endpoint's name resolves on the app side to the
+Spaces address, where lab/standin/spaces.py serves it."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class CdnEndpoints(Resource):
         }
         self.items[ident] = cdn
         self.save()
+        self.account.publish_names()
         return 201, {"endpoint": cdn}
 
     def get(self, request: Request):
@@ -69,4 +71,9 @@ class CdnEndpoints(Resource):
         cdn = self.find(request.params["id"])
         del self.items[cdn["id"]]
         self.save()
+        self.account.publish_names()
         return 204, None
+
+    def host_names(self) -> dict[str, str]:
+        address = self.account.backend.spaces_address()
+        return {cdn["endpoint"]: address for cdn in self.items.values()} if address else {}

@@ -11,26 +11,23 @@ root object wrapped (`database`, `db`, `user`, `rules`, `ca`), `created_at` RFC 
 as sent, a user's `settings` never returned (it would be a permanent diff). What is modelled and
 what is not: docs/developers/standin.md. Read-only nodes: database_replicas.py (their trusted
 sources are served here, by their uuid); connection pools: database_pools.py; the standby's
-takeover: database_takeover.py. Not here yet: Valkey.
+takeover: database_takeover.py; engine `valkey`: valkey.py.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import ipaddress
 import re
 import secrets
 import threading
 import uuid
 
-from lab.standin.firewall import compile_trusted_sources
-
+from . import valkey
 from .base import ApiError, Request, Resource, at, json_body, not_found, now_iso, unprocessable
 from .catalog import REGIONS
+from .database_firewall import PORT, TrustedSources
 
-PORT = 25060
-POOL_PORT = 25061  # PgBouncer's (database_pools.py): trusted sources cover both
 ACCOUNT_NUMBER = 1  # the `do-user-<n>` of the host names
 DEFAULT_PROJECT = "a1b2c3d4-0000-4000-8000-000000000001"
 # slug: memory GiB (DigitalOcean's database sizes)
@@ -43,8 +40,7 @@ DB_SIZES = {
     "db-s-8vcpu-32gb": 32,
     "db-s-16vcpu-64gb": 64,
 }
-ENGINES = {"pg"}  # valkey: not yet
-RULE_TYPES = ("droplet", "k8s", "ip_addr", "tag", "app")
+ENGINES = ("pg", valkey.ENGINE)
 NAME = re.compile(r"[a-z][a-z0-9-]{2,62}")
 SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 HOST_KINDS = ("", "private-", "replica-", "private-replica-")
@@ -56,7 +52,7 @@ def new_password() -> str:
     return "AVNS_" + secrets.token_urlsafe(15)
 
 
-class Databases(Resource):
+class Databases(TrustedSources, Resource):
     COLLECTION = "databases"
     KIND = "database cluster"
 
@@ -70,10 +66,14 @@ class Databases(Resource):
             *at("/v2/databases", GET=self.list, POST=self.create),
             *at(base, GET=self.get, DELETE=self.delete),
             *at(f"{base}/ca", GET=self.ca),
-            *at(f"{base}/dbs", GET=self.list_dbs, POST=self.create_db),
-            *at(f"{base}/dbs/{{name}}", GET=self.get_db, DELETE=self.delete_db),
-            *at(f"{base}/users", GET=self.list_users, POST=self.create_user),
-            *at(f"{base}/users/{{name}}", GET=self.get_user, DELETE=self.delete_user),
+            *at(f"{base}/dbs", GET=self.pg(self.list_dbs), POST=self.pg(self.create_db)),
+            *at(f"{base}/dbs/{{name}}", GET=self.pg(self.get_db), DELETE=self.pg(self.delete_db)),
+            *at(f"{base}/users", GET=self.pg(self.list_users), POST=self.pg(self.create_user)),
+            *at(
+                f"{base}/users/{{name}}",
+                GET=self.pg(self.get_user),
+                DELETE=self.pg(self.delete_user),
+            ),  # fmt: skip
             *at(f"{base}/firewall", GET=self.get_firewall, PUT=self.put_firewall),
         ]
 
@@ -85,6 +85,8 @@ class Databases(Resource):
 
     def connection(self, cluster: dict, kind: str) -> dict:
         host, password = self.host_name(cluster, kind), cluster["password"]
+        if cluster.get("engine") == valkey.ENGINE:  # a read-only node's record has none: pg
+            return valkey.connection(cluster, host)
         return {
             "uri": f"postgres://doadmin:{password}@{host}:{PORT}/defaultdb?sslmode=require",
             "database": "defaultdb",
@@ -113,7 +115,10 @@ class Databases(Resource):
             "db_names": list(c["dbs"]),
             "connection": self.connection(c, ""),
             "private_connection": self.connection(c, "private-"),
-            "users": [self.user_json(c, name, name == "doadmin") for name in c["users"]],
+            "users": [
+                self.user_json(c, name, user["role"] == "primary")
+                for name, user in c["users"].items()
+            ],
             "maintenance_window": {
                 "day": "saturday",
                 "hour": "08:45:12",
@@ -154,7 +159,10 @@ class Databases(Resource):
         if any(c["name"] == name for c in self.items.values()):
             raise unprocessable(f"a database cluster named {name} already exists")
         if engine not in ENGINES:
-            raise unprocessable(f"engine {engine!r}: the stand-in makes pg clusters only")
+            raise unprocessable(f"engine {engine!r}: the stand-in makes pg and valkey clusters")
+        version = str(body.get("version") or ("15" if engine == "pg" else valkey.VERSIONS[0]))
+        if engine == valkey.ENGINE and version not in valkey.VERSIONS:
+            raise unprocessable(f"valkey version {version!r} is not available (8)")
         if body.get("region") not in REGIONS:
             raise unprocessable(f"region {body.get('region')!r} is not available")
         if body.get("size") not in DB_SIZES:
@@ -165,7 +173,7 @@ class Databases(Resource):
         for unsupported in ("backup_restore", "storage_autoscale", "do_settings"):
             if body.get(unsupported):
                 raise unprocessable(f"the stand-in does not model {unsupported}")
-        return {"name": name, "engine": engine, "version": str(body.get("version") or "15"),
+        return {"name": name, "engine": engine, "version": version,
                 "size": body["size"], "region": body["region"], "num_nodes": nodes}  # fmt: skip
 
     def checked_vpc(self, body: dict, region: str) -> dict:
@@ -185,8 +193,8 @@ class Databases(Resource):
         vpc = self.checked_vpc(body, fields["region"])
         ident, password = str(uuid.uuid4()), new_password()
         nodes = [  # a node's name is its hostname: at most 64 characters
-            {"id": f"pg-{ident[:8]}-{i}", "name": f"{fields['name'][:60]}-{i}", "status": "on",
-             **self.account.machines.place(vpc)}
+            {"id": f"{fields['engine']}-{ident[:8]}-{i}", "name": f"{fields['name'][:60]}-{i}",
+             "status": "on", **self.account.machines.place(vpc)}
             for i in range(fields["num_nodes"])
         ]  # fmt: skip
         cluster = {
@@ -206,6 +214,8 @@ class Databases(Resource):
             "pools": {},
             "deleting": False,
         }
+        if fields["engine"] == valkey.ENGINE:
+            cluster |= valkey.new_cluster_fields(password)
         self.items[ident] = cluster
         self.mark_fresh(request, ident)
         self.save()
@@ -224,7 +234,7 @@ class Databases(Resource):
                     if self.items[ident]["deleting"]:
                         return
                 self.account.backend.create_host(node, vpc, [])
-                self.account.backend.start_postgres(cluster, node, primary if index else None)
+                self.start(cluster, node, primary if index else None)
                 with self.account.lock:
                     self.items[ident]["nodes"][index]["host_ready"] = True
         self.account.publish_names()
@@ -233,6 +243,28 @@ class Databases(Resource):
             if ident in self.items and not self.items[ident]["deleting"]:
                 self.items[ident]["status"] = "online"
                 self.save()
+
+    def start(self, cluster: dict, node: dict, primary: dict | None) -> None:
+        if cluster["engine"] == valkey.ENGINE:
+            settings = valkey.server_settings(cluster["valkey_config"], self.memory_gib(cluster))
+            self.account.backend.start_valkey(cluster, node, primary, settings)
+        else:
+            self.account.backend.start_postgres(cluster, node, primary)
+
+    @staticmethod
+    def memory_gib(cluster: dict) -> int:
+        return DB_SIZES[cluster["size"]]
+
+    def pg(self, handler):
+        """`handler` for PostgreSQL clusters; a Valkey cluster gets DigitalOcean's refusal."""
+
+        def only_pg(request: Request):
+            cluster = self.find(request.params["id"])
+            if cluster["engine"] == valkey.ENGINE:
+                raise unprocessable(valkey.NOT_SUPPORTED[request.path.split("/")[4]])
+            return handler(request)
+
+        return only_pg
 
     def working(self, ident: str) -> threading.Lock:
         """The lock of the cluster's work on the machine (its creation, its deletion)."""
@@ -351,76 +383,6 @@ class Databases(Resource):
 
     def sql(self, cluster: dict, sql: str, database: str = "postgres") -> None:
         self.account.backend.run_sql(cluster["nodes"][0], sql, database)
-
-    # -- trusted sources ----------------------------------------------------------------------
-    def with_rules(self, ident: str) -> dict:
-        """A cluster, or a read-only node by its uuid: its trusted sources are its own."""
-        record = self.items.get(ident) or self.account.database_replicas.items.get(ident)
-        if not record:
-            raise not_found(f"{self.KIND} {ident}")
-        return record
-
-    def get_firewall(self, request: Request):
-        cluster = self.with_rules(request.params["id"])
-        return {"rules": [{**rule, "cluster_uuid": cluster["id"]} for rule in cluster["rules"]]}
-
-    def put_firewall(self, request: Request):
-        cluster = self.with_rules(request.params["id"])
-        rules = json_body(request).get("rules") or []
-        if len(rules) > 100:
-            raise unprocessable("a cluster has at most 100 trusted sources")
-        kept = {(r["type"], r["value"]): r for r in cluster["rules"]}
-        new = []
-        for rule in rules:
-            kind, value = rule.get("type"), str(rule.get("value") or "")
-            if kind not in RULE_TYPES or not value:
-                raise unprocessable(f"rule type {kind!r}: one of {', '.join(RULE_TYPES)}")
-            if kind == "droplet" and not value.isdigit():
-                raise unprocessable(f"droplet {value!r}: a droplet id")
-            if kind == "ip_addr":
-                try:
-                    if ipaddress.ip_network(value, strict=False).version != 4:
-                        raise unprocessable(f"ip_addr {value}: IPv6 is not supported")
-                except ValueError as err:
-                    raise unprocessable(f"ip_addr {value!r} is not an address") from err
-            old = kept.get((kind, value))
-            old = old or {"uuid": str(uuid.uuid4()), "created_at": now_iso()}
-            new.append({"uuid": old["uuid"], "type": kind, "value": value,
-                        "created_at": old["created_at"]})  # fmt: skip
-        cluster["rules"] = new
-        self.save()
-        self.account.firewalls.want_sync()
-        return 204, None
-
-    def trusted_addresses(self, cluster: dict) -> list[str] | None:
-        """The addresses its rules let in (its own nodes and read-only nodes too, for
-        replication); None: open."""
-        if not cluster["rules"]:
-            return None
-        target = {
-            "addresses": [r["value"] for r in cluster["rules"] if r["type"] == "ip_addr"],
-            "droplet_ids": [r["value"] for r in cluster["rules"] if r["type"] == "droplet"],
-            "tags": [r["value"] for r in cluster["rules"] if r["type"] == "tag"],
-        }
-        own = [f"{n[side]}/32" for n in cluster["nodes"] for side in ("public", "private")]
-        own += self.account.database_replicas.addresses_of(cluster["id"])
-        return own + self.account.firewalls.resolve(target)
-
-    def sync(self) -> None:
-        """Every node's packet filter made to match its cluster's trusted sources now (called
-        by `firewalls.sync`, under its lock)."""
-        with self.account.lock:
-            plans = [
-                (dict(node), compile_trusted_sources(self.trusted_addresses(c), [PORT, POOL_PORT]))
-                for c in self.items.values()
-                if not c["deleting"]
-                for node in c["nodes"]
-                if node.get("host_ready")
-            ]
-        for node, script in plans:
-            if self.account.firewalls.applied.get(node["id"]) != script:
-                self.account.backend.apply_firewall(node, script)
-                self.account.firewalls.applied[node["id"]] = script
 
     # -- hooks --------------------------------------------------------------------------------
     def host_names(self) -> dict[str, str]:
