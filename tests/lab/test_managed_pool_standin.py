@@ -254,7 +254,7 @@ def check_the_takeover(client, out: dict, ca: Path, cluster: dict, log: Path) ->
 def test_a_pool_reached_a_takeover_under_writes_and_a_pool_over_the_limit(tmp_path):
     with standin_account(LAB) as (client, _key):
         client.token = f"dop_v1_standin-{STACK}"
-        stack = program_stack(STACK, PROGRAM, tmp_path / "stack", client, program_config())
+        stack = program_stack(LAB, client, STACK, tmp_path / "stack", PROGRAM, program_config())
         stack.up()
         out = stack.outputs()
         stack.preview("--refresh", "--expect-no-changes")
