@@ -52,7 +52,8 @@ def issue(ca: Path, target: Path, names: list[str], addresses: list[str]) -> Pat
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     alt = ",".join([*(f"DNS:{n}" for n in names), *(f"IP:{a}" for a in addresses)])
     (target / "ext").write_text(f"subjectAltName={alt}\nextendedKeyUsage=serverAuth\n")
-    openssl("req", "-new", *EC, "-subj", f"/CN={names[0]}", "-keyout", str(target / "node.key"),
+    common_name = names[0][:64]  # X.509's limit; clients check the subjectAltName
+    openssl("req", "-new", *EC, "-subj", f"/CN={common_name}", "-keyout", str(target / "node.key"),
             "-out", str(target / "node.csr"))  # fmt: skip
     openssl("x509", "-req", "-in", str(target / "node.csr"), "-CA", str(ca / "ca.crt"),
             "-CAkey", str(ca / "ca.key"), "-CAcreateserial", "-days", "3650",

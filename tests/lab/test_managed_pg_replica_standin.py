@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from standinkit import PROBE, program_stack, standin_account, wait_until
+from standinkit import PROBE, process_marks, program_stack, standin_account, wait_until
 
 from lab.stack import LabStack
 from lab.standin.account import Account
@@ -204,8 +204,8 @@ def test_a_read_only_node_read_filtered_following_its_primary_and_destroyed(tmp_
 
 def check_destroyed(stack: LabStack, client, node: dict) -> None:
     """Destroy leaves no host, process, packet filter or name of the node."""
-    pids = LAB.hosts.pids(node)
-    assert pids  # its sshd and PostgreSQL
+    marks = process_marks(LAB.hosts.pids(node))
+    assert marks  # its sshd and PostgreSQL
     stack.destroy()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (
@@ -215,7 +215,7 @@ def check_destroyed(stack: LabStack, client, node: dict) -> None:
     assert client.call("GET", "/v2/databases")["databases"] == []
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert [ns for ns in left.split() if ns.startswith("mlro-d")] == []  # filters went with them
-    assert [pid for pid in pids if Path(f"/proc/{pid}").exists()] == []
+    assert process_marks([pid for pid, _ in marks]) & marks == set()
     assert list((LAB.state_dir / "droplets").iterdir()) == []
     assert "ondigitalocean" not in LAB.hosts.hosts_file.read_text()
     assert state()["database_replicas"] == {}

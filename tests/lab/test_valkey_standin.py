@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from standinkit import PROBE, program_stack, standin_account
+from standinkit import PROBE, process_marks, program_stack, standin_account
 
 from lab.stack import LabStack
 from lab.standin.service import StandInLab
@@ -83,14 +83,6 @@ def app_side(script: str, stdin: str, *argv: str) -> dict:
     result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def running(pid: int) -> bool:
-    """Process `pid` runs (a killed one this machine's init has not reaped yet is a zombie)."""
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
 
 
 def probe(ns: str, address: str, port: int) -> str:
@@ -160,12 +152,13 @@ def test_valkey_queues_and_cache_up_refreshed_reached_filtered_and_destroyed(tmp
         pid_files = [LAB.hosts.valkey_dir(n) / "valkey.pid" for n in nodes]
         pids = [pid_alive(f) for f in pid_files]
         assert all(pids), pids
+        marks = process_marks(pids)
         stack.destroy()
         deadline = time.monotonic() + 60
         while client.call("GET", "/v2/databases")["databases"] and time.monotonic() < deadline:
             time.sleep(0.5)
         assert client.call("GET", "/v2/databases")["databases"] == []
-        assert [p for p in pids if running(p)] == []  # no valkey-server left
+        assert process_marks(pids) & marks == set()  # no valkey-server left
         left = [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True,
                 text=True).stdout.split() if ns.startswith("mlvk-d")]  # fmt: skip
         assert left == []  # the nodes and their packet filters
