@@ -57,9 +57,10 @@ class StandInServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address, account: Account, log: RequestLog, spaces: Spaces | None = None,
-                 handler=None):  # fmt: skip
-        if address[0] != "localhost" and not ipaddress.ip_address(address[0]).is_loopback:
-            raise ValueError("the stand-in listens on loopback only")
+                 handler=None, lab_network=None):  # fmt: skip
+        ip = None if address[0] == "localhost" else ipaddress.ip_address(address[0])
+        if ip and not ip.is_loopback and not (lab_network and ip in lab_network):
+            raise ValueError("the stand-in listens on loopback or on its lab's network only")
         super().__init__(address, handler or Handler)
         self.account, self.request_log = account, log
         self.scratch = None  # objects of an account without a state directory (tests)
@@ -268,8 +269,9 @@ def serve(account: Account, port: int = 0, log_file: Path | None = None) -> Stan
 class SpacesServer(StandInServer):
     """TLS, each connection's handshake in its own thread."""
 
-    def __init__(self, address, api: StandInServer, context: ssl.SSLContext):
-        super().__init__(address, api.account, api.request_log, api.spaces, SpacesHandler)
+    def __init__(self, address, api: StandInServer, context: ssl.SSLContext, lab_network):
+        super().__init__(address, api.account, api.request_log, api.spaces, SpacesHandler,
+                         lab_network)  # fmt: skip
         self.context = context
 
     def finish_request(self, request, client_address) -> None:
@@ -284,11 +286,11 @@ class SpacesServer(StandInServer):
             connection.close()
 
 
-def serve_spaces(api: StandInServer, address: str, certificate: Path, port: int = 443):
-    """Spaces' and the CDN's HTTPS on `address` (loopback), with `certificate`'s node.crt and
-    node.key; the API server's account, objects and log."""
+def serve_spaces(api: StandInServer, address: str, certificate: Path, lab_network, port=443):
+    """Spaces' and the CDN's HTTPS on `address` (in `lab_network`, the lab's own public network),
+    with `certificate`'s node.crt and node.key; the API server's account, objects and log."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(certificate / "node.crt", certificate / "node.key")
-    server = SpacesServer((address, port), api, context)
+    server = SpacesServer((address, port), api, context, lab_network)
     threading.Thread(target=server.serve_forever, daemon=True, name="standin-https").start()
     return server

@@ -146,7 +146,7 @@ def serve(args: argparse.Namespace) -> int:
     account.recover()
     watching = account.start_watching(timings.health_check)
     server = start_server(account, args.port, state_dir / "requests.jsonl")
-    spaces = serve_spaces(server, hosts.spaces_address(), hosts.spaces_certificate())
+    spaces = serve_spaces(server, hosts.spaces_address(), hosts.spaces_certificate(), hosts.public)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
