@@ -35,6 +35,11 @@ bench: packages venv/.installed engine
 lab-down:
 	python3 -m lab.namespaces down
 
+.PHONY: bench-managed
+# Issue 20's figures on a managed stand-in lab of its own (mlmb); results/managed_timings.json.
+bench-managed: packages venv/.installed engine
+	$(PY) -m lab.bench_managed
+
 .PHONY: lab-droplets lab-droplets-down
 # Droplets mode on the DigitalOcean stand-in (lab/standin/): a dev-like stack (primary + 2
 # replicas) through `pulumi up` with the real DigitalOcean provider; the droplets are lab hosts.

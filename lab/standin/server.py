@@ -35,6 +35,18 @@ from lab.standin.spaces import Spaces, is_spaces_host, route
 RATE_LIMIT = 5000  # requests per hour, as DigitalOcean's
 
 
+def answered(document) -> dict:
+    """A database cluster's or read-only node's id and status as answered, for the log (what
+    the provider's waits saw: lab/bench_managed); nothing for other answers."""
+    if isinstance(document, dict):
+        for kind in ("database", "replica"):
+            if isinstance(document.get(kind), dict):
+                record = document[kind]
+                fields = ("id", "engine", "status")
+                return {"answered": {"kind": kind, **{f: record.get(f) for f in fields}}}
+    return {}
+
+
 def client_label(token: str) -> str:
     """Which token sent a request, in the log without the token itself."""
     return hashlib.sha256(token.encode()).hexdigest()[:8] if token else ""
@@ -189,6 +201,7 @@ class Handler(BaseHTTPRequestHandler):
                 document = {"id": "server_error", "message": f"stand-in failure: {exc}"}
                 account.log(f"{method} {url.path} failed: {exc!r}")
         entry.update(status=status, ms=round((time.time() - started) * 1000, 1))
+        entry.update(answered(document))
         if status >= 400:
             entry["error"] = document.get("message") if isinstance(document, dict) else None
         self.server.request_log.add(entry)
