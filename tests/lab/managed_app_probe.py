@@ -111,6 +111,12 @@ def verify_full(data: dict, ca: str) -> dict:
     return answers
 
 
+def server_limits(data: dict, ca: str) -> dict:
+    """The primary's connection limit, past the pool."""
+    with connect({**data["env"], **data["migration"]}, ca, autocommit=True) as conn:
+        return {"max_connections": conn.execute("SHOW max_connections").fetchone()[0]}
+
+
 def redis_probe(data: dict, ca: str) -> dict:
     import redis
 
@@ -210,6 +216,7 @@ PROBES = {
     "redis": redis_probe,
     "s3": s3_probe,
     "empty": empty,
+    "server_limits": server_limits,
     "write_load": write_load,
 }
 

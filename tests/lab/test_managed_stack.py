@@ -111,6 +111,12 @@ def test_the_pool_is_in_transaction_mode_and_the_env_disables_prepared_statement
     assert managed.probe("prepared_as_emitted") == {"errors": []}
 
 
+def test_the_cluster_has_digitaloceans_connection_limit_for_its_size(managed):
+    # db-s-4vcpu-8gb: 25 per GiB; the pool's 150 fit in the 197 left after the 3 reserved.
+    assert managed.config["dbClusterSize"] == "db-s-4vcpu-8gb"
+    assert managed.probe("server_limits") == {"max_connections": "200"}
+
+
 def test_migrations_hold_a_session_lock_past_the_pool(managed):
     answer = managed.probe("advisory")
     assert answer["held"] is True
