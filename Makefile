@@ -23,6 +23,7 @@ venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
 engine:
 	bash lab/bootstrap_engine.sh
 	bash lab/install_actionlint.sh
+	bash lab/build_exporters.sh
 
 lab: packages venv/.installed engine
 	$(PY) -m lab.main --hosts $(HOSTS)
