@@ -1,0 +1,63 @@
+"""Where the exporters on the stack's servers listen, and the Prometheus `file_sd` document of
+them (the stack output `prometheus_targets`): one target group per exporter and server, so a
+replica added appears and a replica removed disappears at the next `pulumi up`.
+
+The `job` labels are the ones rules.yml reads. ssl_exporter is a prober: its groups carry the
+address it probes as `__param_target` (and `instance`), its module as `__param_module`, so the
+operator's scrape config needs no relabelling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Each exporter's own default port (their READMEs), on the server's private address.
+EXPORTER_PORTS = {
+    "postgres": 9187,  # prometheus-postgres-exporter
+    "node": 9100,  # prometheus-node-exporter
+    "pgbouncer": 9127,  # pgbouncer_exporter
+    "pgbackrest": 9854,  # pgbackrest_exporter
+    "ssl": 9219,  # ssl_exporter
+}
+SSL_MODULE = "postgres"  # ssl_exporter's tcp prober with starttls: postgres
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    role: str  # primary | replica
+    address: str  # private
+
+
+def exporter_jobs(pool: bool, backups: bool) -> tuple[str, ...]:
+    """The exporters a server of the stack runs: PgBouncer's with the pool, pgBackRest's with
+    backups."""
+    wanted = {"postgres", "node", "ssl", *(["pgbouncer"] if pool else []),
+              *(["pgbackrest"] if backups else [])}  # fmt: skip
+    return tuple(job for job in EXPORTER_PORTS if job in wanted)
+
+
+def exporter_ports(pool: bool, backups: bool) -> tuple[int, ...]:
+    return tuple(EXPORTER_PORTS[job] for job in exporter_jobs(pool, backups))
+
+
+def file_sd(
+    servers: Sequence[Server], postgres_port: int, pgbouncer_port: int | None, backups: bool
+) -> list[dict]:
+    """The target groups of every exporter of `servers` (file_sd's JSON/YAML shape)."""
+    groups = []
+    for server in servers:
+        labels = {"server": server.name, "role": server.role}
+        for job in exporter_jobs(pgbouncer_port is not None, backups):
+            target = f"{server.address}:{EXPORTER_PORTS[job]}"
+            if job != "ssl":
+                groups.append({"targets": [target], "labels": {"job": job, **labels}})
+                continue
+            for probed in (postgres_port, pgbouncer_port):
+                if probed is None:
+                    continue
+                where = f"{server.address}:{probed}"
+                probe = {"__param_target": where, "__param_module": SSL_MODULE, "instance": where}
+                groups.append({"targets": [target], "labels": {"job": job, **labels, **probe}})
+    return groups
