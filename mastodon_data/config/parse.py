@@ -51,7 +51,10 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     alerts = parse_alerts(v)
     backups = parse_backups(v, mode, topology["region"], secrets_present)
     backups_on, backup_key = wanted(v, mode)
-    needed = required_secrets(mode, redis_mode, backups=backups_on, backup_key=backup_key)
+    exporters = mode != "managed" and bool(topology["monitoring_sources"])
+    needed = required_secrets(
+        mode, redis_mode, backups=backups_on, backup_key=backup_key, exporters=exporters
+    )
     check_secrets_present(v, raw, secrets_present, needed)
     if v.lines:
         raise ConfigError("\n".join(v.lines))

@@ -212,6 +212,7 @@ class Settings:
             self.redis.mode if self.redis else "none",
             backup_key=bool(self.backups and not self.backups.make_bucket),
             backups=self.backups is not None,
+            exporters=bool(self.replication and self.replication.monitoring_sources),
         )
 
 

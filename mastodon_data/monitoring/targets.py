@@ -2,15 +2,16 @@
 them (the stack output `prometheus_targets`): one target group per exporter and server, so a
 replica added appears and a replica removed disappears at the next `pulumi up`.
 
-The `job` labels are the ones rules.yml reads. ssl_exporter is a prober: its groups carry the
-address it probes as `__param_target` (and `instance`), its module as `__param_module`, so the
-operator's scrape config needs no relabelling.
+The `job` labels are the ones rules.yml reads. ssl_exporter is a prober: its groups carry its
+probe path as `__metrics_path__`, the address it probes as `__param_target` (and `instance`),
+its module as `__param_module`, so the operator's scrape config needs no relabelling.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 # Each exporter's own default port (their READMEs), on the server's private address.
 EXPORTER_PORTS = {
@@ -21,6 +22,13 @@ EXPORTER_PORTS = {
     "ssl": 9219,  # ssl_exporter
 }
 SSL_MODULE = "postgres"  # ssl_exporter's tcp prober with starttls: postgres
+# The role the exporters log in as (pg_monitor; PgBouncer's stats_users): host/monitor.py.
+MONITOR_USER = "mastodon_monitor"
+
+
+def postgres_queries() -> str:
+    """The PostgreSQL exporter's custom queries (--extend.query-path)."""
+    return resources.files(__package__).joinpath("postgres_queries.yaml").read_text()
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ def file_sd(
                 if probed is None:
                     continue
                 where = f"{server.address}:{probed}"
-                probe = {"__param_target": where, "__param_module": SSL_MODULE, "instance": where}
+                probe = {"__metrics_path__": "/probe", "__param_target": where,
+                         "__param_module": SSL_MODULE, "instance": where}  # fmt: skip
                 groups.append({"targets": [target], "labels": {"job": job, **labels, **probe}})
     return groups

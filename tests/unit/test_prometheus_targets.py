@@ -8,7 +8,7 @@ import pytest
 from mastodon_data.components.droplets import firewall_inbound
 from mastodon_data.config import SECRET_KEYS, ConfigError, parse_settings
 from mastodon_data.monitoring.targets import Server, file_sd
-from tests.fixtures import DROPLETS
+from tests.fixtures import DROPLETS, SECRETS
 from tests.unit.program_harness import run_program
 
 PRIMARY = Server("db-0", "primary", "10.0.0.2")
@@ -28,7 +28,7 @@ def test_every_exporter_of_every_server_is_a_target():
     assert probes[1] == {
         "targets": ["10.0.0.2:9219"],
         "labels": {
-            "job": "ssl", "server": "db-0", "role": "primary",
+            "job": "ssl", "server": "db-0", "role": "primary", "__metrics_path__": "/probe",
             "__param_target": "10.0.0.2:6432", "__param_module": "postgres",
             "instance": "10.0.0.2:6432",
         },
@@ -47,7 +47,7 @@ def test_a_replica_removed_disappears_and_no_pool_means_no_pgbouncer_target():
 
 
 def settings(**changes):
-    return parse_settings({**DROPLETS, **changes}, frozenset(SECRET_KEYS))
+    return parse_settings({**DROPLETS, **changes}, frozenset((*SECRET_KEYS, "monitorPassword")))
 
 
 def exporter_rules(droplets) -> list[tuple[str, list[str]]]:
@@ -82,7 +82,10 @@ def test_monitoring_sources_are_private_ranges(sources, message):
 
 
 def test_the_stack_exports_its_targets_only_with_monitoring_sources():
-    run = run_program({**DROPLETS, "monitoringSources": ["10.10.0.5/32"], "pgbouncer": False})
+    run = run_program(
+        {**DROPLETS, "monitoringSources": ["10.10.0.5/32"], "pgbouncer": False},
+        {**SECRETS, "monitorPassword": "monitor-secret-0123456789"},
+    )
     groups = run.outputs["prometheus_targets"]
     assert [(g["labels"]["server"], g["labels"]["job"], g["targets"][0]) for g in groups] == [
         ("db-0", "postgres", "10.118.0.2:9187"), ("db-0", "node", "10.118.0.2:9100"),
