@@ -24,8 +24,8 @@ engine:
 	bash lab/bootstrap_engine.sh
 	bash lab/install_actionlint.sh
 
-# The pinned upstream exporters (docs/operators/monitoring.md), cached outside the clone; not part
-# of `engine` while pgbackrest_exporter's source ($$EXPORTERS_SRC) is not on every machine.
+# The pinned upstream exporters (docs/operators/monitoring.md) from the Go module proxy, cached
+# outside the clone.
 exporters:
 	bash lab/build_exporters.sh
 

@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
 # Builds the pinned upstream exporters the alert rules read (docs/operators/monitoring.md) into
 # $EXPORTERS_HOME/<name>-<version>/<name> (default ~/.cache/mastodon-data/exporters, outside the
-# clone, once per version) and links them from the clone's .engine/bin:
-#   pgbouncer_exporter v0.12.1 and ssl_exporter v2.4.1 from the Go module proxy;
-#   pgbackrest_exporter v0.23.0 from its source at the release's commit, with its vendor/
-#   directory ($EXPORTERS_SRC/pgbackrest_exporter-v0.23.0.tar: the module proxy does not
-#   serve that module here).
+# clone, once per version) and links them from the clone's .engine/bin: pgbouncer_exporter
+# v0.12.1 and ssl_exporter v2.4.1, from the Go module proxy. (pgbackrest_exporter is not built:
+# the proxy refuses its source, see docs/operators/monitoring.md.)
 # Debian's prometheus-postgres-exporter and prometheus-node-exporter come from
 # lab/install_packages.sh. Prints one line per exporter: ok or error with why; exits 1 on any error.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 EXPORTERS_HOME="${EXPORTERS_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/mastodon-data/exporters}"
-EXPORTERS_SRC="${EXPORTERS_SRC:-$EXPORTERS_HOME/src}"
 BIN="$ROOT/.engine/bin"
 mkdir -p "$BIN" "$EXPORTERS_HOME/logs"
 export GOMODCACHE="$EXPORTERS_HOME/go/mod" GOCACHE="$EXPORTERS_HOME/go/build"
@@ -32,17 +29,6 @@ from_proxy() {
     (cd "$dir" && go build -ldflags "-X $VERSION_FLAG=${version#v}" -o "$out/$name" .) >>"$log" 2>&1
 }
 
-# from_source NAME VERSION: `go build -mod=vendor` of the tar of the release's tree.
-from_source() {
-  local name="$1" version="$2" out="$EXPORTERS_HOME/$1-$2"
-  local tar="$EXPORTERS_SRC/$name-$version.tar" dir="$EXPORTERS_HOME/src/$name-$version"
-  [[ -f "$tar" ]] || { echo "no source at $tar" >"$EXPORTERS_HOME/logs/$name-$version.log"; return 1; }
-  rm -rf "$dir"
-  mkdir -p "$dir" "$out" && tar -xf "$tar" -C "$dir" &&
-    (cd "$dir" && go build -mod=vendor -ldflags "-X $VERSION_FLAG=${version#v}" -o "$out/$name" .) \
-      >"$EXPORTERS_HOME/logs/$name-$version.log" 2>&1
-}
-
 # exporter NAME VERSION HOW ARGS...: build once, then link.
 exporter() {
   local name="$1" version="$2" how="$3"; shift 3
@@ -59,5 +45,4 @@ exec 9>"$EXPORTERS_HOME/.lock"
 flock -w 1800 9 || { echo "build_exporters: another build holds $EXPORTERS_HOME/.lock" >&2; exit 1; }
 exporter pgbouncer_exporter v0.12.1 from_proxy github.com/prometheus-community/pgbouncer_exporter
 exporter ssl_exporter v2.4.1 from_proxy github.com/ribbybibby/ssl_exporter/v2
-exporter pgbackrest_exporter v0.23.0 from_source
 exit "$failed"

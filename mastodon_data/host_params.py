@@ -138,7 +138,6 @@ class ExportersParams(HostParams):
     monitor_user: str
     exporter_ports: dict[str, int]  # job -> port: the exporters this server runs
     pgbouncer_port: int  # 0: no pool
-    stanza: str  # "": no backups
     postgres_queries: str  # mastodon_data/monitoring/postgres_queries.yaml
 
 

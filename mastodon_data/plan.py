@@ -250,28 +250,24 @@ def steps(
             for s in servers_steps
         ]  # fmt: skip
     if monitor:
-        plan += [exporters_step(replication, backups, s, plan) for s in servers_steps]
+        plan += [exporters_step(replication, s, plan) for s in servers_steps]
     return plan
 
 
 def exporters_step(
-    replication: ReplicationSettings,
-    backups: BackupSettings | None,
-    server_step: Step,
-    plan: Sequence[Step],
+    replication: ReplicationSettings, server_step: Step, plan: Sequence[Step]
 ) -> Step:
     """The exporters of `server_step`'s host, after every step of that host and the monitor
     role (host/exporters.py)."""
     host = server_step.host
     pool = replication.pool
-    jobs = targets.exporter_jobs(pool is not None, backups is not None)
+    jobs = targets.exporter_jobs(pool is not None)
     params = ExportersParams(
         port=replication.port,
         private_address=host.private_address,
         monitor_user=targets.MONITOR_USER,
         exporter_ports={job: targets.EXPORTER_PORTS[job] for job in jobs},
         pgbouncer_port=pool.pgbouncer_port if pool else 0,
-        stanza=backups.stanza if backups else "",
         postgres_queries=targets.postgres_queries(),
     )
     own = [s.name for s in plan if s.host.name == host.name and s.script != "status"]

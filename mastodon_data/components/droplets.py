@@ -38,8 +38,7 @@ def firewall_inbound(droplets: DropletSettings, nodes_tag: str | None) -> list[d
             }
         )
     if droplets.monitoring_sources:  # the exporters: from the operator's Prometheus only
-        # pgBackRest's too: whether backups are on is not the droplets' setting.
-        ports = exporter_ports(pool=droplets.pool is not None, backups=True)
+        ports = exporter_ports(pool=droplets.pool is not None)
         rules += [
             {"protocol": "tcp", "port_range": str(port),
              "source_addresses": list(droplets.monitoring_sources)}

@@ -78,7 +78,6 @@ class ReplicationSteps(pulumi.ComponentResource):
                 [targets.Server(h.name, h.role, a) for h, a in zip(used, addresses, strict=True)],
                 replication.port,
                 replication.pool.pgbouncer_port if replication.pool else None,
-                backups is not None,
             )
         )
         self.register_outputs({})

@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
 """The exporters the alert rules read (docs/operators/monitoring.md), on this server's private
 address only: Debian's prometheus-postgres-exporter (with the project's custom queries) and
-prometheus-node-exporter, and the pinned upstream pgbouncer_exporter (with the pool),
-pgbackrest_exporter (with backups) and ssl_exporter, which `make exporters` builds and the
-operator puts in /usr/local/bin. Runs after this host's own step, its pooler step and the
-monitor step. Idempotent: a second run changes nothing.
+prometheus-node-exporter, and the pinned upstream pgbouncer_exporter (with the pool) and
+ssl_exporter, which `make exporters` builds and the operator puts in /usr/local/bin. Runs after
+this host's own step, its pooler step and the monitor step. Idempotent: a second run changes
+nothing.
 
 - The exporters log in as the monitor role (pg_monitor; PgBouncer's stats_users) through the
   local socket; its password is in a 0600 pass file (PGPASSFILE), never on a command line.
 - Each exporter's command is a launcher file (<CONF_DIR>/<job>.sh, no secret in it), which a
   systemd unit runs; without systemd (the lab) it is started detached, with a pid file in
   /var/run/postgresql, and the lab's boot starts the launchers again.
-- The PostgreSQL, PgBouncer and pgBackRest exporters run as postgres (pgbouncer_exporter reads
-  PgBouncer's open files in /proc; pgBackRest's configuration is postgres's), the others as
-  prometheus. Debian's own units of its two exporters (every address) are masked.
+- The PostgreSQL and PgBouncer exporters run as postgres (pgbouncer_exporter reads PgBouncer's
+  open files in /proc), the others as prometheus. Debian's own units of its two exporters
+  (every address) are masked.
 
 stdin (JSON): ExportersParams (mastodon_data/host_params.py) and the secret monitor_password.
 """
@@ -52,7 +52,7 @@ LOG_DIR = Path("/var/log/postgresql")
 UNIT_DIR = Path("/etc/systemd/system")
 BUILT_DIR = Path("/usr/local/bin")
 # The pinned upstream builds (lab/build_exporters.sh): binary -> the version it must report.
-BUILT = {"pgbouncer_exporter": "0.12.1", "pgbackrest_exporter": "0.23.0", "ssl_exporter": "2.4.1"}
+BUILT = {"pgbouncer_exporter": "0.12.1", "ssl_exporter": "2.4.1"}
 DEBIAN = {"postgres": "prometheus-postgres-exporter", "node": "prometheus-node-exporter"}
 AS_USER = "setpriv --reuid={user} --regid={user} --init-groups --"  # util-linux
 START_WAIT = 30  # seconds for an exporter to answer /metrics, or to exit when stopped
@@ -89,9 +89,6 @@ def command(job: str, params: dict) -> tuple[str, list[str], dict[str, str]]:
                 f"--pgBouncer.connectionString={console}",
                 f"--pgBouncer.pid-file={SOCKET_DIR}/pgbouncer.pid"]  # fmt: skip
         return "postgres", argv, login
-    if job == "pgbackrest":
-        stanza = f"--backrest.stanza-include={params['stanza']}"
-        return "postgres", [str(BUILT_DIR / "pgbackrest_exporter"), listen, stanza], {}
     if job == "ssl":
         argv = [str(BUILT_DIR / "ssl_exporter"), listen, f"--config.file={SSL_CONFIG}"]
         return "prometheus", argv, {}
@@ -141,9 +138,7 @@ def install() -> bool:
 
 def check_built(jobs: list[str]) -> None:
     """The upstream builds the jobs need, at their pinned versions."""
-    wanted = {"pgbouncer": "pgbouncer_exporter", "pgbackrest": "pgbackrest_exporter",
-              "ssl": "ssl_exporter"}  # fmt: skip
-    for name in (wanted[job] for job in jobs if job in wanted):
+    for name in (f"{job}_exporter" for job in jobs if f"{job}_exporter" in BUILT):
         binary, version = BUILT_DIR / name, BUILT[name]
         fix = (
             f"build it with `make exporters` and copy it to {binary} (docs/operators/monitoring.md)"

@@ -18,9 +18,10 @@ EXPORTER_PORTS = {
     "postgres": 9187,  # prometheus-postgres-exporter
     "node": 9100,  # prometheus-node-exporter
     "pgbouncer": 9127,  # pgbouncer_exporter
-    "pgbackrest": 9854,  # pgbackrest_exporter
     "ssl": 9219,  # ssl_exporter
 }
+# No pgbackrest_exporter: no source of it is reachable from a clean machine (the Go module proxy
+# refuses it), so the program installs none (docs/operators/monitoring.md).
 SSL_MODULE = "postgres"  # ssl_exporter's tcp prober with starttls: postgres
 # The role the exporters log in as (pg_monitor; PgBouncer's stats_users): host/monitor.py.
 MONITOR_USER = "mastodon_monitor"
@@ -38,26 +39,23 @@ class Server:
     address: str  # private
 
 
-def exporter_jobs(pool: bool, backups: bool) -> tuple[str, ...]:
-    """The exporters a server of the stack runs: PgBouncer's with the pool, pgBackRest's with
-    backups."""
-    wanted = {"postgres", "node", "ssl", *(["pgbouncer"] if pool else []),
-              *(["pgbackrest"] if backups else [])}  # fmt: skip
-    return tuple(job for job in EXPORTER_PORTS if job in wanted)
+def exporter_jobs(pool: bool) -> tuple[str, ...]:
+    """The exporters a server of the stack runs: PgBouncer's with the pool."""
+    return tuple(job for job in EXPORTER_PORTS if pool or job != "pgbouncer")
 
 
-def exporter_ports(pool: bool, backups: bool) -> tuple[int, ...]:
-    return tuple(EXPORTER_PORTS[job] for job in exporter_jobs(pool, backups))
+def exporter_ports(pool: bool) -> tuple[int, ...]:
+    return tuple(EXPORTER_PORTS[job] for job in exporter_jobs(pool))
 
 
 def file_sd(
-    servers: Sequence[Server], postgres_port: int, pgbouncer_port: int | None, backups: bool
+    servers: Sequence[Server], postgres_port: int, pgbouncer_port: int | None
 ) -> list[dict]:
     """The target groups of every exporter of `servers` (file_sd's JSON/YAML shape)."""
     groups = []
     for server in servers:
         labels = {"server": server.name, "role": server.role}
-        for job in exporter_jobs(pgbouncer_port is not None, backups):
+        for job in exporter_jobs(pgbouncer_port is not None):
             target = f"{server.address}:{EXPORTER_PORTS[job]}"
             if job != "ssl":
                 groups.append({"targets": [target], "labels": {"job": job, **labels}})

@@ -65,17 +65,15 @@ def test_an_exporters_step_runs_every_exporter_of_its_stack_on_the_private_addre
             "postgres": 9187,
             "node": 9100,
             "pgbouncer": 9127,
-            "pgbackrest": 9854,
             "ssl": 9219,
         },  # fmt: skip
         "pgbouncer_port": 6432,
-        "stanza": "mastodon",
     }
     assert params["postgres_queries"] == targets.postgres_queries()
     assert params["postgres_queries"].count("\npg_replica:\n") == 1
     unpooled = plan_for(**MONITORING, pgbouncer=False)["exporters-db1"].params
     assert unpooled["exporter_ports"] == {"postgres": 9187, "node": 9100, "ssl": 9219}
-    assert (unpooled["pgbouncer_port"], unpooled["stanza"]) == (0, "")
+    assert unpooled["pgbouncer_port"] == 0
 
 
 def test_the_monitor_password_is_a_required_secret_only_with_monitoring_sources():
@@ -95,11 +93,9 @@ HOST_PARAMS = {
         "postgres": 9187,
         "node": 9100,
         "pgbouncer": 9127,
-        "pgbackrest": 9854,
         "ssl": 9219,
     },  # fmt: skip
     "pgbouncer_port": 6432,
-    "stanza": "mastodon",
     "postgres_queries": "pg_replica:\n  query: SELECT 1\n",
     "monitor_password": PASSWORD,
 }
@@ -116,9 +112,6 @@ LAUNCHERS = {
     "--web.listen-address=10.0.0.2:9127 '--pgBouncer.connectionString=postgres://"
     "mastodon_monitor@:6432/pgbouncer?host=/var/run/postgresql&sslmode=disable' "
     "--pgBouncer.pid-file=/var/run/postgresql/pgbouncer.pid",
-    "pgbackrest": "exec setpriv --reuid=postgres --regid=postgres --init-groups -- env "
-    "/usr/local/bin/pgbackrest_exporter --web.listen-address=10.0.0.2:9854 "
-    "--backrest.stanza-include=mastodon",
     "ssl": "exec setpriv --reuid=prometheus --regid=prometheus --init-groups -- env "
     "/usr/local/bin/ssl_exporter --web.listen-address=10.0.0.2:9219 "
     "--config.file=/etc/mastodon-data/exporters/ssl_exporter.yml",
@@ -159,7 +152,7 @@ def test_the_files_the_password_only_in_the_0600_pass_file_of_postgres(tmp_path,
     assert exporters.write_files(HOST_PARAMS, jobs) == dict.fromkeys(jobs, False)  # idempotent
     changed = exporters.write_files({**HOST_PARAMS, "monitor_password": "n" * 20}, jobs)
     assert changed == {"postgres": True, "node": False, "pgbouncer": True,
-                       "pgbackrest": False, "ssl": False}  # fmt: skip
+                       "ssl": False}  # fmt: skip
 
 
 def test_the_systemd_unit_runs_the_launcher_and_restarts_it():

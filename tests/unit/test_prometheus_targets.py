@@ -16,13 +16,11 @@ REPLICA = Server("db-1", "replica", "10.0.0.3")
 
 
 def test_every_exporter_of_every_server_is_a_target():
-    groups = file_sd([PRIMARY, REPLICA], 5432, 6432, backups=True)
+    groups = file_sd([PRIMARY, REPLICA], 5432, 6432)
     plain = [(g["labels"]["job"], g["targets"][0]) for g in groups if g["labels"]["job"] != "ssl"]
     assert plain == [
         ("postgres", "10.0.0.2:9187"), ("node", "10.0.0.2:9100"), ("pgbouncer", "10.0.0.2:9127"),
-        ("pgbackrest", "10.0.0.2:9854"),
         ("postgres", "10.0.0.3:9187"), ("node", "10.0.0.3:9100"), ("pgbouncer", "10.0.0.3:9127"),
-        ("pgbackrest", "10.0.0.3:9854"),
     ]  # fmt: skip
     probes = [g for g in groups if g["labels"]["job"] == "ssl"]
     assert probes[1] == {
@@ -39,7 +37,7 @@ def test_every_exporter_of_every_server_is_a_target():
 
 
 def test_a_replica_removed_disappears_and_no_pool_means_no_pgbouncer_target():
-    groups = file_sd([PRIMARY], 5432, None, backups=False)
+    groups = file_sd([PRIMARY], 5432, None)
     assert [(g["labels"]["job"], g["targets"][0]) for g in groups] == [
         ("postgres", "10.0.0.2:9187"), ("node", "10.0.0.2:9100"), ("ssl", "10.0.0.2:9219"),
     ]  # fmt: skip
@@ -61,10 +59,10 @@ def exporter_rules(droplets) -> list[tuple[str, list[str]]]:
 def test_the_firewall_opens_the_exporters_to_monitoring_sources_alone():
     pooled = settings(monitoringSources=["10.10.0.5/32"], pgbouncer=True).droplets
     assert exporter_rules(pooled) == [
-        (port, ["10.10.0.5/32"]) for port in ("9187", "9100", "9127", "9854", "9219")
+        (port, ["10.10.0.5/32"]) for port in ("9187", "9100", "9127", "9219")
     ]
     direct = settings(monitoringSources=["10.10.0.5/32"], pgbouncer=False).droplets
-    assert [port for port, _ in exporter_rules(direct)] == ["9187", "9100", "9854", "9219"]
+    assert [port for port, _ in exporter_rules(direct)] == ["9187", "9100", "9219"]
     assert exporter_rules(settings().droplets) == []
 
 
