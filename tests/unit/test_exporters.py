@@ -57,19 +57,8 @@ def test_the_monitor_role_first_then_the_poolers_then_each_hosts_exporters():
 
 def test_an_exporters_step_runs_every_exporter_of_its_stack_on_the_private_address():
     params = plan_for(**MONITORING, **BACKUPS)["exporters-db2"].params
-    assert {k: v for k, v in params.items() if k != "postgres_queries"} == {
-        "port": 5432,
-        "private_address": "10.0.0.2",
-        "monitor_user": "mastodon_monitor",
-        "exporter_ports": {
-            "postgres": 9187,
-            "node": 9100,
-            "pgbouncer": 9127,
-            "ssl": 9219,
-        },  # fmt: skip
-        "pgbouncer_port": 6432,
-    }
-    assert params["postgres_queries"] == targets.postgres_queries()
+    sent = {**HOST_PARAMS, "postgres_queries": targets.postgres_queries()}
+    assert params == {key: value for key, value in sent.items() if key != "monitor_password"}
     assert params["postgres_queries"].count("\npg_replica:\n") == 1
     unpooled = plan_for(**MONITORING, pgbouncer=False)["exporters-db1"].params
     assert unpooled["exporter_ports"] == {"postgres": 9187, "node": 9100, "ssl": 9219}
@@ -89,12 +78,7 @@ HOST_PARAMS = {
     "port": 5432,
     "private_address": "10.0.0.2",
     "monitor_user": "mastodon_monitor",
-    "exporter_ports": {
-        "postgres": 9187,
-        "node": 9100,
-        "pgbouncer": 9127,
-        "ssl": 9219,
-    },  # fmt: skip
+    "exporter_ports": {"postgres": 9187, "node": 9100, "pgbouncer": 9127, "ssl": 9219},
     "pgbouncer_port": 6432,
     "postgres_queries": "pg_replica:\n  query: SELECT 1\n",
     "monitor_password": PASSWORD,
