@@ -9,7 +9,7 @@ TEST_WORKERS ?= 3
 ENGINE_SRC ?= $(if $(wildcard ../shared/engine-src),$(abspath ../shared/engine-src))
 export ENGINE_SRC
 
-.PHONY: lab lab-down test engine packages lint
+.PHONY: lab lab-down test engine packages lint exporters
 
 packages:
 	bash lab/install_packages.sh
@@ -23,6 +23,11 @@ venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
 engine:
 	bash lab/bootstrap_engine.sh
 	bash lab/install_actionlint.sh
+
+# The pinned upstream exporters (docs/operators/monitoring.md) from the Go module proxy, cached
+# outside the clone.
+exporters:
+	bash lab/build_exporters.sh
 
 lab: packages venv/.installed engine
 	$(PY) -m lab.main --hosts $(HOSTS)

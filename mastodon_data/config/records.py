@@ -74,6 +74,7 @@ class ReplicationSettings:
     ca_rotation: str = "none"  # none | prepare | switch: the primary's CA hand-over
     max_connections: int = 100
     pool: PoolSettings | None = None  # None: Mastodon connects to PostgreSQL directly
+    monitoring_sources: tuple[str, ...] = ()  # the operator's Prometheus; () = no exporters
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class DropletSettings:
     data_volume_size: int = 20  # GiB of each droplet's data volume
     port: int = POSTGRES_PORT
     pool: PoolSettings | None = None  # its port is opened like PostgreSQL's
+    monitoring_sources: tuple[str, ...] = ()  # opened to the exporters' ports
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ class Settings:
             self.redis.mode if self.redis else "none",
             backup_key=bool(self.backups and not self.backups.make_bucket),
             backups=self.backups is not None,
+            exporters=bool(self.replication and self.replication.monitoring_sources),
         )
 
 
