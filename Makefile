@@ -75,5 +75,5 @@ lint: venv/.installed engine
 	venv/bin/ruff format --check .
 	.engine/bin/actionlint
 
-test: packages venv/.installed engine lint docs
+test: packages venv/.installed engine exporters lint docs
 	$(PY) -m pytest -q -ra --durations=10 -n $(TEST_WORKERS) --dist loadfile

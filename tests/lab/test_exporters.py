@@ -62,7 +62,7 @@ def built_exporters():
     for name in BUILT:
         source, target = ENGINE_BIN / name, Path("/usr/local/bin") / name
         if not source.exists():
-            pytest.skip(f"{source} is missing: run `make exporters`")
+            pytest.fail(f"{source} is missing: run `make exporters` (make test does)")
         if not target.exists():
             shutil.copy2(source.resolve(), target)
             placed.append(target)
