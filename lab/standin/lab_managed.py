@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.standin._lab import OPERATOR_COMMAND, ROOT, EngineMissing, LabStack, PulumiFailed
-from lab.standin.client import Client, coverage
+from lab.standin.client import Client, coverage_line
 from lab.standin.service import StandInLab
 from lab.standin.stack import managed_config, standin_stack
 from lab.system import LabError
@@ -105,13 +105,7 @@ def up(env_file: Path) -> int:
     client, config, stack = managed_stack(LAB, STACK, BUCKET)
     print(stack.up(), end="")
     app_ready(LAB, client, stack, config, env_file)
-    seen = coverage(client.endpoints(), client.log())
-    print(
-        f"stand-in: {sum(seen['called'].values())} API requests, "
-        f"{len(seen['called'])} endpoints used, "
-        f"{len(seen['unimplemented_requests'])} unimplemented "
-        f"({LAB.request_log}); {time.monotonic() - started:.0f} s"
-    )
+    print(coverage_line(client, LAB.request_log, time.monotonic() - started))
     return 0
 
 
@@ -123,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "up":
             return up(args.env_file)
-        rest = LAB.down()
-        if rest:
-            raise LabError("removal left: " + "; ".join(rest))
-        print(f"stand-in lab {LAB.prefix} removed (nodes, droplets, networks, stack, state)")
-        return 0
+        return LAB.remove("nodes, droplets, networks, stack, state")
     except (LabError, EngineMissing, PulumiFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -118,6 +118,14 @@ class StandInLab:
         self.hosts.down()
         return self.hosts.leftovers()
 
+    def remove(self, what: str) -> int:
+        """`down` for an operator's command: says what went, or raises what is left."""
+        rest = self.down()
+        if rest:
+            raise LabError("removal left: " + "; ".join(rest))
+        print(f"stand-in lab {self.prefix} removed ({what})")
+        return 0
+
 
 def serve(args: argparse.Namespace) -> int:
     """The server process: the account on the lab hosts, on a loopback port, until SIGTERM."""
