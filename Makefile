@@ -4,7 +4,7 @@
 PY := venv/bin/python
 HOSTS ?= 3
 # Test files run side by side (most lab tests wait on the provider and on PostgreSQL, not the CPU).
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 # The plugins' upstream source, for machines where Pulumi's installer cannot be reached.
 ENGINE_SRC ?= $(if $(wildcard ../shared/engine-src),$(abspath ../shared/engine-src))
 export ENGINE_SRC
