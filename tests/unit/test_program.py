@@ -191,11 +191,13 @@ def test_hosts_mode_runs_on_the_listed_hosts_without_cloud_resources():
 
 def test_replicas_wait_for_the_primary_and_status_for_everything():
     run = run_program(HOSTS)
-    names = [c.name for c in run.of_type("remote:Command")]
-    assert names.index("replication-primary") < names.index("replication-replica-db2")
-    statuses = [n for n in names if n.startswith("replication-status-")]
+    names = {c.name for c in run.of_type("remote:Command")}
+    after = {n: {d._name for d in (run.options[n].depends_on or [])} for n in names}
+    replicas = {f"replication-replica-db{n}" for n in (2, 3)}
+    assert all("replication-primary" in after[r] for r in replicas)
+    statuses = sorted(n for n in names if n.startswith("replication-status-"))
     assert statuses == [f"replication-status-db{n}" for n in (1, 2, 3)]
-    assert min(names.index(n) for n in statuses) > names.index("replication-replica-db3")
+    assert all({"replication-primary", *replicas} <= after[s] for s in statuses)
     poolers = sorted(n for n in names if n.startswith("replication-pooler-"))
     assert poolers == [f"replication-pooler-db{n}" for n in (1, 2, 3)]
 
