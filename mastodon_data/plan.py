@@ -27,6 +27,7 @@ from mastodon_data.host_params import (
     PoolerParams,
     PrimaryParams,
     PromoteParams,
+    ReplicaHealthParams,
     ReplicaParams,
     RestoreParams,
     ServerParams,
@@ -67,12 +68,17 @@ KEEP_POOLER = (
     "echo 'mastodon-data: PgBouncer is left running on this host; once Mastodon no longer uses "
     "it: systemctl disable --now pgbouncer'"
 )
+KEEP_HEALTH = (
+    "echo 'mastodon-data: the replica health endpoint is left running on this host; once no "
+    "load balancer checks it: systemctl disable --now mastodon-data-replica-health'"
+)
 # What a step's delete says on a host that outlives the stack, by script (the others: nothing).
 KEEP_NOTES = {
     "primary": KEEP_DATA,
     "replica": KEEP_DATA,
     "volume": KEEP_DATA,
     "pooler": KEEP_POOLER,
+    "replica_health": KEEP_HEALTH,
 }
 
 
@@ -210,7 +216,9 @@ def steps(
     """Each host's data device mounted first (where it has one); the primary; every replica
     after it (in parallel), and beside them the pruning of stale slots on the primary; with
     backups, a backup step per host after the replication steps; a status report per host;
-    with pools, a pooler step after each host's own step. Spare hosts get no step."""
+    with pools, a pooler step after each host's own step; with replicas, a health endpoint
+    step on every server after its own step (host/replica_health.py). Spare hosts get no
+    step."""
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
     servers = (primary, *replicas)
@@ -233,11 +241,16 @@ def steps(
     setup = tuple(s.name for s in plan)
     report = StatusParams(**cluster(replication), stanza=backups.stanza if backups else "")
     plan += [Step(f"status-{h.name}", h, report, setup) for h in servers]
+    server_steps = [s for s in plan if s.script in CERTIFICATE_SCRIPTS]
     if replication.pool:
         plan += [
             Step(f"pooler-{s.host.name}", s.host, pooler_params(replication, s.host), (s.name,))
-            for s in plan
-            if s.script in CERTIFICATE_SCRIPTS
+            for s in server_steps
+        ]
+    if replicas:  # the read endpoint's health checks; the primary answers 503
+        plan += [
+            Step(f"health-{s.host.name}", s.host, health_params(replication, s.host), (s.name,))
+            for s in server_steps
         ]
     return plan
 
@@ -336,6 +349,13 @@ def pooler_params(replication: ReplicationSettings, host: Host) -> PoolerParams:
         **named(PoolerParams, replication, replication.pool),
         private_address=host.private_address,
         pool_size=replication.pool.size,
+    )
+
+
+def health_params(replication: ReplicationSettings, host: Host) -> ReplicaHealthParams:
+    """A health endpoint step's parameters: the cluster, where it listens, the lag bounds."""
+    return ReplicaHealthParams(
+        **named(ReplicaHealthParams, replication), private_address=host.private_address
     )
 
 
