@@ -9,7 +9,7 @@ TEST_WORKERS ?= 3
 ENGINE_SRC ?= $(if $(wildcard ../shared/engine-src),$(abspath ../shared/engine-src))
 export ENGINE_SRC
 
-.PHONY: lab lab-down test engine packages lint
+.PHONY: lab lab-down test engine packages lint exporters
 
 packages:
 	bash lab/install_packages.sh
@@ -24,6 +24,11 @@ engine:
 	bash lab/bootstrap_engine.sh
 	bash lab/install_actionlint.sh
 
+# The pinned upstream exporters (docs/operators/monitoring.md) from the Go module proxy, cached
+# outside the clone.
+exporters:
+	bash lab/build_exporters.sh
+
 lab: packages venv/.installed engine
 	$(PY) -m lab.main --hosts $(HOSTS)
 
@@ -34,6 +39,11 @@ bench: packages venv/.installed engine
 
 lab-down:
 	python3 -m lab.namespaces down
+
+.PHONY: bench-managed
+# Issue 20's figures on a managed stand-in lab of its own (mlmb); results/managed_timings.json.
+bench-managed: packages venv/.installed engine
+	$(PY) -m lab.bench_managed
 
 .PHONY: lab-droplets lab-droplets-down
 # Droplets mode on the DigitalOcean stand-in (lab/standin/): a dev-like stack (primary + 2
@@ -65,5 +75,5 @@ lint: venv/.installed engine
 	venv/bin/ruff format --check .
 	.engine/bin/actionlint
 
-test: packages venv/.installed engine lint docs
+test: packages venv/.installed engine exporters lint docs
 	$(PY) -m pytest -q -ra --durations=10 -n $(TEST_WORKERS) --dist loadfile

@@ -39,7 +39,7 @@ from lab.system import (
 # What systemd starts when a droplet boots, for a lab host whose processes are gone (the
 # machine restarted): its PostgreSQL clusters set to start automatically, and PgBouncer where
 # the pooler step configured it, with the open-file limit of the drop-in that step writes
-# (pgbouncerOpenFiles; the host's hard limit where there is none).
+# (pgbouncerOpenFiles; the host's hard limit where there is none); and the exporters.
 BOOT = """set -e
 find /var/run/postgresql -mindepth 1 -delete  # a tmpfs on a droplet: empty after a reboot
 pg_lsclusters -h | while read -r version name _; do
@@ -64,6 +64,13 @@ if [ -f "$health/replica-health.json" ]; then
         </dev/null >>/var/log/postgresql/mastodon-data-replica-health.log 2>&1' \
         sh /usr/bin/python3 "$health/health_server.py" "$health/replica-health.json"
 fi
+# The exporters the exporters step configured (host/exporters.py): each launcher, detached.
+for launcher in /etc/mastodon-data/exporters/*.sh; do
+    [ -f "$launcher" ] || continue
+    unit="mastodon-data-$(basename "$launcher" .sh)-exporter"
+    setsid sh "$launcher" >>"/var/log/postgresql/$unit.log" 2>&1 </dev/null &
+    echo $! >"/var/run/postgresql/$unit.pid"
+done
 """
 
 

@@ -62,6 +62,7 @@ class ServerParams(ClusterParams):
     max_connections: int
     wal_senders: int  # max_wal_senders and max_replication_slots
     pgbouncer: bool  # PgBouncer on the host logs in from its private address
+    monitor_user: str  # the exporters' role, over the local socket ("": no exporters)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +115,30 @@ class PoolerParams(ClusterParams):
     pool_size: int  # default_pool_size = max_db_connections
     pgbouncer_max_client_conn: int  # max_client_conn
     pgbouncer_open_files: int  # LimitNOFILE (systemd) or ulimit -n
+    monitor_user: str  # in stats_users, for pgbouncer_exporter ("": no exporters)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitorParams(ClusterParams):
+    """The exporters' role on the primary (host/monitor.py)."""
+
+    SCRIPT: ClassVar[str] = "monitor"
+    SECRETS: ClassVar[dict[str, str]] = {"monitor_password": "monitorPassword"}
+    monitor_user: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportersParams(HostParams):
+    """The exporters of one server (host/exporters.py), on its private address."""
+
+    SCRIPT: ClassVar[str] = "exporters"
+    SECRETS: ClassVar[dict[str, str]] = {"monitor_password": "monitorPassword"}
+    port: int  # PostgreSQL's
+    private_address: Address
+    monitor_user: str
+    exporter_ports: dict[str, int]  # job -> port: the exporters this server runs
+    pgbouncer_port: int  # 0: no pool
+    postgres_queries: str  # mastodon_data/monitoring/postgres_queries.yaml
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +207,8 @@ SCRIPTS = {
         PromoteParams,
         PoolerParams,
         ReplicaHealthParams,
+        MonitorParams,
+        ExportersParams,
         BackupParams,
         RestoreParams,
         VolumeParams,

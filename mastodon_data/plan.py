@@ -23,7 +23,9 @@ from mastodon_data.host_params import (
     AuthorizedKeysParams,
     BackupParams,
     ClusterParams,
+    ExportersParams,
     HostParams,
+    MonitorParams,
     PoolerParams,
     PrimaryParams,
     PromoteParams,
@@ -35,6 +37,7 @@ from mastodon_data.host_params import (
     StatusParams,
     VolumeParams,
 )
+from mastodon_data.monitoring import targets
 
 # The payload shipped to the hosts (stdlib only): package data, read the same way installed or not.
 HOST_SCRIPTS = resources.files("mastodon_data") / "host"
@@ -216,9 +219,10 @@ def steps(
     """Each host's data device mounted first (where it has one); the primary; every replica
     after it (in parallel), and beside them the pruning of stale slots on the primary; with
     backups, a backup step per host after the replication steps; a status report per host;
-    with pools, a pooler step after each host's own step; with replicas, a health endpoint
-    step on every server after its own step (host/replica_health.py). Spare hosts get no
-    step."""
+    with pools, a pooler step after each host's own step; with monitoringSources, the monitor
+    role on the primary (before the pooler steps) and an exporters step per host after all of
+    its own; with replicas, a health endpoint step on every server after its own step
+    (host/replica_health.py). Spare hosts get no step."""
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
     servers = (primary, *replicas)
@@ -231,6 +235,10 @@ def steps(
         for r in replicas
     ]
     plan.append(slots_step(replication, primary, replicas))
+    monitor = ("monitor",) if replication.monitoring_sources else ()
+    if monitor:
+        params = MonitorParams(**cluster(replication), monitor_user=targets.MONITOR_USER)
+        plan.append(Step("monitor", primary, params, requires=("primary",)))
     if backups:
         # After every replication step: the primary's restart (archive_mode) must not cut a
         # replica's base backup short.
@@ -241,18 +249,41 @@ def steps(
     setup = tuple(s.name for s in plan)
     report = StatusParams(**cluster(replication), stanza=backups.stanza if backups else "")
     plan += [Step(f"status-{h.name}", h, report, setup) for h in servers]
-    server_steps = [s for s in plan if s.script in CERTIFICATE_SCRIPTS]
+    servers_steps = [s for s in plan if s.script in CERTIFICATE_SCRIPTS]
     if replication.pool:
         plan += [
-            Step(f"pooler-{s.host.name}", s.host, pooler_params(replication, s.host), (s.name,))
-            for s in server_steps
-        ]
+            Step(f"pooler-{s.host.name}", s.host, pooler_params(replication, s.host),
+                 (s.name, *monitor))
+            for s in servers_steps
+        ]  # fmt: skip
     if replicas:  # the read endpoint's health checks; the primary answers 503
         plan += [
             Step(f"health-{s.host.name}", s.host, health_params(replication, s.host), (s.name,))
-            for s in server_steps
+            for s in servers_steps
         ]
+    if monitor:
+        plan += [exporters_step(replication, s, plan) for s in servers_steps]
     return plan
+
+
+def exporters_step(
+    replication: ReplicationSettings, server_step: Step, plan: Sequence[Step]
+) -> Step:
+    """The exporters of `server_step`'s host, after every step of that host and the monitor
+    role (host/exporters.py)."""
+    host = server_step.host
+    pool = replication.pool
+    jobs = targets.exporter_jobs(pool is not None)
+    params = ExportersParams(
+        port=replication.port,
+        private_address=host.private_address,
+        monitor_user=targets.MONITOR_USER,
+        exporter_ports={job: targets.EXPORTER_PORTS[job] for job in jobs},
+        pgbouncer_port=pool.pgbouncer_port if pool else 0,
+        postgres_queries=targets.postgres_queries(),
+    )
+    own = [s.name for s in plan if s.host.name == host.name and s.script != "status"]
+    return Step(f"exporters-{host.name}", host, params, tuple(dict.fromkeys((*own, "monitor"))))
 
 
 def named(record: type[HostParams], *settings: Any) -> dict[str, Any]:
@@ -318,6 +349,7 @@ def server_params(replication: ReplicationSettings, host: Host, replicas: int) -
         "wal_senders": wal_senders(replicas),
         # PgBouncer on each host logs in to its own PostgreSQL at the private address.
         "pgbouncer": replication.pool is not None,
+        "monitor_user": monitor_user(replication),
     }
 
 
@@ -349,6 +381,7 @@ def pooler_params(replication: ReplicationSettings, host: Host) -> PoolerParams:
         **named(PoolerParams, replication, replication.pool),
         private_address=host.private_address,
         pool_size=replication.pool.size,
+        monitor_user=monitor_user(replication),
     )
 
 
@@ -357,6 +390,11 @@ def health_params(replication: ReplicationSettings, host: Host) -> ReplicaHealth
     return ReplicaHealthParams(
         **named(ReplicaHealthParams, replication), private_address=host.private_address
     )
+
+
+def monitor_user(replication: ReplicationSettings) -> str:
+    """The exporters' role, "" without exporters."""
+    return targets.MONITOR_USER if replication.monitoring_sources else ""
 
 
 def backup_params(

@@ -36,6 +36,8 @@ def run() -> None:
         postgres, repository, secrets = replicated_postgres(settings, network, secrets, reseed)
         # The rules for the operator's Prometheus, filled in with this stack's values.
         pulumi.export("alert_rules", monitoring.render_rules(settings.replication, settings.alerts))
+        if settings.replication.monitoring_sources:  # its exporters, for Prometheus's file_sd
+            pulumi.export("prometheus_targets", postgres.targets)
     media = components.SpacesMedia("media", settings.spaces, protect) if settings.spaces else None
     valkey = cache = None
     if settings.redis and settings.redis.mode == "managed":

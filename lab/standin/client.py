@@ -112,3 +112,14 @@ def coverage(endpoints: list[str], log: list[dict]) -> dict:
         "not_called": sorted(set(endpoints) - set(called)),
         "unimplemented_requests": dict(sorted(gaps.items())),
     }
+
+
+def coverage_line(client: Client, request_log, seconds: float) -> str:
+    """What a lab's run asked of the stand-in, in one line."""
+    seen = coverage(client.endpoints(), client.log())
+    return (
+        f"stand-in: {sum(seen['called'].values())} API requests, "
+        f"{len(seen['called'])} endpoints used, "
+        f"{len(seen['unimplemented_requests'])} unimplemented "
+        f"({request_log}); {seconds:.0f} s"
+    )

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from lab.standin.lab_pki import LabPki
+from lab.standin.resources.databases import DB_SIZES
 from lab.system import LabError, pid_alive
 
 PG_VERSION = "15"  # the lab's PostgreSQL, whatever version the cluster was asked for
@@ -32,6 +33,11 @@ hostnossl all all 0.0.0.0/0 reject
 hostssl replication standin_replication 0.0.0.0/0 scram-sha-256
 hostssl all all 0.0.0.0/0 scram-sha-256
 """
+
+
+def max_connections(size: str) -> int:
+    """DigitalOcean's: 25 per GiB of the node size (3 of them reserved; pools share the rest)."""
+    return 25 * DB_SIZES[size]
 
 
 class LabDatabases(LabPki):
@@ -67,7 +73,8 @@ install -d -o postgres -g postgres -m 0700 {TLS_DIR}
 install -o postgres -g postgres -m 0600 {tls}/node.key {TLS_DIR}/node.key
 install -o postgres -g postgres -m 0644 {tls}/node.crt {TLS_DIR}/node.crt
 cat > {conf}/conf.d/standin.conf <<'EOF'
-{SETTINGS}EOF
+{SETTINGS}max_connections = {max_connections(cluster["size"])}
+EOF
 cat > {conf}/pg_hba.conf <<'EOF'
 {HBA}EOF
 """

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from lab.standin._lab import OPERATOR_COMMAND, ROOT, EngineMissing, PulumiFailed
-from lab.standin.client import Client, coverage
+from lab.standin.client import Client, coverage_line
 from lab.standin.service import StandInLab
 from lab.standin.stack import droplets_config, stack_secrets, standin_stack
 from lab.system import LabError
@@ -49,13 +49,7 @@ def up(replicas: int, env_file: Path) -> int:
         )
         if result.returncode != 0:
             return result.returncode
-    seen = coverage(client.endpoints(), client.log())
-    print(
-        f"stand-in: {sum(seen['called'].values())} API requests, "
-        f"{len(seen['called'])} endpoints used, "
-        f"{len(seen['unimplemented_requests'])} unimplemented "
-        f"({LAB.request_log}); {time.monotonic() - started:.0f} s"
-    )
+    print(coverage_line(client, LAB.request_log, time.monotonic() - started))
     return 0
 
 
@@ -68,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "up":
             return up(args.replicas, args.env_file)
-        rest = LAB.down()
-        if rest:
-            raise LabError("removal left: " + "; ".join(rest))
-        print(f"stand-in lab {LAB.prefix} removed (droplets, networks, stack, state)")
-        return 0
+        return LAB.remove("droplets, networks, stack, state")
     except (LabError, EngineMissing, PulumiFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -76,6 +76,14 @@ if (health / "replica-health.json").exists():
                              str(health / "health_server.py"), str(health / "replica-health.json")],
                             capture_output=True, text=True, timeout=60)
     print(f"start the replica health endpoint: {result.returncode} {result.stderr}".strip())
+# The exporters the exporters step configured (host/exporters.py): each launcher, detached.
+for launcher in sorted(Path("/etc/mastodon-data/exporters").glob("*.sh")):
+    unit = f"mastodon-data-{launcher.stem}-exporter"
+    with open(f"/var/log/postgresql/{unit}.log", "ab") as log:
+        process = subprocess.Popen(["sh", str(launcher)], stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=log, start_new_session=True, cwd="/")
+    Path(f"/var/run/postgresql/{unit}.pid").write_text(f"{process.pid}\n")
+    print(f"start {unit}: pid {process.pid}")
 # A managed Valkey node's server (lab/standin/lab_valkey.py wrote its configuration).
 valkey = Path("/var/lib/valkey/valkey.conf")
 if valkey.exists():

@@ -1,7 +1,8 @@
 """Spaces and the CDN on this machine (lab/standin/backend.py, `SpacesBackend`): the stand-in
-serves them over TLS on a loopback address of the lab's own, `127.<b>.<c>.1` for the public
-network `10.<b>.<c>.0/24` (labs never share a public network, so never an address either), with
-a certificate of the lab's public CA (lab_pki.py) for every region's names."""
+serves them over TLS on the operator's address in the lab's public network (`10.<b>.<c>.1`:
+this machine's own end of the lab's switch, so droplets reach it as they reach DigitalOcean's
+Spaces over the internet, and labs never share it), with a certificate of the lab's public CA
+(lab_pki.py) for every region's names."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from lab.standin.resources.buckets import CDN_DOMAIN, REGIONS, region_host
 
 class LabSpaces(LabPki):
     def spaces_address(self) -> str:
-        octets = self.public.network_address.packed
-        return f"127.{octets[1]}.{octets[2]}.1"
+        return self.operator_address
 
     def spaces_certificate(self) -> Path:
         """The directory of its key and certificate (made once): each region's endpoint, its

@@ -35,6 +35,18 @@ from lab.standin.spaces import Spaces, is_spaces_host, route
 RATE_LIMIT = 5000  # requests per hour, as DigitalOcean's
 
 
+def answered(document) -> dict:
+    """A database cluster's or read-only node's id and status as answered, for the log (what
+    the provider's waits saw: lab/bench_managed); nothing for other answers."""
+    if isinstance(document, dict):
+        for kind in ("database", "replica"):
+            if isinstance(document.get(kind), dict):
+                record = document[kind]
+                fields = ("id", "engine", "status")
+                return {"answered": {"kind": kind, **{f: record.get(f) for f in fields}}}
+    return {}
+
+
 def client_label(token: str) -> str:
     """Which token sent a request, in the log without the token itself."""
     return hashlib.sha256(token.encode()).hexdigest()[:8] if token else ""
@@ -57,9 +69,10 @@ class StandInServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address, account: Account, log: RequestLog, spaces: Spaces | None = None,
-                 handler=None):  # fmt: skip
-        if address[0] != "localhost" and not ipaddress.ip_address(address[0]).is_loopback:
-            raise ValueError("the stand-in listens on loopback only")
+                 handler=None, lab_network=None):  # fmt: skip
+        ip = None if address[0] == "localhost" else ipaddress.ip_address(address[0])
+        if ip and not ip.is_loopback and not (lab_network and ip in lab_network):
+            raise ValueError("the stand-in listens on loopback or on its lab's network only")
         super().__init__(address, handler or Handler)
         self.account, self.request_log = account, log
         self.scratch = None  # objects of an account without a state directory (tests)
@@ -188,6 +201,7 @@ class Handler(BaseHTTPRequestHandler):
                 document = {"id": "server_error", "message": f"stand-in failure: {exc}"}
                 account.log(f"{method} {url.path} failed: {exc!r}")
         entry.update(status=status, ms=round((time.time() - started) * 1000, 1))
+        entry.update(answered(document))
         if status >= 400:
             entry["error"] = document.get("message") if isinstance(document, dict) else None
         self.server.request_log.add(entry)
@@ -268,8 +282,9 @@ def serve(account: Account, port: int = 0, log_file: Path | None = None) -> Stan
 class SpacesServer(StandInServer):
     """TLS, each connection's handshake in its own thread."""
 
-    def __init__(self, address, api: StandInServer, context: ssl.SSLContext):
-        super().__init__(address, api.account, api.request_log, api.spaces, SpacesHandler)
+    def __init__(self, address, api: StandInServer, context: ssl.SSLContext, lab_network):
+        super().__init__(address, api.account, api.request_log, api.spaces, SpacesHandler,
+                         lab_network)  # fmt: skip
         self.context = context
 
     def finish_request(self, request, client_address) -> None:
@@ -284,11 +299,11 @@ class SpacesServer(StandInServer):
             connection.close()
 
 
-def serve_spaces(api: StandInServer, address: str, certificate: Path, port: int = 443):
-    """Spaces' and the CDN's HTTPS on `address` (loopback), with `certificate`'s node.crt and
-    node.key; the API server's account, objects and log."""
+def serve_spaces(api: StandInServer, address: str, certificate: Path, lab_network, port=443):
+    """Spaces' and the CDN's HTTPS on `address` (in `lab_network`, the lab's own public network),
+    with `certificate`'s node.crt and node.key; the API server's account, objects and log."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(certificate / "node.crt", certificate / "node.key")
-    server = SpacesServer((address, port), api, context)
+    server = SpacesServer((address, port), api, context, lab_network)
     threading.Thread(target=server.serve_forever, daemon=True, name="standin-https").start()
     return server

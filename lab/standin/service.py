@@ -118,6 +118,14 @@ class StandInLab:
         self.hosts.down()
         return self.hosts.leftovers()
 
+    def remove(self, what: str) -> int:
+        """`down` for an operator's command: says what went, or raises what is left."""
+        rest = self.down()
+        if rest:
+            raise LabError("removal left: " + "; ".join(rest))
+        print(f"stand-in lab {self.prefix} removed ({what})")
+        return 0
+
 
 def serve(args: argparse.Namespace) -> int:
     """The server process: the account on the lab hosts, on a loopback port, until SIGTERM."""
@@ -146,7 +154,7 @@ def serve(args: argparse.Namespace) -> int:
     account.recover()
     watching = account.start_watching(timings.health_check)
     server = start_server(account, args.port, state_dir / "requests.jsonl")
-    spaces = serve_spaces(server, hosts.spaces_address(), hosts.spaces_certificate())
+    spaces = serve_spaces(server, hosts.spaces_address(), hosts.spaces_certificate(), hosts.public)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))

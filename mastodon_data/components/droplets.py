@@ -13,6 +13,7 @@ from mastodon_data.components.lifecycle import data_droplet, keep_data
 from mastodon_data.components.network import PrivateNetwork
 from mastodon_data.components.read_endpoint import ReadEndpoint
 from mastodon_data.config import DropletSettings, Host, LifecycleSettings
+from mastodon_data.monitoring.targets import exporter_ports
 from mastodon_data.naming import data_volume_name, volume_device
 
 ANYWHERE = ["0.0.0.0/0", "::/0"]
@@ -38,6 +39,13 @@ def firewall_inbound(droplets: DropletSettings, nodes_tag: str | None, vpc_cidr:
                 "source_addresses": list(droplets.postgres_allowed_sources),
             }
         )
+    if droplets.monitoring_sources:  # the exporters: from the operator's Prometheus only
+        ports = exporter_ports(pool=droplets.pool is not None)
+        rules += [
+            {"protocol": "tcp", "port_range": str(port),
+             "source_addresses": list(droplets.monitoring_sources)}
+            for port in ports
+        ]  # fmt: skip
     if nodes_tag:  # replication connections between the nodes, whatever the allowed sources
         rules.append(
             {"protocol": "tcp", "port_range": str(droplets.port), "source_tags": [nodes_tag]}

@@ -16,6 +16,7 @@ from pulumi_command import remote
 
 from mastodon_data import cert_renewal, outputs, plan
 from mastodon_data.config import BackupSettings, Host, ReplicationSettings
+from mastodon_data.monitoring import targets
 
 
 class ReplicationSteps(pulumi.ComponentResource):
@@ -76,6 +77,13 @@ class ReplicationSteps(pulumi.ComponentResource):
             )
         )
         self.password = secrets["dbPassword"]
+        self.targets = pulumi.Output.all(*[h.private_address for h in used]).apply(
+            lambda addresses: targets.file_sd(
+                [targets.Server(h.name, h.role, a) for h, a in zip(used, addresses, strict=True)],
+                replication.port,
+                replication.pool.pgbouncer_port if replication.pool else None,
+            )
+        )
         self.register_outputs({})
 
     def _command(self, name: str, step: plan.Step, secrets: dict) -> remote.Command:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 
-from mastodon_data.config.checks import Field, Validation
+from mastodon_data.config.checks import Field, Validation, is_private, set_path_command
 from mastodon_data.config.records import AlertThresholds
 from mastodon_data.config.topology import WAL
 
+SOURCES_EXAMPLE = "10.10.0.5/32"
+
 PERCENT = range(1, 101)
-FIELDS = (
+ALERT_FIELDS = (
     Field("alertReplayLagSeconds", allowed=range(1, 86401)),
     Field("alertReplayLagSize", example="1GB", **WAL),
     Field("alertSlotWalPercent", allowed=PERCENT),
@@ -24,6 +26,8 @@ FIELDS = (
     Field("alertOpenFilesPercent", allowed=PERCENT),
     Field("alertCertificateDays", allowed=range(1, 366)),
 )
+SOURCES_FIELD = Field("monitoringSources")  # entries: parse_monitoring_sources
+FIELDS = (*ALERT_FIELDS, SOURCES_FIELD)
 
 
 def snake(key: str) -> str:
@@ -31,7 +35,19 @@ def snake(key: str) -> str:
 
 
 def parse_alerts(v: Validation) -> AlertThresholds | None:
-    values = v.read(FIELDS)
+    values = v.read(ALERT_FIELDS)
     if not v.ok(*values):
         return None
     return AlertThresholds(**{snake(key): value for key, value in values.items()})
+
+
+def parse_monitoring_sources(v: Validation) -> dict[str, tuple[str, ...]]:
+    """`monitoring_sources`: private CIDRs of the operator's Prometheus, never a /0."""
+    (values,) = v.read((SOURCES_FIELD,)).values()
+    opens = ("the exporters to every address", f"{SOURCES_EXAMPLE}  # your Prometheus")
+    for key, text, network in v.cidr_entries(
+        "monitoringSources", values or (), SOURCES_EXAMPLE, opens
+    ):
+        if not is_private(network):
+            v.bad(key, text, "not a private range", set_path_command(key, SOURCES_EXAMPLE))
+    return {"monitoring_sources": tuple(values or ())}

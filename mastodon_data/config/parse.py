@@ -12,7 +12,7 @@ from mastodon_data.config.hosts import HOSTS_KEY, parse_hosts
 from mastodon_data.config.lifecycle import parse_lifecycle
 from mastodon_data.config.managed import parse_managed
 from mastodon_data.config.media import parse_spaces
-from mastodon_data.config.monitoring import parse_alerts
+from mastodon_data.config.monitoring import parse_alerts, parse_monitoring_sources
 from mastodon_data.config.pooling import parse_pooling
 from mastodon_data.config.project import DEFAULTS, PROJECT
 from mastodon_data.config.read_endpoint import parse_read_endpoint
@@ -43,6 +43,7 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     topology |= parse_pooling(v, mode)
     pool = topology["pool"]
     topology |= parse_read_endpoint(v, pool.pgbouncer_port if pool else None)
+    topology |= parse_monitoring_sources(v)
     hosts = parse_hosts(v, mode, topology["replica_count"])
     managed = parse_managed(v, mode, topology)
     spaces = parse_spaces(v, topology["region"])
@@ -53,7 +54,10 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     alerts = parse_alerts(v)
     backups = parse_backups(v, mode, topology["region"], secrets_present)
     backups_on, backup_key = wanted(v, mode)
-    needed = required_secrets(mode, redis_mode, backups=backups_on, backup_key=backup_key)
+    exporters = mode != "managed" and bool(topology["monitoring_sources"])
+    needed = required_secrets(
+        mode, redis_mode, backups=backups_on, backup_key=backup_key, exporters=exporters
+    )
     check_secrets_present(v, raw, secrets_present, needed)
     if v.lines:
         raise ConfigError("\n".join(v.lines))

@@ -79,6 +79,7 @@ class ReplicationSettings:
     replica_max_lag_bytes: int = 16 * 2**20
     replica_max_lag_seconds: int = 30
     replica_load_balancer: bool = False  # REPLICA_DB_HOST is the read endpoint
+    monitoring_sources: tuple[str, ...] = ()  # the operator's Prometheus; () = no exporters
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class DropletSettings:
     pool: PoolSettings | None = None  # its port is opened like PostgreSQL's
     replica_health_port: int = 8008  # opened to the VPC; the load balancer's health check
     replica_load_balancer: bool = False  # the read endpoint (components/read_endpoint.py)
+    monitoring_sources: tuple[str, ...] = ()  # opened to the exporters' ports
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ class Settings:
             self.redis.mode if self.redis else "none",
             backup_key=bool(self.backups and not self.backups.make_bucket),
             backups=self.backups is not None,
+            exporters=bool(self.replication and self.replication.monitoring_sources),
         )
 
 

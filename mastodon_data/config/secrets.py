@@ -18,7 +18,14 @@ SECRET_KEYS = ("sshPrivateKey", "replicationPassword", "dbPassword")
 REDIS_URL_KEY = "redisUrl"  # redisMode external: the existing Redis, as a secret
 BACKUP_PASSPHRASE_KEY = "backupCipherPassphrase"  # encrypts the backup repository
 BACKUP_SECRET_KEY = "backupSecretAccessKey"  # hosts mode: the repository key's secret
-ALL_SECRET_KEYS = (*SECRET_KEYS, REDIS_URL_KEY, BACKUP_PASSPHRASE_KEY, BACKUP_SECRET_KEY)
+MONITOR_PASSWORD_KEY = "monitorPassword"  # monitoringSources: the exporters' role
+ALL_SECRET_KEYS = (
+    *SECRET_KEYS,
+    REDIS_URL_KEY,
+    BACKUP_PASSPHRASE_KEY,
+    BACKUP_SECRET_KEY,
+    MONITOR_PASSWORD_KEY,
+)
 MIN_PASSPHRASE_LENGTH = 20
 MIN_PASSWORD_LENGTH = 16
 SHOWN = "[secret]"
@@ -30,6 +37,9 @@ SECRET_FIXES = {
         f"pulumi config set --secret {PROJECT}:replicationPassword {NEW_PASSWORD}"
     ),
     "dbPassword": f"pulumi config set --secret {PROJECT}:dbPassword {NEW_PASSWORD}",
+    MONITOR_PASSWORD_KEY: (
+        f"pulumi config set --secret {PROJECT}:{MONITOR_PASSWORD_KEY} {NEW_PASSWORD}"
+    ),
     REDIS_URL_KEY: (
         f"pulumi config set --secret {PROJECT}:{REDIS_URL_KEY} "
         "'rediss://default:<password>@<host>:<port>'"
@@ -50,13 +60,20 @@ NO_PASSPHRASE_FIX = (
 
 
 def required_secrets(
-    mode: str | None, redis_mode: str | None, *, backups: bool = False, backup_key: bool = False
+    mode: str | None,
+    redis_mode: str | None,
+    *,
+    backups: bool = False,
+    backup_key: bool = False,
+    exporters: bool = False,
 ) -> tuple[str, ...]:
     """Managed PostgreSQL makes its own password; droplets and hosts need the replication trio;
-    backups the repository's passphrase (and, on existing hosts, the repository key's secret)."""
+    backups the repository's passphrase (and, on existing hosts, the repository key's secret);
+    the exporters (monitoringSources) their role's password."""
     needed = () if mode == "managed" else SECRET_KEYS
     needed = (*needed, REDIS_URL_KEY) if redis_mode == "external" else needed
     needed = (*needed, BACKUP_PASSPHRASE_KEY) if backups else needed
+    needed = (*needed, MONITOR_PASSWORD_KEY) if exporters else needed
     return (*needed, BACKUP_SECRET_KEY) if backup_key else needed
 
 
@@ -88,6 +105,7 @@ def secret_problems(name: str, value: str) -> list[str]:
     check = {
         "replicationPassword": _check_password,
         "dbPassword": _check_password,
+        MONITOR_PASSWORD_KEY: _check_password,
         REDIS_URL_KEY: _check_redis_url,
         BACKUP_PASSPHRASE_KEY: _check_passphrase,
         BACKUP_SECRET_KEY: _check_key_secret,

@@ -55,10 +55,13 @@ def read_params() -> Params:
         params = Params(json.load(sys.stdin))
     except (ValueError, TypeError) as exc:
         raise HostError(f"parameters on stdin are not a JSON object ({exc})") from None
-    for key in ("db_user", "db_name", "replication_user"):
-        if key in params and not NAME_RE.match(params[key]):
+    for key in ("db_user", "db_name", "replication_user", "monitor_user"):
+        value = params.get(key)
+        if value is None or (key == "monitor_user" and value == ""):  # "": no exporters
+            continue
+        if not NAME_RE.match(value):
             raise HostError(f"{key} {params[key]!r} is not a plain PostgreSQL name")
-    for key in ("db_password", "replication_password"):
+    for key in ("db_password", "replication_password", "monitor_password"):
         value = params.get(key)
         if value is not None and (
             not value.isascii() or not value.isprintable() or len(value) < 16
@@ -415,12 +418,16 @@ def keepalive_options(replication_timeout: str) -> dict[str, int]:
 
 def app_hba_lines(params: dict) -> list[str]:
     """Mastodon's role from the allowed sources, and from this host's own private address when
-    PgBouncer here logs in to this PostgreSQL (the pool); TLS and SCRAM only."""
+    PgBouncer here logs in to this PostgreSQL (the pool); TLS and SCRAM only. The exporters'
+    role through the local socket only, SCRAM."""
     sources = [str(ipaddress.ip_network(s)) for s in params["postgres_allowed_sources"]]
     if params["pgbouncer"]:
         own = str(ipaddress.ip_network(params["private_address"]))
         sources += [own] if own not in sources else []
-    return [f"hostssl {params['db_name']} {params['db_user']} {s} scram-sha-256" for s in sources]
+    lines = [f"hostssl {params['db_name']} {params['db_user']} {s} scram-sha-256" for s in sources]
+    if params["monitor_user"]:  # the exporters on this host, over the local socket
+        lines.append(f"local postgres {params['monitor_user']} scram-sha-256")
+    return lines
 
 
 def write_settings(cluster: Cluster, settings: dict[str, str]) -> bool:

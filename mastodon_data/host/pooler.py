@@ -83,7 +83,7 @@ def settings(params: dict, cluster: Cluster) -> dict[str, str]:
         "server_tls_sslmode": "verify-full",
         "server_tls_ca_file": str(SERVER_CA),
         "server_tls_protocols": "secure",
-    }
+    } | ({"stats_users": params["monitor_user"]} if params["monitor_user"] else {})
 
 
 def ini_text(params: dict, cluster: Cluster) -> str:
@@ -159,8 +159,25 @@ def current_verifier(cluster: Cluster, params: dict, wait: float) -> str:
         time.sleep(POLL)
 
 
-def userlist_text(user: str, verifier: str) -> str:
-    return f'"{user}" "{verifier}"\n'
+def monitor_verifier(cluster: Cluster, user: str, wait: float) -> str:
+    """The exporters' role's SCRAM verifier (host/monitor.py made it on the primary; a replica
+    may still replay it), so pgbouncer_exporter logs in to the admin console as a stats user."""
+    deadline = time.monotonic() + wait
+    while True:
+        rows = cluster.sql_json(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'")
+        if rows and (rows[0]["rolpassword"] or "").startswith("SCRAM-SHA-256$"):
+            return rows[0]["rolpassword"]
+        if time.monotonic() > deadline:
+            raise HostError(
+                f"role {user} has no SCRAM verifier on this host after {wait:.0f} s: run the "
+                "monitor step on the primary (and let this replica catch up) first"
+            )
+        time.sleep(POLL)
+
+
+def userlist_text(users: dict[str, str]) -> str:
+    """One line per role: its name and SCRAM verifier."""
+    return "".join(f'"{user}" "{verifier}"\n' for user, verifier in users.items())
 
 
 def tls_fingerprint(cluster: Cluster) -> str:
@@ -173,16 +190,14 @@ def tls_fingerprint(cluster: Cluster) -> str:
     return digest.hexdigest() + "\n"
 
 
-def write_files(params: dict, cluster: Cluster, verifier: str) -> tuple[bool, bool]:
+def write_files(params: dict, cluster: Cluster, users: dict[str, str]) -> tuple[bool, bool]:
     """(anything changed, a restart is needed)."""
     CONF_DIR.mkdir(mode=0o755, exist_ok=True)
     old = ini_settings(INI.read_text()) if INI.exists() else {}
     text = ini_text(params, cluster)
     restart = any(old.get(key) != ini_settings(text)[key] for key in RESTART_KEYS)
     changed = write_if_changed(INI, text, mode=0o640, owner="postgres")
-    changed |= write_if_changed(
-        USERLIST, userlist_text(params["db_user"], verifier), mode=0o600, owner="postgres"
-    )
+    changed |= write_if_changed(USERLIST, userlist_text(users), mode=0o600, owner="postgres")
     changed |= write_if_changed(SERVER_CA, trust_anchor(cluster), mode=0o644, owner="postgres")
     if write_if_changed(TLS_STATE, tls_fingerprint(cluster), mode=0o600):
         changed, restart = True, True
@@ -328,8 +343,12 @@ def main() -> dict:
             f"PostgreSQL {cluster.version}/{cluster.name} is not running: run this host's "
             "primary or replica step first"
         )
-    verifier = current_verifier(cluster, params, VERIFIER_WAIT)
-    files_changed, restart = write_files(params, cluster, verifier)
+    users = {params["db_user"]: current_verifier(cluster, params, VERIFIER_WAIT)}
+    if params["monitor_user"]:
+        users[params["monitor_user"]] = monitor_verifier(
+            cluster, params["monitor_user"], VERIFIER_WAIT
+        )
+    files_changed, restart = write_files(params, cluster, users)
     if files_changed:
         changed.append("configuration written")
     action = apply(params, files_changed, restart)

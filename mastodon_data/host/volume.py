@@ -279,7 +279,7 @@ def write_fstab(device: Path) -> bool:
     new = replace_managed_block(text, fstab_lines(device))
     if new == text:
         return False
-    tmp = FSTAB.with_name(".fstab.mastodon-data")
+    tmp = FSTAB.with_name(f".fstab.mastodon-data.{os.getpid()}")  # its own: /etc may be shared
     tmp.write_text(new)
     os.chmod(tmp, 0o644)
     try:

@@ -30,6 +30,20 @@ TEST_LAB = lab_hosts.Lab(
 )
 
 
+def process_marks(pids: list[int]) -> set[tuple[int, str]]:
+    """(pid, start time) of each live process: a pid the kernel hands out again later is another
+    process (this machine cycles its 32768 pids within a minute under the tests)."""
+    marks = set()
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":  # a zombie is dead, only not yet reaped
+            marks.add((pid, fields[19]))
+    return marks
+
+
 def lab_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "the lab needs root (network and mount namespaces)"

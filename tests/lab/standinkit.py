@@ -210,20 +210,6 @@ def tcp(host: str, port: int, netns: str | None = None, seconds: float = 2.0) ->
     return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
 
 
-def process_marks(pids: list[int]) -> set[tuple[int, str]]:
-    """(pid, start time) of each live process: a pid the kernel hands out again later is another
-    process (this machine cycles its 32768 pids within a minute under the tests)."""
-    marks = set()
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":  # a zombie is dead, only not yet reaped
-            marks.add((pid, fields[19]))
-    return marks
-
-
 def wait_until(condition: Callable[[], bool], limit: float, what: str) -> float:
     started = time.monotonic()
     while time.monotonic() - started < limit:

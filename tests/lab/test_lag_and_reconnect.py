@@ -24,7 +24,7 @@ from mastodon_data.config import parse_settings
 pytestmark = pytest.mark.lab
 CUT_SQL = "/var/lib/postgresql/cut_load.sql"  # a light load: one row per transaction
 Q_LAB = lab_hosts.Lab(
-    prefix="mlabq", subnet="10.253.0.0/24", state_dir=Path("/var/lib/mastodon-lab-q")
+    prefix="mlabq", subnet="10.237.0.0/24", state_dir=Path("/var/lib/mastodon-lab-q")
 )
 PGBIN = "/usr/lib/postgresql/15/bin"
 DB = "mastodon_production"

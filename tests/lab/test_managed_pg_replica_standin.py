@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from standinkit import PROBE, process_marks, program_stack, standin_account, wait_until
+from labkit import process_marks
+from standinkit import PROBE, program_stack, standin_account, wait_until
 
 from lab.stack import LabStack
 from lab.standin.account import Account

@@ -7,7 +7,7 @@ refreshed preview shows no change; `destroy` stops at the non-empty bucket (the 
 force_destroy, as on DigitalOcean) and, once the operator has emptied it with the account's
 full-access key, leaves nothing.
 
-Lab `mlsp`: public network 10.241.60.0/24 (so Spaces on 127.241.60.1:443), VPC 10.240.60.0/24."""
+Lab `mlsp`: public network 10.241.60.0/24 (so Spaces on 10.241.60.1:443), VPC 10.240.60.0/24."""
 
 from __future__ import annotations
 
@@ -136,5 +136,5 @@ def test_mastodon_uploads_to_spaces_and_media_is_served_by_the_cdn(tmp_path):
         assert [k["name"] for k in state["spaces_keys"].values()] == [PROVIDER_KEY]
         assert list((LAB.state_dir / "spaces").iterdir()) == []
         names = LAB.hosts.hosts_file.read_text()
-        assert "127.241.60.1 nyc3.digitaloceanspaces.com" in names
+        assert "10.241.60.1 nyc3.digitaloceanspaces.com" in names
         assert "mlsp-media" not in names and "mlsp-other" not in names

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from standinkit import PROBE, process_marks, program_stack, standin_account
+from labkit import process_marks
+from standinkit import PROBE, program_stack, standin_account
 
 from lab.stack import LabStack
 from lab.standin.service import StandInLab

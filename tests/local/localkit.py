@@ -147,6 +147,7 @@ class LocalPostgres:
 
     def start(self, db_name: str, user: str, pool_name: str, pool_size: int) -> None:
         ca = make_ca(self.root, "ca")
+        self.ca_cert = ca[0]  # what a client verifies the server with (verify-full)
         cert, key = make_server_cert(self.root, ca, "server")
         key.chmod(0o600)
         self.socket_dir.mkdir()

@@ -12,7 +12,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from localkit import LOOPBACK, LocalPostgres, LocalRedis, missing_postgres, missing_redis, temp_dir
+from localkit import (
+    LOOPBACK,
+    LocalPostgres,
+    LocalRedis,
+    make_ca,
+    missing_postgres,
+    missing_redis,
+    temp_dir,
+)
 
 from mastodon_data.cli.grant import GrantError, grant
 from mastodon_data.env import mastodon_env, migration_env, redis_url
@@ -242,7 +250,6 @@ def test_rendered_rediss_url_reaches_redis_over_tls(valkey_stand_in, tmp_path):
 
 def test_redis_refuses_a_certificate_from_another_ca(valkey_stand_in, tmp_path):
     import redis
-    from localkit import make_ca
 
     other_ca, _ = make_ca(tmp_path, "other-ca")
     url = redis_url(
@@ -268,7 +275,7 @@ def test_redis_refuses_a_wrong_password(valkey_stand_in):
         client.close()
 
 
-def test_grant_lets_a_new_role_create_tables_in_an_admin_owned_database(postgres):
+def test_grant_lets_a_new_role_create_tables_in_an_admin_owned_database(postgres, tmp_path):
     """As on DigitalOcean: the database belongs to the admin user (not a superuser), the app's
     role was made with minimal rights; PostgreSQL 15 then refuses CREATE in schema public."""
     import psycopg
@@ -290,7 +297,13 @@ def test_grant_lets_a_new_role_create_tables_in_an_admin_owned_database(postgres
         "postgres_admin": {
             "host": LOOPBACK, "port": postgres.port, "user": "doadmin", "password": admin_password,
         },
+        "postgres_ca_cert": postgres.ca_cert.read_text(),
     }  # fmt: skip
+    with pytest.raises(GrantError, match="no postgres_ca_cert output"):
+        grant({k: v for k, v in outputs.items() if k != "postgres_ca_cert"})
+    other_ca, _ = make_ca(tmp_path, "other")  # verify-full: another CA's certificate is refused
+    with pytest.raises(GrantError, match="certificate verify failed"):
+        grant({**outputs, "postgres_ca_cert": other_ca.read_text()})
     for _ in range(2):  # idempotent
         assert "app_user may now create its tables in managed_db" in grant(outputs)
     with psycopg.connect(**as_app) as conn:

@@ -33,7 +33,7 @@ EXPORTED = {
     # pgbackrest_exporter v0.23.0
     "pgbackrest_backup_since_last_completion_seconds", "pgbackrest_exporter_status",
     "pgbackrest_stanza_status",
-    # node_exporter, ssl_exporter v2.4.3
+    # node_exporter, ssl_exporter v2.4.1
     "node_filesystem_avail_bytes", "node_filesystem_size_bytes", "ssl_cert_not_after",
     "ssl_probe_success",
 }  # fmt: skip

@@ -32,6 +32,8 @@ BACKUP_VALUES = {
 }
 HOSTS = hosts_stack(count=4, replicas=2)
 HOSTS_BACKUPS = {**HOSTS, **BACKUPS, "backupAccessKeyId": "KEYID123"}
+MONITORING = {"monitoringSources": ["10.10.0.5/32"]}
+MONITOR_SECRET = {"monitorPassword": "monitor-secret-0123456789"}
 # The stacks the tests build, one option at a time (each with its secrets).
 STACKS = {
     "droplets": (DROPLETS, SECRETS),
@@ -54,12 +56,21 @@ STACKS = {
         {**HOSTS_BACKUPS, "authorizedKeys": [ADMIN_KEY]},
         {**SECRETS, **BACKUP_VALUES},
     ),
+    "droplets-replicas-monitoring": (
+        {**DROPLETS, "replicaCount": 1, **MONITORING},
+        {**SECRETS, **MONITOR_SECRET},
+    ),
+    "hosts-backups-unpooled-monitoring": (
+        {**HOSTS_BACKUPS, "pgbouncer": False, **MONITORING},
+        {**SECRETS, **BACKUP_VALUES, **MONITOR_SECRET},
+    ),
 }
 # Fields the plan derives: no setting of that name (the others are snake_case settings).
 DERIVED = {
     "port", "wal_senders", "replication_peers", "primary_address", "primary_port",
     "reseed", "primary_ca_cert", "replicas", "stanza", "pool_size",
     "backup_path", "action", "role", "type", "target_time", "overwrite",
+    "monitor_user", "exporter_ports", "postgres_queries",
 }  # fmt: skip
 
 
@@ -218,6 +229,11 @@ def conforms(value: typing.Any, hint: typing.Any) -> bool:
     if typing.get_origin(hint) is tuple:
         return isinstance(value, tuple) and all(
             conforms(v, typing.get_args(hint)[0]) for v in value
+        )
+    if typing.get_origin(hint) is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            conforms(k, key_hint) and conforms(v, value_hint) for k, v in value.items()
         )
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)

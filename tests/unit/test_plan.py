@@ -73,6 +73,7 @@ def test_a_pooler_step_per_host_after_its_own_step():
         "pool_size": 4 * 5 + 20 + 10,
         "pgbouncer_max_client_conn": 1000,
         "pgbouncer_open_files": 4096,
+        "monitor_user": "",
     }
     assert steps["pooler-db2"].secret_params == {"db_password": "dbPassword"}
     payload = plan.payload(steps["pooler-db2"], steps["pooler-db2"].params, SECRETS)

@@ -24,6 +24,7 @@ PARAMS = {
     "pool_size": 45,
     "pgbouncer_max_client_conn": 1000,
     "pgbouncer_open_files": 4096,
+    "monitor_user": "",
 }
 
 
@@ -59,7 +60,7 @@ def test_ini_is_a_transaction_pool_with_tls_both_sides_and_scram():
 
 def test_userlist_holds_the_verifier_not_a_password():
     verifier = common.scram_verifier("a-password-of-twenty-chars")
-    line = pooler.userlist_text("mastodon", verifier)
+    line = pooler.userlist_text({"mastodon": verifier})
     assert line == f'"mastodon" "{verifier}"\n' and "a-password" not in line
 
 
@@ -85,6 +86,7 @@ def test_pg_hba_lets_the_hosts_own_pool_in_only_when_pooled():
         "pgbouncer": False,
         "private_address": "10.0.0.2",
         "postgres_allowed_sources": ["10.0.1.0/24"],
+        "monitor_user": "",
     }
     assert common.app_hba_lines(params) == [
         "hostssl mastodon_production mastodon 10.0.1.0/24 scram-sha-256"

@@ -4,6 +4,7 @@ switches for time and faults, paging, and `Resource`, the base of each resource 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,6 +143,7 @@ class Resource:
 
     def __init__(self, account: Account):
         self.account = account
+        self.work_locks: dict[str, threading.Lock] = {}
 
     def empty_state(self) -> dict:
         return {self.COLLECTION: {}} if self.COLLECTION else {}
@@ -167,6 +169,12 @@ class Resource:
 
     def save(self) -> None:
         self.account.save()
+
+    def working(self, ident: str) -> threading.Lock:
+        """The lock of a record's work on the machine (its making, its removal): a delete that
+        comes meanwhile waits, then removes what was made."""
+        with self.account.lock:
+            return self.work_locks.setdefault(ident, threading.Lock())
 
     # -- hooks --------------------------------------------------------------------------------
     def hosts(self) -> list[dict]:

@@ -16,7 +16,6 @@ the cluster's password. What is modelled and what is not: docs/developers/standi
 from __future__ import annotations
 
 import copy
-import threading
 import uuid
 
 from lab.standin.firewall import compile_trusted_sources
@@ -35,10 +34,6 @@ def primary_node(cluster: dict) -> dict:
 class DatabaseReplicas(Resource):
     COLLECTION = "database_replicas"
     KIND = "read-only node"
-
-    def __init__(self, account):
-        super().__init__(account)
-        self.work_locks: dict[str, threading.Lock] = {}
 
     def routes(self):
         base = "/v2/databases/{id}"
@@ -174,10 +169,6 @@ class DatabaseReplicas(Resource):
         own host names (those of its certificate)."""
         names = [self.host_name(replica), self.host_name(replica, "private-")]
         return {**cluster, "host_names": names}
-
-    def working(self, ident: str) -> threading.Lock:
-        with self.account.lock:
-            return self.work_locks.setdefault(ident, threading.Lock())
 
     def delete(self, request: Request):
         self.start_delete(self.named(request))

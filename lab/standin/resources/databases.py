@@ -20,7 +20,6 @@ import base64
 import copy
 import re
 import secrets
-import threading
 import uuid
 
 from . import valkey
@@ -55,10 +54,6 @@ def new_password() -> str:
 class Databases(TrustedSources, Resource):
     COLLECTION = "databases"
     KIND = "database cluster"
-
-    def __init__(self, account):
-        super().__init__(account)
-        self.work_locks: dict[str, threading.Lock] = {}
 
     def routes(self):
         base = "/v2/databases/{id}"
@@ -265,11 +260,6 @@ class Databases(TrustedSources, Resource):
             return handler(request)
 
         return only_pg
-
-    def working(self, ident: str) -> threading.Lock:
-        """The lock of the cluster's work on the machine (its creation, its deletion)."""
-        with self.account.lock:
-            return self.work_locks.setdefault(ident, threading.Lock())
 
     def delete(self, request: Request):
         cluster = self.find(request.params["id"])

@@ -1,0 +1,279 @@
+"""The exporters on a lab of their own, through the engine: `pulumi up` of a hosts-mode stack
+(primary + 1 replica, pools of 15) with monitoringSources runs the monitor and exporters steps
+(host/exporters.py). Proven here: every target of the `prometheus_targets` output answers with
+the metrics the rules read, on the private address only; the monitor's password is on no
+command line and in no file wider than 0600; Debian's Prometheus loads the stack's
+`alert_rules` and its targets, reports every target up, and PgbouncerClientWaitLong fires within
+a bound while 20 clients want a pool of 15, and clears once they leave."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from labkit import applied, new_secrets, own_lab, wait_until
+
+from lab import namespaces as lab_hosts
+from lab.stack import ENGINE_BIN, LabStack
+
+pytestmark = [pytest.mark.lab, pytest.mark.engine]
+EXPORTERS_LAB = lab_hosts.Lab(
+    prefix="mlx", subnet="10.236.0.0/24", state_dir=Path("/var/lib/mastodon-lab-exporters")
+)
+PRIMARY, REPLICA = "10.236.0.11", "10.236.0.12"
+# 1 Puma process x 5 threads + 5 Sidekiq threads + 5 streaming connections = 15 per pool.
+THREADS = {"pumaProcesses": 1, "pumaThreads": 5, "sidekiqThreads": 5, "streamingDbPool": 5}
+POOL_SIZE = 15
+PROMETHEUS_PORT = 19236  # this test's Prometheus, on 127.0.0.1
+BUILT = ("pgbouncer_exporter", "ssl_exporter")  # no backups here: no pgbackrest_exporter
+# The metrics the rules read (tests/unit/test_alert_rules.py), by job, on every server.
+METRICS = {
+    "postgres": {"pg_up", "pg_stat_activity_count", "pg_settings_max_connections",
+                 "pg_stat_archiver_failed_count", "pg_replica_in_recovery",
+                 "pg_replica_streaming", "pg_archive_ready_segments"},
+    "pgbouncer": {"pgbouncer_up", "pgbouncer_pools_client_waiting_connections",
+                  "pgbouncer_pools_client_maxwait_seconds", "pgbouncer_process_open_fds",
+                  "pgbouncer_process_max_fds"},
+    "node": {"node_filesystem_avail_bytes", "node_filesystem_size_bytes"},
+    "ssl": {"ssl_cert_not_after", "ssl_probe_success"},
+}  # fmt: skip
+# And by role: the primary's view of its replica, the replica's own lag.
+ROLE_METRICS = {
+    "primary": {"pg_stat_replication_pg_wal_lsn_diff", "pg_replication_slots_pg_wal_lsn_diff"},
+    "replica": {"pg_replica_lag_seconds"},
+}
+FIRE_BOUND = 75  # seconds: maxwait passes 2 s, the rule's `for: 30s`, scrapes and evaluations
+CLEAR_BOUND = 30
+
+
+@pytest.fixture(scope="module")
+def built_exporters():
+    """The upstream builds in /usr/local/bin, as the operator puts them (make exporters);
+    removed afterwards when this test put them there."""
+    placed = []
+    for name in BUILT:
+        source, target = ENGINE_BIN / name, Path("/usr/local/bin") / name
+        if not source.exists():
+            pytest.fail(f"{source} is missing: run `make exporters` (make test does)")
+        if not target.exists():
+            shutil.copy2(source.resolve(), target)
+            placed.append(target)
+    yield
+    for target in placed:
+        target.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory, built_exporters):
+    with own_lab(EXPORTERS_LAB, 2):
+        workdir = tmp_path_factory.mktemp("exporters")
+        stack_secrets = new_secrets(EXPORTERS_LAB) | {"monitorPassword": secrets.token_urlsafe(24)}
+        stack = LabStack("exporterstest", workdir / "stack")
+        stack.prepare()
+        config = lab_hosts.stack_config(EXPORTERS_LAB, 1, 2) | THREADS
+        config["monitoringSources"] = [f"{EXPORTERS_LAB.operator_address}/32"]
+        outputs = applied(stack, config, stack_secrets)
+        yield {"stack": stack, "outputs": outputs, "secrets": stack_secrets, "dir": workdir}
+
+
+def scrape_url(group: dict) -> str:
+    labels = group["labels"]
+    path = labels.get("__metrics_path__", "/metrics")
+    params = {k.removeprefix("__param_"): v for k, v in labels.items() if k.startswith("__param_")}
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    return f"http://{group['targets'][0]}{path}{query}"
+
+
+def samples(text: str) -> dict[str, list[str]]:
+    """metric name -> the sample lines of that name."""
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            found.setdefault(line.split("{")[0].split()[0], []).append(line)
+    return found
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def test_every_target_answers_with_the_metrics_the_rules_read(monitored):
+    groups = monitored["outputs"]["prometheus_targets"]
+    assert sorted({g["labels"]["job"] for g in groups}) == ["node", "pgbouncer", "postgres", "ssl"]
+    assert len(groups) == 2 * 5  # per server: postgres, node, pgbouncer, ssl x (5432, 6432)
+    for group in groups:
+        job, role = group["labels"]["job"], group["labels"]["role"]
+        found = samples(get(scrape_url(group)))
+        wanted = METRICS[job] | (ROLE_METRICS[role] if job == "postgres" else set())
+        assert wanted - set(found) == set(), (group, sorted(found)[:50])
+        up = {"postgres": "pg_up", "pgbouncer": "pgbouncer_up", "ssl": "ssl_probe_success"}
+        if job in up:
+            assert [line.split()[-1] for line in found[up[job]]] == ["1"], group
+    max_fds = samples(get(f"http://{PRIMARY}:9127/metrics"))["pgbouncer_process_max_fds"]
+    assert [float(line.split()[-1]) for line in max_fds] == [4096.0]  # pgbouncerOpenFiles
+
+
+def test_the_exporters_listen_on_the_private_address_only(monitored):
+    for port in (9187, 9100, 9127, 9219):
+        argv = EXPORTERS_LAB.ssh_command(PRIMARY, f"ss -Hltn 'sport = :{port}'")
+        listening = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+        assert [line.split()[3] for line in listening.splitlines()] == [f"{PRIMARY}:{port}"]
+
+
+def test_the_password_is_on_no_command_line_and_in_no_wider_file(monitored):
+    password = monitored["secrets"]["monitorPassword"]
+    commands = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if readable(p)]
+    assert not [c for c in commands if password.encode() in c]
+    # The host's own configuration, run and log directories (lab/host_files.py).
+    own = [
+        d for d in EXPORTERS_LAB.host(1).state_dir.iterdir() if d.name.startswith(("etc-", "var-"))
+    ]
+    holders = [
+        path for directory in own for path in directory.rglob("*")
+        if path.is_file() and not path.is_symlink() and password in read_text(path)
+    ]  # fmt: skip
+    assert [p.name for p in holders] == ["monitor.pgpass"]
+    assert holders[0].stat().st_mode & 0o777 == 0o600 and holders[0].owner() == "postgres"
+
+
+def readable(path: Path) -> bool:
+    try:
+        path.read_bytes()
+    except OSError:
+        return False
+    return True
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.fixture(scope="module")
+def prometheus(monitored):
+    """Debian's Prometheus with the stack's rules and targets, scraping every second."""
+    workdir = monitored["dir"] / "prometheus"
+    workdir.mkdir()
+    (workdir / "rules.yml").write_text(monitored["outputs"]["alert_rules"])
+    (workdir / "targets.json").write_text(json.dumps(monitored["outputs"]["prometheus_targets"]))
+    (workdir / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: [{workdir / 'rules.yml'}]\n"
+        "scrape_configs:\n"
+        "  - job_name: mastodon-data\n"
+        f"    file_sd_configs: [{{files: [{workdir / 'targets.json'}]}}]\n"
+    )
+    argv = ["/usr/bin/prometheus", f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"]  # fmt: skip
+    with open(workdir / "prometheus.log", "wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=log)
+    try:
+        wait_until(lambda: ready(f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"), 30,
+                   "Prometheus ready")  # fmt: skip
+        yield f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def ready(url: str) -> bool:
+    try:
+        get(url)
+    except OSError as exc:
+        raise AssertionError(f"{url}: {exc}") from None
+    return True
+
+
+def api(prometheus: str, path: str) -> dict:
+    return json.loads(get(f"{prometheus}/{path}"))["data"]
+
+
+def test_prometheus_loads_the_rules_and_finds_every_target_up(monitored, prometheus):
+    groups = api(prometheus, "rules")["groups"]
+    shipped = yaml.safe_load(monitored["outputs"]["alert_rules"])["groups"]
+    assert sorted(g["name"] for g in groups) == sorted(g["name"] for g in shipped)
+    assert sum(len(g["rules"]) for g in groups) == sum(len(g["rules"]) for g in shipped)
+
+    def all_up():
+        rules = [r for g in api(prometheus, "rules")["groups"] for r in g["rules"]]
+        assert {r["health"] for r in rules} == {"ok"}  # each evaluated without error
+        targets = api(prometheus, "targets")["activeTargets"]
+        assert len(targets) == len(monitored["outputs"]["prometheus_targets"])
+        assert {(t["labels"]["job"], t["health"]) for t in targets} == {
+            (job, "up") for job in METRICS
+        }
+        return True
+
+    print(f"every target up after {wait_until(all_up, 30, 'every target up'):.1f} s")
+
+
+def alert_state(prometheus: str, name: str) -> str | None:
+    """The alert's state (firing before pending), None when it is neither."""
+    alerts = api(prometheus, "alerts")["alerts"]
+    states = {a["state"] for a in alerts if a["labels"]["alertname"] == name}
+    return "firing" if "firing" in states else (states.pop() if states else None)
+
+
+def test_clients_beyond_the_pool_fire_the_wait_alert_and_it_clears(monitored, prometheus):
+    """20 clients each hold a server connection of a pool of 15 for 60 s: 5 wait."""
+    env = {**os.environ, "PGPASSWORD": monitored["secrets"]["dbPassword"],
+           "PGCONNECT_TIMEOUT": "10"}  # fmt: skip
+    conninfo = f"host={PRIMARY} port=6432 dbname=mastodon_production user=mastodon sslmode=require"
+    assert alert_state(prometheus, "PgbouncerClientWaitLong") is None
+    clients = [
+        subprocess.Popen(["psql", "-X", "-q", "-c", "SELECT pg_sleep(60)", conninfo], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(POOL_SIZE + 5)
+    ]  # fmt: skip
+    try:
+        fired = wait_until(
+            lambda: alert_state(prometheus, "PgbouncerClientWaitLong") == "firing",
+            FIRE_BOUND, "PgbouncerClientWaitLong firing",
+        )  # fmt: skip
+    finally:
+        for client in clients:
+            client.kill()
+        for client in clients:
+            client.wait(timeout=30)
+    cleared = wait_until(
+        lambda: alert_state(prometheus, "PgbouncerClientWaitLong") is None,
+        CLEAR_BOUND, "PgbouncerClientWaitLong cleared",
+    )  # fmt: skip
+    print(f"PgbouncerClientWaitLong: fired {fired:.1f} s after the burst, cleared {cleared:.1f} s")
+
+
+def test_after_a_power_cut_the_labs_boot_starts_the_exporters_again(monitored):
+    """Every process of the replica's host killed (the machine restarted): `up` of the lab
+    starts them as systemd would, and the replica's exporters answer again."""
+    replica = EXPORTERS_LAB.host(2)
+    out = lab_hosts.run(["ip", "netns", "pids", replica.netns], check=False).stdout
+    for pid in map(int, out.split()):
+        os.kill(pid, 9)
+    lab_hosts.up(EXPORTERS_LAB, 2)
+    groups = [g for g in monitored["outputs"]["prometheus_targets"]
+              if g["labels"]["role"] == "replica"]  # fmt: skip
+
+    def answering():
+        for group in groups:
+            try:
+                found = samples(get(scrape_url(group)))
+            except OSError as exc:
+                raise AssertionError(f"{scrape_url(group)}: {exc}") from None
+            assert METRICS[group["labels"]["job"]] - set(found) == set()
+        assert samples(get(f"http://{REPLICA}:9187/metrics"))["pg_up"] == ["pg_up 1"]
+        return True
+
+    print(f"the replica's exporters answer {wait_until(answering, 60, 'exporters back'):.1f} s "
+          "after its boot")  # fmt: skip
