@@ -4,6 +4,10 @@ replica, streaming from the primary and within the lag bounds; 503 otherwise. Th
 says why. A load balancer's health check (HTTP, any path) decides with it which replicas get
 new read connections.
 
+A replica that is not streaming because its primary does not answer stays in rotation: no
+write can land anywhere, so its data is as new as the cluster's, and reads go on until a
+failover. Not streaming while the primary answers means it falls behind: 503.
+
 Installed and started by replica_health.py; runs as postgres (psql over the local socket, peer
 authentication, no password). Stdlib only: `python3 health_server.py <config.json>`.
 `?lag=<bytes>` overrides the byte bound for one request, as in Patroni.
@@ -12,17 +16,22 @@ authentication, no password). Stdlib only: `python3 health_server.py <config.jso
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 QUERY_TIMEOUT = 3  # seconds; a server that cannot answer in this is not healthy
+PRIMARY_TIMEOUT = 1  # seconds for the primary to accept a TCP connection
+CONNINFO_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")  # libpq key=value
 # Lag in bytes: received but not replayed. In seconds: 0 when all received WAL is replayed,
 # else the age of the last replayed transaction (replay is behind while WAL keeps arriving).
 QUERY = """SELECT json_build_object(
   'in_recovery', pg_is_in_recovery(),
   'streaming', coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
+  'primary_conninfo', current_setting('primary_conninfo', true),
   'lag_bytes', coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0),
   'lag_seconds', CASE
     WHEN NOT pg_is_in_recovery() THEN 0
@@ -42,7 +51,29 @@ def server_state(config: dict) -> dict:
         return {"error": f"PostgreSQL did not answer within {QUERY_TIMEOUT} s"}
     if result.returncode != 0:
         return {"error": result.stderr.strip()[-300:] or f"psql exit code {result.returncode}"}
-    return json.loads(result.stdout)
+    state = json.loads(result.stdout)
+    conninfo = state.pop("primary_conninfo") or ""
+    if state["in_recovery"] and not state["streaming"]:
+        state["primary_answers"] = primary_answers(conninfo)
+    return state
+
+
+def primary_answers(conninfo: str) -> bool:
+    """Whether the primary named in primary_conninfo accepts a connection (TCP, or its Unix
+    socket when host is a directory)."""
+    pairs = {k: v.strip("'") for k, v in CONNINFO_PAIR.findall(conninfo)}
+    host, port = pairs.get("host", ""), int(pairs.get("port", "5432"))
+    if host.startswith("/"):
+        family, address = socket.AF_UNIX, f"{host}/.s.PGSQL.{port}"
+    else:
+        family, address = socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port)
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(PRIMARY_TIMEOUT)
+            probe.connect(address)
+    except OSError:
+        return False
+    return True
 
 
 def verdict(state: dict, max_bytes: int, max_seconds: float) -> tuple[int, dict]:
@@ -52,12 +83,14 @@ def verdict(state: dict, max_bytes: int, max_seconds: float) -> tuple[int, dict]
         reason = f"PostgreSQL unreachable: {state['error']}"
     elif not state["in_recovery"]:
         reason = "not a replica (this server is a primary)"
-    elif not state["streaming"]:
-        reason = "not streaming from the primary"
+    elif not state["streaming"] and state.get("primary_answers", True):
+        reason = "not streaming from the primary, which answers"
     elif state["lag_bytes"] > max_bytes:
         reason = f"{state['lag_bytes']} bytes behind (more than {max_bytes})"
     elif state["lag_seconds"] > max_seconds:
         reason = f"{state['lag_seconds']:.1f} s behind (more than {max_seconds:g})"
+    elif not state["streaming"]:
+        return 200, {**body, "healthy": True, "reason": "primary unreachable: serving all it got"}
     else:
         return 200, {**body, "healthy": True, "reason": "streaming replica within the lag bounds"}
     return 503, {**body, "healthy": False, "reason": reason}

@@ -130,10 +130,23 @@ def test_the_health_endpoint_follows_role_streaming_and_lag():
             sql(r_port, root, "SELECT pg_wal_replay_resume()")
             assert wait_answer(replica_health, 200)["lag_bytes"] == 0
 
+            conninfo = sql(r_port, root, "SHOW primary_conninfo").replace("'", "''")
+            sql(r_port, root, f"ALTER SYSTEM SET primary_conninfo = '{conninfo} user=nobody'")
+            sql(r_port, root, "SELECT pg_reload_conf()")  # the primary answers, refuses the role
+            assert wait_answer(replica_health, 503)["reason"] == (
+                "not streaming from the primary, which answers"
+            )
+            sql(r_port, root, f"ALTER SYSTEM SET primary_conninfo = '{conninfo}'")
+            sql(r_port, root, "SELECT pg_reload_conf()")
+            assert wait_answer(replica_health, 200)["streaming"] is True
+
             as_postgres(
                 [str(PG_BIN / "pg_ctl"), "stop", "-m", "fast", "-D", str(primary)], cwd=root
+            )  # reads go on from the replica until a failover
+            body = wait_answer(replica_health, 200)
+            assert (body["reason"], body["streaming"]) == (
+                "primary unreachable: serving all it got", False
             )
-            assert wait_answer(replica_health, 503)["reason"] == "not streaming from the primary"
             as_postgres(
                 [str(PG_BIN / "pg_ctl"), "stop", "-m", "fast", "-D", str(replica)], cwd=root
             )

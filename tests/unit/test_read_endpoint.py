@@ -22,7 +22,12 @@ STREAMING = {"in_recovery": True, "streaming": True, "lag_bytes": 0, "lag_second
         ({**STREAMING, "lag_bytes": 100, "lag_seconds": 5.0}, 200,
          "streaming replica within the lag bounds"),
         ({**STREAMING, "in_recovery": False}, 503, "not a replica (this server is a primary)"),
-        ({**STREAMING, "streaming": False}, 503, "not streaming from the primary"),
+        ({**STREAMING, "streaming": False, "primary_answers": True}, 503,
+         "not streaming from the primary, which answers"),
+        ({**STREAMING, "streaming": False, "primary_answers": False}, 200,
+         "primary unreachable: serving all it got"),
+        ({**STREAMING, "streaming": False, "primary_answers": False, "lag_bytes": 101}, 503,
+         "101 bytes behind (more than 100)"),
         ({**STREAMING, "lag_bytes": 101}, 503, "101 bytes behind (more than 100)"),
         ({**STREAMING, "lag_seconds": 5.05}, 503, "5.0 s behind (more than 5)"),
         ({"error": "no socket"}, 503, "PostgreSQL unreachable: no socket"),
@@ -32,6 +37,23 @@ def test_the_verdict_names_the_first_reason_a_replica_is_not_served(state, statu
     code, body = health_server.verdict(state, 100, 5)
     assert (code, body["reason"], body["healthy"]) == (status, reason, status == 200)
     assert (body["max_lag_bytes"], body["max_lag_seconds"]) == (100, 5)
+
+
+def test_the_primary_is_probed_where_primary_conninfo_says(tmp_path):
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        conninfo = f"host=127.0.0.1 port={port} user=replicator sslmode=verify-full"
+        assert health_server.primary_answers(conninfo) is True
+    assert health_server.primary_answers(conninfo) is False  # closed: refused
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / ".s.PGSQL.5433"))
+        listener.listen()
+        assert health_server.primary_answers(f"host='{tmp_path}' port=5433") is True
+    assert health_server.primary_answers(f"host='{tmp_path}' port=5434") is False
 
 
 def test_lag_in_the_query_overrides_the_byte_bound_as_patroni_does():
