@@ -145,7 +145,8 @@ def test_the_health_endpoint_follows_role_streaming_and_lag():
             )  # reads go on from the replica until a failover
             body = wait_answer(replica_health, 200)
             assert (body["reason"], body["streaming"]) == (
-                "primary unreachable: serving all it got", False
+                "primary unreachable: serving all it got",
+                False,
             )
             as_postgres(
                 [str(PG_BIN / "pg_ctl"), "stop", "-m", "fast", "-D", str(replica)], cwd=root
