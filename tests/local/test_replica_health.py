@@ -45,11 +45,11 @@ def ask(port: int) -> tuple[int, dict]:
         return answer.code, json.load(answer)
 
 
-def wait_answer(port: int, status: int) -> dict:
+def wait_answer(port: int, status: int, reason: str | None = None) -> dict:
     deadline = time.monotonic() + WAIT
     while True:
         code, body = ask(port)
-        if code == status:
+        if code == status and reason in (None, body["reason"]):
             return body
         assert time.monotonic() < deadline, f"still {code} after {WAIT} s: {body}"
         time.sleep(0.2)
@@ -133,9 +133,7 @@ def test_the_health_endpoint_follows_role_streaming_and_lag():
             conninfo = sql(r_port, root, "SHOW primary_conninfo").replace("'", "''")
             sql(r_port, root, f"ALTER SYSTEM SET primary_conninfo = '{conninfo} user=nobody'")
             sql(r_port, root, "SELECT pg_reload_conf()")  # the primary answers, refuses the role
-            assert wait_answer(replica_health, 503)["reason"] == (
-                "not streaming from the primary, which answers"
-            )
+            wait_answer(replica_health, 503, "not streaming from the primary, which answers")
             sql(r_port, root, f"ALTER SYSTEM SET primary_conninfo = '{conninfo}'")
             sql(r_port, root, "SELECT pg_reload_conf()")
             assert wait_answer(replica_health, 200)["streaming"] is True
@@ -143,11 +141,8 @@ def test_the_health_endpoint_follows_role_streaming_and_lag():
             as_postgres(
                 [str(PG_BIN / "pg_ctl"), "stop", "-m", "fast", "-D", str(primary)], cwd=root
             )  # reads go on from the replica until a failover
-            body = wait_answer(replica_health, 200)
-            assert (body["reason"], body["streaming"]) == (
-                "primary unreachable: serving all it got",
-                False,
-            )
+            body = wait_answer(replica_health, 200, "primary unreachable: serving all it got")
+            assert body["streaming"] is False
             as_postgres(
                 [str(PG_BIN / "pg_ctl"), "stop", "-m", "fast", "-D", str(replica)], cwd=root
             )
