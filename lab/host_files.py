@@ -24,6 +24,7 @@ PRIVATE_DIRS = {
     "/var/lib/pgbackrest": ("postgres", "postgres", 0o750),
     "/etc/systemd/system": ("root", "root", 0o755),
     "/etc/pgbouncer": ("root", "root", 0o755),  # PgBouncer's configuration (host/pooler.py)
+    "/opt/mastodon-data": ("root", "root", 0o755),  # the health endpoint (replica_health.py)
     "/etc/mastodon-data": ("root", "root", 0o755),  # the exporters' (host/exporters.py)
     "/var/lib/valkey": ("valkey", "valkey", 0o750),  # a managed Valkey node's (lab_valkey.py)
 }

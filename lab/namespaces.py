@@ -56,6 +56,14 @@ if [ -f "$ini" ]; then
     (ulimit -n "$limit" && exec setpriv --reuid=postgres --regid=postgres --init-groups -- \\
         /usr/sbin/pgbouncer -d -q "$ini")
 fi
+# The replica health endpoint, as its unit would start it (host/replica_health.py).
+health=/opt/mastodon-data
+if [ -f "$health/replica-health.json" ]; then
+    setpriv --reuid=postgres --regid=postgres --init-groups -- setsid -f sh -c \
+        'echo $$ > /var/run/postgresql/mastodon-data-replica-health.pid && exec "$@" \
+        </dev/null >>/var/log/postgresql/mastodon-data-replica-health.log 2>&1' \
+        sh /usr/bin/python3 "$health/health_server.py" "$health/replica-health.json"
+fi
 # The exporters the exporters step configured (host/exporters.py): each launcher, detached.
 for launcher in /etc/mastodon-data/exporters/*.sh; do
     [ -f "$launcher" ] || continue

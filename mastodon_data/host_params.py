@@ -142,6 +142,15 @@ class ExportersParams(HostParams):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReplicaHealthParams(ClusterParams):
+    SCRIPT: ClassVar[str] = "replica_health"
+    private_address: Address
+    replica_health_port: int
+    replica_max_lag_bytes: int
+    replica_max_lag_seconds: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class RepositoryParams(ClusterParams):
     """pgBackRest's repository (host/repository.py): the bucket, the stanza, retention."""
 
@@ -197,6 +206,7 @@ SCRIPTS = {
         StatusParams,
         PromoteParams,
         PoolerParams,
+        ReplicaHealthParams,
         MonitorParams,
         ExportersParams,
         BackupParams,

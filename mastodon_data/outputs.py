@@ -142,3 +142,45 @@ def servers_output(rows: Sequence[Sequence[str]]) -> dict:
         "primary": next(server_output(n, pub, priv) for n, r, pub, priv in rows if r == "primary"),
         "replicas": [server_output(n, pub, priv) for n, r, pub, priv in rows if r == "replica"],
     }
+
+
+def read_endpoint_output(address: str, port: int, health_port: int) -> dict:
+    """Droplets mode: the load balancer over the replicas (REPLICA_DB_HOST) and what it checks."""
+    return {"private_host": address, "port": port, "health_port": health_port, "path": "/replica"}
+
+
+HAPROXY_HEAD = """\
+# The read endpoint over the replicas of mastodon-data, for HAProxy (Debian's haproxy 2.6) on
+# each Mastodon app server: Mastodon's REPLICA_DB_HOST=127.0.0.1, REPLICA_DB_PORT={port}.
+# A server gets new connections while GET /replica on its health port answers 200 (a
+# streaming replica within the lag bounds); with none, reads go to the primary (backup).
+global
+    maxconn 4096
+
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 1h
+    timeout server 1h
+
+listen mastodon-replicas
+    bind 127.0.0.1:{port}
+    balance roundrobin
+    option httpchk GET /replica
+    http-check expect status 200
+    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+"""
+
+
+def haproxy_read_config(servers: Sequence, port: int, health_port: int) -> str:
+    """Hosts mode: HAProxy's configuration of the read endpoint over `servers` (Host records,
+    plain addresses). Every server is checked (only replicas answer 200, so a failover needs
+    no change); the primary, unchecked, is the backup that serves reads when no replica can."""
+    lines = [HAPROXY_HEAD.format(port=port)]
+    for host in servers:
+        lines.append(
+            f"    server {host.name} {host.private_address}:{port} check port {health_port}\n"
+        )
+    primary = next(h for h in servers if h.role == "primary")
+    lines.append(f"    server {primary.name}-primary {primary.private_address}:{port} backup\n")
+    return "".join(lines)

@@ -29,6 +29,7 @@ from mastodon_data.host_params import (
     PoolerParams,
     PrimaryParams,
     PromoteParams,
+    ReplicaHealthParams,
     ReplicaParams,
     RestoreParams,
     ServerParams,
@@ -70,12 +71,17 @@ KEEP_POOLER = (
     "echo 'mastodon-data: PgBouncer is left running on this host; once Mastodon no longer uses "
     "it: systemctl disable --now pgbouncer'"
 )
+KEEP_HEALTH = (
+    "echo 'mastodon-data: the replica health endpoint is left running on this host; once no "
+    "load balancer checks it: systemctl disable --now mastodon-data-replica-health'"
+)
 # What a step's delete says on a host that outlives the stack, by script (the others: nothing).
 KEEP_NOTES = {
     "primary": KEEP_DATA,
     "replica": KEEP_DATA,
     "volume": KEEP_DATA,
     "pooler": KEEP_POOLER,
+    "replica_health": KEEP_HEALTH,
 }
 
 
@@ -215,7 +221,8 @@ def steps(
     backups, a backup step per host after the replication steps; a status report per host;
     with pools, a pooler step after each host's own step; with monitoringSources, the monitor
     role on the primary (before the pooler steps) and an exporters step per host after all of
-    its own. Spare hosts get no step."""
+    its own; with replicas, a health endpoint step on every server after its own step
+    (host/replica_health.py). Spare hosts get no step."""
     primary = next(h for h in hosts if h.role == "primary")
     replicas = [h for h in hosts if h.role == "replica"]
     servers = (primary, *replicas)
@@ -249,6 +256,11 @@ def steps(
                  (s.name, *monitor))
             for s in servers_steps
         ]  # fmt: skip
+    if replicas:  # the read endpoint's health checks; the primary answers 503
+        plan += [
+            Step(f"health-{s.host.name}", s.host, health_params(replication, s.host), (s.name,))
+            for s in servers_steps
+        ]
     if monitor:
         plan += [exporters_step(replication, s, plan) for s in servers_steps]
     return plan
@@ -370,6 +382,13 @@ def pooler_params(replication: ReplicationSettings, host: Host) -> PoolerParams:
         private_address=host.private_address,
         pool_size=replication.pool.size,
         monitor_user=monitor_user(replication),
+    )
+
+
+def health_params(replication: ReplicationSettings, host: Host) -> ReplicaHealthParams:
+    """A health endpoint step's parameters: the cluster, where it listens, the lag bounds."""
+    return ReplicaHealthParams(
+        **named(ReplicaHealthParams, replication), private_address=host.private_address
     )
 
 

@@ -79,10 +79,36 @@ def replicated_postgres(settings: Settings, network, secrets: dict, reseed: froz
         reseed,
         hosts_outlive_stack=not tier,
         backups=settings.backups,
+        read_address=read_address(settings.replication, tier),
     )
+    if tier and tier.read_endpoint:
+        health = settings.replication.replica_health_port
+        pulumi.export(
+            "read_endpoint",
+            tier.read_endpoint.address.apply(
+                lambda a: outputs.read_endpoint_output(a, tier.read_endpoint.port, health)
+            ),
+        )
+    elif not tier and settings.replication.replica_count:  # hosts: the operator's HAProxy
+        pulumi.export("read_endpoint_haproxy", haproxy_config(settings.replication, hosts))
     if lifecycle.authorized_keys:  # admin keys, rotated without a new droplet
         components.AuthorizedKeys("admin-keys", lifecycle.authorized_keys, hosts, secrets)
     return postgres, repository, secrets
+
+
+def read_address(replication, tier):
+    """Mastodon's REPLICA_DB_HOST when a read endpoint serves the replicas (replicaLoadBalancer):
+    the load balancer (droplets), HAProxy on each app server (hosts); else None."""
+    if tier:
+        return tier.read_endpoint.address if tier.read_endpoint else None
+    return "127.0.0.1" if replication.replica_load_balancer else None
+
+
+def haproxy_config(replication, hosts) -> str:
+    """Hosts mode: HAProxy's read endpoint over the stack's servers."""
+    port = replication.pool.pgbouncer_port if replication.pool else replication.port
+    servers = [h for h in hosts if h.role != "spare"]
+    return outputs.haproxy_read_config(servers, port, replication.replica_health_port)
 
 
 def export_postgres(mode: str, postgres, repository) -> None:

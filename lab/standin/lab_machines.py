@@ -66,6 +66,16 @@ if "mastodon-data" in text:
                              "sh", "/usr/sbin/pgbouncer", "-d", "-q", str(ini)],
                             capture_output=True, text=True, timeout=60)
     print(f"start pgbouncer: {result.returncode} {result.stderr}".strip())
+# The replica health endpoint, as its unit would start it (host/replica_health.py).
+health = Path("/opt/mastodon-data")
+if (health / "replica-health.json").exists():
+    script = ('echo $$ > /var/run/postgresql/mastodon-data-replica-health.pid && exec "$@" '
+              '</dev/null >>/var/log/postgresql/mastodon-data-replica-health.log 2>&1')
+    result = subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
+                             "--", "setsid", "-f", "sh", "-c", script, "sh", "/usr/bin/python3",
+                             str(health / "health_server.py"), str(health / "replica-health.json")],
+                            capture_output=True, text=True, timeout=60)
+    print(f"start the replica health endpoint: {result.returncode} {result.stderr}".strip())
 # The exporters the exporters step configured (host/exporters.py): each launcher, detached.
 for launcher in sorted(Path("/etc/mastodon-data/exporters").glob("*.sh")):
     unit = f"mastodon-data-{launcher.stem}-exporter"

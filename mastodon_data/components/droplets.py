@@ -1,7 +1,8 @@
 """Droplets mode: database droplets in the stack's VPC, named by position, one of them the
 primary (primaryNode), all with one tag, each with a data volume for PostgreSQL, and a cloud
 firewall (22 from the admin CIDRs only, 5432 and the pools' port from the allowed private
-sources only)."""
+sources only, the replica health endpoint from the VPC only); with replicas, the read endpoint
+over them (components/read_endpoint.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pulumi_digitalocean as do
 
 from mastodon_data.components.lifecycle import data_droplet, keep_data
 from mastodon_data.components.network import PrivateNetwork
+from mastodon_data.components.read_endpoint import ReadEndpoint
 from mastodon_data.config import DropletSettings, Host, LifecycleSettings
 from mastodon_data.monitoring.targets import exporter_ports
 from mastodon_data.naming import data_volume_name, volume_device
@@ -19,7 +21,7 @@ ANYWHERE = ["0.0.0.0/0", "::/0"]
 OUTBOUND = [("udp", "53"), ("tcp", "53"), ("tcp", "80"), ("tcp", "443"), ("udp", "123")]
 
 
-def firewall_inbound(droplets: DropletSettings, nodes_tag: str | None) -> list[dict]:
+def firewall_inbound(droplets: DropletSettings, nodes_tag: str | None, vpc_cidr: str) -> list[dict]:
     """Inbound rules as plain data (tested without Pulumi's engine)."""
     rules = [
         {"protocol": "tcp", "port_range": "22", "source_addresses": list(droplets.admin_cidrs)},
@@ -48,6 +50,9 @@ def firewall_inbound(droplets: DropletSettings, nodes_tag: str | None) -> list[d
         rules.append(
             {"protocol": "tcp", "port_range": str(droplets.port), "source_tags": [nodes_tag]}
         )
+        # The replica health endpoint: the read endpoint's checks, from the VPC only.
+        health = str(droplets.replica_health_port)
+        rules.append({"protocol": "tcp", "port_range": health, "source_addresses": [vpc_cidr]})
     return rules
 
 
@@ -142,6 +147,18 @@ class DropletTier(pulumi.ComponentResource):
                 )  # fmt: skip
             )
         self.firewall = self._firewall(name, droplets, network, tag)
+        self.read_endpoint = None
+        if droplets.replica_count and droplets.replica_load_balancer:
+            read_port = droplets.pool.pgbouncer_port if droplets.pool else droplets.port
+            self.read_endpoint = ReadEndpoint(
+                f"{name}-read",
+                network.region,
+                network.vpc.id,
+                tag.name,
+                read_port,
+                droplets.replica_health_port,
+                opts=child,
+            )
         # At preview too: the droplets' keys and image are then the state's (ignored changes).
         made = [pulumi.Output.all(d.name, d.ssh_keys, d.image) for d in self.droplets]
         pulumi.Output.all(*made).apply(lambda made: self._warn(droplets, made))
@@ -151,7 +168,8 @@ class DropletTier(pulumi.ComponentResource):
         self, name: str, droplets: DropletSettings, network: PrivateNetwork, tag: do.Tag
     ) -> do.Firewall:
         """One firewall for every database droplet of the stack."""
-        inbound = firewall_inbound(droplets, tag.name if droplets.replica_count else None)
+        nodes_tag = tag.name if droplets.replica_count else None
+        inbound = firewall_inbound(droplets, nodes_tag, network.cidr)
         outbound = firewall_outbound(droplets.port, network.cidr)
         return do.Firewall(
             f"{name}-firewall",

@@ -1,7 +1,8 @@
 """PostgreSQL on the stack's own servers (droplets or existing hosts): the replication steps as
 `remote.Command`s, the primary first, then every replica in parallel (beside them the slots
 step, which drops stale slots on the primary), then a read-only status report per host; with
-pools, PgBouncer set up on each host after its own step. One command per step of the plan,
+pools, PgBouncer set up on each host after its own step; with replicas, the replica health
+endpoint on each server (what the read endpoint checks). One command per step of the plan,
 made from the step alone (mastodon_data/plan.py): scripts and secrets travel on stdin; a step's
 trigger is the hash of its scripts, non-secret parameters and trigger inputs, so it runs again
 exactly when one of them changes."""
@@ -40,6 +41,7 @@ class ReplicationSteps(pulumi.ComponentResource):
         *,
         hosts_outlive_stack: bool = True,
         backups: BackupSettings | None = None,
+        read_address: pulumi.Input[str] | None = None,
     ):
         super().__init__("mastodon-data:index:ReplicationSteps", name, None, opts)
         self.commands: dict[str, remote.Command] = {}
@@ -59,9 +61,11 @@ class ReplicationSteps(pulumi.ComponentResource):
             *[[h.name, h.role, h.public_address, h.private_address] for h in used]
         ).apply(outputs.servers_output)
         self.primary, self.replicas = servers["primary"], servers["replicas"]
+        # Mastodon's reads: the read endpoint over the replicas, else the first replica.
+        first_replica = next((h.private_address for h in used if h.role == "replica"), None)
         self.endpoints = pulumi.Output.all(
             next(h.private_address for h in used if h.role == "primary"),
-            next((h.private_address for h in used if h.role == "replica"), None),
+            read_address if first_replica is not None and read_address else first_replica,
         ).apply(
             lambda a: outputs.server_endpoints(
                 a[0],

@@ -9,6 +9,7 @@ secret's) and the exact fix. By concern:
     checks.py    the message format, the Field table's reader, shared checks
     topology.py  mode, region, VPC, droplets, sources, database names, WAL
     pooling.py   PgBouncer's pools on the stack's own servers, max_connections
+    read_endpoint.py  the replica health endpoint's port and lag bounds, the read endpoint
     hosts.py     hosts mode's list of servers
     lifecycle.py protection, the primary's position, upgrades, admin keys
     managed.py   managed PostgreSQL        access.py   who reaches the managed databases

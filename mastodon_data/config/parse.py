@@ -15,6 +15,7 @@ from mastodon_data.config.media import parse_spaces
 from mastodon_data.config.monitoring import parse_alerts, parse_monitoring_sources
 from mastodon_data.config.pooling import parse_pooling
 from mastodon_data.config.project import DEFAULTS, PROJECT
+from mastodon_data.config.read_endpoint import parse_read_endpoint
 from mastodon_data.config.records import (
     ConfigError,
     DropletSettings,
@@ -40,6 +41,8 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     topology = parse_topology(v)
     mode = topology["mode"] if v.ok("postgresMode") else None
     topology |= parse_pooling(v, mode)
+    pool = topology["pool"]
+    topology |= parse_read_endpoint(v, pool.pgbouncer_port if pool else None)
     topology |= parse_monitoring_sources(v)
     hosts = parse_hosts(v, mode, topology["replica_count"])
     managed = parse_managed(v, mode, topology)

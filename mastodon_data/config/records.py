@@ -74,6 +74,11 @@ class ReplicationSettings:
     ca_rotation: str = "none"  # none | prepare | switch: the primary's CA hand-over
     max_connections: int = 100
     pool: PoolSettings | None = None  # None: Mastodon connects to PostgreSQL directly
+    # Each server's health endpoint (config/read_endpoint.py): 200 for a replica in bounds.
+    replica_health_port: int = 8008
+    replica_max_lag_bytes: int = 16 * 2**20
+    replica_max_lag_seconds: int = 30
+    replica_load_balancer: bool = False  # REPLICA_DB_HOST is the read endpoint
     monitoring_sources: tuple[str, ...] = ()  # the operator's Prometheus; () = no exporters
 
 
@@ -92,6 +97,8 @@ class DropletSettings:
     data_volume_size: int = 20  # GiB of each droplet's data volume
     port: int = POSTGRES_PORT
     pool: PoolSettings | None = None  # its port is opened like PostgreSQL's
+    replica_health_port: int = 8008  # opened to the VPC; the load balancer's health check
+    replica_load_balancer: bool = False  # the read endpoint (components/read_endpoint.py)
     monitoring_sources: tuple[str, ...] = ()  # opened to the exporters' ports
 
 

@@ -32,8 +32,9 @@ PRIMARY, REPLICA = "10.233.0.11", "10.233.0.12"
 # 1 Puma process x 5 threads + 5 Sidekiq threads + 5 streaming connections = 15 per pool.
 THREADS = {"pumaProcesses": 1, "pumaThreads": 5, "sidekiqThreads": 5, "streamingDbPool": 5}
 POOL_SIZE = 15
-# The stack, the component, primary + 2 replicas, the slots step, 3 status reports, 3 pooler steps.
-RESOURCES = 12
+# The stack, the component, primary + 2 replicas, the slots step, 3 status reports, 3 pooler
+# steps, 3 health endpoint steps.
+RESOURCES = 15
 CLIENTS = 200
 SAMPLE_EVERY = 0.02  # seconds between two counts of PostgreSQL's backends
 
@@ -104,6 +105,13 @@ def test_every_host_runs_a_pool_and_a_second_up_changes_nothing(pooled):
         assert report["listen"] == f"10.233.0.1{index}:6432"
         assert report["pool_size"] == POOL_SIZE and report["probe"] == "ok"
         assert "pgbouncer started" in report["changed"]
+        health = steps[f"health-{name}"]  # the replica health endpoint, on every server
+        assert health["listen"] == f"10.233.0.1{index}:8008"
+        assert (health["status"], health["reason"]) == (
+            (503, "not a replica (this server is a primary)")
+            if index == 1
+            else (200, "streaming replica within the lag bounds")
+        )
     assert pooled["stack"].last_changes() == {"create": RESOURCES}
     pooled["stack"].up()
     assert pooled["stack"].last_changes() == {"same": RESOURCES}

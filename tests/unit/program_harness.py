@@ -87,6 +87,8 @@ class Mocks(pulumi.runtime.Mocks):
 
 def digitalocean_outputs(typ: str, name: str, inputs: dict) -> dict | None:
     """Computed outputs of a DigitalOcean resource as the provider reports them (camelCase)."""
+    if typ == "loadBalancer:LoadBalancer":
+        return {"ip": "10.118.0.200", "status": "active"}
     if typ == "databaseCluster:DatabaseCluster":
         valkey = inputs.get("engine") == "valkey"
         slug = inputs["name"]

@@ -97,7 +97,8 @@ def test_plan_adds_a_backup_step_per_host_after_replication_and_before_the_repor
     steps = plan.steps(settings.replication, settings.hosts, backups=settings.backups)
     names = [s.name for s in steps]
     assert names == ["primary", "replica-db2", "slots", "backup-db1", "backup-db2", "status-db1",
-                     "status-db2", "pooler-db1", "pooler-db2"]  # fmt: skip
+                     "status-db2", "pooler-db1", "pooler-db2", "health-db1",
+                     "health-db2"]  # fmt: skip
     by_name = {s.name: s for s in steps}
     # After every replication step: the primary's restart must not cut a base backup short.
     assert by_name["backup-db1"].after == by_name["backup-db2"].after == ("primary", "replica-db2")
@@ -133,7 +134,8 @@ def test_without_backups_the_plan_is_unchanged():
     settings = parse_settings(hosts_stack(count=3, replicas=1), set(SECRETS))
     steps = plan.steps(settings.replication, settings.hosts)
     assert [s.name for s in steps] == [
-        "primary", "replica-db2", "slots", "status-db1", "status-db2", "pooler-db1", "pooler-db2"
+        "primary", "replica-db2", "slots", "status-db1", "status-db2", "pooler-db1", "pooler-db2",
+        "health-db1", "health-db2",
     ]  # fmt: skip
     assert {s.params["stanza"] for s in steps if s.script == "status"} == {""}
 

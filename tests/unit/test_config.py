@@ -25,6 +25,7 @@ from mastodon_data.config import (
     monitoring,
     parse_settings,
     pooling,
+    read_endpoint,
     records,
     redis,
     secret_problems,
@@ -150,7 +151,8 @@ def test_defaults_equal_pulumi_yaml() -> None:
 
 
 def test_every_setting_of_pulumi_yaml_is_described_once() -> None:
-    domains = (topology, pooling, managed, access, media, redis, backups, lifecycle, monitoring)
+    domains = (topology, pooling, read_endpoint, managed, access, media, redis, backups, lifecycle)
+    domains += (monitoring,)
     fields = [f for domain in domains for f in domain.FIELDS]
     assert sorted(f.key for f in fields) == sorted(TYPES)  # each once, none left out
     for field in fields:

@@ -42,7 +42,8 @@ def test_without_monitoring_sources_no_step_no_stats_user_no_hba_line():
 
 def test_the_monitor_role_first_then_the_poolers_then_each_hosts_exporters():
     steps = plan_for(**MONITORING, **BACKUPS)
-    assert list(steps)[-4:] == ["pooler-db1", "pooler-db2", "exporters-db1", "exporters-db2"]
+    assert list(steps)[-6:] == ["pooler-db1", "pooler-db2", "health-db1", "health-db2",
+                                "exporters-db1", "exporters-db2"]  # fmt: skip
     assert steps["monitor"].host.name == "db1" and steps["monitor"].requires == ("primary",)
     assert steps["monitor"].params == {"postgres_version": 18, "port": 5432,
                                        "monitor_user": "mastodon_monitor"}  # fmt: skip
@@ -51,8 +52,9 @@ def test_the_monitor_role_first_then_the_poolers_then_each_hosts_exporters():
     assert steps["pooler-db2"].params["monitor_user"] == "mastodon_monitor"
     assert steps["replica-db2"].params["monitor_user"] == "mastodon_monitor"
     assert steps["exporters-db1"].after == ("primary", "slots", "monitor", "backup-db1",
-                                            "pooler-db1")  # fmt: skip
-    assert steps["exporters-db2"].after == ("replica-db2", "backup-db2", "pooler-db2", "monitor")
+                                            "pooler-db1", "health-db1")  # fmt: skip
+    assert steps["exporters-db2"].after == ("replica-db2", "backup-db2", "pooler-db2",
+                                            "health-db2", "monitor")  # fmt: skip
 
 
 def test_an_exporters_step_runs_every_exporter_of_its_stack_on_the_private_address():

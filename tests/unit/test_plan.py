@@ -31,6 +31,9 @@ def test_primary_first_then_replicas_then_status_for_all():
         "pooler-db1",
         "pooler-db2",
         "pooler-db3",
+        "health-db1",
+        "health-db2",
+        "health-db3",
     ]
     assert steps[1].after == ("primary",)
     assert steps[4].after == ("primary", "replica-db2", "replica-db3", "slots")
@@ -49,7 +52,7 @@ def test_adding_a_replica_runs_its_own_step_and_the_slot_pruning_only():
     before = {s.name: s.params for s in plan_for(replicaCount=1)}
     after = {s.name: s.params for s in plan_for(replicaCount=2)}
     changed = sorted(name for name in after if before.get(name) != after[name])
-    assert changed == ["pooler-db3", "replica-db3", "slots", "status-db3"]
+    assert changed == ["health-db3", "pooler-db3", "replica-db3", "slots", "status-db3"]
 
 
 def test_wal_senders_grow_past_six_replicas_on_every_server():

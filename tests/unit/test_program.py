@@ -55,10 +55,16 @@ def test_firewall_opens_5432_and_the_pools_only_privately_and_22_only_to_admins(
         if rule["portRange"] == "22":
             assert sources == ["198.51.100.7/32"]
         else:
-            assert rule["portRange"] in ("5432", "6432")
+            assert rule["portRange"] in ("5432", "6432", "8008")
             assert all(ipaddress.ip_network(s).is_private for s in sources)
     ports = sorted(r["portRange"] for r in firewall.inputs["inboundRules"])
-    assert ports == ["22", "5432", "5432", "6432"]  # app sources, the replicas by tag, the pools
+    # app sources, the replicas by tag, the pools, the replica health endpoint
+    assert ports == ["22", "5432", "5432", "6432", "8008"]
+    assert {
+        "protocol": "tcp",
+        "portRange": "8008",
+        "sourceAddresses": ["10.118.0.0/20"],  # the VPC only, whatever the allowed sources
+    } in (firewall.inputs["inboundRules"])
     assert {
         "protocol": "tcp",
         "portRange": "6432",
@@ -92,6 +98,17 @@ def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
         "replication-status-db-1",
         "replication-pooler-db-0",
         "replication-pooler-db-1",
+        "replication-health-db-0",
+        "replication-health-db-1",
+    }
+    health = stdin_of(commands["replication-health-db-1"])["params"]
+    assert health == {
+        "postgres_version": 18,
+        "port": 5432,
+        "private_address": "10.118.0.3",
+        "replica_health_port": 8008,
+        "replica_max_lag_bytes": 16777216,
+        "replica_max_lag_seconds": 30,
     }
     pooler = stdin_of(commands["replication-pooler-db-1"])["params"]
     assert pooler["private_address"] == "10.118.0.3" and pooler["pgbouncer_port"] == 6432
@@ -123,7 +140,8 @@ def test_destroy_leaves_data_in_place_and_says_so():
         if command.name.startswith(("replication-status-", "replication-slots")):
             assert delete is None
             continue
-        kept = "left running" if command.name.startswith("replication-pooler-") else "left in place"
+        running = ("replication-pooler-", "replication-health-")
+        kept = "left running" if command.name.startswith(running) else "left in place"
         assert delete.startswith("echo ") and kept in delete
         for destructive in ("rm ", "drop", "pg_dropcluster", "DROP", "apt-get"):
             assert destructive not in delete

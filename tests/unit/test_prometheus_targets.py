@@ -51,7 +51,7 @@ def settings(**changes):
 def exporter_rules(droplets) -> list[tuple[str, list[str]]]:
     return [
         (rule["port_range"], rule["source_addresses"])
-        for rule in firewall_inbound(droplets, None)
+        for rule in firewall_inbound(droplets, None, "10.10.0.0/16")
         if rule["port_range"] in {"9187", "9100", "9127", "9854", "9219"}
     ]
 
