@@ -180,8 +180,8 @@ def test_each_database_droplet_keeps_postgresql_on_its_own_volume(flow):
         assert report["device"] == f"/dev/disk/by-id/scsi-0DO_Volume_mastodon-db-delta-{n}-data"
     assert up["rows"] == f"{ROWS}|{ROWS * (ROWS + 1) // 2}"
     # The stack, 3 components, VPC, the tag, 2 droplets, 2 volumes, 2 attachments, firewall,
-    # 2 volume steps, 2 setup steps, the slots step, 2 reports, 2 pooler steps.
-    assert up["changes"] == {"create": 22}
+    # 2 volume steps, 2 setup steps, the slots step, 2 reports, 2 pooler and 2 health steps.
+    assert up["changes"] == {"create": 24}
 
 
 def test_a_refreshed_preview_sees_no_drift(flow):
