@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.engine, pytest.mark.lab]
 LAB = lab_hosts.Lab(
     prefix="mlc", subnet="10.232.0.0/24", state_dir=Path("/var/lib/mastodon-lab-cert")
 )
-STEPS = 12  # the stack, the ReplicationSteps component, primary + 2 replicas, the slots step,
-# 3 status reports, 3 pooler steps
+STEPS = 15  # the stack, the ReplicationSteps component, primary + 2 replicas, the slots step,
+# 3 status reports, 3 pooler steps, 3 health endpoint steps
 CONF = "/etc/postgresql/15/main"
 CA = "/etc/postgresql/mastodon-data-ca"
 DAY = 86400

@@ -23,7 +23,7 @@ LAB = lab_hosts.Lab(
 )
 # The stack, the ReplicationSteps component, primary + 2 replicas, the slots step, 3 status
 # reports, 3 poolers.
-STEPS = 12
+STEPS = 15
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +132,10 @@ def test_one_more_replica_adds_exactly_its_steps(run):
     stack.configure(lab_hosts.stack_config(LAB, 3, 4), run["secrets"])
     stack.up()
     changes = stack.last_changes()
-    # The new replica, its status and its pooler are created; the primary (slot, pg_hba) and
-    # the others' steps run again (allowed sources, replica count); their status reports and
-    # poolers follow.
-    assert changes["create"] == 3
+    # The new replica, its status, its pooler and its health endpoint are created; the primary
+    # (slot, pg_hba) and the others' steps run again (allowed sources, replica count); their
+    # status reports and poolers follow.
+    assert changes["create"] == 4
     assert len(stack.outputs()["replicas"]) == 3
 
 

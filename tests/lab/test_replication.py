@@ -208,9 +208,9 @@ def test_second_run_changes_nothing(lab_session, first_run):
     apply(lab_session, 2)  # the configuration without the re-seed of the test above
     lab_session.stack.preview("--expect-no-changes")
     second = apply(lab_session, 2)
-    # Ten steps (primary, two replicas, the slots step, a status and a pooler per host), their
-    # component and the stack.
-    assert lab_session.stack.last_changes() == {"same": 12}
+    # Thirteen steps (primary, two replicas, the slots step, a status, a pooler and a health
+    # endpoint per host), their component and the stack.
+    assert lab_session.stack.last_changes() == {"same": 15}
     for name in ("mlabt-h2", "mlabt-h3"):
         before, after = first_run["replication"][name], second["replication"][name]
         assert after["system_identifier"] == before["system_identifier"]
@@ -293,9 +293,10 @@ def test_more_replicas_by_rerun_without_recloning_the_others(lab_session, first_
         "cloned",
         "server started",
     ]
-    # The spare turned replica runs its own steps (replica, status, pooler) and the slot pruning;
-    # the primary's and the other replicas' steps do not run, and the reports are read again.
-    assert lab_session.stack.last_changes() == {"create": 3, "replace": 4, "same": 8}
+    # The spare turned replica runs its own steps (replica, status, pooler, health) and the slot
+    # pruning; the primary's and the other replicas' steps do not run, and the reports are read
+    # again.
+    assert lab_session.stack.last_changes() == {"create": 4, "replace": 4, "same": 11}
     for name in ("mlabt-h2", "mlabt-h3"):
         before, after = first_run["replication"][name], third["replication"][name]
         assert after["postmaster_start_time"] == before["postmaster_start_time"]
