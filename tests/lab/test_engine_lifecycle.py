@@ -22,7 +22,7 @@ LAB = lab_hosts.Lab(
     prefix="mlabe", subnet="10.247.0.0/24", state_dir=Path("/var/lib/mastodon-lab-engine")
 )
 # The stack, the ReplicationSteps component, primary + 2 replicas, the slots step, 3 status
-# reports, 3 poolers.
+# reports, 3 poolers, 3 health endpoints.
 STEPS = 15
 
 
