@@ -118,7 +118,7 @@ def test_dev_previews_with_the_packages_defaults_as_with_the_schema(venv, tmp_pa
     bare = project_stack(venv, tmp_path / "bare", "dev", NAME_AND_RUNTIME)
     full = project_stack(venv, tmp_path / "full", "dev", (ROOT / "Pulumi.yaml").read_text())
     results = [preview(bare), preview(full)]
-    assert [r["changeSummary"] for r in results] == [{"create": 22}] * 2
+    assert [r["changeSummary"] for r in results] == [{"create": 24}] * 2  # 2 health steps
     inputs = [{s["urn"]: s["newState"].get("inputs") for s in r["steps"]} for r in results]
     assert inputs[0] == inputs[1]
     assert made_by_the_installed_package(results[0])

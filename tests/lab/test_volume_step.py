@@ -244,7 +244,7 @@ def test_a_hosts_stack_runs_postgresql_from_each_hosts_data_device(lab, loops, t
     assert replica["receiver"][0]["status"] == "streaming"
     assert replica["system_identifier"] == primary["system_identifier"]
     stack.up()
-    assert stack.last_changes() == {"same": 11}  # again: nothing runs (2 pooler steps too)
+    assert stack.last_changes() == {"same": 13}  # again: nothing runs (2 pooler, 2 health steps)
 
     # What the boot unit runs under systemd (the lab has none: systemctl is a stand-in that
     # says what it was asked): the cluster on the volume, started.
