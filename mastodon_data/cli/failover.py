@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,10 +40,7 @@ def reordered(hosts: list[dict], first: list[str]) -> list[dict]:
 def promote_over_ssh(
     loaded: StackConfig, target: Host, known_hosts: Path | None = None
 ) -> tuple[dict, float]:
-    with tempfile.TemporaryDirectory() as private:
-        key = Path(private) / "key"
-        key.touch(mode=0o600)
-        key.write_text(loaded.secrets["sshPrivateKey"].rstrip("\n") + "\n")
+    with host_ssh.private_key(loaded.secrets["sshPrivateKey"]) as key:
         start = time.monotonic()
         step = plan.promote_step(loaded.settings.replication, target)
         out = host_ssh.run_step(step, {}, key, known_hosts)

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mastodon_data import plan
@@ -18,6 +21,16 @@ STEP_TIMEOUT = 1800  # seconds; a base backup of a large primary takes a while
 
 class StepFailed(RuntimeError):
     pass
+
+
+@contextmanager
+def private_key(secret: str) -> Iterator[Path]:
+    """The stack's ssh key in a 0600 file of a private directory, removed afterwards."""
+    with tempfile.TemporaryDirectory() as private:
+        key = Path(private) / "key"
+        key.touch(mode=0o600)
+        key.write_text(secret.rstrip("\n") + "\n")
+        yield key
 
 
 def ssh_argv(host: Host, key_file: Path, known_hosts: Path | None) -> list[str]:

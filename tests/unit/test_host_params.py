@@ -70,7 +70,7 @@ DERIVED = {
     "port", "wal_senders", "replication_peers", "primary_address", "primary_port",
     "reseed", "primary_ca_cert", "replicas", "stanza", "pool_size",
     "backup_path", "action", "role", "type", "target_time", "overwrite",
-    "monitor_user", "exporter_ports", "postgres_queries",
+    "monitor_user", "exporter_ports", "postgres_queries", "pool_peers", "read_db_name",
 }  # fmt: skip
 
 
