@@ -9,8 +9,8 @@ errors (droplets and hosts mode, with PgBouncer).
 Every server's PgBouncer pauses DB_NAME (the old primary's its read pool too): transactions
 in flight finish, new ones wait. The old primary shuts down cleanly (its last WAL reaches the
 replicas), the target replays all of it (at most --catch-up-wait seconds; else the old primary
-starts again, the pools resume, nothing changed), is promoted, every PgBouncer sends DB_NAME to
-it and resumes. The old primary restarts as a standby (pg_rewind only where its data went past
+starts again, the pools resume, nothing changed) and is promoted, every PgBouncer sends DB_NAME
+to it and resumes. The old primary restarts as a standby (pg_rewind only where its data went past
 the new primary's), then `pulumi up` of the new order (the hosts' order, or primaryNode)
 repoints the other replicas and leaves the stack as `failover` would. The new outputs (JSON)
 go to stdout, so `| mastodon-data render-env` writes the new .env.production; a summary goes
@@ -69,47 +69,55 @@ class Switch:
         with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
             list(pool.map(one, self.servers))
 
-    def fence_and_catch_up(self, wait: int) -> dict:
-        """The old primary stopped cleanly and the target past its last WAL; on failure the old
-        primary runs again and the pools resume."""
-        fenced = {}
-        try:
-            fenced = self.act(self.old, "fence")
-            return self.act(
-                self.target, "catch_up", checkpoint=fenced.get("checkpoint", ""),
-                catch_up_wait=wait,
-            )  # fmt: skip
-        except host_ssh.StepFailed:
-            if fenced.get("state") != "standby":
-                self.act(self.old, "unfence")
-            self.act(self.old, "resume", databases=(self.read_pool,))
-            self.on_every_server("resume")
-            raise
+    def fence_and_take_over(self, wait: int) -> dict:
+        """The old primary stopped cleanly, the target past its last WAL and promoted. If the
+        target does not catch up, the old primary runs again and the pools resume."""
+        fenced = self.act(self.old, "fence")
+        taken = self.act(
+            self.target, "take_over", checkpoint=fenced.get("checkpoint", "0/0"),
+            catch_up_wait=wait,
+        )  # fmt: skip
+        if taken["caught_up"]:
+            return taken
+        if fenced.get("state") != "standby":
+            self.act(self.old, "unfence")
+        self.act(self.old, "resume", databases=(self.read_pool,))
+        self.on_every_server("resume")
+        raise host_ssh.StepFailed(
+            f"{self.target.name} replayed up to {taken['replayed'] or 'nothing'}, not past the "
+            f"old primary's last checkpoint {fenced.get('checkpoint')}, within {wait} s: the "
+            f"switchover was undone ({self.old.name} is the primary, the pools resumed)"
+        )
 
     def run(self, wait: int) -> dict:
-        """Pause, fence, catch up, promote, repoint and resume; then the old primary a standby.
-        Returns the timings and whether the old primary needs a rewind."""
-        start = time.monotonic()
+        """Pause, fence, catch up and promote, repoint and resume; then the old primary a
+        standby. Returns the timings and whether the old primary needs a rewind."""
+        marks = [time.monotonic()]
         self.on_every_server("pause")
-        caught = self.fence_and_catch_up(wait)
-        promote = plan.promote_step(self.replication, self.target)
-        promoted = plan.parse_report(host_ssh.run_step(promote, {}, self.key, self.known_hosts))
+        marks.append(time.monotonic())
+        taken = self.fence_and_take_over(wait)
+        marks.append(time.monotonic())
         self.on_every_server(
             "repoint", new_primary_address=self.target.private_address,
-            new_primary_cert=caught["server_cert"],
+            new_primary_cert=taken["server_cert"],
         )  # fmt: skip
-        paused = round(time.monotonic() - start, 2)
+        marks.append(time.monotonic())
         demoted = self.act(
-            self.old, "demote", replayed=caught.get("replayed", ""), databases=(self.read_pool,)
+            self.old, "demote", replayed=taken["replayed"], databases=(self.read_pool,)
         )
         if demoted["rewind"]:  # its read pool serves again once the replica step rewound it
             self.act(self.old, "resume", databases=(self.read_pool,))
+        phases = ("pause", "fence_and_take_over", "repoint_and_resume")
         return {
             "switched_to": self.target.name,
             "old_primary": self.old.name,
-            "paused_s": paused,
-            "catch_up_s": caught.get("catch_up_s", 0.0),
-            "timeline": promoted.get("timeline"),
+            "paused_s": round(marks[-1] - marks[0], 2),
+            **{
+                f"{name}_s": round(end - begin, 2)
+                for name, begin, end in zip(phases, marks[:-1], marks[1:], strict=True)
+            },
+            "catch_up_s": taken.get("catch_up_s", 0.0),
+            "timeline": taken.get("timeline"),
             "rewind": demoted["rewind"],
         }
 

@@ -7,9 +7,10 @@ interrupted one left.
               ones wait; bounded by pause_wait)
     fence     the old primary: a clean shutdown (its last WAL reaches the connected replicas);
               reports the shutdown checkpoint's location
-    catch_up  the target: waits (bounded) until it has replayed past that location; reports
-              its server certificate, which the pools trust until its primary step issues one
-    unfence   the old primary, when the switchover stops before the promotion: started again
+    take_over the target: waits (bounded) until it has replayed past that location, then is
+              promoted; reports its server certificate, which the pools trust until its
+              primary step issues one. Not caught up in time: reports it, promotes nothing
+    unfence   the old primary, when the target did not catch up: started again
     repoint   PgBouncer: DB_NAME to the new primary (a RELOAD), then RESUME `databases`
     demote    the old primary, cleanly shut down at a location the new primary has: started
               as a standby (standby.signal; the stack's replica step points it at the new
@@ -26,6 +27,7 @@ import time
 
 from common import POLL, Cluster, HostError, as_postgres, log, main_wrapper, read_params, run
 from pooler import INI, LOGFILE, SERVER_CA
+from promote import promote
 
 SOCKET_DIR = "/var/run/postgresql"  # PgBouncer's unix_socket_dir (pooler.settings)
 ADMIN_WAIT = 10  # seconds for an admin command other than PAUSE
@@ -103,11 +105,11 @@ def fence(cluster: Cluster) -> dict:
     return {"state": state, "checkpoint": control["Latest checkpoint location"]}
 
 
-def catch_up(cluster: Cluster, params: dict) -> dict:
-    """Waits until this replica replayed past the old primary's shutdown checkpoint."""
+def take_over(cluster: Cluster, params: dict) -> dict:
+    """Promotes this replica once it replayed past the old primary's shutdown checkpoint."""
     certificate = (cluster.confdir / "server.crt").read_text()
-    if cluster.sql("SELECT pg_is_in_recovery();") == "f":
-        return {"state": "primary", "server_cert": certificate}
+    if cluster.sql("SELECT pg_is_in_recovery();") == "f":  # promoted by an earlier run
+        return {"caught_up": True, "replayed": "", "server_cert": certificate}
     target = lsn_value(params["checkpoint"])
     start = time.monotonic()
     while True:
@@ -115,16 +117,19 @@ def catch_up(cluster: Cluster, params: dict) -> dict:
         if replayed and lsn_value(replayed) > target:
             break
         if time.monotonic() - start > params["catch_up_wait"]:
-            raise HostError(
-                f"this replica replayed up to {replayed or 'nothing'}, not past the old "
-                f"primary's last checkpoint {params['checkpoint']}, within "
-                f"{params['catch_up_wait']} s"
+            log(
+                f"replayed up to {replayed or 'nothing'}, not past the old primary's last "
+                f"checkpoint {params['checkpoint']}, within {params['catch_up_wait']} s"
             )
+            return {"caught_up": False, "replayed": replayed}
         time.sleep(POLL / 10)
+    caught_up = round(time.monotonic() - start, 3)
+    promoted = promote(cluster)
     return {
-        "state": "standby",
+        "caught_up": True,
         "replayed": replayed,
-        "catch_up_s": round(time.monotonic() - start, 3),
+        "catch_up_s": caught_up,
+        "timeline": promoted["timeline"],
         "server_cert": certificate,
     }
 
@@ -179,8 +184,8 @@ def main() -> dict:
         return {"pool": repoint(params), "resumed": params["databases"]}
     if action == "fence":
         return fence(cluster)
-    if action == "catch_up":
-        return catch_up(cluster, params)
+    if action == "take_over":
+        return take_over(cluster, params)
     if action == "unfence":
         started = cluster.start()
         if started:
