@@ -57,10 +57,10 @@ def switchover_under_load(stack: LabStack, env: dict, target: str, clients: int 
         summary, outputs = tool(stack, "switchover", target)
         took = round(time.monotonic() - start, 2)
         time.sleep(SETTLE)
+    phases = ("paused_s", "pause_s", "fence_and_take_over_s", "repoint_and_resume_s", "catch_up_s")
     figures = {
         "switchover_longest_write_pause_s": load.longest_pause_s,
-        "switchover_pools_paused_s": summary["paused_s"],
-        "switchover_catch_up_s": summary["catch_up_s"],
+        **{f"switchover_{phase}": summary[phase] for phase in phases},
         "switchover_client_errors": len(load.errors),
         "switchover_rows_committed": len(load.rows),
         "switchover_command_s": took,
@@ -80,9 +80,14 @@ def failover_time(stack: LabStack, lab: lab_hosts.Lab, env: dict, dead: int, tar
     death = time.monotonic()
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(first_write_s, {**env, "DB_HOST": new_host.address}, death, LIMIT)
-        _, outputs = tool(stack, "failover", "promote", new_host.name)
+        summary, outputs = tool(stack, "failover", "promote", new_host.name)
         command = round(time.monotonic() - death, 2)
-        figures = {"failover_first_write_s": first.result(), "failover_command_s": command}
+        figures = {
+            "failover_first_write_s": first.result(),
+            "failover_promote_s": summary["promote_s"],
+            "failover_pools_repointed_s": summary["pools_repointed_s"],
+            "failover_command_s": command,
+        }
     return {**figures, "failover_new_db_host": outputs["mastodon_env"]["DB_HOST"]}
 
 

@@ -12,8 +12,8 @@ comes back as a replica (pg_rewind, or a fresh clone when a rewind is impossible
 Run it where `pulumi up` of the stack runs (`--cwd` for another project directory). The promote
 script runs over ssh with the stack's key; with pools, every server's PgBouncer then sends
 DB_NAME to the promoted server at once (writes need not wait for the rest); everything after it
-is `pulumi up` of the same program with the new order. The new outputs (JSON, as `pulumi stack output --json
---show-secrets`) go to stdout, so `| mastodon-data render-env` writes the new
+is `pulumi up` of the same program with the new order. The new outputs (JSON, as `pulumi stack
+output --json --show-secrets`) go to stdout, so `| mastodon-data render-env` writes the new
 .env.production; a summary goes to stderr.
 """
 
@@ -52,6 +52,7 @@ def promote_over_ssh(
             promoted = {"address": target.private_address, "server_cert": report["server_cert"]}
             for problem in repoint_pools(loaded, servers, promoted, key, known_hosts):
                 print(f"warning: {problem} (pulumi up sets that pool)", file=sys.stderr)
+            report["pools_repointed_s"] = round(time.monotonic() - start, 2)
     report.pop("server_cert", None)
     return report, seconds
 

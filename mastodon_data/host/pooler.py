@@ -81,6 +81,9 @@ def settings(params: dict, cluster: Cluster) -> dict[str, str]:
         "max_db_connections": str(params["pool_size"]),
         "min_pool_size": "0",
         "reserve_pool_size": "0",
+        # After a failed login PgBouncer fails its clients at once for this long (default 15 s):
+        # a pool repointed at a promoted server must not keep failing for the dead one.
+        "server_login_retry": "1",
         "max_client_conn": str(params["pgbouncer_max_client_conn"]),
         "client_tls_sslmode": "require",
         "client_tls_cert_file": str(cluster.confdir / "server.crt"),
