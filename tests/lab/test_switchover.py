@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import psycopg
 import pytest
 from labkit import applied, new_secrets, own_lab, wait_until, write_figures
 
@@ -87,6 +88,28 @@ def test_the_old_env_still_writes_and_reads_after_the_switchover(stack):
     reads = {**old_env, "DB_NAME": old_env["REPLICA_DB_NAME"]}
     with connect(reads) as conn:  # the read pool: the old primary's own server, in recovery
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+
+
+def test_the_pools_reloaded_the_new_primarys_certificates(stack, tmp_path):
+    """The up gave the new primary a CA and a certificate of its own; PgBouncer reloaded (not
+    restarted) with them: its clients get the new certificate (verify-full with the exported
+    CA), and a new server connection from the old primary's pool verifies the new primary."""
+    from lab.write_load import connect
+
+    outputs = stack.outputs()
+    root = tmp_path / "ca.crt"
+    root.write_text(outputs["postgres_ca_cert"])
+    env = outputs["mastodon_env"]
+    with psycopg.connect(
+        host=env["DB_HOST"], port=env["DB_PORT"], dbname=env["DB_NAME"], user=env["DB_USER"],
+        password=env["DB_PASS"], sslmode="verify-full", sslrootcert=str(root), connect_timeout=10,
+    ) as conn:  # fmt: skip
+        assert conn.execute("SELECT host(inet_server_addr())").fetchone() == (H2.address,)
+    console = f"{PSQL.rsplit(' -d ', 1)[0]} -h /var/run/postgresql -p 6432 -U pgbouncer pgbouncer"
+    argv = SWITCH_LAB.ssh_command(H1.address, f'{console} -c "RECONNECT {env["DB_NAME"]}"')
+    assert subprocess.run(argv, capture_output=True, text=True, timeout=60).returncode == 0
+    with connect({**env, "DB_HOST": H1.address}) as conn:  # a new server connection to H2
+        assert conn.execute("SELECT host(inet_server_addr())").fetchone() == (H2.address,)
 
 
 def test_failover_time_from_the_primarys_death_to_the_first_write(stack):
