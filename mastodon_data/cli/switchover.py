@@ -53,8 +53,17 @@ class Switch:
         self.read_pool = read_pool_name(self.replication.db_name)
 
     def act(self, host: Host, action: str, **values) -> dict:
-        step = plan.switchover_step(self.replication, host, action, **values)
-        return plan.parse_report(host_ssh.run_step(step, {}, self.key, self.known_hosts))
+        return self.run_step(plan.switchover_step(self.replication, host, action, **values))
+
+    def run_step(self, step: plan.Step) -> dict:
+        """`step` over the host's shared connection (Switch.connect)."""
+        out = host_ssh.run_step(step, {}, self.key, self.known_hosts, shared=True)
+        return plan.parse_report(out)
+
+    def connect(self) -> None:
+        """A shared ssh connection to every server, before anything pauses."""
+        with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
+            list(pool.map(lambda h: host_ssh.connect(h, self.key, self.known_hosts), self.servers))
 
     def on_every_server(self, action: str, **values) -> None:
         """`action` on all servers at once; the old primary's read pool is paused and resumed
@@ -72,26 +81,35 @@ class Switch:
     def fence_and_take_over(self, wait: int) -> dict:
         """The old primary stopped cleanly, the target past its last WAL and promoted. If the
         target does not catch up, the old primary runs again and the pools resume."""
-        fenced = self.act(self.old, "fence")
+        try:
+            fenced = self.act(self.old, "fence")
+        except host_ssh.StepFailed:
+            self.undo({})
+            raise
         taken = self.act(
             self.target, "take_over", checkpoint=fenced.get("checkpoint", "0/0"),
             catch_up_wait=wait,
         )  # fmt: skip
         if taken["caught_up"]:
             return taken
-        if fenced.get("state") != "standby":
-            self.act(self.old, "unfence")
-        self.act(self.old, "resume", databases=(self.read_pool,))
-        self.on_every_server("resume")
+        self.undo(fenced)
         raise host_ssh.StepFailed(
             f"{self.target.name} replayed up to {taken['replayed'] or 'nothing'}, not past the "
             f"old primary's last checkpoint {fenced.get('checkpoint')}, within {wait} s: the "
             f"switchover was undone ({self.old.name} is the primary, the pools resumed)"
         )
 
+    def undo(self, fenced: dict) -> None:
+        """Nothing was promoted: the old primary runs (again) and every pool resumes."""
+        if fenced.get("state") != "standby":
+            self.act(self.old, "unfence")
+        self.act(self.old, "resume", databases=(self.read_pool,))
+        self.on_every_server("resume")
+
     def run(self, wait: int) -> dict:
         """Pause, fence, catch up and promote, repoint and resume; then the old primary a
         standby. Returns the timings and whether the old primary needs a rewind."""
+        self.connect()
         marks = [time.monotonic()]
         self.on_every_server("pause")
         marks.append(time.monotonic())
@@ -102,6 +120,8 @@ class Switch:
             new_primary_cert=taken["server_cert"],
         )  # fmt: skip
         marks.append(time.monotonic())
+        # After the pause: the promoted server's upstream settings cleared, its timeline.
+        promoted = self.run_step(plan.promote_step(self.replication, self.target))
         demoted = self.act(
             self.old, "demote", replayed=taken["replayed"], databases=(self.read_pool,)
         )
@@ -117,7 +137,7 @@ class Switch:
                 for name, begin, end in zip(phases, marks[:-1], marks[1:], strict=True)
             },
             "catch_up_s": taken.get("catch_up_s", 0.0),
-            "timeline": taken.get("timeline"),
+            "timeline": promoted["timeline"],
             "rewind": demoted["rewind"],
         }
 

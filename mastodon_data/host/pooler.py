@@ -12,8 +12,8 @@ run changes nothing.
 - SCRAM, no clear-text password on disk: the auth file holds the role's SCRAM verifier exactly
   as PostgreSQL stores it (pg_authid), so PgBouncer checks a client's proof and logs in to
   PostgreSQL with the keys that proof yields (SCRAM pass-through).
-- Transaction pooling: at most `pool_size` backends per database (default_pool_size =
-  max_db_connections).
+- Transaction pooling: at most `pool_size` backends from this PgBouncer, both pools together
+  (default_pool_size = max_db_connections = max_user_connections).
 - A changed file is a RELOAD (1.18 reloads the databases, the auth file and TLS: server
   connections to a changed destination close once released), never a restart, which would
   cut every client off; only the listening settings restart it.
@@ -79,6 +79,8 @@ def settings(params: dict, cluster: Cluster) -> dict[str, str]:
         "pool_mode": "transaction",
         "default_pool_size": str(params["pool_size"]),
         "max_db_connections": str(params["pool_size"]),
+        # Both pools together (one role): this PgBouncer never holds more backends than one pool.
+        "max_user_connections": str(params["pool_size"]),
         "min_pool_size": "0",
         "reserve_pool_size": "0",
         # After a failed login PgBouncer fails its clients at once for this long (default 15 s):

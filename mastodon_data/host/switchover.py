@@ -7,9 +7,10 @@ interrupted one left.
               ones wait; bounded by pause_wait)
     fence     the old primary: a clean shutdown (its last WAL reaches the connected replicas);
               reports the shutdown checkpoint's location
-    take_over the target: waits (bounded) until it has replayed past that location, then is
-              promoted; reports its server certificate, which the pools trust until its
-              primary step issues one. Not caught up in time: reports it, promotes nothing
+    take_over the target: waits (bounded) until it has replayed past that location, then
+              pg_promote; reports its server certificate, which the pools trust until its
+              primary step issues one. Not caught up in time: reports it, promotes nothing.
+              (promote.py then clears its upstream settings, after the pause)
     unfence   the old primary, when the target did not catch up: started again
     repoint   PgBouncer: DB_NAME to the new primary (a RELOAD), then RESUME `databases`
     demote    the old primary, cleanly shut down at a location the new primary has: started
@@ -25,23 +26,36 @@ from __future__ import annotations
 import re
 import time
 
-from common import POLL, Cluster, HostError, as_postgres, log, main_wrapper, read_params, run
-from pooler import INI, LOGFILE, SERVER_CA
-from promote import promote
+from common import POLL, Cluster, HostError, log, main_wrapper, read_params, run
+from pooler import AS_POSTGRES, INI, LOGFILE, SERVER_CA
+from promote import PROMOTE_WAIT
 
 SOCKET_DIR = "/var/run/postgresql"  # PgBouncer's unix_socket_dir (pooler.settings)
 ADMIN_WAIT = 10  # seconds for an admin command other than PAUSE
 
 
+def psql(cluster: Cluster, *args: str, wait: float = ADMIN_WAIT):
+    """psql as postgres through setpriv: no PAM session as runuser's (the pause is made of
+    these calls)."""
+    argv = [*AS_POSTGRES.split(), str(cluster.bindir / "psql"), "-X", "-A", "-t", *args]
+    return run(argv, check=False, timeout=wait)
+
+
+def sql(cluster: Cluster, statement: str) -> str:
+    result = psql(cluster, "-p", str(cluster.port), "-d", "postgres", "-c", statement)
+    if result.returncode != 0:
+        raise HostError(f"{statement} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
 def admin(params: dict, command: str, wait: float = ADMIN_WAIT) -> str:
     """A command on PgBouncer's admin console: user pgbouncer over the Unix socket, as the
     user PgBouncer runs as (it lets that one in without a password)."""
-    argv = [
-        str(Cluster(params["postgres_version"]).bindir / "psql"),
-        "-X", "-A", "-t", "-h", SOCKET_DIR, "-p", str(params["pgbouncer_port"]),
-        "-U", "pgbouncer", "-d", "pgbouncer", "-c", command,
-    ]  # fmt: skip
-    result = run(as_postgres(argv), check=False, timeout=wait)
+    cluster = Cluster(params["postgres_version"])
+    result = psql(
+        cluster, "-h", SOCKET_DIR, "-p", str(params["pgbouncer_port"]), "-U", "pgbouncer",
+        "-d", "pgbouncer", "-c", command, wait=wait,
+    )  # fmt: skip
     if result.returncode != 0:
         raise HostError(f"PgBouncer's {command} failed: {result.stderr.strip()}; see {LOGFILE}")
     return result.stdout.strip()
@@ -93,11 +107,11 @@ def lsn_value(lsn: str) -> int:
 def fence(cluster: Cluster) -> dict:
     """Stops the old primary cleanly: a fast shutdown ends transactions, writes the shutdown
     checkpoint and lets the WAL senders send everything before they exit."""
-    if cluster.running():
-        if cluster.sql("SELECT pg_is_in_recovery();") == "t":
+    if (cluster.datadir / "postmaster.pid").exists():
+        if sql(cluster, "SELECT pg_is_in_recovery()") == "t":
             return {"state": "standby"}  # demoted by an earlier run
         log("stopping the old primary (fast, clean)")
-        cluster.stop()
+        run(["pg_ctlcluster", str(cluster.version), cluster.name, "stop", "-m", "fast"])
     control = controldata(cluster)
     state = control["Database cluster state"]
     if state != "shut down":
@@ -108,12 +122,12 @@ def fence(cluster: Cluster) -> dict:
 def take_over(cluster: Cluster, params: dict) -> dict:
     """Promotes this replica once it replayed past the old primary's shutdown checkpoint."""
     certificate = (cluster.confdir / "server.crt").read_text()
-    if cluster.sql("SELECT pg_is_in_recovery();") == "f":  # promoted by an earlier run
+    if sql(cluster, "SELECT pg_is_in_recovery()") == "f":  # promoted by an earlier run
         return {"caught_up": True, "replayed": "", "server_cert": certificate}
     target = lsn_value(params["checkpoint"])
     start = time.monotonic()
     while True:
-        replayed = cluster.sql("SELECT pg_last_wal_replay_lsn();")
+        replayed = sql(cluster, "SELECT pg_last_wal_replay_lsn()")
         if replayed and lsn_value(replayed) > target:
             break
         if time.monotonic() - start > params["catch_up_wait"]:
@@ -124,12 +138,12 @@ def take_over(cluster: Cluster, params: dict) -> dict:
             return {"caught_up": False, "replayed": replayed}
         time.sleep(POLL / 10)
     caught_up = round(time.monotonic() - start, 3)
-    promoted = promote(cluster)
+    if sql(cluster, f"SELECT pg_promote(true, {PROMOTE_WAIT})") != "t":
+        raise HostError(f"pg_promote did not finish within {PROMOTE_WAIT} s; see the log")
     return {
         "caught_up": True,
         "replayed": replayed,
         "catch_up_s": caught_up,
-        "timeline": promoted["timeline"],
         "server_cert": certificate,
     }
 
@@ -156,8 +170,8 @@ def repoint(params: dict) -> str:
 def demote(cluster: Cluster, params: dict) -> dict:
     """The old primary becomes a standby when its data ends where the new primary's timeline
     began (a clean shutdown the target replayed): no rewind. Else the caller rewinds it."""
-    if cluster.running():
-        standby = cluster.sql("SELECT pg_is_in_recovery();") == "t"
+    if (cluster.datadir / "postmaster.pid").exists():
+        standby = sql(cluster, "SELECT pg_is_in_recovery()") == "t"
         return {"rewind": not standby, "state": "standby" if standby else "running as primary"}
     control = controldata(cluster)
     clean = control["Database cluster state"] == "shut down"

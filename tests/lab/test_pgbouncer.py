@@ -170,6 +170,7 @@ def test_mastodons_database_yml_reads_pooled_primary_and_replica_and_direct_migr
         "primary": {**common, "host": PRIMARY, "port": 6432, "prepared_statements": False},
         "replica": {
             **common,
+            "database": "mastodon_production_replica",  # the read pool, its own server
             "host": REPLICA,
             "port": 6432,
             "prepared_statements": False,

@@ -45,14 +45,16 @@ def test_ini_is_a_transaction_pool_with_tls_both_sides_and_scram():
     values = pooler.ini_settings(text)
     assert {key: values[key] for key in (
         "listen_addr", "listen_port", "pool_mode", "default_pool_size", "max_db_connections",
-        "reserve_pool_size", "max_client_conn", "auth_type", "auth_file", "client_tls_sslmode",
-        "client_tls_cert_file", "client_tls_key_file", "server_tls_sslmode", "server_tls_ca_file",
+        "max_user_connections", "reserve_pool_size", "max_client_conn", "auth_type", "auth_file",
+        "client_tls_sslmode", "client_tls_cert_file", "client_tls_key_file", "server_tls_sslmode",
+        "server_tls_ca_file",
     )} == {
         "listen_addr": "10.0.0.2",
         "listen_port": "6432",
         "pool_mode": "transaction",
         "default_pool_size": "45",
         "max_db_connections": "45",  # never more backends than the pool, whatever the users
+        "max_user_connections": "45",  # nor both pools together
         "reserve_pool_size": "0",
         "max_client_conn": "1000",
         "auth_type": "scram-sha-256",
