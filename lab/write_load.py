@@ -15,7 +15,7 @@ import time
 
 import psycopg
 
-TABLE = "ledger"
+TABLE = "write_load"  # its own table: a lab test may have a ledger of its own
 CONNECT_TIMEOUT = 10  # seconds
 
 
