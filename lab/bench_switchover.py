@@ -57,7 +57,10 @@ def switchover_under_load(stack: LabStack, env: dict, target: str, clients: int 
         summary, outputs = tool(stack, "switchover", target)
         took = round(time.monotonic() - start, 2)
         time.sleep(SETTLE)
-    phases = ("paused_s", "pause_s", "fence_and_take_over_s", "repoint_and_resume_s", "catch_up_s")
+    phases = (
+        "paused_s", "pause_others_s", "fence_and_take_over_s", "repoint_and_resume_s",
+        "catch_up_s",
+    )  # fmt: skip
     figures = {
         "switchover_longest_write_pause_s": load.longest_pause_s,
         **{f"switchover_{phase}": summary[phase] for phase in phases},

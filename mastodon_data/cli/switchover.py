@@ -6,9 +6,9 @@ errors (droplets and hosts mode, with PgBouncer).
     # droplets mode: db-1 becomes the primary (primaryNode 1)
     mastodon-data switchover --stack dev db-1
 
-Every server's PgBouncer pauses DB_NAME (the old primary's its read pool too): transactions
-in flight finish, new ones wait. The old primary shuts down cleanly (its last WAL reaches the
-replicas), the target replays all of it (at most --catch-up-wait seconds; else the old primary
+The other servers' PgBouncers pause DB_NAME, then the old primary's both pools (transactions
+in flight finish, new ones wait) and it shuts down cleanly (its last WAL reaches the
+replicas); the target replays all of it (at most --catch-up-wait seconds; else the old primary
 starts again, the pools resume, nothing changed) and is promoted, every PgBouncer sends DB_NAME
 to it and resumes. The old primary restarts as a standby (pg_rewind only where its data went past
 the new primary's), then `pulumi up` of the new order (the hosts' order, or primaryNode)
@@ -65,24 +65,21 @@ class Switch:
         with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
             list(pool.map(lambda h: host_ssh.connect(h, self.key, self.known_hosts), self.servers))
 
-    def on_every_server(self, action: str, **values) -> None:
-        """`action` on all servers at once; the old primary's read pool is paused and resumed
-        with its server (demote), the write pool everywhere."""
+    def on_every_server(self, action: str, servers: list[Host] | None = None, **values) -> None:
+        """`action` on the write pool of all servers (or `servers`) at once."""
 
         def one(host: Host) -> dict:
-            pools = [self.write_pool]
-            if action == "pause" and host is self.old:
-                pools.append(self.read_pool)
-            return self.act(host, action, databases=tuple(pools), **values)
+            return self.act(host, action, databases=(self.write_pool,), **values)
 
-        with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
-            list(pool.map(one, self.servers))
+        hosts = self.servers if servers is None else servers
+        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+            list(pool.map(one, hosts))
 
     def fence_and_take_over(self, wait: int) -> dict:
         """The old primary stopped cleanly, the target past its last WAL and promoted. If the
         target does not catch up, the old primary runs again and the pools resume."""
-        try:
-            fenced = self.act(self.old, "fence")
+        try:  # its pools too, then it stops: paused from here for the env's clients
+            fenced = self.act(self.old, "fence", databases=(self.write_pool, self.read_pool))
         except host_ssh.StepFailed:
             self.undo({})
             raise
@@ -107,11 +104,12 @@ class Switch:
         self.on_every_server("resume")
 
     def run(self, wait: int) -> dict:
-        """Pause, fence, catch up and promote, repoint and resume; then the old primary a
-        standby. Returns the timings and whether the old primary needs a rewind."""
+        """Pause the other servers' pools; pause the old primary's and fence it; catch up and
+        promote; repoint and resume; then the old primary a standby. Returns the timings and
+        whether the old primary needs a rewind."""
         self.connect()
         marks = [time.monotonic()]
-        self.on_every_server("pause")
+        self.on_every_server("pause", [h for h in self.servers if h is not self.old])
         marks.append(time.monotonic())
         taken = self.fence_and_take_over(wait)
         marks.append(time.monotonic())
@@ -127,7 +125,7 @@ class Switch:
         )
         if demoted["rewind"]:  # its read pool serves again once the replica step rewound it
             self.act(self.old, "resume", databases=(self.read_pool,))
-        phases = ("pause", "fence_and_take_over", "repoint_and_resume")
+        phases = ("pause_others", "fence_and_take_over", "repoint_and_resume")
         return {
             "switched_to": self.target.name,
             "old_primary": self.old.name,

@@ -5,8 +5,8 @@ interrupted one left.
 
     pause     PgBouncer: PAUSE the pools in `databases` (in-flight transactions finish, new
               ones wait; bounded by pause_wait)
-    fence     the old primary: a clean shutdown (its last WAL reaches the connected replicas);
-              reports the shutdown checkpoint's location
+    fence     the old primary: its pools paused, then a clean shutdown (its last WAL reaches
+              the connected replicas); reports the shutdown checkpoint's location
     take_over the target: waits (bounded) until it has replayed past that location, then
               pg_promote; reports its server certificate, which the pools trust until its
               primary step issues one. Not caught up in time: reports it, promotes nothing.
@@ -104,9 +104,11 @@ def lsn_value(lsn: str) -> int:
     return (int(high, 16) << 32) + int(low, 16)
 
 
-def fence(cluster: Cluster) -> dict:
-    """Stops the old primary cleanly: a fast shutdown ends transactions, writes the shutdown
-    checkpoint and lets the WAL senders send everything before they exit."""
+def fence(cluster: Cluster, params: dict) -> dict:
+    """Pauses this server's pools, then stops the old primary cleanly: a fast shutdown ends
+    transactions, writes the shutdown checkpoint and lets the WAL senders send everything
+    before they exit."""
+    pause(params)
     if (cluster.datadir / "postmaster.pid").exists():
         if sql(cluster, "SELECT pg_is_in_recovery()") == "t":
             return {"state": "standby"}  # demoted by an earlier run
@@ -197,7 +199,7 @@ def main() -> dict:
     if action == "repoint":
         return {"pool": repoint(params), "resumed": params["databases"]}
     if action == "fence":
-        return fence(cluster)
+        return fence(cluster, params)
     if action == "take_over":
         return take_over(cluster, params)
     if action == "unfence":
