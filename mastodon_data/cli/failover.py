@@ -167,12 +167,7 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data failover") ->
     parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="the Pulumi project")
     parser.add_argument("action", choices=["promote", "rejoin"])
     parser.add_argument("name", help="the replica to promote, or the old primary to rejoin")
-    parser.add_argument(
-        "--known-hosts",
-        type=Path,
-        help="known_hosts file the hosts' keys are checked against (default: the stack's "
-        "hostKey, else trust on first use in ~/.ssh/known_hosts)",
-    )
+    host_ssh.add_known_hosts_option(parser)
     args = parser.parse_args(argv)
     stack = Stack(args.stack, args.cwd)
     try:

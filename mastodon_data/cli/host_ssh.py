@@ -5,6 +5,7 @@ script) and for tests of a single script; the order of the steps is the Pulumi p
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -37,6 +38,15 @@ def private_key(secret: str) -> Iterator[Path]:
             for socket in Path(private).glob("cm-*"):
                 close = ["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "mastodon-data"]
                 subprocess.run(close, capture_output=True, timeout=30, check=False)
+
+
+def add_known_hosts_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--known-hosts",
+        type=Path,
+        help="known_hosts file the hosts' keys are checked against (default: the stack's "
+        "hostKey, else trust on first use in ~/.ssh/known_hosts)",
+    )
 
 
 def connect(host: Host, key_file: Path, known_hosts: Path | None) -> None:

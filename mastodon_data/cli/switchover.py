@@ -185,12 +185,7 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data switchover") 
         help=f"seconds the target may take to replay the old primary's last WAL "
         f"(default {CATCH_UP_WAIT}); past it the switchover is undone",
     )  # fmt: skip
-    parser.add_argument(
-        "--known-hosts",
-        type=Path,
-        help="known_hosts file the hosts' keys are checked against (default: the stack's "
-        "hostKey, else trust on first use in ~/.ssh/known_hosts)",
-    )
+    host_ssh.add_known_hosts_option(parser)
     args = parser.parse_args(argv)
     stack = Stack(args.stack, args.cwd)
     try:
