@@ -45,6 +45,12 @@ lab-down:
 bench-managed: packages venv/.installed engine
 	$(PY) -m lab.bench_managed
 
+.PHONY: bench-switchover
+# Issue 22's switchover pause and failover time on a lab of its own (mlsb);
+# results/switchover_timings.json.
+bench-switchover: packages venv/.installed engine
+	$(PY) -m lab.bench_switchover
+
 .PHONY: lab-droplets lab-droplets-down
 # Droplets mode on the DigitalOcean stand-in (lab/standin/): a dev-like stack (primary + 2
 # replicas) through `pulumi up` with the real DigitalOcean provider; the droplets are lab hosts.

@@ -61,7 +61,7 @@ class ServerParams(ClusterParams):
     certificate_renew_days: int
     max_connections: int
     wal_senders: int  # max_wal_senders and max_replication_slots
-    pgbouncer: bool  # PgBouncer on the host logs in from its private address
+    pool_peers: tuple[Address, ...]  # the servers whose PgBouncer logs in here (none: no pool)
     monitor_user: str  # the exporters' role, over the local socket ("": no exporters)
 
 
@@ -105,17 +105,38 @@ class PromoteParams(ClusterParams):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SwitchoverParams(ClusterParams):
+    """One step of a switchover (host/switchover.py); the fields an action does not read keep
+    their defaults."""
+
+    SCRIPT: ClassVar[str] = "switchover"
+    action: str  # pause, fence, catch_up, unfence, repoint, demote, resume
+    db_name: str
+    pgbouncer_port: int
+    databases: tuple[str, ...] = ()  # the pools to pause or resume
+    pause_wait: int = 10  # seconds PAUSE may wait for transactions in flight
+    catch_up_wait: int = 30  # seconds the target may take to replay the old primary's last WAL
+    checkpoint: str = ""  # the old primary's shutdown checkpoint (LSN)
+    replayed: str = ""  # how far the target replayed before its promotion (LSN)
+    new_primary_address: Address = ""
+    new_primary_cert: str = ""  # its server certificate, trusted by the pools
+
+
+@dataclass(frozen=True, kw_only=True)
 class PoolerParams(ClusterParams):
     SCRIPT: ClassVar[str] = "pooler"
     SECRETS: ClassVar[dict[str, str]] = {"db_password": "dbPassword"}
     private_address: Address
+    primary_address: Address  # where DB_NAME goes
     db_name: str
+    read_db_name: str  # this host's own PostgreSQL (REPLICA_DB_NAME)
     db_user: str
     pgbouncer_port: int
     pool_size: int  # default_pool_size = max_db_connections
     pgbouncer_max_client_conn: int  # max_client_conn
     pgbouncer_open_files: int  # LimitNOFILE (systemd) or ulimit -n
     monitor_user: str  # in stats_users, for pgbouncer_exporter ("": no exporters)
+    primary_ca_cert: str = ""  # the primary step's report's, when the step runs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +226,7 @@ SCRIPTS = {
         SlotsParams,
         StatusParams,
         PromoteParams,
+        SwitchoverParams,
         PoolerParams,
         ReplicaHealthParams,
         MonitorParams,

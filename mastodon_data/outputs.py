@@ -7,6 +7,7 @@ PostgreSQL, whatever runs it, is described by one plain dict of endpoints (no se
     pool_name, pool_host, pool_port, pool_size   the pgBouncer pool, or None (no pool)
     replica_host, replica_port the read replica Mastodon uses, or None
     replica_pool_port          the pool in front of that replica (PgBouncer on it), or None
+    replica_pool_name          that pool's database name (REPLICA_DB_NAME), or None
 
 From it come the `postgres` output (the same keys in every mode), `mastodon_env` and
 `migration_env`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mastodon_data.config import PoolSettings
+from mastodon_data.config.pooling import read_pool_name
 from mastodon_data.env import ObjectStorage, mastodon_env, migration_env
 
 POOL_MODE = "transaction"
@@ -32,6 +34,7 @@ ENDPOINT_KEYS = (
     "replica_host",
     "replica_port",
     "replica_pool_port",
+    "replica_pool_name",
 )
 
 
@@ -44,7 +47,8 @@ def server_endpoints(
     pool: PoolSettings | None = None,
 ) -> dict:
     """The endpoints of PostgreSQL on the stack's own servers; the first replica serves
-    Mastodon's reads. With `pool`, PgBouncer on each host: its pool has the database's name."""
+    Mastodon's reads. With `pool`, PgBouncer on each host: the pool with the database's name
+    writes on the primary, the read pool (read_pool_name) reads on that host."""
     endpoints = {
         **dict.fromkeys(ENDPOINT_KEYS),
         "direct_host": primary_address,
@@ -61,6 +65,7 @@ def server_endpoints(
             "pool_port": pool.pgbouncer_port,
             "pool_size": pool.size,
             "replica_pool_port": pool.pgbouncer_port if replica_address else None,
+            "replica_pool_name": read_pool_name(db_name) if replica_address else None,
         }
     return endpoints
 
@@ -114,7 +119,7 @@ def env_output(
         db_password=db_password,
         replica_host=endpoints["replica_host"],
         replica_port=endpoints["replica_pool_port" if replica_pooled else "replica_port"],
-        replica_db_name=endpoints["db_name"],
+        replica_db_name=endpoints["replica_pool_name" if replica_pooled else "db_name"],
         through_pool=pooled,
         replica_through_pool=replica_pooled,
         redis=redis,

@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 from mastodon_data.config import BackupSettings, Host, ReplicationSettings
+from mastodon_data.config.pooling import read_pool_name
 from mastodon_data.host_params import (
     AuthorizedKeysParams,
     BackupParams,
@@ -35,6 +36,7 @@ from mastodon_data.host_params import (
     ServerParams,
     SlotsParams,
     StatusParams,
+    SwitchoverParams,
     VolumeParams,
 )
 from mastodon_data.monitoring import targets
@@ -229,10 +231,12 @@ def steps(
     plan = [volume_step(h) for h in servers if h.data_device is not None]
     volume = {s.host.name: (s.name,) for s in plan}
     peers = [h for h in hosts if h is not primary]
-    plan.append(primary_step(replication, primary, peers, len(replicas), volume))
+    # Every server's PgBouncer sends DB_NAME to the primary, whichever server that is.
+    pool_peers = tuple(h.private_address for h in hosts) if replication.pool else ()
+    shared = {"replicas": len(replicas), "pool_peers": pool_peers}
+    plan.append(primary_step(replication, primary, peers, shared, volume))
     plan += [
-        replica_step(replication, r, primary, len(replicas), r.name in reseed, volume)
-        for r in replicas
+        replica_step(replication, r, primary, shared, r.name in reseed, volume) for r in replicas
     ]
     plan.append(slots_step(replication, primary, replicas))
     monitor = ("monitor",) if replication.monitoring_sources else ()
@@ -251,11 +255,7 @@ def steps(
     plan += [Step(f"status-{h.name}", h, report, setup) for h in servers]
     servers_steps = [s for s in plan if s.script in CERTIFICATE_SCRIPTS]
     if replication.pool:
-        plan += [
-            Step(f"pooler-{s.host.name}", s.host, pooler_params(replication, s.host),
-                 (s.name, *monitor))
-            for s in servers_steps
-        ]  # fmt: skip
+        plan += [pooler_step(replication, s, primary, monitor) for s in servers_steps]
     if replicas:  # the read endpoint's health checks; the primary answers 503
         plan += [
             Step(f"health-{s.host.name}", s.host, health_params(replication, s.host), (s.name,))
@@ -302,13 +302,13 @@ def primary_step(
     replication: ReplicationSettings,
     primary: Host,
     peers: Sequence[Host],
-    replicas: int,
+    shared: Mapping[str, Any],
     volume: Mapping[str, tuple[str, ...]],
 ) -> Step:
     """Every other server of the stack may replicate (spares too, so turning one into a replica
     leaves the primary's step as it is; the slot is the replica's own)."""
     params = PrimaryParams(
-        **server_params(replication, primary, replicas),
+        **server_params(replication, primary, shared),
         replication_peers=tuple(h.private_address for h in peers),
         ca_rotation=replication.ca_rotation,
     )
@@ -319,13 +319,13 @@ def replica_step(
     replication: ReplicationSettings,
     replica: Host,
     primary: Host,
-    replicas: int,
+    shared: Mapping[str, Any],
     reseed: bool,
     volume: Mapping[str, tuple[str, ...]],
 ) -> Step:
     """A replica after the primary, with the CA of the primary's report (verify-full)."""
     params = ReplicaParams(
-        **server_params(replication, replica, replicas),
+        **server_params(replication, replica, shared),
         name=replica.name,
         primary_address=primary.private_address,
         primary_port=replication.port,
@@ -341,14 +341,14 @@ def replica_step(
     )
 
 
-def server_params(replication: ReplicationSettings, host: Host, replicas: int) -> dict:
-    """The parameters the primary and the replicas share (ServerParams)."""
+def server_params(replication: ReplicationSettings, host: Host, shared: Mapping[str, Any]) -> dict:
+    """The parameters the primary and the replicas share (ServerParams); `shared`: the number
+    of replicas and the pool peers."""
     return {
         **named(ServerParams, replication),
         "private_address": host.private_address,
-        "wal_senders": wal_senders(replicas),
-        # PgBouncer on each host logs in to its own PostgreSQL at the private address.
-        "pgbouncer": replication.pool is not None,
+        "wal_senders": wal_senders(shared["replicas"]),
+        "pool_peers": shared["pool_peers"],
         "monitor_user": monitor_user(replication),
     }
 
@@ -375,13 +375,31 @@ def volume_step(host: Host) -> Step:
     return Step(f"volume-{host.name}", host, params, trigger_inputs=size)
 
 
-def pooler_params(replication: ReplicationSettings, host: Host) -> PoolerParams:
-    """A pooler step's parameters (the password is a secret one)."""
+def pooler_params(replication: ReplicationSettings, host: Host, primary: Host) -> PoolerParams:
+    """A pooler step's parameters (the password is a secret one): DB_NAME goes to the primary,
+    the read pool to this host's own PostgreSQL."""
     return PoolerParams(
         **named(PoolerParams, replication, replication.pool),
         private_address=host.private_address,
+        primary_address=primary.private_address,
+        read_db_name=read_pool_name(replication.db_name),
         pool_size=replication.pool.size,
         monitor_user=monitor_user(replication),
+    )
+
+
+def pooler_step(
+    replication: ReplicationSettings, server_step: Step, primary: Host, monitor: tuple[str, ...]
+) -> Step:
+    """PgBouncer on `server_step`'s host, after that step, with the primary's CA (its
+    connections to the primary verify it)."""
+    host = server_step.host
+    return Step(
+        f"pooler-{host.name}",
+        host,
+        pooler_params(replication, host, primary),
+        (server_step.name, *monitor),
+        report_inputs=(("primary_ca_cert", "primary", "ca_cert"),),
     )
 
 
@@ -441,6 +459,20 @@ def restore_step(
 def promote_step(replication: ReplicationSettings, host: Host) -> Step:
     """Failover: turns a replica into the primary (`mastodon-data failover promote`)."""
     return Step(f"promote-{host.name}", host, PromoteParams(**cluster(replication)))
+
+
+def switchover_step(
+    replication: ReplicationSettings, host: Host, action: str, **values: Any
+) -> Step:
+    """One action of `mastodon-data switchover` on `host` (host/switchover.py)."""
+    params = SwitchoverParams(
+        **cluster(replication),
+        action=action,
+        db_name=replication.db_name,
+        pgbouncer_port=replication.pool.pgbouncer_port,
+        **values,
+    )
+    return Step(f"switchover-{action}-{host.name}", host, params)
 
 
 def authorized_keys_steps(keys: Sequence[str], hosts: Sequence[Host]) -> list[Step]:

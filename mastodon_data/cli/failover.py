@@ -10,9 +10,10 @@ comes back as a replica (pg_rewind, or a fresh clone when a rewind is impossible
     mastodon-data failover --stack dev promote db-1
 
 Run it where `pulumi up` of the stack runs (`--cwd` for another project directory). The promote
-script runs over ssh with the stack's key; everything after it is `pulumi up` of the same
-program with the new order. The new outputs (JSON, as `pulumi stack output --json
---show-secrets`) go to stdout, so `| mastodon-data render-env` writes the new
+script runs over ssh with the stack's key; with pools, every server's PgBouncer then sends
+DB_NAME to the promoted server at once (writes need not wait for the rest); everything after it
+is `pulumi up` of the same program with the new order. The new outputs (JSON, as `pulumi stack
+output --json --show-secrets`) go to stdout, so `| mastodon-data render-env` writes the new
 .env.production; a summary goes to stderr.
 """
 
@@ -21,8 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mastodon_data import plan, stack_config
@@ -39,16 +40,46 @@ def reordered(hosts: list[dict], first: list[str]) -> list[dict]:
 
 
 def promote_over_ssh(
-    loaded: StackConfig, target: Host, known_hosts: Path | None = None
+    loaded: StackConfig, target: Host, servers: list[Host], known_hosts: Path | None = None
 ) -> tuple[dict, float]:
-    with tempfile.TemporaryDirectory() as private:
-        key = Path(private) / "key"
-        key.touch(mode=0o600)
-        key.write_text(loaded.secrets["sshPrivateKey"].rstrip("\n") + "\n")
+    """Promotes `target`; with pools, every server's PgBouncer then sends DB_NAME to it."""
+    with host_ssh.private_key(loaded.secrets["sshPrivateKey"]) as key:
         start = time.monotonic()
         step = plan.promote_step(loaded.settings.replication, target)
-        out = host_ssh.run_step(step, {}, key, known_hosts)
-    return plan.parse_report(out), round(time.monotonic() - start, 2)
+        report = plan.parse_report(host_ssh.run_step(step, {}, key, known_hosts))
+        seconds = round(time.monotonic() - start, 2)
+        if loaded.settings.replication.pool:
+            promoted = {"address": target.private_address, "server_cert": report["server_cert"]}
+            for problem in repoint_pools(loaded, servers, promoted, key, known_hosts):
+                print(f"warning: {problem} (pulumi up sets that pool)", file=sys.stderr)
+            report["pools_repointed_s"] = round(time.monotonic() - start, 2)
+    report.pop("server_cert", None)
+    return report, seconds
+
+
+def repoint_pools(
+    loaded: StackConfig, servers: list[Host], promoted: dict, key: Path, known_hosts
+) -> list[str]:
+    """After a failover's promotion: every server's PgBouncer sends DB_NAME to the promoted
+    one at once, before `pulumi up` (the first writes need not wait for it). Returns what
+    failed (the dead primary's host may be unreachable); `pulumi up` sets the pools anyway."""
+    replication = loaded.settings.replication
+    values = {
+        "databases": (replication.db_name,),
+        "new_primary_address": promoted["address"],
+        "new_primary_cert": promoted["server_cert"],
+    }
+
+    def one(host: Host) -> str | None:
+        step = plan.switchover_step(replication, host, "repoint", **values)
+        try:
+            host_ssh.run_step(step, {}, key, known_hosts)
+        except host_ssh.StepFailed as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        return [problem for problem in pool.map(one, servers) if problem]
 
 
 def droplet_hosts(outputs: dict, ssh_user: str) -> list[Host]:
@@ -72,7 +103,7 @@ def promote_droplet(stack: Stack, name: str, loaded: StackConfig, known_hosts: P
     if target is None:
         names = [h.name for h in hosts if h.role == "replica"]
         raise ConfigError(f"{name} is not a replica of this stack (replicas: {names})")
-    report, seconds = promote_over_ssh(loaded, target, known_hosts)
+    report, seconds = promote_over_ssh(loaded, target, hosts, known_hosts)
     position = int(name.removeprefix("db-"))
     stack.set_plain({"primaryNode": position, RESEED_KEY: [old.name]})
     start = time.monotonic()
@@ -92,7 +123,8 @@ def promote(stack: Stack, name: str, loaded: StackConfig, known_hosts: Path | No
     if target is None:
         names = [h.name for h in replicas]
         raise ConfigError(f"{name} is not a replica of this stack (replicas: {names})")
-    report, seconds = promote_over_ssh(loaded, target, known_hosts)
+    servers = [h for h in settings.hosts if h.role != "spare"]
+    report, seconds = promote_over_ssh(loaded, target, servers, known_hosts)
     survivors = [h.name for h in replicas if h.name != name]
     # The old primary becomes a spare: it rejoins only when the operator asks (`rejoin`).
     stack.set_plain(
@@ -135,12 +167,7 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data failover") ->
     parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="the Pulumi project")
     parser.add_argument("action", choices=["promote", "rejoin"])
     parser.add_argument("name", help="the replica to promote, or the old primary to rejoin")
-    parser.add_argument(
-        "--known-hosts",
-        type=Path,
-        help="known_hosts file the hosts' keys are checked against (default: the stack's "
-        "hostKey, else trust on first use in ~/.ssh/known_hosts)",
-    )
+    host_ssh.add_known_hosts_option(parser)
     args = parser.parse_args(argv)
     stack = Stack(args.stack, args.cwd)
     try:

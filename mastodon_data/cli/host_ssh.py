@@ -5,9 +5,13 @@ script) and for tests of a single script; the order of the steps is the Pulumi p
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mastodon_data import plan
@@ -20,9 +24,43 @@ class StepFailed(RuntimeError):
     pass
 
 
-def ssh_argv(host: Host, key_file: Path, known_hosts: Path | None) -> list[str]:
+@contextmanager
+def private_key(secret: str) -> Iterator[Path]:
+    """The stack's ssh key in a 0600 file of a private directory, removed afterwards with the
+    shared connections made beside it (`shared`)."""
+    with tempfile.TemporaryDirectory() as private:
+        key = Path(private) / "key"
+        key.touch(mode=0o600)
+        key.write_text(secret.rstrip("\n") + "\n")
+        try:
+            yield key
+        finally:
+            for socket in Path(private).glob("cm-*"):
+                close = ["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "mastodon-data"]
+                subprocess.run(close, capture_output=True, timeout=30, check=False)
+
+
+def add_known_hosts_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--known-hosts",
+        type=Path,
+        help="known_hosts file the hosts' keys are checked against (default: the stack's "
+        "hostKey, else trust on first use in ~/.ssh/known_hosts)",
+    )
+
+
+def connect(host: Host, key_file: Path, known_hosts: Path | None) -> None:
+    """Opens the shared connection to `host` ahead of the steps that are timed."""
+    argv = ssh_argv(host, key_file, known_hosts, shared=True)[:-1] + ["true"]
+    subprocess.run(argv, capture_output=True, timeout=60, check=False)
+
+
+def ssh_argv(
+    host: Host, key_file: Path, known_hosts: Path | None, shared: bool = False
+) -> list[str]:
     """ssh with the host key checked: the stack's `hostKey` when set, else `known_hosts`,
-    else trust on first use (recorded in ~/.ssh/known_hosts)."""
+    else trust on first use (recorded in ~/.ssh/known_hosts). `shared`: one connection per
+    host, kept beside the key file (a switchover's steps skip the handshake and the login)."""
     if host.host_key:
         pinned = key_file.with_name(f"known_hosts.{host.name}")
         address = (
@@ -37,6 +75,8 @@ def ssh_argv(host: Host, key_file: Path, known_hosts: Path | None) -> list[str]:
         if known_hosts
         else ["-o", "StrictHostKeyChecking=accept-new"]
     )
+    sharing = ["-o", "ControlMaster=auto", "-o", "ControlPersist=60"]
+    sharing += ["-o", f"ControlPath={key_file.parent}/cm-%C"]
     return [
         "ssh",
         "-i",
@@ -44,6 +84,7 @@ def ssh_argv(host: Host, key_file: Path, known_hosts: Path | None) -> list[str]:
         "-p",
         str(host.ssh_port),
         *checking,
+        *(sharing if shared else []),
         "-o",
         "BatchMode=yes",
         "-o",
@@ -63,12 +104,14 @@ def run_step(
     key_file: Path,
     known_hosts: Path | None,
     extra_params: dict | None = None,
+    *,
+    shared: bool = False,
 ) -> str:
     params = {**step.params, **(extra_params or {})}
     stdin = json.dumps(plan.payload(step, params, secrets))
     try:
         result = subprocess.run(
-            ssh_argv(step.host, key_file, known_hosts),
+            ssh_argv(step.host, key_file, known_hosts, shared),
             input=stdin,
             text=True,
             capture_output=True,

@@ -41,6 +41,12 @@ POOL_FIELDS = (
 FIELDS = (*CLIENT_FIELDS, *POOL_FIELDS)
 
 
+def read_pool_name(db_name: str) -> str:
+    """The second database of every server's PgBouncer (REPLICA_DB_NAME): reads on that
+    server's own PostgreSQL, while the pool named DB_NAME writes on the primary."""
+    return f"{db_name}_replica"
+
+
 def mastodon_clients(v: Validation) -> tuple[int, str] | None:
     """(Mastodon's database connections, the sum written out), or None when a thread setting
     is wrong (reported to `v`)."""

@@ -417,13 +417,13 @@ def keepalive_options(replication_timeout: str) -> dict[str, int]:
 
 
 def app_hba_lines(params: dict) -> list[str]:
-    """Mastodon's role from the allowed sources, and from this host's own private address when
-    PgBouncer here logs in to this PostgreSQL (the pool); TLS and SCRAM only. The exporters'
-    role through the local socket only, SCRAM."""
+    """Mastodon's role from the allowed sources, and from every server whose PgBouncer logs in
+    here (its own reads; DB_NAME on whichever server is the primary); TLS and SCRAM only. The
+    exporters' role through the local socket only, SCRAM."""
     sources = [str(ipaddress.ip_network(s)) for s in params["postgres_allowed_sources"]]
-    if params["pgbouncer"]:
-        own = str(ipaddress.ip_network(params["private_address"]))
-        sources += [own] if own not in sources else []
+    for peer in params["pool_peers"]:
+        address = str(ipaddress.ip_network(peer))
+        sources += [address] if address not in sources else []
     lines = [f"hostssl {params['db_name']} {params['db_user']} {s} scram-sha-256" for s in sources]
     if params["monitor_user"]:  # the exporters on this host, over the local socket
         lines.append(f"local postgres {params['monitor_user']} scram-sha-256")

@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""PgBouncer (Debian's package) in front of this host's PostgreSQL: one transaction pool of
-Mastodon's database. Runs after this host's primary or replica step. Idempotent: a second run
-changes nothing.
+"""PgBouncer (Debian's package) on every server: two transaction pools of Mastodon's database.
+DB_NAME goes to the primary, wherever the client connected, so a client that kept an old
+DB_HOST still writes after a switchover or failover; the read pool (REPLICA_DB_NAME) is this
+host's own PostgreSQL. Runs after this host's primary or replica step. Idempotent: a second
+run changes nothing.
 
 - TLS on both sides. Clients get the PostgreSQL server's own certificate and key (on the
   primary issued by the cluster's CA, which the stack exports). PgBouncer verifies PostgreSQL's
-  certificate (verify-full, the private address) against the CA that issued it; a replica's
-  certificate is self-signed, so there it is its own trust anchor (pinned).
+  certificate (verify-full, the private address): the primary's against the CA that issued it
+  (the primary step's report), a replica's own self-signed one pinned.
 - SCRAM, no clear-text password on disk: the auth file holds the role's SCRAM verifier exactly
   as PostgreSQL stores it (pg_authid), so PgBouncer checks a client's proof and logs in to
   PostgreSQL with the keys that proof yields (SCRAM pass-through).
-- Transaction pooling: at most `pool_size` backends (default_pool_size = max_db_connections).
+- Transaction pooling: at most `pool_size` backends from this PgBouncer, both pools together
+  (default_pool_size = max_db_connections = max_user_connections).
+- A changed file is a RELOAD (1.18 reloads the databases, the auth file and TLS: server
+  connections to a changed destination close once released), never a restart, which would
+  cut every client off; only the listening settings restart it.
 
 stdin (JSON): PoolerParams (mastodon_data/host_params.py) and the secret db_password, which
 never reaches a file: it only tells when this host's PostgreSQL holds the current verifier (a
@@ -73,8 +79,13 @@ def settings(params: dict, cluster: Cluster) -> dict[str, str]:
         "pool_mode": "transaction",
         "default_pool_size": str(params["pool_size"]),
         "max_db_connections": str(params["pool_size"]),
+        # Both pools together (one role): this PgBouncer never holds more backends than one pool.
+        "max_user_connections": str(params["pool_size"]),
         "min_pool_size": "0",
         "reserve_pool_size": "0",
+        # After a failed login PgBouncer fails its clients at once for this long (default 15 s):
+        # a pool repointed at a promoted server must not keep failing for the dead one.
+        "server_login_retry": "1",
         "max_client_conn": str(params["pgbouncer_max_client_conn"]),
         "client_tls_sslmode": "require",
         "client_tls_cert_file": str(cluster.confdir / "server.crt"),
@@ -86,15 +97,22 @@ def settings(params: dict, cluster: Cluster) -> dict[str, str]:
     } | ({"stats_users": params["monitor_user"]} if params["monitor_user"] else {})
 
 
-def ini_text(params: dict, cluster: Cluster) -> str:
-    database = (
-        f"{params['db_name']} = host={params['private_address']} port={params['port']} "
-        f"dbname={params['db_name']}"
-    )
+def databases(params: dict, write_host: str) -> dict[str, str]:
+    """The [databases] section: DB_NAME to `write_host` (the primary), the read pool here."""
+    where = {params["db_name"]: write_host, params["read_db_name"]: params["private_address"]}
+    return {
+        name: f"host={host} port={params['port']} dbname={params['db_name']}"
+        for name, host in where.items()
+    }
+
+
+def ini_text(params: dict, cluster: Cluster, write_host: str | None = None) -> str:
+    """pgbouncer.ini; `write_host` in place of the primary (a switchover's new one)."""
+    pools = databases(params, write_host or params["primary_address"])
     lines = [
         "; Written by mastodon-data; changes here are overwritten on the next run.",
         "[databases]",
-        database,
+        *(f"{name} = {target}" for name, target in pools.items()),
         "",
         "[pgbouncer]",
         *(f"{key} = {value}" for key, value in settings(params, cluster).items()),
@@ -124,8 +142,8 @@ def install() -> bool:
 
 
 def trust_anchor(cluster: Cluster) -> str:
-    """What verifies this host's PostgreSQL certificate: the cluster's CA where it issued it
-    (the primary), else the certificate itself (a replica's, self-signed)."""
+    """What verifies this host's own PostgreSQL certificate: the cluster's CA where it issued
+    it (the primary), else the certificate itself (a replica's, self-signed)."""
     server_crt = cluster.confdir / "server.crt"
     if not server_crt.exists():
         raise HostError(f"{server_crt} is missing: run this host's primary or replica step first")
@@ -180,10 +198,18 @@ def userlist_text(users: dict[str, str]) -> str:
     return "".join(f'"{user}" "{verifier}"\n' for user, verifier in users.items())
 
 
+def trusted_servers(params: dict, cluster: Cluster, extra: str = "") -> str:
+    """server_tls_ca_file: this host's own anchor, the primary's CAs, and `extra` (a
+    switchover's new primary, whose certificate is still its own until its primary step)."""
+    parts = [trust_anchor(cluster), params["primary_ca_cert"], extra]
+    unique = dict.fromkeys(p.strip() + "\n" for p in parts if p.strip())
+    return "".join(unique)
+
+
 def tls_fingerprint(cluster: Cluster) -> str:
-    """What PgBouncer loaded its TLS from: the certificate it presents and the anchor it trusts.
-    A new one (a renewed certificate, a promoted replica's new CA) restarts it, so no old
-    certificate is served or trusted on."""
+    """What PgBouncer loaded its TLS from: the certificate it presents and the anchors it
+    trusts. A new one (a renewed certificate, a promoted replica's new CA) reloads it, so no
+    old certificate is served or trusted on."""
     digest = hashlib.sha256()
     for path in (cluster.confdir / "server.crt", cluster.confdir / "server.key", SERVER_CA):
         digest.update(path.read_bytes())
@@ -191,16 +217,16 @@ def tls_fingerprint(cluster: Cluster) -> str:
 
 
 def write_files(params: dict, cluster: Cluster, users: dict[str, str]) -> tuple[bool, bool]:
-    """(anything changed, a restart is needed)."""
+    """(anything changed, a restart is needed: a listening setting changed)."""
     CONF_DIR.mkdir(mode=0o755, exist_ok=True)
     old = ini_settings(INI.read_text()) if INI.exists() else {}
     text = ini_text(params, cluster)
     restart = any(old.get(key) != ini_settings(text)[key] for key in RESTART_KEYS)
     changed = write_if_changed(INI, text, mode=0o640, owner="postgres")
     changed |= write_if_changed(USERLIST, userlist_text(users), mode=0o600, owner="postgres")
-    changed |= write_if_changed(SERVER_CA, trust_anchor(cluster), mode=0o644, owner="postgres")
-    if write_if_changed(TLS_STATE, tls_fingerprint(cluster), mode=0o600):
-        changed, restart = True, True
+    trusted = trusted_servers(params, cluster)
+    changed |= write_if_changed(SERVER_CA, trusted, mode=0o644, owner="postgres")
+    changed |= write_if_changed(TLS_STATE, tls_fingerprint(cluster), mode=0o600)
     return changed, restart and bool(old)
 
 
@@ -305,30 +331,33 @@ def apply(params: dict, changed: bool, restart: bool) -> str:
 
 
 def probe(params: dict, cluster: Cluster) -> str:
-    """One query through the pool as Mastodon makes it (TLS, SCRAM as db_user): proves the
-    pool, the auth file, the pass-through login to PostgreSQL and its TLS at once. The password
-    is in a 0600 pass file in a private directory, removed afterwards."""
+    """A query through each pool as Mastodon makes it (TLS, SCRAM as db_user): proves the
+    pools, the auth file, the pass-through logins to PostgreSQL and their TLS at once, and that
+    DB_NAME reaches a primary. The password is in a 0600 pass file in a private directory,
+    removed afterwards."""
+    host, port = params["private_address"], params["pgbouncer_port"]
     with tempfile.TemporaryDirectory(prefix="mastodon-data-pool-") as scratch:
         passfile = Path(scratch) / "pgpass"
-        where = (params["private_address"], params["pgbouncer_port"], params["db_name"])
-        write_if_changed(
-            passfile, pgpass_line(*where, params["db_user"], params["db_password"]) + "\n",
-            mode=0o600,
-        )  # fmt: skip
-        conninfo = (
-            f"host={where[0]} port={where[1]} dbname={where[2]} user={params['db_user']} "
-            f"sslmode=require connect_timeout=10 passfile={passfile}"
-        )
-        result = run(
-            [str(cluster.bindir / "psql"), "-X", "-A", "-t", "-w", "-c", "SELECT 1", conninfo],
-            check=False,
-            timeout=30,
-        )
-    if result.returncode != 0 or result.stdout.strip() != "1":
-        raise HostError(
-            f"a query through the pool at {where[0]}:{where[1]} failed: "
-            f"{result.stderr.strip()}; see {LOGFILE}"
-        )
+        line = pgpass_line(host, port, "*", params["db_user"], params["db_password"])
+        write_if_changed(passfile, line + "\n", mode=0o600)
+        for database in (params["db_name"], params["read_db_name"]):
+            conninfo = (
+                f"host={host} port={port} dbname={database} user={params['db_user']} "
+                f"sslmode=require connect_timeout=10 passfile={passfile}"
+            )
+            argv = [str(cluster.bindir / "psql"), "-X", "-A", "-t", "-w", conninfo]
+            result = run([*argv, "-c", "SELECT pg_is_in_recovery()"], check=False, timeout=30)
+            answer = result.stdout.strip()
+            if result.returncode != 0 or answer not in ("t", "f"):
+                raise HostError(
+                    f"a query through pool {database} at {host}:{port} failed: "
+                    f"{result.stderr.strip()}; see {LOGFILE}"
+                )
+            if database == params["db_name"] and answer != "f":
+                raise HostError(
+                    f"pool {database} at {host}:{port} reaches a server in recovery, not the "
+                    f"primary {params['primary_address']}"
+                )
     return "ok"
 
 

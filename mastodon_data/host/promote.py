@@ -14,9 +14,8 @@ from common import Cluster, HostError, log, main_wrapper, read_params
 PROMOTE_WAIT = 60  # seconds pg_promote may take
 
 
-def main() -> dict:
-    params = read_params()
-    cluster = Cluster(params["postgres_version"], params["port"])
+def promote(cluster: Cluster) -> dict:
+    """Promotes the cluster if it is a standby; its role, what changed and its timeline."""
     if not (cluster.exists() and cluster.running()):
         raise HostError(f"PostgreSQL {cluster.version}/main is not running here: start it first")
     changed = []
@@ -40,7 +39,14 @@ def main() -> dict:
         "changed": changed,
         "timeline": timeline,
         "system_identifier": cluster.system_identifier(),
+        # The pools trust it until the primary step issues one from the new primary's CA.
+        "server_cert": (cluster.confdir / "server.crt").read_text(),
     }
+
+
+def main() -> dict:
+    params = read_params()
+    return promote(Cluster(params["postgres_version"], params["port"]))
 
 
 if __name__ == "__main__":

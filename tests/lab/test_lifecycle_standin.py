@@ -6,6 +6,9 @@ engine and provider; one stack (db-0 primary, db-1 and db-2 replicas) in one flo
 - `mastodon-data failover promote db-1` after the primary's PostgreSQL is killed: primaryNode is
   1, no droplet, VPC or firewall is made anew, every replica streams from db-1, mastodon_env
   points at it, and a refreshed preview is quiet;
+- `mastodon-data switchover db-2` under 8 clients writing through the env they started with:
+  no client error, every committed row on db-2, primaryNode 2, the others stream from db-2
+  without a rewind, a refreshed preview is quiet;
 - the droplets are protected: `destroy` refuses; protectData false for one run, then it goes."""
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from standinkit import Droplets, check_replication, public, wait_until
 
 from lab.stack import engine_gap
 from lab.standin.service import StandInLab
+from lab.write_load import TABLE, WriteLoad
 from tests.fixtures import COMMAND
 
 pytestmark = [pytest.mark.engine, pytest.mark.lab]
@@ -240,13 +244,64 @@ def test_after_failover_the_stack_describes_reality(failed_over):
     assert code == 0, out[-3000:]
 
 
-def test_protected_droplets_stop_destroy_until_protection_is_off_for_a_run(life, failed_over):
+@pytest.fixture(scope="module")
+def switched(life, failed_over):
+    s, _, _ = life
+    env = failed_over["outputs"]["mastodon_env"]
+    with WriteLoad(env, clients=8) as load:
+        time.sleep(2)
+        result = subprocess.run(
+            [COMMAND, "switchover", "--stack", "life", "--cwd", str(s.stack.workdir), "db-2",
+             "--known-hosts", str(LAB.hosts.known_hosts)],
+            capture_output=True, text=True, timeout=1200, env=s.stack.env(),
+        )  # fmt: skip
+        time.sleep(2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stderr[result.stderr.rindex("\n{\n") + 1 :])
+    FIGURES["switchover_longest_write_pause_s"] = load.longest_pause_s
+    FIGURES["switchover_paused_s"] = summary["paused_s"]
+    outputs = json.loads(result.stdout)
+    rows = s.psql(public(outputs, "db-2"), f"SELECT client || ',' || n FROM {TABLE}").splitlines()
+    quiet = s.stack.preview("--refresh", "--expect-no-changes", check=False)
+    return {
+        "summary": summary,
+        "outputs": outputs,
+        "load": load,
+        "rows": {tuple(map(int, row.split(","))) for row in rows},
+        "config": s.stack.config(),
+        "quiet": (s.stack.last.returncode, quiet + s.stack.last.stderr),
+    }
+
+
+def test_a_switchover_fails_no_client_and_loses_no_row(switched):
+    load = switched["load"]
+    assert load.errors == []
+    assert len(load.rows) > 100 and switched["rows"] == load.rows
+    summary = switched["summary"]
+    assert (summary["old_primary"], summary["switched_to"], summary["rewind"]) == (
+        "db-1", "db-2", False,
+    )  # fmt: skip
+
+
+def test_after_a_switchover_the_stack_is_as_after_a_failover(switched):
+    outputs = switched["outputs"]
+    new_private = outputs["primary"]["private_address"]
+    assert outputs["primary"]["name"] == "db-2" and switched["config"]["primaryNode"] == "2"
+    assert outputs["mastodon_env"]["DB_HOST"] == new_private
+    for name in ("db-0", "db-1"):
+        (receiver,) = outputs["replication"][name]["receiver"]
+        assert (receiver["status"], receiver["sender_host"]) == ("streaming", new_private)
+    code, out = switched["quiet"]
+    assert code == 0, out[-3000:]
+
+
+def test_protected_droplets_stop_destroy_until_protection_is_off_for_a_run(life, switched):
     s, _, _ = life
     s.stack.pulumi("destroy", "--yes", "--skip-preview", check=False)
     refused = " ".join((s.stack.last.stdout + s.stack.last.stderr).split())
     assert s.stack.last.returncode != 0
     assert "cannot be deleted because it is protected" in refused
     assert len(account_ids(s)["droplets"]) == 3
-    s.apply(protectData=False, primaryNode=1)  # the failover set primaryNode in the stack
+    s.apply(protectData=False, primaryNode=2)  # the switchover set primaryNode in the stack
     s.stack.destroy()
     assert account_ids(s) == {"droplets": {}, "vpcs": [], "firewalls": []}

@@ -129,7 +129,7 @@ def test_mastodon_env_points_at_the_pools_and_migrations_go_direct(pooled, rende
         "PREPARED_STATEMENTS": "false",
         "REPLICA_DB_HOST": REPLICA,
         "REPLICA_DB_PORT": "6432",
-        "REPLICA_DB_NAME": "mastodon_production",
+        "REPLICA_DB_NAME": "mastodon_production_replica",  # the read pool
         "REPLICA_DB_USER": "mastodon",
         "REPLICA_DB_PASS": password,
         "REPLICA_PREPARED_STATEMENTS": "false",
@@ -170,6 +170,7 @@ def test_mastodons_database_yml_reads_pooled_primary_and_replica_and_direct_migr
         "primary": {**common, "host": PRIMARY, "port": 6432, "prepared_statements": False},
         "replica": {
             **common,
+            "database": "mastodon_production_replica",  # the read pool, its own server
             "host": REPLICA,
             "port": 6432,
             "prepared_statements": False,

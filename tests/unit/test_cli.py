@@ -18,7 +18,9 @@ def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_command():
     result = run("--help")
     assert result.returncode == 0
-    names = ("render-env", "check-replication", "failover", "grant", "backups", "restore")
+    names = (
+        "render-env", "check-replication", "failover", "switchover", "grant", "backups", "restore"
+    )  # fmt: skip
     for name in names:
         assert f"  {name} " in result.stdout
     assert set(COMMANDS) == set(names)

@@ -152,6 +152,7 @@ def test_the_systemd_unit_runs_the_launcher_and_restarts_it():
 
 def test_pgbouncer_lets_the_monitor_role_read_its_statistics_only_with_monitoring():
     params = {"postgres_version": 15, "port": 5432, "private_address": "10.0.0.2",
+              "primary_address": "10.0.0.1", "read_db_name": "mastodon_production_replica",
               "db_name": "mastodon_production", "db_user": "mastodon", "pgbouncer_port": 6432,
               "pool_size": 45, "pgbouncer_max_client_conn": 1000,
               "pgbouncer_open_files": 4096}  # fmt: skip
@@ -167,7 +168,7 @@ def test_pgbouncer_lets_the_monitor_role_read_its_statistics_only_with_monitorin
 
 
 def test_pg_hba_lets_the_monitor_role_in_through_the_local_socket_only():
-    params = {"db_name": "mastodon_production", "db_user": "mastodon", "pgbouncer": False,
+    params = {"db_name": "mastodon_production", "db_user": "mastodon", "pool_peers": [],
               "private_address": "10.0.0.2",
               "postgres_allowed_sources": ["10.0.1.0/24"]}  # fmt: skip
     assert common.app_hba_lines({**params, "monitor_user": "mastodon_monitor"}) == [

@@ -70,7 +70,9 @@ DERIVED = {
     "port", "wal_senders", "replication_peers", "primary_address", "primary_port",
     "reseed", "primary_ca_cert", "replicas", "stanza", "pool_size",
     "backup_path", "action", "role", "type", "target_time", "overwrite",
-    "monitor_user", "exporter_ports", "postgres_queries",
+    "monitor_user", "exporter_ports", "postgres_queries", "pool_peers", "read_db_name",
+    "databases", "pause_wait", "catch_up_wait", "checkpoint", "replayed", "new_primary_address",
+    "new_primary_cert",
 }  # fmt: skip
 
 
@@ -182,11 +184,13 @@ def program_payloads(stack: str) -> list[tuple[str, str, dict]]:
 
 
 def operator_steps() -> list[plan.Step]:
-    """The steps the commands run over ssh: promote, backup now and check, restore."""
+    """The steps the commands run over ssh: promote, switchover, backup now and check,
+    restore."""
     settings = parse_settings(HOSTS_BACKUPS, set(SECRETS) | set(BACKUP_VALUES))
     replication, backups, hosts = settings.replication, settings.backups, settings.hosts
     return [
         plan.promote_step(replication, hosts[1]),
+        plan.switchover_step(replication, hosts[0], "pause", databases=("mastodon_production",)),
         plan.backup_now_step(replication, backups, hosts[0], "diff"),
         plan.backup_check_step(replication, backups, hosts[0]),
         plan.restore_step(replication, backups, hosts[3], "2026-11-23 18:04:05+00", True),
@@ -212,8 +216,8 @@ def test_every_command_of_the_program_sends_what_its_script_reads(stack):
 
 def test_the_stacks_cover_every_script_of_the_program():
     scripts = {script for stack in STACKS for _, script, _ in program_payloads(stack)}
-    assert scripts == set(SCRIPTS) - {"promote", "restore"}  # the commands' own
-    assert {s.script for s in operator_steps()} == {"promote", "backup", "restore"}
+    assert scripts == set(SCRIPTS) - {"promote", "switchover", "restore"}  # the commands' own
+    assert {s.script for s in operator_steps()} == {"promote", "switchover", "backup", "restore"}
 
 
 def test_every_step_of_the_commands_sends_what_its_script_reads():

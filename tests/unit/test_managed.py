@@ -94,7 +94,8 @@ def expected_database(mode: str, replica: bool, pooled: bool = True) -> dict:
         env |= {
             "REPLICA_DB_HOST": second,
             "REPLICA_DB_PORT": port,
-            "REPLICA_DB_NAME": "mastodon_production",
+            # Through the pool: its read database (the replica's own server), not DB_NAME's.
+            "REPLICA_DB_NAME": "mastodon_production_replica" if pooled else "mastodon_production",
             "REPLICA_DB_USER": "mastodon",
             "REPLICA_DB_PASS": SECRETS["dbPassword"],
         }

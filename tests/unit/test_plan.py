@@ -67,27 +67,35 @@ def test_a_pooler_step_per_host_after_its_own_step():
         "postgres_version": 18,
         "port": 5432,
         "private_address": "10.0.0.2",
+        "primary_address": "10.0.0.1",
         "db_name": "mastodon_production",
+        "read_db_name": "mastodon_production_replica",
         "db_user": "mastodon",
         "pgbouncer_port": 6432,
         "pool_size": 4 * 5 + 20 + 10,
         "pgbouncer_max_client_conn": 1000,
         "pgbouncer_open_files": 4096,
         "monitor_user": "",
+        "primary_ca_cert": "",
     }
+    # It trusts the primary's CA: DB_NAME goes there.
+    assert steps["pooler-db2"].report_inputs == (("primary_ca_cert", "primary", "ca_cert"),)
     assert steps["pooler-db2"].secret_params == {"db_password": "dbPassword"}
     payload = plan.payload(steps["pooler-db2"], steps["pooler-db2"].params, SECRETS)
     assert payload["params"]["db_password"] == "d" * 20
     assert set(payload["files"]) == {"common.py", "pooler.py", "tls.py"}
-    # PostgreSQL lets the pool on its own host in (pg_hba), with the pool on only.
-    assert steps["primary"].params["pgbouncer"] is True
+    # Every server's PostgreSQL lets every server's pool in (pg_hba): any of them may be the
+    # primary that DB_NAME reaches; the spare too (it may become a replica, then the primary).
+    everyone = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    assert steps["primary"].params["pool_peers"] == everyone
+    assert steps["replica-db3"].params["pool_peers"] == everyone
     assert steps["primary"].params["max_connections"] == 100
 
 
 def test_no_pooler_step_without_pgbouncer():
     steps = plan_for(pgbouncer=False)
     assert [s.name for s in steps if s.script == "pooler"] == []
-    assert steps[0].params["pgbouncer"] is False
+    assert steps[0].params["pool_peers"] == []
 
 
 def test_spare_hosts_are_not_used():

@@ -18,7 +18,9 @@ PARAMS = {
     "postgres_version": 15,
     "port": 5432,
     "private_address": "10.0.0.2",
+    "primary_address": "10.0.0.1",
     "db_name": "mastodon_production",
+    "read_db_name": "mastodon_production_replica",
     "db_user": "mastodon",
     "pgbouncer_port": 6432,
     "pool_size": 45,
@@ -30,21 +32,29 @@ PARAMS = {
 
 def test_ini_is_a_transaction_pool_with_tls_both_sides_and_scram():
     text = pooler.ini_text(PARAMS, common.Cluster(15))
+    # DB_NAME writes on the primary; the read pool reads this host's own PostgreSQL.
     assert (
-        "[databases]\nmastodon_production = host=10.0.0.2 port=5432 dbname=mastodon_production\n"
+        "[databases]\n"
+        "mastodon_production = host=10.0.0.1 port=5432 dbname=mastodon_production\n"
+        "mastodon_production_replica = host=10.0.0.2 port=5432 dbname=mastodon_production\n\n"
         in text
     )
+    # A switchover points DB_NAME at the new primary, nothing else.
+    moved = pooler.ini_text(PARAMS, common.Cluster(15), write_host="10.0.0.3")
+    assert moved == text.replace("host=10.0.0.1", "host=10.0.0.3")
     values = pooler.ini_settings(text)
     assert {key: values[key] for key in (
         "listen_addr", "listen_port", "pool_mode", "default_pool_size", "max_db_connections",
-        "reserve_pool_size", "max_client_conn", "auth_type", "auth_file", "client_tls_sslmode",
-        "client_tls_cert_file", "client_tls_key_file", "server_tls_sslmode", "server_tls_ca_file",
+        "max_user_connections", "reserve_pool_size", "max_client_conn", "auth_type", "auth_file",
+        "client_tls_sslmode", "client_tls_cert_file", "client_tls_key_file", "server_tls_sslmode",
+        "server_tls_ca_file",
     )} == {
         "listen_addr": "10.0.0.2",
         "listen_port": "6432",
         "pool_mode": "transaction",
         "default_pool_size": "45",
         "max_db_connections": "45",  # never more backends than the pool, whatever the users
+        "max_user_connections": "45",  # nor both pools together
         "reserve_pool_size": "0",
         "max_client_conn": "1000",
         "auth_type": "scram-sha-256",
@@ -79,11 +89,11 @@ def test_only_listening_changes_need_a_restart(change, restart):
     assert any(before[k] != after[k] for k in pooler.RESTART_KEYS) is restart
 
 
-def test_pg_hba_lets_the_hosts_own_pool_in_only_when_pooled():
+def test_pg_hba_lets_every_servers_pool_in_only_when_pooled():
     params = {
         "db_name": "mastodon_production",
         "db_user": "mastodon",
-        "pgbouncer": False,
+        "pool_peers": [],
         "private_address": "10.0.0.2",
         "postgres_allowed_sources": ["10.0.1.0/24"],
         "monitor_user": "",
@@ -91,13 +101,14 @@ def test_pg_hba_lets_the_hosts_own_pool_in_only_when_pooled():
     assert common.app_hba_lines(params) == [
         "hostssl mastodon_production mastodon 10.0.1.0/24 scram-sha-256"
     ]
-    assert common.app_hba_lines({**params, "pgbouncer": True}) == [
+    pooled = {**params, "pool_peers": ["10.0.0.1", "10.0.0.2"]}
+    assert common.app_hba_lines(pooled) == [
         "hostssl mastodon_production mastodon 10.0.1.0/24 scram-sha-256",
+        "hostssl mastodon_production mastodon 10.0.0.1/32 scram-sha-256",
         "hostssl mastodon_production mastodon 10.0.0.2/32 scram-sha-256",
     ]
-    inside = {**params, "pgbouncer": True,
-              "postgres_allowed_sources": ["10.0.0.0/24", "10.0.0.2/32"]}  # fmt: skip
-    assert len(common.app_hba_lines(inside)) == 2  # already listed: not twice
+    inside = {**pooled, "postgres_allowed_sources": ["10.0.0.0/24", "10.0.0.2/32"]}
+    assert len(common.app_hba_lines(inside)) == 3  # already listed: not twice
 
 
 def test_erb_chains_fall_through_nil_only():
@@ -122,6 +133,10 @@ def test_mastodon_reads_pooled_primary_and_replica_and_direct_migrations():
         ("10.0.0.2", 6432, False),
     ]
     assert app["replica"]["replica"] is True and app["replica"]["sslmode"] == "require"
+    # The primary's pool is DB_NAME; every server's read pool is the second name.
+    assert (app["primary"]["database"], app["replica"]["database"]) == (
+        "mastodon_production", "mastodon_production_replica",
+    )  # fmt: skip
     migrate = database_config(migration_environment(env, outputs.migration_output(ends)))
     primary = migrate["primary"]
     assert (primary["host"], primary["port"], primary["prepared_statements"]) == (
@@ -203,3 +218,17 @@ def test_with_systemd_a_change_is_a_reload_and_the_limit_a_restart(monkeypatch, 
     assert pooler.apply({**PARAMS, "pgbouncer_open_files": 8192}, changed=False, restart=False) == (
         "unchanged"
     )
+
+
+def test_pgbouncer_trusts_its_own_server_the_primarys_cas_and_a_new_primary(monkeypatch, tmp_path):
+    own, primary_ca, promoted = "OWN CERT", "PRIMARY CA\nNEXT CA", "PROMOTED CERT"
+    monkeypatch.setattr(pooler, "trust_anchor", lambda cluster: own)
+    params = {**PARAMS, "primary_ca_cert": primary_ca + "\n"}
+    cluster = common.Cluster(15)
+    assert pooler.trusted_servers(params, cluster) == f"{own}\n{primary_ca}\n"
+    assert pooler.trusted_servers(params, cluster, promoted) == (
+        f"{own}\n{primary_ca}\n{promoted}\n"
+    )
+    # On the primary its own anchor is the CA it reports: once only.
+    same = {**PARAMS, "primary_ca_cert": own}
+    assert pooler.trusted_servers(same, cluster) == f"{own}\n"

@@ -165,7 +165,7 @@ def test_droplets_outputs(droplets):
         "PREPARED_STATEMENTS": "false",
         "REPLICA_DB_HOST": "10.118.0.3",
         "REPLICA_DB_PORT": "6432",
-        "REPLICA_DB_NAME": "mastodon_production",
+        "REPLICA_DB_NAME": "mastodon_production_replica",
         "REPLICA_DB_USER": "mastodon",
         "REPLICA_DB_PASS": SECRETS["dbPassword"],
         "REPLICA_PREPARED_STATEMENTS": "false",
