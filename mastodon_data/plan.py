@@ -284,7 +284,7 @@ def exporters_step(
         exporter_ports={job: targets.EXPORTER_PORTS[job] for job in jobs},
         pgbouncer_port=pool.pgbouncer_port if pool else 0,
         postgres_queries=targets.postgres_queries(),
-        backup_stanza=backups.stanza if backups else "",
+        stanza=backups.stanza if backups else "",
     )
     own = [s.name for s in plan if s.host.name == host.name and s.script != "status"]
     return Step(f"exporters-{host.name}", host, params, tuple(dict.fromkeys((*own, "monitor"))))

@@ -114,7 +114,7 @@ def command(job: str, params: dict) -> tuple[str, list[str], dict[str, str]]:
 
 def backup_metrics_argv(params: dict) -> list[str]:
     """One run of backup_metrics.py (the timer's service; the launcher adds --every)."""
-    stanza = params["backup_stanza"]
+    stanza = params["stanza"]
     return [
         "/usr/bin/python3",
         str(METRICS_SCRIPT),
@@ -346,7 +346,7 @@ UP = {"postgres": "pg_up", "pgbouncer": "pgbouncer_up"}
 
 def probe_backup_metrics(params: dict) -> str:
     """node_exporter serves the backup metrics, and pgbackrest info answered (bounded)."""
-    stanza = params["backup_stanza"]
+    stanza = params["stanza"]
     wanted = f'pgbackrest_info_success{{stanza="{stanza}"}} 1'
     deadline = time.monotonic() + START_WAIT
     while wanted not in scrape("node", params).splitlines():
@@ -380,7 +380,7 @@ def probe(job: str, params: dict) -> str:
 
 def main() -> dict:
     params = read_params()
-    jobs = list(params["exporter_ports"]) + ([BACKUP_JOB] if params["backup_stanza"] else [])
+    jobs = list(params["exporter_ports"]) + ([BACKUP_JOB] if params["stanza"] else [])
     changed = ["installed"] if install(jobs) else []
     check_built(jobs)
     if BACKUP_JOB not in jobs and retire_backup_metrics(params):

@@ -351,13 +351,15 @@ def test_a_backups_completion_reaches_prometheus_and_ages_into_backup_full_too_o
 def block_the_store(host: lab_hosts.LabHost, blocked: bool) -> None:
     """The S3 store's address unreachable from `host` alone (refused: its own nftables)."""
     table = "mlx_block_s3"
-    if blocked:
-        rules = (f"table inet {table} {{ chain out {{ type filter hook output priority 0; "
-                 f"ip daddr {EXPORTERS_LAB.operator_address} tcp dport {S3_PORTS[1]} "
-                 "reject with tcp reset; }} }}")  # fmt: skip
-        lab_hosts.run(["ip", "netns", "exec", host.netns, "nft", rules])
-    else:
-        lab_hosts.run(["ip", "netns", "exec", host.netns, "nft", "delete", "table", "inet", table])
+    store = f"ip daddr {EXPORTERS_LAB.operator_address} tcp dport {S3_PORTS[1]}"
+    rules = (
+        f"table inet {table} {{\n chain out {{\n  type filter hook output priority 0;\n"
+        f"  {store} reject with tcp reset\n }}\n}}\n"
+        if blocked
+        else f"delete table inet {table}\n"
+    )
+    argv = ["ip", "netns", "exec", host.netns, "nft", "-f", "-"]
+    subprocess.run(argv, input=rules, text=True, check=True, capture_output=True, timeout=30)
 
 
 def test_the_repository_unreachable_fires_the_archive_alerts_and_they_clear(monitored, prometheus):

@@ -66,7 +66,7 @@ def test_an_exporters_step_runs_every_exporter_of_its_stack_on_the_private_addre
     unpooled = plan_for(**MONITORING, pgbouncer=False)["exporters-db1"].params
     assert unpooled["exporter_ports"] == {"postgres": 9187, "node": 9100, "ssl": 9219}
     assert unpooled["pgbouncer_port"] == 0
-    assert unpooled["backup_stanza"] == ""  # no backups: no backup metrics
+    assert unpooled["stanza"] == ""  # no backups: no backup metrics
 
 
 def test_the_monitor_password_is_a_required_secret_only_with_monitoring_sources():
@@ -85,7 +85,7 @@ HOST_PARAMS = {
     "exporter_ports": {"postgres": 9187, "node": 9100, "pgbouncer": 9127, "ssl": 9219},
     "pgbouncer_port": 6432,
     "postgres_queries": "pg_replica:\n  query: SELECT 1\n",
-    "backup_stanza": "mastodon",
+    "stanza": "mastodon",
     "monitor_password": PASSWORD,
 }
 LAUNCHERS = {
@@ -220,8 +220,8 @@ def test_the_backup_metrics_on_a_timer_their_script_and_their_removal(tmp_path, 
     )
     assert exporters.write_files(HOST_PARAMS, ["pgbackrest"]) == {"pgbackrest": False}
     (textfiles / "pgbackrest.prom").write_text("pgbackrest_info_success 1\n")
-    assert exporters.retire_backup_metrics({**HOST_PARAMS, "backup_stanza": ""}) is True
+    assert exporters.retire_backup_metrics({**HOST_PARAMS, "stanza": ""}) is True
     assert ran == [["systemctl", "disable", "--now", "mastodon-data-pgbackrest-exporter.timer"]]
     assert sorted(p.name for p in conf.iterdir()) == ["monitor.pgpass", "q.yaml", "s.yml"]
     assert list(units.iterdir()) == list(textfiles.iterdir()) == []
-    assert exporters.retire_backup_metrics({**HOST_PARAMS, "backup_stanza": ""}) is False
+    assert exporters.retire_backup_metrics({**HOST_PARAMS, "stanza": ""}) is False
