@@ -46,6 +46,9 @@ BUILT = ("pgbouncer_exporter", "ssl_exporter")
 S3_DIR, S3_PORTS = Path("/var/lib/mastodon-lab-exporters-s3"), (19020, 19021)
 BUCKET, STANZA = "mlx-pg-backups", "mastodon"
 ARCHIVE_WAIT = 30  # alertArchiveWaitSeconds, lowered: PostgresArchiveBehind in 30 s
+# PostgresArchiveFailing: archive-push fails once pgBackRest gives up on the store (its
+# io-timeout, 60 s), then the rule's `for: 2m`; scrapes and evaluations every second.
+ARCHIVE_FIRE_BOUND = 420
 FULL_BACKUP_AGE = 60  # BackupFullTooOld's threshold in this test's Prometheus (192 h shipped)
 FIGURES: dict[str, float] = {}
 PSQL = "runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1 -d mastodon_production"
@@ -375,10 +378,15 @@ def test_the_repository_unreachable_fires_the_archive_alerts_and_they_clear(moni
         write = "CREATE TABLE IF NOT EXISTS filler AS SELECT 1 AS id; SELECT pg_switch_wal()"
         argv = EXPORTERS_LAB.ssh_command(PRIMARY, f"cd /tmp && {PSQL} -c {shlex.quote(write)}")
         subprocess.run(argv, check=True, capture_output=True, timeout=60)
-        fired = {}
-        for name in alerts:
-            wait_until(lambda n=name: alert_state(prometheus, n) == "firing", 240, f"{name}")
-            fired[name] = time.monotonic() - start
+        fired: dict[str, float] = {}
+
+        def both_firing() -> bool:
+            for name in alerts:
+                if name not in fired and alert_state(prometheus, name) == "firing":
+                    fired[name] = time.monotonic() - start
+            return len(fired) == len(alerts)
+
+        wait_until(both_firing, ARCHIVE_FIRE_BOUND, f"{' and '.join(alerts)} firing")
         info = f'pgbackrest_info_success{{stanza="{STANZA}"}}'
         only_the_primary = {"mlx-h1": 0.0, "mlx-h2": 1.0}
         limit = 2 * backup_metrics.REPEAT + backup_metrics.INFO_TIMEOUT
