@@ -6,15 +6,14 @@ only; the monitor's password is on no command line and in no file wider than 060
 Prometheus loads the stack's `alert_rules` and its targets, reports every target up, and
 PgbouncerClientWaitLong fires within a bound while 20 clients want a pool of 15, and clears once
 they leave; a backup's completion reaches Prometheus (host/backup_metrics.py) and, older than
-a lowered threshold, fires BackupFullTooOld; with the repository unreachable from the primary
-the archive alerts fire, and clear once it is back. Figures: results/exporters.json."""
+a lowered threshold, fires BackupFullTooOld. Figures:
+results/exporters.json."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
-import shlex
 import shutil
 import subprocess
 import time
@@ -45,13 +44,8 @@ BUILT = ("pgbouncer_exporter", "ssl_exporter")
 # The lab's S3 store (lab/s3.py) for the backups, on the operator's address of this lab.
 S3_DIR, S3_PORTS = Path("/var/lib/mastodon-lab-exporters-s3"), (19020, 19021)
 BUCKET, STANZA = "mlx-pg-backups", "mastodon"
-ARCHIVE_WAIT = 30  # alertArchiveWaitSeconds, lowered: PostgresArchiveBehind in 30 s
-# PostgresArchiveFailing: archive-push fails once pgBackRest gives up on the store (its
-# io-timeout, 60 s), then the rule's `for: 2m`; scrapes and evaluations every second.
-ARCHIVE_FIRE_BOUND = 420
 FULL_BACKUP_AGE = 60  # BackupFullTooOld's threshold in this test's Prometheus (192 h shipped)
 FIGURES: dict[str, float] = {}
-PSQL = "runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1 -d mastodon_production"
 # The metrics the rules read (tests/unit/test_alert_rules.py), by job, on every server.
 METRICS = {
     "postgres": {"pg_up", "pg_stat_activity_count", "pg_settings_max_connections",
@@ -110,7 +104,7 @@ def monitored(tmp_path_factory, built_exporters):
                 "monitoringSources": [f"{EXPORTERS_LAB.operator_address}/32"],
                 "backups": True, "backupBucket": BUCKET, "backupEndpoint": store.endpoint,
                 "backupAccessKeyId": "mlx-lab-key", "backupCaCert": store.ca_cert.read_text(),
-                "backupArchiveTimeout": "10s", "alertArchiveWaitSeconds": ARCHIVE_WAIT,
+                "backupArchiveTimeout": "10s",
             }  # fmt: skip
             outputs = applied(stack, config, stack_secrets)
             yield {"stack": stack, "outputs": outputs, "secrets": stack_secrets, "dir": workdir}
@@ -348,60 +342,6 @@ def test_a_backups_completion_reaches_prometheus_and_ages_into_backup_full_too_o
     print(
         f"the backup in Prometheus {seen:.1f} s after `backups now` returned; BackupFullTooOld "
         f"fired {fired:.1f} s later, at an age of {age:.1f} s (threshold {FULL_BACKUP_AGE} s)"
-    )
-
-
-def block_the_store(host: lab_hosts.LabHost, blocked: bool) -> None:
-    """The S3 store's address unreachable from `host` alone (refused: its own nftables)."""
-    table = "mlx_block_s3"
-    store = f"ip daddr {EXPORTERS_LAB.operator_address} tcp dport {S3_PORTS[1]}"
-    rules = (
-        f"table inet {table} {{\n chain out {{\n  type filter hook output priority 0;\n"
-        f"  {store} reject with tcp reset\n }}\n}}\n"
-        if blocked
-        else f"delete table inet {table}\n"
-    )
-    argv = ["ip", "netns", "exec", host.netns, "nft", "-f", "-"]
-    subprocess.run(argv, input=rules, text=True, check=True, capture_output=True, timeout=30)
-
-
-def test_the_repository_unreachable_fires_the_archive_alerts_and_they_clear(monitored, prometheus):
-    """The primary cannot reach the store: archive_command fails, WAL segments wait, and
-    PostgresArchiveFailing (for 2m) and PostgresArchiveBehind (ARCHIVE_WAIT) fire; the
-    primary's pgbackrest info fails too, the replica's still answers. Back: they clear."""
-    alerts = ("PostgresArchiveFailing", "PostgresArchiveBehind")
-    assert [alert_state(prometheus, name) for name in alerts] == [None, None]
-    primary = EXPORTERS_LAB.host(1)
-    block_the_store(primary, True)
-    try:
-        start = time.monotonic()
-        write = "CREATE TABLE IF NOT EXISTS filler AS SELECT 1 AS id; SELECT pg_switch_wal()"
-        argv = EXPORTERS_LAB.ssh_command(PRIMARY, f"cd /tmp && {PSQL} -c {shlex.quote(write)}")
-        subprocess.run(argv, check=True, capture_output=True, timeout=60)
-        fired: dict[str, float] = {}
-
-        def both_firing() -> bool:
-            for name in alerts:
-                if name not in fired and alert_state(prometheus, name) == "firing":
-                    fired[name] = time.monotonic() - start
-            return len(fired) == len(alerts)
-
-        wait_until(both_firing, ARCHIVE_FIRE_BOUND, f"{' and '.join(alerts)} firing")
-        info = f'pgbackrest_info_success{{stanza="{STANZA}"}}'
-        only_the_primary = {"mlx-h1": 0.0, "mlx-h2": 1.0}
-        limit = 2 * backup_metrics.REPEAT + backup_metrics.INFO_TIMEOUT
-        wait_until(lambda: query(prometheus, info) == only_the_primary, limit, "info failing")
-    finally:
-        block_the_store(primary, False)
-    back = time.monotonic()
-    for name in alerts:
-        wait_until(lambda n=name: alert_state(prometheus, n) is None, 150, f"{name} cleared")
-    cleared = time.monotonic() - back
-    FIGURES.update({f"{name}_fired_s": round(t, 1) for name, t in fired.items()})
-    FIGURES["archive_alerts_cleared_s"] = round(cleared, 1)
-    print(
-        f"store blocked: {', '.join(f'{n} fired {t:.1f} s' for n, t in fired.items())} after "
-        f"the WAL switch; both cleared {cleared:.1f} s after the store was back"
     )
 
 
