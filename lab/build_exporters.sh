@@ -3,7 +3,7 @@
 # $EXPORTERS_HOME/<name>-<version>/<name> (default ~/.cache/mastodon-data/exporters, outside the
 # clone, once per version) and links them from the clone's .engine/bin: pgbouncer_exporter
 # v0.12.1 and ssl_exporter v2.4.1, from the Go module proxy. (pgbackrest_exporter is not built:
-# the proxy refuses its source, see docs/operators/monitoring.md.)
+# the proxy refuses its source; node_exporter serves the backup metrics, host/backup_metrics.py.)
 # Debian's prometheus-postgres-exporter and prometheus-node-exporter come from
 # lab/install_packages.sh. Prints one line per exporter: ok or error with why; exits 1 on any error.
 set -uo pipefail

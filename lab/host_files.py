@@ -26,6 +26,8 @@ PRIVATE_DIRS = {
     "/etc/pgbouncer": ("root", "root", 0o755),  # PgBouncer's configuration (host/pooler.py)
     "/opt/mastodon-data": ("root", "root", 0o755),  # the health endpoint (replica_health.py)
     "/etc/mastodon-data": ("root", "root", 0o755),  # the exporters' (host/exporters.py)
+    # node_exporter's textfile directory: the host's own backup metrics (backup_metrics.py)
+    "/var/lib/prometheus/node-exporter": ("root", "root", 0o755),
     "/var/lib/valkey": ("valkey", "valkey", 0o750),  # a managed Valkey node's (lab_valkey.py)
 }
 

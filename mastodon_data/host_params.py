@@ -160,6 +160,7 @@ class ExportersParams(HostParams):
     exporter_ports: dict[str, int]  # job -> port: the exporters this server runs
     pgbouncer_port: int  # 0: no pool
     postgres_queries: str  # mastodon_data/monitoring/postgres_queries.yaml
+    stanza: str  # pgBackRest's stanza: its state as metrics ("": no backups)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -262,15 +262,18 @@ def steps(
             for s in servers_steps
         ]
     if monitor:
-        plan += [exporters_step(replication, s, plan) for s in servers_steps]
+        plan += [exporters_step(replication, s, plan, backups) for s in servers_steps]
     return plan
 
 
 def exporters_step(
-    replication: ReplicationSettings, server_step: Step, plan: Sequence[Step]
+    replication: ReplicationSettings,
+    server_step: Step,
+    plan: Sequence[Step],
+    backups: BackupSettings | None = None,
 ) -> Step:
     """The exporters of `server_step`'s host, after every step of that host and the monitor
-    role (host/exporters.py)."""
+    role (host/exporters.py); with backups, pgBackRest's state as metrics too."""
     host = server_step.host
     pool = replication.pool
     jobs = targets.exporter_jobs(pool is not None)
@@ -281,6 +284,7 @@ def exporters_step(
         exporter_ports={job: targets.EXPORTER_PORTS[job] for job in jobs},
         pgbouncer_port=pool.pgbouncer_port if pool else 0,
         postgres_queries=targets.postgres_queries(),
+        stanza=backups.stanza if backups else "",
     )
     own = [s.name for s in plan if s.host.name == host.name and s.script != "status"]
     return Step(f"exporters-{host.name}", host, params, tuple(dict.fromkeys((*own, "monitor"))))

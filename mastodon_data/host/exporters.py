@@ -2,9 +2,10 @@
 """The exporters the alert rules read (docs/operators/monitoring.md), on this server's private
 address only: Debian's prometheus-postgres-exporter (with the project's custom queries) and
 prometheus-node-exporter, and the pinned upstream pgbouncer_exporter (with the pool) and
-ssl_exporter, which `make exporters` builds and the operator puts in /usr/local/bin. Runs after
-this host's own step, its pooler step and the monitor step. Idempotent: a second run changes
-nothing.
+ssl_exporter, which `make exporters` builds and the operator puts in /usr/local/bin; with
+backups, pgBackRest's state as node_exporter textfile metrics (backup_metrics.py, every
+backup_metrics.REPEAT seconds). Runs after this host's own step, its pooler, backup and monitor
+steps. Idempotent: a second run changes nothing.
 
 - The exporters log in as the monitor role (pg_monitor; PgBouncer's stats_users) through the
   local socket; its password is in a 0600 pass file (PGPASSFILE), never on a command line.
@@ -14,6 +15,9 @@ nothing.
 - The PostgreSQL and PgBouncer exporters run as postgres (pgbouncer_exporter reads PgBouncer's
   open files in /proc), the others as prometheus. Debian's own units of its two exporters
   (every address) are masked.
+- The backup metrics (job `pgbackrest`, no port: node_exporter serves them) run as root, as
+  pgBackRest's postgres; with systemd a oneshot service on a timer, without it a launcher that
+  repeats (`--every`).
 
 stdin (JSON): ExportersParams (mastodon_data/host_params.py) and the secret monitor_password.
 """
@@ -28,6 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import backup_metrics  # shipped with this step: copied to the server for its timer
 from common import (
     APT_LOCK_WAIT,
     POLL,
@@ -46,6 +51,10 @@ CONF_DIR = Path("/etc/mastodon-data/exporters")
 PASSFILE = CONF_DIR / "monitor.pgpass"  # 0600 postgres: the monitor role's password
 QUERIES = CONF_DIR / "postgres_queries.yaml"
 SSL_CONFIG = CONF_DIR / "ssl_exporter.yml"
+METRICS_SCRIPT = CONF_DIR / "backup_metrics.py"
+# node_exporter's textfile collector reads *.prom here (Debian's default, passed explicitly).
+TEXTFILE_DIR = Path("/var/lib/prometheus/node-exporter")
+BACKUP_METRICS = TEXTFILE_DIR / "pgbackrest.prom"
 SOCKET_DIR = "/var/run/postgresql"
 RUN_DIR = Path(SOCKET_DIR)  # pid files (no systemd): a tmpfs, emptied at boot
 LOG_DIR = Path("/var/log/postgresql")
@@ -54,6 +63,11 @@ BUILT_DIR = Path("/usr/local/bin")
 # The pinned upstream builds (lab/build_exporters.sh): binary -> the version it must report.
 BUILT = {"pgbouncer_exporter": "0.12.1", "ssl_exporter": "2.4.1"}
 DEBIAN = {"postgres": "prometheus-postgres-exporter", "node": "prometheus-node-exporter"}
+# The Python library backup_metrics.py writes its file with, and where Debian installs it.
+CLIENT_PACKAGE = {
+    "python3-prometheus-client": Path("/usr/lib/python3/dist-packages/prometheus_client")
+}
+BACKUP_JOB = "pgbackrest"  # the backup metrics, beside the exporters
 AS_USER = "setpriv --reuid={user} --regid={user} --init-groups --"  # util-linux
 START_WAIT = 30  # seconds for an exporter to answer /metrics, or to exit when stopped
 # The ssl prober's module the targets name (monitoring/targets.py): PostgreSQL's STARTTLS. It
@@ -71,6 +85,8 @@ SSL_MODULES = (
 
 def command(job: str, params: dict) -> tuple[str, list[str], dict[str, str]]:
     """(user, argv, environment) of one exporter."""
+    if job == BACKUP_JOB:
+        return "root", backup_metrics_argv(params) + [f"--every={backup_metrics.REPEAT}"], {}
     listen = f"--web.listen-address={params['private_address']}:{params['exporter_ports'][job]}"
     login = {"PGPASSFILE": str(PASSFILE)}
     user = params["monitor_user"]
@@ -79,7 +95,8 @@ def command(job: str, params: dict) -> tuple[str, list[str], dict[str, str]]:
         argv = [f"/usr/bin/{DEBIAN[job]}", listen, f"--extend.query-path={QUERIES}"]
         return "postgres", argv, {**login, "DATA_SOURCE_NAME": dsn}
     if job == "node":
-        return "prometheus", [f"/usr/bin/{DEBIAN[job]}", listen], {}
+        textfiles = f"--collector.textfile.directory={TEXTFILE_DIR}"
+        return "prometheus", [f"/usr/bin/{DEBIAN[job]}", listen, textfiles], {}
     if job == "pgbouncer":
         console = (
             f"postgres://{user}@:{params['pgbouncer_port']}/pgbouncer"
@@ -93,6 +110,17 @@ def command(job: str, params: dict) -> tuple[str, list[str], dict[str, str]]:
         argv = [str(BUILT_DIR / "ssl_exporter"), listen, f"--config.file={SSL_CONFIG}"]
         return "prometheus", argv, {}
     raise HostError(f"unknown exporter {job!r}")
+
+
+def backup_metrics_argv(params: dict) -> list[str]:
+    """One run of backup_metrics.py (the timer's service; the launcher adds --every)."""
+    stanza = params["stanza"]
+    return [
+        "/usr/bin/python3",
+        str(METRICS_SCRIPT),
+        f"--stanza={stanza}",
+        f"--output={BACKUP_METRICS}",
+    ]
 
 
 def launcher_text(job: str, params: dict) -> str:
@@ -116,16 +144,55 @@ def unit_text(job: str) -> str:
     )
 
 
+def backup_units(params: dict) -> dict[str, str]:
+    """The backup metrics' oneshot service and its timer (every backup_metrics.REPEAT s)."""
+    name = unit_name(BACKUP_JOB)
+    service = (
+        "[Unit]\n"
+        "Description=mastodon-data: pgBackRest's state for node_exporter\n"
+        "After=network-online.target postgresql.service\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        f"ExecStart={shlex.join(backup_metrics_argv(params))}\n"
+        f"TimeoutStartSec={backup_metrics.INFO_TIMEOUT + 30}\n"
+    )
+    timer = (
+        "[Unit]\n"
+        "Description=mastodon-data: pgBackRest's state for node_exporter, on a timer\n"
+        "[Timer]\n"
+        "OnActiveSec=0\n"
+        f"OnUnitActiveSec={backup_metrics.REPEAT}s\n"
+        "AccuracySec=5s\n"
+        "[Install]\n"
+        "WantedBy=timers.target\n"
+    )
+    return {f"{name}.service": service, f"{name}.timer": timer}
+
+
+def unit_files(job: str, params: dict) -> dict[str, str]:
+    if job == BACKUP_JOB:
+        return backup_units(params)
+    return {f"{unit_name(job)}.service": unit_text(job)}
+
+
 def unit_name(job: str) -> str:
     return f"mastodon-data-{job}-exporter"
 
 
-def install() -> bool:
+def systemd_unit(job: str) -> str:
+    """The unit that runs the job: the backup metrics' is their timer."""
+    return unit_name(job) + (".timer" if job == BACKUP_JOB else ".service")
+
+
+def install(jobs: list[str]) -> bool:
     """Debian's two exporters, their own units masked and stopped first (they would listen on
-    every address, on the ports ours take)."""
+    every address, on the ports ours take), and the backup metrics' Python library."""
     if systemd_running():
         run(["systemctl", "mask", "--now", *DEBIAN.values()])
-    missing = [package for package in DEBIAN.values() if not Path(f"/usr/bin/{package}").exists()]
+    wanted = {package: Path(f"/usr/bin/{package}") for package in DEBIAN.values()}
+    if BACKUP_JOB in jobs:
+        wanted |= CLIENT_PACKAGE
+    missing = [package for package, path in wanted.items() if not path.exists()]
     if not missing:
         return False
     log(f"installing {' '.join(missing)}")
@@ -162,15 +229,34 @@ def write_files(params: dict, jobs: list[str]) -> dict[str, bool]:
         "pgbouncer": login,
         "ssl": write_if_changed(SSL_CONFIG, SSL_MODULES, mode=0o644),
     }
+    if BACKUP_JOB in jobs:
+        TEXTFILE_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        script = Path(backup_metrics.__file__).read_text()
+        reads[BACKUP_JOB] = write_if_changed(METRICS_SCRIPT, script, mode=0o755)
     changed = {}
     for job in jobs:
         launcher = CONF_DIR / f"{job}.sh"
         changed[job] = write_if_changed(launcher, launcher_text(job, params), mode=0o755)
         changed[job] |= reads.get(job, False)
         if systemd_running():
-            unit = UNIT_DIR / f"{unit_name(job)}.service"
-            changed[job] |= write_if_changed(unit, unit_text(job))
+            for name, text in unit_files(job, params).items():
+                changed[job] |= write_if_changed(UNIT_DIR / name, text)
     return changed
+
+
+def retire_backup_metrics(params: dict) -> bool:
+    """Backups turned off: the backup metrics stopped and their files gone (True if any was)."""
+    files = [CONF_DIR / f"{BACKUP_JOB}.sh", METRICS_SCRIPT, BACKUP_METRICS,
+             *(UNIT_DIR / name for name in backup_units(params))]  # fmt: skip
+    if not any(path.exists() for path in files):
+        return False
+    if systemd_running():
+        run(["systemctl", "disable", "--now", systemd_unit(BACKUP_JOB)], check=False)
+    else:
+        stop(BACKUP_JOB, params)
+    for path in files:
+        path.unlink(missing_ok=True)
+    return True
 
 
 # --- the services, with systemd or (no systemd, as in the lab) on their own ------------------
@@ -193,7 +279,7 @@ def start(job: str) -> None:
     log(f"starting the {job} exporter")
     if systemd_running():
         run(["systemctl", "daemon-reload"])
-        run(["systemctl", "enable", "--now", unit_name(job)])
+        run(["systemctl", "enable", "--now", systemd_unit(job)])
         return
     with open(LOG_DIR / f"{unit_name(job)}.log", "ab") as output:
         process = subprocess.Popen(
@@ -206,7 +292,7 @@ def start(job: str) -> None:
 
 def stop(job: str, params: dict) -> None:
     if systemd_running():
-        run(["systemctl", "stop", unit_name(job)])
+        run(["systemctl", "stop", systemd_unit(job)])
         return
     number = pid(job, params)
     if number is None:
@@ -221,7 +307,7 @@ def stop(job: str, params: dict) -> None:
 
 def running(job: str, params: dict) -> bool:
     if systemd_running():
-        active = run(["systemctl", "is-active", "--quiet", unit_name(job)], check=False)
+        active = run(["systemctl", "is-active", "--quiet", systemd_unit(job)], check=False)
         return active.returncode == 0
     return pid(job, params) is not None
 
@@ -258,7 +344,26 @@ def scrape(job: str, params: dict) -> str:
 UP = {"postgres": "pg_up", "pgbouncer": "pgbouncer_up"}
 
 
+def probe_backup_metrics(params: dict) -> str:
+    """node_exporter serves the backup metrics, and pgbackrest info answered (bounded)."""
+    stanza = params["stanza"]
+    wanted = f'pgbackrest_info_success{{stanza="{stanza}"}} 1'
+    deadline = time.monotonic() + START_WAIT
+    while wanted not in scrape("node", params).splitlines():
+        if time.monotonic() > deadline:
+            log_file = LOG_DIR / f"{unit_name(BACKUP_JOB)}.log"
+            raise HostError(
+                f"node_exporter does not serve `{wanted}` after {START_WAIT} s: pgbackrest info "
+                f"fails, or {BACKUP_METRICS} is not written; see {log_file} or journalctl -u "
+                f"{unit_name(BACKUP_JOB)}"
+            )
+        time.sleep(POLL * 10)
+    return "ok"
+
+
 def probe(job: str, params: dict) -> str:
+    if job == BACKUP_JOB:
+        return probe_backup_metrics(params)
     text = scrape(job, params)
     metric = UP.get(job)
     if metric is None:
@@ -275,9 +380,11 @@ def probe(job: str, params: dict) -> str:
 
 def main() -> dict:
     params = read_params()
-    jobs = list(params["exporter_ports"])
-    changed = ["installed"] if install() else []
+    jobs = list(params["exporter_ports"]) + ([BACKUP_JOB] if params["stanza"] else [])
+    changed = ["installed"] if install(jobs) else []
     check_built(jobs)
+    if BACKUP_JOB not in jobs and retire_backup_metrics(params):
+        changed.append("backup metrics removed (no backups)")
     files = write_files(params, jobs)
     changed += [f"{job} exporter configured" for job, touched in files.items() if touched]
     for job in jobs:
@@ -290,7 +397,8 @@ def main() -> dict:
         "role": "exporters",
         "changed": changed,
         "listen": {
-            job: f"{params['private_address']}:{params['exporter_ports'][job]}" for job in jobs
+            job: f"{params['private_address']}:{port}"
+            for job, port in params["exporter_ports"].items()
         },  # fmt: skip
         "probe": {job: probe(job, params) for job in jobs},
     }

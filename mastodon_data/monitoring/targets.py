@@ -20,8 +20,8 @@ EXPORTER_PORTS = {
     "pgbouncer": 9127,  # pgbouncer_exporter
     "ssl": 9219,  # ssl_exporter
 }
-# No pgbackrest_exporter: no source of it is reachable from a clean machine (the Go module proxy
-# refuses it), so the program installs none (docs/operators/monitoring.md).
+# pgBackRest's state has no target of its own: node_exporter's textfile collector serves it
+# (host/backup_metrics.py), under the node job.
 SSL_MODULE = "postgres"  # ssl_exporter's tcp prober with starttls: postgres
 # The role the exporters log in as (pg_monitor; PgBouncer's stats_users): host/monitor.py.
 MONITOR_USER = "mastodon_monitor"

@@ -1,10 +1,13 @@
 """The exporters on a lab of their own, through the engine: `pulumi up` of a hosts-mode stack
-(primary + 1 replica, pools of 15) with monitoringSources runs the monitor and exporters steps
-(host/exporters.py). Proven here: every target of the `prometheus_targets` output answers with
-the metrics the rules read, on the private address only; the monitor's password is on no
-command line and in no file wider than 0600; Debian's Prometheus loads the stack's
-`alert_rules` and its targets, reports every target up, and PgbouncerClientWaitLong fires within
-a bound while 20 clients want a pool of 15, and clears once they leave."""
+(primary + 1 replica, pools of 15, backups into the lab's S3 store) with monitoringSources runs
+the monitor and exporters steps (host/exporters.py). Proven here: every target of the
+`prometheus_targets` output answers with the metrics the rules read, on the private address
+only; the monitor's password is on no command line and in no file wider than 0600; Debian's
+Prometheus loads the stack's `alert_rules` and its targets, reports every target up, and
+PgbouncerClientWaitLong fires within a bound while 20 clients want a pool of 15, and clears once
+they leave; a backup's completion reaches Prometheus (host/backup_metrics.py) and, older than
+a lowered threshold, fires BackupFullTooOld. Figures:
+results/exporters.json."""
 
 from __future__ import annotations
 
@@ -13,16 +16,20 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import backup_metrics
 import pytest
 import yaml
-from labkit import applied, new_secrets, own_lab, wait_until
+from labkit import applied, new_secrets, own_lab, wait_until, write_figures
 
 from lab import namespaces as lab_hosts
+from lab.s3 import LabS3
 from lab.stack import ENGINE_BIN, LabStack
+from tests.fixtures import COMMAND
 
 pytestmark = [pytest.mark.lab, pytest.mark.engine]
 EXPORTERS_LAB = lab_hosts.Lab(
@@ -33,7 +40,12 @@ PRIMARY, REPLICA = "10.236.0.11", "10.236.0.12"
 THREADS = {"pumaProcesses": 1, "pumaThreads": 5, "sidekiqThreads": 5, "streamingDbPool": 5}
 POOL_SIZE = 15
 PROMETHEUS_PORT = 19236  # this test's Prometheus, on 127.0.0.1
-BUILT = ("pgbouncer_exporter", "ssl_exporter")  # no backups here: no pgbackrest_exporter
+BUILT = ("pgbouncer_exporter", "ssl_exporter")
+# The lab's S3 store (lab/s3.py) for the backups, on the operator's address of this lab.
+S3_DIR, S3_PORTS = Path("/var/lib/mastodon-lab-exporters-s3"), (19020, 19021)
+BUCKET, STANZA = "mlx-pg-backups", "mastodon"
+FULL_BACKUP_AGE = 60  # BackupFullTooOld's threshold in this test's Prometheus (192 h shipped)
+FIGURES: dict[str, float] = {}
 # The metrics the rules read (tests/unit/test_alert_rules.py), by job, on every server.
 METRICS = {
     "postgres": {"pg_up", "pg_stat_activity_count", "pg_settings_max_connections",
@@ -42,7 +54,9 @@ METRICS = {
     "pgbouncer": {"pgbouncer_up", "pgbouncer_pools_client_waiting_connections",
                   "pgbouncer_pools_client_maxwait_seconds", "pgbouncer_process_open_fds",
                   "pgbouncer_process_max_fds"},
-    "node": {"node_filesystem_avail_bytes", "node_filesystem_size_bytes"},
+    "node": {"node_filesystem_avail_bytes", "node_filesystem_size_bytes",
+             "pgbackrest_info_success", "pgbackrest_info_timestamp_seconds",
+             "pgbackrest_stanza_status"},
     "ssl": {"ssl_cert_not_after", "ssl_probe_success"},
 }  # fmt: skip
 # And by role: the primary's view of its replica, the replica's own lag.
@@ -73,15 +87,30 @@ def built_exporters():
 
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory, built_exporters):
+    store = LabS3(EXPORTERS_LAB.operator_address, S3_DIR, *S3_PORTS)
     with own_lab(EXPORTERS_LAB, 2):
-        workdir = tmp_path_factory.mktemp("exporters")
-        stack_secrets = new_secrets(EXPORTERS_LAB) | {"monitorPassword": secrets.token_urlsafe(24)}
-        stack = LabStack("exporterstest", workdir / "stack")
-        stack.prepare()
-        config = lab_hosts.stack_config(EXPORTERS_LAB, 1, 2) | THREADS
-        config["monitoringSources"] = [f"{EXPORTERS_LAB.operator_address}/32"]
-        outputs = applied(stack, config, stack_secrets)
-        yield {"stack": stack, "outputs": outputs, "secrets": stack_secrets, "dir": workdir}
+        try:
+            store.start()
+            store.make_bucket(BUCKET)
+            workdir = tmp_path_factory.mktemp("exporters")
+            stack_secrets = new_secrets(EXPORTERS_LAB) | {
+                "monitorPassword": secrets.token_urlsafe(24),
+                "backupCipherPassphrase": secrets.token_urlsafe(32),
+                "backupSecretAccessKey": secrets.token_urlsafe(30),
+            }
+            stack = LabStack("exporterstest", workdir / "stack")
+            stack.prepare()
+            config = lab_hosts.stack_config(EXPORTERS_LAB, 1, 2) | THREADS | {
+                "monitoringSources": [f"{EXPORTERS_LAB.operator_address}/32"],
+                "backups": True, "backupBucket": BUCKET, "backupEndpoint": store.endpoint,
+                "backupAccessKeyId": "mlx-lab-key", "backupCaCert": store.ca_cert.read_text(),
+                "backupArchiveTimeout": "10s",
+            }  # fmt: skip
+            outputs = applied(stack, config, stack_secrets)
+            yield {"stack": stack, "outputs": outputs, "secrets": stack_secrets, "dir": workdir}
+        finally:
+            store.stop()
+            write_figures("exporters", FIGURES)
 
 
 def scrape_url(group: dict) -> str:
@@ -165,7 +194,7 @@ def prometheus(monitored):
     """Debian's Prometheus with the stack's rules and targets, scraping every second."""
     workdir = monitored["dir"] / "prometheus"
     workdir.mkdir()
-    (workdir / "rules.yml").write_text(monitored["outputs"]["alert_rules"])
+    (workdir / "rules.yml").write_text(lowered_rules(monitored["outputs"]["alert_rules"]))
     (workdir / "targets.json").write_text(json.dumps(monitored["outputs"]["prometheus_targets"]))
     (workdir / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
@@ -186,6 +215,14 @@ def prometheus(monitored):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def lowered_rules(shipped: str) -> str:
+    """The shipped rules with BackupFullTooOld's threshold (192 h) lowered to FULL_BACKUP_AGE:
+    the only change."""
+    threshold = f"> {192 * 3600}\n"
+    assert shipped.count(threshold) == 1, "BackupFullTooOld's threshold, and only it"
+    return shipped.replace(threshold, f"> {FULL_BACKUP_AGE}\n")
 
 
 def ready(url: str) -> bool:
@@ -252,6 +289,60 @@ def test_clients_beyond_the_pool_fire_the_wait_alert_and_it_clears(monitored, pr
         CLEAR_BOUND, "PgbouncerClientWaitLong cleared",
     )  # fmt: skip
     print(f"PgbouncerClientWaitLong: fired {fired:.1f} s after the burst, cleared {cleared:.1f} s")
+
+
+def query(prometheus: str, promql: str) -> dict[str, float]:
+    """An instant query's result: the `server` label of each series -> its value."""
+    found = api(prometheus, f"query?{urllib.parse.urlencode({'query': promql})}")["result"]
+    return {r["metric"].get("server", ""): float(r["value"][1]) for r in found}
+
+
+def tool(stack: LabStack, *args: str) -> dict:
+    """`mastodon-data <args>` on the stack, as an operator runs it; its JSON report."""
+    result = subprocess.run(
+        [COMMAND, *args[:1], "--stack", stack.name, "--cwd", str(stack.workdir), *args[1:]],
+        capture_output=True, text=True, timeout=900, env=stack.env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_backups_completion_reaches_prometheus_and_ages_into_backup_full_too_old(
+    monitored, prometheus
+):
+    """Both servers report the backup's own stop time, for each type it counts as (a full
+    counts as diff and incr too); older than FULL_BACKUP_AGE, BackupFullTooOld fires."""
+    status = f'pgbackrest_stanza_status{{stanza="{STANZA}"}}'
+    no_backup_yet = {"mlx-h1": 2.0, "mlx-h2": 2.0}  # pgBackRest's "no valid backups"
+    wait_until(lambda: query(prometheus, status) == no_backup_yet, 30, "the stanza's status")
+    report = tool(monitored["stack"], "backups", "now", "--type", "full")
+    stopped = float(report["last_backup"]["stopped"])
+    assert report["last_backup"]["type"] == "full"
+    completion = "pgbackrest_backup_last_completion_timestamp_seconds"
+
+    def reported() -> bool:
+        for kind in ("full", "diff", "incr"):
+            series = f'{completion}{{stanza="{STANZA}",backup_type="{kind}"}}'
+            assert query(prometheus, series) == {"mlx-h1": stopped, "mlx-h2": stopped}
+        assert query(prometheus, status) == {"mlx-h1": 0.0, "mlx-h2": 0.0}
+        return True
+
+    seen = wait_until(reported, backup_metrics.REPEAT + 30, "the backup in Prometheus")
+    ages = query(prometheus, f'time() - {completion}{{backup_type="full"}}')
+    assert sorted(ages) == ["mlx-h1", "mlx-h2"] and all(0 <= a < 300 for a in ages.values())
+    if time.time() - stopped < FULL_BACKUP_AGE - 5:  # younger than the threshold: quiet
+        assert alert_state(prometheus, "BackupFullTooOld") is None
+    fired = wait_until(
+        lambda: alert_state(prometheus, "BackupFullTooOld") == "firing",
+        FULL_BACKUP_AGE + 60, "BackupFullTooOld firing",
+    )  # fmt: skip
+    age = time.time() - stopped
+    assert age > FULL_BACKUP_AGE
+    FIGURES.update(backup_seen_after_s=round(seen, 1), backup_full_too_old_at_age_s=round(age, 1))
+    print(
+        f"the backup in Prometheus {seen:.1f} s after `backups now` returned; BackupFullTooOld "
+        f"fired {fired:.1f} s later, at an age of {age:.1f} s (threshold {FULL_BACKUP_AGE} s)"
+    )
 
 
 def test_after_a_power_cut_the_labs_boot_starts_the_exporters_again(monitored):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import common
 import exporters
@@ -65,6 +66,7 @@ def test_an_exporters_step_runs_every_exporter_of_its_stack_on_the_private_addre
     unpooled = plan_for(**MONITORING, pgbouncer=False)["exporters-db1"].params
     assert unpooled["exporter_ports"] == {"postgres": 9187, "node": 9100, "ssl": 9219}
     assert unpooled["pgbouncer_port"] == 0
+    assert unpooled["stanza"] == ""  # no backups: no backup metrics
 
 
 def test_the_monitor_password_is_a_required_secret_only_with_monitoring_sources():
@@ -83,6 +85,7 @@ HOST_PARAMS = {
     "exporter_ports": {"postgres": 9187, "node": 9100, "pgbouncer": 9127, "ssl": 9219},
     "pgbouncer_port": 6432,
     "postgres_queries": "pg_replica:\n  query: SELECT 1\n",
+    "stanza": "mastodon",
     "monitor_password": PASSWORD,
 }
 LAUNCHERS = {
@@ -92,7 +95,8 @@ LAUNCHERS = {
     "/usr/bin/prometheus-postgres-exporter --web.listen-address=10.0.0.2:9187 "
     "--extend.query-path=/etc/mastodon-data/exporters/postgres_queries.yaml",
     "node": "exec setpriv --reuid=prometheus --regid=prometheus --init-groups -- env "
-    "/usr/bin/prometheus-node-exporter --web.listen-address=10.0.0.2:9100",
+    "/usr/bin/prometheus-node-exporter --web.listen-address=10.0.0.2:9100 "
+    "--collector.textfile.directory=/var/lib/prometheus/node-exporter",
     "pgbouncer": "exec setpriv --reuid=postgres --regid=postgres --init-groups -- env "
     "PGPASSFILE=/etc/mastodon-data/exporters/monitor.pgpass /usr/local/bin/pgbouncer_exporter "
     "--web.listen-address=10.0.0.2:9127 '--pgBouncer.connectionString=postgres://"
@@ -101,6 +105,9 @@ LAUNCHERS = {
     "ssl": "exec setpriv --reuid=prometheus --regid=prometheus --init-groups -- env "
     "/usr/local/bin/ssl_exporter --web.listen-address=10.0.0.2:9219 "
     "--config.file=/etc/mastodon-data/exporters/ssl_exporter.yml",
+    "pgbackrest": "exec setpriv --reuid=root --regid=root --init-groups -- env /usr/bin/python3 "
+    "/etc/mastodon-data/exporters/backup_metrics.py --stanza=mastodon "
+    "--output=/var/lib/prometheus/node-exporter/pgbackrest.prom --every=60",
 }
 
 
@@ -175,3 +182,47 @@ def test_pg_hba_lets_the_monitor_role_in_through_the_local_socket_only():
         "hostssl mastodon_production mastodon 10.0.1.0/24 scram-sha-256",
         "local postgres mastodon_monitor scram-sha-256",
     ]
+
+
+def test_the_backup_metrics_on_a_timer_their_script_and_their_removal(tmp_path, monkeypatch):
+    """With backups: backup_metrics.py copied beside the launchers, a oneshot service on a
+    60 s timer (systemd); backups turned off: the timer disabled and every file of it gone."""
+    conf, units, textfiles = tmp_path / "exporters", tmp_path / "units", tmp_path / "node-exporter"
+    monkeypatch.setattr(exporters, "CONF_DIR", conf)
+    monkeypatch.setattr(exporters, "METRICS_SCRIPT", conf / "backup_metrics.py")
+    monkeypatch.setattr(exporters, "UNIT_DIR", units)
+    monkeypatch.setattr(exporters, "TEXTFILE_DIR", textfiles)
+    monkeypatch.setattr(exporters, "BACKUP_METRICS", textfiles / "pgbackrest.prom")
+    for name, file in (
+        ("PASSFILE", "monitor.pgpass"),
+        ("QUERIES", "q.yaml"),
+        ("SSL_CONFIG", "s.yml"),
+    ):
+        monkeypatch.setattr(exporters, name, conf / file)
+    monkeypatch.setattr(exporters, "systemd_running", lambda: True)
+    ran = []
+    monkeypatch.setattr(exporters, "run", lambda argv, **_: ran.append(argv))
+    units.mkdir()
+    assert exporters.write_files(HOST_PARAMS, ["pgbackrest"]) == {"pgbackrest": True}
+    script = conf / "backup_metrics.py"
+    assert script.read_text() == Path(exporters.backup_metrics.__file__).read_text()
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755 and textfiles.is_dir()
+    once = (f"/usr/bin/python3 {script} --stanza=mastodon "
+            f"--output={textfiles / 'pgbackrest.prom'}")  # fmt: skip
+    assert (units / "mastodon-data-pgbackrest-exporter.service").read_text() == (
+        "[Unit]\nDescription=mastodon-data: pgBackRest's state for node_exporter\n"
+        "After=network-online.target postgresql.service\n"
+        f"[Service]\nType=oneshot\nExecStart={once}\nTimeoutStartSec=150\n"
+    )
+    assert (units / "mastodon-data-pgbackrest-exporter.timer").read_text() == (
+        "[Unit]\nDescription=mastodon-data: pgBackRest's state for node_exporter, on a timer\n"
+        "[Timer]\nOnActiveSec=0\nOnUnitActiveSec=60s\nAccuracySec=5s\n"
+        "[Install]\nWantedBy=timers.target\n"
+    )
+    assert exporters.write_files(HOST_PARAMS, ["pgbackrest"]) == {"pgbackrest": False}
+    (textfiles / "pgbackrest.prom").write_text("pgbackrest_info_success 1\n")
+    assert exporters.retire_backup_metrics({**HOST_PARAMS, "stanza": ""}) is True
+    assert ran == [["systemctl", "disable", "--now", "mastodon-data-pgbackrest-exporter.timer"]]
+    assert sorted(p.name for p in conf.iterdir()) == ["monitor.pgpass", "q.yaml", "s.yml"]
+    assert list(units.iterdir()) == list(textfiles.iterdir()) == []
+    assert exporters.retire_backup_metrics({**HOST_PARAMS, "stanza": ""}) is False
