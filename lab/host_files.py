@@ -1,7 +1,8 @@
 """A lab host's own files: the directories and files bound over the machine's in the host's
-mount namespace (PostgreSQL's, PgBouncer's, pgBackRest's, Valkey's, systemd's units, fstab and the
-volumes' device links), and its sshd's configuration and host key. Both labs' hosts (lab/
-namespaces.py and the stand-in's, lab/standin/lab_machines.py) are made of them. Stdlib only."""
+mount namespace (PostgreSQL's, PgBouncer's, pgBackRest's, Valkey's, HAProxy's, systemd's units,
+fstab and the volumes' device links), and its sshd's configuration and host key. Both labs'
+hosts (lab/namespaces.py and the stand-in's, lab/standin/lab_machines.py) are made of them.
+Stdlib only."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ PRIVATE_DIRS = {
     "/opt/mastodon-data": ("root", "root", 0o755),  # the health endpoint (replica_health.py)
     "/etc/mastodon-data": ("root", "root", 0o755),  # the exporters' (host/exporters.py)
     "/var/lib/valkey": ("valkey", "valkey", 0o750),  # a managed Valkey node's (lab_valkey.py)
+    "/etc/haproxy": ("root", "root", 0o755),  # a load balancer's (lab_load_balancers.py)
 }
 
 # And privately too: the host's fstab (the volume step writes its lines there) and the directory
