@@ -240,7 +240,8 @@ def test_haproxy_listens_on_the_vpc_address_and_checks_every_target():
 def test_a_target_new_to_the_proxy_starts_down_and_a_known_one_keeps_its_state():
     dump = (
         "1\n# be_id be_name srv_id srv_name srv_addr ...\n"
-        "6432 rule-6432 11 droplet-11 10.240.0.11 2 0 1 1 55 15 3 3 6 0 1 1 - 6432 - 0 8008 - - 8008\n"
+        "6432 rule-6432 11 droplet-11 10.240.0.11 2 0 1 1 55 15 3 3 6 0 1 1 - 6432 - 0 8008 - - "
+        "8008\n"
     )
     lines = server_states(dump, LB, TARGETS).splitlines()
     assert lines[2].startswith("6432 rule-6432 11 droplet-11 10.240.0.11 2 ")
