@@ -25,6 +25,7 @@ import pytest
 from labkit import write_figures
 from standinkit import Droplets, standin_account, wait_until
 
+from lab.read_endpoint_probe import landed_on, spread
 from lab.standin.service import StandInLab
 
 pytestmark = [pytest.mark.engine, pytest.mark.lab]
@@ -42,33 +43,6 @@ HEALTH_BOUND = 12.0
 ROWS = "SELECT repeat('x', 500) FROM generate_series(1, 20000)"  # about 12 MB of WAL
 WAIT = 60  # seconds for a replica to leave or join the endpoint
 FIGURES: dict = {}
-
-
-def read_connection(env: dict, timeout: float = 5) -> psycopg.Connection:
-    """A new connection through the read endpoint, as Mastodon's REPLICA_DB_* say."""
-    return psycopg.connect(
-        host=env["REPLICA_DB_HOST"], port=env["REPLICA_DB_PORT"], dbname=env["REPLICA_DB_NAME"],
-        user=env["REPLICA_DB_USER"], password=env["REPLICA_DB_PASS"], sslmode=env["DB_SSLMODE"],
-        connect_timeout=timeout, prepare_threshold=None, autocommit=True,
-    )  # fmt: skip
-
-
-def landed_on(env: dict) -> str:
-    """The private address of the replica a new connection lands on (after one read)."""
-    with read_connection(env) as conn:
-        conn.execute("SELECT count(*) FROM pg_class").fetchone()
-        return str(conn.execute("SELECT inet_server_addr()").fetchone()[0])
-
-
-def spread(env: dict, count: int) -> tuple[Counter, int]:
-    """(connections per replica address, failures) of `count` new connections, one a time."""
-    seen, failures = Counter(), 0
-    for _ in range(count):
-        try:
-            seen[landed_on(env)] += 1
-        except psycopg.Error:
-            failures += 1
-    return seen, failures
 
 
 def even(seen: Counter, addresses: list[str]) -> bool:
