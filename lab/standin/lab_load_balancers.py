@@ -30,9 +30,6 @@ SOCKET = f"{HAPROXY_DIR}/standin.sock"
 PID = f"{HAPROXY_DIR}/standin.pid"
 ADMIN_TIMEOUT = 5  # seconds for an answer on the admin socket
 READY_TIMEOUT = 10  # seconds for a started HAProxy to answer there
-# maxconn 10000 (a DigitalOcean load balancer node's connection figure): HAProxy wants two
-# descriptors a connection and some.
-OPEN_FILES = 24000
 # The columns of HAProxy 2.6's server state file (version 1) after the backend's and server's
 # ids and names and the address: down (op_state 0), last check failed (status 17, result 2,
 # health 0), checks configured and enabled (6), ids forced (1 1).
@@ -40,7 +37,7 @@ DOWN_STATE = "0 0 1 1 0 17 2 0 6 0 1 1 - {port} - 0 {check_port} - - {check_port
 GLOBAL = f"""\
 # the stand-in's load balancer {{name}} ({{ident}}): lab/standin/lab_load_balancers.py
 global
-    maxconn 10000
+    maxconn 4096
     pidfile {PID}
     stats socket {SOCKET} mode 600 level admin expose-fd listeners
     server-state-file {STATE}
@@ -143,10 +140,7 @@ class LabLoadBalancers(LabDatabases):
         for name, text in files.items():
             (directory / name).write_text(text)
         takeover = f"-sf $(cat {PID}) -x {SOCKET}" if running else ""
-        script = (
-            f"ulimit -n {OPEN_FILES}\nhaproxy -c -q -f {CONFIG}\nhaproxy -D -f {CONFIG} {takeover}"
-        )
-        self.node_run(lb, script)
+        self.node_run(lb, f"haproxy -c -q -f {CONFIG}\nhaproxy -D -f {CONFIG} {takeover}")
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             try:

@@ -93,8 +93,8 @@ if valkey.exists():
 # A load balancer's HAProxy (lab/standin/lab_load_balancers.py wrote its configuration).
 haproxy = Path("/etc/haproxy/standin.cfg")
 if haproxy.exists():
-    result = subprocess.run(["sh", "-c", 'ulimit -n 24000 && exec haproxy -D -f "$1"', "sh",
-                             str(haproxy)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["haproxy", "-D", "-f", str(haproxy)], capture_output=True, text=True,
+                            timeout=60)
     print(f"start haproxy: {result.returncode} {result.stderr}".strip())
 """
 

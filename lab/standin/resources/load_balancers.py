@@ -17,6 +17,7 @@ defaults say 5 and 3). What is modelled and what not: docs/developers/standin.md
 from __future__ import annotations
 
 import re
+import traceback
 import uuid
 
 from .base import (
@@ -324,10 +325,15 @@ class LoadBalancers(Resource):
             with self.account.lock:
                 plans = self.plans()
             for ident, (lb, wanted) in plans.items():
-                if self.applied.get(ident) != wanted:
-                    targets = [{"id": i, "address": a} for i, a in wanted[-1]]
+                if self.applied.get(ident) == wanted:
+                    continue
+                targets = [{"id": i, "address": a} for i, a in wanted[-1]]
+                try:
                     self.account.backend.configure_load_balancer(lb, targets)
-                    self.applied[ident] = wanted
+                except Exception:  # noqa: BLE001 - the droplet or tag change goes on; next sync
+                    self.account.log(f"load balancer {ident}:\n{traceback.format_exc()}")
+                    continue
+                self.applied[ident] = wanted
 
     # -- hooks --------------------------------------------------------------------------------
     def hosts(self) -> list[dict]:
