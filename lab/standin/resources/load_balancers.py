@@ -352,6 +352,10 @@ class LoadBalancers(Resource):
         lb = self.items.get(ident)
         return lb["private"] if lb and lb.get("host_ready") else None
 
+    def watch(self) -> None:
+        """A proxy whose configuration failed is tried again (the control plane's rounds)."""
+        self.sync()
+
     def forget_droplet(self, ident: str) -> None:
         for lb in self.items.values():
             lb["droplet_ids"] = [i for i in lb["droplet_ids"] if str(i) != ident]
