@@ -5,6 +5,7 @@ address). The read endpoint's lab test and its benchmark use them."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 
 import psycopg
@@ -35,3 +36,21 @@ def spread(env: dict, count: int) -> tuple[Counter, int]:
         except psycopg.Error:
             failures += 1
     return seen, failures
+
+
+def probe(env: dict, deadline: float = 3.0) -> str:
+    """Where one new connection lands: a replica's address, "failed" (an error) or "timeout"
+    (no answer within `deadline` seconds: PgBouncer holds a client in its queue while its
+    PostgreSQL is down, up to its query_wait_timeout). The attempt goes on in a daemon thread."""
+    outcome = ["timeout"]
+
+    def attempt() -> None:
+        try:
+            outcome[0] = landed_on(env)
+        except psycopg.Error:
+            outcome[0] = "failed"
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(deadline)
+    return outcome[0]
