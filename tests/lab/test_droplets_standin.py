@@ -322,8 +322,9 @@ def keep_logs() -> None:
 def test_up_makes_droplets_that_replicate(flows):
     up = flows["alpha"].wait("up")
     assert up["check"][0] == 0, up["check"][1]
-    # 17, and per droplet a volume, its attachment, its volume step and its pooler step
-    assert up["changes"] == {"create": 29}
+    # 17, per droplet a volume, its attachment, its volume, pooler and health steps, and the
+    # read endpoint (replicaLoadBalancer auto with 2 replicas: its component, the load balancer)
+    assert up["changes"] == {"create": 34}
     outputs = up["outputs"]
     assert [r["name"] for r in outputs["replicas"]] == ["db-1", "db-2"]
     for replica in ("db-1", "db-2"):
@@ -331,6 +332,9 @@ def test_up_makes_droplets_that_replicate(flows):
         assert report["receiver"][0]["status"] == "streaming"
         assert report["system_identifier"] == status(outputs, "db-0")["system_identifier"]
     assert outputs["mastodon_env"]["DB_HOST"] == outputs["primary"]["private_address"]
+    read_host = outputs["read_endpoint"]["private_host"]
+    assert outputs["mastodon_env"]["REPLICA_DB_HOST"] == read_host
+    assert read_host.startswith("10.240.1.")
     assert outputs["primary"]["private_address"].startswith("10.240.1.")
     assert outputs["primary"]["public_address"].startswith("10.241.1.")
 
@@ -371,7 +375,7 @@ def test_refreshed_preview_has_no_changes_and_passes_the_policy_pack(flows):
     quiet = flows["alpha"].wait("quiet")
     assert quiet["rc"] == 0, quiet["out"][-3000:]
     assert "Policies:" in quiet["out"] and "mastodon-data@v0.1.0" in quiet["out"]
-    assert "29 unchanged" in quiet["out"]
+    assert "34 unchanged" in quiet["out"]
 
 
 def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):
@@ -387,8 +391,9 @@ def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):
         old, now = status(before, replica), status(after, replica)
         assert now["system_identifier"] == old["system_identifier"] == sysid
         assert now["postmaster_start_time"] == old["postmaster_start_time"]
-    # the droplet, its volume, attachment and volume step, its replica, status and pooler steps
-    assert three["changes"]["create"] == 7
+    # the droplet, its volume, attachment and volume step, its replica, status, pooler and
+    # health steps
+    assert three["changes"]["create"] == 8
 
 
 def test_back_to_two_replicas_drops_the_removed_ones_slot(flows):
@@ -396,7 +401,7 @@ def test_back_to_two_replicas_drops_the_removed_ones_slot(flows):
     assert two["check"][0] == 0, two["check"][1]
     assert two["slots"] == ["mdata_db_1", "mdata_db_2"]
     assert two["droplets"] == [f"mastodon-db-alpha-{n}" for n in range(3)]
-    assert two["changes"]["delete"] == 7  # the droplet, its volume and attachment, 4 steps
+    assert two["changes"]["delete"] == 8  # the droplet, its volume and attachment, 5 steps
 
 
 def test_destroy_leaves_nothing_of_the_stack(flows):
