@@ -36,20 +36,21 @@ def ssh(address: str, command: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
-def wait_in_rotation(env: dict, address: str) -> float:
-    started = time.monotonic()
+def wait_in_rotation(env: dict, replica: dict) -> float:
+    started, address = time.monotonic(), replica["private_address"]
     while time.monotonic() - started < WAIT:
         if address in spread(env, 6)[0]:
             return round(time.monotonic() - started, 1)
         time.sleep(0.5)
-    raise RuntimeError(f"replica {address} not back in rotation within {WAIT} s")
+    health = ssh(replica["public_address"], f"curl -s http://{address}:8008/replica || true")
+    raise RuntimeError(f"replica {address} not in rotation within {WAIT} s; its health: {health}")
 
 
 def dead_replica_leaves(env: dict, replica: dict) -> dict:
     """Kills the replica's PostgreSQL; new connections every 50 ms for WATCH seconds: when the
     last one that landed on it (or failed, or hung) was sent, and the failures after that."""
     address = replica["private_address"]
-    wait_in_rotation(env, address)
+    wait_in_rotation(env, replica)
     ssh(replica["public_address"], "pkill -KILL --ns $$ --nslist net -x postgres")
     killed, last, after = time.monotonic(), 0.0, []
     while time.monotonic() - killed < WATCH:
@@ -62,7 +63,7 @@ def dead_replica_leaves(env: dict, replica: dict) -> dict:
     ssh(replica["public_address"], "pg_ctlcluster 15 main start")
     return {"left_after_s": round(last, 1), "probes": len(after),
             "failures_after_left": sum(1 for at, o in after if at > last and "." not in o),
-            "back_after_restart_s": wait_in_rotation(env, address)}  # fmt: skip
+            "back_after_restart_s": wait_in_rotation(env, replica)}  # fmt: skip
 
 
 def pgbench_tps(env: dict, host: str, clients: int, seconds: int) -> float:
@@ -93,7 +94,7 @@ def measure(args, figures: dict) -> None:
     outputs = stack.outputs()
     env, replicas = outputs["mastodon_env"], outputs["replicas"]
     for replica in replicas:
-        wait_in_rotation(env, replica["private_address"])
+        wait_in_rotation(env, replica)
     figures["spread_300"] = dict(spread(env, 300)[0])
     kills = [dead_replica_leaves(env, replicas[i % len(replicas)]) for i in range(args.kills)]
     figures["dead_replica"] = kills
