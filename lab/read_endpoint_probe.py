@@ -6,6 +6,7 @@ address). The read endpoint's lab test and its benchmark use them."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import psycopg
@@ -38,19 +39,26 @@ def spread(env: dict, count: int) -> tuple[Counter, int]:
     return seen, failures
 
 
-def probe(env: dict, deadline: float = 3.0) -> str:
-    """Where one new connection lands: a replica's address, "failed" (an error) or "timeout"
-    (no answer within `deadline` seconds: PgBouncer holds a client in its queue while its
-    PostgreSQL is down, up to its query_wait_timeout). The attempt goes on in a daemon thread."""
-    outcome = ["timeout"]
+def attempt(env: dict, outcome: list) -> None:
+    """`outcome[0]` becomes where a new connection landed, or "failed"."""
+    try:
+        outcome[0] = landed_on(env)
+    except psycopg.Error:
+        outcome[0] = "failed"
 
-    def attempt() -> None:
-        try:
-            outcome[0] = landed_on(env)
-        except psycopg.Error:
-            outcome[0] = "failed"
 
-    worker = threading.Thread(target=attempt, daemon=True)
-    worker.start()
-    worker.join(deadline)
-    return outcome[0]
+def probes_over(env: dict, seconds: float, every: float = 0.1, deadline: float = 3.0) -> list:
+    """New connections started every `every` s for `seconds` s, each in a daemon thread of its
+    own so that none waits for another: [(when it was sent, where it landed, or "failed", or
+    "timeout": no answer within `deadline` s, as PgBouncer holds a client in its queue while
+    its PostgreSQL is down, up to its query_wait_timeout)]."""
+    started, sent = time.monotonic(), []
+    while time.monotonic() - started < seconds:
+        outcome = ["timeout"]
+        worker = threading.Thread(target=attempt, args=(env, outcome), daemon=True)
+        worker.start()
+        sent.append((round(time.monotonic() - started, 2), worker, outcome))
+        time.sleep(every)
+    for at, worker, _ in sent:
+        worker.join(max(0.0, started + at + deadline - time.monotonic()))
+    return [(at, outcome[0]) for at, _, outcome in sent]

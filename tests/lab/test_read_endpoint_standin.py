@@ -16,7 +16,6 @@ Lab `mlrd`: public network 10.241.80.0/24, VPC 10.240.80.0/24."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 from labkit import write_figures
 from standinkit import Droplets, standin_account, wait_until
 
-from lab.read_endpoint_probe import probe, spread
+from lab.read_endpoint_probe import probes_over, spread
 from lab.standin.service import StandInLab
 
 pytestmark = [pytest.mark.engine, pytest.mark.lab]
@@ -104,13 +103,9 @@ def test_a_killed_replica_leaves_within_the_health_bound_and_reads_then_never_fa
         victim["private_address"]
     }
     s.ssh(victim["public_address"], "pkill -KILL --ns $$ --nslist net -x postgres")
-    killed = time.monotonic()
-    last_on_victim = 0.0  # when the last probe that did not land on another replica was sent
-    while time.monotonic() - killed < HEALTH_BOUND + 5:
-        sent = time.monotonic() - killed
-        if probe(env) not in others:  # the victim's address, "failed" or "timeout"
-            last_on_victim = sent
-        time.sleep(0.05)
+    sent = probes_over(env, HEALTH_BOUND + 5)
+    # when the last new connection was sent that did not land on another replica
+    last_on_victim = max((at for at, where in sent if where not in others), default=0.0)
     bound = round(last_on_victim, 1)
     seen, failures = spread(env, 100)
     FIGURES["dead_replica"] = {"left_after_seconds": bound, "after": dict(seen),
