@@ -51,6 +51,12 @@ bench-managed: packages venv/.installed engine
 bench-switchover: packages venv/.installed engine
 	$(PY) -m lab.bench_switchover
 
+.PHONY: bench-read-endpoint
+# Issue 22's read endpoint figures on a stand-in lab of its own (mlrb);
+# results/read_endpoint_timings.json.
+bench-read-endpoint: packages venv/.installed engine
+	$(PY) -m lab.bench_read_endpoint
+
 .PHONY: lab-droplets lab-droplets-down
 # Droplets mode on the DigitalOcean stand-in (lab/standin/): a dev-like stack (primary + 2
 # replicas) through `pulumi up` with the real DigitalOcean provider; the droplets are lab hosts.

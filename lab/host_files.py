@@ -1,7 +1,8 @@
 """A lab host's own files: the directories and files bound over the machine's in the host's
-mount namespace (PostgreSQL's, PgBouncer's, pgBackRest's, Valkey's, systemd's units, fstab and the
-volumes' device links), and its sshd's configuration and host key. Both labs' hosts (lab/
-namespaces.py and the stand-in's, lab/standin/lab_machines.py) are made of them. Stdlib only."""
+mount namespace (PostgreSQL's, PgBouncer's, pgBackRest's, Valkey's, HAProxy's, systemd's units,
+fstab and the volumes' device links), and its sshd's configuration and host key. Both labs'
+hosts (lab/namespaces.py and the stand-in's, lab/standin/lab_machines.py) are made of them.
+Stdlib only."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ PRIVATE_DIRS = {
     # node_exporter's textfile directory: the host's own backup metrics (backup_metrics.py)
     "/var/lib/prometheus/node-exporter": ("root", "root", 0o755),
     "/var/lib/valkey": ("valkey", "valkey", 0o750),  # a managed Valkey node's (lab_valkey.py)
+    "/etc/haproxy": ("root", "root", 0o755),  # a load balancer's (lab_load_balancers.py)
 }
 
 # And privately too: the host's fstab (the volume step writes its lines there) and the directory

@@ -17,6 +17,7 @@ from lab.bench_managed.figures import (
     takeover_figures,
     waits_in_series,
 )
+from lab.bench_run import run_benchmark
 from lab.standin._lab import ROOT
 from lab.standin.lab_managed import ManagedStack, app_ready, managed_stack, on_app
 from lab.standin.service import StandInLab
@@ -161,25 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--pgbench-seconds", type=int, default=15)
     args = parser.parse_args(argv)
-    started, figures, status = time.monotonic(), {}, 0
-    try:
-        LAB.down()  # from nothing: what an earlier run left goes first
-        measure(args, figures)
-    except Exception as exc:  # noqa: BLE001 - reported with what was measured before it
-        figures["failed"] = f"{type(exc).__name__}: {exc}"
-        print(f"error: {figures['failed']}", file=sys.stderr)
-        status = 1
-    finally:
-        rest = LAB.down()
-        if rest:
-            figures["left_behind"] = rest
-            print("removal left: " + "; ".join(rest), file=sys.stderr)
-            status = 1
-    figures["benchmark_s"] = round(time.monotonic() - started)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    for key, value in figures.items():
-        if key not in ("provider_waits", "takeovers"):
-            print(f"{key:42} {value}")
-    print(f"written to {RESULTS}")
-    return status
+    return run_benchmark(
+        LAB, RESULTS, lambda figures: measure(args, figures), ("provider_waits", "takeovers")
+    )

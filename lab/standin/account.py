@@ -38,6 +38,7 @@ from lab.standin.resources.databases import Databases
 from lab.standin.resources.droplet_actions import DropletActions
 from lab.standin.resources.droplets import Droplets
 from lab.standin.resources.firewalls import Firewalls
+from lab.standin.resources.load_balancers import LoadBalancers
 from lab.standin.resources.machines import Machines
 from lab.standin.resources.spaces_keys import SpacesKeys
 from lab.standin.resources.ssh_keys import SshKeys
@@ -74,7 +75,7 @@ class Account:
         self.sync_wanted = False
         # The resources (each an attribute, for the others to reach), in the order they
         # recover after a restart: actions, droplets, volumes, the firewalls, the databases, their
-        # read-only nodes and pools.
+        # read-only nodes and pools, the load balancers.
         self.catalog, self.actions, self.machines = Catalog(self), Actions(self), Machines(self)
         self.vpcs, self.tags, self.ssh_keys = Vpcs(self), Tags(self), SshKeys(self)
         self.droplets, self.droplet_actions = Droplets(self), DropletActions(self)
@@ -84,6 +85,7 @@ class Account:
         self.databases, self.database_replicas = Databases(self), DatabaseReplicas(self)
         self.valkey_configs = ValkeyConfigs(self)
         self.database_pools, self.database_takeover = DatabasePools(self), DatabaseTakeover(self)
+        self.load_balancers = LoadBalancers(self)
         self.resources = [r for r in vars(self).values() if isinstance(r, Resource)]
         self.state = self.load()
         self.routes = [

@@ -1,5 +1,5 @@
 """What the account's resources are on the machine: the interface the API's side calls, in
-three parts. This module's `Backend` does nothing (tests of the API alone); the lab's is
+parts. This module's `Backend` does nothing (tests of the API alone); the lab's is
 `lab.standin.hosts.LabHosts`.
 
 A host is a record (a dict) with at least these keys, whatever resource it serves (a droplet
@@ -107,6 +107,16 @@ class DatabaseBackend:
         """The standby on `node` promoted: it takes writes from now on."""
 
 
+class LoadBalancerBackend:
+    """A load balancer's proxy on its host (made with `HostBackend.create_host`); its record:
+    lab/standin/resources/load_balancers.py."""
+
+    def configure_load_balancer(self, lb: dict, targets: list[dict]) -> None:
+        """The proxy on `lb`'s host made to serve its forwarding rules over `targets` (each
+        `id`: a droplet id, `address`: its private address) as its health check says, without
+        dropping a connection."""
+
+
 class SpacesBackend:
     """Where Spaces and the CDN answer on the machine (lab/standin/spaces.py)."""
 
@@ -115,5 +125,7 @@ class SpacesBackend:
         return None
 
 
-class Backend(NetworkBackend, HostBackend, DiskBackend, DatabaseBackend, SpacesBackend):
+class Backend(
+    NetworkBackend, HostBackend, DiskBackend, DatabaseBackend, LoadBalancerBackend, SpacesBackend
+):
     """Every part, doing nothing."""

@@ -1,8 +1,9 @@
 """The stand-in's backend on this machine (lab/standin/backend.py): its networks
 (lab_network.py), its hosts (lab_machines.py), their volumes (lab_disks.py), managed databases'
 nodes (lab_databases.py, lab_valkey.py), their read-only nodes (lab_read_only.py), pools
-(lab_pools.py) and standby takeover (lab_takeover.py), Spaces' address (lab_spaces.py), the
-operator's key and ssh, and the removal of everything of a lab's prefix.
+(lab_pools.py) and standby takeover (lab_takeover.py), load balancers (lab_load_balancers.py),
+Spaces' address (lab_spaces.py), the operator's key and ssh, and the removal of everything of
+a lab's prefix.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from lab.host_files import ensure_key
+from lab.standin.lab_load_balancers import LabLoadBalancers
 from lab.standin.lab_network import BLACKHOLE_METRIC
 from lab.standin.lab_read_only import LabReadOnlyNodes
 from lab.standin.lab_spaces import LabSpaces
@@ -20,7 +22,7 @@ from lab.standin.lab_valkey import LabValkey
 from lab.system import netns_list, remove_netns, run
 
 
-class LabHosts(LabTakeover, LabReadOnlyNodes, LabValkey, LabSpaces):
+class LabHosts(LabTakeover, LabReadOnlyNodes, LabValkey, LabLoadBalancers, LabSpaces):
     """Networks, hosts, volumes, database nodes and Spaces of the stand-in's account, and the
     operator's view of them."""
 

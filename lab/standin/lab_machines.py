@@ -10,9 +10,9 @@ address and authorises the keys it was made with.
 
 Power is modelled: off = every process killed (a pulled plug; PostgreSQL recovers from its WAL at
 the next start) and the links down; on = a boot: the run directory emptied, every cluster whose
-start.conf says `auto` started (as systemd's postgresql@ units do), Valkey when configured, then
-sshd. A graceful shutdown stops the clusters first. Destroying the host removes the namespace and
-its files.
+start.conf says `auto` started (as systemd's postgresql@ units do), Valkey and HAProxy when
+configured, then sshd. A graceful shutdown stops the clusters first. Destroying the host removes
+the namespace and its files.
 """
 
 from __future__ import annotations
@@ -90,6 +90,12 @@ if valkey.exists():
     result = subprocess.run(["runuser", "-u", "valkey", "--", "valkey-server", str(valkey)],
                             capture_output=True, text=True, timeout=60)
     print(f"start valkey: {result.returncode} {result.stdout}{result.stderr}".strip())
+# A load balancer's HAProxy (lab/standin/lab_load_balancers.py wrote its configuration).
+haproxy = Path("/etc/haproxy/standin.cfg")
+if haproxy.exists():
+    result = subprocess.run(["haproxy", "-D", "-f", str(haproxy)], capture_output=True, text=True,
+                            timeout=60)
+    print(f"start haproxy: {result.returncode} {result.stderr}".strip())
 """
 
 

@@ -21,8 +21,11 @@ ANYWHERE = ["0.0.0.0/0", "::/0"]
 OUTBOUND = [("udp", "53"), ("tcp", "53"), ("tcp", "80"), ("tcp", "443"), ("udp", "123")]
 
 
-def firewall_inbound(droplets: DropletSettings, nodes_tag: str | None, vpc_cidr: str) -> list[dict]:
-    """Inbound rules as plain data (tested without Pulumi's engine)."""
+def firewall_inbound(
+    droplets: DropletSettings, nodes_tag: str | None, vpc_cidr: str, read_endpoint=None
+) -> list[dict]:
+    """Inbound rules as plain data (tested without Pulumi's engine); `read_endpoint`: the load
+    balancer's id (an Output), let in to the read port whatever the allowed sources."""
     rules = [
         {"protocol": "tcp", "port_range": "22", "source_addresses": list(droplets.admin_cidrs)},
         {
@@ -53,7 +56,15 @@ def firewall_inbound(droplets: DropletSettings, nodes_tag: str | None, vpc_cidr:
         # The replica health endpoint: the read endpoint's checks, from the VPC only.
         health = str(droplets.replica_health_port)
         rules.append({"protocol": "tcp", "port_range": health, "source_addresses": [vpc_cidr]})
+    if read_endpoint is not None:
+        rules.append({"protocol": "tcp", "port_range": str(read_port(droplets)),
+                      "source_load_balancer_uids": [read_endpoint]})  # fmt: skip
     return rules
+
+
+def read_port(droplets: DropletSettings) -> int:
+    """Where reads go on a database droplet: its pool, or PostgreSQL without pools."""
+    return droplets.pool.pgbouncer_port if droplets.pool else droplets.port
 
 
 def firewall_outbound(port: int, vpc_cidr: str) -> list[dict]:
@@ -146,19 +157,18 @@ class DropletTier(pulumi.ComponentResource):
                     data_volume_size=volume.size,
                 )  # fmt: skip
             )
-        self.firewall = self._firewall(name, droplets, network, tag)
         self.read_endpoint = None
         if droplets.replica_count and droplets.replica_load_balancer:
-            read_port = droplets.pool.pgbouncer_port if droplets.pool else droplets.port
             self.read_endpoint = ReadEndpoint(
                 f"{name}-read",
                 network.region,
                 network.vpc.id,
                 tag.name,
-                read_port,
+                read_port(droplets),
                 droplets.replica_health_port,
                 opts=child,
             )
+        self.firewall = self._firewall(name, droplets, network, tag)
         # At preview too: the droplets' keys and image are then the state's (ignored changes).
         made = [pulumi.Output.all(d.name, d.ssh_keys, d.image) for d in self.droplets]
         pulumi.Output.all(*made).apply(lambda made: self._warn(droplets, made))
@@ -169,7 +179,8 @@ class DropletTier(pulumi.ComponentResource):
     ) -> do.Firewall:
         """One firewall for every database droplet of the stack."""
         nodes_tag = tag.name if droplets.replica_count else None
-        inbound = firewall_inbound(droplets, nodes_tag, network.cidr)
+        balancer = self.read_endpoint.load_balancer.id if self.read_endpoint else None
+        inbound = firewall_inbound(droplets, nodes_tag, network.cidr, balancer)
         outbound = firewall_outbound(droplets.port, network.cidr)
         return do.Firewall(
             f"{name}-firewall",

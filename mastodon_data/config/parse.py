@@ -42,7 +42,8 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     mode = topology["mode"] if v.ok("postgresMode") else None
     topology |= parse_pooling(v, mode)
     pool = topology["pool"]
-    topology |= parse_read_endpoint(v, pool.pgbouncer_port if pool else None)
+    pgbouncer_port = pool.pgbouncer_port if pool else None
+    topology |= parse_read_endpoint(v, pgbouncer_port, mode, topology["replica_count"])
     topology |= parse_monitoring_sources(v)
     hosts = parse_hosts(v, mode, topology["replica_count"])
     managed = parse_managed(v, mode, topology)

@@ -322,8 +322,9 @@ def keep_logs() -> None:
 def test_up_makes_droplets_that_replicate(flows):
     up = flows["alpha"].wait("up")
     assert up["check"][0] == 0, up["check"][1]
-    # 17, and per droplet a volume, its attachment, its volume, pooler and health steps
-    assert up["changes"] == {"create": 32}
+    # 17, per droplet a volume, its attachment, its volume, pooler and health steps, and the
+    # read endpoint (replicaLoadBalancer auto with 2 replicas: its component, the load balancer)
+    assert up["changes"] == {"create": 34}
     outputs = up["outputs"]
     assert [r["name"] for r in outputs["replicas"]] == ["db-1", "db-2"]
     for replica in ("db-1", "db-2"):
@@ -331,6 +332,9 @@ def test_up_makes_droplets_that_replicate(flows):
         assert report["receiver"][0]["status"] == "streaming"
         assert report["system_identifier"] == status(outputs, "db-0")["system_identifier"]
     assert outputs["mastodon_env"]["DB_HOST"] == outputs["primary"]["private_address"]
+    read_host = outputs["read_endpoint"]["private_host"]
+    assert outputs["mastodon_env"]["REPLICA_DB_HOST"] == read_host
+    assert read_host.startswith("10.240.1.")
     assert outputs["primary"]["private_address"].startswith("10.240.1.")
     assert outputs["primary"]["public_address"].startswith("10.241.1.")
 
@@ -371,7 +375,7 @@ def test_refreshed_preview_has_no_changes_and_passes_the_policy_pack(flows):
     quiet = flows["alpha"].wait("quiet")
     assert quiet["rc"] == 0, quiet["out"][-3000:]
     assert "Policies:" in quiet["out"] and "mastodon-data@v0.1.0" in quiet["out"]
-    assert "32 unchanged" in quiet["out"]
+    assert "34 unchanged" in quiet["out"]
 
 
 def test_a_third_replica_is_seeded_and_the_others_are_untouched(flows):

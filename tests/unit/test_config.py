@@ -79,6 +79,7 @@ def test_valid_droplets_config() -> None:
                 pgbouncer_max_client_conn=1000,
                 pgbouncer_open_files=4096,
             ),
+            replica_load_balancer=True,  # auto: droplets mode with 2 replicas
         ),
         droplets=records.DropletSettings(
             image="debian-12-x64",
@@ -96,6 +97,7 @@ def test_valid_droplets_config() -> None:
                 pgbouncer_max_client_conn=1000,
                 pgbouncer_open_files=4096,
             ),
+            replica_load_balancer=True,
         ),
         hosts=(),
     )

@@ -146,7 +146,10 @@ def test_primary_node_makes_another_droplet_the_primary_and_renames_nothing():
         params = json.loads(commands[f"replication-replica-{name}"].inputs["stdin"])["params"]
         assert params["primary_address"] == "10.118.0.3"
     env = after.outputs["mastodon_env"]
-    assert env["DB_HOST"] == "10.118.0.3" and env["REPLICA_DB_HOST"] == "10.118.0.2"
+    # Reads go to the load balancer over the tag (replicaLoadBalancer auto, 2 replicas); the
+    # first replica listed is db-0.
+    assert env["DB_HOST"] == "10.118.0.3" and env["REPLICA_DB_HOST"] == "10.118.0.200"
+    assert after.outputs["replicas"][0]["private_address"] == "10.118.0.2"
 
 
 def test_sizes_follow_the_role():

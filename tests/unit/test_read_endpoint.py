@@ -80,6 +80,36 @@ def test_droplets_mode_puts_an_internal_load_balancer_over_the_tag_in_the_env():
         "private_host": "10.118.0.200", "port": 6432, "health_port": 8008, "path": "/replica"
     }  # fmt: skip
     assert [r["private_address"] for r in run.outputs["replicas"]] == ["10.118.0.3", "10.118.0.4"]
+    # The load balancer reaches the pools whatever postgresAllowedSources says.
+    (firewall,) = run.of_type("/firewall:Firewall")
+    rule = {"protocol": "tcp", "portRange": "6432", "sourceLoadBalancerUids": [f"{lb.name}-id"]}
+    assert firewall.inputs["inboundRules"][-1] == rule
+
+
+@pytest.mark.parametrize(
+    ("config", "wanted"),
+    [
+        ({**DROPLETS, "replicaCount": 2}, True),  # auto: droplets mode with 2 replicas or more
+        ({**DROPLETS, "replicaCount": 3, "replicaLoadBalancer": "auto"}, True),
+        ({**DROPLETS, "replicaCount": 1}, False),  # auto: one replica, nothing to spread
+        ({**DROPLETS, "replicaCount": 1, "replicaLoadBalancer": "true"}, True),
+        ({**DROPLETS, "replicaCount": 2, "replicaLoadBalancer": False}, False),
+        ({**hosts_stack(count=3, replicas=2)}, False),  # auto: hosts mode runs its own
+        ({**hosts_stack(count=3, replicas=2), "replicaLoadBalancer": True}, True),
+    ],
+)  # fmt: skip
+def test_replica_load_balancer_auto_true_false(config, wanted):
+    settings = parse_settings(config, set(SECRETS))
+    assert settings.replication.replica_load_balancer is wanted
+
+
+def test_replica_load_balancer_refuses_other_words():
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({**DROPLETS, "replicaLoadBalancer": "yes"}, set(SECRETS))
+    assert str(caught.value) == (
+        "mastodon-data:replicaLoadBalancer = 'yes': not one of auto, true, false. "
+        "Fix: pulumi config set mastodon-data:replicaLoadBalancer auto"
+    )
 
 
 def test_without_the_setting_or_replicas_there_is_no_load_balancer():

@@ -160,8 +160,11 @@ class Firewalls(Resource):
 
     def resolve(self, target: dict) -> list[str]:
         """A rule's sources/destinations as addresses (tags and droplet ids: both addresses of
-        every droplet they name)."""
+        every droplet they name; load balancers: their VPC address)."""
         addresses = list(target.get("addresses") or [])
+        for uid in target.get("load_balancer_uids") or []:
+            address = self.account.load_balancers.address_of(uid)
+            addresses += [f"{address}/32"] if address else []
         ids = {int(i) for i in target.get("droplet_ids") or []}
         tags = {t.lower() for t in target.get("tags") or []}
         for droplet in self.account.droplets.items.values():
@@ -185,6 +188,7 @@ class Firewalls(Resource):
                     self.applied[ident] = script
             self.account.databases.sync()  # trusted sources name droplets and tags too
             self.account.database_replicas.sync()
+            self.account.load_balancers.sync()  # a tag's droplets are a load balancer's targets
 
     # -- hooks --------------------------------------------------------------------------------
     def forget_droplet(self, ident: str) -> None:
