@@ -28,14 +28,16 @@ PRIMARY_TIMEOUT = 1  # seconds for the primary to accept a TCP connection
 CONNINFO_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")  # libpq key=value
 # Lag in bytes: received but not replayed. In seconds: 0 when all received WAL is replayed,
 # else the age of the last replayed transaction (replay is behind while WAL keeps arriving).
+# Received behind replay (a walreceiver starting over from its segment's start) is no lag.
 QUERY = """SELECT json_build_object(
   'in_recovery', pg_is_in_recovery(),
   'streaming', coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
   'primary_conninfo', current_setting('primary_conninfo', true),
-  'lag_bytes', coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0),
+  'lag_bytes', greatest(0, coalesce(
+    pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)),
   'lag_seconds', CASE
     WHEN NOT pg_is_in_recovery() THEN 0
-    WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+    WHEN coalesce(pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn(), true) THEN 0
     ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END)"""
 
 

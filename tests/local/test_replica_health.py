@@ -68,9 +68,11 @@ def sql(port: int, sockets: Path, statement: str) -> str:
     return as_postgres([*argv, "-d", "postgres", "-c", statement], cwd=sockets).stdout.strip()
 
 
-def health_server(directory: Path, pg_port: int, sockets: Path) -> tuple[subprocess.Popen, int]:
+def health_server(
+    directory: Path, pg_port: int, sockets: Path, max_lag_seconds: int = 3600
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    config = directory / f"health-{pg_port}.json"
+    config = directory / f"health-{pg_port}-{max_lag_seconds}.json"
     config.write_text(
         json.dumps(
             {
@@ -79,7 +81,7 @@ def health_server(directory: Path, pg_port: int, sockets: Path) -> tuple[subproc
                 "private_address": LOOPBACK,
                 "replica_health_port": port,
                 "replica_max_lag_bytes": MAX_LAG_BYTES,
-                "replica_max_lag_seconds": 3600,
+                "replica_max_lag_seconds": max_lag_seconds,
             }
         )
     )
@@ -129,6 +131,17 @@ def test_the_health_endpoint_follows_role_streaming_and_lag():
             assert body["reason"] == f"{body['lag_bytes']} bytes behind (more than {MAX_LAG_BYTES})"
             sql(r_port, root, "SELECT pg_wal_replay_resume()")
             assert wait_answer(replica_health, 200)["lag_bytes"] == 0
+
+            # Restarted while the primary is idle: back in rotation even with a 1 s bound.
+            servers.append(health_server(root, r_port, root, max_lag_seconds=1))
+            strict = servers[-1][1]
+            as_postgres(
+                [str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-D", str(replica)], cwd=root
+            )
+            start_cluster(replica, r_port, root)
+            time.sleep(2)  # the last replayed transaction is older than the bound
+            body = wait_answer(strict, 200, "streaming replica within the lag bounds")
+            assert (body["lag_bytes"], body["lag_seconds"]) == (0, 0)
 
             conninfo = sql(r_port, root, "SHOW primary_conninfo").replace("'", "''")
             sql(r_port, root, f"ALTER SYSTEM SET primary_conninfo = '{conninfo} user=nobody'")
