@@ -19,6 +19,7 @@ from labkit import applied, new_secrets, own_lab, write_figures
 
 from lab import namespaces as lab_hosts
 from lab.stack import LabStack
+from tests.fixtures import COMMAND
 
 pytestmark = pytest.mark.lab
 LAB = lab_hosts.Lab(
@@ -97,7 +98,7 @@ def endpoint(tmp_path_factory):
             check=True, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         try:
-            yield {"env": outputs["mastodon_env"], "outputs": outputs}
+            yield {"env": outputs["mastodon_env"], "outputs": outputs, "stack": stack}
         finally:
             for pid in pid_file.read_text().split() if pid_file.exists() else []:
                 os.kill(int(pid), 15)
@@ -141,3 +142,20 @@ def test_with_no_replica_left_reads_go_to_the_primary(endpoint):
         start_postgres(2)
         start_postgres(3)
     wait_spread(env, set(REPLICAS), 30)
+
+
+def test_a_failover_keeps_the_endpoint_right_with_no_change_of_haproxy(endpoint):
+    """The primary dies; `mastodon-data failover` promotes h2: the running HAProxy (the
+    configuration of before) sends reads to h3 alone, h2 now answering 503 as the primary."""
+    stack = endpoint["stack"]
+    kill_postgres(1)
+    result = subprocess.run(
+        [COMMAND, "failover", "--stack", stack.name, "--cwd", str(stack.workdir),
+         "promote", LAB.host(2).name],
+        capture_output=True, text=True, timeout=600, env=stack.env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    env = json.loads(result.stdout)["mastodon_env"]
+    assert (env["DB_HOST"], env["REPLICA_DB_HOST"]) == (REPLICAS[0], "127.0.0.1")
+    FIGURES["reads_after_failover_s"] = wait_spread(env, {REPLICAS[1]}, 30)
+    assert spread(env, 30) == ({REPLICAS[1]: 30}, 0)
