@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from lab import namespaces as lab_hosts
+from lab.bench_run import write_figures
 from lab.s3 import LabS3
 from lab.stack import ROOT, LabStack
 
@@ -224,12 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         store.stop()
         lab_hosts.down(LAB)
-    out = ROOT / "results" / "backup_timings.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    for key, value in figures.items():
-        print(f"{key:40} {value}")
-    print(f"written to {out}")
+    write_figures(ROOT / "results" / "backup_timings.json", figures)
     return 0
 
 

@@ -1,5 +1,5 @@
-"""What the stand-in benchmarks share: a run from nothing on their own lab, the figures written
-to results/ (ignored) and printed, the lab removed at the end, also on failure."""
+"""What the benchmarks share: the figures written to results/ (ignored) and printed; for the
+stand-in benchmarks, a run from nothing on their own lab, removed at the end, also on failure."""
 
 from __future__ import annotations
 
@@ -31,10 +31,15 @@ def run_benchmark(
             print("removal left: " + "; ".join(rest), file=sys.stderr)
             status = 1
     figures["benchmark_s"] = round(time.monotonic() - started)
+    write_figures(results, figures, unprinted)
+    return status
+
+
+def write_figures(results: Path, figures: dict, unprinted: Collection[str] = ()) -> None:
+    """The figures into `results` (JSON) and on stdout, one a line."""
     results.parent.mkdir(exist_ok=True)
     results.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
     for key, value in figures.items():
         if key not in unprinted:
             print(f"{key:42} {value}")
     print(f"written to {results}")
-    return status

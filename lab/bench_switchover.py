@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lab import namespaces as lab_hosts
+from lab.bench_run import write_figures
 from lab.stack import ROOT, LabStack
 from lab.write_load import WriteLoad, first_write_s
 
@@ -116,12 +117,7 @@ def main() -> int:
             figures |= failover_time(stack, LAB, switched["outputs"]["mastodon_env"], 2, 3)
     finally:
         lab_hosts.down(LAB)
-    out = ROOT / "results" / "switchover_timings.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    for key, value in figures.items():
-        print(f"{key:40} {value}")
-    print(f"written to {out}")
+    write_figures(ROOT / "results" / "switchover_timings.json", figures)
     return 0
 
 
