@@ -32,8 +32,9 @@ EXPECTED = {
         "digitalocean:index/volume:Volume": 2,  # each droplet's data volume
         "digitalocean:index/volumeAttachment:VolumeAttachment": 2,
         "digitalocean:index/firewall:Firewall": 1,
-        # primary, replica, slots; per host a volume step, a status report and a pooler
-        "command:remote:Command": 9,
+        # primary, replica, slots; per host a volume step, a status report, a pooler and a
+        # health endpoint
+        "command:remote:Command": 11,
     },
     "prod": {  # managed PostgreSQL + read-only node, Spaces + CDN, Valkey
         "pulumi:pulumi:Stack": 1,

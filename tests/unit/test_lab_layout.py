@@ -1,4 +1,5 @@
-"""Every lab the tests and tools declare owns its name, networks and state directory.
+"""Every lab the tests and tools declare owns its name, networks and state directory; every
+test file its name.
 
 Labs run side by side (make test runs several test files at once): two labs on one subnet
 route each other's traffic to the wrong hosts, which shows up only when they happen to overlap
@@ -72,3 +73,12 @@ def test_no_two_labs_overlap_in_any_network():
             for net in nets:
                 clash = [o for o in other_nets if net.overlaps(o)]
                 assert not clash, f"{place} ({net}) overlaps {other_place} ({clash[0]})"
+
+
+def test_no_two_test_files_share_a_name():
+    """pytest imports test files by their name (rootdir-relative packages are not used here):
+    two files of one name in different folders stop the whole run at collection."""
+    names = [p.name for p in ROOT.glob("tests/**/test_*.py")]
+    assert len(names) > 50 and len(names) == len(set(names)), sorted(
+        n for n in set(names) if names.count(n) > 1
+    )
