@@ -250,7 +250,8 @@ def test_a_commit_caught_in_flight_after_idling_shows_its_real_lag(q):
         superuser.close()
     FIGURES["commit_in_flight_after_idling"] = {"idle_s": round(idle, 2), "check_line": line}
     assert healthy, line
-    assert 0.1 < seconds < 1.0, line  # the 0.2 s it was held back, not the idle time
+    # Some real lag (the check may catch it before the 0.2 s hold ends), never the idle time.
+    assert 0 < seconds < 1.0, line
     assert q.one(2, "SELECT count(*) FROM lag_probe WHERE note = 'in flight'") == 1
 
 
