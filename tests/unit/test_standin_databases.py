@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -334,11 +335,18 @@ def test_a_deleted_cluster_leaves_no_node_and_no_state(api):
 
 
 def test_a_cluster_deleted_while_creating_leaves_no_node(api):
-    made = []
-    api.backend.create_host = lambda host, vpc, keys: (time.sleep(0.5), made.append(host["id"]))
+    made, begun = [], threading.Event()
+
+    def create_host(host, vpc, keys):
+        begun.set()
+        time.sleep(0.5)
+        made.append(host["id"])
+
+    api.backend.create_host = create_host
     vpc = api.call("POST", "/v2/vpcs", {"name": "v", "region": "tor1"})["vpc"]
     _, created = send(api, "POST", "/v2/databases", {**CLUSTER, "private_network_uuid": vpc["id"]})
     ident = created["database"]["id"]
+    assert begun.wait(10)  # the delete comes while the first node is being made
     assert send(api, "DELETE", f"/v2/databases/{ident}") == (204, None)
     assert api.account.idle(10)
     assert made == [f"pg-{ident[:8]}-0"]  # the standby was not begun
