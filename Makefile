@@ -88,4 +88,5 @@ lint: venv/.installed engine
 	.engine/bin/actionlint
 
 test: packages venv/.installed engine exporters lint docs
-	$(PY) -m pytest -q -ra --durations=10 -n $(TEST_WORKERS) --dist loadfile
+	rm -rf build/test-times
+	$(PY) -m pytest -q -ra --durations=10 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
