@@ -198,9 +198,9 @@ def script_files(script: str) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def command_line(ssh_user: str) -> str:
+def command_line(ssh_user: str, launcher: str = LAUNCHER) -> str:
     """The remote command: no parameter or secret in it, sudo only for a non-root user."""
-    run = f"python3 -c {shlex.quote(LAUNCHER)}"
+    run = f"python3 -c {shlex.quote(launcher)}"
     return run if ssh_user == "root" else f"sudo -n {run}"
 
 

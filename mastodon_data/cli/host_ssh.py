@@ -1,15 +1,18 @@
 """Runs ONE host script over ssh, as its `remote.Command` would: the script and its parameters
 (secrets included) on stdin, the host key checked. For the operator's failover (the promote
 script) and for tests of a single script; the order of the steps is the Pulumi program's alone.
+`Serving` keeps one script running for many steps (the switchover's pause).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +21,20 @@ from mastodon_data import plan
 from mastodon_data.config import Host
 
 STEP_TIMEOUT = 1800  # seconds; a base backup of a large primary takes a while
+SERVE_START = 60  # seconds for a serving script to start (ssh, sudo, Python)
+# The operator's long-running host script (`mastodon-data switchover`): the scripts on the first
+# line of stdin; the rest of stdin, line by line, is the script's (`--serve`). The command waits
+# for the script's first answer before it sends more, so the launcher's read takes one line only.
+SERVE_LAUNCHER = (
+    "import json,os,subprocess,sys,tempfile\n"
+    "os.umask(0o077)\n"
+    "d=json.loads(sys.stdin.readline())\n"
+    "with tempfile.TemporaryDirectory(prefix='mastodon-data-') as p:\n"
+    "    for n,s in d['files'].items():\n"
+    "        open(os.path.join(p,n),'w').write(s)\n"
+    "    r=subprocess.run([sys.executable,os.path.join(p,d['run']),'--serve'])\n"
+    "sys.exit(r.returncode)\n"
+)
 
 
 class StepFailed(RuntimeError):
@@ -133,3 +150,75 @@ def run_step(
             )
         raise StepFailed(f"{step.name} failed: {last}")
     return result.stdout
+
+
+class Serving:
+    """A host script kept running on `host` (its --serve mode) over the host's shared ssh
+    connection: `ask` sends one step's parameters as a line and returns its report, so a step
+    costs its own work only. Its log lines go to stderr, as run_step's do."""
+
+    def __init__(self, host: Host, script: str, key_file: Path, known_hosts: Path | None):
+        self.name = f"{script}-{host.name}"
+        argv = ssh_argv(host, key_file, known_hosts, shared=True)[:-1]
+        argv.append(plan.command_line(host.ssh_user, SERVE_LAUNCHER))
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, bufsize=1,
+        )  # fmt: skip
+        self.answers: queue.Queue[str | None] = queue.Queue()
+        self.errors: list[str] = []
+        threading.Thread(target=self._read_answers, daemon=True).start()
+        threading.Thread(target=self._relay_log, daemon=True).start()
+        self._send({"files": plan.script_files(script), "run": f"{script}.py"})
+        self._answer(SERVE_START)  # {"ready": true}
+
+    def ask(self, params: dict, timeout: float = STEP_TIMEOUT) -> dict:
+        self._send(params)
+        report = self._answer(timeout)
+        if "error" in report:
+            raise StepFailed(f"{self.name} ({params.get('action')}) failed: {report['error']}")
+        return report
+
+    def close(self) -> None:
+        """Ends the script (its stdin closed) and the session."""
+        if self.process.stdin and not self.process.stdin.closed:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def _send(self, message: dict) -> None:
+        try:
+            self.process.stdin.write(json.dumps(message) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            raise StepFailed(f"{self.name} ended: {self._last_error()}") from None
+
+    def _answer(self, timeout: float) -> dict:
+        try:
+            line = self.answers.get(timeout=timeout)
+        except queue.Empty:
+            raise StepFailed(f"{self.name}: no answer within {timeout:.0f} s") from None
+        if line is None:
+            raise StepFailed(f"{self.name} ended: {self._last_error()}")
+        return json.loads(line)
+
+    def _read_answers(self) -> None:
+        for line in self.process.stdout:
+            if line.strip():
+                self.answers.put(line)
+        self.answers.put(None)
+
+    def _relay_log(self) -> None:
+        for line in self.process.stderr:
+            self.errors.append(line.rstrip())
+            print(f"[{self.name}] {line.rstrip()}", file=sys.stderr)
+
+    def _last_error(self) -> str:
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        return (self.errors or ["(no output)"])[-1]

@@ -20,18 +20,16 @@ to stderr. A run that stopped half-way is finished by running it again.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mastodon_data import plan, stack_config
 from mastodon_data.cli import host_ssh
-from mastodon_data.cli.failover import droplet_hosts, reordered
+from mastodon_data.cli.failover import droplet_hosts, reordered, run_and_report
 from mastodon_data.config import HOSTS_KEY, RESEED_KEY, ConfigError, Host
 from mastodon_data.config.pooling import read_pool_name
-from mastodon_data.pulumi_cli import PulumiFailed, Stack
+from mastodon_data.pulumi_cli import Stack
 from mastodon_data.stack_config import StackConfig
 
 CATCH_UP_WAIT = 30  # seconds the target may take to replay the old primary's last WAL
@@ -52,18 +50,33 @@ class Switch:
         self.write_pool = self.replication.db_name
         self.read_pool = read_pool_name(self.replication.db_name)
 
+        self.serving: dict[str, host_ssh.Serving] = {}
+
     def act(self, host: Host, action: str, **values) -> dict:
-        return self.run_step(plan.switchover_step(self.replication, host, action, **values))
+        """One action on `host`, by its switchover script (Switch.connect)."""
+        step = plan.switchover_step(self.replication, host, action, **values)
+        return self.serving[host.name].ask(step.params)
 
     def run_step(self, step: plan.Step) -> dict:
-        """`step` over the host's shared connection (Switch.connect)."""
+        """`step` over the host's shared connection."""
         out = host_ssh.run_step(step, {}, self.key, self.known_hosts, shared=True)
         return plan.parse_report(out)
 
     def connect(self) -> None:
-        """A shared ssh connection to every server, before anything pauses."""
+        """Before anything pauses: a shared ssh connection to every server, and its switchover
+        script running there, ready for the steps."""
+
+        def ready(host: Host) -> host_ssh.Serving:
+            host_ssh.connect(host, self.key, self.known_hosts)
+            return host_ssh.Serving(host, "switchover", self.key, self.known_hosts)
+
         with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
-            list(pool.map(lambda h: host_ssh.connect(h, self.key, self.known_hosts), self.servers))
+            started = list(pool.map(ready, self.servers))
+        self.serving = {host.name: s for host, s in zip(self.servers, started, strict=True)}
+
+    def close(self) -> None:
+        for serving in self.serving.values():
+            serving.close()
 
     def on_every_server(self, action: str, servers: list[Host] | None = None, **values) -> None:
         """`action` on the write pool of all servers (or `servers`) at once."""
@@ -164,7 +177,10 @@ def switchover(stack: Stack, loaded: StackConfig, target: str, known_hosts, wait
         )
     with host_ssh.private_key(loaded.secrets["sshPrivateKey"]) as key:
         switch = Switch(loaded, servers_of(stack, loaded), target, key, known_hosts)
-        summary = switch.run(wait)
+        try:
+            summary = switch.run(wait)
+        finally:
+            switch.close()
     start = time.monotonic()
     rewind = {RESEED_KEY: [switch.old.name]} if summary["rewind"] else {}
     stack.set_plain({**new_order(loaded, switch), **rewind})
@@ -188,18 +204,14 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data switchover") 
     host_ssh.add_known_hosts_option(parser)
     args = parser.parse_args(argv)
     stack = Stack(args.stack, args.cwd)
-    try:
+
+    def change() -> dict:
         loaded = stack_config.from_listing(stack.config_listing())
         if loaded.settings.mode == "managed":
             raise ConfigError(
                 "managed mode has no switchover here: DigitalOcean moves the primary itself "
                 "(a resize or maintenance fails over to its standby)"
             )
-        summary = switchover(stack, loaded, args.name, args.known_hosts, args.catch_up_wait)
-        outputs = stack.outputs()
-    except (ConfigError, PulumiFailed, host_ssh.StepFailed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2), file=sys.stderr)
-    print(json.dumps(outputs, indent=2, sort_keys=True))
-    return 0
+        return switchover(stack, loaded, args.name, args.known_hosts, args.catch_up_wait)
+
+    return run_and_report(stack, change)

@@ -48,11 +48,11 @@ class Params(dict):
         raise HostError(f"parameter {key} missing on stdin")
 
 
-def read_params() -> Params:
+def read_params(text: str | None = None) -> Params:
     """The step's parameters (mastodon_data/host_params.py: this script's record, and its
-    secrets), the names and passwords among them checked before any use."""
+    secrets), from stdin or `text`, the names and passwords among them checked before any use."""
     try:
-        params = Params(json.load(sys.stdin))
+        params = Params(json.load(sys.stdin) if text is None else json.loads(text))
     except (ValueError, TypeError) as exc:
         raise HostError(f"parameters on stdin are not a JSON object ({exc})") from None
     for key in ("db_user", "db_name", "replication_user", "monitor_user"):

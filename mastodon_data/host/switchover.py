@@ -18,12 +18,17 @@ interrupted one left.
               primary); otherwise reports that it needs pg_rewind (the replica step's reseed)
     resume    PgBouncer: RESUME `databases` (a database not paused is fine)
 
-stdin (JSON): SwitchoverParams (mastodon_data/host_params.py).
+stdin (JSON): SwitchoverParams (mastodon_data/host_params.py). With --serve, one step per line
+of stdin, each answered by a line of stdout (its report, or {"error": ...}), until stdin ends:
+the command keeps one running on each server for the whole switchover, so the pause costs the
+steps' own work, not an ssh session and two Python starts per step.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import time
 
 from common import POLL, Cluster, HostError, log, main_wrapper, read_params, run
@@ -188,8 +193,7 @@ def demote(cluster: Cluster, params: dict) -> dict:
     return {"rewind": False, "state": "standby"}
 
 
-def main() -> dict:
-    params = read_params()
+def step(params: dict) -> dict:
     cluster = Cluster(params["postgres_version"], params["port"])
     action = params["action"]
     if action == "pause":
@@ -215,5 +219,18 @@ def main() -> dict:
     raise HostError(f"unknown switchover action {action!r}")
 
 
+def serve() -> None:
+    print(json.dumps({"ready": True}), flush=True)
+    for line in iter(sys.stdin.readline, ""):
+        try:
+            report = step(read_params(line))
+        except HostError as exc:
+            report = {"error": str(exc)}
+        print(json.dumps(report, sort_keys=True), flush=True)
+
+
 if __name__ == "__main__":
-    main_wrapper(main)
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        main_wrapper(lambda: step(read_params()))

@@ -7,8 +7,9 @@ import common
 import pytest
 import switchover
 
+from mastodon_data.cli import host_ssh
 from mastodon_data.cli import switchover as command
-from mastodon_data.config import ConfigError, parse_settings
+from mastodon_data.config import ConfigError, Host, parse_settings
 from mastodon_data.stack_config import StackConfig
 from tests.fixtures import hosts_stack
 
@@ -110,3 +111,18 @@ def test_without_pools_there_is_nothing_to_pause():
     stack = loaded({**hosts_stack(count=2, replicas=1), "pgbouncer": False})
     with pytest.raises(ConfigError, match="pauses PgBouncer's pools"):
         command.switchover(None, stack, "db2", None, 30)
+
+
+def test_a_serving_script_answers_step_after_step_through_the_launcher(monkeypatch, tmp_path):
+    """host_ssh.Serving with `sh -c` in place of ssh: the launcher hands the rest of stdin to
+    the script, which answers each step by a line until its stdin closes."""
+    monkeypatch.setattr(host_ssh, "ssh_argv", lambda *args, **kwargs: ["sh", "-c", "ssh"])
+    host = Host("db1", "primary", "10.0.0.1", "10.1.0.1")
+    serving = host_ssh.Serving(host, "switchover", tmp_path / "key", None)
+    try:
+        with pytest.raises(host_ssh.StepFailed, match="unknown switchover action 'nap'"):
+            serving.ask({**PARAMS, "action": "nap"}, timeout=30)
+        assert serving.ask({**PARAMS, "action": "pause", "databases": []}) == {"paused": []}
+    finally:
+        serving.close()
+    assert serving.process.returncode == 0
