@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data failover") ->
     host_ssh.add_known_hosts_option(parser)
     args = parser.parse_args(argv)
     stack = Stack(args.stack, args.cwd)
-    try:
+
+    def change() -> dict:
         loaded = stack_config.from_listing(stack.config_listing())
         mode = loaded.settings.mode
         if mode == "managed":
@@ -178,11 +180,19 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data failover") ->
         if mode == "droplets":
             if args.action != "promote":
                 raise ConfigError("droplets mode rejoins the old primary in `promote` itself")
-            summary = promote_droplet(stack, args.name, loaded, args.known_hosts)
-        elif args.action == "promote":
-            summary = promote(stack, args.name, loaded, args.known_hosts)
-        else:
-            summary = rejoin(stack, args.name, loaded)
+            return promote_droplet(stack, args.name, loaded, args.known_hosts)
+        if args.action == "promote":
+            return promote(stack, args.name, loaded, args.known_hosts)
+        return rejoin(stack, args.name, loaded)
+
+    return run_and_report(stack, change)
+
+
+def run_and_report(stack: Stack, change: Callable[[], dict]) -> int:
+    """Runs a change of primary: its summary to stderr, then the stack's outputs to stdout (what
+    a deploy pipeline reads); an error is one line naming what to fix, exit 1."""
+    try:
+        summary = change()
         outputs = stack.outputs()
     except (ConfigError, PulumiFailed, host_ssh.StepFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
