@@ -114,6 +114,20 @@ def applied(stack: LabStack, config: dict, secrets: dict[str, str]) -> dict:
     return {**stack.outputs(), "steps": stack.step_reports()}
 
 
+@contextmanager
+def primary_and_two_replicas(lab: lab_hosts.Lab, name: str, workdir: Path, figures: dict):
+    """A stack `name` up on three fresh hosts of `lab` (hosts mode, pools on); its figures
+    written at the end, also on failure."""
+    with own_lab(lab, 3):
+        stack = LabStack(name, workdir / "stack")
+        stack.prepare()
+        applied(stack, lab_hosts.stack_config(lab, 2, 3), new_secrets(lab))
+        try:
+            yield stack
+        finally:
+            write_figures(name, figures)
+
+
 def new_secrets(lab: lab_hosts.Lab) -> dict[str, str]:
     """The stack secrets of a test lab: its operator key and two fresh passwords."""
     return {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from labkit import applied, new_secrets, own_lab, wait_until, write_figures
+from labkit import primary_and_two_replicas, wait_until
 
 from lab import namespaces as lab_hosts
 from lab.stack import LabStack
@@ -53,14 +53,9 @@ def failover(stack: LabStack, *args: str) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with own_lab(FAILOVER_LAB, 3):
-        stack = LabStack("failover", tmp_path_factory.mktemp("failover") / "stack")
-        stack.prepare()
-        applied(stack, lab_hosts.stack_config(FAILOVER_LAB, 2, 3), new_secrets(FAILOVER_LAB))
-        try:
-            yield stack
-        finally:
-            write_figures("failover", FIGURES)
+    workdir = tmp_path_factory.mktemp("failover")
+    with primary_and_two_replicas(FAILOVER_LAB, "failover", workdir, FIGURES) as stack:
+        yield stack
 
 
 def test_promote_a_replica_when_the_primary_is_lost(stack):

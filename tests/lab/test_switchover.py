@@ -13,11 +13,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from labkit import applied, new_secrets, own_lab, wait_until, write_figures
+from labkit import primary_and_two_replicas, wait_until
 
 from lab import namespaces as lab_hosts
 from lab.bench_switchover import failover_time, switchover_under_load
-from lab.stack import LabStack
 from lab.write_load import TABLE
 
 pytestmark = [pytest.mark.lab, pytest.mark.engine]
@@ -38,14 +37,9 @@ def sql(host: lab_hosts.LabHost, statement: str) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with own_lab(SWITCH_LAB, 3):
-        stack = LabStack("switchover", tmp_path_factory.mktemp("switchover") / "stack")
-        stack.prepare()
-        applied(stack, lab_hosts.stack_config(SWITCH_LAB, 2, 3), new_secrets(SWITCH_LAB))
-        try:
-            yield stack
-        finally:
-            write_figures("switchover", FIGURES)
+    workdir = tmp_path_factory.mktemp("switchover")
+    with primary_and_two_replicas(SWITCH_LAB, "switchover", workdir, FIGURES) as stack:
+        yield stack
 
 
 def test_a_switchover_under_load_is_a_pause_not_errors(stack):
