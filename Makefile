@@ -89,4 +89,4 @@ lint: venv/.installed engine
 
 test: packages venv/.installed engine exporters lint docs
 	rm -rf build/test-times
-	$(PY) -m pytest -q -ra --durations=10 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=10 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)

@@ -255,7 +255,13 @@ def steps(
     plan += [Step(f"status-{h.name}", h, report, setup) for h in servers]
     servers_steps = [s for s in plan if s.script in CERTIFICATE_SCRIPTS]
     if replication.pool:
-        plan += [pooler_step(replication, s, primary, monitor) for s in servers_steps]
+        # A backup step may restart its host's PostgreSQL (archive_mode): the pooler step's
+        # probe through the pools waits for it (ordered only: it re-runs nothing).
+        restarts = {s.host.name: (s.name,) for s in plan if s.script == "backup"}
+        plan += [
+            pooler_step(replication, s, primary, monitor, restarts.get(s.host.name, ()))
+            for s in servers_steps
+        ]
     if replicas:  # the read endpoint's health checks; the primary answers 503
         plan += [
             Step(f"health-{s.host.name}", s.host, health_params(replication, s.host), (s.name,))
@@ -393,16 +399,21 @@ def pooler_params(replication: ReplicationSettings, host: Host, primary: Host) -
 
 
 def pooler_step(
-    replication: ReplicationSettings, server_step: Step, primary: Host, monitor: tuple[str, ...]
+    replication: ReplicationSettings,
+    server_step: Step,
+    primary: Host,
+    monitor: tuple[str, ...],
+    requires: tuple[str, ...] = (),
 ) -> Step:
     """PgBouncer on `server_step`'s host, after that step, with the primary's CA (its
-    connections to the primary verify it)."""
+    connections to the primary verify it); after `requires` too, not re-run by them."""
     host = server_step.host
     return Step(
         f"pooler-{host.name}",
         host,
         pooler_params(replication, host, primary),
         (server_step.name, *monitor),
+        requires,
         report_inputs=(("primary_ca_cert", "primary", "ca_cert"),),
     )
 

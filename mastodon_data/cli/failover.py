@@ -43,27 +43,51 @@ def reordered(hosts: list[dict], first: list[str]) -> list[dict]:
 def promote_over_ssh(
     loaded: StackConfig, target: Host, servers: list[Host], known_hosts: Path | None = None
 ) -> tuple[dict, float]:
-    """Promotes `target`; with pools, every server's PgBouncer then sends DB_NAME to it."""
-    with host_ssh.private_key(loaded.secrets["sshPrivateKey"]) as key:
+    """Promotes `target`; with pools, every server's PgBouncer then sends DB_NAME to it, by the
+    switchover scripts started on every server while the promotion runs."""
+    pooled = loaded.settings.replication.pool is not None
+    with host_ssh.private_key(loaded.secrets["sshPrivateKey"]) as key, ThreadPoolExecutor(1) as bg:
         start = time.monotonic()
+        serving = bg.submit(start_serving, servers if pooled else [], key, known_hosts)
         step = plan.promote_step(loaded.settings.replication, target)
-        report = plan.parse_report(host_ssh.run_step(step, {}, key, known_hosts))
+        try:
+            report = plan.parse_report(host_ssh.run_step(step, {}, key, known_hosts))
+        except host_ssh.StepFailed:
+            for script in serving.result():  # nothing to repoint: they end
+                if not isinstance(script, str):
+                    script.close()
+            raise
+        scripts = serving.result()
         seconds = round(time.monotonic() - start, 2)
-        if loaded.settings.replication.pool:
+        if pooled:
             promoted = {"address": target.private_address, "server_cert": report["server_cert"]}
-            for problem in repoint_pools(loaded, servers, promoted, key, known_hosts):
+            for problem in repoint_pools(loaded, scripts, promoted):
                 print(f"warning: {problem} (pulumi up sets that pool)", file=sys.stderr)
             report["pools_repointed_s"] = round(time.monotonic() - start, 2)
     report.pop("server_cert", None)
     return report, seconds
 
 
+def start_serving(servers: list[Host], key: Path, known_hosts) -> list[host_ssh.Serving | str]:
+    """The switchover script running on each server (in parallel), or why it is not (the dead
+    primary's host may be unreachable)."""
+
+    def start(host: Host) -> host_ssh.Serving | str:
+        try:
+            return host_ssh.Serving(host, "switchover", key, known_hosts)
+        except host_ssh.StepFailed as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(servers))) as pool:
+        return list(pool.map(start, servers))
+
+
 def repoint_pools(
-    loaded: StackConfig, servers: list[Host], promoted: dict, key: Path, known_hosts
+    loaded: StackConfig, scripts: list[host_ssh.Serving | str], promoted: dict
 ) -> list[str]:
     """After a failover's promotion: every server's PgBouncer sends DB_NAME to the promoted
-    one at once, before `pulumi up` (the first writes need not wait for it). Returns what
-    failed (the dead primary's host may be unreachable); `pulumi up` sets the pools anyway."""
+    one at once, before `pulumi up` (the first writes need not wait for it); the scripts end.
+    Returns what failed; `pulumi up` sets the pools anyway."""
     replication = loaded.settings.replication
     values = {
         "databases": (replication.db_name,),
@@ -71,16 +95,19 @@ def repoint_pools(
         "new_primary_cert": promoted["server_cert"],
     }
 
-    def one(host: Host) -> str | None:
-        step = plan.switchover_step(replication, host, "repoint", **values)
+    def one(script: host_ssh.Serving | str) -> str | None:
+        if isinstance(script, str):
+            return script
         try:
-            host_ssh.run_step(step, {}, key, known_hosts)
+            script.ask(plan.switchover_step(replication, script.host, "repoint", **values).params)
         except host_ssh.StepFailed as exc:
             return str(exc)
+        finally:
+            script.close()
         return None
 
-    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
-        return [problem for problem in pool.map(one, servers) if problem]
+    with ThreadPoolExecutor(max_workers=max(1, len(scripts))) as pool:
+        return [problem for problem in pool.map(one, scripts) if problem]
 
 
 def droplet_hosts(outputs: dict, ssh_user: str) -> list[Host]:

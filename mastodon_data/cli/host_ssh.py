@@ -158,7 +158,7 @@ class Serving:
     costs its own work only. Its log lines go to stderr, as run_step's do."""
 
     def __init__(self, host: Host, script: str, key_file: Path, known_hosts: Path | None):
-        self.name = f"{script}-{host.name}"
+        self.host, self.name = host, f"{script}-{host.name}"
         argv = ssh_argv(host, key_file, known_hosts, shared=True)[:-1]
         argv.append(plan.command_line(host.ssh_user, SERVE_LAUNCHER))
         self.process = subprocess.Popen(

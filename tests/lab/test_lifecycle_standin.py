@@ -9,6 +9,8 @@ engine and provider; one stack (db-0 primary, db-1 and db-2 replicas) in one flo
 - `mastodon-data switchover db-2` under 8 clients writing through the env they started with:
   no client error, every committed row on db-2, primaryNode 2, the others stream from db-2
   without a rewind, a refreshed preview is quiet;
+- after each, the read endpoint (the load balancer of two replicas) sends new connections to
+  exactly the replicas of the moment, with no manual step;
 - the droplets are protected: `destroy` refuses; protectData false for one run, then it goes."""
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from enginekit import pack_venv
 from labkit import lab_unavailable, write_figures
 from standinkit import Droplets, check_replication, public, wait_until
 
+from lab.read_endpoint_probe import spread
 from lab.stack import engine_gap
 from lab.standin.service import StandInLab
 from lab.write_load import TABLE, WriteLoad
@@ -38,6 +41,7 @@ LAB = StandInLab(
 VPC = "10.240.30.0/24"
 SYSID = "SELECT system_identifier FROM pg_control_system()"
 FIGURES: dict[str, object] = {}
+READ_ENDPOINT_WAIT = 60  # seconds: the health checks (3 s apart) follow a change of roles
 
 
 def ops_of(preview: dict) -> dict[str, list[str]]:
@@ -244,6 +248,21 @@ def test_after_failover_the_stack_describes_reality(failed_over):
     assert code == 0, out[-3000:]
 
 
+def reads_land_on_the_replicas_only(outputs: dict) -> None:
+    """New connections through REPLICA_DB_HOST (the load balancer) reach every replica of the
+    outputs and nothing else (the primary least of all), once its health checks caught up."""
+    env, replicas = outputs["mastodon_env"], {r["private_address"] for r in outputs["replicas"]}
+    assert env["REPLICA_DB_HOST"] not in replicas | {outputs["primary"]["private_address"]}
+    wait_until(lambda: set(spread(env, 12)[0]) == replicas, READ_ENDPOINT_WAIT,
+               "new connections on exactly the replicas")  # fmt: skip
+    seen, failures = spread(env, 24)
+    assert (set(seen), failures) == (replicas, 0), seen
+
+
+def test_after_failover_the_read_endpoint_serves_the_new_replicas(failed_over):
+    reads_land_on_the_replicas_only(failed_over["outputs"])
+
+
 @pytest.fixture(scope="module")
 def switched(life, failed_over):
     s, _, _ = life
@@ -293,6 +312,10 @@ def test_after_a_switchover_the_stack_is_as_after_a_failover(switched):
         assert (receiver["status"], receiver["sender_host"]) == ("streaming", new_private)
     code, out = switched["quiet"]
     assert code == 0, out[-3000:]
+
+
+def test_after_a_switchover_the_read_endpoint_serves_the_new_replicas(switched):
+    reads_land_on_the_replicas_only(switched["outputs"])
 
 
 def test_protected_droplets_stop_destroy_until_protection_is_off_for_a_run(life, switched):

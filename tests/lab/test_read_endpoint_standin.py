@@ -10,12 +10,15 @@ replica's private address):
   and reads through the endpoint then fail 0 times; it comes back once restarted;
 - a replica whose replay is paused falls more than replicaMaxLagBytes behind under a write load
   and drops out; after `pg_wal_replay_resume()` it comes back;
-- replicaCount 3 -> 2: the endpoint spreads over the two left, with no manual step.
+- replicaCount 3 -> 2: the endpoint spreads over the two left, with no manual step;
+- a replica's droplet replaced (`pulumi up --replace`): the new droplet joins the endpoint by
+  its tag, the old one leaves it, with no manual step.
 
 Lab `mlrd`: public network 10.241.80.0/24, VPC 10.240.80.0/24."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -158,3 +161,26 @@ def test_three_to_two_replicas_keeps_the_endpoint_even_with_no_manual_step(stack
     assert even(seen, left), seen
     out = s.stack.preview("--refresh", "--expect-no-changes", check=False)
     assert s.stack.last.returncode == 0, out + s.stack.last.stderr
+
+
+def test_a_replaced_replica_joins_the_endpoint_with_no_manual_step(stack):
+    s = stack["s"]
+    old = s.droplet(1)
+    urn = next(
+        r["urn"]
+        for r in json.loads(s.stack.pulumi("stack", "export"))["deployment"]["resources"]
+        if r["type"] == "digitalocean:index/droplet:Droplet" and r["urn"].endswith("::db-1")
+    )
+    s.stack.up("--replace", urn)
+    outputs = s.stack.outputs()
+    new = s.droplet(1)
+    (lb,) = s.client.call("GET", "/v2/load_balancers")["load_balancers"]
+    assert new["id"] != old["id"]
+    assert new["id"] in lb["droplet_ids"] and old["id"] not in lb["droplet_ids"]
+    env = outputs["mastodon_env"]
+    replicas = [r["private_address"] for r in outputs["replicas"]]
+    waited = wait_until(lambda: in_rotation(env, set(replicas), 24) == set(replicas), WAIT,
+                        "the replaced replica in rotation")  # fmt: skip
+    seen, failures = spread(env, 100)
+    FIGURES["replaced_replica"] = {"in_rotation_after_up_s": waited, "per_replica": dict(seen)}
+    assert failures == 0 and even(seen, replicas), seen

@@ -106,6 +106,10 @@ def test_plan_adds_a_backup_step_per_host_after_replication_and_before_the_repor
         "primary", "replica-db2", "slots", "backup-db1", "backup-db2"
     )  # fmt: skip
     assert by_name["status-db1"].params["stanza"] == "mastodon"
+    # Its host's backup step may restart PostgreSQL: the pool's probe waits, re-run by nothing.
+    for host in ("db1", "db2"):
+        pooler = by_name[f"pooler-{host}"]
+        assert (pooler.requires, f"backup-{host}" in pooler.after) == ((f"backup-{host}",), False)
     params = by_name["backup-db2"].params
     assert params["role"] == "replica" and params["action"] == "configure"
     assert {key: params[key] for key in params if key.startswith("backup_")} == {

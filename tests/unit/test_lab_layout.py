@@ -82,3 +82,14 @@ def test_no_two_test_files_share_a_name():
     assert len(names) > 50 and len(names) == len(set(names)), sorted(
         n for n in set(names) if names.count(n) > 1
     )
+
+
+def test_the_files_the_suite_starts_first_exist():
+    """tests/conftest.py names the longest files; a renamed one would silently start last."""
+    tree = ast.parse((ROOT / "tests" / "conftest.py").read_text())
+    (longest,) = [n.value for n in tree.body if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], "id", "") == "LONGEST"]  # fmt: skip
+    names = [c.value for c in ast.walk(longest) if isinstance(c, ast.Constant)
+             and isinstance(c.value, str) and c.value.startswith(("lab/", "engine/"))]  # fmt: skip
+    assert len(names) >= 10
+    assert [n for n in names if not (ROOT / "tests" / f"{n}.py").exists()] == []
