@@ -63,19 +63,47 @@ def dead_replica_leaves(env: dict, replica: dict) -> dict:
             "back_after_restart_s": wait_in_rotation(env, replica)}  # fmt: skip
 
 
-def pgbench_tps(env: dict, host: str, clients: int, seconds: int) -> float:
-    """Read transactions per second through `host`:REPLICA_DB_PORT (persistent connections)."""
+def pgbench(env: dict, host: str, clients: int, seconds: int) -> tuple[float, float]:
+    """(read transactions per second, average latency in ms) through `host`:REPLICA_DB_PORT,
+    persistent connections."""
     with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
         script.write(READ_SCRIPT)
         script.flush()
         process_env = {**os.environ, "PGPASSWORD": env["REPLICA_DB_PASS"],
                        "PGSSLMODE": env["DB_SSLMODE"]}  # fmt: skip
         argv = ["pgbench", "-n", "-M", "simple", "-f", script.name, "-c", str(clients),
-                "-j", "2", "-T", str(seconds), "-h", host, "-p", env["REPLICA_DB_PORT"],
-                "-U", env["REPLICA_DB_USER"], env["REPLICA_DB_NAME"]]  # fmt: skip
+                "-j", str(min(2, clients)), "-T", str(seconds), "-h", host,
+                "-p", env["REPLICA_DB_PORT"], "-U", env["REPLICA_DB_USER"],
+                env["REPLICA_DB_NAME"]]  # fmt: skip
         out = subprocess.run(argv, capture_output=True, text=True, env=process_env,
                              timeout=seconds + 120, check=True).stdout  # fmt: skip
-    return round(float(re.search(r"tps = ([\d.]+)", out).group(1)), 1)
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+    latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
+    return round(tps, 1), round(latency, 3)
+
+
+def throughput(env: dict, replica: dict, args) -> dict:
+    """Through the endpoint and straight to one replica's pool, one after the other in each
+    round, so that both meet the same load from the rest of the machine: `clients` at once
+    (throughput, the median ratio), then one client (the latency the proxy's hop adds, which
+    on a machine of its own is the proxy's whole cost)."""
+    rounds = []
+    for _ in range(args.rounds):
+        ways = {"through_endpoint": env["REPLICA_DB_HOST"],
+                "one_replica_pool": replica["private_address"]}  # fmt: skip
+        tps = {way: pgbench(env, host, args.clients, args.pgbench_seconds)[0]
+               for way, host in ways.items()}  # fmt: skip
+        latency = {way: pgbench(env, host, 1, args.pgbench_seconds)[1]
+                   for way, host in ways.items()}  # fmt: skip
+        rounds.append({"tps": tps, "ratio": round(tps["through_endpoint"] /
+                       tps["one_replica_pool"], 2), "one_client_latency_ms": latency,
+                       "added_ms": round(latency["through_endpoint"] -
+                       latency["one_replica_pool"], 3)})  # fmt: skip
+    return {
+        "read_rounds": rounds,
+        "endpoint_vs_one_pool": statistics.median(r["ratio"] for r in rounds),
+        "endpoint_added_latency_ms": statistics.median(r["added_ms"] for r in rounds),
+    }
 
 
 def measure(args, figures: dict) -> None:
@@ -98,19 +126,6 @@ def measure(args, figures: dict) -> None:
     figures["dead_replica_left_after_s"] = [k["left_after_s"] for k in kills]
     figures |= {"pgbench_clients": args.clients, "pgbench_seconds": args.pgbench_seconds,
                 **throughput(env, replicas[0], args)}  # fmt: skip
-
-
-def throughput(env: dict, replica: dict, args) -> dict:
-    """Through the endpoint and straight to one replica's pool, one after the other in each
-    round, so that both meet the same load from the rest of the machine; the median ratio."""
-    rounds = []
-    for _ in range(args.rounds):
-        through = pgbench_tps(env, env["REPLICA_DB_HOST"], args.clients, args.pgbench_seconds)
-        direct = pgbench_tps(env, replica["private_address"], args.clients, args.pgbench_seconds)
-        rounds.append({"through_endpoint": through, "one_replica_pool": direct,
-                       "ratio": round(through / direct, 2)})  # fmt: skip
-    return {"read_tps_rounds": rounds,
-            "endpoint_vs_one_pool": statistics.median(r["ratio"] for r in rounds)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

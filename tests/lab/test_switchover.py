@@ -2,13 +2,15 @@
 on each), through the engine: `mastodon-data switchover` under 8 clients that write through
 Mastodon's env as it was before (lab/write_load.py) fails no client and loses no row; the old
 primary streams from the new one without a rewind; the stack ends as after `failover`, with
-nothing left for a refreshed preview. Then the failover time: the new primary's PostgreSQL
+nothing left for a refreshed preview. A target that cannot catch up in time undoes the
+switchover, and no client fails. Then the failover time: the new primary's PostgreSQL
 killed, `mastodon-data failover promote`, the first write accepted through the new env.
 Figures go to results/switchover.json (ignored)."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
@@ -17,7 +19,8 @@ from labkit import primary_and_two_replicas, wait_until
 
 from lab import namespaces as lab_hosts
 from lab.bench_switchover import failover_time, switchover_under_load
-from lab.write_load import TABLE
+from lab.write_load import TABLE, WriteLoad
+from tests.fixtures import COMMAND
 
 pytestmark = [pytest.mark.lab, pytest.mark.engine]
 SWITCH_LAB = lab_hosts.Lab(
@@ -104,6 +107,39 @@ def test_the_pools_reloaded_the_new_primarys_certificates(stack, tmp_path):
     assert subprocess.run(argv, capture_output=True, text=True, timeout=60).returncode == 0
     with connect({**env, "DB_HOST": H1.address}) as conn:  # a new server connection to H2
         assert conn.execute("SELECT host(inet_server_addr())").fetchone() == (H2.address,)
+
+
+def test_a_target_that_cannot_catch_up_undoes_the_switchover_and_fails_no_client(stack):
+    """H3's replay paused, `switchover H3 --catch-up-wait 3` under 4 writing clients: H3 is
+    not past the old primary's shutdown checkpoint in time, so H2 starts again as the primary,
+    the pools resume, the command exits 1 naming it; the clients saw a pause, not an error,
+    every row is on H2, the stack is unchanged and H3 streams from H2 again."""
+    env = stack.outputs()["mastodon_env"]
+    hosts = [h["name"] for h in stack.config()["hosts"]]
+    sql(H2, f"TRUNCATE {TABLE}")
+    sql(H3, "SELECT pg_wal_replay_pause()")
+    try:
+        with WriteLoad(env, clients=4) as load:
+            time.sleep(1)
+            argv = [COMMAND, "switchover", "--stack", stack.name, "--cwd", str(stack.workdir),
+                    H3.name, "--catch-up-wait", "3"]  # fmt: skip
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                                    env=stack.env())  # fmt: skip
+            time.sleep(1)
+    finally:
+        sql(H3, "SELECT pg_wal_replay_resume()")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"the switchover was undone ({H2.name} is the primary, the pools resumed)" in (
+        result.stderr
+    )
+    assert load.errors == [] and all(load.committed.values())
+    rows = sql(H2, f"SELECT client || ',' || n FROM {TABLE}").splitlines()
+    assert {tuple(map(int, row.split(","))) for row in rows} == load.rows
+    assert sql(H2, "SELECT pg_is_in_recovery()") == "f"
+    assert [h["name"] for h in stack.config()["hosts"]] == hosts
+    wait_until(lambda: sql(H3, "SELECT status FROM pg_stat_wal_receiver") == "streaming", 60,
+               "H3 streaming from H2 again")  # fmt: skip
+    FIGURES["undone_longest_write_pause_s"] = load.longest_pause_s
 
 
 def test_failover_time_from_the_primarys_death_to_the_first_write(stack):
