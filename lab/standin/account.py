@@ -27,6 +27,7 @@ from urllib.parse import unquote
 
 from lab.standin.backend import Backend
 from lab.standin.resources.actions import Actions
+from lab.standin.resources.alert_policies import AlertPolicies
 from lab.standin.resources.base import ApiError, Faults, Request, Resource, Timings, not_found
 from lab.standin.resources.buckets import Buckets
 from lab.standin.resources.catalog import Catalog
@@ -75,7 +76,7 @@ class Account:
         self.sync_wanted = False
         # The resources (each an attribute, for the others to reach), in the order they
         # recover after a restart: actions, droplets, volumes, the firewalls, the databases, their
-        # read-only nodes and pools, the load balancers.
+        # read-only nodes and pools, the load balancers, the alert policies.
         self.catalog, self.actions, self.machines = Catalog(self), Actions(self), Machines(self)
         self.vpcs, self.tags, self.ssh_keys = Vpcs(self), Tags(self), SshKeys(self)
         self.droplets, self.droplet_actions = Droplets(self), DropletActions(self)
@@ -85,7 +86,7 @@ class Account:
         self.databases, self.database_replicas = Databases(self), DatabaseReplicas(self)
         self.valkey_configs = ValkeyConfigs(self)
         self.database_pools, self.database_takeover = DatabasePools(self), DatabaseTakeover(self)
-        self.load_balancers = LoadBalancers(self)
+        self.load_balancers, self.alert_policies = LoadBalancers(self), AlertPolicies(self)
         self.resources = [r for r in vars(self).values() if isinstance(r, Resource)]
         self.state = self.load()
         self.routes = [
