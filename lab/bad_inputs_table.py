@@ -100,6 +100,13 @@ CASES: list[tuple[str, dict, frozenset]] = [
      {**SPACES, "cdnCustomDomain": "media.example.social"}, NONE),
     ("CDN domain outside the DNS domain",
      {**SPACES, "cdnCustomDomain": "media.example.social", "cdnDnsDomain": "example.org"}, NONE),
+    ("alert email not an address", {**DROPLETS, "alertEmails": ["ops.example.org"]}, ALL),
+    ("alert CPU threshold over 100 %",
+     {**DROPLETS, "alertEmails": ["ops@example.org"], "alertCpuPercent": 150}, ALL),
+    ("alert window DigitalOcean does not have",
+     {**MANAGED, "alertEmails": ["ops@example.org"], "alertPolicyWindow": "15m"}, NONE),
+    ("Slack channel without its webhook", {**MANAGED, "alertSlackChannel": "#db"}, NONE),
+    ("Slack webhook without a channel", MANAGED, frozenset({"alertSlackUrl"})),
     ("unknown Redis mode", {**MANAGED, "redisMode": "redis"}, NONE),
     ("external Redis without its URL", {**MANAGED, "redisMode": "external"}, NONE),
 ]  # fmt: skip

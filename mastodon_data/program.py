@@ -14,7 +14,7 @@ from __future__ import annotations
 import pulumi
 
 from mastodon_data import cert_renewal, components, monitoring, outputs, stack_config
-from mastodon_data.config import REDIS_URL_KEY, Settings
+from mastodon_data.config import REDIS_URL_KEY, SLACK_URL_KEY, Settings
 
 
 def run() -> None:
@@ -32,6 +32,7 @@ def run() -> None:
         postgres = components.ManagedPostgres(
             "postgres", settings.managed, settings.app_sources, vpc_id, settings.lifecycle
         )
+        alert_policies("postgres-alerts", settings, [postgres.cluster.id], secrets)
     else:
         postgres, repository, secrets = replicated_postgres(settings, network, secrets, reseed)
         # The rules for the operator's Prometheus, filled in with this stack's values.
@@ -70,6 +71,8 @@ def replicated_postgres(settings: Settings, network, secrets: dict, reseed: froz
     droplets, lifecycle = settings.droplets, settings.lifecycle
     tier = components.DropletTier("db", droplets, network, lifecycle) if droplets else None
     hosts = tier.hosts if tier else settings.hosts
+    if tier:
+        alert_policies("db-alerts", settings, [d.id for d in tier.droplets], secrets)
     repository, secrets = components.BackupRepository.with_key("backups", settings.backups, secrets)
     postgres = components.ReplicationSteps(
         "replication",
@@ -94,6 +97,14 @@ def replicated_postgres(settings: Settings, network, secrets: dict, reseed: froz
     if lifecycle.authorized_keys:  # admin keys, rotated without a new droplet
         components.AuthorizedKeys("admin-keys", lifecycle.authorized_keys, hosts, secrets)
     return postgres, repository, secrets
+
+
+def alert_policies(name: str, settings: Settings, entities: list, secrets: dict) -> None:
+    """DigitalOcean's CPU, memory and disk policies over `entities`, when a destination is set."""
+    if settings.alert_policies:
+        managed = settings.mode == "managed"
+        slack_url = secrets.get(SLACK_URL_KEY)
+        components.AlertPolicies(name, settings.alert_policies, entities, managed, slack_url)
 
 
 def read_address(replication, tier):

@@ -7,6 +7,7 @@ alone takes ~0.3 s to import, which a hosts-mode stack (command provider only) n
 from importlib import import_module
 
 _MODULES = {
+    "AlertPolicies": "alert_policies",
     "AuthorizedKeys": "admin_keys",
     "BackupRepository": "backups",
     "DropletTier": "droplets",

@@ -15,7 +15,7 @@ secret's) and the exact fix. By concern:
     managed.py   managed PostgreSQL        access.py   who reaches the managed databases
     media.py     Spaces and the CDN        redis.py    Redis / Valkey
     backups.py   pgBackRest's repository, retention and schedules
-    monitoring.py the alert rules' thresholds
+    monitoring.py the alert rules' thresholds, DigitalOcean's alert policies
     secrets.py   which secrets, set as secrets, and their values
     records.py   the Settings records      parse.py    parse_settings over all of them
 """
@@ -25,6 +25,7 @@ from mastodon_data.config.managed import connection_limit
 from mastodon_data.config.parse import OPERATION_KEYS, RESEED_KEY, parse_settings
 from mastodon_data.config.project import DEFAULTS, PROJECT, TYPES, decode
 from mastodon_data.config.records import (
+    AlertPolicySettings,
     AlertThresholds,
     AppSources,
     BackupSettings,
@@ -46,11 +47,13 @@ from mastodon_data.config.secrets import (
     BACKUP_SECRET_KEY,
     REDIS_URL_KEY,
     SECRET_KEYS,
+    SLACK_URL_KEY,
     required_secrets,
     secret_problems,
 )
 
 __all__ = [
+    "AlertPolicySettings",
     "AlertThresholds",
     "ALL_SECRET_KEYS",
     "BACKUP_PASSPHRASE_KEY",
@@ -62,6 +65,7 @@ __all__ = [
     "REDIS_URL_KEY",
     "RESEED_KEY",
     "SECRET_KEYS",
+    "SLACK_URL_KEY",
     "TYPES",
     "AppSources",
     "BackupSettings",

@@ -12,7 +12,11 @@ from mastodon_data.config.hosts import HOSTS_KEY, parse_hosts
 from mastodon_data.config.lifecycle import parse_lifecycle
 from mastodon_data.config.managed import parse_managed
 from mastodon_data.config.media import parse_spaces
-from mastodon_data.config.monitoring import parse_alerts, parse_monitoring_sources
+from mastodon_data.config.monitoring import (
+    parse_alert_policies,
+    parse_alerts,
+    parse_monitoring_sources,
+)
 from mastodon_data.config.pooling import parse_pooling
 from mastodon_data.config.project import DEFAULTS, PROJECT
 from mastodon_data.config.read_endpoint import parse_read_endpoint
@@ -25,7 +29,12 @@ from mastodon_data.config.records import (
     pick,
 )
 from mastodon_data.config.redis import parse_redis
-from mastodon_data.config.secrets import ALL_SECRET_KEYS, check_secrets_present, required_secrets
+from mastodon_data.config.secrets import (
+    ALL_SECRET_KEYS,
+    SLACK_URL_KEY,
+    check_secrets_present,
+    required_secrets,
+)
 from mastodon_data.config.topology import parse_topology
 
 # Keys read elsewhere (operations switches in mastodon_data/stack_config.py), not settings.
@@ -53,11 +62,18 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     app_sources = parse_app_sources(v, needed=mode == "managed" or redis_mode == "managed")
     lifecycle = parse_lifecycle(v, mode, topology)
     alerts = parse_alerts(v)
+    slack_url_set = SLACK_URL_KEY in raw or SLACK_URL_KEY in secrets_present
+    alert_policies = parse_alert_policies(v, mode, alerts, slack_url_set)
     backups = parse_backups(v, mode, topology["region"], secrets_present)
     backups_on, backup_key = wanted(v, mode)
     exporters = mode != "managed" and bool(topology["monitoring_sources"])
     needed = required_secrets(
-        mode, redis_mode, backups=backups_on, backup_key=backup_key, exporters=exporters
+        mode,
+        redis_mode,
+        backups=backups_on,
+        backup_key=backup_key,
+        exporters=exporters,
+        alert_slack=bool(v.value("alertSlackChannel")),
     )
     check_secrets_present(v, raw, secrets_present, needed)
     if v.lines:
@@ -75,6 +91,7 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
         backups=backups,
         lifecycle=lifecycle,
         alerts=alerts,
+        alert_policies=alert_policies,
         warnings=tuple(v.warnings),
     )
 

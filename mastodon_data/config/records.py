@@ -198,6 +198,19 @@ class AlertThresholds:
 
 
 @dataclass(frozen=True)
+class AlertPolicySettings:
+    """DigitalOcean's alert policies over the database droplets or the managed cluster: where
+    they notify (at least one of the two) and when (percent over `window`)."""
+
+    emails: tuple[str, ...] = ()
+    slack_channel: str = ""  # its webhook URL is the secret alertSlackUrl
+    cpu_percent: int = 90
+    memory_percent: int = 90
+    disk_percent: int = 80
+    window: str = "5m"
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: str
     network: NetworkSettings
@@ -211,6 +224,7 @@ class Settings:
     backups: BackupSettings | None = None  # droplets and hosts mode
     lifecycle: LifecycleSettings = LifecycleSettings()
     alerts: AlertThresholds = AlertThresholds()
+    alert_policies: AlertPolicySettings | None = None  # droplets, managed: with a destination
     warnings: tuple[str, ...] = ()  # accepted, but worth a line in the preview
 
     def required_secrets(self) -> tuple[str, ...]:
@@ -220,6 +234,7 @@ class Settings:
             backup_key=bool(self.backups and not self.backups.make_bucket),
             backups=self.backups is not None,
             exporters=bool(self.replication and self.replication.monitoring_sources),
+            alert_slack=bool(self.alert_policies and self.alert_policies.slack_channel),
         )
 
 

@@ -19,12 +19,14 @@ REDIS_URL_KEY = "redisUrl"  # redisMode external: the existing Redis, as a secre
 BACKUP_PASSPHRASE_KEY = "backupCipherPassphrase"  # encrypts the backup repository
 BACKUP_SECRET_KEY = "backupSecretAccessKey"  # hosts mode: the repository key's secret
 MONITOR_PASSWORD_KEY = "monitorPassword"  # monitoringSources: the exporters' role
+SLACK_URL_KEY = "alertSlackUrl"  # alertSlackChannel: its incoming webhook
 ALL_SECRET_KEYS = (
     *SECRET_KEYS,
     REDIS_URL_KEY,
     BACKUP_PASSPHRASE_KEY,
     BACKUP_SECRET_KEY,
     MONITOR_PASSWORD_KEY,
+    SLACK_URL_KEY,
 )
 MIN_PASSPHRASE_LENGTH = 20
 MIN_PASSWORD_LENGTH = 16
@@ -51,6 +53,10 @@ SECRET_FIXES = {
     BACKUP_SECRET_KEY: (
         f"pulumi config set --secret {PROJECT}:{BACKUP_SECRET_KEY} <secret access key>"
     ),
+    SLACK_URL_KEY: (
+        f"pulumi config set --secret {PROJECT}:{SLACK_URL_KEY} "
+        "'https://hooks.slack.com/services/<...>' (the channel's incoming webhook)"
+    ),
 }
 NO_PASSPHRASE_FIX = (
     "use a key without a passphrase for this stack: ssh-keygen -t ed25519 "
@@ -66,14 +72,16 @@ def required_secrets(
     backups: bool = False,
     backup_key: bool = False,
     exporters: bool = False,
+    alert_slack: bool = False,
 ) -> tuple[str, ...]:
     """Managed PostgreSQL makes its own password; droplets and hosts need the replication trio;
     backups the repository's passphrase (and, on existing hosts, the repository key's secret);
-    the exporters (monitoringSources) their role's password."""
+    the exporters (monitoringSources) their role's password; alertSlackChannel its webhook."""
     needed = () if mode == "managed" else SECRET_KEYS
     needed = (*needed, REDIS_URL_KEY) if redis_mode == "external" else needed
     needed = (*needed, BACKUP_PASSPHRASE_KEY) if backups else needed
     needed = (*needed, MONITOR_PASSWORD_KEY) if exporters else needed
+    needed = (*needed, SLACK_URL_KEY) if alert_slack else needed
     return (*needed, BACKUP_SECRET_KEY) if backup_key else needed
 
 
@@ -110,6 +118,7 @@ def secret_problems(name: str, value: str) -> list[str]:
         BACKUP_PASSPHRASE_KEY: _check_passphrase,
         BACKUP_SECRET_KEY: _check_key_secret,
         "sshPrivateKey": _check_private_key,
+        SLACK_URL_KEY: _check_webhook_url,
     }.get(name)
     if check:
         check(v, name, value)
@@ -139,6 +148,16 @@ def _check_key_secret(v: Validation, name: str, value: str) -> None:
     if not value or _has_space_or_control(value):
         v.add(name, SHOWN, "empty, or contains whitespace or control characters",
               SECRET_FIXES[name])  # fmt: skip
+
+
+def _check_webhook_url(v: Validation, name: str, value: str) -> None:
+    try:
+        url = urlsplit(value)
+        https = url.scheme == "https" and bool(url.hostname) and not _has_space_or_control(value)
+    except ValueError:
+        https = False
+    if not https:
+        v.add(name, SHOWN, "not an https:// URL", SECRET_FIXES[name])
 
 
 def _check_redis_url(v: Validation, name: str, value: str) -> None:
