@@ -290,7 +290,8 @@ def test_link_cut_for_30_s_then_streaming_again_within_seconds_and_no_row_lost(q
 
         def streaming_again() -> bool:
             row = walsender(conn)
-            return bool(row) and row[1] == "streaming" and row[2] >= target
+            # replay_lsn is NULL until the reconnected standby's first reply
+            return bool(row) and row[1] == "streaming" and (row[2] or 0) >= target
 
         poll(streaming_again, STREAMING_AGAIN_LIMIT, f"{REPLICA} streaming again", every=0.05)
         streaming_after = time.monotonic() - back
