@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.host_files import ensure_key, make_private, sshd_config
+from lab.s3 import LabS3
 from lab.system import (
     LabError,
     link_exists,
@@ -104,6 +105,11 @@ class Lab:
     @property
     def prefix_len(self) -> int:
         return ipaddress.ip_network(self.subnet).prefixlen
+
+    @property
+    def store_dir(self) -> Path:
+        """The lab's S3 store (lab/s3.py) when `make lab` runs one, its backup repository."""
+        return self.state_dir / "s3"
 
     @property
     def private_key(self) -> Path:
@@ -320,6 +326,7 @@ def down(lab: Lab) -> None:
         name = leftover.split(":")[1].strip().split("@")[0]
         if name.startswith(f"{lab.prefix}-v"):
             run(["ip", "link", "del", name], check=False)
+    LabS3(lab.operator_address, lab.store_dir).stop()
     shutil.rmtree(lab.state_dir, ignore_errors=True)
 
 

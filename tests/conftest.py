@@ -32,6 +32,7 @@ LONGEST = tuple(
         "engine/test_wheel",
         "engine/test_lifecycle_engine",
         "lab/test_exporters",
+        "lab/test_main_job",
         "lab/test_engine_lifecycle",
     )
 )

@@ -90,6 +90,8 @@ def private_key(text: str):
 
 def summary_line(report: dict) -> str:
     last = report.get("last_backup") or {}
+    if report.get("action") == "backup":
+        return f"backup {last.get('label', '?')} ({report['type']}) taken in {report['seconds']} s"
     archive = report.get("archive") or {}
     return (
         f"check {report.get('check', '-')}; last backup {last.get('label', 'none')} "

@@ -132,7 +132,9 @@ def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[li
             lag_s = seconds_behind(in_step, reached, replay_lag and replay_lag[0], waited)
             lag_b = (
                 conn.execute(
-                    "SELECT pg_wal_lsn_diff(%s, %s)::bigint", (primary_lsn, replay_lsn)
+                    # 0 when the replica replayed WAL written after primary_lsn was read
+                    "SELECT GREATEST(pg_wal_lsn_diff(%s, %s), 0)::bigint",
+                    (primary_lsn, replay_lsn),
                 ).fetchone()[0]
                 if replay_lsn
                 else None

@@ -167,6 +167,7 @@ def test_pgbackrest_conf_names_the_repository_and_the_cluster():
         "repo1-storage-port=19001",
         "repo1-s3-bucket=b-1",
         "repo1-s3-uri-style=path",
+        "repo1-bundle=y",
         "repo1-s3-key=KEYID",
         "repo1-s3-key-secret=SECRET",
         "repo1-cipher-type=aes-256-cbc",
