@@ -9,6 +9,7 @@ import pulumi_digitalocean as do
 
 from mastodon_data.components.lifecycle import POOL_OPTIONS, keep_data
 from mastodon_data.config import PROJECT, AppSources, LifecycleSettings, ManagedPostgresSettings
+from mastodon_data.monitoring.targets import managed_file_sd
 from mastodon_data.naming import do_name
 from mastodon_data.outputs import POOL_MODE
 
@@ -68,7 +69,11 @@ class ManagedPostgres(pulumi.ComponentResource):
         if not upgrading:
             self.cluster.version.apply(lambda running: version_check(running, wanted))
         self._database_and_pool(name, managed)
-        rules = [do.DatabaseFirewallRuleArgs(**rule) for rule in app_sources.firewall_rules()]
+        sources = [
+            *app_sources.firewall_rules(),
+            *({"type": "ip_addr", "value": cidr} for cidr in managed.monitoring_sources),
+        ]
+        rules = [do.DatabaseFirewallRuleArgs(**rule) for rule in sources]
         self.firewall = do.DatabaseFirewall(
             f"{name}-firewall", cluster_id=self.cluster.id, rules=rules, opts=self._child
         )
@@ -76,6 +81,9 @@ class ManagedPostgres(pulumi.ComponentResource):
         if managed.replica:
             self._read_only_node(name, managed, vpc_id, rules)
         self._expose()
+        self.targets = self.metrics_auth = None
+        if managed.monitoring_sources:
+            self._metrics()
         self.register_outputs(
             {
                 "cluster_id": self.cluster.id,
@@ -125,6 +133,19 @@ class ManagedPostgres(pulumi.ComponentResource):
             cluster_id=self.replica.uuid,
             rules=rules,
             opts=self._child,
+        )
+
+    def _metrics(self) -> None:
+        """The cluster's metrics endpoints as Prometheus targets, and the account's credentials
+        for them (one pair for every cluster of the account), a secret."""
+        self.targets = pulumi.Output.all(self.cluster.name, self.cluster.metrics_endpoints).apply(
+            lambda found: managed_file_sd(found[0], found[1] or [])
+        )
+        credentials = do.get_database_metrics_credentials_output(
+            opts=pulumi.InvokeOutputOptions(parent=self)
+        )
+        self.metrics_auth = pulumi.Output.secret(
+            pulumi.Output.all(username=credentials.username, password=credentials.password)
         )
 
     def _expose(self) -> None:

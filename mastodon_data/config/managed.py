@@ -95,6 +95,7 @@ def parse_managed(
         pool_name=values["poolName"],
         pool_size=values["poolSize"],
         replica=values["managedReplica"],
+        monitoring_sources=topology["monitoring_sources"],
     )
 
 

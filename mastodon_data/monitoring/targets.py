@@ -39,6 +39,26 @@ class Server:
     address: str  # private
 
 
+MANAGED_JOB = "do_postgres"  # DigitalOcean's metrics endpoints of a managed cluster
+
+
+def managed_file_sd(cluster: str, endpoints: Sequence[str]) -> list[dict]:
+    """The target group of a managed cluster's metrics endpoints, as the provider reads them
+    (`https://<host>:<port>/metrics`, one per node): HTTPS, with the account's basic auth in the
+    scrape config (file_sd carries no credentials)."""
+    targets = []
+    for url in endpoints:
+        scheme, _, rest = url.partition("://")
+        address, _, path = rest.partition("/")
+        if scheme != "https" or path != "metrics":
+            raise ValueError(f"unexpected metrics endpoint {url!r}")
+        targets.append(address)
+    if not targets:
+        return []
+    labels = {"job": MANAGED_JOB, "cluster": cluster, "__scheme__": "https"}
+    return [{"targets": targets, "labels": labels}]
+
+
 def exporter_jobs(pool: bool) -> tuple[str, ...]:
     """The exporters a server of the stack runs: PgBouncer's with the pool."""
     return tuple(job for job in EXPORTER_PORTS if pool or job != "pgbouncer")

@@ -27,6 +27,7 @@ VALKEY_PASSWORD = "AVNS_valkeyPassword/4+5"  # URL-special characters on purpose
 SPACES_ACCESS_KEY = "DO00MOCKACCESSKEY"
 SPACES_SECRET_KEY = "mock/spaces+secret=key"
 DO = "digitalocean:index/"
+METRICS_PASSWORD = "metrics-basic-auth-password"  # the account's, for every cluster's endpoints
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret value
 
 
@@ -82,6 +83,8 @@ class Mocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs):
         if args.token == f"{DO}getDatabaseCa:getDatabaseCa":
             return {"certificate": DO_CA_CERT, "clusterId": args.args.get("clusterId")}
+        if args.token == f"{DO}getDatabaseMetricsCredentials:getDatabaseMetricsCredentials":
+            return {"id": "metrics", "username": "doadmin-metrics", "password": METRICS_PASSWORD}
         return {}
 
 
@@ -102,6 +105,11 @@ def digitalocean_outputs(typ: str, name: str, inputs: dict) -> dict | None:
             "uri": "(not used)",
             "privateUri": "(not used)",
             "urn": f"do:dbaas:{slug}",
+            # One per node, as the provider reads them (https://<host>:<port>/metrics).
+            "metricsEndpoints": [
+                f"https://{kind}{slug}-do-user-1.l.db.ondigitalocean.com:9273/metrics"
+                for kind in ("", "replica-")[: int(inputs.get("nodeCount", 1))]
+            ],
         }
     if typ == "databaseConnectionPool:DatabaseConnectionPool":
         return {

@@ -11,6 +11,7 @@ import pulumi
 import pytest
 from program_harness import (
     DO_CA_CERT,
+    METRICS_PASSWORD,
     PG_USER_PASSWORD,
     SECRETS,
     SPACES_ACCESS_KEY,
@@ -547,3 +548,35 @@ def test_prod_stack_is_the_seed_topology():
         *("S3_ENABLED", "S3_BUCKET", "S3_REGION", "S3_PROTOCOL", "S3_HOSTNAME", "S3_ENDPOINT"),
         *("S3_ALIAS_HOST", "S3_PERMISSION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
     }
+
+
+def test_monitoring_sources_trust_prometheus_and_export_the_metrics_endpoints():
+    config = config_for("managed", False, False, "none") | {
+        "monitoringSources": ["10.118.5.0/24"],
+        "dbNodeCount": 2,
+    }
+    run = run_program(config, {})
+    firewall = run.one("/databaseFirewall:DatabaseFirewall", "postgres-firewall")
+    assert firewall.inputs["rules"][-1] == {"type": "ip_addr", "value": "10.118.5.0/24"}
+    host = "mastodon-data-unit-pg-do-user-1.l.db.ondigitalocean.com"
+    assert run.outputs["prometheus_targets"] == [
+        {
+            "targets": [f"{host}:9273", f"replica-{host}:9273"],
+            "labels": {"job": "do_postgres", "cluster": "mastodon-data-unit-pg",
+                       "__scheme__": "https"},
+        }
+    ]  # fmt: skip
+    assert run.outputs["prometheus_basic_auth"] == {
+        "username": "doadmin-metrics",
+        "password": METRICS_PASSWORD,
+    }
+    assert "prometheus_basic_auth" in run.secret_outputs
+    assert "prometheus_targets" not in run.secret_outputs
+
+
+def test_without_monitoring_sources_no_metrics_output_and_the_same_trusted_sources():
+    run = run_program(config_for("managed", False, False, "none"), {})
+    assert "prometheus_targets" not in run.outputs
+    assert "prometheus_basic_auth" not in run.outputs
+    rules = run.one("/databaseFirewall:DatabaseFirewall", "postgres-firewall").inputs["rules"]
+    assert not any(r["value"].startswith("10.118.5.") for r in rules)

@@ -352,3 +352,21 @@ def test_a_cluster_deleted_while_creating_leaves_no_node(api):
     assert made == [f"pg-{ident[:8]}-0"]  # the standby was not begun
     assert sorted(api.backend.destroyed) == [f"pg-{ident[:8]}-0", f"pg-{ident[:8]}-1"]
     assert send(api, "GET", f"/v2/databases/{ident}")[0] == 404
+
+
+def test_the_metrics_credentials_are_the_accounts_one_pair_kept_across_a_restart(tmp_path):
+    with served(Recorder(), tmp_path) as client:
+        first = client.call("GET", "/v2/databases/metrics/credentials")["credentials"]
+        assert set(first) == {"basic_auth_username", "basic_auth_password"}
+        assert first["basic_auth_username"] == "doadmin-metrics-1"
+        assert first["basic_auth_password"].startswith("AVNS_")
+        assert client.call("GET", "/v2/databases/metrics/credentials")["credentials"] == first
+    with served(Recorder(), tmp_path) as client:  # the same state file
+        assert client.call("GET", "/v2/databases/metrics/credentials")["credentials"] == first
+
+
+def test_every_node_of_a_cluster_has_a_metrics_endpoint(api):
+    assert online_cluster(api)["metrics_endpoints"] == [
+        {"host": HOST, "port": 9273},
+        {"host": f"replica-{HOST}", "port": 9273},
+    ]

@@ -59,6 +59,7 @@ class Databases(TrustedSources, Resource):
         base = "/v2/databases/{id}"
         return [
             *at("/v2/databases", GET=self.list, POST=self.create),
+            *at("/v2/databases/metrics/credentials", GET=self.metrics_credentials),
             *at(base, GET=self.get, DELETE=self.delete),
             *at(f"{base}/ca", GET=self.ca),
             *at(f"{base}/dbs", GET=self.pg(self.list_dbs), POST=self.pg(self.create_db)),
@@ -71,6 +72,21 @@ class Databases(TrustedSources, Resource):
             ),  # fmt: skip
             *at(f"{base}/firewall", GET=self.get_firewall, PUT=self.put_firewall),
         ]
+
+    def empty_state(self) -> dict:
+        return {**super().empty_state(), "metrics_credentials": {}}
+
+    def metrics_credentials(self, request: Request) -> dict:
+        """The account's one pair for every cluster's metrics endpoints (basic auth), made on
+        first use and kept."""
+        credentials = self.account.state["metrics_credentials"]
+        if not credentials:
+            credentials |= {
+                "basic_auth_username": f"doadmin-metrics-{ACCOUNT_NUMBER}",
+                "basic_auth_password": new_password(),
+            }
+            self.save()
+        return {"credentials": dict(credentials)}
 
     # -- the shapes -------------------------------------------------------------------------
     @staticmethod
