@@ -5,8 +5,8 @@ prometheus-node-exporter, and the pinned upstream pgbouncer_exporter (with the p
 ssl_exporter, which `make exporters` builds and the program copies to a staging directory
 (mastodon_data/monitoring/builds.py), installed from there into /usr/local/bin (0755 root) when
 its checksum differs, its version checked; with backups, pgBackRest's state as node_exporter
-textfile metrics (backup_metrics.py, every backup_metrics.REPEAT seconds). Runs after this host's own step, its pooler, backup and monitor
-steps. Idempotent: a second run changes nothing.
+textfile metrics (backup_metrics.py, every backup_metrics.REPEAT seconds). Runs after this
+host's own step, its pooler, backup and monitor steps. Idempotent: a second run changes nothing.
 
 - The exporters log in as the monitor role (pg_monitor; PgBouncer's stats_users) through the
   local socket; its password is in a 0600 pass file (PGPASSFILE), never on a command line.
