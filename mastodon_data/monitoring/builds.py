@@ -80,5 +80,8 @@ def locate(replication: ReplicationSettings) -> tuple[Build, ...]:
 
 def build(directory: Path, name: str) -> Build:
     path = binary_path(directory, name)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Build(name, PINNED[name], str(path), digest)
+    return Build(name, PINNED[name], str(path), sha256_of(path.read_bytes()))
+
+
+def sha256_of(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
