@@ -3,11 +3,11 @@
 the monitor and exporters steps (host/exporters.py), the program shipping the upstream builds
 from where `make exporters` left them. Proven here: each host runs them from its own
 /usr/local/bin; every target of the `prometheus_targets` output answers with the metrics the
-rules read, on the private address only; the monitor's password is on no command line and in no file wider than 0600; Debian's
-Prometheus loads the stack's `alert_rules` and its targets, reports every target up, and
-PgbouncerClientWaitLong fires within a bound while 20 clients want a pool of 15, and clears once
-they leave; a backup's completion reaches Prometheus (host/backup_metrics.py) and, older than
-a lowered threshold, fires BackupFullTooOld. Figures:
+rules read, on the private address only; the monitor's password is on no command line and in
+no file wider than 0600; Debian's Prometheus loads the stack's `alert_rules` and its targets,
+reports every target up, and PgbouncerClientWaitLong fires within a bound while 20 clients want
+a pool of 15, and clears once they leave; a backup's completion reaches Prometheus
+(host/backup_metrics.py) and, older than a lowered threshold, fires BackupFullTooOld. Figures:
 results/exporters.json."""
 
 from __future__ import annotations
