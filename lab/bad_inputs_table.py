@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Prints the table of docs/operators/invalid-configurations.md: each case is run through the real
-validation (mastodon_data/config) and the table shows the message it gets. A unit test runs
+validation (mastodon_data/config, then the exporters' builds the program ships) and the table
+shows the message it gets. A unit test runs
 the same cases, so the table cannot drift from the code.
 
     venv/bin/python -m lab.bad_inputs_table > /tmp/table.md    # from the project directory
@@ -13,6 +14,7 @@ import sys
 from lab.example_stacks import DROPLETS, MANAGED, hosts_stack, with_host
 from lab.example_stacks import SPACES as MEDIA
 from mastodon_data.config import SECRET_KEYS, ConfigError, parse_settings
+from mastodon_data.monitoring import builds
 
 HOSTS = hosts_stack(first_address=10)  # db1 at 192.0.2.10, db2 at 192.0.2.11
 ALL = frozenset(SECRET_KEYS)
@@ -100,6 +102,9 @@ CASES: list[tuple[str, dict, frozenset]] = [
      {**SPACES, "cdnCustomDomain": "media.example.social"}, NONE),
     ("CDN domain outside the DNS domain",
      {**SPACES, "cdnCustomDomain": "media.example.social", "cdnDnsDomain": "example.org"}, NONE),
+    ("exporters not built where exportersHome says",
+     {**DROPLETS, "monitoringSources": ["10.10.0.5/32"], "exportersHome": "/srv/no-exporters"},
+     ALL | {"monitorPassword"}),
     ("alert email not an address", {**DROPLETS, "alertEmails": ["ops.example.org"]}, ALL),
     ("alert CPU threshold over 100 %",
      {**DROPLETS, "alertEmails": ["ops@example.org"], "alertCpuPercent": 150}, ALL),
@@ -113,8 +118,11 @@ CASES: list[tuple[str, dict, frozenset]] = [
 
 
 def message(raw: dict, secrets: frozenset) -> str:
+    """What the program's preview says (the settings, then the exporters it ships)."""
     try:
-        parse_settings(raw, secrets)
+        settings = parse_settings(raw, secrets)
+        if settings.replication:
+            builds.locate(settings.replication)
     except ConfigError as exc:
         return str(exc)
     return ""

@@ -27,6 +27,10 @@ PRIVATE_DIRS = {
     "/etc/pgbouncer": ("root", "root", 0o755),  # PgBouncer's configuration (host/pooler.py)
     "/opt/mastodon-data": ("root", "root", 0o755),  # the health endpoint (replica_health.py)
     "/etc/mastodon-data": ("root", "root", 0o755),  # the exporters' (host/exporters.py)
+    # The exporters' upstream builds, as a fresh droplet has them: the copies the program ships
+    # (monitoring/builds.py STAGING_DIR) and where the exporters step installs them.
+    "/var/lib/mastodon-data": ("root", "root", 0o755),
+    "/usr/local/bin": ("root", "root", 0o755),
     # node_exporter's textfile directory: the host's own backup metrics (backup_metrics.py)
     "/var/lib/prometheus/node-exporter": ("root", "root", 0o755),
     "/var/lib/valkey": ("valkey", "valkey", 0o750),  # a managed Valkey node's (lab_valkey.py)

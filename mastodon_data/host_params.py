@@ -161,6 +161,8 @@ class ExportersParams(HostParams):
     pgbouncer_port: int  # 0: no pool
     postgres_queries: str  # mastodon_data/monitoring/postgres_queries.yaml
     stanza: str  # pgBackRest's stanza: its state as metrics ("": no backups)
+    # The upstream builds shipped to it: name -> version, sha256 and the staged copy's path.
+    exporter_builds: dict[str, dict[str, str]]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -104,6 +104,7 @@ class Step:
     report_inputs: tuple[tuple[str, str, str], ...] = ()
     # Values that run the step again when they change, though its script does not read them.
     trigger_inputs: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    uploads: tuple[tuple[str, str], ...] = ()  # copied to the host first: (here, there)
 
     @property
     def script(self) -> str:
@@ -279,7 +280,8 @@ def exporters_step(
     backups: BackupSettings | None = None,
 ) -> Step:
     """The exporters of `server_step`'s host, after every step of that host and the monitor
-    role (host/exporters.py); with backups, pgBackRest's state as metrics too."""
+    role (host/exporters.py); with backups, pgBackRest's state as metrics too. The upstream
+    builds (monitoring/builds.py) are copied to the host first."""
     host = server_step.host
     pool = replication.pool
     jobs = targets.exporter_jobs(pool is not None)
@@ -291,9 +293,12 @@ def exporters_step(
         pgbouncer_port=pool.pgbouncer_port if pool else 0,
         postgres_queries=targets.postgres_queries(),
         stanza=backups.stanza if backups else "",
+        exporter_builds={b.name: b.host_params() for b in replication.exporter_builds},
     )
     own = [s.name for s in plan if s.host.name == host.name and s.script != "status"]
-    return Step(f"exporters-{host.name}", host, params, tuple(dict.fromkeys((*own, "monitor"))))
+    uploads = tuple((b.path, b.staged) for b in replication.exporter_builds)  # checksums: params
+    after = tuple(dict.fromkeys((*own, "monitor")))
+    return Step(f"exporters-{host.name}", host, params, after, uploads=uploads)
 
 
 def named(record: type[HostParams], *settings: Any) -> dict[str, Any]:
@@ -480,13 +485,8 @@ def switchover_step(
     replication: ReplicationSettings, host: Host, action: str, **values: Any
 ) -> Step:
     """One action of `mastodon-data switchover` on `host` (host/switchover.py)."""
-    params = SwitchoverParams(
-        **cluster(replication),
-        action=action,
-        db_name=replication.db_name,
-        pgbouncer_port=replication.pool.pgbouncer_port,
-        **values,
-    )
+    params = SwitchoverParams(**cluster(replication), action=action, db_name=replication.db_name,
+                              pgbouncer_port=replication.pool.pgbouncer_port, **values)  # fmt: skip
     return Step(f"switchover-{action}-{host.name}", host, params)
 
 

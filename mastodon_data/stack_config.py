@@ -17,7 +17,7 @@ Two ways in, one check (`check`):
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pulumi
@@ -35,6 +35,7 @@ from mastodon_data.config import (
     parse_settings,
     secret_problems,
 )
+from mastodon_data.monitoring import builds
 
 
 @dataclass(frozen=True)
@@ -103,12 +104,23 @@ def load() -> tuple[Settings, dict[str, pulumi.Output], frozenset[str]]:
     secret_keys = {key for key in values if pulumi.runtime.is_config_secret(f"{PROJECT}:{key}")}
     try:
         loaded = check(values, secret_keys)
+        settings = with_exporter_builds(loaded.settings)
     except ConfigError as problems:
         raise pulumi.RunError(f"invalid stack configuration:\n{problems}") from None
-    for warning in loaded.settings.warnings:
+    for warning in settings.warnings:
         pulumi.log.warn(warning)
     secrets = {key: pulumi.Output.secret(value) for key, value in loaded.secrets.items()}
-    return loaded.settings, secrets, loaded.reseed
+    return settings, secrets, loaded.reseed
+
+
+def with_exporter_builds(settings: Settings) -> Settings:
+    """The program's settings with the upstream exporters it ships (read from exportersHome):
+    the program's alone, as a command ships nothing."""
+    replication = settings.replication
+    if replication is None or not replication.monitoring_sources:
+        return settings
+    shipped = replace(replication, exporter_builds=builds.locate(replication))
+    return replace(settings, replication=shipped)
 
 
 def _unknown_keys(known: Collection[str]) -> dict[str, str]:

@@ -92,3 +92,15 @@ def stack_file(stack: str) -> tuple[dict, set[str]]:
         else:
             raw[name] = value
     return raw, secrets
+
+
+def exporter_builds(directory: Path, content: bytes = b"build") -> str:
+    """An exportersHome laid out as `make exporters` leaves it (<name>-v<version>/<name>), each
+    file holding `content` and its name; returns its path (the setting's value)."""
+    from mastodon_data.monitoring import builds
+
+    for name in builds.PINNED:
+        path = builds.binary_path(directory, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content + name.encode())
+    return str(directory)

@@ -9,6 +9,8 @@ exactly when one of them changes."""
 
 from __future__ import annotations
 
+import posixpath
+import shlex
 from collections.abc import Sequence
 
 import pulumi
@@ -101,6 +103,7 @@ class ReplicationSteps(pulumi.ComponentResource):
             params, pulumi.Output.from_input(step.trigger_inputs), renewals
         ).apply(lambda a: step.trigger(*a))
         stdin = pulumi.Output.all(params, *(secrets[k] for k in step.secret_params.values()))
+        uploads = self._uploads(name, step, key)
         return remote.Command(
             name,
             connection=ssh_connection(step.host, key),
@@ -113,10 +116,42 @@ class ReplicationSteps(pulumi.ComponentResource):
             logging=remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[self.commands[s] for s in (*step.after, *step.requires)],
+                depends_on=[self.commands[s] for s in (*step.after, *step.requires)] + uploads,
                 additional_secret_outputs=["stdin"],
             ),
         )
+
+    def _uploads(self, name: str, step: plan.Step, key: pulumi.Output) -> list[pulumi.Resource]:
+        """The files the step needs on its host, copied first (CopyToRemote, over SFTP as the
+        login user) into directories made for that user; again on a new host (its address)."""
+        if not step.uploads:
+            return []
+        connection = ssh_connection(step.host, key)
+        directories = sorted({posixpath.dirname(there) for _, there in step.uploads})
+        staging = remote.Command(
+            f"{name}-staging",
+            connection=connection,
+            create=staging_command(step.host.ssh_user, directories),
+            triggers=[step.host.public_address],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return [
+            remote.CopyToRemote(
+                f"{name}-{posixpath.basename(there)}",
+                connection=connection,
+                source=pulumi.FileAsset(here),
+                remote_path=there,
+                triggers=[step.host.public_address],
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[staging]),
+            )
+            for here, there in step.uploads
+        ]
+
+
+def staging_command(ssh_user: str, directories: Sequence[str]) -> str:
+    """Makes `directories` the login user's (0755), with sudo for one that is not root."""
+    make = shlex.join(["install", "-d", "-m", "0755", "-o", ssh_user, *directories])
+    return make if ssh_user == "root" else f"sudo -n {make}"
 
 
 def ssh_connection(host: Host, private_key: pulumi.Output) -> remote.ConnectionArgsDict:

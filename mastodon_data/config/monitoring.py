@@ -36,6 +36,13 @@ ALERT_FIELDS = (
     Field("alertCertificateDays", allowed=range(1, 366)),
 )
 SOURCES_FIELD = Field("monitoringSources")  # entries: parse_monitoring_sources
+# Where `make exporters` built the binaries the program ships (mastodon_data/monitoring/builds.py
+# reads them at preview); "": its own default.
+HOME_FIELD = Field(
+    "exportersHome",
+    example="~/.cache/mastodon-data/exporters",
+    check=lambda text: None if text.startswith(("/", "~")) else "not an absolute path",
+)
 
 # DigitalOcean's alert policies (droplets and managed mode): where, and over which window.
 EMAIL = re.compile(r"[^@\s]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
@@ -51,7 +58,7 @@ POLICY_FIELDS = (
     ),
 )
 
-FIELDS = (*ALERT_FIELDS, SOURCES_FIELD, *POLICY_FIELDS)
+FIELDS = (*ALERT_FIELDS, SOURCES_FIELD, HOME_FIELD, *POLICY_FIELDS)
 
 
 def snake(key: str) -> str:
@@ -65,16 +72,17 @@ def parse_alerts(v: Validation) -> AlertThresholds | None:
     return AlertThresholds(**{snake(key): value for key, value in values.items()})
 
 
-def parse_monitoring_sources(v: Validation) -> dict[str, tuple[str, ...]]:
-    """`monitoring_sources`: private CIDRs of the operator's Prometheus, never a /0."""
-    (values,) = v.read((SOURCES_FIELD,)).values()
+def parse_monitoring_sources(v: Validation) -> dict[str, tuple[str, ...] | str]:
+    """`monitoring_sources`: private CIDRs of the operator's Prometheus, never a /0; and
+    `exporters_home`, where the binaries the exporters need were built."""
+    values, exporters_home = v.read((SOURCES_FIELD, HOME_FIELD)).values()
     opens = ("the exporters to every address", f"{SOURCES_EXAMPLE}  # your Prometheus")
     for key, text, network in v.cidr_entries(
         "monitoringSources", values or (), SOURCES_EXAMPLE, opens
     ):
         if not is_private(network):
             v.bad(key, text, "not a private range", set_path_command(key, SOURCES_EXAMPLE))
-    return {"monitoring_sources": tuple(values or ())}
+    return {"monitoring_sources": tuple(values or ()), "exporters_home": exporters_home or ""}
 
 
 def parse_alert_policies(

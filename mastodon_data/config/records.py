@@ -80,6 +80,9 @@ class ReplicationSettings:
     replica_max_lag_seconds: int = 30
     replica_load_balancer: bool = False  # REPLICA_DB_HOST is the read endpoint
     monitoring_sources: tuple[str, ...] = ()  # the operator's Prometheus; () = no exporters
+    exporters_home: str = ""  # where `make exporters` built the upstream exporters
+    # What the program ships from there (monitoring/builds.py Build), found at preview.
+    exporter_builds: tuple = ()
 
 
 @dataclass(frozen=True)

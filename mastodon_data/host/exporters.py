@@ -2,10 +2,11 @@
 """The exporters the alert rules read (docs/operators/monitoring.md), on this server's private
 address only: Debian's prometheus-postgres-exporter (with the project's custom queries) and
 prometheus-node-exporter, and the pinned upstream pgbouncer_exporter (with the pool) and
-ssl_exporter, which `make exporters` builds and the operator puts in /usr/local/bin; with
-backups, pgBackRest's state as node_exporter textfile metrics (backup_metrics.py, every
-backup_metrics.REPEAT seconds). Runs after this host's own step, its pooler, backup and monitor
-steps. Idempotent: a second run changes nothing.
+ssl_exporter, which `make exporters` builds and the program copies to a staging directory
+(mastodon_data/monitoring/builds.py), installed from there into /usr/local/bin (0755 root) when
+its checksum differs, its version checked; with backups, pgBackRest's state as node_exporter
+textfile metrics (backup_metrics.py, every backup_metrics.REPEAT seconds). Runs after this
+host's own step, its pooler, backup and monitor steps. Idempotent: a second run changes nothing.
 
 - The exporters log in as the monitor role (pg_monitor; PgBouncer's stats_users) through the
   local socket; its password is in a 0600 pass file (PGPASSFILE), never on a command line.
@@ -24,6 +25,7 @@ stdin (JSON): ExportersParams (mastodon_data/host_params.py) and the secret moni
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import signal
@@ -60,8 +62,7 @@ RUN_DIR = Path(SOCKET_DIR)  # pid files (no systemd): a tmpfs, emptied at boot
 LOG_DIR = Path("/var/log/postgresql")
 UNIT_DIR = Path("/etc/systemd/system")
 BUILT_DIR = Path("/usr/local/bin")
-# The pinned upstream builds (lab/build_exporters.sh): binary -> the version it must report.
-BUILT = {"pgbouncer_exporter": "0.12.1", "ssl_exporter": "2.4.1"}
+BUILT_JOBS = ("pgbouncer", "ssl")  # the upstream builds the program ships: <job>_exporter
 DEBIAN = {"postgres": "prometheus-postgres-exporter", "node": "prometheus-node-exporter"}
 # The Python library backup_metrics.py writes its file with, and where Debian installs it.
 CLIENT_PACKAGE = {
@@ -203,18 +204,60 @@ def install(jobs: list[str]) -> bool:
     return True
 
 
-def check_built(jobs: list[str]) -> None:
-    """The upstream builds the jobs need, at their pinned versions."""
-    for name in (f"{job}_exporter" for job in jobs if f"{job}_exporter" in BUILT):
-        binary, version = BUILT_DIR / name, BUILT[name]
-        fix = (
-            f"build it with `make exporters` and copy it to {binary} (docs/operators/monitoring.md)"
-        )
-        if not os.access(binary, os.X_OK):
-            raise HostError(f"{binary} is missing: {fix}")
-        shown = run([str(binary), "--version"], check=False)
-        if f"version {version}" not in shown.stdout + shown.stderr:
-            raise HostError(f"{binary} is not version {version}: {fix}")
+def shipped(params: dict, job: str) -> dict[str, str]:
+    """The build of a job's binary the program shipped: version, sha256, staged (its copy)."""
+    name = f"{job}_exporter"
+    if name not in params["exporter_builds"]:
+        raise HostError(f"the program shipped no {name}: run pulumi up (it copies the builds)")
+    return params["exporter_builds"][name]
+
+
+def install_built(params: dict, jobs: list[str]) -> list[str]:
+    """Each shipped build from its staged copy into BUILT_DIR (0755 root), where the installed
+    binary's checksum differs; the jobs whose binary was installed."""
+    installed = []
+    for job in (job for job in jobs if job in BUILT_JOBS):
+        build, target = shipped(params, job), BUILT_DIR / f"{job}_exporter"
+        if target.is_file() and sha256(target.read_bytes()) == build["sha256"]:
+            continue
+        staged = Path(build["staged"])
+        again = "run pulumi up again (it copies the build anew)"
+        try:
+            content = staged.read_bytes()
+        except OSError as exc:
+            raise HostError(f"{staged}, the copy the program shipped, is unreadable "
+                            f"({exc.strerror}): {again}") from None  # fmt: skip
+        if sha256(content) != build["sha256"]:
+            raise HostError(f"{staged} is not the build the program shipped (its checksum "
+                            f"differs): {again}")  # fmt: skip
+        tmp = target.with_name(f".{target.name}.tmp")
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755), "wb") as out:
+            out.write(content)
+        os.chmod(tmp, 0o755)
+        os.chown(tmp, 0, 0)
+        os.replace(tmp, target)
+        installed.append(job)
+    return installed
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def check_built(params: dict, jobs: list[str]) -> None:
+    """The installed upstream builds report the versions the program shipped."""
+    for job in (job for job in jobs if job in BUILT_JOBS):
+        binary, version = BUILT_DIR / f"{job}_exporter", shipped(params, job)["version"]
+        try:  # a binary built for another system does not even start
+            shown = run([str(binary), "--version"], check=False)
+            output = (shown.stdout + shown.stderr).strip()
+        except OSError as exc:
+            output = str(exc)
+        if f"version {version}" not in output:
+            raise HostError(
+                f"{binary} does not report version {version} ({output[:200]!r}): build it "
+                f"with `make exporters` on the machine that runs pulumi, then pulumi up"
+            )
 
 
 def write_files(params: dict, jobs: list[str]) -> dict[str, bool]:
@@ -382,10 +425,12 @@ def main() -> dict:
     params = read_params()
     jobs = list(params["exporter_ports"]) + ([BACKUP_JOB] if params["stanza"] else [])
     changed = ["installed"] if install(jobs) else []
-    check_built(jobs)
+    replaced = install_built(params, jobs)
+    check_built(params, jobs)
     if BACKUP_JOB not in jobs and retire_backup_metrics(params):
         changed.append("backup metrics removed (no backups)")
-    files = write_files(params, jobs)
+    files = write_files(params, jobs) | dict.fromkeys(replaced, True)
+    changed += [f"{job}_exporter installed in {BUILT_DIR}" for job in replaced]
     changed += [f"{job} exporter configured" for job, touched in files.items() if touched]
     for job in jobs:
         action = apply(job, params, files[job])

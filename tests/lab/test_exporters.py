@@ -1,20 +1,21 @@
 """The exporters on a lab of their own, through the engine: `pulumi up` of a hosts-mode stack
 (primary + 1 replica, pools of 15, backups into the lab's S3 store) with monitoringSources runs
-the monitor and exporters steps (host/exporters.py). Proven here: every target of the
-`prometheus_targets` output answers with the metrics the rules read, on the private address
-only; the monitor's password is on no command line and in no file wider than 0600; Debian's
-Prometheus loads the stack's `alert_rules` and its targets, reports every target up, and
-PgbouncerClientWaitLong fires within a bound while 20 clients want a pool of 15, and clears once
-they leave; a backup's completion reaches Prometheus (host/backup_metrics.py) and, older than
-a lowered threshold, fires BackupFullTooOld. Figures:
+the monitor and exporters steps (host/exporters.py), the program shipping the upstream builds
+from where `make exporters` left them. Proven here: each host runs them from its own
+/usr/local/bin; every target of the `prometheus_targets` output answers with the metrics the
+rules read, on the private address only; the monitor's password is on no command line and in
+no file wider than 0600; Debian's Prometheus loads the stack's `alert_rules` and its targets,
+reports every target up, and PgbouncerClientWaitLong fires within a bound while 20 clients want
+a pool of 15, and clears once they leave; a backup's completion reaches Prometheus
+(host/backup_metrics.py) and, older than a lowered threshold, fires BackupFullTooOld. Figures:
 results/exporters.json."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -27,8 +28,10 @@ import yaml
 from labkit import applied, new_secrets, own_lab, wait_until, write_figures
 
 from lab import namespaces as lab_hosts
+from lab.host_files import private_source
 from lab.s3 import LabS3
-from lab.stack import ENGINE_BIN, LabStack
+from lab.stack import LabStack
+from mastodon_data.monitoring import builds
 from tests.fixtures import COMMAND
 
 pytestmark = [pytest.mark.lab, pytest.mark.engine]
@@ -69,24 +72,12 @@ CLEAR_BOUND = 30
 
 
 @pytest.fixture(scope="module")
-def built_exporters():
-    """The upstream builds in /usr/local/bin, as the operator puts them (make exporters);
-    removed afterwards when this test put them there."""
-    placed = []
+def monitored(tmp_path_factory):
+    """The stack up; the program ships the upstream builds from where `make exporters` left
+    them (exportersHome's default) into each lab host's own /usr/local/bin."""
     for name in BUILT:
-        source, target = ENGINE_BIN / name, Path("/usr/local/bin") / name
-        if not source.exists():
-            pytest.fail(f"{source} is missing: run `make exporters` (make test does)")
-        if not target.exists():
-            shutil.copy2(source.resolve(), target)
-            placed.append(target)
-    yield
-    for target in placed:
-        target.unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def monitored(tmp_path_factory, built_exporters):
+        if not builds.binary_path(builds.home(""), name).is_file():
+            pytest.fail(f"{name} is not built: run `make exporters` (make test does)")
     store = LabS3(EXPORTERS_LAB.operator_address, S3_DIR, *S3_PORTS)
     with own_lab(EXPORTERS_LAB, 2):
         try:
@@ -156,6 +147,19 @@ def test_the_exporters_listen_on_the_private_address_only(monitored):
         argv = EXPORTERS_LAB.ssh_command(PRIMARY, f"ss -Hltn 'sport = :{port}'")
         listening = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
         assert [line.split()[3] for line in listening.splitlines()] == [f"{PRIMARY}:{port}"]
+
+
+def test_each_host_runs_the_shipped_builds_from_its_own_usr_local_bin(monitored):
+    """The program's copies land in each lab host's own /usr/local/bin (a directory in its
+    state directory, lab/host_files.py), never in this machine's."""
+    for index, address in ((1, PRIMARY), (2, REPLICA)):
+        own = private_source(EXPORTERS_LAB.host(index).state_dir, "/usr/local/bin")
+        for name in BUILT:
+            build = builds.binary_path(builds.home(""), name).read_bytes()
+            argv = EXPORTERS_LAB.ssh_command(address, f"sha256sum /usr/local/bin/{name}")
+            shown = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+            assert shown.split()[:1] == [hashlib.sha256(build).hexdigest()], (address, name)
+            assert (own / name).read_bytes() == build
 
 
 def test_the_password_is_on_no_command_line_and_in_no_wider_file(monitored):

@@ -61,6 +61,8 @@ def test_the_monitor_role_first_then_the_poolers_then_each_hosts_exporters():
 def test_an_exporters_step_runs_every_exporter_of_its_stack_on_the_private_address():
     params = plan_for(**MONITORING, **BACKUPS)["exporters-db2"].params
     sent = {**HOST_PARAMS, "postgres_queries": targets.postgres_queries()}
+    # The builds come from the program's loader (tests/unit/test_exporter_shipping.py).
+    assert params.pop("exporter_builds") == {}
     assert params == {key: value for key, value in sent.items() if key != "monitor_password"}
     assert params["postgres_queries"].count("\npg_replica:\n") == 1
     unpooled = plan_for(**MONITORING, pgbouncer=False)["exporters-db1"].params

@@ -72,7 +72,7 @@ DERIVED = {
     "backup_path", "action", "role", "type", "target_time", "overwrite",
     "monitor_user", "exporter_ports", "postgres_queries", "pool_peers", "read_db_name",
     "databases", "pause_wait", "catch_up_wait", "checkpoint", "replayed", "new_primary_address",
-    "new_primary_cert",
+    "new_primary_cert", "exporter_builds",
 }  # fmt: skip
 
 
@@ -178,6 +178,8 @@ def program_payloads(stack: str) -> list[tuple[str, str, dict]]:
     run = run_program(*STACKS[stack])
     found = []
     for command in run.of_type("command:remote:Command"):
+        if command.name.endswith("-staging"):  # the copies' directory (test_exporter_shipping)
+            continue
         stdin = json.loads(command.inputs["stdin"])
         found.append((command.name, stdin["run"].removesuffix(".py"), stdin["params"]))
     return found
