@@ -29,7 +29,7 @@ engine:
 exporters:
 	bash lab/build_exporters.sh
 
-lab: packages venv/.installed engine
+lab: packages venv/.installed engine exporters
 	$(PY) -m lab.main --hosts $(HOSTS)
 
 .PHONY: bench

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The main job on the built-in lab (`make lab`): lab hosts and the lab's S3 store up, `pulumi up`
 of the `lab` stack through the Pulumi engine, then `.env.production` rendered from the outputs,
-the replication check run, and the backups checked (a first full backup taken when the
-repository has none). A second run changes nothing.
+the replication check run with the exporters asked (they run on every host), and the
+backups checked (a first full backup taken when the repository has none). A second run changes
+nothing.
 
     venv/bin/python -m lab.main [--hosts N] [--env-file PATH]      # from the project directory
 
@@ -45,6 +46,7 @@ def lab_secrets(lab: lab_hosts.Lab) -> dict:
         "dbPassword": lambda: secrets.token_urlsafe(24),
         "backupCipherPassphrase": lambda: secrets.token_urlsafe(32),
         "backupSecretAccessKey": lambda: secrets.token_urlsafe(30),
+        "monitorPassword": lambda: secrets.token_urlsafe(24),
     }
     missing = {key: make() for key, make in made.items() if key not in values}
     if missing:
@@ -76,6 +78,7 @@ def lab_config(lab: lab_hosts.Lab, count: int) -> dict:
         for entry, host in zip(config["hosts"], hosts, strict=False)
     ]  # fmt: skip
     config["postgresAllowedSources"] = [lab.subnet]
+    config["monitoringSources"] = [f"{lab.operator_address}/32"]
     store = lab_store(lab, config["backupBucket"])
     config |= {"backupEndpoint": store.endpoint, "backupCaCert": store.ca_cert.read_text()}
     return config
@@ -102,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     document = json.dumps(outputs)
-    for tool in (["render-env", "--output", str(args.env_file)], ["check-replication"]):
+    for tool in (
+        ["render-env", "--output", str(args.env_file)],
+        ["check-replication", "--exporters"],
+    ):
         result = subprocess.run([COMMAND, *tool], input=document, text=True, timeout=120)
         if result.returncode != 0:
             return result.returncode

@@ -33,9 +33,8 @@ def run() -> None:
             "postgres", settings.managed, settings.app_sources, vpc_id, settings.lifecycle
         )
         alert_policies("postgres-alerts", settings, [postgres.cluster.id], secrets)
-        if postgres.targets is not None:  # monitoringSources: the cluster's metrics endpoints
-            pulumi.export("prometheus_targets", postgres.targets)
-            pulumi.export("prometheus_basic_auth", postgres.metrics_auth)
+        pulumi.export("prometheus_targets", postgres.targets)  # DigitalOcean's endpoints
+        pulumi.export("prometheus_basic_auth", postgres.metrics_auth)
     else:
         postgres, repository, secrets = replicated_postgres(settings, network, secrets, reseed)
         # The rules for the operator's Prometheus, filled in with this stack's values.

@@ -1,8 +1,10 @@
 """Replication check: role, lag and active connections of every database host, from the stack
-outputs. Exits 1 when a replica is not streaming or lags past a threshold, 2 on bad input.
+outputs; with --exporters, whether each server's exporters (stack output prometheus_targets)
+answer, from a machine in monitoringSources. Exits 1 when a replica is not streaming or lags
+past a threshold (or an exporter does not answer), 2 on bad input.
 
     pulumi stack output --json --show-secrets | mastodon-data check-replication \\
-        [--max-lag-bytes N] [--max-lag-seconds S]
+        [--max-lag-bytes N] [--max-lag-seconds S] [--exporters]
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ import argparse
 import json
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import psycopg
 
 from mastodon_data.database import connect, direct_env, lsn
 
+EXPORTER_TIMEOUT = 5  # seconds for an exporter's answer
 SETTLE = 1.0  # seconds a replica behind the primary's position may take to reach it
 POLL = 0.1  # seconds between two looks at the replica meanwhile
 
@@ -158,10 +164,44 @@ def check(outputs: dict, max_lag_bytes: int, max_lag_seconds: float) -> tuple[li
     return lines, healthy
 
 
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=EXPORTER_TIMEOUT) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def exporter_lines(groups: list[dict]) -> tuple[list[str], bool]:
+    """One line per server of the file_sd `groups`: its exporters, and which do not answer
+    (a prober's groups carry their path and parameters as labels)."""
+    jobs: dict[str, dict[str, bool]] = {}
+    for group in groups:
+        labels = group["labels"]
+        params = {k[8:]: v for k, v in labels.items() if k.startswith("__param_")}
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        path = labels.get("__metrics_path__", "/metrics")
+        server = jobs.setdefault(labels.get("server", labels.get("cluster", "?")), {})
+        for target in group["targets"]:
+            ok = answers(f"{labels.get('__scheme__', 'http')}://{target}{path}{query}")
+            server[labels["job"]] = server.get(labels["job"], True) and ok
+    lines = []
+    for name, state in jobs.items():
+        down = [job for job, ok in state.items() if not ok]
+        lines.append(
+            f"{name}: exporters {', '.join(state)}"
+            + (f"  <- {', '.join(down)} not answering" if down else " answering")
+        )
+    return lines, not any(False in state.values() for state in jobs.values())
+
+
 def main(argv: list[str] | None = None, prog: str = "mastodon-data check-replication") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--max-lag-bytes", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--max-lag-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--exporters", action="store_true", help="also ask every exporter (prometheus_targets)"
+    )
     args = parser.parse_args(argv)
     try:
         outputs = json.load(sys.stdin)
@@ -169,6 +209,7 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data check-replica
         if not isinstance(env, dict) or env.get("DB_PASS") in (None, "[secret]"):
             raise KeyError("mastodon_env (run `pulumi stack output --json --show-secrets`)")
         outputs["primary"]["private_address"]
+        groups = outputs["prometheus_targets"] if args.exporters else []
     except (ValueError, KeyError, TypeError) as exc:
         print(f"error: stack outputs on stdin lack {exc}", file=sys.stderr)
         return 2
@@ -177,5 +218,7 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data check-replica
     except psycopg.OperationalError as exc:
         print(f"error: cannot reach the primary: {str(exc).strip()}", file=sys.stderr)
         return 1
+    exporters, answering = exporter_lines(groups)
+    lines, healthy = lines + exporters, healthy and answering
     print("\n".join(lines))
     return 0 if healthy else 1

@@ -69,11 +69,7 @@ class ManagedPostgres(pulumi.ComponentResource):
         if not upgrading:
             self.cluster.version.apply(lambda running: version_check(running, wanted))
         self._database_and_pool(name, managed)
-        sources = [
-            *app_sources.firewall_rules(),
-            *({"type": "ip_addr", "value": cidr} for cidr in managed.monitoring_sources),
-        ]
-        rules = [do.DatabaseFirewallRuleArgs(**rule) for rule in sources]
+        rules = [do.DatabaseFirewallRuleArgs(**rule) for rule in app_sources.firewall_rules()]
         self.firewall = do.DatabaseFirewall(
             f"{name}-firewall", cluster_id=self.cluster.id, rules=rules, opts=self._child
         )
@@ -81,9 +77,7 @@ class ManagedPostgres(pulumi.ComponentResource):
         if managed.replica:
             self._read_only_node(name, managed, vpc_id, rules)
         self._expose()
-        self.targets = self.metrics_auth = None
-        if managed.monitoring_sources:
-            self._metrics()
+        self._metrics()
         self.register_outputs(
             {
                 "cluster_id": self.cluster.id,
@@ -136,8 +130,8 @@ class ManagedPostgres(pulumi.ComponentResource):
         )
 
     def _metrics(self) -> None:
-        """The cluster's metrics endpoints as Prometheus targets, and the account's credentials
-        for them (one pair for every cluster of the account), a secret."""
+        """The cluster's metrics endpoints (DigitalOcean's, on public host names) as Prometheus
+        targets, and the account's credentials for them (one pair for every cluster), a secret."""
         self.targets = pulumi.Output.all(self.cluster.name, self.cluster.metrics_endpoints).apply(
             lambda found: managed_file_sd(found[0], found[1] or [])
         )

@@ -95,7 +95,6 @@ def parse_managed(
         pool_name=values["poolName"],
         pool_size=values["poolSize"],
         replica=values["managedReplica"],
-        monitoring_sources=topology["monitoring_sources"],
     )
 
 

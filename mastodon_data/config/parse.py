@@ -67,6 +67,14 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     backups = parse_backups(v, mode, topology["region"], secrets_present)
     backups_on, backup_key = wanted(v, mode)
     exporters = mode != "managed" and bool(topology["monitoring_sources"])
+    if mode == "managed" and topology["monitoring_sources"]:
+        v.bad(
+            "monitoringSources",
+            list(topology["monitoring_sources"]),
+            "managed mode runs no exporters: DigitalOcean serves the cluster's metrics (stack "
+            "outputs prometheus_targets and prometheus_basic_auth)",
+            f"pulumi config rm {PROJECT}:monitoringSources",
+        )
     needed = required_secrets(
         mode,
         redis_mode,

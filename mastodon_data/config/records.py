@@ -131,8 +131,6 @@ class ManagedPostgresSettings:
     pool_name: str
     pool_size: int
     replica: bool  # a read-only node in the cluster's region, reached directly (no pool)
-    # The operator's Prometheus: trusted by the cluster, to scrape its metrics endpoints.
-    monitoring_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The main job as the README shows it (`make lab`: lab/main.py), run twice on a lab of its own
 (the same code on other names and addresses): the first run makes the stack, writes the env,
-checks replication and takes the first full backup into the lab's S3 store; the second changes
+checks replication and every host's exporters, and takes the first full backup into the lab's
+S3 store; the second changes
 nothing and takes no backup; `lab.namespaces down` leaves nothing; no tracked file changes."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ MAIN_JOB_LAB = lab_hosts.Lab(
     prefix="mlmj", subnet="10.228.0.0/24", state_dir=Path("/var/lib/mastodon-lab-mainjob")
 )
 S3_PORTS = (19052, 19053)  # not make lab's own (19050-19051): both may run at once
-RESOURCES = 19  # 3 hosts, 2 replicas, the pools and the backups
+RESOURCES = 32  # 3 hosts, 2 replicas, the pools, the backups and the exporters
 ENV = {
     **os.environ,
     "LAB_PREFIX": MAIN_JOB_LAB.prefix,
@@ -69,7 +70,7 @@ def test_the_first_run_makes_the_stack_checks_it_and_takes_the_first_backup(runs
     first = runs["first"]
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"{RESOURCES} created" in first.stdout
-    primary, archive, *replicas = check_lines(first.stdout)
+    primary, archive, *replicas, e1, e2, e3 = check_lines(first.stdout)
     assert re.fullmatch(r"mlmj-h1: primary, \d+ other connections", primary)
     assert re.fullmatch(
         r"mlmj-h1: WAL archive, [1-9]\d* archived, 0 failed, last [0-9A-F]{24} [\d.]+ s ago, "
@@ -79,6 +80,9 @@ def test_the_first_run_makes_the_stack_checks_it_and_takes_the_first_backup(runs
     assert [re.sub(r"lag \d+ B / [\d.]+ s, \d+", "lag", r) for r in replicas] == [
         "mlmj-h2: replica, streaming, lag active connections",
         "mlmj-h3: replica, streaming, lag active connections",
+    ]
+    assert [e1, e2, e3] == [
+        f"mlmj-h{i}: exporters postgres, node, pgbouncer, ssl answering" for i in (1, 2, 3)
     ]
     assert "taking the first full backup" in first.stderr
     assert BACKUP_LINE.search(first.stderr), first.stderr[-2000:]

@@ -19,7 +19,7 @@ from program_harness import (
     run_program,
 )
 
-from mastodon_data.config import ALL_SECRET_KEYS, SECRET_KEYS, parse_settings
+from mastodon_data.config import ALL_SECRET_KEYS, SECRET_KEYS, ConfigError, parse_settings
 from tests.fixtures import DROPLETS, HOSTS, MANAGED, SPACES, stack_file
 
 APP = {"appTag": "mastodon-app", "appCidrs": ["203.0.113.50/32"]}
@@ -426,7 +426,7 @@ def test_plain_outputs_for_humans(full):
         "alias_host": "media.example.social",
     }
     assert full.outputs["redis"] == {"host": f"private-{VALKEY_HOST}", "port": 25061}
-    assert full.secret_outputs == {"mastodon_env", "postgres_admin"}
+    assert full.secret_outputs == {"mastodon_env", "postgres_admin", "prometheus_basic_auth"}
     assert full.outputs["postgres_admin"] == {
         "host": PG_PRIVATE,
         "port": 25060,
@@ -550,14 +550,8 @@ def test_prod_stack_is_the_seed_topology():
     }
 
 
-def test_monitoring_sources_trust_prometheus_and_export_the_metrics_endpoints():
-    config = config_for("managed", False, False, "none") | {
-        "monitoringSources": ["10.118.5.0/24"],
-        "dbNodeCount": 2,
-    }
-    run = run_program(config, {})
-    firewall = run.one("/databaseFirewall:DatabaseFirewall", "postgres-firewall")
-    assert firewall.inputs["rules"][-1] == {"type": "ip_addr", "value": "10.118.5.0/24"}
+def test_the_metrics_endpoints_of_every_node_and_the_accounts_credentials_are_exported():
+    run = run_program(config_for("managed", False, False, "none") | {"dbNodeCount": 2}, {})
     host = "mastodon-data-unit-pg-do-user-1.l.db.ondigitalocean.com"
     assert run.outputs["prometheus_targets"] == [
         {
@@ -574,9 +568,11 @@ def test_monitoring_sources_trust_prometheus_and_export_the_metrics_endpoints():
     assert "prometheus_targets" not in run.secret_outputs
 
 
-def test_without_monitoring_sources_no_metrics_output_and_the_same_trusted_sources():
-    run = run_program(config_for("managed", False, False, "none"), {})
-    assert "prometheus_targets" not in run.outputs
-    assert "prometheus_basic_auth" not in run.outputs
-    rules = run.one("/databaseFirewall:DatabaseFirewall", "postgres-firewall").inputs["rules"]
-    assert not any(r["value"].startswith("10.118.5.") for r in rules)
+def test_monitoring_sources_are_refused_in_managed_mode_with_the_fix():
+    config = config_for("managed", False, False, "none") | {"monitoringSources": ["10.118.5.0/24"]}
+    with pytest.raises(ConfigError) as refused:
+        parse_settings(config, set(secrets_for("managed", "none")))
+    assert "monitoringSources = ['10.118.5.0/24']: managed mode runs no exporters" in str(
+        refused.value
+    )
+    assert "pulumi config rm mastodon-data:monitoringSources" in str(refused.value)
