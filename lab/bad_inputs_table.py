@@ -112,6 +112,8 @@ CASES: list[tuple[str, dict, frozenset]] = [
      {**MANAGED, "alertEmails": ["ops@example.org"], "alertPolicyWindow": "15m"}, NONE),
     ("Slack channel without its webhook", {**MANAGED, "alertSlackChannel": "#db"}, NONE),
     ("Slack webhook without a channel", MANAGED, frozenset({"alertSlackUrl"})),
+    ("managed: exporters' sources (DigitalOcean serves the metrics)",
+     {**MANAGED, "monitoringSources": ["10.118.5.0/24"]}, NONE),
     ("unknown Redis mode", {**MANAGED, "redisMode": "redis"}, NONE),
     ("external Redis without its URL", {**MANAGED, "redisMode": "external"}, NONE),
 ]  # fmt: skip

@@ -91,6 +91,25 @@ def test_a_second_up_changes_nothing_and_a_refresh_is_quiet_under_the_policy_pac
     assert managed.stack.last.returncode == 0, out + managed.stack.last.stderr
 
 
+def test_the_metrics_endpoints_and_their_credentials_are_the_accounts(managed):
+    (cluster,) = [
+        c for c in managed.client.call("GET", "/v2/databases")["databases"] if c["engine"] == "pg"
+    ]
+    assert managed.outputs["prometheus_targets"] == [
+        {
+            "targets": [f"{e['host']}:{e['port']}" for e in cluster["metrics_endpoints"]],
+            "labels": {"job": "do_postgres", "cluster": cluster["name"], "__scheme__": "https"},
+        }
+    ]
+    assert len(cluster["metrics_endpoints"]) == managed.config["dbNodeCount"]
+    credentials = managed.client.call("GET", "/v2/databases/metrics/credentials")["credentials"]
+    assert managed.outputs["prometheus_basic_auth"] == {
+        "username": credentials["basic_auth_username"],
+        "password": credentials["basic_auth_password"],
+    }
+    assert credentials["basic_auth_password"] not in managed.up
+
+
 def test_mastodons_role_creates_tables_only_after_grant(managed):
     before = managed.probe("create_table")
     assert before["ok"] is False
