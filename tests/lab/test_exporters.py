@@ -14,21 +14,28 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import backup_metrics
 import pytest
 import yaml
 from labkit import applied, new_secrets, own_lab, wait_until, write_figures
+from promlab import (
+    alert_state,
+    api,
+    built_exporters,
+    get,
+    query,
+    running_prometheus,
+    samples,
+    scrape_url,
+)
 
 from lab import namespaces as lab_hosts
 from lab.s3 import LabS3
-from lab.stack import ENGINE_BIN, LabStack
+from lab.stack import LabStack
 from tests.fixtures import COMMAND
 
 pytestmark = [pytest.mark.lab, pytest.mark.engine]
@@ -40,7 +47,6 @@ PRIMARY, REPLICA = "10.236.0.11", "10.236.0.12"
 THREADS = {"pumaProcesses": 1, "pumaThreads": 5, "sidekiqThreads": 5, "streamingDbPool": 5}
 POOL_SIZE = 15
 PROMETHEUS_PORT = 19236  # this test's Prometheus, on 127.0.0.1
-BUILT = ("pgbouncer_exporter", "ssl_exporter")
 # The lab's S3 store (lab/s3.py) for the backups, on the operator's address of this lab.
 S3_DIR, S3_PORTS = Path("/var/lib/mastodon-lab-exporters-s3"), (19020, 19021)
 BUCKET, STANZA = "mlx-pg-backups", "mastodon"
@@ -69,26 +75,9 @@ CLEAR_BOUND = 30
 
 
 @pytest.fixture(scope="module")
-def built_exporters():
-    """The upstream builds in /usr/local/bin, as the operator puts them (make exporters);
-    removed afterwards when this test put them there."""
-    placed = []
-    for name in BUILT:
-        source, target = ENGINE_BIN / name, Path("/usr/local/bin") / name
-        if not source.exists():
-            pytest.fail(f"{source} is missing: run `make exporters` (make test does)")
-        if not target.exists():
-            shutil.copy2(source.resolve(), target)
-            placed.append(target)
-    yield
-    for target in placed:
-        target.unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def monitored(tmp_path_factory, built_exporters):
+def monitored(tmp_path_factory):
     store = LabS3(EXPORTERS_LAB.operator_address, S3_DIR, *S3_PORTS)
-    with own_lab(EXPORTERS_LAB, 2):
+    with built_exporters(), own_lab(EXPORTERS_LAB, 2):
         try:
             store.start()
             store.make_bucket(BUCKET)
@@ -111,28 +100,6 @@ def monitored(tmp_path_factory, built_exporters):
         finally:
             store.stop()
             write_figures("exporters", FIGURES)
-
-
-def scrape_url(group: dict) -> str:
-    labels = group["labels"]
-    path = labels.get("__metrics_path__", "/metrics")
-    params = {k.removeprefix("__param_"): v for k, v in labels.items() if k.startswith("__param_")}
-    query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    return f"http://{group['targets'][0]}{path}{query}"
-
-
-def samples(text: str) -> dict[str, list[str]]:
-    """metric name -> the sample lines of that name."""
-    found: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            found.setdefault(line.split("{")[0].split()[0], []).append(line)
-    return found
-
-
-def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
 
 
 def test_every_target_answers_with_the_metrics_the_rules_read(monitored):
@@ -192,29 +159,12 @@ def read_text(path: Path) -> str:
 @pytest.fixture(scope="module")
 def prometheus(monitored):
     """Debian's Prometheus with the stack's rules and targets, scraping every second."""
-    workdir = monitored["dir"] / "prometheus"
-    workdir.mkdir()
-    (workdir / "rules.yml").write_text(lowered_rules(monitored["outputs"]["alert_rules"]))
-    (workdir / "targets.json").write_text(json.dumps(monitored["outputs"]["prometheus_targets"]))
-    (workdir / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"rule_files: [{workdir / 'rules.yml'}]\n"
-        "scrape_configs:\n"
-        "  - job_name: mastodon-data\n"
-        f"    file_sd_configs: [{{files: [{workdir / 'targets.json'}]}}]\n"
-    )
-    argv = ["/usr/bin/prometheus", f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"]  # fmt: skip
-    with open(workdir / "prometheus.log", "wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=log)
-    try:
-        wait_until(lambda: ready(f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"), 30,
-                   "Prometheus ready")  # fmt: skip
-        yield f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    outputs = monitored["outputs"]
+    rules = lowered_rules(outputs["alert_rules"])
+    with running_prometheus(
+        monitored["dir"] / "prometheus", rules, outputs["prometheus_targets"], PROMETHEUS_PORT
+    ) as url:
+        yield url
 
 
 def lowered_rules(shipped: str) -> str:
@@ -223,18 +173,6 @@ def lowered_rules(shipped: str) -> str:
     threshold = f"> {192 * 3600}\n"
     assert shipped.count(threshold) == 1, "BackupFullTooOld's threshold, and only it"
     return shipped.replace(threshold, f"> {FULL_BACKUP_AGE}\n")
-
-
-def ready(url: str) -> bool:
-    try:
-        get(url)
-    except OSError as exc:
-        raise AssertionError(f"{url}: {exc}") from None
-    return True
-
-
-def api(prometheus: str, path: str) -> dict:
-    return json.loads(get(f"{prometheus}/{path}"))["data"]
 
 
 def test_prometheus_loads_the_rules_and_finds_every_target_up(monitored, prometheus):
@@ -254,13 +192,6 @@ def test_prometheus_loads_the_rules_and_finds_every_target_up(monitored, prometh
         return True
 
     print(f"every target up after {wait_until(all_up, 30, 'every target up'):.1f} s")
-
-
-def alert_state(prometheus: str, name: str) -> str | None:
-    """The alert's state (firing before pending), None when it is neither."""
-    alerts = api(prometheus, "alerts")["alerts"]
-    states = {a["state"] for a in alerts if a["labels"]["alertname"] == name}
-    return "firing" if "firing" in states else (states.pop() if states else None)
 
 
 def test_clients_beyond_the_pool_fire_the_wait_alert_and_it_clears(monitored, prometheus):
@@ -289,12 +220,6 @@ def test_clients_beyond_the_pool_fire_the_wait_alert_and_it_clears(monitored, pr
         CLEAR_BOUND, "PgbouncerClientWaitLong cleared",
     )  # fmt: skip
     print(f"PgbouncerClientWaitLong: fired {fired:.1f} s after the burst, cleared {cleared:.1f} s")
-
-
-def query(prometheus: str, promql: str) -> dict[str, float]:
-    """An instant query's result: the `server` label of each series -> its value."""
-    found = api(prometheus, f"query?{urllib.parse.urlencode({'query': promql})}")["result"]
-    return {r["metric"].get("server", ""): float(r["value"][1]) for r in found}
 
 
 def tool(stack: LabStack, *args: str) -> dict:

@@ -1,0 +1,133 @@
+"""Prometheus in a lab test: the built exporters in place, Debian's Prometheus over a stack's
+`alert_rules` and `prometheus_targets` (scraping and evaluating every second), and reading its
+API. Shared by test_exporters.py and test_alert_faults.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from labkit import wait_until
+
+from lab.stack import ENGINE_BIN
+
+BUILT = ("pgbouncer_exporter", "ssl_exporter")
+
+
+@contextmanager
+def built_exporters() -> Iterator[None]:
+    """The upstream builds in /usr/local/bin, as the operator puts them (make exporters);
+    removed afterwards when this test put them there."""
+    placed = []
+    for name in BUILT:
+        source, target = ENGINE_BIN / name, Path("/usr/local/bin") / name
+        if not source.exists():
+            pytest.fail(f"{source} is missing: run `make exporters` (make test does)")
+        if not target.exists():
+            shutil.copy2(source.resolve(), target)
+            placed.append(target)
+    try:
+        yield
+    finally:
+        for target in placed:
+            target.unlink(missing_ok=True)
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def scrape_url(group: dict) -> str:
+    labels = group["labels"]
+    path = labels.get("__metrics_path__", "/metrics")
+    params = {k.removeprefix("__param_"): v for k, v in labels.items() if k.startswith("__param_")}
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    return f"http://{group['targets'][0]}{path}{query}"
+
+
+def samples(text: str) -> dict[str, list[str]]:
+    """metric name -> the sample lines of that name."""
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            found.setdefault(line.split("{")[0].split()[0], []).append(line)
+    return found
+
+
+def write_targets(workdir: Path, groups: list[dict]) -> None:
+    """The file_sd file, replaced whole (a rename), as an operator's pipeline writes it from
+    `pulumi stack output prometheus_targets --json`: Prometheus never reads half a file."""
+    partial = workdir / "targets.json.new"
+    partial.write_text(json.dumps(groups))
+    partial.rename(workdir / "targets.json")
+
+
+@contextmanager
+def running_prometheus(workdir: Path, rules: str, groups: list[dict], port: int) -> Iterator[str]:
+    """Debian's Prometheus on 127.0.0.1:`port` with `rules` and the file_sd `groups`, scraping
+    and evaluating every second; yields its API's base URL."""
+    workdir.mkdir()
+    (workdir / "rules.yml").write_text(rules)
+    write_targets(workdir, groups)
+    (workdir / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: [{workdir / 'rules.yml'}]\n"
+        "scrape_configs:\n"
+        "  - job_name: mastodon-data\n"
+        f"    file_sd_configs: [{{files: [{workdir / 'targets.json'}], refresh_interval: 5s}}]\n"
+    )
+    argv = ["/usr/bin/prometheus", f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"]  # fmt: skip
+    with open(workdir / "prometheus.log", "wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=log)
+    try:
+        wait_until(lambda: ready(f"http://127.0.0.1:{port}/-/ready"), 30, "Prometheus ready")
+        yield f"http://127.0.0.1:{port}/api/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def reload(prometheus: str) -> None:
+    """Prometheus reads its configuration and rules again (as on SIGHUP)."""
+    base = prometheus.removesuffix("/api/v1")
+    urllib.request.urlopen(urllib.request.Request(f"{base}/-/reload", method="POST"), timeout=30)
+
+
+def ready(url: str) -> bool:
+    try:
+        get(url)
+    except OSError as exc:
+        raise AssertionError(f"{url}: {exc}") from None
+    return True
+
+
+def api(prometheus: str, path: str) -> dict:
+    return json.loads(get(f"{prometheus}/{path}"))["data"]
+
+
+def alert_state(prometheus: str, name: str, **labels: str) -> str | None:
+    """The alert's state (firing before pending) among its alerts with `labels`, None when it
+    is neither."""
+    alerts = api(prometheus, "alerts")["alerts"]
+    states = {
+        a["state"]
+        for a in alerts
+        if a["labels"]["alertname"] == name and labels.items() <= a["labels"].items()
+    }
+    return "firing" if "firing" in states else (states.pop() if states else None)
+
+
+def query(prometheus: str, promql: str) -> dict[str, float]:
+    """An instant query's result: the `server` label of each series -> its value."""
+    found = api(prometheus, f"query?{urllib.parse.urlencode({'query': promql})}")["result"]
+    return {r["metric"].get("server", ""): float(r["value"][1]) for r in found}
