@@ -5,6 +5,7 @@ API. Shared by test_exporters.py and test_alert_faults.py."""
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import subprocess
 import urllib.parse
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 from labkit import wait_until
 
+from lab import namespaces as lab_hosts
+from lab.s3 import LabS3
 from lab.stack import ENGINE_BIN
 
 BUILT = ("pgbouncer_exporter", "ssl_exporter")
@@ -38,6 +41,22 @@ def built_exporters() -> Iterator[None]:
     finally:
         for target in placed:
             target.unlink(missing_ok=True)
+
+
+def monitored_with_backups(lab: lab_hosts.Lab, store: LabS3, bucket: str) -> tuple[dict, dict]:
+    """The settings and secrets a stack adds for exporters (the lab's operator address as
+    monitoringSources) and backups into the lab's S3 `store`."""
+    settings = {
+        "monitoringSources": [f"{lab.operator_address}/32"],
+        "backups": True, "backupBucket": bucket, "backupEndpoint": store.endpoint,
+        "backupAccessKeyId": f"{lab.prefix}-lab-key", "backupCaCert": store.ca_cert.read_text(),
+    }  # fmt: skip
+    stack_secrets = {
+        "monitorPassword": secrets.token_urlsafe(24),
+        "backupCipherPassphrase": secrets.token_urlsafe(32),
+        "backupSecretAccessKey": secrets.token_urlsafe(30),
+    }
+    return settings, stack_secrets
 
 
 def get(url: str) -> str:

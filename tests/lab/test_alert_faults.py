@@ -13,7 +13,6 @@ scrapes them). Figures: results/alert_faults.json."""
 from __future__ import annotations
 
 import os
-import secrets
 import shlex
 import subprocess
 import time
@@ -24,6 +23,7 @@ from labkit import applied, new_secrets, own_lab, wait_until, write_figures
 from promlab import (
     api,
     built_exporters,
+    monitored_with_backups,
     reload,
     running_prometheus,
     write_targets,
@@ -84,19 +84,11 @@ def faults(tmp_path_factory):
             store.start()
             store.make_bucket(BUCKET)
             workdir = tmp_path_factory.mktemp("alert-faults")
-            stack_secrets = new_secrets(FAULTS_LAB) | {
-                "monitorPassword": secrets.token_urlsafe(24),
-                "backupCipherPassphrase": secrets.token_urlsafe(32),
-                "backupSecretAccessKey": secrets.token_urlsafe(30),
-            }
+            settings, added_secrets = monitored_with_backups(FAULTS_LAB, store, BUCKET)
+            settings["alertArchiveWaitSeconds"] = ARCHIVE_WAIT
+            stack_secrets = new_secrets(FAULTS_LAB) | added_secrets
             stack = LabStack("alertfaults", workdir / "stack")
             stack.prepare()
-            settings = {
-                "monitoringSources": [f"{FAULTS_LAB.operator_address}/32"],
-                "backups": True, "backupBucket": BUCKET, "backupEndpoint": store.endpoint,
-                "backupAccessKeyId": "mlaf-lab-key", "backupCaCert": store.ca_cert.read_text(),
-                "alertArchiveWaitSeconds": ARCHIVE_WAIT,
-            }  # fmt: skip
 
             def up(replicas: int) -> dict:
                 config = lab_hosts.stack_config(FAULTS_LAB, replicas, 3) | settings

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from promlab import (
     api,
     built_exporters,
     get,
+    monitored_with_backups,
     query,
     running_prometheus,
     samples,
@@ -82,19 +82,12 @@ def monitored(tmp_path_factory):
             store.start()
             store.make_bucket(BUCKET)
             workdir = tmp_path_factory.mktemp("exporters")
-            stack_secrets = new_secrets(EXPORTERS_LAB) | {
-                "monitorPassword": secrets.token_urlsafe(24),
-                "backupCipherPassphrase": secrets.token_urlsafe(32),
-                "backupSecretAccessKey": secrets.token_urlsafe(30),
-            }
+            settings, added_secrets = monitored_with_backups(EXPORTERS_LAB, store, BUCKET)
+            stack_secrets = new_secrets(EXPORTERS_LAB) | added_secrets
             stack = LabStack("exporterstest", workdir / "stack")
             stack.prepare()
-            config = lab_hosts.stack_config(EXPORTERS_LAB, 1, 2) | THREADS | {
-                "monitoringSources": [f"{EXPORTERS_LAB.operator_address}/32"],
-                "backups": True, "backupBucket": BUCKET, "backupEndpoint": store.endpoint,
-                "backupAccessKeyId": "mlx-lab-key", "backupCaCert": store.ca_cert.read_text(),
-                "backupArchiveTimeout": "10s",
-            }  # fmt: skip
+            config = lab_hosts.stack_config(EXPORTERS_LAB, 1, 2) | THREADS | settings
+            config["backupArchiveTimeout"] = "10s"
             outputs = applied(stack, config, stack_secrets)
             yield {"stack": stack, "outputs": outputs, "secrets": stack_secrets, "dir": workdir}
         finally:
