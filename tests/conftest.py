@@ -24,6 +24,7 @@ LONGEST = tuple(
         "lab/test_lifecycle_standin",
         "lab/test_cert_renewal",
         "lab/test_managed_stack",
+        "lab/test_alert_faults",
         "lab/test_read_endpoint_standin",
         "lab/test_backups",
         "lab/test_volumes_standin",

@@ -20,6 +20,10 @@ CONF = CONF_DIR / "pgbackrest.conf"
 CA_FILE = CONF_DIR / "repository-ca.crt"
 # Locks in a directory of pgBackRest's own rather than the default /tmp/pgbackrest.
 LOCK_PATH = "/var/lib/pgbackrest/lock"
+# archive_command's longest wait for the repository (pgBackRest's archive-timeout, with
+# archive-async): then it fails and PostgreSQL counts the failure. A synchronous archive-push
+# retries an unreachable store for about 8 x io-timeout (8 min), and counts nothing meanwhile.
+ARCHIVE_PUSH_TIMEOUT = 60
 PGBACKREST = "/usr/bin/pgbackrest"
 BACKUP_TIMEOUT = 6 * 3600  # seconds for one backup or restore of a large database
 STANZA_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -85,6 +89,11 @@ def conf_text(params: dict, version: int, port: int) -> str:
         "process-max=2",
         "compress-type=zst",
         "start-fast=y",
+        # archive_command hands the WAL file to a background push (spool: /var/spool/pgbackrest,
+        # Debian's) and fails after ARCHIVE_PUSH_TIMEOUT without it; no archive-push-queue-max:
+        # WAL is never dropped.
+        "archive-async=y",
+        f"archive-timeout={ARCHIVE_PUSH_TIMEOUT}",
         f"lock-path={LOCK_PATH}",
         "log-level-console=warn",
         "log-level-file=info",

@@ -15,17 +15,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import backup_metrics
 import pytest
 import yaml
 from labkit import applied, new_secrets, own_lab, wait_until, write_figures
+from promlab import (
+    BUILT,
+    alert_state,
+    api,
+    built_exporters,
+    get,
+    monitored_with_backups,
+    query,
+    running_prometheus,
+    samples,
+    scrape_url,
+)
 
 from lab import namespaces as lab_hosts
 from lab.host_files import private_source
@@ -43,7 +52,6 @@ PRIMARY, REPLICA = "10.236.0.11", "10.236.0.12"
 THREADS = {"pumaProcesses": 1, "pumaThreads": 5, "sidekiqThreads": 5, "streamingDbPool": 5}
 POOL_SIZE = 15
 PROMETHEUS_PORT = 19236  # this test's Prometheus, on 127.0.0.1
-BUILT = ("pgbouncer_exporter", "ssl_exporter")
 # The lab's S3 store (lab/s3.py) for the backups, on the operator's address of this lab.
 S3_DIR, S3_PORTS = Path("/var/lib/mastodon-lab-exporters-s3"), (19020, 19021)
 BUCKET, STANZA = "mlx-pg-backups", "mastodon"
@@ -73,57 +81,23 @@ CLEAR_BOUND = 30
 
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory):
-    """The stack up; the program ships the upstream builds from where `make exporters` left
-    them (exportersHome's default) into each lab host's own /usr/local/bin."""
-    for name in BUILT:
-        if not builds.binary_path(builds.home(""), name).is_file():
-            pytest.fail(f"{name} is not built: run `make exporters` (make test does)")
     store = LabS3(EXPORTERS_LAB.operator_address, S3_DIR, *S3_PORTS)
-    with own_lab(EXPORTERS_LAB, 2):
+    with built_exporters(), own_lab(EXPORTERS_LAB, 2):
         try:
             store.start()
             store.make_bucket(BUCKET)
             workdir = tmp_path_factory.mktemp("exporters")
-            stack_secrets = new_secrets(EXPORTERS_LAB) | {
-                "monitorPassword": secrets.token_urlsafe(24),
-                "backupCipherPassphrase": secrets.token_urlsafe(32),
-                "backupSecretAccessKey": secrets.token_urlsafe(30),
-            }
+            settings, added_secrets = monitored_with_backups(EXPORTERS_LAB, store, BUCKET)
+            stack_secrets = new_secrets(EXPORTERS_LAB) | added_secrets
             stack = LabStack("exporterstest", workdir / "stack")
             stack.prepare()
-            config = lab_hosts.stack_config(EXPORTERS_LAB, 1, 2) | THREADS | {
-                "monitoringSources": [f"{EXPORTERS_LAB.operator_address}/32"],
-                "backups": True, "backupBucket": BUCKET, "backupEndpoint": store.endpoint,
-                "backupAccessKeyId": "mlx-lab-key", "backupCaCert": store.ca_cert.read_text(),
-                "backupArchiveTimeout": "10s",
-            }  # fmt: skip
+            config = lab_hosts.stack_config(EXPORTERS_LAB, 1, 2) | THREADS | settings
+            config["backupArchiveTimeout"] = "10s"
             outputs = applied(stack, config, stack_secrets)
             yield {"stack": stack, "outputs": outputs, "secrets": stack_secrets, "dir": workdir}
         finally:
             store.stop()
             write_figures("exporters", FIGURES)
-
-
-def scrape_url(group: dict) -> str:
-    labels = group["labels"]
-    path = labels.get("__metrics_path__", "/metrics")
-    params = {k.removeprefix("__param_"): v for k, v in labels.items() if k.startswith("__param_")}
-    query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    return f"http://{group['targets'][0]}{path}{query}"
-
-
-def samples(text: str) -> dict[str, list[str]]:
-    """metric name -> the sample lines of that name."""
-    found: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            found.setdefault(line.split("{")[0].split()[0], []).append(line)
-    return found
-
-
-def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
 
 
 def test_every_target_answers_with_the_metrics_the_rules_read(monitored):
@@ -196,29 +170,12 @@ def read_text(path: Path) -> str:
 @pytest.fixture(scope="module")
 def prometheus(monitored):
     """Debian's Prometheus with the stack's rules and targets, scraping every second."""
-    workdir = monitored["dir"] / "prometheus"
-    workdir.mkdir()
-    (workdir / "rules.yml").write_text(lowered_rules(monitored["outputs"]["alert_rules"]))
-    (workdir / "targets.json").write_text(json.dumps(monitored["outputs"]["prometheus_targets"]))
-    (workdir / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"rule_files: [{workdir / 'rules.yml'}]\n"
-        "scrape_configs:\n"
-        "  - job_name: mastodon-data\n"
-        f"    file_sd_configs: [{{files: [{workdir / 'targets.json'}]}}]\n"
-    )
-    argv = ["/usr/bin/prometheus", f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"]  # fmt: skip
-    with open(workdir / "prometheus.log", "wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=log)
-    try:
-        wait_until(lambda: ready(f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"), 30,
-                   "Prometheus ready")  # fmt: skip
-        yield f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    outputs = monitored["outputs"]
+    rules = lowered_rules(outputs["alert_rules"])
+    with running_prometheus(
+        monitored["dir"] / "prometheus", rules, outputs["prometheus_targets"], PROMETHEUS_PORT
+    ) as url:
+        yield url
 
 
 def lowered_rules(shipped: str) -> str:
@@ -227,18 +184,6 @@ def lowered_rules(shipped: str) -> str:
     threshold = f"> {192 * 3600}\n"
     assert shipped.count(threshold) == 1, "BackupFullTooOld's threshold, and only it"
     return shipped.replace(threshold, f"> {FULL_BACKUP_AGE}\n")
-
-
-def ready(url: str) -> bool:
-    try:
-        get(url)
-    except OSError as exc:
-        raise AssertionError(f"{url}: {exc}") from None
-    return True
-
-
-def api(prometheus: str, path: str) -> dict:
-    return json.loads(get(f"{prometheus}/{path}"))["data"]
 
 
 def test_prometheus_loads_the_rules_and_finds_every_target_up(monitored, prometheus):
@@ -258,13 +203,6 @@ def test_prometheus_loads_the_rules_and_finds_every_target_up(monitored, prometh
         return True
 
     print(f"every target up after {wait_until(all_up, 30, 'every target up'):.1f} s")
-
-
-def alert_state(prometheus: str, name: str) -> str | None:
-    """The alert's state (firing before pending), None when it is neither."""
-    alerts = api(prometheus, "alerts")["alerts"]
-    states = {a["state"] for a in alerts if a["labels"]["alertname"] == name}
-    return "firing" if "firing" in states else (states.pop() if states else None)
 
 
 def test_clients_beyond_the_pool_fire_the_wait_alert_and_it_clears(monitored, prometheus):
@@ -293,12 +231,6 @@ def test_clients_beyond_the_pool_fire_the_wait_alert_and_it_clears(monitored, pr
         CLEAR_BOUND, "PgbouncerClientWaitLong cleared",
     )  # fmt: skip
     print(f"PgbouncerClientWaitLong: fired {fired:.1f} s after the burst, cleared {cleared:.1f} s")
-
-
-def query(prometheus: str, promql: str) -> dict[str, float]:
-    """An instant query's result: the `server` label of each series -> its value."""
-    found = api(prometheus, f"query?{urllib.parse.urlencode({'query': promql})}")["result"]
-    return {r["metric"].get("server", ""): float(r["value"][1]) for r in found}
 
 
 def tool(stack: LabStack, *args: str) -> dict:

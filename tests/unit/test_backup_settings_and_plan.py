@@ -175,6 +175,8 @@ def test_pgbackrest_conf_names_the_repository_and_the_cluster():
         "repo1-retention-full=3",
         "repo1-retention-diff=5",
         "repo1-storage-ca-file=/etc/pgbackrest/repository-ca.crt",
+        "archive-async=y",
+        "archive-timeout=60",
         "[mastodon]",
         "pg1-path=/var/lib/postgresql/17/main",
         "pg1-port=5433",
