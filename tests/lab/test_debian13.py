@@ -1,22 +1,30 @@
 """Debian 13 hosts running PostgreSQL 17 (issue 24, step 1), through the engine on a lab of its
 own whose two hosts run the Debian 13 image (lab/rootfs.py): `pulumi up` of a hosts-mode stack
-with postgresVersion 17 makes the primary and a replica with trixie's packages; the replica
-streams, both pools answer with TLS and SCRAM, and a second `up` changes nothing."""
+with postgresVersion 17, backups into the lab's S3 store and the exporters makes the primary and
+a replica with trixie's packages (PostgreSQL 17, PgBouncer 1.24, pgBackRest 2.55, Debian's
+exporters); the replica streams, both pools answer with TLS, a full backup is in the repository,
+every exporter target answers, and a second `up` changes nothing."""
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
+import backup_metrics
 import psycopg
 import pytest
-from labkit import applied, new_secrets, own_lab
+import yaml
+from labkit import applied, new_secrets, own_lab, wait_until
 
 from lab import namespaces as lab_hosts
 from lab import rootfs
-from lab.stack import LabStack
+from lab.s3 import LabS3
+from lab.stack import ENGINE_BIN, LabStack
 from tests.fixtures import COMMAND
 from tests.mastodon_database import read_dotenv
 
@@ -30,9 +38,10 @@ DEB13_LAB = lab_hosts.Lab(
 )
 PRIMARY, REPLICA = "10.244.0.11", "10.244.0.12"
 VERSION = 17
-# The stack, the component, the primary, the replica, the slots step, 2 status reports,
-# 2 pooler steps, 2 health endpoint steps.
-RESOURCES = 11
+S3_DIR, S3_PORTS = Path("/var/lib/mastodon-lab-deb13-s3"), (19060, 19061)
+BUCKET = "ml13-pg-backups"
+BUILT = ("pgbouncer_exporter", "ssl_exporter")  # make exporters; the operator copies them
+RESOURCES = 17
 REPLAY_WAIT = 30  # seconds for a row to reach the replica (at rest: under a second)
 
 
@@ -40,14 +49,42 @@ REPLAY_WAIT = 30  # seconds for a row to reach the replica (at rest: under a sec
 def deb13(tmp_path_factory):
     if not rootfs.built(IMAGE):
         pytest.fail(f"the Debian 13 image {IMAGE} is not built: run `make rootfs`")
+    store = LabS3(DEB13_LAB.operator_address, S3_DIR, *S3_PORTS)
     with own_lab(DEB13_LAB, 2):
-        workdir = tmp_path_factory.mktemp("deb13")
-        secrets = new_secrets(DEB13_LAB)
-        stack = LabStack("deb13test", workdir / "stack")
-        stack.prepare()
-        config = lab_hosts.stack_config(DEB13_LAB, 1, 2) | {"postgresVersion": VERSION}
-        outputs = applied(stack, config, secrets)
-        yield {"stack": stack, "outputs": outputs, "secrets": secrets, "dir": workdir}
+        try:
+            store.start()
+            store.make_bucket(BUCKET)
+            place_built_exporters()
+            workdir = tmp_path_factory.mktemp("deb13")
+            stack_secrets = new_secrets(DEB13_LAB) | {
+                "monitorPassword": secrets.token_urlsafe(24),
+                "backupCipherPassphrase": secrets.token_urlsafe(32),
+                "backupSecretAccessKey": secrets.token_urlsafe(30),
+            }
+            stack = LabStack("deb13test", workdir / "stack")
+            stack.prepare()
+            config = lab_hosts.stack_config(DEB13_LAB, 1, 2) | {
+                "postgresVersion": VERSION,
+                "monitoringSources": [f"{DEB13_LAB.operator_address}/32"],
+                "backups": True, "backupBucket": BUCKET, "backupEndpoint": store.endpoint,
+                "backupAccessKeyId": "ml13-lab-key", "backupCaCert": store.ca_cert.read_text(),
+            }  # fmt: skip
+            outputs = applied(stack, config, stack_secrets)
+            yield {"stack": stack, "outputs": outputs, "dir": workdir}
+        finally:
+            store.stop()
+
+
+def place_built_exporters() -> None:
+    """The upstream builds in each host's /usr/local/bin, as the operator copies them."""
+    for index in (1, 2):
+        for name in BUILT:
+            with open(ENGINE_BIN / name, "rb") as binary:
+                argv = DEB13_LAB.ssh_command(
+                    DEB13_LAB.host(index).address,
+                    f"cat > /usr/local/bin/{name} && chmod 755 /usr/local/bin/{name}",
+                )
+                subprocess.run(argv, stdin=binary, check=True, timeout=60)
 
 
 def ssh(index: int, command: str) -> subprocess.CompletedProcess:
@@ -120,6 +157,69 @@ def test_both_pools_answer_with_tls_on_17(deb13):
             ).fetchone()
             assert row == (in_recovery, VERSION)
             assert conn.pgconn.ssl_in_use
+
+
+def tool(stack: LabStack, *args: str) -> dict:
+    """`mastodon-data <args>` as an operator runs it on the stack: its JSON report."""
+    result = subprocess.run(
+        [COMMAND, *args[:1], "--stack", stack.name, "--cwd", str(stack.workdir), *args[1:]],
+        capture_output=True, text=True, timeout=900, env=stack.env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def test_pgbackrest_archives_and_backs_up_to_the_bucket(deb13):
+    primary = deb13["outputs"]["steps"]["backup-ml13-h1"]
+    assert (primary["stanza"], primary["restarted"]) == ("checked", True)
+    report = tool(deb13["stack"], "backups", "now", "--type", "full")
+    assert (report["last_backup"]["type"], report["status"]) == ("full", "ok")
+    report = tool(deb13["stack"], "backups", "check")  # switches and archives the WAL
+    assert report["healthy"] is True and report["archive"]["failed_count"] == 0
+
+
+def rule_metrics(rules: str) -> dict[str, set[str]]:
+    """The metric names the stack's alert rules read, by the job that exports them."""
+    exprs = [rule["expr"] for group in yaml.safe_load(rules)["groups"] for rule in group["rules"]]
+    names = set(re.findall(r"\b(?:pg|pgbouncer|node|pgbackrest|ssl)_[a-z_]+\b", " ".join(exprs)))
+    jobs = {"pgbouncer_": "pgbouncer", "pg_": "postgres", "ssl_": "ssl"}
+    by_job: dict[str, set[str]] = {}
+    for name in names:
+        job = next((j for prefix, j in jobs.items() if name.startswith(prefix)), "node")
+        by_job.setdefault(job, set()).add(name)
+    return by_job
+
+
+def scraped(targets: list[dict]) -> dict[str, dict[str, list[str]]]:
+    """job -> metric name -> its sample lines, over every target of the job."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for group in targets:
+        labels = group["labels"]
+        path = labels.get("__metrics_path__", "/metrics")
+        query = "&".join(f"{k[8:]}={v}" for k, v in labels.items() if k.startswith("__param_"))
+        url = f"http://{group['targets'][0]}{path}" + (f"?{query}" if query else "")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line[:1].isalpha():
+                    name = line.split("{")[0].split()[0]
+                    found.setdefault(labels["job"], {}).setdefault(name, []).append(line)
+    return found
+
+
+def test_every_exporter_target_answers_with_the_metrics_the_rules_read(deb13):
+    """After the backup above: its completion time appears with the backup metrics' next run."""
+    wanted = rule_metrics(deb13["outputs"]["alert_rules"])
+    assert sorted(wanted) == ["node", "pgbouncer", "postgres", "ssl"]
+    found = {}
+
+    def complete() -> bool:
+        found.update(scraped(deb13["outputs"]["prometheus_targets"]))
+        return all(names <= set(found[job]) for job, names in wanted.items())
+
+    wait_until(complete, backup_metrics.REPEAT + 30, "every metric the rules read")
+    for job, up in (("postgres", "pg_up"), ("pgbouncer", "pgbouncer_up")):
+        assert [line.split()[-1] for line in found[job][up]] == ["1", "1"], job
+    assert [line.split()[-1] for line in found["ssl"]["ssl_probe_success"]] == ["1"] * 4
 
 
 def test_a_second_up_changes_nothing(deb13):
