@@ -33,6 +33,7 @@ LONGEST = tuple(
         "engine/test_lifecycle_engine",
         "lab/test_exporters",
         "lab/test_engine_lifecycle",
+        "lab/test_debian13",
     )
 )
 DIRECTORIES = ("tests/lab/", "tests/engine/", "tests/local/")
