@@ -33,6 +33,7 @@ LONGEST = tuple(
         "engine/test_lifecycle_engine",
         "lab/test_exporters",
         "lab/test_engine_lifecycle",
+        "lab/test_droplets_debian13_standin",
         "lab/test_debian13",
     )
 )
