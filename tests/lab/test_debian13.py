@@ -3,8 +3,9 @@ own whose two hosts run the Debian 13 image (lab/rootfs.py): `pulumi up` of a ho
 with postgresVersion 17, backups into the lab's S3 store and the exporters makes the primary and
 a replica with trixie's packages (PostgreSQL 17, PgBouncer 1.24, pgBackRest 2.55, Debian's
 exporters); the replica streams, both pools answer with TLS, a full backup is in the repository,
-every exporter target answers, a second `up` changes nothing, and a switchover under a write
-load loses no row and fails no client."""
+every exporter target answers, a second `up` changes nothing, a certificate near its end is
+renewed by a plain `up` (trixie's OpenSSL 3.5), and a switchover under a write load loses no row
+and fails no client."""
 
 from __future__ import annotations
 
@@ -229,6 +230,35 @@ def test_a_second_up_changes_nothing(deb13):
     assert deb13["stack"].last_changes() == {"create": RESOURCES}
     deb13["stack"].up()
     assert deb13["stack"].last_changes() == {"same": RESOURCES}
+
+
+CONF, CA = f"/etc/postgresql/{VERSION}/main", "/etc/postgresql/mastodon-data-ca"
+STARTED = "runuser -u postgres -- psql -AtX -c 'SELECT pg_postmaster_start_time()'"
+
+
+def days_left(index: int) -> float:
+    """Days until the end of the host's server certificate, as its OpenSSL reads it."""
+    read_end = f"openssl x509 -in {CONF}/server.crt -noout -enddate | cut -d= -f2"
+    end = ssh(index, f'date -d "$({read_end})" +%s').stdout
+    return (int(end) - time.time()) / 86400
+
+
+def test_a_certificate_near_its_end_is_renewed_by_a_plain_up(deb13):
+    """Trixie's OpenSSL 3.5 issues and reads the certificates: the primary's, issued again
+    valid 5 days (test only), is renewed for certificateDays by the next up, with no restart."""
+    started = ssh(1, STARTED).stdout
+    extensions = f"subjectAltName=IP:{PRIMARY}\\nextendedKeyUsage=serverAuth\\n"
+    short = ssh(1, (
+        f"cd /tmp && openssl req -new -key {CONF}/server.key -subj /CN={PRIMARY} -out t.csr"
+        f" && printf '{extensions}' > t.ext && openssl x509 -req -in t.csr -CA {CA}/ca.crt"
+        f" -CAkey {CA}/ca.key -days 5 -extfile t.ext -out {CONF}/server.crt && rm t.csr t.ext"
+    ))  # fmt: skip
+    assert short.returncode == 0 and 4 < days_left(1) <= 5, short.stderr
+    deb13["stack"].up()
+    assert 824 < days_left(1) <= 825  # certificateDays
+    assert ssh(1, f"cat {CONF}/mastodon-data-renewals").stdout.strip() == "1"
+    assert ssh(1, f"openssl verify -CAfile {CA}/ca.crt {CONF}/server.crt").returncode == 0
+    assert ssh(1, STARTED).stdout == started
 
 
 def test_a_switchover_under_load_loses_no_row_and_fails_no_client(deb13):
