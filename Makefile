@@ -9,7 +9,7 @@ TEST_WORKERS ?= 3
 ENGINE_SRC ?= $(if $(wildcard ../shared/engine-src),$(abspath ../shared/engine-src))
 export ENGINE_SRC
 
-.PHONY: lab lab-down test engine packages lint exporters
+.PHONY: lab lab-down test engine packages lint exporters rootfs
 
 packages:
 	bash lab/install_packages.sh
@@ -28,6 +28,10 @@ engine:
 # outside the clone.
 exporters:
 	bash lab/build_exporters.sh
+
+# The Debian 13 root file system lab hosts can run (lab/rootfs.py), cached outside the clone.
+rootfs: packages
+	python3 -m lab.rootfs build
 
 lab: packages venv/.installed engine exporters
 	$(PY) -m lab.main --hosts $(HOSTS)
@@ -87,6 +91,6 @@ lint: venv/.installed engine
 	venv/bin/ruff format --check .
 	.engine/bin/actionlint
 
-test: packages venv/.installed engine exporters lint docs
+test: packages venv/.installed engine exporters rootfs lint docs
 	rm -rf build/test-times
 	$(PY) -m pytest -q -ra --durations=10 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ Stdlib only."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -70,6 +71,38 @@ def make_private(home: Path) -> str:
         Path(path).mkdir(mode=0o755, parents=True, exist_ok=True)
     paths = [*PRIVATE_DIRS, *PRIVATE_FILES, DEVICE_LINKS]
     return " && ".join(f"mount --bind {private_source(home, p)} {p}" for p in paths)
+
+
+def enter_image(home: Path, image: Path) -> str:
+    """Shell commands, for the host's fresh private mount namespace (before the binds of
+    make_private), that make `image` its root: the image read-only and shared by every host
+    that runs it, under an overlay whose writable layer is this host's own (`home`/upper); its
+    own /proc, /sys (its network namespace's), /run and /dev/shm, the machine's devices (the
+    volumes' loop devices); `home` at the same path (the binds' sources, sshd's files), then
+    pivot_root so that the machine's tree is gone (and `nsenter -m` lands in the image)."""
+    root, upper, work = home / "root", home / "upper", home / "work"
+    for directory in (root, upper, work):
+        directory.mkdir(mode=0o755, exist_ok=True)
+    targets = " ".join(shlex.quote(p) for p in (*PRIVATE_DIRS, DEVICE_LINKS))
+    return " && ".join(
+        [
+            f"mount -t overlay overlay -o lowerdir={image},upperdir={upper},workdir={work} {root}",
+            f"mount -t proc proc {root}/proc",
+            f"mount -t sysfs sysfs {root}/sys",
+            f"mount --rbind /dev {root}/dev",
+            f"mount -t tmpfs -o mode=1777,nosuid,nodev shm {root}/dev/shm",
+            f"mount -t tmpfs -o mode=755,nosuid,nodev run {root}/run",
+            f"mkdir -p {root}{home}",
+            f"mount --bind {home} {root}{home}",
+            f"cd {root}",
+            "mkdir -p .oldroot",
+            "pivot_root . .oldroot",
+            "umount -l /.oldroot",
+            "rmdir /.oldroot",
+            "cd /",
+            f"mkdir -p {targets}",
+        ]
+    )
 
 
 def ensure_key(path: Path, comment: str) -> Path:

@@ -8,7 +8,7 @@ set -euo pipefail
 packages=(iproute2 util-linux openssh-server openssh-client postgresql-15 postgresql-common
           postgresql-client-15 openssl pgbouncer redis-server nftables make curl pgbackrest
           stunnel4 prometheus prometheus-postgres-exporter prometheus-node-exporter
-          python3-prometheus-client haproxy)
+          python3-prometheus-client haproxy mmdebstrap)
 backports=(valkey-server)
 BACKPORTS_SOURCES=/etc/apt/sources.list.d/bookworm-backports.sources
 missing=() missing_backports=()

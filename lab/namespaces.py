@@ -2,10 +2,11 @@
 """The lab: hosts that behave like droplets, made of network namespaces on this machine.
 
 Each host is a network namespace on a bridge (in a "switch" namespace) with its own address,
-a private mount namespace in which /etc/postgresql, /var/lib/postgresql, /var/run/postgresql,
-/var/log/postgresql (and PgBouncer's, pgBackRest's and systemd's unit directories) are its own,
-and its own sshd. Everything the lab makes carries the lab's prefix, so `down` can find and
-remove it even after a crash midway.
+a private mount namespace whose root is the machine's own (Debian 12) or, for the hosts
+`Lab.images` names, an image (the Debian 13 root file system of lab/rootfs.py), in which
+/etc/postgresql, /var/lib/postgresql, /var/run/postgresql, /var/log/postgresql (and PgBouncer's,
+pgBackRest's and systemd's unit directories) are its own, and its own sshd. Everything the lab
+makes carries the lab's prefix, so `down` can find and remove it even after a crash midway.
 
     python3 -m lab.namespaces up [--hosts N]  # idempotent; from the project directory
     python3 -m lab.namespaces down            # removes namespaces, processes, mounts, files
@@ -21,10 +22,10 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.host_files import ensure_key, make_private, sshd_config
+from lab.host_files import ensure_key, enter_image, make_private, sshd_config
 from lab.s3 import LabS3
 from lab.system import (
     LabError,
@@ -82,6 +83,7 @@ class LabHost:
     netns: str
     switch_port: str
     state_dir: Path
+    image: Path | None = None  # the root file system it runs (None: the machine's own)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Lab:
     prefix: str = "mlab"
     subnet: str = "10.251.0.0/24"
     state_dir: Path = Path("/var/lib/mastodon-lab")
+    # Host number -> the root file system it runs (lab/rootfs.py's image); others: the machine's.
+    images: dict[int, Path] = field(default_factory=dict, hash=False)
 
     @property
     def switch_ns(self) -> str:
@@ -134,6 +138,7 @@ class Lab:
             netns=f"{self.prefix}-h{index}",
             switch_port=f"{self.prefix}-v{index}",
             state_dir=self.state_dir / f"h{index}",
+            image=self.images.get(index),
         )
 
     def ssh_command(self, address: str, *remote: str) -> list[str]:
@@ -241,6 +246,8 @@ def ensure_host(lab: Lab, index: int) -> LabHost:
     run(hn + ["link", "set", "lo", "up"])
     if not pid_alive(host.state_dir / "sshd.pid"):
         mounts = make_private(host.state_dir)
+        if host.image:
+            mounts = f"{image_root(host)} && {mounts}"
         run(
             [
                 "ip",
@@ -265,6 +272,13 @@ def ensure_host(lab: Lab, index: int) -> LabHost:
             f"(see {host.state_dir / 'sshd.log'})"
         )
     return host
+
+
+def image_root(host: LabHost) -> str:
+    """The commands that make the host's image its root (a clear error when it is not built)."""
+    if not (host.image / "usr/sbin/sshd").exists():
+        raise LabError(f"{host.name}'s image {host.image} is not built: run `make rootfs`")
+    return enter_image(host.state_dir, host.image)
 
 
 def rebooted(host: LabHost) -> bool:

@@ -30,6 +30,8 @@ LONGEST = tuple(
         "lab/test_volumes_standin",
         "lab/test_faults",
         "lab/test_switchover",
+        "lab/test_debian13",  # 5 min beside other files
+        "lab/test_droplets_debian13_standin",  # 4 min
         "engine/test_wheel",
         "engine/test_lifecycle_engine",
         "lab/test_exporters",

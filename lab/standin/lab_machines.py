@@ -8,11 +8,13 @@ processes run in a private mount namespace where /etc/postgresql, /var/lib/postg
 power cycles and resizes) and its hostname is the host's name; its sshd listens on every
 address and authorises the keys it was made with.
 
-Power is modelled: off = every process killed (a pulled plug; PostgreSQL recovers from its WAL at
-the next start) and the links down; on = a boot: the run directory emptied, every cluster whose
-start.conf says `auto` started (as systemd's postgresql@ units do), Valkey and HAProxy when
-configured, then sshd. A graceful shutdown stops the clusters first. Destroying the host removes
-the namespace and its files.
+A droplet made with `debian-13-x64` runs the Debian 13 image of lab/rootfs.py as its root (an
+overlay with its own writable layer, lab/host_files.py `enter_image`); `debian-12-x64`, this
+machine's own. Power is modelled: off = every process killed (a pulled plug; PostgreSQL recovers
+from its WAL at the next start) and the links down; on = a boot: the run directory emptied,
+every cluster whose start.conf says `auto` started (as systemd's postgresql@ units do), Valkey
+and HAProxy when configured, then sshd. A graceful shutdown stops the clusters first. Destroying
+the host removes the namespace and its files.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import threading
 import time
 from pathlib import Path
 
-from lab.host_files import ensure_key, make_private, sshd_config
+from lab import rootfs
+from lab.host_files import ensure_key, enter_image, make_private, sshd_config
 from lab.standin.lab_network import LabNetwork
+from lab.standin.resources.catalog import LAB_IMAGES
 from lab.system import LabError, link_exists, netns_list, pid_alive, run
 
 BOOT_TIMEOUT = 180  # seconds a boot (clusters started, sshd up) may take
@@ -178,6 +182,12 @@ class LabMachines(LabNetwork):
         # keys in ~/.ssh/authorized_keys, stays on this host.
         (home / "root-home").mkdir(mode=0o700, exist_ok=True)
         mounts = make_private(home) + f" && mount --bind {home / 'root-home'} /root"
+        suite = LAB_IMAGES.get(host.get("image", ""))
+        if suite:  # the Debian 13 image as its root, its own layer over it
+            image = rootfs.image_dir(suite)
+            if not rootfs.built(image):
+                raise LabError(f"host {host['id']}: {image} is not built: run `make rootfs`")
+            mounts = f"{enter_image(home, image)} && {mounts}"
         starter = home / "start_clusters.py"
         starter.write_text(START_CLUSTERS)
         script = (

@@ -19,7 +19,7 @@ from mastodon_data.config.project import DEFAULTS, PROJECT
 
 MODES = ("droplets", "hosts", "managed")
 REGIONS = tuple("nyc1 nyc3 sfo2 sfo3 ams3 sgp1 lon1 fra1 tor1 blr1 syd1 atl1".split())
-IMAGES = ("ubuntu-24-04-x64", "ubuntu-22-04-x64", "debian-12-x64")
+IMAGES = ("ubuntu-24-04-x64", "ubuntu-22-04-x64", "debian-13-x64", "debian-12-x64")
 POSTGRES_VERSIONS = range(15, 19)  # extend the stop when a new major is packaged
 REPLICA_COUNTS = range(0, 11)
 VOLUME_SIZES = range(1, 16385)  # GiB: DigitalOcean's volume limits

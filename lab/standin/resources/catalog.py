@@ -1,9 +1,10 @@
 """What the stand-in's account offers: regions, droplet sizes and images, as the API lists them,
 and the account itself (GET /v2/account).
 
-Slugs, memory, vCPUs and disk are DigitalOcean's; prices are indicative. The lab runs this
-machine's Debian 12, so only `debian-12-x64` makes a droplet: the other public images are known
-(a request names them correctly) but refused with the reason.
+Slugs, memory, vCPUs and disk are DigitalOcean's; prices are indicative. A droplet is a lab host
+running this machine's Debian 12 (`debian-12-x64`) or the Debian 13 image of lab/rootfs.py
+(`debian-13-x64`): the other public images are known (a request names them correctly) but
+refused with the reason.
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ SIZES = {
 # slug: (id, distribution, name); only LAB_IMAGES make a lab host.
 IMAGES = {
     "debian-12-x64": (150000012, "Debian", "12 x64"),
+    "debian-13-x64": (150000013, "Debian", "13 x64"),
     "ubuntu-24-04-x64": (150000024, "Ubuntu", "24.04 (LTS) x64"),
     "ubuntu-22-04-x64": (150000022, "Ubuntu", "22.04 (LTS) x64"),
 }
-LAB_IMAGES = {"debian-12-x64"}
+# slug -> the root file system of the lab host it makes (lab/rootfs.py's suite; None: the machine's)
+LAB_IMAGES = {"debian-12-x64": None, "debian-13-x64": "trixie"}
 DROPLET_LIMIT = 25  # the account's droplet quota, as a new DigitalOcean account has
 
 

@@ -128,8 +128,8 @@ class Droplets(Resource):
             raise unprocessable(f"image {image!r} is not available")
         if image not in LAB_IMAGES:
             raise unprocessable(
-                f"image {image}: the stand-in's droplets run this machine's Debian 12; "
-                "use debian-12-x64 (and postgresVersion 15)"
+                f"image {image}: the stand-in's droplets run this machine's Debian 12 or the "
+                "lab's Debian 13; use debian-12-x64 (postgresVersion 15) or debian-13-x64 (17)"
             )
         return name, region, size, image
 
