@@ -34,7 +34,6 @@ def run() -> None:
         )
         alert_policies("postgres-alerts", settings, [postgres.cluster.id], secrets)
         pulumi.export("prometheus_targets", postgres.targets)  # DigitalOcean's endpoints
-        pulumi.export("prometheus_basic_auth", postgres.metrics_auth)
     else:
         postgres, repository, secrets = replicated_postgres(settings, network, secrets, reseed)
         # The rules for the operator's Prometheus, filled in with this stack's values.

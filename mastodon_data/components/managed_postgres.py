@@ -131,15 +131,10 @@ class ManagedPostgres(pulumi.ComponentResource):
 
     def _metrics(self) -> None:
         """The cluster's metrics endpoints (DigitalOcean's, on public host names) as Prometheus
-        targets, and the account's credentials for them (one pair for every cluster), a secret."""
+        targets. Their credentials are the account's (GET /v2/databases/metrics/credentials):
+        read here, they would make every preview call the API."""
         self.targets = pulumi.Output.all(self.cluster.name, self.cluster.metrics_endpoints).apply(
             lambda found: managed_file_sd(found[0], found[1] or [])
-        )
-        credentials = do.get_database_metrics_credentials_output(
-            opts=pulumi.InvokeOutputOptions(parent=self)
-        )
-        self.metrics_auth = pulumi.Output.secret(
-            pulumi.Output.all(username=credentials.username, password=credentials.password)
         )
 
     def _expose(self) -> None:

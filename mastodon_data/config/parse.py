@@ -72,7 +72,7 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
             "monitoringSources",
             list(topology["monitoring_sources"]),
             "managed mode runs no exporters: DigitalOcean serves the cluster's metrics (stack "
-            "outputs prometheus_targets and prometheus_basic_auth)",
+            "output prometheus_targets)",
             f"pulumi config rm {PROJECT}:monitoringSources",
         )
     needed = required_secrets(

@@ -27,7 +27,6 @@ VALKEY_PASSWORD = "AVNS_valkeyPassword/4+5"  # URL-special characters on purpose
 SPACES_ACCESS_KEY = "DO00MOCKACCESSKEY"
 SPACES_SECRET_KEY = "mock/spaces+secret=key"
 DO = "digitalocean:index/"
-METRICS_PASSWORD = "metrics-basic-auth-password"  # the account's, for every cluster's endpoints
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret value
 
 
@@ -83,8 +82,6 @@ class Mocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs):
         if args.token == f"{DO}getDatabaseCa:getDatabaseCa":
             return {"certificate": DO_CA_CERT, "clusterId": args.args.get("clusterId")}
-        if args.token == f"{DO}getDatabaseMetricsCredentials:getDatabaseMetricsCredentials":
-            return {"id": "metrics", "username": "doadmin-metrics", "password": METRICS_PASSWORD}
         return {}
 
 

@@ -11,7 +11,6 @@ import pulumi
 import pytest
 from program_harness import (
     DO_CA_CERT,
-    METRICS_PASSWORD,
     PG_USER_PASSWORD,
     SECRETS,
     SPACES_ACCESS_KEY,
@@ -426,7 +425,7 @@ def test_plain_outputs_for_humans(full):
         "alias_host": "media.example.social",
     }
     assert full.outputs["redis"] == {"host": f"private-{VALKEY_HOST}", "port": 25061}
-    assert full.secret_outputs == {"mastodon_env", "postgres_admin", "prometheus_basic_auth"}
+    assert full.secret_outputs == {"mastodon_env", "postgres_admin"}
     assert full.outputs["postgres_admin"] == {
         "host": PG_PRIVATE,
         "port": 25060,
@@ -550,7 +549,7 @@ def test_prod_stack_is_the_seed_topology():
     }
 
 
-def test_the_metrics_endpoints_of_every_node_and_the_accounts_credentials_are_exported():
+def test_the_metrics_endpoints_of_every_node_are_exported():
     run = run_program(config_for("managed", False, False, "none") | {"dbNodeCount": 2}, {})
     host = "mastodon-data-unit-pg-do-user-1.l.db.ondigitalocean.com"
     assert run.outputs["prometheus_targets"] == [
@@ -560,11 +559,7 @@ def test_the_metrics_endpoints_of_every_node_and_the_accounts_credentials_are_ex
                        "__scheme__": "https"},
         }
     ]  # fmt: skip
-    assert run.outputs["prometheus_basic_auth"] == {
-        "username": "doadmin-metrics",
-        "password": METRICS_PASSWORD,
-    }
-    assert "prometheus_basic_auth" in run.secret_outputs
+    assert "prometheus_basic_auth" not in run.outputs  # the account's: no API call at preview
     assert "prometheus_targets" not in run.secret_outputs
 
 
