@@ -178,7 +178,9 @@ def exporter_lines(groups: list[dict]) -> tuple[list[str], bool]:
     jobs: dict[str, dict[str, bool]] = {}
     for group in groups:
         labels = group["labels"]
-        params = {k[8:]: v for k, v in labels.items() if k.startswith("__param_")}
+        params = {
+            k.removeprefix("__param_"): v for k, v in labels.items() if k.startswith("__param_")
+        }
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
         path = labels.get("__metrics_path__", "/metrics")
         server = jobs.setdefault(labels.get("server", labels.get("cluster", "?")), {})

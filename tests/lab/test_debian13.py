@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import subprocess
 import time
 import urllib.request
@@ -21,7 +20,7 @@ import psycopg
 import pytest
 import yaml
 from labkit import applied, new_secrets, own_lab, wait_until
-from promlab import built_exporters
+from promlab import built_exporters, monitored_with_backups
 
 from lab import namespaces as lab_hosts
 from lab import rootfs
@@ -56,19 +55,12 @@ def deb13(tmp_path_factory):
             store.start()
             store.make_bucket(BUCKET)
             workdir = tmp_path_factory.mktemp("deb13")
-            stack_secrets = new_secrets(DEB13_LAB) | {
-                "monitorPassword": secrets.token_urlsafe(24),
-                "backupCipherPassphrase": secrets.token_urlsafe(32),
-                "backupSecretAccessKey": secrets.token_urlsafe(30),
-            }
+            settings, added_secrets = monitored_with_backups(DEB13_LAB, store, BUCKET)
+            stack_secrets = new_secrets(DEB13_LAB) | added_secrets
             stack = LabStack("deb13test", workdir / "stack")
             stack.prepare()
-            config = lab_hosts.stack_config(DEB13_LAB, 1, 2) | {
-                "postgresVersion": VERSION,
-                "monitoringSources": [f"{DEB13_LAB.operator_address}/32"],
-                "backups": True, "backupBucket": BUCKET, "backupEndpoint": store.endpoint,
-                "backupAccessKeyId": "ml13-lab-key", "backupCaCert": store.ca_cert.read_text(),
-            }  # fmt: skip
+            config = lab_hosts.stack_config(DEB13_LAB, 1, 2) | settings
+            config["postgresVersion"] = VERSION
             outputs = applied(stack, config, stack_secrets)
             yield {"stack": stack, "outputs": outputs, "dir": workdir}
         finally:
