@@ -1,7 +1,8 @@
 """The project's managed stack (Pulumi.prod.yaml's shape) on the DigitalOcean stand-in, through the
 real engine and provider: up, a quiet refreshed preview with the policy pack, then Mastodon's
 env used from an app droplet with the stack's appTag (tests/lab/managed_app_probe.py) as Mastodon
-uses it, the trusted sources, and the end: destroy refused while protected, then nothing left.
+uses it, the trusted sources, DigitalOcean's alert policies over the cluster (alertEmails), and
+the end: destroy refused while protected, then nothing left.
 
 Lab `mlms`: public network 10.241.110.0/24, VPC 10.240.110.0/24."""
 
@@ -33,12 +34,15 @@ STACK = "mms"
 POLICY = ROOT / "policy"
 PROBE = Path(__file__).parent / "managed_app_probe.py"
 RESUME_BOUND = 20  # seconds from the primary's death to a write accepted through the env
+ALERT_EMAIL = "dba@example.org"
 
 
 class Managed:
     def __init__(self, client: Client, key_id: int, workdir: Path):
         self.client = Client(client.url, token=f"dop_v1_standin-{STACK}")
-        self.config = managed_config(LAB.vpc_pool[0], "mlms-media", appTag="mlms-app")
+        self.config = managed_config(
+            LAB.vpc_pool[0], "mlms-media", appTag="mlms-app", alertEmails=[ALERT_EMAIL]
+        )
         self.stack = standin_stack(LAB, self.client, STACK, workdir, self.config, {})
         self.stack.timeout = 900
         self.up = self.stack.up()
@@ -103,6 +107,22 @@ def test_the_metrics_endpoints_are_the_clusters_nodes(managed):
     ]
     assert len(cluster["metrics_endpoints"]) == managed.config["dbNodeCount"]
     assert "prometheus_basic_auth" not in managed.outputs  # the account's: no API call at preview
+
+
+def test_digitaloceans_alert_policies_watch_the_cluster(managed):
+    (cluster,) = [
+        c for c in managed.client.call("GET", "/v2/databases")["databases"] if c["engine"] == "pg"
+    ]
+    policies = managed.client.call("GET", "/v2/monitoring/alerts")["policies"]
+    assert {p["type"]: p["value"] for p in policies} == {
+        "v1/dbaas/alerts/cpu_alerts": 90.0,
+        "v1/dbaas/alerts/memory_utilization_alerts": 90.0,
+        "v1/dbaas/alerts/disk_utilization_alerts": 80.0,
+    }
+    for policy in policies:
+        assert policy["entities"] == [cluster["id"]], policy
+        assert policy["alerts"]["email"] == [ALERT_EMAIL], policy
+        assert policy["enabled"] is True
 
 
 def test_mastodons_role_creates_tables_only_after_grant(managed):
@@ -231,5 +251,6 @@ def test_destroy_is_refused_while_protected_then_leaves_nothing(managed):
     stack.destroy()
     state = managed.client.state()
     assert {k: v for k, v in state.items() if k in ("databases", "droplets") and v} == {}
+    assert managed.client.call("GET", "/v2/monitoring/alerts")["policies"] == []
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert [ns for ns in namespaces.split() if ns.startswith(f"{LAB.prefix}-d")] == []
