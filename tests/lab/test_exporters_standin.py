@@ -3,7 +3,8 @@ a DigitalOcean stand-in of this test's own (mlsx), one droplet with monitoringSo
 with exportersHome on a directory without the builds stops, naming the setting and the fix;
 `up` copies the builds `make exporters` made (CopyToRemote) into the droplet's staging directory
 and the exporters step installs them into its /usr/local/bin (0755 root, the same checksum),
-where the exporters run and answer; this machine's own /usr/local/bin is untouched (a lab
+where the exporters run and answer, to monitoringSources only (the stand-in's cloud firewall drops
+another address of the VPC); this machine's own /usr/local/bin is untouched (a lab
 host's is its own, lab/host_files.py); a second preview is quiet; a build with new content
 re-runs its copy and the exporters step only (no droplet, volume or other step), and lands.
 
@@ -18,10 +19,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from standinkit import Droplets, standin_account
+from standinkit import Droplets, standin_account, tcp
 
 from lab.standin.service import StandInLab
 from mastodon_data.monitoring import builds
+from mastodon_data.monitoring.targets import EXPORTER_PORTS
 
 pytestmark = [pytest.mark.engine, pytest.mark.lab]
 LAB = StandInLab(
@@ -34,6 +36,8 @@ BUILT = ("pgbouncer_exporter", "ssl_exporter")
 NEW_CONTENT = b"\0mlsx: a new build"  # appended: a Go binary still runs, its checksum differs
 # The exporters' /metrics on the droplet's private address, read on the droplet.
 SCRAPE = "curl -sS --max-time 10 http://{}:{}/metrics"
+PROMETHEUS = "10.240.140.1/32"  # the operator's address in the VPC: monitoringSources
+OUTSIDER_VPC = "10.240.140.200"  # in the stack's VPC, outside monitoringSources
 
 
 def sha256(path: Path) -> str:
@@ -59,6 +63,18 @@ def on_droplet(s: Droplets, address: str) -> dict[str, str]:
     return found
 
 
+def exporter_reach(s: Droplets, vpc_id: str, private: str) -> dict[str, str]:
+    """Each exporter port of the droplet's private address from the operator (the one
+    monitoringSources address) and from another address in the same VPC."""
+    vpc = s.client.state()["vpcs"][vpc_id]
+    outsider = LAB.hosts.add_probe(1, f"vpc{vpc['index']}", OUTSIDER_VPC, 24)
+    return {
+        f"{who} -> {job}": tcp(private, port, netns)
+        for job, port in EXPORTER_PORTS.items()
+        for who, netns in (("operator", None), ("vpc outsider", outsider))
+    }
+
+
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("shipexp")
@@ -71,7 +87,7 @@ def shipped(tmp_path_factory):
         shutil.copy2(source, builds.binary_path(home, name))
     with standin_account(LAB) as (client, key_id):
         s = Droplets(LAB, client.url, key_id, workdir, "shipexp", "10.240.140.0/24", 0,
-                     protectData=False, monitoringSources=[f"{LAB.operator_address}/32"],
+                     protectData=False, monitoringSources=[PROMETHEUS],
                      exportersHome=str(workdir / "empty"))  # fmt: skip
         s.secrets["monitorPassword"] = secrets.token_urlsafe(24)
         s.stack.configure(s.config, s.secrets)
@@ -85,6 +101,7 @@ def shipped(tmp_path_factory):
             job: s.ssh(address, SCRAPE.format(private, port))
             for job, port in (("pgbouncer", 9127), ("ssl", 9219))
         }
+        seen["reach"] = exporter_reach(s, first["outputs"]["vpc_id"], private)
         quiet = s.stack.preview("--expect-no-changes", check=False)
         seen["quiet"] = (s.stack.last.returncode, quiet + s.stack.last.stderr)
         with open(builds.binary_path(home, "pgbouncer_exporter"), "ab") as binary:
@@ -116,6 +133,13 @@ def test_the_droplet_runs_the_builds_the_program_shipped(shipped):
     assert first["ssl_exporter"] == f"{ssl} {ssl} 755:root"
     assert "\npgbouncer_up 1\n" in shipped["metrics"]["pgbouncer"]
     assert 'version="2.4.1"} 1' in shipped["metrics"]["ssl"]
+
+
+def test_the_exporters_answer_only_monitoring_sources(shipped):
+    assert shipped["reach"] == {
+        **{f"operator -> {job}": "open" for job in EXPORTER_PORTS},
+        **{f"vpc outsider -> {job}": "timeout" for job in EXPORTER_PORTS},  # dropped
+    }
 
 
 def test_this_machines_own_usr_local_bin_is_untouched(shipped):
