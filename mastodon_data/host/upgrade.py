@@ -96,7 +96,6 @@ def on_peer(cluster: Cluster, params: dict, statement: str) -> subprocess.Comple
     return run(as_postgres([*argv, "-d", peer_conninfo(params)]), input=statement, timeout=120)
 
 
-
 def peer_sql(cluster: Cluster, params: dict, statement: str) -> str:
     return on_peer(cluster, params, statement).stdout.strip()
 
@@ -212,7 +211,8 @@ def publish(cluster: Cluster, params: dict) -> dict:
     hba = ensure_peer_hba(cluster, params)
     role = params["replication_user"]
     cluster.sql(f'GRANT pg_read_all_data TO "{role}";')  # the copy reads every table
-    exists = cluster.sql(f"SELECT 1 FROM pg_publication WHERE pubname = '{PUBLICATION}';", database=db)
+    published = f"SELECT 1 FROM pg_publication WHERE pubname = '{PUBLICATION}';"
+    exists = cluster.sql(published, database=db)
     if not exists:
         cluster.sql(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES;", database=db)
     return {"publication": PUBLICATION, "created": not exists, "restart_s": restart_s, "hba": hba}
@@ -220,31 +220,35 @@ def publish(cluster: Cluster, params: dict) -> dict:
 
 # --- the subscriber ------------------------------------------------------------------------
 def has_tables(cluster: Cluster, db: str) -> bool:
-    return cluster.sql(
+    count = cluster.sql(
         "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-        "AND n.nspname NOT LIKE 'pg_toast%';",
+        "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg_toast%' "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema');",
         database=db,
-    ) != "0"
+    )
+    return count != "0"
 
 
 def copy_schema(cluster: Cluster, params: dict) -> None:
     """The peer's schema by this version's pg_dump (it reads older servers), owners kept,
     loaded in one transaction: it is there whole or not at all."""
-    dump = run(
-        as_postgres([
-            str(cluster.bindir / "pg_dump"), "--schema-only", "--no-privileges",
-            "--no-publications", "--no-subscriptions", "-w", "-d", peer_conninfo(params),
-        ])  # fmt: skip
-    ).stdout
+    options = ["--schema-only", "--no-privileges", "--no-publications", "--no-subscriptions"]
+    argv = [str(cluster.bindir / "pg_dump"), *options, "-w", "-d", peer_conninfo(params)]
+    dump = run(as_postgres(argv)).stdout
     cluster.sql(f"BEGIN;\n{dump}\nCOMMIT;", database=params["db_name"])
+
+
+def subscribed(cluster: Cluster, db: str, name: str) -> bool:
+    return bool(
+        cluster.sql(f"SELECT 1 FROM pg_subscription WHERE subname = '{name}';", database=db)
+    )
 
 
 def subscribe(cluster: Cluster, params: dict, copy_data: bool) -> bool:
     """CREATE SUBSCRIPTION, unless it exists. A slot of its name left on the peer by a run
     cut short (the slot made, the subscription not committed) is dropped first."""
     db, name = params["db_name"], subscription_name(params["peer_address"])
-    if cluster.sql(f"SELECT 1 FROM pg_subscription WHERE subname = '{name}';", database=db):
+    if subscribed(cluster, db, name):
         return False
     peer_sql(cluster, params, (
         f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
@@ -265,9 +269,7 @@ def seed(cluster: Cluster, params: dict, copy_data: bool = True) -> dict:
         changed.append("peer access written")
     db = params["db_name"]
     if copy_data:
-        role = ensure_role(
-            cluster, params["db_user"], params["db_password"], "LOGIN NOREPLICATION"
-        )
+        role = ensure_role(cluster, params["db_user"], params["db_password"], "LOGIN NOREPLICATION")
         changed += [] if role == "unchanged" else [f"role {role}"]
         state = ensure_database(cluster, db, params["db_user"])
         changed += [] if state == "unchanged" else [f"database {state}"]
@@ -298,7 +300,8 @@ def sync_report(tables: list[dict], worker: list[dict], peer: dict, lag_limit: i
         "peer_lsn": current,
         "confirmed_lsn": confirmed,
         "lag_bytes": lag,
-        "in_sync": bool(tables) and not waiting and running and lag is not None
+        "in_sync": bool(tables and running and not waiting)
+        and lag is not None
         and lag <= lag_limit,
     }
 
@@ -334,7 +337,7 @@ def catch_up(cluster: Cluster, params: dict) -> dict:
     every 10 ms) until the subscription's slot confirms it. Done already when the
     subscription is gone (detached by an earlier run)."""
     name, wait = subscription_name(params["peer_address"]), int(params["catch_up_wait"])
-    if not cluster.sql(f"SELECT 1 FROM pg_subscription WHERE subname = '{name}';", database=params["db_name"]):
+    if not subscribed(cluster, params["db_name"], name):
         return {"caught_up": True, "detached": True}
     loop = f"""DO $$
 DECLARE target pg_lsn := pg_current_wal_lsn(); began timestamptz := clock_timestamp();
@@ -384,7 +387,8 @@ def read_only(cluster: Cluster, params: dict, on: bool) -> dict:
     if on:
         cluster.sql(f'ALTER ROLE "{role}" SET default_transaction_read_only = on;')
         ended = cluster.sql(
-            f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{role}';"
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"WHERE usename = '{role}';"
         )
         return {"read_only": True, "sessions_ended": int(ended)}
     cluster.sql(f'ALTER ROLE "{role}" RESET default_transaction_read_only;')
@@ -393,7 +397,7 @@ def read_only(cluster: Cluster, params: dict, on: bool) -> dict:
 
 def detach(cluster: Cluster, params: dict) -> dict:
     name = subscription_name(params["peer_address"])
-    if not cluster.sql(f"SELECT 1 FROM pg_subscription WHERE subname = '{name}';", database=params["db_name"]):
+    if not subscribed(cluster, params["db_name"], name):
         return {"detached": False}
     cluster.sql(f"DROP SUBSCRIPTION {name};", database=params["db_name"])
     return {"detached": True}

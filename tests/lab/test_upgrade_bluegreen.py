@@ -45,6 +45,13 @@ SYNC_WAIT = 120  # seconds for the initial copy to be in sync (at rest: about 2 
 REVERSE_WAIT = 60  # seconds for a row on the new primary to reach the old one (at rest: < 1 s)
 PAUSE_GOAL = 5.0  # seconds: the longest write pause the issue allows
 FIGURES: dict[str, object] = {}
+SCHEMA = (  # a sequence, and a table without a primary key (as Rails' `id: false` tables)
+    "CREATE TABLE statuses (id bigserial PRIMARY KEY, body text NOT NULL)",
+    "INSERT INTO statuses (body) SELECT 'seeded' FROM generate_series(1, 5000)",
+    "CREATE TABLE accounts_tags (account_id bigint NOT NULL, tag_id bigint NOT NULL)",
+    "CREATE UNIQUE INDEX accounts_tags_pair ON accounts_tags (tag_id, account_id)",
+    "INSERT INTO accounts_tags SELECT g, g % 7 FROM generate_series(1, 500) g",
+)
 
 
 class StatusWriter:
@@ -211,13 +218,9 @@ def lab(tmp_path_factory):
         key.touch(mode=0o600)
         key.write_text(secrets["sshPrivateKey"])
         env = stacks["old"]["outputs"]["mastodon_env"]
-        with connect(env) as conn:  # a sequence, and a table without a primary key
-            conn.execute("CREATE TABLE statuses (id bigserial PRIMARY KEY, body text NOT NULL)")
-            conn.execute("INSERT INTO statuses (body) SELECT 'seeded' FROM generate_series(1, 5000)")
-            conn.execute("CREATE TABLE accounts_tags (account_id bigint NOT NULL, "
-                         "tag_id bigint NOT NULL)")  # fmt: skip
-            conn.execute("CREATE UNIQUE INDEX accounts_tags_pair ON accounts_tags (tag_id, account_id)")
-            conn.execute("INSERT INTO accounts_tags SELECT g, g % 7 FROM generate_series(1, 500) g")
+        with connect(env) as conn:
+            for statement in SCHEMA:
+                conn.execute(statement)
         upgrade = BlueGreen(stacks, key)
         try:
             yield {"stacks": stacks, "env": env, "upgrade": upgrade}
@@ -240,13 +243,13 @@ def test_publish_refuses_what_logical_replication_cannot_carry(lab):
     psql(H1, 15, "ALTER TABLE accounts_tags REPLICA IDENTITY USING INDEX accounts_tags_pair")
 
 
+ROWS_MD5 = "coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '')"
+
+
 def checksums(host: lab_hosts.LabHost, version: int) -> dict[str, str]:
     tables = ("statuses", "accounts_tags", TABLE)
     return {
-        table: psql(host, version, (
-            f"SELECT count(*) || ' ' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), "
-            f"'') FROM {table} t"
-        ))  # fmt: skip
+        table: psql(host, version, f"SELECT count(*) || ' ' || {ROWS_MD5} FROM {table} t")
         for table in tables
     }
 
@@ -262,11 +265,12 @@ def test_seed_sync_and_cut_over_under_load(lab):
     upgrade, env = lab["upgrade"], lab["env"]
     with WriteLoad(env) as load:  # wal_level=logical: a restart inside a pause
         time.sleep(1)
-        published = upgrade.upgrade(H1.name, "publish", peer=H3.name, databases=[DB, read_pool_name(DB)])
+        pools = [DB, read_pool_name(DB)]
+        published = upgrade.upgrade(H1.name, "publish", peer=H3.name, databases=pools)
         time.sleep(1)
     assert load.errors == [] and published["restart_s"] is not None
-    FIGURES |= {"publish_restart_s": published["restart_s"],
-                "publish_longest_write_pause_s": load.longest_pause_s}  # fmt: skip
+    FIGURES.update(publish_restart_s=published["restart_s"],
+                   publish_longest_write_pause_s=load.longest_pause_s)  # fmt: skip
     assert load.longest_pause_s <= PAUSE_GOAL
     upgrade.upgrade(H3.name, "publish", peer=H1.name)  # for the way back, before clients
     psql(H1, 15, f"TRUNCATE {TABLE}")
@@ -275,7 +279,8 @@ def test_seed_sync_and_cut_over_under_load(lab):
         assert seeded["changed"][-2:] == ["schema copied", "subscribed"]
         FIGURES["sync_s"] = round(upgrade.in_sync(H3.name, H1.name, SYNC_WAIT), 2)
         time.sleep(1)
-        FIGURES |= {f"cutover_{k}": v for k, v in upgrade.cut_over(H1.name, H3.name, (H1.name, H2.name)).items()}
+        cut = upgrade.cut_over(H1.name, H3.name, (H1.name, H2.name))
+        FIGURES.update({f"cutover_{k}": v for k, v in cut.items()})
         time.sleep(2)
     FIGURES["cutover_longest_write_pause_s"] = load.longest_pause_s
     assert load.errors == [] and statuses.errors == []
@@ -310,7 +315,8 @@ def test_a_rollback_fails_no_client_and_loses_nothing(lab):
     psql(H3, 17, f"TRUNCATE {TABLE}")  # reaches the old primary too
     with WriteLoad(env) as load, StatusWriter(env) as statuses:
         time.sleep(2)
-        FIGURES |= {f"rollback_{k}": v for k, v in upgrade.cut_over(H3.name, H1.name, (H1.name, H2.name)).items()}
+        back = upgrade.cut_over(H3.name, H1.name, (H1.name, H2.name))
+        FIGURES.update({f"rollback_{k}": v for k, v in back.items()})
         time.sleep(2)
     FIGURES["rollback_longest_write_pause_s"] = load.longest_pause_s
     assert load.errors == [] and statuses.errors == [] and all(load.committed.values())
