@@ -78,7 +78,8 @@ def peer_conninfo(params: dict) -> str:
 
 def ensure_peer_access(params: dict) -> bool:
     """The peer's CA and the replication password, for psql, pg_dump and the subscription."""
-    UPGRADE_DIR.mkdir(mode=0o755, exist_ok=True)
+    UPGRADE_DIR.mkdir(exist_ok=True)
+    UPGRADE_DIR.chmod(0o755)  # postgres reads the CA in it; a script's umask may be 077
     changed = write_if_changed(
         UPGRADE_DIR / f"{params['peer_address']}.crt", params["peer_ca_cert"], owner="postgres"
     )
