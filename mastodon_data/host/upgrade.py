@@ -11,7 +11,8 @@ again finishes what an interrupted run left.
                 server's pools in `databases` paused around it, timed), the peer's pg_hba
                 line, pg_read_all_data for the replication role, PUBLICATION mdata_upgrade
                 FOR ALL TABLES
-    seed        the subscriber: Mastodon's role and database, the schema from the peer
+    seed        the subscriber: Mastodon's role (with the peer's SCRAM verifier, which the
+                pools pass through) and database, the schema from the peer
                 (its own pg_dump, in one transaction) unless tables exist, a SUBSCRIPTION
                 to the peer's publication (copy_data: the rows too)
     reverse     seed with copy_data=false: the old primary subscribes to the new one after
@@ -27,12 +28,14 @@ again finishes what an interrupted run left.
 
 stdin (JSON): action, postgres_version, port, db_name, db_user, replication_user,
 peer_address, peer_port, peer_ca_cert (the CA of the peer's server certificate: verify-full),
-pgbouncer_port, databases, pause_wait, catch_up_wait; secrets replication_password (the
-peer's replication role), db_password (seed). --serve: one step per line, as switchover.py.
+pgbouncer_port, databases, pause_wait, catch_up_wait, db_user_scram (seed: publish's report);
+secrets replication_password (the peer's replication role), db_password (seed). --serve: one
+step per line, as switchover.py.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 import sys
@@ -48,6 +51,7 @@ from common import (
     pgpass_line,
     read_params,
     run,
+    scram_verifier,
     write_if_changed,
 )
 from primary import ensure_database, ensure_role
@@ -177,6 +181,7 @@ def ensure_logical(cluster: Cluster, params: dict) -> float | None:
     if cluster.sql("SHOW wal_level;") == "logical":
         return None
     cluster.sql("ALTER SYSTEM SET wal_level = 'logical';")
+    cluster.sql("CHECKPOINT;")  # before the pause: the shutdown's own checkpoint is then short
     start = time.monotonic()
     pause(params)
     try:
@@ -204,6 +209,19 @@ def ensure_peer_hba(cluster: Cluster, params: dict) -> bool:
     return True
 
 
+SCRAM_PUBLIC = re.compile(r"SCRAM-SHA-256\$(\d+):([^$]+)\$")
+
+
+def scram_public_part(cluster: Cluster, role: str) -> str:
+    """`iterations:salt` of the role's SCRAM verifier: what the server sends to every client
+    that logs in as the role, so not a secret; with the password it makes the same verifier."""
+    rows = cluster.sql_json(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'")
+    match = SCRAM_PUBLIC.match((rows[0]["rolpassword"] or "") if rows else "")
+    if not match:
+        raise HostError(f"role {role} has no SCRAM verifier here: run `pulumi up` first")
+    return f"{match.group(1)}:{match.group(2)}"
+
+
 def publish(cluster: Cluster, params: dict) -> dict:
     db = params["db_name"]
     check_carried(cluster, db)
@@ -216,7 +234,10 @@ def publish(cluster: Cluster, params: dict) -> dict:
     exists = cluster.sql(published, database=db)
     if not exists:
         cluster.sql(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES;", database=db)
-    return {"publication": PUBLICATION, "created": not exists, "restart_s": restart_s, "hba": hba}
+    return {
+        "publication": PUBLICATION, "created": not exists, "restart_s": restart_s, "hba": hba,
+        "db_user_scram": scram_public_part(cluster, params["db_user"]),
+    }  # fmt: skip
 
 
 # --- the subscriber ------------------------------------------------------------------------
@@ -264,6 +285,20 @@ def subscribe(cluster: Cluster, params: dict, copy_data: bool) -> bool:
     return True
 
 
+def ensure_same_verifier(cluster: Cluster, params: dict) -> bool:
+    """Mastodon's role gets the old primary's verifier exactly: the pools log in to the server
+    with the verifier they hold (SCRAM pass-through), so after the cut-over they must find the
+    same one here. It is made from the password and the old one's public part (publish)."""
+    iterations, salt = params["db_user_scram"].split(":")
+    verifier = scram_verifier(params["db_password"], base64.b64decode(salt), int(iterations))
+    role = params["db_user"]
+    rows = cluster.sql_json(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'")
+    if rows[0]["rolpassword"] == verifier:
+        return False
+    cluster.sql(f"ALTER ROLE \"{role}\" PASSWORD '{verifier}';", quiet_errors=True)
+    return True
+
+
 def seed(cluster: Cluster, params: dict, copy_data: bool = True) -> dict:
     changed = []
     if ensure_peer_access(params):
@@ -272,6 +307,8 @@ def seed(cluster: Cluster, params: dict, copy_data: bool = True) -> dict:
     if copy_data:
         role = ensure_role(cluster, params["db_user"], params["db_password"], "LOGIN NOREPLICATION")
         changed += [] if role == "unchanged" else [f"role {role}"]
+        if ensure_same_verifier(cluster, params):
+            changed.append("role's verifier the old primary's")
         state = ensure_database(cluster, db, params["db_user"])
         changed += [] if state == "unchanged" else [f"database {state}"]
     if not has_tables(cluster, db):
