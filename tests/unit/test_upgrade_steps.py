@@ -122,3 +122,35 @@ def test_an_unknown_action_names_the_known_ones():
     known = r"\(one of \['catch_up', 'detach', 'publish', 'read_only', 'reverse', 'seed'"
     with pytest.raises(common.HostError, match=r"unknown upgrade action 'flip' " + known):
         upgrade.step({"action": "flip", "postgres_version": 17, "port": 5432})
+
+
+class Roles:
+    """pg_authid's rolpassword of one role, and the statements sent."""
+
+    def __init__(self, verifier: str | None):
+        self.verifier, self.statements = verifier, []
+
+    def sql_json(self, query, database="postgres"):
+        return [{"rolpassword": self.verifier}]
+
+    def sql(self, statement, quiet_errors=False, database="postgres"):
+        assert quiet_errors  # the statement holds a verifier
+        self.statements.append(statement)
+        return ""
+
+
+def test_the_new_primary_gets_the_old_primarys_verifier_from_its_public_part():
+    password = "db-password-0123456789"
+    old = common.scram_verifier(password)
+    public = upgrade.scram_public_part(Roles(old), "mastodon")
+    assert old.startswith(f"SCRAM-SHA-256${public}$")
+    params = {"db_user": "mastodon", "db_password": password, "db_user_scram": public}
+    other = Roles(common.scram_verifier(password))  # the same password, another salt
+    assert upgrade.ensure_same_verifier(other, params) is True
+    assert other.statements == [f"ALTER ROLE \"mastodon\" PASSWORD '{old}';"]
+    assert upgrade.ensure_same_verifier(Roles(old), params) is False
+
+
+def test_a_role_without_a_scram_verifier_is_a_clear_error():
+    with pytest.raises(common.HostError, match="role mastodon has no SCRAM verifier here"):
+        upgrade.scram_public_part(Roles(None), "mastodon")
