@@ -278,8 +278,7 @@ def subscribe(cluster: Cluster, params: dict, copy_data: bool) -> bool:
     ))  # fmt: skip
     cluster.sql(
         f"CREATE SUBSCRIPTION {name} CONNECTION '{peer_conninfo(params)}' "
-        f"PUBLICATION {PUBLICATION} WITH (copy_data = {str(copy_data).lower()}, "
-        "synchronous_commit = 'on');",  # the slot confirms only what is applied and flushed
+        f"PUBLICATION {PUBLICATION} WITH (copy_data = {str(copy_data).lower()});",
         database=db,
     )
     return True

@@ -146,6 +146,7 @@ class BlueGreen:
         server its read pool, whose sessions the fence ends), the old server stops taking
         Mastodon's writes, the new one applies all it had and takes its sequences, the
         subscription turns around, the pools send DB_NAME to `new` and resume."""
+        behind = self.upgrade(new, "sync_state", peer=old)["lag_bytes"]
         marks = {"start": time.monotonic()}
         read_pool = read_pool_name(DB)
         with ThreadPoolExecutor(max_workers=len(pools)) as pool:
@@ -180,6 +181,7 @@ class BlueGreen:
             **{f"{name}_s": round(end - begin, 3) for name, begin, end in spans},
             "paused_s": round(marks["resumed"] - marks["start"], 3),
             "catch_up_s": caught.get("catch_up_s", 0.0),
+            "lag_bytes_before": behind,
             "sequences_set": sequences["sequences_set"],
         }
 
