@@ -298,7 +298,21 @@ def ensure_same_verifier(cluster: Cluster, params: dict) -> bool:
     return True
 
 
+def check_not_cut_over(cluster: Cluster) -> None:
+    """A server the old primary follows already (its slot is here) took the writes: copying
+    the old rows into it again would undo that."""
+    slots = cluster.sql("SELECT string_agg(slot_name, ', ') FROM pg_replication_slots "
+                        "WHERE slot_name LIKE 'mdata\\_from\\_%';")  # fmt: skip
+    if slots:
+        raise HostError(
+            f"this server was cut over to (the old primary follows it through slot {slots}): "
+            "no seed; to go back, run the cut-over the other way"
+        )
+
+
 def seed(cluster: Cluster, params: dict, copy_data: bool = True) -> dict:
+    if copy_data:
+        check_not_cut_over(cluster)
     changed = []
     if ensure_peer_access(params):
         changed.append("peer access written")

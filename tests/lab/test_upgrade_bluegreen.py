@@ -315,6 +315,20 @@ def test_both_sides_hold_the_same_rows_and_the_old_refuses_mastodons_writes(lab)
     assert psql(H1, 15, "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL") == "1"
 
 
+def test_the_steps_run_again_change_nothing_and_seed_refuses_after_the_cut_over(lab):
+    upgrade = lab["upgrade"]
+    again = upgrade.upgrade(H1.name, "publish", peer=H3.name)
+    assert (again["created"], again["restart_s"], again["hba"]) == (False, None, False)
+    with pytest.raises(
+        host_ssh.StepFailed,
+        match=r"this server was cut over to \(the old "
+        r"primary follows it through slot mdata_from_10_227_0_13\): no seed",
+    ):
+        upgrade.upgrade(H3.name, "seed", peer=H1.name, db_user_scram=again["db_user_scram"])
+    assert upgrade.upgrade(H1.name, "reverse", peer=H3.name)["changed"] == []
+    assert upgrade.upgrade(H3.name, "detach", peer=H1.name) == {"detached": False}
+
+
 def test_a_rollback_fails_no_client_and_loses_nothing(lab):
     upgrade, env = lab["upgrade"], lab["env"]
     psql(H3, 17, f"TRUNCATE {TABLE}")  # reaches the old primary too
