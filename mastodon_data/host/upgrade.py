@@ -18,6 +18,8 @@ again finishes what an interrupted run left.
     reverse     seed with copy_data=false: the old primary subscribes to the new one after
                 the cut-over (its tables hold the same rows already)
     sync_state  the subscriber: each table's state, the peer's LSN and how far it was applied
+    refresh_views  the subscriber, in sync: its materialized views filled (the schema copy
+                made them empty, replication carries no view rows)
     read_only   Mastodon's role may not write here (default_transaction_read_only, its
                 sessions ended); the apply worker, which runs as postgres, goes on
     writable    that setting removed
@@ -454,6 +456,19 @@ def detach(cluster: Cluster, params: dict) -> dict:
     return {"detached": True}
 
 
+def refresh_views(cluster: Cluster, params: dict) -> dict:
+    """The schema copy makes materialized views WITH NO DATA (reading one fails until it is
+    refreshed) and logical replication carries no view rows: refreshed once in sync, before
+    the cut-over."""
+    db = params["db_name"]
+    views = cluster.sql_json(
+        "SELECT format('%I.%I', schemaname, matviewname) AS name FROM pg_matviews", database=db
+    )
+    for view in views:
+        cluster.sql(f"REFRESH MATERIALIZED VIEW {view['name']};", database=db)
+    return {"refreshed": [view["name"] for view in views]}
+
+
 ACTIONS = {
     "publish": publish,
     "seed": seed,
@@ -464,6 +479,7 @@ ACTIONS = {
     "catch_up": catch_up,
     "sequences": sequences,
     "detach": detach,
+    "refresh_views": refresh_views,
 }
 
 

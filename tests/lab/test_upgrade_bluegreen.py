@@ -51,6 +51,8 @@ SCHEMA = (  # a sequence, and a table without a primary key (as Rails' `id: fals
     "CREATE TABLE accounts_tags (account_id bigint NOT NULL, tag_id bigint NOT NULL)",
     "CREATE UNIQUE INDEX accounts_tags_pair ON accounts_tags (tag_id, account_id)",
     "INSERT INTO accounts_tags SELECT g, g % 7 FROM generate_series(1, 500) g",
+    "CREATE MATERIALIZED VIEW tag_counts AS SELECT tag_id, count(*) FROM accounts_tags "
+    "GROUP BY tag_id",
 )
 
 
@@ -283,6 +285,8 @@ def test_seed_sync_and_cut_over_under_load(lab):
             "role's verifier the old primary's", "schema copied", "subscribed",
         ]  # fmt: skip
         FIGURES["sync_s"] = round(upgrade.in_sync(H3.name, H1.name, SYNC_WAIT), 2)
+        views = upgrade.upgrade(H3.name, "refresh_views")
+        assert views == {"refreshed": ["public.tag_counts"]}
         time.sleep(1)
         cut = upgrade.cut_over(H1.name, H3.name, (H1.name, H2.name))
         FIGURES.update({f"cutover_{k}": v for k, v in cut.items()})
@@ -294,6 +298,8 @@ def test_seed_sync_and_cut_over_under_load(lab):
     assert {tuple(map(int, row.split(","))) for row in rows} == load.rows  # 0 lost
     assert psql(H3, 17, "SELECT count(*) FROM statuses WHERE body = 'x'") == str(len(statuses.ids))
     assert in_pool(env) == (H3.address, 17)  # the old env's pool: DB_NAME on the 17 primary
+    with connect(env) as conn:  # the view, filled on the new primary
+        assert conn.execute("SELECT sum(count) FROM tag_counts").fetchone() == (500,)
     assert load.longest_pause_s <= PAUSE_GOAL
     last, highest = psql(H3, 17, "SELECT last_value FROM statuses_id_seq"), max(statuses.ids)
     assert int(last) >= highest == int(psql(H3, 17, "SELECT max(id) FROM statuses"))

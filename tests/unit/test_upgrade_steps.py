@@ -119,7 +119,7 @@ def test_catch_up_reads_the_peers_notice():
 
 
 def test_an_unknown_action_names_the_known_ones():
-    known = r"\(one of \['catch_up', 'detach', 'publish', 'read_only', 'reverse', 'seed'"
+    known = r"\(one of \['catch_up', 'detach', 'publish', 'read_only', 'refresh_views', "
     with pytest.raises(common.HostError, match=r"unknown upgrade action 'flip' " + known):
         upgrade.step({"action": "flip", "postgres_version": 17, "port": 5432})
 
