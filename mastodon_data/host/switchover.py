@@ -219,11 +219,12 @@ def step(params: dict) -> dict:
     raise HostError(f"unknown switchover action {action!r}")
 
 
-def serve() -> None:
+def serve(answer=step) -> None:
+    """--serve: each line of stdin a step's parameters, each answered by `answer`'s report."""
     print(json.dumps({"ready": True}), flush=True)
     for line in iter(sys.stdin.readline, ""):
         try:
-            report = step(read_params(line))
+            report = answer(read_params(line))
         except HostError as exc:
             report = {"error": str(exc)}
         print(json.dumps(report, sort_keys=True), flush=True)

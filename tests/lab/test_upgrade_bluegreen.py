@@ -1,0 +1,354 @@
+"""A blue/green major upgrade by logical replication (issue 24, item 2: its host steps,
+mastodon_data/host/upgrade.py, driven here as a later command will drive them) on a lab of its
+own (mlbg): a hosts-mode stack through the engine with a PostgreSQL 15 primary and a replica on
+Debian 12 hosts (mlbg-h1, mlbg-h2, pools on), and a second stack whose one host (mlbg-h3) runs
+the Debian 13 image: the same host scripts with postgresVersion 17 installed PostgreSQL 17 and
+its pool there. Under 8 writing clients through Mastodon's env (lab/write_load.py) and one that
+inserts into a table with a sequence: publish (wal_level=logical, a restart inside a pause),
+seed, wait in sync, cut over inside the switchover's pause (its pause, repoint and resume
+steps); then the old primary follows the new one and refuses Mastodon's writes, and a rollback
+(the same steps the other way) fails no client. Figures go to results/upgrade_bluegreen.json.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pytest
+from labkit import applied, new_secrets, own_lab, wait_until, write_figures
+
+from lab import namespaces as lab_hosts
+from lab import rootfs
+from lab.stack import LabStack
+from lab.write_load import TABLE, WriteLoad, connect
+from mastodon_data import plan
+from mastodon_data.cli import host_ssh
+from mastodon_data.config import parse_settings
+from mastodon_data.config.pooling import read_pool_name
+
+pytestmark = [pytest.mark.lab, pytest.mark.engine]
+IMAGE = rootfs.image_dir()
+LAB = lab_hosts.Lab(
+    prefix="mlbg",
+    subnet="10.227.0.0/24",
+    state_dir=Path("/var/lib/mastodon-lab-bluegreen"),
+    images={3: IMAGE},
+)
+H1, H2, H3 = (LAB.host(i) for i in (1, 2, 3))
+DB = "mastodon_production"
+SYNC_WAIT = 120  # seconds for the initial copy to be in sync (at rest: about 2 s)
+REVERSE_WAIT = 60  # seconds for a row on the new primary to reach the old one (at rest: < 1 s)
+PAUSE_GOAL = 5.0  # seconds: the longest write pause the issue allows
+FIGURES: dict[str, object] = {}
+SCHEMA = (  # a sequence, and a table without a primary key (as Rails' `id: false` tables)
+    "CREATE TABLE statuses (id bigserial PRIMARY KEY, body text NOT NULL)",
+    "INSERT INTO statuses (body) SELECT 'seeded' FROM generate_series(1, 5000)",
+    "CREATE TABLE accounts_tags (account_id bigint NOT NULL, tag_id bigint NOT NULL)",
+    "CREATE UNIQUE INDEX accounts_tags_pair ON accounts_tags (tag_id, account_id)",
+    "INSERT INTO accounts_tags SELECT g, g % 7 FROM generate_series(1, 500) g",
+    "CREATE MATERIALIZED VIEW tag_counts AS SELECT tag_id, count(*) FROM accounts_tags "
+    "GROUP BY tag_id",
+)
+
+
+class StatusWriter:
+    """A client that inserts into `statuses` (its id from a sequence) through `env`'s pool,
+    recording its errors: the sequence is what logical replication does not carry."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env, self.errors, self.ids = dict(env), [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write, daemon=True)
+
+    def __enter__(self) -> StatusWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=180)
+
+    def _write(self) -> None:
+        conn = None
+        while not self._stop.is_set():
+            try:
+                conn = conn or connect(self.env)
+                row = conn.execute("INSERT INTO statuses (body) VALUES ('x') RETURNING id")
+                self.ids.append(row.fetchone()[0])
+            except psycopg.Error as exc:
+                self.errors.append(str(exc).strip())
+                conn = None
+                time.sleep(0.05)
+            time.sleep(0.01)
+
+
+def psql(host: lab_hosts.LabHost, version: int, statement: str) -> str:
+    command = f"runuser -u postgres -- /usr/lib/postgresql/{version}/bin/psql -XAt -d {DB}"
+    argv = LAB.ssh_command(host.address, command)
+    result = subprocess.run(argv, input=statement, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{statement!r} on {host.name}: {result.stderr}"
+    return result.stdout.strip()
+
+
+class BlueGreen:
+    """The servers of both stacks, each with its upgrade and switchover scripts serving."""
+
+    def __init__(self, stacks: dict, key: Path):
+        self.stacks, self.serving = stacks, {}
+        self.hosts = {h.name: (s, h) for s in stacks.values() for h in s["settings"].hosts}
+
+        def start(item):
+            name, (_, host) = item
+            host_ssh.connect(host, key, None)
+            return name, {
+                script: host_ssh.Serving(host, script, key, None)
+                for script in ("upgrade", "switchover")
+            }
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            self.serving = dict(pool.map(start, self.hosts.items()))
+
+    def close(self) -> None:
+        for scripts in self.serving.values():
+            for serving in scripts.values():
+                serving.close()
+
+    def upgrade(self, on: str, action: str, peer: str | None = None, **values) -> dict:
+        stack, host = self.hosts[on]
+        replication = stack["settings"].replication
+        params = {
+            "action": action, "postgres_version": replication.postgres_version, "port": 5432,
+            "db_name": DB, "db_user": replication.db_user,
+            "replication_user": replication.replication_user,
+            "pgbouncer_port": 6432, "databases": [], "pause_wait": 10, "catch_up_wait": 30,
+            "replication_password": stack["secrets"]["replicationPassword"],
+            "db_password": stack["secrets"]["dbPassword"], **values,
+        }  # fmt: skip
+        if peer is not None:
+            peer_stack, peer_host = self.hosts[peer]
+            params |= {
+                "peer_address": peer_host.private_address, "peer_port": 5432,
+                "peer_ca_cert": peer_stack["outputs"]["postgres_ca_cert"],
+                "replication_password": peer_stack["secrets"]["replicationPassword"],
+            }  # fmt: skip
+        return self.serving[on]["upgrade"].ask(params)
+
+    def switchover(self, on: str, action: str, **values) -> dict:
+        stack, host = self.hosts[on]
+        step = plan.switchover_step(stack["settings"].replication, host, action, **values)
+        return self.serving[on]["switchover"].ask(step.params)
+
+    def cut_over(self, old: str, new: str, pools: tuple[str, ...]) -> dict:
+        """Writes move from `old` to `new`: the pools of `pools` pause DB_NAME (and the old
+        server its read pool, whose sessions the fence ends), the old server stops taking
+        Mastodon's writes, the new one applies all it had and takes its sequences, the
+        subscription turns around, the pools send DB_NAME to `new` and resume."""
+        behind = self.upgrade(new, "sync_state", peer=old)["lag_bytes"]
+        marks = {"start": time.monotonic()}
+        read_pool = read_pool_name(DB)
+        with ThreadPoolExecutor(max_workers=len(pools)) as pool:
+            list(pool.map(lambda h: self.switchover(h, "pause", databases=(DB,)), pools))
+        self.switchover(old, "pause", databases=(read_pool,))
+        marks["paused"] = time.monotonic()
+        self.upgrade(old, "read_only")
+        caught = self.upgrade(new, "catch_up", peer=old)
+        sequences = self.upgrade(new, "sequences", peer=old)
+        marks["caught_up"] = time.monotonic()
+        self.upgrade(new, "detach", peer=old)
+        self.upgrade(old, "reverse", peer=new)
+        self.upgrade(new, "writable")
+        marks["reversed"] = time.monotonic()
+        new_stack, new_host = self.hosts[new]
+        ca = new_stack["outputs"]["postgres_ca_cert"]
+
+        def repoint(h: str) -> dict:
+            return self.switchover(
+                h, "repoint", databases=(DB,), new_primary_address=new_host.private_address,
+                new_primary_cert=ca,
+            )  # fmt: skip
+
+        with ThreadPoolExecutor(max_workers=len(pools)) as pool:
+            list(pool.map(repoint, pools))
+        self.switchover(old, "resume", databases=(read_pool,))
+        marks["resumed"] = time.monotonic()
+        times = list(marks.values())
+        names = ("pause", "catch_up_and_sequences", "turn_around", "repoint_and_resume")
+        spans = zip(names, times[:-1], times[1:], strict=True)
+        return {
+            **{f"{name}_s": round(end - begin, 3) for name, begin, end in spans},
+            "paused_s": round(marks["resumed"] - marks["start"], 3),
+            "catch_up_s": caught.get("catch_up_s", 0.0),
+            "lag_bytes_before": behind,
+            "sequences_set": sequences["sequences_set"],
+        }
+
+    def in_sync(self, on: str, peer: str, limit: float) -> float:
+        return wait_until(
+            lambda: self.upgrade(on, "sync_state", peer=peer)["in_sync"], limit,
+            f"{on}'s subscription to {peer} in sync",
+        )  # fmt: skip
+
+
+def stack_up(name: str, config: dict, secrets: dict, workdir: Path) -> dict:
+    stack = LabStack(name, workdir / name)
+    stack.prepare()
+    outputs = applied(stack, config, secrets)
+    return {
+        "stack": stack, "outputs": outputs, "secrets": secrets,
+        "settings": parse_settings(config, set(secrets)),
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    if not rootfs.built(IMAGE):
+        pytest.fail(f"the Debian 13 image {IMAGE} is not built: run `make rootfs`")
+    workdir = tmp_path_factory.mktemp("bluegreen")
+    with own_lab(LAB, 3):
+        secrets = new_secrets(LAB)  # one set: Mastodon's role logs in on both sides alike
+        old_config = lab_hosts.stack_config(LAB, 1, 2)
+        new_config = lab_hosts.stack_config(LAB, 0, 3, sources_for=3)
+        new_config |= {"hosts": new_config["hosts"][2:], "postgresVersion": 17}
+        stacks = {
+            "old": stack_up("bgold", old_config, secrets, workdir),
+            "new": stack_up("bgnew", new_config, secrets, workdir),
+        }
+        key = workdir / "key"
+        key.touch(mode=0o600)
+        key.write_text(secrets["sshPrivateKey"])
+        env = stacks["old"]["outputs"]["mastodon_env"]
+        with connect(env) as conn:
+            for statement in SCHEMA:
+                conn.execute(statement)
+        upgrade = BlueGreen(stacks, key)
+        try:
+            yield {"stacks": stacks, "env": env, "upgrade": upgrade}
+        finally:
+            upgrade.close()
+            write_figures("upgrade_bluegreen", FIGURES)
+
+
+def test_publish_refuses_what_logical_replication_cannot_carry(lab):
+    upgrade = lab["upgrade"]
+    psql(H1, 15, "SELECT lo_from_bytea(0, 'x')")
+    with pytest.raises(host_ssh.StepFailed) as refused:
+        upgrade.upgrade(H1.name, "publish", peer=H3.name)
+    message = str(refused.value)
+    assert "table(s) public.accounts_tags have no primary key and no replica identity" in message
+    assert "REPLICA IDENTITY USING INDEX" in message
+    assert "1 large object(s) in pg_largeobject are not replicated" in message
+    assert psql(H1, 15, "SHOW wal_level") == "replica"  # refused before changing anything
+    psql(H1, 15, "SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
+    psql(H1, 15, "ALTER TABLE accounts_tags REPLICA IDENTITY USING INDEX accounts_tags_pair")
+
+
+ROWS_MD5 = "coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '')"
+
+
+def checksums(host: lab_hosts.LabHost, version: int) -> dict[str, str]:
+    tables = ("statuses", "accounts_tags", TABLE)
+    return {
+        table: psql(host, version, f"SELECT count(*) || ' ' || {ROWS_MD5} FROM {table} t")
+        for table in tables
+    }
+
+
+def in_pool(env: dict) -> tuple:
+    with connect(env) as conn:
+        return conn.execute(
+            "SELECT host(inet_server_addr()), current_setting('server_version_num')::int / 10000"
+        ).fetchone()
+
+
+def test_seed_sync_and_cut_over_under_load(lab):
+    upgrade, env = lab["upgrade"], lab["env"]
+    with WriteLoad(env) as load:  # wal_level=logical: a restart inside a pause
+        time.sleep(1)
+        pools = [DB, read_pool_name(DB)]
+        published = upgrade.upgrade(H1.name, "publish", peer=H3.name, databases=pools)
+        time.sleep(1)
+    assert load.errors == [] and published["restart_s"] is not None
+    FIGURES.update(publish_restart_s=published["restart_s"],
+                   publish_longest_write_pause_s=load.longest_pause_s)  # fmt: skip
+    assert load.longest_pause_s <= PAUSE_GOAL
+    upgrade.upgrade(H3.name, "publish", peer=H1.name)  # for the way back, before clients
+    psql(H1, 15, f"TRUNCATE {TABLE}")
+    with WriteLoad(env) as load, StatusWriter(env) as statuses:
+        scram = published["db_user_scram"]
+        seeded = upgrade.upgrade(H3.name, "seed", peer=H1.name, db_user_scram=scram)
+        assert seeded["changed"][-3:] == [
+            "role's verifier the old primary's", "schema copied", "subscribed",
+        ]  # fmt: skip
+        FIGURES["sync_s"] = round(upgrade.in_sync(H3.name, H1.name, SYNC_WAIT), 2)
+        views = upgrade.upgrade(H3.name, "refresh_views")
+        assert views == {"refreshed": ["public.tag_counts"]}
+        time.sleep(1)
+        cut = upgrade.cut_over(H1.name, H3.name, (H1.name, H2.name))
+        FIGURES.update({f"cutover_{k}": v for k, v in cut.items()})
+        time.sleep(2)
+    FIGURES["cutover_longest_write_pause_s"] = load.longest_pause_s
+    assert load.errors == [] and statuses.errors == []
+    assert all(load.committed.values()) and len(statuses.ids) > 10
+    rows = psql(H3, 17, f"SELECT client || ',' || n FROM {TABLE}").splitlines()
+    assert {tuple(map(int, row.split(","))) for row in rows} == load.rows  # 0 lost
+    assert psql(H3, 17, "SELECT count(*) FROM statuses WHERE body = 'x'") == str(len(statuses.ids))
+    assert in_pool(env) == (H3.address, 17)  # the old env's pool: DB_NAME on the 17 primary
+    with connect(env) as conn:  # the view, filled on the new primary
+        assert conn.execute("SELECT sum(count) FROM tag_counts").fetchone() == (500,)
+    assert load.longest_pause_s <= PAUSE_GOAL
+    last, highest = psql(H3, 17, "SELECT last_value FROM statuses_id_seq"), max(statuses.ids)
+    assert int(last) >= highest == int(psql(H3, 17, "SELECT max(id) FROM statuses"))
+
+
+def test_both_sides_hold_the_same_rows_and_the_old_refuses_mastodons_writes(lab):
+    upgrade, env = lab["upgrade"], lab["env"]
+    with connect(env) as conn:
+        conn.execute(f"INSERT INTO {TABLE} VALUES (99, 0)")
+    FIGURES["reverse_row_s"] = round(wait_until(
+        lambda: psql(H1, 15, f"SELECT count(*) FROM {TABLE} WHERE client = 99") == "1",
+        REVERSE_WAIT, "the new primary's row on the old one"), 2)  # fmt: skip
+    upgrade.in_sync(H1.name, H3.name, REVERSE_WAIT)
+    new, old = checksums(H3, 17), checksums(H1, 15)
+    assert new == old and all(int(v.split()[0]) > 0 for v in new.values())
+    direct = {**env, "DB_HOST": H1.address, "DB_PORT": "5432"}
+    with connect(direct) as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        conn.execute(f"INSERT INTO {TABLE} VALUES (98, 0)")
+    assert psql(H1, 15, "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL") == "1"
+
+
+def test_the_steps_run_again_change_nothing_and_seed_refuses_after_the_cut_over(lab):
+    upgrade = lab["upgrade"]
+    again = upgrade.upgrade(H1.name, "publish", peer=H3.name)
+    assert (again["created"], again["restart_s"], again["hba"]) == (False, None, False)
+    with pytest.raises(
+        host_ssh.StepFailed,
+        match=r"this server was cut over to \(the old "
+        r"primary follows it through slot mdata_from_10_227_0_13\): no seed",
+    ):
+        upgrade.upgrade(H3.name, "seed", peer=H1.name, db_user_scram=again["db_user_scram"])
+    assert upgrade.upgrade(H1.name, "reverse", peer=H3.name)["changed"] == []
+    assert upgrade.upgrade(H3.name, "detach", peer=H1.name) == {"detached": False}
+
+
+def test_a_rollback_fails_no_client_and_loses_nothing(lab):
+    upgrade, env = lab["upgrade"], lab["env"]
+    psql(H3, 17, f"TRUNCATE {TABLE}")  # reaches the old primary too
+    with WriteLoad(env) as load, StatusWriter(env) as statuses:
+        time.sleep(2)
+        back = upgrade.cut_over(H3.name, H1.name, (H1.name, H2.name))
+        FIGURES.update({f"rollback_{k}": v for k, v in back.items()})
+        time.sleep(2)
+    FIGURES["rollback_longest_write_pause_s"] = load.longest_pause_s
+    assert load.errors == [] and statuses.errors == [] and all(load.committed.values())
+    rows = psql(H1, 15, f"SELECT client || ',' || n FROM {TABLE}").splitlines()
+    assert {tuple(map(int, row.split(","))) for row in rows} == load.rows
+    assert in_pool(env) == (H1.address, 15)
+    assert load.longest_pause_s <= PAUSE_GOAL
+    assert int(psql(H1, 15, "SELECT last_value FROM statuses_id_seq")) >= max(statuses.ids)
+    upgrade.in_sync(H3.name, H1.name, REVERSE_WAIT)  # the 17 side follows again
+    assert checksums(H3, 17) == checksums(H1, 15)
