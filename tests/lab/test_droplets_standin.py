@@ -5,10 +5,12 @@ and the replication steps run on them over SSH.
 The provider's own waits (10 s before it looks at a new droplet, 10 s per action, 20 s per
 deletion) add up, so three stacks run at once, each in a flow of its own that records what it
 saw; each test checks one step of one flow:
-- alpha: up; the firewall enforced; a refreshed preview with no changes that passes the policy
-  pack; replicaCount 2 -> 3 -> 2; destroy;
-- bravo: up; a replica resized through the program; that replica deleted behind the program's
-  back, refreshed away and made again by `pulumi up`; destroy;
+- alpha, on Debian 13 droplets (`image: debian-13-x64`, the lab's Debian 13 image) with
+  PostgreSQL 17: up; the firewall enforced; a refreshed preview with no changes that passes the
+  policy pack; replicaCount 2 -> 3 -> 2; destroy;
+- bravo (Debian 12 and PostgreSQL 15, as charlie): up; a replica resized through the program;
+  that replica deleted behind the program's back, refreshed away and made again by `pulumi up`;
+  destroy;
 - charlie: up and destroy while the stand-in answers 404 right after create, 429 with
   Retry-After, and slowly.
 """
@@ -39,6 +41,7 @@ from standinkit import (
     wait_until,
 )
 
+from lab import rootfs
 from lab.stack import engine_gap
 from lab.standin.client import coverage
 from lab.standin.server import client_label
@@ -68,16 +71,29 @@ def pack_args(workdir: Path) -> tuple[str, ...]:
     return ("--policy-pack", str(POLICY), "--policy-pack-config", str(path))
 
 
+ALPHA_IMAGE, ALPHA_VERSION = "debian-13-x64", 17
+# On a droplet: its Debian major, its clusters, its data volume's file system.
+SYSTEM = (
+    "cut -d. -f1 /etc/debian_version; pg_lsclusters -h | cut -d' ' -f1-4; "
+    "findmnt -n -o FSTYPE /mnt/mastodon-data"
+)
+
+
 def status(outputs: dict, host: str) -> dict:
     return outputs["replication"][host]
 
 
 def alpha(flow: Flow, ctx: dict) -> None:
     s = Droplets(**ctx, name="alpha", vpc="10.240.1.0/24", replicas=2,
-                 postgresAllowedSources=[ALLOWED], protectData=False)  # fmt: skip
+                 postgresAllowedSources=[ALLOWED], protectData=False, image=ALPHA_IMAGE,
+                 postgresVersion=ALPHA_VERSION)  # fmt: skip
     first = s.apply()
     outputs = first["outputs"]
-    flow.record("up", **first, check=check_replication(outputs))
+    systems = {r: s.ssh(public(outputs, r), SYSTEM) for r in ("db-0", "db-1", "db-2")}
+    poolers = {n: r["probe"] for n, r in s.stack.step_reports().items() if n.startswith("pooler-")}
+    flow.record("up", **first, check=check_replication(outputs), systems=systems,
+                poolers=poolers, images=[d["image"]["slug"] for d in s.client.droplets()
+                                         if "-alpha-" in d["name"]])  # fmt: skip
 
     # The firewall, from outside and inside.
     vpc = s.client.state()["vpcs"][outputs["vpc_id"]]
@@ -275,6 +291,8 @@ def flows(tmp_path_factory):
     reason = lab_unavailable() or engine_gap()
     if reason:
         pytest.skip(reason)
+    if not rootfs.built(rootfs.image_dir()):
+        pytest.fail(f"the Debian 13 image {rootfs.image_dir()} is not built: run `make rootfs`")
     pack_venv()
     LAB.down()
     started = time.monotonic()
@@ -337,6 +355,16 @@ def test_up_makes_droplets_that_replicate(flows):
     assert read_host.startswith("10.240.1.")
     assert outputs["primary"]["private_address"].startswith("10.240.1.")
     assert outputs["primary"]["public_address"].startswith("10.241.1.")
+
+
+def test_alpha_runs_debian_13_and_postgresql_17_on_each_data_volume(flows):
+    up = flows["alpha"].wait("up")
+    assert up["images"] == [ALPHA_IMAGE] * 3
+    recovery = {"db-0": "online", "db-1": "online,recovery", "db-2": "online,recovery"}
+    assert up["systems"] == {
+        role: f"13\n{ALPHA_VERSION} main 5432 {status}\next4" for role, status in recovery.items()
+    }
+    assert sorted(up["poolers"].values()) == ["ok", "ok", "ok"], up["poolers"]
 
 
 def test_firewall_keeps_5432_and_the_pools_from_hosts_outside_the_allowed_sources(flows):
