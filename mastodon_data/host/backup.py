@@ -31,6 +31,7 @@ from repository import (
     BACKUP_TIMEOUT,
     PGBACKREST,
     archive_status,
+    failure,
     install,
     pgbackrest,
     summary,
@@ -152,7 +153,7 @@ def ensure_stanza(params: dict) -> str:
     stanza = params["stanza"]
     result = pgbackrest(stanza, "stanza-create", check=False)
     if result.returncode != 0:
-        raise HostError(f"pgbackrest stanza-create failed: {result.stderr.strip()[-800:]}")
+        raise HostError(f"pgbackrest stanza-create failed: {failure(result, 800)}")
     pgbackrest(stanza, "check", timeout=300)
     return "checked"
 
@@ -200,7 +201,7 @@ def check(params: dict, cluster: Cluster) -> dict:
     result = pgbackrest(params["stanza"], "check", check=False, timeout=300)
     report = {"action": "check", "check": "ok" if result.returncode == 0 else "failed"}
     if result.returncode != 0:
-        report["check_error"] = result.stderr.strip()[-800:]
+        report["check_error"] = failure(result, 800)
     report |= summary(stanza_info(params["stanza"]))
     report["archive"] = archive_status(cluster)
     report["healthy"] = report["check"] == "ok" and report["last_backup"] is not None

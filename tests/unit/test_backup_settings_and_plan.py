@@ -283,3 +283,13 @@ def test_the_end_of_an_archived_wal_file_is_where_the_next_one_begins():
     segment = 16 * 2**20
     assert archived_end("000000010000000000000003", segment) == lsn("0/4000000")
     assert archived_end("0000000200000001000000FF", segment) == lsn("2/0")
+
+
+def test_a_pgbackrest_failure_names_its_error_printed_on_stdout():
+    """With log-level-console set (the stanza's pgbackrest.conf), pgBackRest 2.55 prints its
+    ERROR lines on stdout and nothing on stderr: the step's error must carry them."""
+    error = "P00  ERROR: [056]: unable to find primary cluster - cannot proceed"
+    result = subprocess.CompletedProcess([], 56, stdout=f"P00   WARN: x\n{error}\n", stderr="")
+    assert repository.failure(result, 50) == error[-50:]
+    assert repository.failure(subprocess.CompletedProcess([], 3, "", "no repo\n"), 800) == "no repo"
+    assert repository.failure(subprocess.CompletedProcess([], 3, "", ""), 800) == "exit code 3"
