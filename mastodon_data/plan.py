@@ -77,10 +77,6 @@ KEEP_HEALTH = (
     "echo 'mastodon-data: the replica health endpoint is left running on this host; once no "
     "load balancer checks it: systemctl disable --now mastodon-data-replica-health'"
 )
-# A step's delete gets the step's stdin too (a remote.Command has one stdin): it reads it to the
-# end before it speaks. Exiting unread lets sshd close the channel while pulumi-command still
-# writes it, and the delete fails with `EOF` (issue 24: 1-2 % of runs against OpenSSH 10).
-DRAIN_STDIN = "cat >/dev/null; "
 # What a step's delete says on a host that outlives the stack, by script (the others: nothing).
 KEEP_NOTES = {
     "primary": KEEP_DATA,
@@ -130,8 +126,7 @@ class Step:
 
     @property
     def keep_note(self) -> str | None:
-        note = KEEP_NOTES.get(self.script)
-        return DRAIN_STDIN + note if note else None
+        return KEEP_NOTES.get(self.script)
 
     @property
     def report_sources(self) -> tuple[str, ...]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 
 from mastodon_data import plan
 from mastodon_data.config import parse_settings
@@ -157,22 +156,3 @@ def test_replicas_take_the_primary_ca_from_its_report():
     assert filled == {**replica.params, "primary_ca_cert": "PEM"}
     assert replica.params["primary_ca_cert"] == ""  # until the primary step reported
     assert plan.parse_report("") == {}
-
-
-def test_each_delete_reads_its_whole_stdin_before_its_note(tmp_path):
-    """A step's delete gets the step's payload on stdin too; one that exits without reading it
-    lets sshd close the channel while pulumi-command still writes, and fails with `EOF` (issue
-    24). The delete runs with the payload as a file: its offset, shared with the command, shows
-    how far the command read."""
-    notes = {s.script: s for s in plan_for() if s.keep_note}
-    assert sorted(notes) == ["pooler", "primary", "replica", "replica_health"]
-    for script, step in notes.items():
-        payload = tmp_path / f"{script}.json"
-        payload.write_text(step.stdin(step.params, ["r" * 20, "d" * 20][: len(step.secret_params)]))
-        with payload.open("rb") as stdin:
-            done = subprocess.run(
-                ["sh", "-c", step.keep_note], stdin=stdin, capture_output=True, timeout=30
-            )
-            assert (done.returncode, stdin.tell()) == (0, payload.stat().st_size), script
-        assert done.stdout.decode() == shlex.split(plan.KEEP_NOTES[script])[1] + "\n"
-        assert payload.stat().st_size > 30_000  # the scripts: more than one ssh packet
