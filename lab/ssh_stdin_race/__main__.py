@@ -3,8 +3,9 @@ pulumi-command runs it (its Go ssh client, main.go), with a step's payload on st
 its own (mlsr, 10.243.77.0/24): host 1 on this machine's Debian 12 (OpenSSH 9.2), host 2 on the
 Debian 13 image (OpenSSH 10.0, `make rootfs`). For each host, `echo` alone (the delete notes
 before the fix: they exit without reading stdin) and `cat >/dev/null; echo` (DRAIN_STDIN of
-mastodon_data/components/replication.py): the outcome of every run, counted. The lab is removed at the end, also on failure. Root; the
-engine's Go module cache (`make engine`); about a minute at rest.
+mastodon_data/components/replication.py): the outcome of every run, counted, into
+results/ssh_stdin_race.json. The lab is removed at the end, also on failure. Root; the engine's
+Go module cache (`make engine`); about a minute at rest.
 
     venv/bin/python -m lab.ssh_stdin_race [--runs 400] [--stdin 50000]
 """
