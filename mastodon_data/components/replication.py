@@ -20,6 +20,11 @@ from mastodon_data import cert_renewal, outputs, plan
 from mastodon_data.config import BackupSettings, Host, ReplicationSettings
 from mastodon_data.monitoring import targets
 
+# A step's delete gets the step's stdin too (a remote.Command has one stdin): it reads it to the
+# end before its note. Exiting unread lets sshd close the channel while pulumi-command still
+# writes it, and the delete fails with `EOF` though it exited 0 (issue 24, lab/ssh_stdin_race).
+DRAIN_STDIN = "cat >/dev/null; "
+
 
 class ReplicationSteps(pulumi.ComponentResource):
     """What others read, as ManagedPostgres has them: `endpoints` (an Output of the plain dict of
@@ -104,11 +109,12 @@ class ReplicationSteps(pulumi.ComponentResource):
         ).apply(lambda a: step.trigger(*a))
         stdin = pulumi.Output.all(params, *(secrets[k] for k in step.secret_params.values()))
         uploads = self._uploads(name, step, key)
+        note = step.keep_note if self._keep_data_note else None
         return remote.Command(
             name,
             connection=ssh_connection(step.host, key),
             create=step.command,
-            delete=step.keep_note if self._keep_data_note else None,
+            delete=DRAIN_STDIN + note if note else None,
             stdin=pulumi.Output.secret(stdin.apply(lambda a: step.stdin(a[0], a[1:]))),
             # A status report runs again whenever a setup step ran again.
             triggers=[self._triggers[s] for s in (step.name, *step.after)],

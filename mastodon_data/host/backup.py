@@ -31,6 +31,7 @@ from repository import (
     BACKUP_TIMEOUT,
     PGBACKREST,
     archive_status,
+    failure,
     install,
     pgbackrest,
     summary,
@@ -41,6 +42,11 @@ from repository import info as stanza_info
 UNIT_DIR = Path("/etc/systemd/system")
 SETTINGS_FILE = "mastodon-data-backup.conf"
 BACKUP_TYPES = ("full", "diff", "incr")
+# stanza-create takes every pgBackRest lock; the async archive-push holds the archive lock while
+# it pushes (a new primary has its history file and partial segment to push), and a lock held
+# fails stanza-create at once with error 50: it is asked again meanwhile.
+LOCK_HELD = 50  # pgBackRest's exit code for [050] LockAcquireError
+STANZA_LOCK_WAIT = 120  # seconds
 
 
 def archive_settings(params: dict) -> dict[str, str]:
@@ -150,9 +156,13 @@ def ensure_stanza(params: dict) -> str:
     """stanza-create (a no-op on a valid stanza) and `check`: a WAL file switched and archived
     (the check fails within pgBackRest's archive timeout, 60 s, when archiving does not work)."""
     stanza = params["stanza"]
+    deadline = time.monotonic() + STANZA_LOCK_WAIT
     result = pgbackrest(stanza, "stanza-create", check=False)
+    while result.returncode == LOCK_HELD and time.monotonic() < deadline:
+        time.sleep(1)
+        result = pgbackrest(stanza, "stanza-create", check=False)
     if result.returncode != 0:
-        raise HostError(f"pgbackrest stanza-create failed: {result.stderr.strip()[-800:]}")
+        raise HostError(f"pgbackrest stanza-create failed: {failure(result, 800)}")
     pgbackrest(stanza, "check", timeout=300)
     return "checked"
 
@@ -200,7 +210,7 @@ def check(params: dict, cluster: Cluster) -> dict:
     result = pgbackrest(params["stanza"], "check", check=False, timeout=300)
     report = {"action": "check", "check": "ok" if result.returncode == 0 else "failed"}
     if result.returncode != 0:
-        report["check_error"] = result.stderr.strip()[-800:]
+        report["check_error"] = failure(result, 800)
     report |= summary(stanza_info(params["stanza"]))
     report["archive"] = archive_status(cluster)
     report["healthy"] = report["check"] == "ok" and report["last_backup"] is not None

@@ -141,11 +141,18 @@ def pgbackrest(stanza: str, *args: str, check: bool = True, timeout: float = 600
     return run(argv, check=check, timeout=timeout)
 
 
+def failure(result, limit: int) -> str:
+    """Why pgbackrest failed: its errors are console log lines on stdout (stderr stays empty
+    with log-level-console set), the last `limit` characters."""
+    text = (result.stderr.strip() or result.stdout.strip())[-limit:]
+    return text or f"exit code {result.returncode}"
+
+
 def info(stanza: str) -> dict:
     """`pgbackrest info --output=json` of the stanza ({} when it cannot be read)."""
     result = pgbackrest(stanza, "info", "--output=json", check=False, timeout=120)
     if result.returncode != 0:
-        return {"error": result.stderr.strip()[-500:] or f"exit code {result.returncode}"}
+        return {"error": failure(result, 500)}
     listed = json.loads(result.stdout or "[]")
     return listed[0] if listed else {}
 

@@ -4,7 +4,8 @@ with postgresVersion 17, backups into the lab's S3 store and the exporters makes
 a replica with trixie's packages (PostgreSQL 17, PgBouncer 1.24, pgBackRest 2.55, Debian's
 exporters); the replica streams, both pools answer with TLS, a full backup is in the repository,
 every exporter target answers, a second `up` changes nothing, a certificate near its end is
-renewed by a plain `up` (trixie's OpenSSL 3.5)."""
+renewed by a plain `up` (trixie's OpenSSL 3.5), and a switchover under a write load loses no row
+and fails no client."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from promlab import built_exporters, monitored_with_backups
 
 from lab import namespaces as lab_hosts
 from lab import rootfs
+from lab.bench_switchover import switchover_under_load
 from lab.s3 import LabS3
 from lab.stack import LabStack
+from lab.write_load import TABLE
 from tests.fixtures import COMMAND
 from tests.mastodon_database import read_dotenv
 
@@ -235,3 +238,18 @@ def test_a_certificate_near_its_end_is_renewed_by_a_plain_up(deb13):
     assert ssh(1, f"cat {CONF}/mastodon-data-renewals").stdout.strip() == "1"
     assert ssh(1, f"openssl verify -CAfile {CA}/ca.crt {CONF}/server.crt").returncode == 0
     assert ssh(1, STARTED).stdout == started
+
+
+def test_a_switchover_under_load_loses_no_row_and_fails_no_client(deb13):
+    env = deb13["stack"].outputs()["mastodon_env"]
+    switched = switchover_under_load(deb13["stack"], env, "ml13-h2", clients=4)
+    load, summary, outputs = switched["load"], switched["summary"], switched["outputs"]
+    assert load.errors == [] and len(load.rows) > 20
+    select = f"SELECT client || ',' || n FROM {TABLE}"
+    shown = ssh(2, f'runuser -u postgres -- psql -AtX -d mastodon_production -c "{select}"')
+    assert {tuple(map(int, row.split(","))) for row in shown.stdout.split()} == load.rows
+    assert (summary["old_primary"], summary["switched_to"]) == ("ml13-h1", "ml13-h2")
+    assert outputs["mastodon_env"]["DB_HOST"] == REPLICA
+    receiver = outputs["replication"]["ml13-h1"]["receiver"][0]
+    assert (receiver["status"], receiver["sender_host"]) == ("streaming", REPLICA)
+    deb13["stack"].preview("--refresh", "--expect-no-changes")

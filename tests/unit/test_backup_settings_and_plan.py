@@ -283,3 +283,36 @@ def test_the_end_of_an_archived_wal_file_is_where_the_next_one_begins():
     segment = 16 * 2**20
     assert archived_end("000000010000000000000003", segment) == lsn("0/4000000")
     assert archived_end("0000000200000001000000FF", segment) == lsn("2/0")
+
+
+def test_a_pgbackrest_failure_names_its_error_printed_on_stdout():
+    """With log-level-console set (the stanza's pgbackrest.conf), pgBackRest 2.55 prints its
+    ERROR lines on stdout and nothing on stderr: the step's error must carry them."""
+    error = "P00  ERROR: [056]: unable to find primary cluster - cannot proceed"
+    result = subprocess.CompletedProcess([], 56, stdout=f"P00   WARN: x\n{error}\n", stderr="")
+    assert repository.failure(result, 50) == error[-50:]
+    assert repository.failure(subprocess.CompletedProcess([], 3, "", "no repo\n"), 800) == "no repo"
+    assert repository.failure(subprocess.CompletedProcess([], 3, "", ""), 800) == "exit code 3"
+
+
+def test_stanza_create_is_asked_again_while_an_archive_push_holds_the_lock(monkeypatch):
+    """stanza-create needs every lock; an async archive-push holds the archive lock while it
+    pushes (pgBackRest error 50), as on a new primary: asked again until it gets it; any other
+    failure stops the step at once with pgBackRest's error."""
+    held = "P00  ERROR: [050]: unable to acquire lock on file 'mastodon-archive.lock'"
+    answers = [(50, held), (50, held), (0, "")]
+    calls = []
+
+    def pgbackrest(stanza, *args, check=True, timeout=600):
+        calls.append(args[0])
+        code, out = answers.pop(0) if args[0] == "stanza-create" else (0, "")
+        return subprocess.CompletedProcess([], code, stdout=out, stderr="")
+
+    monkeypatch.setattr(backup, "pgbackrest", pgbackrest)
+    monkeypatch.setattr(backup.time, "sleep", lambda _: None)
+    assert backup.ensure_stanza({"stanza": "mastodon"}) == "checked"
+    assert calls == ["stanza-create"] * 3 + ["check"]
+    wrong = "P00  ERROR: [056]: unable to find primary cluster - cannot proceed"
+    answers[:] = [(56, wrong)]
+    with pytest.raises(backup.HostError, match=r"stanza-create failed: .*\[056\]"):
+        backup.ensure_stanza({"stanza": "mastodon"})

@@ -142,9 +142,27 @@ def test_destroy_leaves_data_in_place_and_says_so():
             continue
         running = ("replication-pooler-", "replication-health-")
         kept = "left running" if command.name.startswith(running) else "left in place"
-        assert delete.startswith("echo ") and kept in delete
+        assert delete.startswith("cat >/dev/null; echo ") and kept in delete
         for destructive in ("rm ", "drop", "pg_dropcluster", "DROP", "apt-get"):
             assert destructive not in delete
+
+
+def test_each_delete_reads_its_whole_stdin_before_its_note(tmp_path):
+    """A step's delete gets the step's payload on stdin too; one that exits without reading it
+    lets sshd close the channel while pulumi-command still writes, and fails with `EOF` (issue
+    24). Each delete runs on its command's stdin as a file: the offset it shares with the
+    command shows how far the command read."""
+    deletes = [c for c in run_program(HOSTS).of_type("remote:Command") if c.inputs.get("delete")]
+    assert len(deletes) == 3 * 3  # the primary's or replica's step, pooler, health endpoint
+    for command in deletes:
+        payload = tmp_path / "stdin"
+        payload.write_text(command.inputs["stdin"])
+        with payload.open("rb") as stdin:
+            done = subprocess.run(
+                ["sh", "-c", command.inputs["delete"]], stdin=stdin, capture_output=True, timeout=30
+            )
+            assert (done.returncode, stdin.tell()) == (0, payload.stat().st_size), command.name
+        assert done.stdout.startswith(b"mastodon-data: ") and payload.stat().st_size > 30_000
 
 
 def test_droplet_steps_go_without_their_host(droplets):
