@@ -27,6 +27,12 @@ wal_level = replica
 hot_standby = on
 max_wal_senders = 10
 """
+# An upgrade's cut-over on the old primary: nothing is written after its dump.
+FREEZE = """ALTER SYSTEM SET default_transaction_read_only = on;
+SELECT pg_reload_conf();
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();
+"""
 # TLS only, passwords only; the superuser `postgres` only over the node's own socket.
 HBA = """local all postgres peer
 hostnossl all all 0.0.0.0/0 reject
@@ -138,16 +144,15 @@ pg_ctlcluster {version} main start
         server holds now, roles and passwords included: its pg_dumpall restored (an older
         server's dump restores on a newer one). The bootstrap superuser is the new server's."""
         version = pg_version(node)
-        self.node_run(node, self.create_script(cluster, node) + f"pg_ctlcluster {version} main start\n")
+        self.node_run(
+            node, self.create_script(cluster, node) + f"pg_ctlcluster {version} main start\n"
+        )
         dump = self.node_run(source, f"runuser -u postgres -- pg_dumpall -p {PORT}", timeout=600)
-        own_role = re.compile(r"^(CREATE|ALTER) ROLE postgres( |;)", re.MULTILINE)
+        own_role = re.compile(r"(CREATE|ALTER) ROLE postgres( |;)")
         kept = "\n".join(line for line in dump.splitlines() if not own_role.match(line))
         self.run_sql(node, kept)
 
     def freeze(self, node: dict) -> None:
         """`node`'s server made read-only and its clients disconnected (an upgrade's cut-over:
         nothing written after its dump is lost)."""
-        self.run_sql(node, "ALTER SYSTEM SET default_transaction_read_only = on;\n"
-                           "SELECT pg_reload_conf();\n"
-                           "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();")  # fmt: skip
+        self.run_sql(node, FREEZE)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from lab.standin.lab_databases import PORT, pg_version, LabDatabases
+from lab.standin.lab_databases import PORT, LabDatabases, pg_version
 from lab.system import LabError
 
 FOLLOW_TIMEOUT = 20  # seconds a re-pointed node has to stream from its new primary

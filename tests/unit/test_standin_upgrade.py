@@ -84,7 +84,9 @@ def test_an_upgrade_answers_204_then_migrates_to_new_nodes_and_only_then_says_th
         ("16", 422, "the stand-in runs PostgreSQL 15, 17"),
     ],
 )
-def test_an_upgrade_to_the_same_an_older_or_an_unrun_version_is_refused(api, version, status, words):
+def test_an_upgrade_to_the_same_an_older_or_an_unrun_version_is_refused(
+    api, version, status, words
+):
     cluster = online_cluster(api, version="15")
     code, document = upgrade(api, cluster["id"], version)
     assert (code, document["id"]) == (status, "unprocessable_entity")
@@ -118,7 +120,11 @@ def test_a_fork_is_forking_then_online_with_the_sources_data_users_and_version(a
     code, created = send(api, "POST", "/v2/databases", fork_body(api, source))
     assert code == 201
     fork = created["database"]
-    assert (fork["status"], fork["version"], fork["name"]) == ("forking", "15", "mastodon-data-t-fork")
+    assert (fork["status"], fork["version"], fork["name"]) == (
+        "forking",
+        "15",
+        "mastodon-data-t-fork",
+    )
     assert fork["connection"]["password"] == source["connection"]["password"]
     assert fork["users"] == source["users"] and fork["db_names"] == source["db_names"]
     api.backend.gate.set()

@@ -51,18 +51,21 @@ class Upgrades:
                 "newer major version"
             )
         if cluster["status"] != "online" or cluster["deleting"]:
-            raise ApiError(412, "precondition_failed", f"cluster {cluster['id']} is {cluster['status']}")
+            raise ApiError(
+                412, "precondition_failed", f"cluster {cluster['id']} is {cluster['status']}"
+            )
         if target not in LAB_VERSIONS or cluster["version"] not in LAB_VERSIONS:
-            raise unprocessable(f"version {target}: the stand-in runs PostgreSQL {', '.join(LAB_VERSIONS)}")
+            raise unprocessable(
+                f"version {target}: the stand-in runs PostgreSQL {', '.join(LAB_VERSIONS)}"
+            )
         if self.account.database_replicas.of_cluster(cluster["id"]):
             raise unprocessable("the stand-in does not upgrade a cluster with read-only nodes")
 
     def new_nodes(self, cluster: dict, version: str, vpc: dict) -> list[dict]:
         """Nodes for `cluster` on `version` (new hosts: new addresses, as new nodes get)."""
-        generation = cluster.get("generation", 0) + 1
-        ident = cluster["id"]
+        suffix, ident = f"g{cluster.get('generation', 0) + 1}", cluster["id"]
         return [
-            {"id": f"pg-{ident[:8]}-{i}-g{generation}", "name": f"{cluster['name'][:57]}-{i}-g{generation}",
+            {"id": f"pg-{ident[:8]}-{i}-{suffix}", "name": f"{cluster['name'][:57]}-{i}-{suffix}",
              "status": "on", "image": LAB_VERSIONS[version], "pg_version": version,
              **self.account.machines.place(vpc)}
             for i in range(cluster["num_nodes"])
@@ -119,10 +122,14 @@ class Upgrades:
         if source is None or source["deleting"]:
             raise not_found(f"database cluster {name}")
         if source["engine"] != "pg" or source["status"] != "online":
-            raise unprocessable(f"database cluster {name} has no backup to restore ({source['status']})")
+            raise unprocessable(
+                f"database cluster {name} has no backup to restore ({source['status']})"
+            )
         self.check_backup_time(restore.get("backup_created_at"), source)
         if version != source["version"]:
-            raise unprocessable(f"version {version}: the backup of {name} is PostgreSQL {source['version']}")
+            raise unprocessable(
+                f"version {version}: the backup of {name} is PostgreSQL {source['version']}"
+            )
         return source
 
     @staticmethod
