@@ -51,25 +51,31 @@ def fork_name(cluster: str) -> str:
 
 
 def read_database(connection: dict, ca_file: Path, database: str) -> Reading:
-    """Mastodon's database on the server of `connection` (the API's, doadmin), TLS verified."""
+    """Mastodon's database on the server of `connection` (the API's, doadmin), TLS verified.
+    To count the rows of tables Mastodon's role owns, doadmin joins that role (on the fork
+    only: a copy that is deleted next)."""
     with psycopg.connect(
         host=connection["host"], port=connection["port"], user=connection["user"],
         password=connection["password"], dbname=database, sslmode="verify-full",
-        sslrootcert=str(ca_file), connect_timeout=10,
+        sslrootcert=str(ca_file), connect_timeout=10, autocommit=True,
     ) as conn:  # fmt: skip
         major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
         rows = conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') "
             "ORDER BY pg_total_relation_size(c.oid) DESC, c.relname"
         ).fetchall()
-        tables = [name for (name,) in rows]
+        largest = rows[:LARGEST_TABLES]
+        for owner in sorted({owner for _, owner in largest} - {connection["user"]}):
+            if not conn.execute("SELECT pg_has_role(%s, 'USAGE')", (owner,)).fetchone()[0]:
+                conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(owner)))
+        count = sql.SQL("SELECT count(*) FROM {}")
         counts = tuple(
-            (name, conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name)))
-             .fetchone()[0])
-            for name in tables[:LARGEST_TABLES]
-        )  # fmt: skip
-    return Reading(major, tuple(sorted(tables)), counts)
+            (name, conn.execute(count.format(sql.Identifier(name))).fetchone()[0])
+            for name, _ in largest
+        )
+    return Reading(major, tuple(sorted(name for name, _ in rows)), counts)
 
 
 class Rehearsal:
@@ -187,6 +193,12 @@ class Rehearsal:
     def read(self, fork: dict, ca: Path) -> Reading:
         try:
             return read_database(fork["connection"], ca, self.args.database)
+        except psycopg.errors.InsufficientPrivilege as err:
+            raise RehearsalFailed(
+                f"doadmin cannot read {self.args.database} on the fork: {str(err).strip()}",
+                "let doadmin read Mastodon's tables (as Mastodon's role: GRANT SELECT ON ALL "
+                "TABLES IN SCHEMA public TO doadmin), then pulumi up again",
+            ) from None
         except psycopg.OperationalError as err:
             raise RehearsalFailed(
                 f"the fork's database {self.args.database} does not answer: {str(err).strip()}",

@@ -4,6 +4,7 @@ only the app's droplets/tag/addresses in."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -13,6 +14,7 @@ from pulumi_command import local
 
 from mastodon_data.components.lifecycle import POOL_OPTIONS, keep_data
 from mastodon_data.config import PROJECT, AppSources, LifecycleSettings, ManagedPostgresSettings
+from mastodon_data.do_api import DEFAULT_URL, ApiError, DigitalOcean
 from mastodon_data.monitoring.targets import managed_file_sd
 from mastodon_data.naming import do_name
 from mastodon_data.outputs import POOL_MODE
@@ -30,6 +32,23 @@ def version_check(running: str | None, wanted: str) -> None:
         f"(then pulumi config rm {PROJECT}:postgresUpgradeTo); to keep {running}, pulumi config "
         f"set {PROJECT}:postgresVersion {running}"
     )
+
+
+def live_version(cluster_name: str) -> str | None:
+    """The cluster's version as DigitalOcean's API says now, with the provider's token and
+    endpoint; None when it cannot be read (the state's then counts)."""
+    token = os.environ.get("DIGITALOCEAN_TOKEN") or pulumi.runtime.get_config("digitalocean:token")
+    url = os.environ.get("DIGITALOCEAN_API_URL") or pulumi.runtime.get_config(
+        "digitalocean:apiEndpoint"
+    )
+    if not token:
+        return None
+    try:
+        clusters = DigitalOcean(token, url or DEFAULT_URL).call("GET", "/v2/databases")
+    except (ApiError, OSError):
+        return None
+    found = [c["version"] for c in clusters["databases"] if c["name"] == cluster_name]
+    return found[0] if found else None
 
 
 class ManagedPostgres(pulumi.ComponentResource):
@@ -116,12 +135,11 @@ class ManagedPostgres(pulumi.ComponentResource):
         )
 
     def _version_check(self, running: str | None, wanted: str) -> None:
-        """version_check on the state's version; when that is older, the API's answer counts:
+        """version_check on the state's version; when that differs, the API's answer counts:
         the provider records the version it reads right after asking for the upgrade, before
-        DigitalOcean has done it (a refresh brings the state up to date)."""
+        DigitalOcean has done it (`pulumi refresh` brings the state up to date)."""
         if running is not None and str(running) != wanted:
-            live = do.get_database_cluster(name=f"{self._base}-pg").version
-            running = live if str(live) == wanted else running
+            running = live_version(f"{self._base}-pg") or running
         version_check(running, wanted)
 
     def _database_and_pool(self, name: str, managed: ManagedPostgresSettings) -> None:
