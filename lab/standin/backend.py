@@ -81,6 +81,9 @@ class DatabaseBackend:
     def freeze(self, node: dict) -> None:
         """`node`'s server made read-only, its clients disconnected (an upgrade's cut-over)."""
 
+    def thaw(self, node: dict) -> None:
+        """`node`'s server writable again (an upgrade that failed before its cut-over)."""
+
     def run_sql(self, node: dict, sql: str, database: str = "postgres") -> None:
         """`sql` run as the superuser on `node` (given on stdin: it may carry a password)."""
 

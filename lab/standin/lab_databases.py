@@ -55,6 +55,19 @@ def max_connections(size: str) -> int:
     return 25 * DB_SIZES[size]
 
 
+OWN_ROLE = re.compile(r"(CREATE|ALTER) ROLE postgres( |;)")
+GRANTOR = re.compile(r"^(GRANT .*) GRANTED BY \S+;$")
+
+
+def restorable(dump: str) -> str:
+    """pg_dumpall's script as the new server's superuser runs it: without the bootstrap
+    superuser's own lines, and a role membership granted by the superuser rather than by its
+    grantor (PostgreSQL 16 on refuses a grantor without ADMIN on the role, which 15's CREATEROLE
+    did not need)."""
+    lines = (GRANTOR.sub(r"\1;", line) for line in dump.splitlines() if not OWN_ROLE.match(line))
+    return "\n".join(lines) + "\n"
+
+
 class LabDatabases(LabPki):
     """The nodes of managed database clusters."""
 
@@ -148,9 +161,11 @@ pg_ctlcluster {version} main start
             node, self.create_script(cluster, node) + f"pg_ctlcluster {version} main start\n"
         )
         dump = self.node_run(source, f"runuser -u postgres -- pg_dumpall -p {PORT}", timeout=600)
-        own_role = re.compile(r"(CREATE|ALTER) ROLE postgres( |;)")
-        kept = "\n".join(line for line in dump.splitlines() if not own_role.match(line))
-        self.run_sql(node, kept)
+        self.run_sql(node, restorable(dump))
+
+    def thaw(self, node: dict) -> None:
+        self.run_sql(node, "ALTER SYSTEM RESET default_transaction_read_only;\n"
+                           "SELECT pg_reload_conf();\n")  # fmt: skip
 
     def freeze(self, node: dict) -> None:
         """`node`'s server made read-only and its clients disconnected (an upgrade's cut-over:

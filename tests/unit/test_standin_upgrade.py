@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from lab.standin.lab_databases import restorable
 from tests.unit.test_standin_databases import CLUSTER, Recorder, online_cluster, send, served
 
 
@@ -168,3 +169,42 @@ def test_a_fork_in_another_version_than_the_backups_is_refused(api):
     code, document = send(api, "POST", "/v2/databases", {**fork_body(api, source), "version": "17"})
     assert (code, document["id"]) == (422, "unprocessable_entity")
     assert document["message"] == "version 17: the backup of mastodon-data-t-pg is PostgreSQL 15"
+
+
+class FailingRestore(UpgradeRecorder):
+    def restore_postgres(self, cluster, node, source):
+        raise RuntimeError("restore failed")
+
+    def thaw(self, node):
+        self.steps.append(("thaw", node["id"]))
+
+
+def test_an_upgrade_failing_before_its_cut_over_leaves_the_cluster_online_on_its_version(tmp_path):
+    with served(FailingRestore(), tmp_path) as api:
+        cluster = online_cluster(api, version="15")
+        old = [n["id"] for n in api.account.databases.items[cluster["id"]]["nodes"]]
+        api.backend.steps.clear()
+        assert upgrade(api, cluster["id"], "17") == (204, None)
+        assert api.account.idle(10)
+        after = api.call("GET", f"/v2/databases/{cluster['id']}")["database"]
+        assert (after["status"], after["version"]) == ("online", "15")
+        new = f"pg-{cluster['id'][:8]}-0-g1"
+        assert api.backend.steps == [
+            ("create", new, "debian-13-x64", "17"),
+            ("freeze", old[0]),
+            ("destroy", new),
+            ("thaw", old[0]),
+        ]
+        assert [n["id"] for n in api.account.databases.items[cluster["id"]]["nodes"]] == old
+
+
+def test_a_dump_restores_as_the_new_servers_superuser():
+    dump = (
+        "CREATE ROLE doadmin;\nCREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER;\n"
+        "GRANT mastodon TO doadmin WITH INHERIT TRUE GRANTED BY doadmin;\n"
+        "GRANT pg_monitor TO doadmin GRANTED BY postgres;\nCREATE TABLE t (note text);\n"
+    )
+    assert restorable(dump) == (
+        "CREATE ROLE doadmin;\nGRANT mastodon TO doadmin WITH INHERIT TRUE;\n"
+        "GRANT pg_monitor TO doadmin;\nCREATE TABLE t (note text);\n"
+    )

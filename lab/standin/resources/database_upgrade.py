@@ -84,9 +84,13 @@ class Upgrades:
             self.items[ident]["pending_nodes"] = new  # their addresses stay taken
         primary, old = new[0], cluster["nodes"]
         cluster["host_names"] = [self.host_name(cluster, kind) for kind in HOST_KINDS]
-        backend.create_host(primary, vpc, [])
-        backend.freeze(old[0])  # the write pause starts
-        backend.restore_postgres(cluster, primary, old[0])
+        try:
+            backend.create_host(primary, vpc, [])
+            backend.freeze(old[0])  # the write pause starts
+            backend.restore_postgres(cluster, primary, old[0])
+        except Exception:
+            self.roll_back(ident, primary, old[0])
+            raise
         self.switch_nodes(ident, new[:1] + old[1:])  # the write pause ends
         for node in new[1:]:
             backend.create_host(node, vpc, [])
@@ -99,6 +103,18 @@ class Upgrades:
             done["version"], done["status"] = done.pop("upgrading_to"), "online"
             done["generation"] = done.get("generation", 0) + 1
             done.pop("pending_nodes", None)
+            self.save()
+
+    def roll_back(self, ident: str, new_primary: dict, old_primary: dict) -> None:
+        """An upgrade failed before its cut-over: the new primary removed, the old one writable
+        again, `online` on the old version (the stand-in's choice: DigitalOcean documents none)."""
+        self.account.backend.destroy_host(new_primary)
+        self.account.backend.thaw(old_primary)
+        with self.account.lock:
+            cluster = self.items[ident]
+            cluster["status"] = "online"
+            cluster.pop("upgrading_to", None)
+            cluster.pop("pending_nodes", None)
             self.save()
 
     def switch_nodes(self, ident: str, nodes: list[dict]) -> None:
