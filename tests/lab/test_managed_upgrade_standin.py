@@ -135,34 +135,43 @@ def pauses(attempts: list) -> tuple[float, int]:
     return max(b - a for a, b in pairwise(ok)), sum(o != "ok" for _, o in attempts)
 
 
-def test_up_rehearses_on_a_fork_then_upgrades_with_every_row(upgrade, tmp_path):
-    env_before, source = upgrade.outputs["mastodon_env"], upgrade.cluster()
-    stop = tmp_path / "stop"
-    data = {"env": env_before, "ca": upgrade.outputs["postgres_ca_cert"]}
+def upgraded_under_writes(upgrade: Upgrade, stop: Path) -> dict:
+    """`pulumi up` with postgresUpgradeTo while the writer writes; until the cluster is online
+    on 17: what was said, the times, the writer's answer."""
+    data = {"env": upgrade.outputs["mastodon_env"], "ca": upgrade.outputs["postgres_ca_cert"]}
     writer = subprocess.Popen(
         LAB.hosts.on_host_command(upgrade.app_host, sys.executable, str(WRITER), str(stop)),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
-    writer.stdin.write(json.dumps(data))
-    writer.stdin.close()
-    time.sleep(5)
-    upgrade.stack.configure({**upgrade.config, "postgresVersion": 17, "postgresUpgradeTo": 17}, {})
-    started, log_start = time.monotonic(), len(upgrade.client.log())
-    said = upgrade.stack.up()
-    run_seconds = time.monotonic() - started
-    while (cluster := upgrade.cluster())["version"] != "17" or cluster["status"] != "online":
-        assert time.monotonic() - started < ONLINE_BOUND, cluster["status"]
-        time.sleep(2)
-    online_seconds = time.monotonic() - started
-    time.sleep(5)
-    stop.touch()
-    out, _ = writer.communicate(timeout=60)
-    written = json.loads(out)
-    longest, failed = pauses(written["attempts"])
-    print(f"up {run_seconds:.0f} s, online on 17 {online_seconds:.0f} s after it started; "
+    try:
+        writer.stdin.write(json.dumps(data))
+        writer.stdin.close()
+        time.sleep(5)
+        config = {**upgrade.config, "postgresVersion": 17, "postgresUpgradeTo": 17}
+        upgrade.stack.configure(config, {})
+        started = time.monotonic()
+        said = upgrade.stack.up()
+        run_seconds = time.monotonic() - started
+        while (cluster := upgrade.cluster())["version"] != "17" or cluster["status"] != "online":
+            assert time.monotonic() - started < ONLINE_BOUND, cluster["status"]
+            time.sleep(2)
+        online_seconds = time.monotonic() - started
+        time.sleep(5)
+    finally:
+        stop.touch()
+        out, _ = writer.communicate(timeout=60)
+    return {"said": said, "run": run_seconds, "online": online_seconds, **json.loads(out)}
+
+
+def test_up_rehearses_on_a_fork_then_upgrades_with_every_row(upgrade, tmp_path):
+    env_before, source = upgrade.outputs["mastodon_env"], upgrade.cluster()
+    log_start = len(upgrade.client.log())
+    done = upgraded_under_writes(upgrade, tmp_path / "stop")
+    longest, failed = pauses(done["attempts"])
+    print(f"up {done['run']:.0f} s, online on 17 {done['online']:.0f} s after it started; "
           f"longest write pause {longest:.1f} s, {failed} failed attempts of "
-          f"{len(written['attempts'])}")  # fmt: skip
-    assert "checked: PostgreSQL 17, mastodon_production with 1 tables" in said
+          f"{len(done['attempts'])}")  # fmt: skip
+    assert "checked: PostgreSQL 17, mastodon_production with 1 tables" in done["said"]
     calls = [(e["method"], e["path"]) for e in upgrade.client.log()[log_start:]
              if e["method"] in ("POST", "PUT", "DELETE")]  # fmt: skip
     (fork_post,) = [i for i, c in enumerate(calls) if c == ("POST", "/v2/databases")]
@@ -176,7 +185,7 @@ def test_up_rehearses_on_a_fork_then_upgrades_with_every_row(upgrade, tmp_path):
                        f"FROM upgrade_writes WHERE id <= {ROWS}")  # fmt: skip
     assert rows == [[ROWS, 17]]
     ids = {i for [i] in upgrade.sql(f"SELECT id FROM upgrade_writes WHERE id > {ROWS}")}
-    assert set(written["committed"]) <= ids  # every committed write is there
+    assert set(done["committed"]) <= ids  # every committed write is there
     assert longest <= PAUSE_BOUND
     assert upgrade.stack.outputs()["mastodon_env"] == env_before
 

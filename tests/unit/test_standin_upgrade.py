@@ -208,3 +208,26 @@ def test_a_dump_restores_as_the_new_servers_superuser():
         "CREATE ROLE doadmin;\nGRANT mastodon TO doadmin WITH INHERIT TRUE;\n"
         "GRANT pg_monitor TO doadmin;\nCREATE TABLE t (note text);\n"
     )
+
+
+class CloneSeesFilter(UpgradeRecorder):
+    """Records, when a standby is cloned, whether its primary's packet filter lets it in."""
+
+    def start_postgres(self, cluster, node, primary):
+        super().start_postgres(cluster, node, primary)
+        if primary:
+            script = self.filters.get(primary["id"], "")
+            self.steps.append(("clone", node["id"], f"{node['private']}/32" in script))
+
+
+def test_a_new_standby_is_let_in_by_its_primary_past_the_trusted_sources(tmp_path):
+    with served(CloneSeesFilter(), tmp_path) as api:
+        cluster = online_cluster(api, version="15")
+        rules = {"rules": [{"type": "ip_addr", "value": "192.0.2.7"}]}
+        assert send(api, "PUT", f"/v2/databases/{cluster['id']}/firewall", rules) == (204, None)
+        api.backend.steps.clear()
+        assert upgrade(api, cluster["id"], "17") == (204, None)
+        assert api.account.idle(10)
+        primary, standby = api.account.databases.items[cluster["id"]]["nodes"]
+        assert ("clone", standby["id"], True) in api.backend.steps
+        assert "192.0.2.7/32" in api.backend.filters[primary["id"]]
