@@ -40,8 +40,10 @@ pytestmark = [pytest.mark.engine, pytest.mark.lab]
 STACK = "mmu"
 WRITER = Path(__file__).parent / "upgrade_writer.py"
 ROWS = 500  # written before the upgrade
+# Measured at load 7-8 (docs/developers/benchmarks.md): online on 17 82 s after `pulumi up`
+# started, longest write pause 11.0 s; the bounds allow about seven times that.
 ONLINE_BOUND = 600  # seconds from `pulumi up` to the cluster online on 17
-PAUSE_BOUND = 90  # seconds: the longest write pause allowed (measured: see the module's doc)
+PAUSE_BOUND = 90  # seconds: the longest write pause allowed
 
 
 def resolving_pulumi(directory: Path, path: str) -> Path:
@@ -159,7 +161,8 @@ def upgraded_under_writes(upgrade: Upgrade, stop: Path) -> dict:
         time.sleep(5)
     finally:
         stop.touch()
-        out, _ = writer.communicate(timeout=60)
+        writer.wait(timeout=60)  # it stops within a second of STOP
+        out = writer.stdout.read()
     return {"said": said, "run": run_seconds, "online": online_seconds, **json.loads(out)}
 
 
