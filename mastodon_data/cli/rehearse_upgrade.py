@@ -200,6 +200,11 @@ class Rehearsal:
                 "TABLES IN SCHEMA public TO doadmin), then pulumi up again",
             ) from None
         except psycopg.OperationalError as err:
+            if f'database "{self.args.database}" does not exist' in str(err):
+                raise RehearsalFailed(
+                    f"the cluster has no database {self.args.database} to rehearse with",
+                    "check mastodon-data:dbName; run pulumi up once without postgresUpgradeTo",
+                ) from None
             raise RehearsalFailed(
                 f"the fork's database {self.args.database} does not answer: {str(err).strip()}",
                 "the fork must be reachable from where pulumi runs (its public host, port "
