@@ -74,6 +74,16 @@ class DatabaseBackend:
     def start_postgres(self, cluster: dict, node: dict, primary: dict | None) -> None:
         """PostgreSQL on `node`: the primary (`primary` None) or a standby streaming from it."""
 
+    def restore_postgres(self, cluster: dict, node: dict, source: dict) -> None:
+        """PostgreSQL on `node` (the version its record says) as a primary holding what the
+        server on `source` (another cluster's node, or this one's before an upgrade) holds now."""
+
+    def freeze(self, node: dict) -> None:
+        """`node`'s server made read-only, its clients disconnected (an upgrade's cut-over)."""
+
+    def thaw(self, node: dict) -> None:
+        """`node`'s server writable again (an upgrade that failed before its cut-over)."""
+
     def run_sql(self, node: dict, sql: str, database: str = "postgres") -> None:
         """`sql` run as the superuser on `node` (given on stdin: it may carry a password)."""
 

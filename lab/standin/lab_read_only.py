@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from lab.standin.lab_databases import PG_VERSION, PORT, LabDatabases
+from lab.standin.lab_databases import PORT, LabDatabases, pg_version
 from lab.system import LabError
 
 FOLLOW_TIMEOUT = 20  # seconds a re-pointed node has to stream from its new primary
@@ -38,7 +38,7 @@ class LabReadOnlyNodes(LabDatabases):
                          "SELECT pg_reload_conf();")  # fmt: skip
         if self.streams_from(node, primary, FOLLOW_TIMEOUT):
             return "followed"
-        stop = f"pg_ctlcluster {PG_VERSION} main"
+        stop = f"pg_ctlcluster {pg_version(node)} main"
         self.node_run(node, f"if {stop} status >/dev/null; then {stop} stop -m fast; fi")
         self.clone(cluster, node, primary)
         if not self.streams_from(node, primary, CLONE_TIMEOUT):

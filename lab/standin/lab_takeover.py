@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 
-from lab.standin.lab_databases import PG_VERSION, PORT
+from lab.standin.lab_databases import PORT, pg_version
 from lab.standin.lab_pools import LabPools
 from lab.system import LabError
 
@@ -29,4 +29,4 @@ class LabTakeover(LabPools):
 
     def promote(self, node: dict) -> None:
         """`pg_ctl promote`, which waits until the server takes writes."""
-        self.node_run(node, f"pg_ctlcluster {PG_VERSION} main promote", timeout=90)
+        self.node_run(node, f"pg_ctlcluster {pg_version(node)} main promote", timeout=90)

@@ -4,11 +4,17 @@ only the app's droplets/tag/addresses in."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
+
 import pulumi
 import pulumi_digitalocean as do
+from pulumi_command import local
 
 from mastodon_data.components.lifecycle import POOL_OPTIONS, keep_data
 from mastodon_data.config import PROJECT, AppSources, LifecycleSettings, ManagedPostgresSettings
+from mastodon_data.do_api import DEFAULT_URL, ApiError, DigitalOcean
 from mastodon_data.monitoring.targets import managed_file_sd
 from mastodon_data.naming import do_name
 from mastodon_data.outputs import POOL_MODE
@@ -26,6 +32,23 @@ def version_check(running: str | None, wanted: str) -> None:
         f"(then pulumi config rm {PROJECT}:postgresUpgradeTo); to keep {running}, pulumi config "
         f"set {PROJECT}:postgresVersion {running}"
     )
+
+
+def live_version(cluster_name: str) -> str | None:
+    """The cluster's version as DigitalOcean's API says now, with the provider's token and
+    endpoint; None when it cannot be read (the state's then counts)."""
+    token = os.environ.get("DIGITALOCEAN_TOKEN") or pulumi.runtime.get_config("digitalocean:token")
+    url = os.environ.get("DIGITALOCEAN_API_URL") or pulumi.runtime.get_config(
+        "digitalocean:apiEndpoint"
+    )
+    if not token:
+        return None
+    try:
+        clusters = DigitalOcean(token, url or DEFAULT_URL).call("GET", "/v2/databases")
+    except (ApiError, OSError):
+        return None
+    found = [c["version"] for c in clusters["databases"] if c["name"] == cluster_name]
+    return found[0] if found else None
 
 
 class ManagedPostgres(pulumi.ComponentResource):
@@ -48,6 +71,7 @@ class ManagedPostgres(pulumi.ComponentResource):
         self._base = do_name("mastodon-data", pulumi.get_stack())
         wanted = str(managed.postgres_version)
         upgrading = lifecycle.postgres_upgrade_to == managed.postgres_version
+        self.rehearsal = self._rehearsal(name, managed, upgrading)
         self.cluster = do.DatabaseCluster(
             f"{name}-cluster",
             name=f"{self._base}-pg",
@@ -61,13 +85,15 @@ class ManagedPostgres(pulumi.ComponentResource):
             # for it; otherwise the cluster keeps its version and version_check stops the run.
             opts=keep_data(
                 self._keep_data,
-                self._child
-                if upgrading
-                else pulumi.ResourceOptions(parent=self, ignore_changes=["version"]),
+                pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=[self.rehearsal],  # a failed rehearsal stops the run here
+                    ignore_changes=None if upgrading else ["version"],
+                ),
             ),
         )
         if not upgrading:
-            self.cluster.version.apply(lambda running: version_check(running, wanted))
+            self.cluster.version.apply(lambda running: self._version_check(running, wanted))
         self._database_and_pool(name, managed)
         rules = [do.DatabaseFirewallRuleArgs(**rule) for rule in app_sources.firewall_rules()]
         self.firewall = do.DatabaseFirewall(
@@ -85,6 +111,36 @@ class ManagedPostgres(pulumi.ComponentResource):
                 "direct_host": self.cluster.private_host,
             }
         )
+
+    def _rehearsal(self, name: str, managed: ManagedPostgresSettings, upgrading: bool):
+        """The upgrade's rehearsal on a fork (mastodon_data/cli/rehearse_upgrade.py). It runs
+        when made (nothing to rehearse then: no cluster yet) and again in the run that upgrades
+        (its command names the version); other runs leave it as it is."""
+        argv = [sys.executable, "-m", "mastodon_data.cli.rehearse_upgrade",
+                "--cluster", f"{self._base}-pg", "--version", str(managed.postgres_version),
+                "--database", managed.db_name, "--poll", "5"]  # fmt: skip
+        provider = pulumi.Config("digitalocean")
+        environment = {}  # else the provider's own environment (DIGITALOCEAN_TOKEN) is inherited
+        if provider.get_secret("token") is not None:
+            environment["DIGITALOCEAN_TOKEN"] = provider.require_secret("token")
+        if provider.get("apiEndpoint"):
+            environment["DIGITALOCEAN_API_URL"] = provider.get("apiEndpoint")
+        return local.Command(
+            f"{name}-upgrade-rehearsal",
+            create=shlex.join(argv),
+            environment=environment,
+            opts=pulumi.ResourceOptions(
+                parent=self, ignore_changes=None if upgrading else ["create"]
+            ),
+        )
+
+    def _version_check(self, running: str | None, wanted: str) -> None:
+        """version_check on the state's version; when that differs, the API's answer counts:
+        the provider records the version it reads right after asking for the upgrade, before
+        DigitalOcean has done it (`pulumi refresh` brings the state up to date)."""
+        if running is not None and str(running) != wanted:
+            running = live_version(f"{self._base}-pg") or running
+        version_check(running, wanted)
 
     def _database_and_pool(self, name: str, managed: ManagedPostgresSettings) -> None:
         self.database = do.DatabaseDb(

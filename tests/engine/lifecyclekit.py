@@ -9,11 +9,16 @@ from collections.abc import Callable
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # Pulumi's marker of a value not known yet
 PROVIDER_ID = "00000000-0000-4000-8000-000000000001"
+PROVIDER_VERSIONS = {"digitalocean": "4.84.1", "command": "1.2.1"}
+# The resources a state keeps: the replication steps (remote commands) are made again and change
+# no data; a local command (the managed upgrade's rehearsal) is kept as made.
+KEPT = ("digitalocean:", "mastodon-data:", "command:local:")
 # What the provider reports beyond the inputs (else the preview shows updates of them).
 COMPUTED = {
     "droplet:Droplet": {"backups": False, "gracefulShutdown": False, "volumeIds": []},
     "firewall:Firewall": {"pendingChanges": []},
     "databaseCluster:DatabaseCluster": {"metricsEndpoints": []},
+    "command:local:Command": {"stdout": "", "stderr": ""},
 }
 
 
@@ -43,17 +48,18 @@ def state_from_preview(
     ids = {s["urn"]: str(1001 + i) for i, s in enumerate(steps)}
     stack_urn = steps[0]["urn"]
     prefix = stack_urn.rpartition("::")[0].rpartition("::")[0]
-    provider = f"{prefix}::pulumi:providers:digitalocean::default_4_84_1"
-    version = {"version": "4.84.1"}
-    resources = [
-        {"urn": stack_urn, "custom": False, "type": "pulumi:pulumi:Stack"},
-        {"urn": provider, "custom": True, "id": PROVIDER_ID, "inputs": version,
-         "outputs": version, "type": "pulumi:providers:digitalocean"},
+    providers = {
+        package: (f"{prefix}::pulumi:providers:{package}::default_{v.replace('.', '_')}", v)
+        for package, v in PROVIDER_VERSIONS.items()
+    }
+    resources = [{"urn": stack_urn, "custom": False, "type": "pulumi:pulumi:Stack"}] + [
+        {"urn": urn, "custom": True, "id": PROVIDER_ID, "inputs": {"version": v},
+         "outputs": {"version": v}, "type": f"pulumi:providers:{package}"}
+        for package, (urn, v) in providers.items()
     ]  # fmt: skip
-    for step in steps[1:]:
+    kept = [s for s in steps[1:] if s["newState"]["type"].startswith(KEPT)]
+    for step in kept:
         state = step["newState"]
-        if not state["type"].startswith(("digitalocean:", "mastodon-data:")):
-            continue  # the replication steps: made again, they change no data
         resource = {
             "urn": renamed.get(state["urn"], state["urn"]),
             "custom": state["custom"],
@@ -63,11 +69,13 @@ def state_from_preview(
         if state["custom"]:
             inputs = filled(state, ids)
             outputs = {k: v for k, v in inputs.items() if k != "__defaults"}
-            outputs |= COMPUTED.get(kind(state["type"]), {}) | {"uuid": ids[state["urn"]]}
+            outputs |= COMPUTED.get(kind(state["type"]), {})
+            if state["type"].startswith("digitalocean:"):
+                outputs["uuid"] = ids[state["urn"]]
             resource |= {
                 "id": ids[state["urn"]], "inputs": inputs, "outputs": outputs,
-                "provider": f"{provider}::{PROVIDER_ID}", "protect": protect and bool(
-                    state.get("protect")),
+                "provider": f"{providers[state['type'].split(':')[0]][0]}::{PROVIDER_ID}",
+                "protect": protect and bool(state.get("protect")),
                 "dependencies": [renamed.get(d, d) for d in state.get("dependencies", [])],
             }  # fmt: skip
         resources += edit(resource) if edit else [resource]

@@ -210,3 +210,11 @@ def test_a_changed_postgres_version_stops_the_preview_unless_the_run_asks(tmp_pa
     assert code == 0, said[-3000:]
     (step,) = [s for s in document["steps"] if name_of(s["urn"]) == "postgres-cluster"]
     assert step["op"] == "update" and list(step["detailedDiff"]) == ["version"]
+    # The rehearsal runs again (its command names 18), then the cluster's update: nothing else.
+    (rehearsal,) = [
+        s for s in document["steps"] if name_of(s["urn"]) == "postgres-upgrade-rehearsal"
+    ]
+    assert (rehearsal["op"], list(rehearsal["detailedDiff"])) == ("update", ["create"])
+    assert "--version 18" in rehearsal["newState"]["inputs"]["create"]
+    ops = operations(document)
+    assert {n: o for n, o in ops.items() if o != ["same"]} == {"postgres-cluster": ["update"]}

@@ -108,7 +108,7 @@ def test_every_command_answers_from_the_new_venv(venv):
 def test_prod_previews_with_a_copy_of_pulumi_yaml(venv, tmp_path):
     stack = project_stack(venv, tmp_path / "prod", "prod", (ROOT / "Pulumi.yaml").read_text())
     result = preview(stack)
-    assert result["changeSummary"] == {"create": 21}
+    assert result["changeSummary"] == {"create": 22}  # with the upgrade rehearsal's command
     assert made_by_the_installed_package(result)
 
 

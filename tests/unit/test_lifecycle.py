@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pwd
+import shlex
 import sys
 
 import authorized_keys
@@ -111,6 +112,21 @@ def test_the_cluster_version_is_ignored_unless_the_run_asks_for_the_upgrade():
     upgrade = run_program({**MANAGED, "postgresVersion": 17, "postgresUpgradeTo": 17}, secrets={})
     assert not upgrade.options["postgres-cluster"].ignore_changes
     assert upgrade.options["postgres-cluster"].protect is True
+
+
+def test_the_upgrade_waits_for_its_rehearsal_which_runs_again_only_in_the_upgrading_run():
+    run = run_program({**MANAGED, "postgresVersion": 17}, secrets={})
+    rehearsal = run.one("command:local:Command", "postgres-upgrade-rehearsal")
+    argv = shlex.split(rehearsal.inputs["create"])
+    assert argv[1:] == ["-m", "mastodon_data.cli.rehearse_upgrade", "--cluster",
+                        "mastodon-data-unit-pg", "--version", "17", "--database",
+                        "mastodon_production", "--poll", "5"]  # fmt: skip
+    assert run.options["postgres-upgrade-rehearsal"].ignore_changes == ["create"]
+    (waits_for,) = run.options["postgres-cluster"].depends_on
+    assert waits_for._name == "postgres-upgrade-rehearsal"
+    upgrade = run_program({**MANAGED, "postgresVersion": 17, "postgresUpgradeTo": 17}, secrets={})
+    assert not upgrade.options["postgres-upgrade-rehearsal"].ignore_changes
+    assert "token" not in json.dumps(rehearsal.inputs).lower()  # the provider's environment
 
 
 def test_a_changed_version_stops_the_run_naming_the_setting_and_both_fixes():

@@ -67,7 +67,8 @@ class TrustedSources:
             "droplet_ids": [r["value"] for r in cluster["rules"] if r["type"] == "droplet"],
             "tags": [r["value"] for r in cluster["rules"] if r["type"] == "tag"],
         }
-        own = [f"{n[side]}/32" for n in cluster["nodes"] for side in ("public", "private")]
+        nodes = cluster["nodes"] + cluster.get("pending_nodes", [])  # an upgrade's new ones
+        own = [f"{n[side]}/32" for n in nodes for side in ("public", "private")]
         own += self.account.database_replicas.addresses_of(cluster["id"])
         return own + self.account.firewalls.resolve(target)
 

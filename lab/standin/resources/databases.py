@@ -26,6 +26,7 @@ from . import valkey
 from .base import ApiError, Request, Resource, at, json_body, not_found, now_iso, unprocessable
 from .catalog import REGIONS
 from .database_firewall import PORT, TrustedSources
+from .database_upgrade import HOST_KINDS, Upgrades
 
 ACCOUNT_NUMBER = 1  # the `do-user-<n>` of the host names
 DEFAULT_PROJECT = "a1b2c3d4-0000-4000-8000-000000000001"
@@ -42,7 +43,6 @@ DB_SIZES = {
 ENGINES = ("pg", valkey.ENGINE)
 NAME = re.compile(r"[a-z][a-z0-9-]{2,62}")
 SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
-HOST_KINDS = ("", "private-", "replica-", "private-replica-")
 RESERVED_USERS = {"doadmin", "postgres", "standin_replication"}
 
 
@@ -51,7 +51,7 @@ def new_password() -> str:
     return "AVNS_" + secrets.token_urlsafe(15)
 
 
-class Databases(TrustedSources, Resource):
+class Databases(Upgrades, TrustedSources, Resource):
     COLLECTION = "databases"
     KIND = "database cluster"
 
@@ -71,6 +71,7 @@ class Databases(TrustedSources, Resource):
                 DELETE=self.pg(self.delete_user),
             ),  # fmt: skip
             *at(f"{base}/firewall", GET=self.get_firewall, PUT=self.put_firewall),
+            *self.upgrade_routes(),
         ]
 
     def empty_state(self) -> dict:
@@ -181,7 +182,7 @@ class Databases(TrustedSources, Resource):
         nodes = body.get("num_nodes")
         if not isinstance(nodes, int) or not 1 <= nodes <= 3:
             raise unprocessable("num_nodes must be 1, 2 or 3")
-        for unsupported in ("backup_restore", "storage_autoscale", "do_settings"):
+        for unsupported in ("storage_autoscale", "do_settings"):
             if body.get(unsupported):
                 raise unprocessable(f"the stand-in does not model {unsupported}")
         return {"name": name, "engine": engine, "version": version,
@@ -202,6 +203,7 @@ class Databases(TrustedSources, Resource):
         body = json_body(request)
         fields = self.checked(body)
         vpc = self.checked_vpc(body, fields["region"])
+        source = self.fork_source(body, fields["version"])
         ident, password = str(uuid.uuid4()), new_password()
         nodes = [  # a node's name is its hostname: at most 64 characters
             {"id": f"{fields['engine']}-{ident[:8]}-{i}", "name": f"{fields['name'][:60]}-{i}",
@@ -225,6 +227,8 @@ class Databases(TrustedSources, Resource):
             "pools": {},
             "deleting": False,
         }
+        if source:
+            cluster |= self.fork_fields(source, nodes)
         if fields["engine"] == valkey.ENGINE:
             cluster |= valkey.new_cluster_fields(password)
         self.items[ident] = cluster
@@ -256,7 +260,10 @@ class Databases(TrustedSources, Resource):
                 self.save()
 
     def start(self, cluster: dict, node: dict, primary: dict | None) -> None:
-        if cluster["engine"] == valkey.ENGINE:
+        source = self.items.get(cluster.get("fork_of", ""))
+        if primary is None and source:  # a fork's primary: the source's data
+            self.account.backend.restore_postgres(cluster, node, source["nodes"][0])
+        elif cluster["engine"] == valkey.ENGINE:
             settings = valkey.server_settings(cluster["valkey_config"], self.memory_gib(cluster))
             self.account.backend.start_valkey(cluster, node, primary, settings)
         else:
@@ -404,7 +411,9 @@ class Databases(TrustedSources, Resource):
         return names
 
     def hosts(self) -> list[dict]:
-        return [node for c in self.items.values() for node in c["nodes"]]
+        return [
+            node for c in self.items.values() for node in c["nodes"] + c.get("pending_nodes", [])
+        ]
 
     def vpc_members(self, vpc_id: str) -> list[dict]:
         return [
