@@ -241,6 +241,14 @@ def test_a_single_node_cluster_or_one_being_made_is_not_taken_over(api):
     assert api.backend.promoted == []
 
 
+def test_a_valkey_cluster_with_a_standby_is_not_watched(api):
+    valkey = online_cluster(api, engine="valkey", version="8", num_nodes=2)
+    api.backend.down.add(api.account.databases.items[valkey["id"]]["nodes"][0]["id"])
+    watch_rounds(api, 5)
+    assert api.account.idle(10)
+    assert api.backend.promoted == []
+
+
 def test_pgbouncers_configuration_has_one_entry_per_pool_and_no_secret():
     cluster = {
         "pools": {

@@ -29,9 +29,11 @@ class DatabaseTakeover(Resource):
         self.taking_over: set[str] = set()
 
     def watched(self, cluster: dict) -> bool:
-        """An online cluster with a standby, all its nodes up, not being taken over."""
+        """An online PostgreSQL cluster with a standby, all its nodes up, not being taken over
+        (a Valkey standby's takeover is not modelled)."""
         return (
-            cluster["status"] == "online"
+            cluster["engine"] == "pg"
+            and cluster["status"] == "online"
             and not cluster["deleting"]
             and len(cluster["nodes"]) > 1
             and all(node.get("host_ready") for node in cluster["nodes"])
