@@ -44,6 +44,7 @@ from standinkit import (
 from lab import rootfs
 from lab.stack import engine_gap
 from lab.standin.client import coverage
+from lab.standin.firewall import TABLE
 from lab.standin.server import client_label
 from lab.standin.stack import PROVIDER_KEY
 
@@ -122,7 +123,9 @@ def alpha(flow: Flow, ctx: dict) -> None:
         for port in (5432, 2222):
             out = s.ssh(pub, f"python3 -c {shlex.quote(PROBE)} {OUTSIDER_VPC} {port} 2")
             probes[f"primary -> vpc outsider:{port}"] = out
-        ruleset = s.ssh(pub, "nft list table inet do-cloud-firewall")
+        # The cloud firewall is the stand-in's, outside the droplet: read in its namespace.
+        machine = s.client.state()["droplets"][str(s.droplet(0)["id"])]
+        ruleset = LAB.hosts.ns_run(machine, "nft", "list", "table", "inet", TABLE).stdout
     finally:
         listener.kill()
         listener.wait(10)
