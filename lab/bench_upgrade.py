@@ -51,16 +51,17 @@ DUMP = "/var/lib/postgresql/bench-upgrade.dump"
 FLOOR_DB = "restore_floor"
 
 
-def on_host(host: lab_hosts.LabHost, command: str, stdin=None, stdout=None) -> float:
-    """`command` run as root on `host` (failing loudly); its seconds, ssh included."""
+def on_host(host: lab_hosts.LabHost, command: str, stdin=None) -> tuple[float, str]:
+    """`command` run as root on `host` (failing loudly): its seconds (ssh included) and its
+    output; `stdin` a pipe to read, or nothing."""
     start = time.monotonic()
     result = subprocess.run(
-        LAB.ssh_command(host.address, command), stdin=stdin, stdout=stdout or subprocess.PIPE,
-        stderr=subprocess.PIPE, text=stdout is None, timeout=SSH_TIMEOUT,
+        LAB.ssh_command(host.address, command), stdin=stdin, capture_output=True,
+        timeout=SSH_TIMEOUT,
     )  # fmt: skip
     if result.returncode != 0:
-        raise AssertionError(f"{command!r} on {host.name} failed: {result.stderr}")
-    return round(time.monotonic() - start, 2)
+        raise AssertionError(f"{command!r} on {host.name} failed: {result.stderr.decode()}")
+    return round(time.monotonic() - start, 2), result.stdout.decode().strip()
 
 
 def as_postgres(version: int, tool: str, args: str) -> str:
@@ -70,31 +71,31 @@ def as_postgres(version: int, tool: str, args: str) -> str:
 def fill(scale: int) -> dict:
     """pgbench's tables at `scale` on the 15 primary; pgbench_history (empty, no primary key)
     gets a replica identity, since publish refuses a table without one."""
-    took = on_host(H1, as_postgres(15, "pgbench", f"-i -q -s {scale} {DB}"))
+    took, _ = on_host(H1, as_postgres(15, "pgbench", f"-i -q -s {scale} {DB}"))
     psql(LAB, H1, 15, "ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
     size = int(psql(LAB, H1, 15, f"SELECT pg_database_size('{DB}')"))
-    return {"fill_s": took, "database_mb": round(size / 2**20), "pgbench_scale": scale}
+    return {"fill_s": took, "database_mb": round(size / 2**20)}
 
 
 def dump_and_restore() -> dict:
     """The floor: pg_dump -Fc on the 15 server, the file copied to the 17 server over ssh,
     pg_restore -j 2 into an empty database there (checked, then dropped)."""
-    figures = {"dump_s": on_host(H1, as_postgres(15, "pg_dump", f"-Fc -d {DB} -f {DUMP}"))}
-    figures["dump_file_mb"] = round(int(on_host_output(H1, f"stat -c %s {DUMP}")) / 2**20)
+    figures = {"dump_s": on_host(H1, as_postgres(15, "pg_dump", f"-Fc -d {DB} -f {DUMP}"))[0]}
+    figures["dump_file_mb"] = round(int(on_host(H1, f"stat -c %s {DUMP}")[1]) / 2**20)
     start = time.monotonic()
     with subprocess.Popen(LAB.ssh_command(H1.address, f"cat {DUMP}"),
                           stdout=subprocess.PIPE) as sender:  # fmt: skip
-        on_host(H3, f"install -m 600 -o postgres /dev/null {DUMP} && cat > {DUMP}",
-                stdin=sender.stdout, stdout=subprocess.DEVNULL)  # fmt: skip
+        on_host(H3, f"install -m 600 -o postgres /dev/null {DUMP} && cat > {DUMP}", sender.stdout)
         if sender.wait(timeout=SSH_TIMEOUT) != 0:
             raise AssertionError(f"reading {DUMP} on {H1.name} failed")
     figures["copy_file_s"] = round(time.monotonic() - start, 2)
     on_host(H3, as_postgres(17, "createdb", FLOOR_DB))
     restore = as_postgres(17, "pg_restore", f"-j 2 --exit-on-error -d {FLOOR_DB} {DUMP}")
-    figures["restore_s"] = on_host(H3, restore)
-    rows = on_host_output(H3, as_postgres(17, "psql", f"-XAt -d {FLOOR_DB} -c "
-                                          "'SELECT count(*) FROM pgbench_accounts'"))  # fmt: skip
-    figures["restored_accounts"] = int(rows)
+    figures["restore_s"] = on_host(H3, restore)[0]
+    count = as_postgres(
+        17, "psql", f"-XAt -d {FLOOR_DB} -c 'SELECT count(*) FROM pgbench_accounts'"
+    )
+    figures["restored_accounts"] = int(on_host(H3, count)[1])
     on_host(H3, as_postgres(17, "dropdb", FLOOR_DB))
     for host in (H1, H3):
         on_host(host, f"rm -f {DUMP}")
@@ -102,12 +103,6 @@ def dump_and_restore() -> dict:
         figures["dump_s"] + figures["copy_file_s"] + figures["restore_s"], 2
     )
     return figures
-
-
-def on_host_output(host: lab_hosts.LabHost, command: str) -> str:
-    result = subprocess.run(LAB.ssh_command(host.address, command), capture_output=True,
-                            text=True, timeout=SSH_TIMEOUT, check=True)  # fmt: skip
-    return result.stdout.strip()
 
 
 def publish(upgrade: BlueGreen, env: dict, clients: int) -> dict:
@@ -195,6 +190,17 @@ def ratios(figures: dict) -> dict:
     }
 
 
+def wrong(figures: dict) -> list[str]:
+    """What a run must not show, whatever the load: lost rows, client errors, data that differs."""
+    counted = ("publish_client_errors", "cutover_client_errors", "rows_lost")
+    problems = [f"{key}: {figures[key]}" for key in counted if figures.get(key)]
+    if figures.get("restored_accounts") != figures["pgbench_scale"] * 100_000:
+        problems.append(f"restored_accounts: {figures.get('restored_accounts')}")
+    if not figures.get("accounts_same_on_17"):
+        problems.append("pgbench_accounts differ between 15 and 17")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale (70: about 1 GB)")
@@ -204,12 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the Debian 13 image {LAB.images[3]} is not built: run `make rootfs`",
               file=sys.stderr)  # fmt: skip
         return 1
-    figures, status, started = {"load_average_start": os.getloadavg()[0]}, 0, time.monotonic()
+    started, status = time.monotonic(), 0
+    figures = {"load_average_start": os.getloadavg()[0], "pgbench_scale": args.scale}
     lab_hosts.down(LAB)
     try:
         lab_hosts.up(LAB, 3)
         with tempfile.TemporaryDirectory(prefix="mlub-bench-") as workdir:
             measure(figures, Path(workdir), args.scale, args.clients)
+        problems = wrong(figures)
+        if problems:
+            raise AssertionError("; ".join(problems))
     except Exception as exc:  # noqa: BLE001 - reported with what was measured before it
         figures["failed"] = f"{type(exc).__name__}: {exc}"
         print(f"error: {figures['failed']}", file=sys.stderr)
