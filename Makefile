@@ -61,6 +61,12 @@ bench-switchover: packages venv/.installed engine
 bench-read-endpoint: packages venv/.installed engine
 	$(PY) -m lab.bench_read_endpoint
 
+.PHONY: bench-upgrade
+# Issue 24's blue/green upgrade (15 to 17, ~1 GB) against a dump and restore, on a lab of its
+# own (mlub); results/upgrade_timings.json. Needs the Debian 13 image (rootfs, cached).
+bench-upgrade: packages venv/.installed engine rootfs
+	$(PY) -m lab.bench_upgrade
+
 .PHONY: lab-droplets lab-droplets-down
 # Droplets mode on the DigitalOcean stand-in (lab/standin/): a dev-like stack (primary + 2
 # replicas) through `pulumi up` with the real DigitalOcean provider; the droplets are lab hosts.

@@ -12,23 +12,18 @@ steps); then the old primary follows the new one and refuses Mastodon's writes, 
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
-from labkit import applied, new_secrets, own_lab, wait_until, write_figures
+from labkit import new_secrets, own_lab, wait_until, write_figures
 
+from lab import bluegreen, rootfs
 from lab import namespaces as lab_hosts
-from lab import rootfs
-from lab.stack import LabStack
 from lab.write_load import TABLE, WriteLoad, connect
-from mastodon_data import plan
 from mastodon_data.cli import host_ssh
-from mastodon_data.config import parse_settings
 from mastodon_data.config.pooling import read_pool_name
 
 pytestmark = [pytest.mark.lab, pytest.mark.engine]
@@ -40,7 +35,7 @@ LAB = lab_hosts.Lab(
     images={3: IMAGE},
 )
 H1, H2, H3 = (LAB.host(i) for i in (1, 2, 3))
-DB = "mastodon_production"
+DB = bluegreen.DB
 SYNC_WAIT = 120  # seconds for the initial copy to be in sync (at rest: about 2 s)
 REVERSE_WAIT = 60  # seconds for a row on the new primary to reach the old one (at rest: < 1 s)
 PAUSE_GOAL = 5.0  # seconds: the longest write pause the issue allows
@@ -88,120 +83,7 @@ class StatusWriter:
 
 
 def psql(host: lab_hosts.LabHost, version: int, statement: str) -> str:
-    command = f"runuser -u postgres -- /usr/lib/postgresql/{version}/bin/psql -XAt -d {DB}"
-    argv = LAB.ssh_command(host.address, command)
-    result = subprocess.run(argv, input=statement, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"{statement!r} on {host.name}: {result.stderr}"
-    return result.stdout.strip()
-
-
-class BlueGreen:
-    """The servers of both stacks, each with its upgrade and switchover scripts serving."""
-
-    def __init__(self, stacks: dict, key: Path):
-        self.stacks, self.serving = stacks, {}
-        self.hosts = {h.name: (s, h) for s in stacks.values() for h in s["settings"].hosts}
-
-        def start(item):
-            name, (_, host) = item
-            host_ssh.connect(host, key, None)
-            return name, {
-                script: host_ssh.Serving(host, script, key, None)
-                for script in ("upgrade", "switchover")
-            }
-
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            self.serving = dict(pool.map(start, self.hosts.items()))
-
-    def close(self) -> None:
-        for scripts in self.serving.values():
-            for serving in scripts.values():
-                serving.close()
-
-    def upgrade(self, on: str, action: str, peer: str | None = None, **values) -> dict:
-        stack, host = self.hosts[on]
-        replication = stack["settings"].replication
-        params = {
-            "action": action, "postgres_version": replication.postgres_version, "port": 5432,
-            "db_name": DB, "db_user": replication.db_user,
-            "replication_user": replication.replication_user,
-            "pgbouncer_port": 6432, "databases": [], "pause_wait": 10, "catch_up_wait": 30,
-            "replication_password": stack["secrets"]["replicationPassword"],
-            "db_password": stack["secrets"]["dbPassword"], **values,
-        }  # fmt: skip
-        if peer is not None:
-            peer_stack, peer_host = self.hosts[peer]
-            params |= {
-                "peer_address": peer_host.private_address, "peer_port": 5432,
-                "peer_ca_cert": peer_stack["outputs"]["postgres_ca_cert"],
-                "replication_password": peer_stack["secrets"]["replicationPassword"],
-            }  # fmt: skip
-        return self.serving[on]["upgrade"].ask(params)
-
-    def switchover(self, on: str, action: str, **values) -> dict:
-        stack, host = self.hosts[on]
-        step = plan.switchover_step(stack["settings"].replication, host, action, **values)
-        return self.serving[on]["switchover"].ask(step.params)
-
-    def cut_over(self, old: str, new: str, pools: tuple[str, ...]) -> dict:
-        """Writes move from `old` to `new`: the pools of `pools` pause DB_NAME (and the old
-        server its read pool, whose sessions the fence ends), the old server stops taking
-        Mastodon's writes, the new one applies all it had and takes its sequences, the
-        subscription turns around, the pools send DB_NAME to `new` and resume."""
-        behind = self.upgrade(new, "sync_state", peer=old)["lag_bytes"]
-        marks = {"start": time.monotonic()}
-        read_pool = read_pool_name(DB)
-        with ThreadPoolExecutor(max_workers=len(pools)) as pool:
-            list(pool.map(lambda h: self.switchover(h, "pause", databases=(DB,)), pools))
-        self.switchover(old, "pause", databases=(read_pool,))
-        marks["paused"] = time.monotonic()
-        self.upgrade(old, "read_only")
-        caught = self.upgrade(new, "catch_up", peer=old)
-        sequences = self.upgrade(new, "sequences", peer=old)
-        marks["caught_up"] = time.monotonic()
-        self.upgrade(new, "detach", peer=old)
-        self.upgrade(old, "reverse", peer=new)
-        self.upgrade(new, "writable")
-        marks["reversed"] = time.monotonic()
-        new_stack, new_host = self.hosts[new]
-        ca = new_stack["outputs"]["postgres_ca_cert"]
-
-        def repoint(h: str) -> dict:
-            return self.switchover(
-                h, "repoint", databases=(DB,), new_primary_address=new_host.private_address,
-                new_primary_cert=ca,
-            )  # fmt: skip
-
-        with ThreadPoolExecutor(max_workers=len(pools)) as pool:
-            list(pool.map(repoint, pools))
-        self.switchover(old, "resume", databases=(read_pool,))
-        marks["resumed"] = time.monotonic()
-        times = list(marks.values())
-        names = ("pause", "catch_up_and_sequences", "turn_around", "repoint_and_resume")
-        spans = zip(names, times[:-1], times[1:], strict=True)
-        return {
-            **{f"{name}_s": round(end - begin, 3) for name, begin, end in spans},
-            "paused_s": round(marks["resumed"] - marks["start"], 3),
-            "catch_up_s": caught.get("catch_up_s", 0.0),
-            "lag_bytes_before": behind,
-            "sequences_set": sequences["sequences_set"],
-        }
-
-    def in_sync(self, on: str, peer: str, limit: float) -> float:
-        return wait_until(
-            lambda: self.upgrade(on, "sync_state", peer=peer)["in_sync"], limit,
-            f"{on}'s subscription to {peer} in sync",
-        )  # fmt: skip
-
-
-def stack_up(name: str, config: dict, secrets: dict, workdir: Path) -> dict:
-    stack = LabStack(name, workdir / name)
-    stack.prepare()
-    outputs = applied(stack, config, secrets)
-    return {
-        "stack": stack, "outputs": outputs, "secrets": secrets,
-        "settings": parse_settings(config, set(secrets)),
-    }  # fmt: skip
+    return bluegreen.psql(LAB, host, version, statement)
 
 
 @pytest.fixture(scope="module")
@@ -210,22 +92,12 @@ def lab(tmp_path_factory):
         pytest.fail(f"the Debian 13 image {IMAGE} is not built: run `make rootfs`")
     workdir = tmp_path_factory.mktemp("bluegreen")
     with own_lab(LAB, 3):
-        secrets = new_secrets(LAB)  # one set: Mastodon's role logs in on both sides alike
-        old_config = lab_hosts.stack_config(LAB, 1, 2)
-        new_config = lab_hosts.stack_config(LAB, 0, 3, sources_for=3)
-        new_config |= {"hosts": new_config["hosts"][2:], "postgresVersion": 17}
-        stacks = {
-            "old": stack_up("bgold", old_config, secrets, workdir),
-            "new": stack_up("bgnew", new_config, secrets, workdir),
-        }
-        key = workdir / "key"
-        key.touch(mode=0o600)
-        key.write_text(secrets["sshPrivateKey"])
+        stacks, key = bluegreen.both_stacks(LAB, new_secrets(LAB), workdir)
         env = stacks["old"]["outputs"]["mastodon_env"]
         with connect(env) as conn:
             for statement in SCHEMA:
                 conn.execute(statement)
-        upgrade = BlueGreen(stacks, key)
+        upgrade = bluegreen.BlueGreen(stacks, key)
         try:
             yield {"stacks": stacks, "env": env, "upgrade": upgrade}
         finally:
