@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 from lab import namespaces as lab_hosts
@@ -67,6 +68,10 @@ class BlueGreen:
 
     def __init__(self, stacks: dict, key: Path):
         self.stacks, self.serving = stacks, {}
+        # The shared connections' sockets beside a copy of the key in a short private directory
+        # (the caller's may be too long for a Unix socket), closed and removed by close().
+        self._private = ExitStack()
+        key = self._private.enter_context(host_ssh.private_key(key.read_text()))
         self.hosts = {h.name: (s, h) for s in stacks.values() for h in s["settings"].hosts}
 
         def start(item):
@@ -84,6 +89,7 @@ class BlueGreen:
         for scripts in self.serving.values():
             for serving in scripts.values():
                 serving.close()
+        self._private.close()
 
     def upgrade(self, on: str, action: str, peer: str | None = None, **values) -> dict:
         stack, host = self.hosts[on]

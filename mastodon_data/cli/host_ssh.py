@@ -22,6 +22,7 @@ from mastodon_data.config import Host
 
 STEP_TIMEOUT = 1800  # seconds; a base backup of a large primary takes a while
 SERVE_START = 60  # seconds for a serving script to start (ssh, sudo, Python)
+SHORT_TMP = "/tmp" if Path("/tmp").is_dir() else None  # else TMPDIR
 # The operator's long-running host script (`mastodon-data switchover`): the scripts on the first
 # line of stdin; the rest of stdin, line by line, is the script's (`--serve`). The command waits
 # for the script's first answer before it sends more, so the launcher's read takes one line only.
@@ -44,8 +45,10 @@ class StepFailed(RuntimeError):
 @contextmanager
 def private_key(secret: str) -> Iterator[Path]:
     """The stack's ssh key in a 0600 file of a private directory, removed afterwards with the
-    shared connections made beside it (`shared`)."""
-    with tempfile.TemporaryDirectory() as private:
+    shared connections made beside it (`shared`). The directory is under /tmp, not TMPDIR: a
+    Unix socket's path holds 104-108 bytes, and a long TMPDIR (macOS's) leaves no room for
+    ssh's control socket (cm-<40 hex>, and a 17-character suffix while it binds)."""
+    with tempfile.TemporaryDirectory(prefix="mdata-", dir=SHORT_TMP) as private:
         key = Path(private) / "key"
         key.touch(mode=0o600)
         key.write_text(secret.rstrip("\n") + "\n")

@@ -55,6 +55,7 @@ EXPECTED = {
         "digitalocean:index/spacesKey:SpacesKey": 1,
         "digitalocean:index/certificate:Certificate": 1,
         "digitalocean:index/cdn:Cdn": 1,
+        "command:local:Command": 1,  # the major upgrade's rehearsal (runs only when upgrading)
     },
 }
 
