@@ -34,7 +34,6 @@ from lab.bench_switchover import stack_secrets
 from lab.bluegreen import DB, BlueGreen, both_stacks, psql
 from lab.stack import ROOT
 from lab.write_load import TABLE, WriteLoad
-from mastodon_data.config.pooling import read_pool_name
 
 LAB = lab_hosts.Lab(
     prefix="mlub",
@@ -111,11 +110,10 @@ def publish(upgrade: BlueGreen, env: dict, clients: int) -> dict:
     with WriteLoad(env, clients) as load:
         time.sleep(SETTLE)
         start = time.monotonic()
-        pools = [DB, read_pool_name(DB)]
-        published = upgrade.upgrade(H1.name, "publish", peer=H3.name, databases=pools)
+        published = upgrade.publish(H1.name, H3.name)
         took = round(time.monotonic() - start, 2)
         time.sleep(SETTLE)
-    upgrade.upgrade(H3.name, "publish", peer=H1.name)
+    upgrade.publish(H3.name, H1.name)
     return {
         "publish_s": took, "publish_restart_s": published["restart_s"],
         "publish_longest_write_pause_s": load.longest_pause_s,

@@ -29,12 +29,13 @@ def connect(env: dict[str, str], timeout: float = CONNECT_TIMEOUT) -> psycopg.Co
 
 
 class WriteLoad:
-    def __init__(self, env: dict[str, str], clients: int = 8):
+    def __init__(self, env: dict[str, str], clients: int = 8, first_client: int = 0):
+        """`clients` writers numbered from `first_client` (two loads at once: apart)."""
         self.env = dict(env)  # kept as it was at the start, as Mastodon keeps its own
-        self.clients = clients
-        self.committed: dict[int, list[int]] = {c: [] for c in range(clients)}
+        self.clients = range(first_client, first_client + clients)
+        self.committed: dict[int, list[int]] = {c: [] for c in self.clients}
         self.errors: list[str] = []
-        self.pauses = [0.0] * clients
+        self.pauses = dict.fromkeys(self.clients, 0.0)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -43,7 +44,7 @@ class WriteLoad:
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {TABLE} (client int, n int, PRIMARY KEY (client, n))"
             )
-        for client in range(self.clients):
+        for client in self.clients:
             thread = threading.Thread(target=self._client, args=(client,), daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -77,7 +78,7 @@ class WriteLoad:
     @property
     def longest_pause_s(self) -> float:
         """The longest wait of any client between two of its commits."""
-        return round(max(self.pauses), 3)
+        return round(max(self.pauses.values()), 3)
 
     @property
     def rows(self) -> set[tuple[int, int]]:

@@ -198,6 +198,21 @@ def userlist_text(users: dict[str, str]) -> str:
     return "".join(f'"{user}" "{verifier}"\n' for user, verifier in users.items())
 
 
+def refresh_user(user: str, verifier: str) -> bool:
+    """A role's line of a running PgBouncer's auth file set to `verifier` (the upgrade's seed
+    gives Mastodon's role the old primary's), reloaded; nothing without a pool here."""
+    if not USERLIST.exists():
+        return False
+    users = dict(line.split(" ", 1) for line in USERLIST.read_text().splitlines() if line)
+    users[f'"{user}"'] = f'"{verifier}"'
+    text = "".join(f"{name} {value}\n" for name, value in users.items())
+    if not write_if_changed(USERLIST, text, mode=0o600, owner="postgres"):
+        return False
+    if running():
+        reload()
+    return True
+
+
 def trusted_servers(params: dict, cluster: Cluster, extra: str = "") -> str:
     """server_tls_ca_file: this host's own anchor, the primary's CAs, and `extra` (a
     switchover's new primary, whose certificate is still its own until its primary step)."""

@@ -7,14 +7,15 @@ way) loses nothing. Each step is idempotent and reads its state from PostgreSQL:
 again finishes what an interrupted run left.
 
     publish     the publisher: refuses what logical replication cannot carry (see
-                carry_refusals), wal_level=logical (ALTER SYSTEM; a restart with this
+                upgrade_checks.py), wal_level=logical (ALTER SYSTEM; a restart with this
                 server's pools in `databases` paused around it, timed), the peer's pg_hba
                 line, pg_read_all_data for the replication role, PUBLICATION mdata_upgrade
                 FOR ALL TABLES
     seed        the subscriber: Mastodon's role (with the peer's SCRAM verifier, which the
                 pools pass through) and database, the schema from the peer
                 (its own pg_dump, in one transaction) unless tables exist, a SUBSCRIPTION
-                to the peer's publication (copy_data: the rows too)
+                to the peer's publication (copy_data: the rows too); this server's PgBouncer
+                given the same verifier
     reverse     seed with copy_data=false: the old primary subscribes to the new one after
                 the cut-over (its tables hold the same rows already)
     sync_state  the subscriber: each table's state, the peer's LSN and how far it was applied
@@ -27,6 +28,7 @@ again finishes what an interrupted run left.
                 confirms the peer's current LSN
     sequences   the subscriber: each sequence set to the peer's last_value (never back)
     detach      the subscriber: DROP SUBSCRIPTION (its slot on the peer goes with it)
+    wal_level   this server's (publish restarts it unless logical)
 
 stdin (JSON): action, postgres_version, port, db_name, db_user, replication_user,
 peer_address, peer_port, peer_ca_cert (the CA of the peer's server certificate: verify-full),
@@ -56,14 +58,15 @@ from common import (
     scram_verifier,
     write_if_changed,
 )
+from pooler import refresh_user
 from primary import ensure_database, ensure_role
 from switchover import lsn_value, pause, resume, serve
+from upgrade_checks import check_carried, check_headroom
 
 PUBLICATION = "mdata_upgrade"
 UPGRADE_DIR = Path("/etc/postgresql/mastodon-data-upgrade")  # the peers' CAs
 PGPASS = Path("/var/lib/postgresql/.mdata-upgrade.pgpass")
 HBA_TAG = "# mastodon-data upgrade"
-SLOTS_NEEDED = 3  # the subscription's own, and max_sync_workers_per_subscription's two
 SYNC_LAG_BYTES = 1 << 20  # in sync: the slot confirmed all but this much of the peer's WAL
 
 
@@ -107,75 +110,7 @@ def peer_sql(cluster: Cluster, params: dict, statement: str) -> str:
     return on_peer(cluster, params, statement).stdout.strip()
 
 
-# --- what logical replication does not carry ---------------------------------------------
-UNCARRIED_TABLES = """
-SELECT format('%I.%I', n.nspname, c.relname) AS name, c.relpersistence = 'u' AS unlogged
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg_toast%' AND (c.relpersistence = 'u' OR c.relreplident = 'n'
-  OR (c.relreplident = 'd'
-      AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
-ORDER BY 1"""
-
-
-def carry_refusals(tables: list[dict], large_objects: int) -> list[str]:
-    """Why the database cannot be carried by logical replication, one sentence per cause
-    (empty: it can). Under a publication FOR ALL TABLES a table without a replica identity
-    refuses its UPDATEs and DELETEs, on the old primary, to Mastodon."""
-    refusals = []
-    unlogged = [t["name"] for t in tables if t["unlogged"]]
-    no_identity = [t["name"] for t in tables if not t["unlogged"]]
-    if no_identity:
-        refusals.append(
-            f"table(s) {', '.join(no_identity)} have no primary key and no replica identity: "
-            "logical replication cannot carry their updates and deletes (the old primary would "
-            "refuse them); give each a primary key, or `ALTER TABLE <name> REPLICA IDENTITY "
-            "USING INDEX <a unique index on NOT NULL columns>` (or REPLICA IDENTITY FULL)"
-        )
-    if unlogged:
-        refusals.append(
-            f"unlogged table(s) {', '.join(unlogged)} are not replicated: "
-            "`ALTER TABLE <name> SET LOGGED` first, or empty them"
-        )
-    if large_objects:
-        refusals.append(
-            f"{large_objects} large object(s) in pg_largeobject are not replicated: move them "
-            "into bytea columns or remove them (lo_unlink) before the upgrade"
-        )
-    return refusals
-
-
-def check_carried(cluster: Cluster, db_name: str) -> None:
-    tables = cluster.sql_json(UNCARRIED_TABLES, database=db_name)
-    large_objects = int(
-        cluster.sql("SELECT count(*) FROM pg_largeobject_metadata;", database=db_name)
-    )
-    refusals = carry_refusals(tables, large_objects)
-    if refusals:
-        raise HostError(f"database {db_name}: " + "; ".join(refusals))
-
-
 # --- the publisher -------------------------------------------------------------------------
-def check_headroom(cluster: Cluster) -> None:
-    """The subscription's walsender and slots beside the replicas' (a standby needs the
-    primary's max_wal_senders or more, so the limits are not raised here)."""
-    used = cluster.sql_json(
-        "SELECT current_setting('max_wal_senders')::int AS senders, "
-        "current_setting('max_replication_slots')::int AS slots, "
-        "(SELECT count(*) FROM pg_stat_replication) AS senders_used, "
-        "(SELECT count(*) FROM pg_replication_slots) AS slots_used"
-    )[0]
-    for setting, limit, in_use in (
-        ("max_wal_senders", used["senders"], used["senders_used"]),
-        ("max_replication_slots", used["slots"], used["slots_used"]),
-    ):
-        if limit - in_use < SLOTS_NEEDED:
-            raise HostError(
-                f"{setting} is {limit} with {in_use} in use: the upgrade's subscription needs "
-                f"{SLOTS_NEEDED} free; raise walSenders on every server first (pulumi up)"
-            )
-
-
 def ensure_logical(cluster: Cluster, params: dict) -> float | None:
     """wal_level=logical through ALTER SYSTEM (postgresql.auto.conf, read after the host
     scripts' conf.d file, so a later `pulumi up` keeps it). A restart: this server's pools
@@ -286,13 +221,16 @@ def subscribe(cluster: Cluster, params: dict, copy_data: bool) -> bool:
     return True
 
 
+def old_verifier(params: dict) -> str:
+    iterations, salt = params["db_user_scram"].split(":")
+    return scram_verifier(params["db_password"], base64.b64decode(salt), int(iterations))
+
+
 def ensure_same_verifier(cluster: Cluster, params: dict) -> bool:
     """Mastodon's role gets the old primary's verifier exactly: the pools log in to the server
     with the verifier they hold (SCRAM pass-through), so after the cut-over they must find the
     same one here. It is made from the password and the old one's public part (publish)."""
-    iterations, salt = params["db_user_scram"].split(":")
-    verifier = scram_verifier(params["db_password"], base64.b64decode(salt), int(iterations))
-    role = params["db_user"]
+    verifier, role = old_verifier(params), params["db_user"]
     rows = cluster.sql_json(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'")
     if rows[0]["rolpassword"] == verifier:
         return False
@@ -324,6 +262,8 @@ def seed(cluster: Cluster, params: dict, copy_data: bool = True) -> dict:
         changed += [] if role == "unchanged" else [f"role {role}"]
         if ensure_same_verifier(cluster, params):
             changed.append("role's verifier the old primary's")
+        if refresh_user(params["db_user"], old_verifier(params)):  # this server's own pool
+            changed.append("pool's auth file the old primary's verifier")
         state = ensure_database(cluster, db, params["db_user"])
         changed += [] if state == "unchanged" else [f"database {state}"]
     if not has_tables(cluster, db):
@@ -480,6 +420,7 @@ ACTIONS = {
     "sequences": sequences,
     "detach": detach,
     "refresh_views": refresh_views,
+    "wal_level": lambda cluster, params: {"wal_level": cluster.sql("SHOW wal_level;")},
 }
 
 

@@ -24,7 +24,6 @@ from lab import bluegreen, rootfs
 from lab import namespaces as lab_hosts
 from lab.write_load import TABLE, WriteLoad, connect
 from mastodon_data.cli import host_ssh
-from mastodon_data.config.pooling import read_pool_name
 
 pytestmark = [pytest.mark.lab, pytest.mark.engine]
 IMAGE = rootfs.image_dir()
@@ -139,26 +138,29 @@ def in_pool(env: dict) -> tuple:
 
 def test_seed_sync_and_cut_over_under_load(lab):
     upgrade, env = lab["upgrade"], lab["env"]
-    with WriteLoad(env) as load:  # wal_level=logical: a restart inside a pause
+    via_replica = {**env, "DB_HOST": H2.address}  # h2's pool sends DB_NAME to h1 too
+    with WriteLoad(env) as load, WriteLoad(via_replica, first_client=100) as other:
+        time.sleep(1)  # wal_level=logical: a restart inside a pause of both servers' pools
+        published = upgrade.publish(H1.name, H3.name)
         time.sleep(1)
-        pools = [DB, read_pool_name(DB)]
-        published = upgrade.upgrade(H1.name, "publish", peer=H3.name, databases=pools)
-        time.sleep(1)
-    assert load.errors == [] and published["restart_s"] is not None
+    assert load.errors == [] and other.errors == [] and published["restart_s"] is not None
     FIGURES.update(publish_restart_s=published["restart_s"],
                    publish_longest_write_pause_s=load.longest_pause_s)  # fmt: skip
-    assert load.longest_pause_s <= PAUSE_GOAL
-    upgrade.upgrade(H3.name, "publish", peer=H1.name)  # for the way back, before clients
+    assert max(load.longest_pause_s, other.longest_pause_s) <= PAUSE_GOAL
+    upgrade.publish(H3.name, H1.name)  # for the way back, before clients
     psql(H1, 15, f"TRUNCATE {TABLE}")
     with WriteLoad(env) as load, StatusWriter(env) as statuses:
         scram = published["db_user_scram"]
         seeded = upgrade.upgrade(H3.name, "seed", peer=H1.name, db_user_scram=scram)
-        assert seeded["changed"][-3:] == [
-            "role's verifier the old primary's", "schema copied", "subscribed",
+        assert seeded["changed"][-4:] == [
+            "role's verifier the old primary's", "pool's auth file the old primary's verifier",
+            "schema copied", "subscribed",
         ]  # fmt: skip
+        assert in_pool({**env, "DB_HOST": H3.address}) == (H3.address, 17)  # its own pool
         FIGURES["sync_s"] = round(upgrade.in_sync(H3.name, H1.name, SYNC_WAIT), 2)
         views = upgrade.upgrade(H3.name, "refresh_views")
         assert views == {"refreshed": ["public.tag_counts"]}
+        undone_cut_over(upgrade, env)
         time.sleep(1)
         cut = upgrade.cut_over(H1.name, H3.name, (H1.name, H2.name))
         FIGURES.update({f"cutover_{k}": v for k, v in cut.items()})
@@ -175,6 +177,20 @@ def test_seed_sync_and_cut_over_under_load(lab):
     assert load.longest_pause_s <= PAUSE_GOAL
     last, highest = psql(H3, 17, "SELECT last_value FROM statuses_id_seq"), max(statuses.ids)
     assert int(last) >= highest == int(psql(H3, 17, "SELECT max(id) FROM statuses"))
+
+
+def undone_cut_over(upgrade, env: dict) -> None:
+    """A cut-over whose new side cannot catch up (its subscription disabled) undoes itself:
+    the old primary takes Mastodon's writes again through the same pools."""
+    subscription = f"mdata_from_{H1.address.replace('.', '_')}"
+    psql(H3, 17, f"ALTER SUBSCRIPTION {subscription} DISABLE")
+    with pytest.raises(host_ssh.StepFailed, match=r"cut-over from mlbg-h1 to mlbg-h3 was undone"):
+        upgrade.cut_over(H1.name, H3.name, (H1.name, H2.name), catch_up_wait=2)
+    assert in_pool(env) == (H1.address, 15)
+    with connect(env) as conn:
+        conn.execute("INSERT INTO statuses (body) VALUES ('after the undo')")  # writable
+    psql(H3, 17, f"ALTER SUBSCRIPTION {subscription} ENABLE")
+    upgrade.in_sync(H3.name, H1.name, SYNC_WAIT)
 
 
 def test_both_sides_hold_the_same_rows_and_the_old_refuses_mastodons_writes(lab):

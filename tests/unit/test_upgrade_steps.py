@@ -5,8 +5,10 @@ catch_up's report. The steps against PostgreSQL: tests/lab/test_upgrade_bluegree
 from __future__ import annotations
 
 import common
+import pooler
 import pytest
 import upgrade
+import upgrade_checks
 
 H1 = "10.227.0.11"
 WORKER = [{"pid": 4242, "received_lsn": "0/3000100", "latest_end_lsn": "0/3000100"}]
@@ -17,7 +19,7 @@ def test_a_table_without_a_primary_key_or_replica_identity_is_refused_by_name():
         {"name": "public.accounts_tags", "unlogged": False},
         {"name": 'public."Odd"', "unlogged": False},
     ]
-    assert upgrade.carry_refusals(tables, 0) == [
+    assert upgrade_checks.carry_refusals(tables, 0) == [
         'table(s) public.accounts_tags, public."Odd" have no primary key and no replica '
         "identity: logical replication cannot carry their updates and deletes (the old primary "
         "would refuse them); give each a primary key, or `ALTER TABLE <name> REPLICA IDENTITY "
@@ -26,7 +28,7 @@ def test_a_table_without_a_primary_key_or_replica_identity_is_refused_by_name():
 
 
 def test_unlogged_tables_and_large_objects_are_refused_with_their_fix():
-    refusals = upgrade.carry_refusals([{"name": "public.cache", "unlogged": True}], 3)
+    refusals = upgrade_checks.carry_refusals([{"name": "public.cache", "unlogged": True}], 3)
     assert refusals == [
         "unlogged table(s) public.cache are not replicated: `ALTER TABLE <name> SET LOGGED` "
         "first, or empty them",
@@ -36,7 +38,7 @@ def test_unlogged_tables_and_large_objects_are_refused_with_their_fix():
 
 
 def test_a_database_logical_replication_carries_is_not_refused():
-    assert upgrade.carry_refusals([], 0) == []
+    assert upgrade_checks.carry_refusals([], 0) == []
 
 
 class Catalog:
@@ -57,7 +59,7 @@ class Catalog:
 def test_check_carried_raises_one_error_naming_the_database_and_every_cause():
     catalog = Catalog([{"name": "public.statuses_tags", "unlogged": False}], 1)
     with pytest.raises(common.HostError) as refused:
-        upgrade.check_carried(catalog, "mastodon_production")
+        upgrade_checks.check_carried(catalog, "mastodon_production")
     message = str(refused.value)
     assert message.startswith("database mastodon_production: table(s) public.statuses_tags ")
     assert message.endswith("remove them (lo_unlink) before the upgrade")
@@ -154,3 +156,36 @@ def test_the_new_primary_gets_the_old_primarys_verifier_from_its_public_part():
 def test_a_role_without_a_scram_verifier_is_a_clear_error():
     with pytest.raises(common.HostError, match="role mastodon has no SCRAM verifier here"):
         upgrade.scram_public_part(Roles(None), "mastodon")
+
+
+def test_seed_gives_this_servers_pool_the_new_verifier_and_keeps_its_other_roles(
+    monkeypatch, tmp_path
+):
+    userlist = tmp_path / "userlist.txt"
+    userlist.write_text('"mastodon" "SCRAM-SHA-256$4096:own$a:b"\n"mdata_monitor" "SCRAM-m"\n')
+    monkeypatch.setattr(pooler, "USERLIST", userlist)
+    monkeypatch.setattr(pooler, "write_if_changed", write_as_is)
+    reloads = []
+    monkeypatch.setattr(pooler, "running", lambda: True)
+    monkeypatch.setattr(pooler, "reload", lambda: reloads.append(1))
+    assert pooler.refresh_user("mastodon", "SCRAM-SHA-256$4096:old$c:d") is True
+    assert userlist.read_text() == (
+        '"mastodon" "SCRAM-SHA-256$4096:old$c:d"\n"mdata_monitor" "SCRAM-m"\n'
+    )
+    assert reloads == [1]
+    assert pooler.refresh_user("mastodon", "SCRAM-SHA-256$4096:old$c:d") is False  # again
+    assert reloads == [1]
+
+
+def test_no_pool_on_the_server_no_auth_file_written(monkeypatch, tmp_path):
+    monkeypatch.setattr(pooler, "USERLIST", tmp_path / "absent.txt")
+    assert pooler.refresh_user("mastodon", "SCRAM-SHA-256$4096:old$c:d") is False
+    assert not (tmp_path / "absent.txt").exists()
+
+
+def write_as_is(path, text, mode=0o644, owner=None):
+    """common.write_if_changed without the chown (the test runs as any user)."""
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
