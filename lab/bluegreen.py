@@ -7,10 +7,15 @@ mastodon_data/host/upgrade.py and of the switchover on them (mastodon_data/cli/b
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from pathlib import Path
+
+import psycopg
 
 from lab import namespaces as lab_hosts
 from lab.stack import LabStack
+from lab.write_load import connect
 from mastodon_data.cli import bluegreen
 from mastodon_data.cli.bluegreen import Generation
 from mastodon_data.config import parse_settings
@@ -78,3 +83,34 @@ class BlueGreen(bluegreen.BlueGreen):
     def __init__(self, stacks: dict, key: Path):
         super().__init__(generations(stacks), key.read_text())
         self.stacks = stacks
+
+
+class StatusWriter:
+    """A client that inserts into `statuses` (its id from a sequence) through `env`'s pool,
+    recording its errors: the sequence is what logical replication does not carry."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env, self.errors, self.ids = dict(env), [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write, daemon=True)
+
+    def __enter__(self) -> StatusWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=180)
+
+    def _write(self) -> None:
+        conn = None
+        while not self._stop.is_set():
+            try:
+                conn = conn or connect(self.env)
+                row = conn.execute("INSERT INTO statuses (body) VALUES ('x') RETURNING id")
+                self.ids.append(row.fetchone()[0])
+            except psycopg.Error as exc:
+                self.errors.append(str(exc).strip())
+                conn = None
+                time.sleep(0.05)
+            time.sleep(0.01)

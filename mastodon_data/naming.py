@@ -20,3 +20,9 @@ def data_volume_name(droplet_name: str) -> str:
 def volume_device(volume_name: str) -> str:
     """Where DigitalOcean shows an attached volume on the droplet: a stable path by its name."""
     return f"/dev/disk/by-id/scsi-0DO_Volume_{volume_name}"
+
+
+def generation_name(version: int) -> str:
+    """The replication steps' component name: a blue/green upgrade's two generations of servers
+    are told apart by the version they run."""
+    return f"replication-pg{version}"

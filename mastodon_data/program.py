@@ -11,10 +11,14 @@ A project runs it from its `__main__.py`, this repository's as an operator's:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import pulumi
 
 from mastodon_data import cert_renewal, components, monitoring, outputs, stack_config
 from mastodon_data.config import REDIS_URL_KEY, SLACK_URL_KEY, Settings
+from mastodon_data.naming import generation_name
 
 
 def run() -> None:
@@ -67,24 +71,25 @@ def run() -> None:
 
 def replicated_postgres(settings: Settings, network, secrets: dict, reseed: frozenset[str]):
     """Droplets and hosts mode: the servers (droplets made here, or the existing hosts), the
-    backup repository, the replication steps on the servers and the admin keys. Returns
-    (the steps, the repository or None, the secrets with the repository's key added)."""
-    droplets, lifecycle = settings.droplets, settings.lifecycle
+    backup repository, the replication steps on the servers (both generations' during a
+    blue/green upgrade) and the admin keys. Returns (what Mastodon is served by, the repository
+    or None, the secrets with the repository's key added)."""
+    droplets, lifecycle, upgrade = settings.droplets, settings.lifecycle, settings.upgrade
     tier = components.DropletTier("db", droplets, network, lifecycle) if droplets else None
     hosts = tier.hosts if tier else settings.hosts
     if tier:
         alert_policies("db-alerts", settings, [d.id for d in tier.droplets], secrets)
     repository, secrets = components.BackupRepository.with_key("backups", settings.backups, secrets)
-    postgres = components.ReplicationSteps(
-        "replication",
-        settings.replication,
-        hosts,
-        secrets,
-        reseed,
-        hosts_outlive_stack=not tier,
-        backups=settings.backups,
+    generation = functools.partial(
+        replication_steps, secrets=secrets, reseed=reseed, hosts_outlive_stack=not tier,
         read_address=read_address(settings.replication, tier),
-    )
+    )  # fmt: skip
+    # Backups stay with the old generation until it is retired (docs/operators/major-upgrade.md)
+    postgres = generation(settings.replication, hosts, settings.backups if not upgrade else None,
+                          legacy_name=not upgrade)  # fmt: skip
+    served_hosts = hosts
+    if upgrade:
+        postgres, served_hosts = blue_green(settings, upgrade, generation, postgres, secrets)
     if tier and tier.read_endpoint:
         health = settings.replication.replica_health_port
         pulumi.export(
@@ -94,10 +99,53 @@ def replicated_postgres(settings: Settings, network, secrets: dict, reseed: froz
             ),
         )
     elif not tier and settings.replication.replica_count:  # hosts: the operator's HAProxy
-        pulumi.export("read_endpoint_haproxy", haproxy_config(settings.replication, hosts))
+        pulumi.export("read_endpoint_haproxy", haproxy_config(settings.replication, served_hosts))
     if lifecycle.authorized_keys:  # admin keys, rotated without a new droplet
-        components.AuthorizedKeys("admin-keys", lifecycle.authorized_keys, hosts, secrets)
+        every_host = (*hosts, *(upgrade.hosts if upgrade else ()))
+        components.AuthorizedKeys("admin-keys", lifecycle.authorized_keys, every_host, secrets)
     return postgres, repository, secrets
+
+
+def replication_steps(replication, hosts, backups, *, legacy_name: bool, **options):
+    """One generation's steps, named after its version; the stack's only generation (or the
+    old one of an upgrade) also answers to the name all steps had before generations."""
+    aliases = [pulumi.Alias(name="replication")] if legacy_name else None
+    return components.ReplicationSteps(
+        generation_name(replication.postgres_version), replication, hosts,
+        options.pop("secrets"), options.pop("reseed"), pulumi.ResourceOptions(aliases=aliases),
+        backups=backups, **options,
+    )  # fmt: skip
+
+
+def blue_green(settings: Settings, upgrade, generation, new, secrets: dict):
+    """Hosts mode, during a blue/green upgrade: the old generation's steps, the run that moves
+    Mastodon's writes to the side `serve` names, and that side, once the run is done."""
+    old_replication = dataclasses.replace(
+        settings.replication,
+        postgres_version=upgrade.postgres_version,
+        replica_count=len(upgrade.hosts) - 1,
+    )
+    old = generation(old_replication, upgrade.hosts, settings.backups, legacy_name=True)
+    new_hosts = tuple(h for h in settings.hosts if h.role != "spare")
+    sides = {
+        "old": (old_replication, upgrade.hosts, old),
+        "new": (settings.replication, new_hosts, new),
+    }
+    run = components.BlueGreenUpgrade("postgres-upgrade", upgrade, sides, secrets)
+    pulumi.export("upgrade", run.report)
+    served = old if upgrade.serve == "old" else new
+    return ServedBy(served, run.report), sides[upgrade.serve][1]
+
+
+class ServedBy:
+    """A generation's outputs as the exports read them, once the upgrade's run is done (the
+    env names the side it moved Mastodon's writes to)."""
+
+    def __init__(self, side, done: pulumi.Output):
+        self.endpoints = pulumi.Output.all(side.endpoints, done).apply(lambda a: a[0])
+        self.ca_cert = pulumi.Output.all(side.ca_cert, done).apply(lambda a: a[0])
+        self.password, self.status, self.targets = side.password, side.status, side.targets
+        self.primary, self.replicas = side.primary, side.replicas
 
 
 def alert_policies(name: str, settings: Settings, entities: list, secrets: dict) -> None:

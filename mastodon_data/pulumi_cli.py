@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from mastodon_data.config import PROJECT
 
 class PulumiFailed(RuntimeError):
     """A pulumi command failed; the message carries its diagnostics."""
+
+
+STEP_NAME = re.compile(r"replication-(?:pg(\d+)-)?(.+)")
 
 
 def diagnostics(stdout: str) -> str:
@@ -96,28 +100,31 @@ class Stack:
         self.pulumi("config", "set", "--secret", f"{PROJECT}:{key}", stdin=value)
 
     def step_reports(self) -> dict[str, dict]:
-        """Each replication step's report (the last line of its last stdout), from the state."""
-        state = json.loads(self.pulumi("stack", "export"))
+        """Each replication step's report (the last line of its last stdout), from the state,
+        by step name (during a blue/green upgrade a name both generations have: the newer's)."""
         reports = {}
-        for resource in state["deployment"].get("resources", []):
-            name = resource["urn"].rpartition("::")[2]
-            if resource["type"] == "command:remote:Command" and name.startswith("replication-"):
-                stdout = resource.get("outputs", {}).get("stdout", "")
-                reports[name.removeprefix("replication-")] = plan.parse_report(stdout)
+        for _, step, resource in sorted(self._steps(), key=lambda found: found[0]):
+            reports[step] = plan.parse_report(resource.get("outputs", {}).get("stdout", ""))
         return reports
 
     def rerun(self, step: str) -> str:
         """`pulumi up --replace` of one replication step: it runs again with the same inputs
         (its delete keeps the data), e.g. for a replica whose slot the primary dropped."""
-        state = json.loads(self.pulumi("stack", "export"))
-        urns = [
-            r["urn"]
-            for r in state["deployment"].get("resources", [])
-            if r["urn"].endswith(f"::replication-{step}")
-        ]
-        if not urns:
-            raise PulumiFailed(f"no step {step} in stack {self.name}")
+        urns = [resource["urn"] for _, name, resource in self._steps() if name == step]
+        if len(urns) != 1:
+            raise PulumiFailed(f"{len(urns)} steps {step} in stack {self.name}, not one")
         return self.up("--replace", urns[0])
+
+    def _steps(self) -> list[tuple[int, str, dict]]:
+        """(its generation's version, the step's name, the resource) of every replication step
+        (named replication-pg<version>-<step>, or replication-<step> before generations)."""
+        state = json.loads(self.pulumi("stack", "export"))
+        found = []
+        for resource in state["deployment"].get("resources", []):
+            match = STEP_NAME.fullmatch(resource["urn"].rpartition("::")[2])
+            if resource["type"] == "command:remote:Command" and match:
+                found.append((int(match.group(1) or 0), match.group(2), resource))
+        return found
 
     def last_changes(self) -> dict[str, int]:
         """What the last update did, e.g. {"same": 8} (from the stack's history)."""

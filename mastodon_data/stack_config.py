@@ -29,6 +29,7 @@ from mastodon_data.config import (
     OPERATION_KEYS,
     PROJECT,
     RESEED_KEY,
+    UPGRADE_KEY,
     ConfigError,
     Settings,
     decode,
@@ -98,7 +99,7 @@ def load() -> tuple[Settings, dict[str, pulumi.Output], frozenset[str]]:
             f"(`name: {PROJECT}` in Pulumi.yaml), not {pulumi.get_project()!r}"
         )
     config = pulumi.Config(PROJECT)
-    known = (*DEFAULTS, HOSTS_KEY, *OPERATION_KEYS, *ALL_SECRET_KEYS)
+    known = (*DEFAULTS, HOSTS_KEY, UPGRADE_KEY, *OPERATION_KEYS, *ALL_SECRET_KEYS)
     values = {key: config.get(key) for key in known} | _unknown_keys(known)
     values = {key: value for key, value in values.items() if value is not None}
     secret_keys = {key for key in values if pulumi.runtime.is_config_secret(f"{PROJECT}:{key}")}

@@ -31,6 +31,7 @@ LONGEST = tuple(
         "lab/test_faults",
         "lab/test_switchover",
         "lab/test_debian13",  # 5 min beside other files
+        "lab/test_upgrade_engine",  # 5 passed in about 6 min alone
         "lab/test_upgrade_bluegreen",  # 2.2 min, 3.9 beside other labs (load average 11)
         "engine/test_wheel",
         "engine/test_lifecycle_engine",

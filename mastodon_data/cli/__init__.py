@@ -4,6 +4,7 @@
     check-replication   role, lag and connections of every database host; exit 1 if unhealthy
     failover            promote a replica / rejoin a former primary (hosts mode)
     switchover          a planned change of the primary: the pools pause, nothing fails
+    upgrade             blue/green major upgrade: Mastodon's writes to the old or new servers
     grant               managed mode, once: let Mastodon's role create its tables
     backups             a backup now, or check the backups (pgbackrest check and info)
     restore             restore the backups onto a chosen host, latest or a point in time
@@ -22,6 +23,7 @@ COMMANDS = {
     "check-replication": ("check_replication", "replication health from the stack outputs"),
     "failover": ("failover", "promote a replica, or rejoin a former primary (hosts mode)"),
     "switchover": ("switchover", "a planned change of the primary: a pause, not errors"),
+    "upgrade": ("upgrade", "blue/green upgrade: writes to the old or the new servers"),
     "grant": ("grant", "managed mode: let Mastodon's role create its tables"),
     "backups": ("backups", "a backup now, or check the backups (droplets, hosts)"),
     "restore": ("restore", "restore the backups onto a chosen host and verify it"),

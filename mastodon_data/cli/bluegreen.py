@@ -7,6 +7,9 @@ not catch up; `sync_times` waits for a subscription to be in sync."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 from mastodon_data import plan
 from mastodon_data.cli import host_ssh
-from mastodon_data.config import Host, ReplicationSettings
+from mastodon_data.config import Host, PoolSettings, ReplicationSettings
 from mastodon_data.config.pooling import read_pool_name
 
 POLL = 0.5  # seconds between two sync_state reports
@@ -144,17 +147,27 @@ class BlueGreen:
         sequences = self.upgrade(new, "sequences", peer=old)
         marks["caught_up"] = time.monotonic()
         self.upgrade(new, "detach", peer=old)
+        self.turn_around(old, new)
+        marks["reversed"] = time.monotonic()
+        self.send_writes(old, new, pools)
+        marks["resumed"] = time.monotonic()
+        return cut_over_report(marks, caught, behind, sequences["sequences_set"])
+
+    def turn_around(self, old: str, new: str) -> None:
+        """After the new side detached: the old one follows it, the new one takes writes."""
         self.upgrade(old, "reverse", peer=new)
         self.upgrade(new, "writable")
-        marks["reversed"] = time.monotonic()
+
+    def send_writes(self, old: str, new: str, pools) -> None:
+        """The pools of `pools` send DB_NAME to `new` and resume, and the old server's read pool
+        resumes."""
         new_generation, new_host = self.hosts[new]
+        db = new_generation.replication.db_name
         self.on_pools(
             pools, "repoint", databases=(db,), new_primary_address=new_host.private_address,
             new_primary_cert=new_generation.ca_cert,
         )  # fmt: skip
-        self.switchover(old, "resume", databases=(read_pool,))
-        marks["resumed"] = time.monotonic()
-        return cut_over_report(marks, caught, behind, sequences["sequences_set"])
+        self.switchover(old, "resume", databases=(read_pool_name(db),))
 
     def sync_times(self, on: str, peer: str, limit: float) -> dict:
         """Polls `on`'s subscription to `peer` for at most `limit` seconds: when every table
@@ -189,3 +202,129 @@ def cut_over_report(marks: dict, caught: dict, behind, sequences_set: int) -> di
         "lag_bytes_before": behind,
         "sequences_set": sequences_set,
     }
+
+
+# --- the run `pulumi up` makes (components/upgrade.py): stdin JSON -> a report on stdout ------
+def generation_payload(generation: Generation) -> dict:
+    """A generation as JSON (the shipped exporter builds stay behind: the steps need none)."""
+    replication = dataclasses.replace(generation.replication, exporter_builds=())
+    return {
+        "replication": dataclasses.asdict(replication),
+        "hosts": [dataclasses.asdict(host) for host in generation.hosts],
+        "ca_cert": generation.ca_cert,
+        "db_password": generation.db_password,
+        "replication_password": generation.replication_password,
+    }
+
+
+def generation_from(payload: dict) -> Generation:
+    values = dict(payload["replication"])
+    pool = values.get("pool")
+    values["pool"] = PoolSettings(**pool) if pool else None
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    return Generation(
+        ReplicationSettings(**values),
+        tuple(Host(**host) for host in payload["hosts"]),
+        payload["ca_cert"],
+        payload["db_password"],
+        payload["replication_password"],
+    )
+
+
+class Upgrade:
+    """Both generations' primaries and servers, driven towards the side that is to serve."""
+
+    def __init__(self, driver: BlueGreen, sync_wait: float):
+        self.driver, self.sync_wait = driver, sync_wait
+        self.old = driver.generations["old"].hosts[0].name
+        self.new = driver.generations["new"].hosts[0].name
+        self.servers = tuple(driver.hosts)
+
+    def writes_on_new(self) -> bool:
+        """The old primary follows the new one: the cut-over was made (and not rolled back)."""
+        new_state = self.driver.upgrade(self.new, "state")
+        return not new_state["subscriptions"] and bool(
+            self.driver.upgrade(self.old, "state")["subscriptions"]
+        )
+
+    def prepare(self) -> dict:
+        """Both sides publish, the new one is seeded from the old one and is in sync."""
+        published = self.driver.publish(self.old, self.new)
+        self.driver.publish(self.new, self.old)  # for the way back
+        scram = published["db_user_scram"]
+        seeded = self.driver.upgrade(self.new, "seed", peer=self.old, db_user_scram=scram)
+        synced = self.driver.sync_times(self.new, self.old, self.sync_wait)
+        views = self.driver.upgrade(self.new, "refresh_views")
+        return {"publish_restart_s": published["restart_s"], "seeded": seeded["changed"],
+                "views_refreshed": views["refreshed"], **synced}  # fmt: skip
+
+    def finish_cut_short(self) -> dict | None:
+        """A cut-over cut short after the new side detached (neither side subscribes, one is
+        read-only): finished, away from the read-only side."""
+        old_state = self.driver.upgrade(self.old, "state")
+        new_state = self.driver.upgrade(self.new, "state")
+        if old_state["subscriptions"] or new_state["subscriptions"]:
+            return None
+        for stuck, to in ((old_state, self.new), (new_state, self.old)):
+            if stuck["read_only"]:
+                away = self.old if to == self.new else self.new
+                self.driver.turn_around(away, to)
+                self.driver.send_writes(away, to, self.servers)
+                return {"finished_cut_over_to": to}
+        return None
+
+    def serve(self, side: str) -> dict:
+        """Mastodon's writes go to `side` (new or old): what it took, idempotently."""
+        finished = self.finish_cut_short() or {}
+        if finished:
+            return {**self.serve(side), **finished}
+        if self.writes_on_new():
+            if side == "new":
+                return {"serving": "new", "cut_over": None}
+            self.driver.sync_times(self.old, self.new, self.sync_wait)
+            cut = self.driver.cut_over(self.new, self.old, self.servers)
+            return {"serving": "old", "cut_over": cut}
+        report = {"serving": "old", **self.prepare()}
+        if side == "new":
+            cut = self.driver.cut_over(self.old, self.new, self.servers)
+            report |= {"serving": "new", "cut_over": cut}
+        return report
+
+    def retire(self) -> dict:
+        """The old servers go: the old primary's subscription to the new one is dropped (its
+        slot with it), or, the old primary unreachable, the slot on the new one."""
+        if not self.writes_on_new():
+            raise host_ssh.StepFailed(
+                f"the old servers ({self.old} ...) still take Mastodon's writes: put upgradeFrom "
+                "back with serve new, run pulumi up (the cut-over), then remove upgradeFrom"
+            )
+        detached = self.driver.upgrade(self.old, "detach", peer=self.new)
+        return {"retired": self.old, **detached, **self.driver.upgrade(self.new, "retire")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mastodon_data.cli.bluegreen serve|retire`, the run's values on stdin."""
+    action = (argv if argv is not None else sys.argv[1:])[:1]
+    if action not in (["serve"], ["retire"]):
+        usage = "usage: python -m mastodon_data.cli.bluegreen serve|retire < run.json"
+        print(usage, file=sys.stderr)
+        return 2
+    run = json.load(sys.stdin)
+    generations = {side: generation_from(run["generations"][side]) for side in ("old", "new")}
+    driver = BlueGreen(generations, run["ssh_private_key"])
+    try:
+        upgrade = Upgrade(driver, float(run["sync_wait"]))
+        report = upgrade.serve(run["serve"]) if action == ["serve"] else upgrade.retire()
+    except host_ssh.StepFailed as failed:
+        print(f"blue/green upgrade: {failed}", file=sys.stderr)
+        return 1
+    finally:
+        driver.close()
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,7 @@ _MODULES = {
     "AlertPolicies": "alert_policies",
     "AuthorizedKeys": "admin_keys",
     "BackupRepository": "backups",
+    "BlueGreenUpgrade": "upgrade",
     "DropletTier": "droplets",
     "ManagedPostgres": "managed_postgres",
     "ManagedValkey": "redis",

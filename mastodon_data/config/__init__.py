@@ -12,6 +12,7 @@ secret's) and the exact fix. By concern:
     read_endpoint.py  the replica health endpoint's port and lag bounds, the read endpoint
     hosts.py     hosts mode's list of servers
     lifecycle.py protection, the primary's position, upgrades, admin keys
+    upgrade.py   hosts mode's blue/green major upgrade (upgradeFrom)
     managed.py   managed PostgreSQL        access.py   who reaches the managed databases
     media.py     Spaces and the CDN        redis.py    Redis / Valkey
     backups.py   pgBackRest's repository, retention and schedules
@@ -40,6 +41,7 @@ from mastodon_data.config.records import (
     ReplicationSettings,
     Settings,
     SpacesSettings,
+    UpgradeSettings,
 )
 from mastodon_data.config.secrets import (
     ALL_SECRET_KEYS,
@@ -51,6 +53,7 @@ from mastodon_data.config.secrets import (
     required_secrets,
     secret_problems,
 )
+from mastodon_data.config.upgrade import UPGRADE_KEY
 
 __all__ = [
     "AlertPolicySettings",
@@ -80,6 +83,8 @@ __all__ = [
     "ReplicationSettings",
     "Settings",
     "SpacesSettings",
+    "UPGRADE_KEY",
+    "UpgradeSettings",
     "connection_limit",
     "decode",
     "parse_settings",

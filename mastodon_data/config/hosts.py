@@ -137,8 +137,11 @@ def host_role(index: int, replica_count: int | None) -> str:
     return "replica" if index <= (replica_count or 0) else "spare"
 
 
-def parse_host(v: Validation, index: int, entry: Any, role: str) -> Host | None:
-    prefix = f"{HOSTS_KEY}[{index}]"
+def parse_host(
+    v: Validation, index: int, entry: Any, role: str, key: str = HOSTS_KEY
+) -> Host | None:
+    """Entry `index` of the list `key` (hosts, or upgradeFrom.hosts)."""
+    prefix = f"{key}[{index}]"
     if not isinstance(entry, Mapping):
         v.bad(
             prefix,
@@ -221,7 +224,8 @@ def read_entry_text(v: Validation, prefix: str, index: int, entry: Mapping, fiel
     return text
 
 
-def check_duplicates(v: Validation, hosts: list[tuple[int, Host]]) -> None:
+def check_duplicates(v: Validation, hosts: list[tuple[int, Host]], key: str = HOSTS_KEY) -> None:
+    """No two entries of the list `key` share a name or an address."""
     seen: dict[tuple[str, Any], int] = {}
     for index, host in hosts:
         for field, label, value in (
@@ -233,9 +237,9 @@ def check_duplicates(v: Validation, hosts: list[tuple[int, Host]]) -> None:
             if first != index:
                 shown = value if field != "publicAddress" else host.public_address
                 v.bad(
-                    f"{HOSTS_KEY}[{index}].{field}",
+                    f"{key}[{index}].{field}",
                     shown,
-                    f"same {label} as {HOSTS_KEY}[{first}]",
+                    f"same {label} as {key}[{first}]",
                     f"give each host its own {label}, or remove the duplicate entry",
                 )
 

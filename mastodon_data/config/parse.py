@@ -36,6 +36,7 @@ from mastodon_data.config.secrets import (
     required_secrets,
 )
 from mastodon_data.config.topology import parse_topology
+from mastodon_data.config.upgrade import UPGRADE_KEY, parse_upgrade
 
 # Keys read elsewhere (operations switches in mastodon_data/stack_config.py), not settings.
 RESEED_KEY = "reseedReplicas"  # replicas to re-seed from the primary on the next run
@@ -50,31 +51,23 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
     topology = parse_topology(v)
     mode = topology["mode"] if v.ok("postgresMode") else None
     topology |= parse_pooling(v, mode)
-    pool = topology["pool"]
-    pgbouncer_port = pool.pgbouncer_port if pool else None
-    topology |= parse_read_endpoint(v, pgbouncer_port, mode, topology["replica_count"])
+    pool, replicas = topology["pool"], topology["replica_count"]
+    topology |= parse_read_endpoint(v, pool and pool.pgbouncer_port, mode, replicas)
     topology |= parse_monitoring_sources(v)
-    hosts = parse_hosts(v, mode, topology["replica_count"])
+    hosts = parse_hosts(v, mode, replicas)
     managed = parse_managed(v, mode, topology)
     spaces = parse_spaces(v, topology["region"])
     redis = parse_redis(v, secrets_present, topology["region"])
     redis_mode = redis.mode if redis else "none"
-    app_sources = parse_app_sources(v, needed=mode == "managed" or redis_mode == "managed")
+    app_sources = parse_app_sources(v, needed="managed" in (mode, redis_mode))
     lifecycle = parse_lifecycle(v, mode, topology)
+    upgrade = parse_upgrade(v, mode, topology["postgres_version"], hosts, pool)
     alerts = parse_alerts(v)
     slack_url_set = SLACK_URL_KEY in raw or SLACK_URL_KEY in secrets_present
     alert_policies = parse_alert_policies(v, mode, alerts, slack_url_set)
     backups = parse_backups(v, mode, topology["region"], secrets_present)
     backups_on, backup_key = wanted(v, mode)
-    exporters = mode != "managed" and bool(topology["monitoring_sources"])
-    if mode == "managed" and topology["monitoring_sources"]:
-        v.bad(
-            "monitoringSources",
-            list(topology["monitoring_sources"]),
-            "managed mode runs no exporters: DigitalOcean serves the cluster's metrics (stack "
-            "output prometheus_targets)",
-            f"pulumi config rm {PROJECT}:monitoringSources",
-        )
+    exporters = wants_exporters(v, mode, topology["monitoring_sources"])
     needed = required_secrets(
         mode,
         redis_mode,
@@ -100,14 +93,28 @@ def parse_settings(raw: Mapping[str, Any], secrets_present: Collection[str]) -> 
         lifecycle=lifecycle,
         alerts=alerts,
         alert_policies=alert_policies,
+        upgrade=upgrade,
         warnings=tuple(v.warnings),
     )
 
 
+def wants_exporters(v: Validation, mode: str | None, sources: tuple[str, ...]) -> bool:
+    """Exporters run on the stack's own servers, for monitoringSources; managed mode has none."""
+    if mode == "managed" and sources:
+        v.bad(
+            "monitoringSources",
+            list(sources),
+            "managed mode runs no exporters: DigitalOcean serves the cluster's metrics (stack "
+            "output prometheus_targets)",
+            f"pulumi config rm {PROJECT}:monitoringSources",
+        )
+    return mode != "managed" and bool(sources)
+
+
 def check_unknown_keys(v: Validation) -> None:
-    known = [*DEFAULTS, HOSTS_KEY]
+    known = [*DEFAULTS, HOSTS_KEY, UPGRADE_KEY]
     for key in v.raw:
-        if key in DEFAULTS or key in (HOSTS_KEY, *ALL_SECRET_KEYS) or key in OPERATION_KEYS:
+        if key in known or key in ALL_SECRET_KEYS or key in OPERATION_KEYS:
             continue
         fix = f"{did_you_mean(key, known)}pulumi config rm {PROJECT}:{key}"
         v.bad(str(key), v.raw[key], "unknown key", fix)

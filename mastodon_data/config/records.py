@@ -172,6 +172,16 @@ class BackupSettings:
 
 
 @dataclass(frozen=True)
+class UpgradeSettings:
+    """A blue/green major upgrade (hosts mode, config/upgrade.py): the old generation's version
+    and servers (the primary first), and which generation Mastodon writes to after the run."""
+
+    postgres_version: int
+    hosts: tuple[Host, ...]
+    serve: str = "new"  # new | old
+
+
+@dataclass(frozen=True)
 class LifecycleSettings:
     """How the stack treats what holds data, and which droplet is the primary."""
 
@@ -228,6 +238,7 @@ class Settings:
     lifecycle: LifecycleSettings = LifecycleSettings()
     alerts: AlertThresholds = AlertThresholds()
     alert_policies: AlertPolicySettings | None = None  # droplets, managed: with a destination
+    upgrade: UpgradeSettings | None = None  # hosts mode, while a blue/green upgrade runs
     warnings: tuple[str, ...] = ()  # accepted, but worth a line in the preview
 
     def required_secrets(self) -> tuple[str, ...]:

@@ -161,10 +161,24 @@ def ensure_stanza(params: dict) -> str:
     while result.returncode == LOCK_HELD and time.monotonic() < deadline:
         time.sleep(1)
         result = pgbackrest(stanza, "stanza-create", check=False)
-    if result.returncode != 0:
+    upgraded = result.returncode != 0 and upgrade_stanza(params)
+    if result.returncode != 0 and not upgraded:
         raise HostError(f"pgbackrest stanza-create failed: {failure(result, 800)}")
     pgbackrest(stanza, "check", timeout=300)
-    return "checked"
+    return "upgraded and checked" if upgraded else "checked"
+
+
+def upgrade_stanza(params: dict) -> bool:
+    """After a blue/green major upgrade the stanza holds the retired servers' older version:
+    it goes on with this cluster's (pgBackRest's stanza-upgrade; the older backups stay
+    restorable). A stanza of the same or a newer version is another cluster's: refused."""
+    stanza, version = params["stanza"], int(params["postgres_version"])
+    known = [int(db["version"]) for db in stanza_info(stanza).get("db", [])]
+    if not known or max(known) >= version:
+        return False
+    log(f"stanza {stanza}: PostgreSQL {max(known)} -> {version} (stanza-upgrade)")
+    pgbackrest(stanza, "stanza-upgrade", timeout=300)
+    return True
 
 
 def configure(params: dict, cluster: Cluster) -> dict:

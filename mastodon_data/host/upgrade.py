@@ -29,6 +29,8 @@ again finishes what an interrupted run left.
     sequences   the subscriber: each sequence set to the peer's last_value (never back)
     detach      the subscriber: DROP SUBSCRIPTION (its slot on the peer goes with it)
     wal_level   this server's (publish restarts it unless logical)
+    state       its subscriptions, publication and whether Mastodon's role may write
+    retire      the server that stays: its publication and subscribers' slots dropped
 
 stdin (JSON): action, postgres_version, port, db_name, db_user, replication_user,
 peer_address, peer_port, peer_ca_cert (the CA of the peer's server certificate: verify-full),
@@ -409,6 +411,42 @@ def refresh_views(cluster: Cluster, params: dict) -> dict:
     return {"refreshed": [view["name"] for view in views]}
 
 
+def state(cluster: Cluster, params: dict) -> dict:
+    """Where this server stands: the upgrade's subscriptions here (by name), its publication,
+    and whether Mastodon's role may write (read_only's setting)."""
+    db = params["db_name"]
+    names = cluster.sql(
+        "SELECT coalesce(string_agg(subname, ' ' ORDER BY subname), '') FROM pg_subscription "
+        "WHERE subname LIKE 'mdata\\_from\\_%';",
+        database=db,
+    )
+    published = cluster.sql(f"SELECT 1 FROM pg_publication WHERE pubname = '{PUBLICATION}';",
+                            database=db)  # fmt: skip
+    setting = cluster.sql(
+        "SELECT coalesce(string_agg(c, ','), '') FROM pg_db_role_setting s "
+        "JOIN pg_roles r ON r.oid = s.setrole, unnest(s.setconfig) c "
+        f"WHERE r.rolname = '{params['db_user']}';"
+    )
+    return {
+        "subscriptions": names.split(),
+        "published": bool(published),
+        "read_only": "default_transaction_read_only=on" in setting,
+    }
+
+
+def retire(cluster: Cluster, params: dict) -> dict:
+    """The server that stays, once the old ones are retired: no publication, and no slot of a
+    subscriber left on it (an old primary that is gone would leave one holding WAL forever)."""
+    db = params["db_name"]
+    slots = cluster.sql(
+        "SELECT coalesce(string_agg(slot_name, ' '), '') FROM (SELECT slot_name, "
+        "pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+        "WHERE slot_name LIKE 'mdata\\_from\\_%' AND NOT active) d;"
+    )
+    cluster.sql(f"DROP PUBLICATION IF EXISTS {PUBLICATION};", database=db)
+    return {"slots_dropped": slots.split(), "publication_dropped": True}
+
+
 ACTIONS = {
     "publish": publish,
     "seed": seed,
@@ -421,6 +459,8 @@ ACTIONS = {
     "detach": detach,
     "refresh_views": refresh_views,
     "wal_level": lambda cluster, params: {"wal_level": cluster.sql("SHOW wal_level;")},
+    "state": state,
+    "retire": retire,
 }
 
 

@@ -153,8 +153,8 @@ def test_a_second_preview_changes_nothing(shipped):
 
 def test_a_new_build_reruns_its_copy_and_the_exporters_step_only(shipped):
     assert shipped["new_preview"] == {
-        "replication-exporters-db-0-pgbouncer_exporter": "update",  # copied again
-        "replication-exporters-db-0": "replace",  # its trigger: run again
+        "replication-pg15-exporters-db-0-pgbouncer_exporter": "update",  # copied again
+        "replication-pg15-exporters-db-0": "replace",  # its trigger: run again
     }
     new = shipped["expected"]["pgbouncer_exporter"]
     assert shipped["new"]["pgbouncer_exporter"] == f"{new} {new} 755:root"

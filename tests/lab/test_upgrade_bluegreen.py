@@ -12,7 +12,6 @@ steps); then the old primary follows the new one and refuses Mastodon's writes, 
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from labkit import new_secrets, own_lab, wait_until, write_figures
 
 from lab import bluegreen, rootfs
 from lab import namespaces as lab_hosts
+from lab.bluegreen import StatusWriter
 from lab.write_load import TABLE, WriteLoad, connect
 from mastodon_data.cli import host_ssh
 
@@ -48,37 +48,6 @@ SCHEMA = (  # a sequence, and a table without a primary key (as Rails' `id: fals
     "CREATE MATERIALIZED VIEW tag_counts AS SELECT tag_id, count(*) FROM accounts_tags "
     "GROUP BY tag_id",
 )
-
-
-class StatusWriter:
-    """A client that inserts into `statuses` (its id from a sequence) through `env`'s pool,
-    recording its errors: the sequence is what logical replication does not carry."""
-
-    def __init__(self, env: dict[str, str]):
-        self.env, self.errors, self.ids = dict(env), [], []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._write, daemon=True)
-
-    def __enter__(self) -> StatusWriter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=180)
-
-    def _write(self) -> None:
-        conn = None
-        while not self._stop.is_set():
-            try:
-                conn = conn or connect(self.env)
-                row = conn.execute("INSERT INTO statuses (body) VALUES ('x') RETURNING id")
-                self.ids.append(row.fetchone()[0])
-            except psycopg.Error as exc:
-                self.errors.append(str(exc).strip())
-                conn = None
-                time.sleep(0.05)
-            time.sleep(0.01)
 
 
 def psql(host: lab_hosts.LabHost, version: int, statement: str) -> str:

@@ -149,7 +149,8 @@ def digitalocean_outputs(typ: str, name: str, inputs: dict) -> dict | None:
 @dataclass
 class Run:
     resources: list[Registered]
-    options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)  # by resource name
+    # by resource name, components' too
+    options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)
     # `protect` as the SDK sends it: inherited from the parent when the options leave it unset.
     protected: dict[str, bool] = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
@@ -216,6 +217,13 @@ def run_program(
         run.protected[name] = bool(self._protect)
 
     pulumi.CustomResource.__init__ = recording
+    original_component = pulumi.ComponentResource.__init__
+
+    def recording_component(self, t, name, props=None, opts=None, *args, **kwargs):
+        run.options[name] = opts or pulumi.ResourceOptions()
+        original_component(self, t, name, props, opts, *args, **kwargs)
+
+    pulumi.ComponentResource.__init__ = recording_component
 
     @pulumi.runtime.test
     def program():
@@ -234,4 +242,5 @@ def run_program(
             program()
     finally:
         pulumi.CustomResource.__init__ = original
+        pulumi.ComponentResource.__init__ = original_component
     return run

@@ -244,7 +244,7 @@ def test_droplets_mode_makes_a_bucket_and_a_key_for_backups_alone():
     key = run.one("/spacesKey:SpacesKey", "backups-key")
     assert key.inputs["name"] == "mastodon-data-unit-backups"
     assert key.inputs["grants"] == [{"bucket": "mastodon-pg-backups", "permission": "readwrite"}]
-    step = run.one(":remote:Command", "replication-backup-db-0")
+    step = run.one(":remote:Command", "replication-pg18-backup-db-0")
     params = json.loads(step.inputs["stdin"])["params"]
     assert params["backup_access_key_id"] == SPACES_ACCESS_KEY
     assert params["backup_secret_access_key"] == SPACES_SECRET_KEY
@@ -256,7 +256,7 @@ def test_droplets_mode_makes_a_bucket_and_a_key_for_backups_alone():
 def test_hosts_mode_uses_the_given_bucket_and_key():
     run = run_program(HOSTS, HOSTS_SECRETS)
     assert run.of_type("/spacesBucket:SpacesBucket") == []
-    step = run.one(":remote:Command", "replication-backup-db1")
+    step = run.one(":remote:Command", "replication-pg18-backup-db1")
     params = json.loads(step.inputs["stdin"])["params"]
     assert (params["backup_access_key_id"], params["backup_secret_access_key"]) == (
         "KEYID123", HOST_KEY_SECRET)  # fmt: skip
@@ -310,9 +310,34 @@ def test_stanza_create_is_asked_again_while_an_archive_push_holds_the_lock(monke
 
     monkeypatch.setattr(backup, "pgbackrest", pgbackrest)
     monkeypatch.setattr(backup.time, "sleep", lambda _: None)
-    assert backup.ensure_stanza({"stanza": "mastodon"}) == "checked"
+    monkeypatch.setattr(backup, "stanza_info", lambda stanza: {"db": [{"version": "17"}]})
+    params = {"stanza": "mastodon", "postgres_version": 17}
+    assert backup.ensure_stanza(params) == "checked"
     assert calls == ["stanza-create"] * 3 + ["check"]
     wrong = "P00  ERROR: [056]: unable to find primary cluster - cannot proceed"
     answers[:] = [(56, wrong)]
     with pytest.raises(backup.HostError, match=r"stanza-create failed: .*\[056\]"):
-        backup.ensure_stanza({"stanza": "mastodon"})
+        backup.ensure_stanza(params)
+
+
+def test_a_stanza_of_the_retired_older_version_is_upgraded_and_another_refused(monkeypatch):
+    """After a blue/green upgrade's retirement the new primary meets the stanza the old one
+    wrote (PostgreSQL 15): stanza-upgrade carries it to 17. A stanza of the same version or a
+    newer one is another cluster's: stanza-create's refusal stands."""
+    mismatch = "P00  ERROR: [028]: backup info file or archive info file invalid"
+    calls = []
+
+    def pgbackrest(stanza, *args, check=True, timeout=600):
+        calls.append(args[0])
+        code = 28 if args[0] == "stanza-create" else 0
+        return subprocess.CompletedProcess([], code, stdout=mismatch if code else "", stderr="")
+
+    monkeypatch.setattr(backup, "pgbackrest", pgbackrest)
+    monkeypatch.setattr(backup, "stanza_info", lambda stanza: {"db": [{"version": "15"}]})
+    params = {"stanza": "mastodon", "postgres_version": 17}
+    assert backup.ensure_stanza(params) == "upgraded and checked"
+    assert calls == ["stanza-create", "stanza-upgrade", "check"]
+    calls.clear()
+    with pytest.raises(backup.HostError, match=r"stanza-create failed: .*\[028\]"):
+        backup.ensure_stanza({**params, "postgres_version": 15})
+    assert calls == ["stanza-create"]

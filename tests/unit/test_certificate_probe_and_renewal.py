@@ -258,15 +258,15 @@ def test_hosts_mode_reads_every_used_host_with_the_stack_key():
 def test_a_due_certificate_changes_its_steps_triggers_and_a_renewed_one_restores_them():
     quiet = triggers(run_program(HOSTS))
     due = triggers(run_program(HOSTS, probes=CertificateProbes({"192.0.2.1": "due 0"})))
-    assert due["replication-primary"][0] == quiet["replication-primary"][0] + "+renewal-1"
+    assert due["replication-pg18-primary"][0] == quiet["replication-pg18-primary"][0] + "+renewal-1"
     # The replica and the status reports run after the primary: they run again too.
-    assert due["replication-replica-db2"] != quiet["replication-replica-db2"]
-    assert due["replication-status-db1"] != quiet["replication-status-db1"]
+    assert due["replication-pg18-replica-db2"] != quiet["replication-pg18-replica-db2"]
+    assert due["replication-pg18-status-db1"] != quiet["replication-pg18-status-db1"]
     renewed = triggers(run_program(HOSTS, probes=CertificateProbes({"192.0.2.1": "ok 1"})))
     assert renewed == due
     only_replica = triggers(run_program(HOSTS, probes=CertificateProbes({"192.0.2.2": "due 0"})))
-    assert only_replica["replication-primary"] == quiet["replication-primary"]
-    assert only_replica["replication-replica-db2"][0].endswith("+renewal-1")
+    assert only_replica["replication-pg18-primary"] == quiet["replication-pg18-primary"]
+    assert only_replica["replication-pg18-replica-db2"][0].endswith("+renewal-1")
 
 
 def test_droplets_mode_reads_the_droplets_public_addresses():
@@ -353,4 +353,4 @@ def test_hosts_mode_asks_each_host_once_before_the_components_exist(monkeypatch)
     assert started == [[("db1", "192.0.2.1"), ("db2", "192.0.2.2")]]  # asked at once
     assert sorted(name for name, *_ in probes.asked) == ["db1", "db2"]  # once each
     assert cert_renewal._EARLY == {}  # every early answer went to its step
-    assert triggers(run)["replication-replica-db2"][0].endswith("+renewal-5")
+    assert triggers(run)["replication-pg18-replica-db2"][0].endswith("+renewal-5")

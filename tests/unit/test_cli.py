@@ -19,7 +19,8 @@ def test_help_lists_every_command():
     result = run("--help")
     assert result.returncode == 0
     names = (
-        "render-env", "check-replication", "failover", "switchover", "grant", "backups", "restore"
+        "render-env", "check-replication", "failover", "switchover", "grant", "backups", "restore",
+        "upgrade",
     )  # fmt: skip
     for name in names:
         assert f"  {name} " in result.stdout

@@ -50,27 +50,27 @@ def test_each_server_gets_the_builds_copied_into_staging_before_its_exporters_st
     home = exporter_builds(tmp_path)
     result = run(home)
     copies = {r.name: r for r in result.of_type("CopyToRemote")}
-    assert sorted(copies) == [f"replication-exporters-db-{n}-{name}" for n in (0, 1)
+    assert sorted(copies) == [f"replication-pg18-exporters-db-{n}-{name}" for n in (0, 1)
                               for name in ("pgbouncer_exporter", "ssl_exporter")]  # fmt: skip
-    copy = copies["replication-exporters-db-1-ssl_exporter"]
+    copy = copies["replication-pg18-exporters-db-1-ssl_exporter"]
     assert copy.inputs["source"].path == f"{home}/ssl_exporter-v2.4.1/ssl_exporter"
     assert copy.inputs["remotePath"] == f"{STAGED}/ssl_exporter"
     assert copy.inputs["connection"]["host"] == "203.0.113.2"
     assert copy.inputs["triggers"] == ["203.0.113.2"]  # a new droplet gets them again
-    staging = result.one("remote:Command", "replication-exporters-db-1-staging")
+    staging = result.one("remote:Command", "replication-pg18-exporters-db-1-staging")
     assert staging.inputs["create"] == f"install -d -m 0755 -o root {STAGED}"
     names = lambda opts: sorted(d._name for d in opts.depends_on)  # noqa: E731
-    assert names(result.options["replication-exporters-db-1-ssl_exporter"]) == [
-        "replication-exporters-db-1-staging"
+    assert names(result.options["replication-pg18-exporters-db-1-ssl_exporter"]) == [
+        "replication-pg18-exporters-db-1-staging"
     ]
-    before_step = names(result.options["replication-exporters-db-1"])
-    assert {"replication-exporters-db-1-pgbouncer_exporter",
-            "replication-exporters-db-1-ssl_exporter"} <= set(before_step)  # fmt: skip
+    before_step = names(result.options["replication-pg18-exporters-db-1"])
+    assert {"replication-pg18-exporters-db-1-pgbouncer_exporter",
+            "replication-pg18-exporters-db-1-ssl_exporter"} <= set(before_step)  # fmt: skip
 
 
 def test_the_exporters_step_gets_each_builds_version_checksum_and_staged_copy(tmp_path):
     result = run(exporter_builds(tmp_path, b"v1-"))
-    step = result.one("remote:Command", "replication-exporters-db-0")
+    step = result.one("remote:Command", "replication-pg18-exporters-db-0")
     params = json.loads(step.inputs["stdin"])["params"]
     assert params["exporter_builds"] == {
         "pgbouncer_exporter": {
@@ -89,8 +89,9 @@ def test_the_exporters_step_gets_each_builds_version_checksum_and_staged_copy(tm
 def test_without_the_pool_only_ssl_exporter_is_shipped(tmp_path):
     result = run(exporter_builds(tmp_path), pgbouncer=False)
     assert sorted(r.name for r in result.of_type("CopyToRemote")) == [
-        "replication-exporters-db-0-ssl_exporter", "replication-exporters-db-1-ssl_exporter",
-    ]  # fmt: skip
+        "replication-pg18-exporters-db-0-ssl_exporter",
+        "replication-pg18-exporters-db-1-ssl_exporter",
+    ]
 
 
 def test_nothing_is_shipped_without_monitoring_sources(tmp_path):
@@ -107,11 +108,11 @@ def test_the_same_builds_change_nothing_a_new_one_the_copy_source_and_exporters_
     binary.write_bytes(binary.read_bytes() + b"\0new")
     new = inputs(run(home))
     assert sorted(name for name in new if new[name] != first[name]) == [
-        "replication-exporters-db-0", "replication-exporters-db-1",
+        "replication-pg18-exporters-db-0", "replication-pg18-exporters-db-1",
     ]  # fmt: skip
     # Its trigger holds the checksum: the step runs again. The copies' inputs name the same
     # file; the engine sees its new content in the asset's hash (tests/lab/test_exporters_standin).
-    step = "replication-exporters-db-0"
+    step = "replication-pg18-exporters-db-0"
     assert new[step]["triggers"] != first[step]["triggers"]
 
 

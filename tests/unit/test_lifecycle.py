@@ -153,13 +153,13 @@ def test_primary_node_makes_another_droplet_the_primary_and_renames_nothing():
         droplets = {d.name: d.inputs["name"] for d in run.of_type("/droplet:Droplet")}
         assert droplets == {f"db-{i}": f"mastodon-db-unit-{i}" for i in range(3)}
     commands = {c.name: c for c in after.of_type("command:remote:Command")}
-    primary = json.loads(commands["replication-primary"].inputs["stdin"])["params"]
+    primary = json.loads(commands["replication-pg18-primary"].inputs["stdin"])["params"]
     assert primary["private_address"] == "10.118.0.3"  # db-1's
     assert primary["replication_peers"] == ["10.118.0.2", "10.118.0.4"]  # db-0's and db-2's
-    slots = json.loads(commands["replication-slots"].inputs["stdin"])["params"]
+    slots = json.loads(commands["replication-pg18-slots"].inputs["stdin"])["params"]
     assert slots["replicas"] == ["db-0", "db-2"]
     for name in ("db-0", "db-2"):
-        params = json.loads(commands[f"replication-replica-{name}"].inputs["stdin"])["params"]
+        params = json.loads(commands[f"replication-pg18-replica-{name}"].inputs["stdin"])["params"]
         assert params["primary_address"] == "10.118.0.3"
     env = after.outputs["mastodon_env"]
     # Reads go to the load balancer over the tag (replicaLoadBalancer auto, 2 replicas); the

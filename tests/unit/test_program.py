@@ -89,19 +89,19 @@ def test_firewall_opens_5432_and_the_pools_only_privately_and_22_only_to_admins(
 def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
     commands = {c.name: c for c in droplets.of_type("remote:Command")}
     assert set(commands) == {
-        "replication-volume-db-0",
-        "replication-volume-db-1",
-        "replication-primary",
-        "replication-replica-db-1",
-        "replication-slots",
-        "replication-status-db-0",
-        "replication-status-db-1",
-        "replication-pooler-db-0",
-        "replication-pooler-db-1",
-        "replication-health-db-0",
-        "replication-health-db-1",
+        "replication-pg18-volume-db-0",
+        "replication-pg18-volume-db-1",
+        "replication-pg18-primary",
+        "replication-pg18-replica-db-1",
+        "replication-pg18-slots",
+        "replication-pg18-status-db-0",
+        "replication-pg18-status-db-1",
+        "replication-pg18-pooler-db-0",
+        "replication-pg18-pooler-db-1",
+        "replication-pg18-health-db-0",
+        "replication-pg18-health-db-1",
     }
-    health = stdin_of(commands["replication-health-db-1"])["params"]
+    health = stdin_of(commands["replication-pg18-health-db-1"])["params"]
     assert health == {
         "postgres_version": 18,
         "port": 5432,
@@ -110,17 +110,17 @@ def test_commands_reach_droplets_and_carry_secrets_only_on_stdin(droplets):
         "replica_max_lag_bytes": 16777216,
         "replica_max_lag_seconds": 30,
     }
-    pooler = stdin_of(commands["replication-pooler-db-1"])["params"]
+    pooler = stdin_of(commands["replication-pg18-pooler-db-1"])["params"]
     assert pooler["private_address"] == "10.118.0.3" and pooler["pgbouncer_port"] == 6432
     assert pooler["db_password"] == SECRETS["dbPassword"]  # on stdin only (checked below)
-    primary = commands["replication-primary"]
+    primary = commands["replication-pg18-primary"]
     assert primary.inputs["connection"]["host"] == "203.0.113.1"
     assert primary.inputs["connection"]["privateKey"] == SECRETS["sshPrivateKey"]
     params = stdin_of(primary)["params"]
     assert params["replication_peers"] == ["10.118.0.3"]
-    assert stdin_of(commands["replication-slots"])["params"]["replicas"] == ["db-1"]
+    assert stdin_of(commands["replication-pg18-slots"])["params"]["replicas"] == ["db-1"]
     assert params["db_password"] == SECRETS["dbPassword"]
-    replica = stdin_of(commands["replication-replica-db-1"])["params"]
+    replica = stdin_of(commands["replication-pg18-replica-db-1"])["params"]
     assert replica["primary_address"] == "10.118.0.2"
     assert replica["replication_password"] == SECRETS["replicationPassword"]
     assert "db_password" not in replica  # a replica never needs the app's password
@@ -137,10 +137,10 @@ def test_destroy_leaves_data_in_place_and_says_so():
     run = run_program(HOSTS)
     for command in run.of_type("remote:Command"):
         delete = command.inputs.get("delete")
-        if command.name.startswith(("replication-status-", "replication-slots")):
+        if command.name.startswith(("replication-pg18-status-", "replication-pg18-slots")):
             assert delete is None
             continue
-        running = ("replication-pooler-", "replication-health-")
+        running = ("replication-pg18-pooler-", "replication-pg18-health-")
         kept = "left running" if command.name.startswith(running) else "left in place"
         assert delete.startswith("cat >/dev/null; echo ") and kept in delete
         for destructive in ("rm ", "drop", "pg_dropcluster", "DROP", "apt-get"):
@@ -219,8 +219,9 @@ def test_hosts_mode_runs_on_the_listed_hosts_without_cloud_resources():
     run = run_program(HOSTS)
     assert not [r for r in run.resources if r.typ.startswith("digitalocean:")]
     commands = {c.name: c for c in run.of_type("remote:Command")}
-    assert commands["replication-replica-db3"].inputs["connection"]["host"] == "192.0.2.3"
-    assert stdin_of(commands["replication-replica-db3"])["params"]["primary_address"] == "10.0.0.1"
+    assert commands["replication-pg18-replica-db3"].inputs["connection"]["host"] == "192.0.2.3"
+    replica = stdin_of(commands["replication-pg18-replica-db3"])["params"]
+    assert replica["primary_address"] == "10.0.0.1"
     assert run.outputs["mastodon_env"]["DB_HOST"] == "10.0.0.1"
     assert run.outputs["mastodon_env"]["REPLICA_DB_HOST"] == "10.0.0.2"
 
@@ -229,13 +230,13 @@ def test_replicas_wait_for_the_primary_and_status_for_everything():
     run = run_program(HOSTS)
     names = {c.name for c in run.of_type("remote:Command")}
     after = {n: {d._name for d in (run.options[n].depends_on or [])} for n in names}
-    replicas = {f"replication-replica-db{n}" for n in (2, 3)}
-    assert all("replication-primary" in after[r] for r in replicas)
-    statuses = sorted(n for n in names if n.startswith("replication-status-"))
-    assert statuses == [f"replication-status-db{n}" for n in (1, 2, 3)]
-    assert all({"replication-primary", *replicas} <= after[s] for s in statuses)
-    poolers = sorted(n for n in names if n.startswith("replication-pooler-"))
-    assert poolers == [f"replication-pooler-db{n}" for n in (1, 2, 3)]
+    replicas = {f"replication-pg18-replica-db{n}" for n in (2, 3)}
+    assert all("replication-pg18-primary" in after[r] for r in replicas)
+    statuses = sorted(n for n in names if n.startswith("replication-pg18-status-"))
+    assert statuses == [f"replication-pg18-status-db{n}" for n in (1, 2, 3)]
+    assert all({"replication-pg18-primary", *replicas} <= after[s] for s in statuses)
+    poolers = sorted(n for n in names if n.startswith("replication-pg18-pooler-"))
+    assert poolers == [f"replication-pg18-pooler-db{n}" for n in (1, 2, 3)]
 
 
 def test_bad_config_stops_the_program_before_any_resource():

@@ -69,7 +69,7 @@ def test_attachments_join_each_volume_to_its_droplet_detaching_first(recorded):
 
 def test_volume_step_runs_first_on_every_host_with_the_stable_device(recorded):
     run, _, options = recorded
-    commands = {c.name.removeprefix("replication-"): c for c in run.of_type("remote:Command")}
+    commands = {c.name.removeprefix("replication-pg18-"): c for c in run.of_type("remote:Command")}
     for label in ("0", "1", "2"):
         step = commands[f"volume-db-{label}"]
         stdin = json.loads(step.inputs["stdin"])
@@ -80,12 +80,12 @@ def test_volume_step_runs_first_on_every_host_with_the_stable_device(recorded):
         }  # its size (50) only in the trigger: the script reads the device's own
         assert step.inputs.get("delete") is None  # droplets' steps delete nothing
     after = {n: [d._name for d in options[n].depends_on] for n in options}
-    assert after["replication-primary"] == ["replication-volume-db-0"]
-    assert after["replication-replica-db-1"] == [
-        "replication-primary",
-        "replication-volume-db-1",
+    assert after["replication-pg18-primary"] == ["replication-pg18-volume-db-0"]
+    assert after["replication-pg18-replica-db-1"] == [
+        "replication-pg18-primary",
+        "replication-pg18-volume-db-1",
     ]
-    assert after["replication-volume-db-0"] == []
+    assert after["replication-pg18-volume-db-0"] == []
 
 
 def test_a_grown_volume_reruns_only_its_volume_step_and_reports():
@@ -115,9 +115,9 @@ def test_hosts_mode_mounts_only_the_hosts_that_name_a_data_device():
     config["hosts"][1]["dataDevice"] = "/dev/disk/by-id/scsi-0QEMU_disk-db2"
     run = run_program(config)
     commands = {c.name for c in run.of_type("remote:Command")}
-    assert "replication-volume-db2" in commands
-    assert {"replication-volume-db1", "replication-volume-db3"}.isdisjoint(commands)
-    step = run.one("remote:Command", "replication-volume-db2")
+    assert "replication-pg18-volume-db2" in commands
+    assert {"replication-pg18-volume-db1", "replication-pg18-volume-db3"}.isdisjoint(commands)
+    step = run.one("remote:Command", "replication-pg18-volume-db2")
     assert json.loads(step.inputs["stdin"])["params"] == {
         "data_device": "/dev/disk/by-id/scsi-0QEMU_disk-db2"
     }

@@ -1,0 +1,209 @@
+"""A blue/green major upgrade in hosts mode as the program makes it (config/upgrade.py,
+components/upgrade.py): `upgradeFrom`'s checks, both generations' steps under their versions'
+names, the run that moves Mastodon's writes, and the env naming the side that serves. The run
+against servers: tests/lab/test_upgrade_engine.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from program_harness import run_program
+
+from lab.example_stacks import host_entries, hosts_stack
+from mastodon_data.cli import host_ssh
+from mastodon_data.cli.bluegreen import Upgrade
+from mastodon_data.config import ConfigError, parse_settings
+from tests.fixtures import SECRETS
+
+OLD_HOSTS = host_entries(2, first_address=1)  # db1 (primary), db2: PostgreSQL 15
+NEW_HOSTS = [  # PostgreSQL 17, on servers of their own
+    {**entry, "name": f"new{n}"} for n, entry in enumerate(host_entries(2, first_address=21), 1)
+]
+UPGRADING = {
+    **hosts_stack(replicas=1), "hosts": NEW_HOSTS, "postgresVersion": 17, "pgbouncer": True,
+    "upgradeFrom": {"postgresVersion": 15, "hosts": OLD_HOSTS},
+}  # fmt: skip
+
+
+def problems(config: dict) -> list[str]:
+    with pytest.raises(ConfigError) as refused:
+        parse_settings(config, set(SECRETS))
+    return [line for line in str(refused.value).splitlines() if "upgradeFrom" in line]
+
+
+def test_upgrade_from_names_the_old_servers_and_version():
+    upgrade = parse_settings(UPGRADING, set(SECRETS)).upgrade
+    assert (upgrade.postgres_version, upgrade.serve) == (15, "new")
+    assert [(h.name, h.role, h.private_address) for h in upgrade.hosts] == [
+        ("db1", "primary", "10.0.0.1"), ("db2", "replica", "10.0.0.2"),
+    ]  # fmt: skip
+
+
+def test_upgrade_from_refuses_a_version_not_older_a_shared_server_and_an_unknown_serve():
+    bad = {"postgresVersion": 17, "hosts": [OLD_HOSTS[0], NEW_HOSTS[1]], "serve": "blue"}
+    assert problems({**UPGRADING, "upgradeFrom": bad}) == [
+        "mastodon-data:upgradeFrom.postgresVersion = 17: not older than postgresVersion 17: the "
+        "upgrade goes to a newer major version. Fix: pulumi config set --path "
+        "'mastodon-data:upgradeFrom.postgresVersion' <the old servers' version>, and pulumi "
+        "config set mastodon-data:postgresVersion <the new version>",
+        *[
+            f"mastodon-data:upgradeFrom.hosts[1].{key} = {value!r}: also a server of hosts: the "
+            "new version runs on servers of its own. Fix: list the new servers in hosts and the "
+            "old ones in upgradeFrom.hosts"
+            for key, value in (
+                ("name", "new2"),
+                ("publicAddress", "192.0.2.22:22"),
+                ("privateAddress", "10.0.0.22"),
+            )
+        ],  # fmt: skip
+        "mastodon-data:upgradeFrom.serve = 'blue': not new or old. Fix: pulumi config set "
+        "--path 'mastodon-data:upgradeFrom.serve' new",
+    ]
+
+
+def test_upgrade_from_needs_the_pools_and_hosts_mode():
+    assert problems({**UPGRADING, "pgbouncer": False}) == [
+        "mastodon-data:upgradeFrom = <object>: the cut-over pauses PgBouncer's pools, and "
+        "pgbouncer is off. Fix: pulumi config set mastodon-data:pgbouncer true"
+    ]
+    droplets = {k: v for k, v in UPGRADING.items() if k != "hosts"}
+    droplets |= {"postgresMode": "droplets", "sshKeyIds": ["1"], "region": "nyc3"}
+    assert problems(droplets) == [
+        "mastodon-data:upgradeFrom = <object>: droplets mode has no blue/green upgrade yet "
+        "(hosts mode has). Fix: pulumi config rm mastodon-data:upgradeFrom"
+    ]
+
+
+def remote_names(run) -> set[str]:
+    return {r.name for r in run.of_type("remote:Command")}
+
+
+def test_each_generation_runs_its_steps_under_its_versions_name():
+    run = run_program(UPGRADING)
+    names = remote_names(run)
+    assert {"replication-pg15-primary", "replication-pg15-replica-db2",
+            "replication-pg17-primary", "replication-pg17-replica-new2"} <= names  # fmt: skip
+    assert {n.split("-")[1] for n in names if n.startswith("replication-")} == {"pg15", "pg17"}
+    # The old generation holds the names of the stack's steps before generations; the new none.
+    assert [a.name for a in run.options["replication-pg15"].aliases] == ["replication"]
+    assert run.options["replication-pg17"].aliases is None
+    primary = json.loads(run.one("remote:Command", "replication-pg17-primary").inputs["stdin"])
+    assert primary["params"]["postgres_version"] == 17
+
+
+def test_the_run_follows_both_generations_and_names_the_side_to_serve():
+    run = run_program(UPGRADING)
+    command = run.one("command:local:Command", "postgres-upgrade-run")
+    assert command.inputs["create"].endswith("-m mastodon_data.cli.bluegreen serve")
+    assert command.inputs["delete"].endswith("-m mastodon_data.cli.bluegreen retire")
+    assert "stdin" in command.secret_inputs
+    given = json.loads(command.inputs["stdin"])
+    assert given["serve"] == "new" and given["ssh_private_key"] == SECRETS["sshPrivateKey"]
+    old, new = given["generations"]["old"], given["generations"]["new"]
+    assert (old["replication"]["postgres_version"], new["replication"]["postgres_version"]) == (
+        15, 17,
+    )  # fmt: skip
+    assert [h["name"] for h in old["hosts"]] == ["db1", "db2"]
+    assert [h["name"] for h in new["hosts"]] == ["new1", "new2"]
+    after = [d._name for d in run.options["postgres-upgrade-run"].depends_on]
+    assert after == ["replication-pg15", "replication-pg17"]
+
+
+@pytest.mark.parametrize(("serve", "host"), [("new", "10.0.0.21"), ("old", "10.0.0.1")])
+def test_mastodons_env_names_the_primary_of_the_side_that_serves(serve, host):
+    upgrade = {**UPGRADING["upgradeFrom"], "serve": serve}
+    run = run_program({**UPGRADING, "upgradeFrom": upgrade})
+    assert run.outputs["mastodon_env"]["DB_HOST"] == host
+
+
+def test_a_stack_without_an_upgrade_keeps_its_steps_under_the_old_name_too():
+    run = run_program({**hosts_stack(replicas=1), "postgresVersion": 15})
+    assert [a.name for a in run.options["replication-pg15"].aliases] == ["replication"]
+    assert "postgres-upgrade-run" not in {r.name for r in run.resources}
+    assert "upgrade" not in run.outputs
+
+
+class Driver:
+    """BlueGreen's calls recorded; each server's `state` as the test sets it."""
+
+    def __init__(self, states: dict[str, dict]):
+        self.states, self.calls = states, []
+        old, new = (type("G", (), {"hosts": (type("H", (), {"name": n})(),)})() for n in "ON")
+        self.generations, self.hosts = {"old": old, "new": new}, {"O": None, "N": None}
+
+    def upgrade(self, on, action, peer=None, **values):
+        self.calls.append((action, on))
+        if action == "state":
+            return self.states[on]
+        return {"restart_s": None, "db_user_scram": "4096:salt", "changed": [], "refreshed": [],
+                "detached": True}  # fmt: skip
+
+    def publish(self, on, peer):
+        self.calls.append(("publish", on))
+        return {"restart_s": None, "db_user_scram": "4096:salt"}
+
+    def sync_times(self, on, peer, limit):
+        self.calls.append(("sync", on))
+        return {"in_sync_s": 0.1}
+
+    def cut_over(self, old, new, pools):
+        self.calls.append(("cut_over", old, new))
+        return {"paused_s": 1.0}
+
+    def turn_around(self, old, new):
+        self.calls.append(("turn_around", old, new))
+
+    def send_writes(self, old, new, pools):
+        self.calls.append(("send_writes", old, new))
+
+
+def side(subscriptions=(), read_only=False) -> dict:
+    return {"subscriptions": list(subscriptions), "published": True, "read_only": read_only}
+
+
+def runs(states: dict, serve: str) -> tuple[dict, list]:
+    driver = Driver(states)
+    report = Upgrade(driver, 60).serve(serve)
+    return report, [c for c in driver.calls if c[0] != "state"]
+
+
+def test_the_run_prepares_and_cuts_over_once_and_then_does_nothing():
+    report, calls = runs({"O": side(), "N": side()}, "new")
+    assert calls == [("publish", "O"), ("publish", "N"), ("seed", "N"), ("sync", "N"),
+                     ("refresh_views", "N"), ("cut_over", "O", "N")]  # fmt: skip
+    assert report["serving"] == "new"
+    done = {"O": side(["mdata_from_n"]), "N": side()}  # the old primary follows the new one
+    assert runs(done, "new") == ({"serving": "new", "cut_over": None}, [])
+
+
+def test_serve_old_prepares_without_a_cut_over_and_rolls_back_after_one():
+    report, calls = runs({"O": side(), "N": side()}, "old")
+    assert report["serving"] == "old" and not any(c[0] == "cut_over" for c in calls)
+    report, calls = runs({"O": side(["mdata_from_n"]), "N": side()}, "old")
+    assert calls == [("sync", "O"), ("cut_over", "N", "O")] and report["serving"] == "old"
+
+
+def test_a_cut_over_cut_short_after_the_detach_is_finished_first():
+    stuck = {"O": side(read_only=True), "N": side()}
+    driver = Driver(stuck)
+
+    def turned(old, new):
+        driver.calls.append(("turn_around", old, new))
+        stuck["O"] = side(["mdata_from_n"])  # the old primary follows the new one now
+
+    driver.turn_around = turned
+    report = Upgrade(driver, 60).serve("new")
+    assert [c for c in driver.calls if c[0] != "state"] == [
+        ("turn_around", "O", "N"), ("send_writes", "O", "N"),
+    ]  # fmt: skip
+    assert report == {"serving": "new", "cut_over": None, "finished_cut_over_to": "N"}
+
+
+def test_retirement_is_refused_while_the_old_servers_take_the_writes():
+    driver = Driver({"O": side(), "N": side(["mdata_from_o"])})
+    with pytest.raises(host_ssh.StepFailed, match=r"the old servers \(O \.\.\.\) still take"):
+        Upgrade(driver, 60).retire()
+    driver = Driver({"O": side(["mdata_from_n"]), "N": side()})
+    assert Upgrade(driver, 60).retire()["retired"] == "O"
+    assert ("detach", "O") in driver.calls and ("retire", "N") in driver.calls
