@@ -151,15 +151,7 @@ def parse_host(
         )
         return None
     before = len(v.lines)
-    for key in entry:
-        if key not in HOST_ENTRY_KEYS:
-            v.bad(
-                f"{prefix}.{key}",
-                entry[key],
-                f"unknown key (known: {', '.join(HOST_ENTRY_KEYS)})",
-                f"{did_you_mean(key, HOST_ENTRY_KEYS)}pulumi config rm --path "
-                f"'{PROJECT}:{prefix}.{key}'",
-            )
+    check_entry_keys(v, prefix, entry, HOST_ENTRY_KEYS)
     texts = {field.key: read_entry_text(v, prefix, index, entry, field) for field in ENTRY_FIELDS}
     ssh_port = v.integer(
         f"{prefix}.sshPort",
@@ -185,6 +177,18 @@ def parse_host(
         known_key,
         data_device,
     )
+
+
+def check_entry_keys(v: Validation, prefix: str, entry: Mapping, known: tuple[str, ...]) -> None:
+    """Each key of the object `prefix` that is not among `known`, with the closest one."""
+    for key in entry:
+        if key not in known:
+            v.bad(
+                f"{prefix}.{key}",
+                entry[key],
+                f"unknown key (known: {', '.join(known)})",
+                f"{did_you_mean(key, known)}pulumi config rm --path '{PROJECT}:{prefix}.{key}'",
+            )
 
 
 def check_host_key(v: Validation, prefix: str, host_key: Any) -> None:

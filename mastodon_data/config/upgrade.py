@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mastodon_data.config.checks import Validation, did_you_mean, set_command, set_path_command
-from mastodon_data.config.hosts import check_duplicates, parse_host
+from mastodon_data.config.checks import Validation, set_command, set_path_command
+from mastodon_data.config.hosts import check_duplicates, check_entry_keys, parse_host
 from mastodon_data.config.project import PROJECT
 from mastodon_data.config.records import Host, PoolSettings, UpgradeSettings
 from mastodon_data.config.topology import POSTGRES_VERSIONS
@@ -44,15 +44,7 @@ def parse_upgrade(
         v.add(UPGRADE_KEY, "<object>", why, f"{fix}pulumi config rm {PROJECT}:{UPGRADE_KEY}")
         return None
     before = len(v.lines)
-    for key in value:
-        if key not in UPGRADE_ENTRY_KEYS:
-            v.bad(
-                f"{UPGRADE_KEY}.{key}",
-                value[key],
-                f"unknown key (known: {', '.join(UPGRADE_ENTRY_KEYS)})",
-                f"{did_you_mean(key, UPGRADE_ENTRY_KEYS)}pulumi config rm --path "
-                f"'{PROJECT}:{UPGRADE_KEY}.{key}'",
-            )
+    check_entry_keys(v, UPGRADE_KEY, value, UPGRADE_ENTRY_KEYS)
     old_version = check_old_version(v, value.get("postgresVersion"), version)
     old_hosts = parse_old_hosts(v, value.get("hosts"), hosts)
     serve = value.get("serve", "new")
