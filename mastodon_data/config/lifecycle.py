@@ -69,7 +69,8 @@ def check_upgrade(v: Validation, upgrade: int | None, mode: str | None, version:
         v.bad(
             "postgresUpgradeTo",
             upgrade,
-            "only a managed cluster is upgraded in place (the host scripts install one version)",
+            "only a managed cluster is upgraded in place; hosts mode moves to new servers "
+            "(upgradeFrom, docs/operators/major-upgrade.md)",
             f"pulumi config rm {PROJECT}:postgresUpgradeTo",
         )
     elif version is not None and upgrade != version:

@@ -198,8 +198,8 @@ def test_admin_keys_go_to_every_host_on_stdin_only_when_listed():
         ({"primaryNode": 11}, "mastodon-data:primaryNode = 11: not an integer from 0 to 10. "
          "Fix: pulumi config set mastodon-data:primaryNode 1"),
         ({"postgresUpgradeTo": 17}, "mastodon-data:postgresUpgradeTo = 17: only a managed "
-         "cluster is upgraded in place (the host scripts install one version). Fix: pulumi "
-         "config rm mastodon-data:postgresUpgradeTo"),
+         "cluster is upgraded in place; hosts mode moves to new servers (upgradeFrom, "
+         "docs/operators/major-upgrade.md). Fix: pulumi config rm mastodon-data:postgresUpgradeTo"),
         ({"protectData": "yes"}, "mastodon-data:protectData = 'yes': not true or false. Fix: "
          "pulumi config set mastodon-data:protectData True"),
         ({"authorizedKeys": ["ssh-ed25519"]}, "mastodon-data:authorizedKeys[0] = "
