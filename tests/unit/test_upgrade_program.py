@@ -207,3 +207,13 @@ def test_retirement_is_refused_while_the_old_servers_take_the_writes():
     driver = Driver({"O": side(["mdata_from_n"]), "N": side()})
     assert Upgrade(driver, 60).retire()["retired"] == "O"
     assert ("detach", "O") in driver.calls and ("retire", "N") in driver.calls
+
+
+@pytest.mark.parametrize(("serve", "servers"), [("new", ("new1", "new2")), ("old", ("db1", "db2"))])
+def test_the_read_endpoint_follows_the_side_that_serves(serve, servers):
+    upgrade = {**UPGRADING["upgradeFrom"], "serve": serve}
+    haproxy = run_program({**UPGRADING, "upgradeFrom": upgrade}).outputs["read_endpoint_haproxy"]
+    listed = [
+        line.split()[1] for line in haproxy.splitlines() if line.strip().startswith("server ")
+    ]
+    assert tuple(listed) == (*servers, f"{servers[0]}-primary")  # the primary: the backup
