@@ -198,6 +198,10 @@ class BackupParams(RepositoryParams):
     backup_diff_schedule: str
     backup_archive_timeout: str
     type: str = "full"  # of a backup now: full | diff | incr
+    # This server's pools, paused around a restart for archive_mode (none: no PgBouncer).
+    databases: tuple[str, ...] = ()
+    pgbouncer_port: int = 0
+    pause_wait: int = 10  # seconds PgBouncer's PAUSE may wait for the transactions in flight
 
 
 @dataclass(frozen=True, kw_only=True)

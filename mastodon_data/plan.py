@@ -435,16 +435,16 @@ def monitor_user(replication: ReplicationSettings) -> str:
     return targets.MONITOR_USER if replication.monitoring_sources else ""
 
 
-def backup_params(
-    replication: ReplicationSettings,
-    backups: BackupSettings,
-    role: str,
-    action: str = "configure",
-    kind: str = "full",
-) -> BackupParams:
-    """A backup step's parameters: the cluster, the repository, retention and schedules."""
-    settings = named(BackupParams, replication, backups)
-    return BackupParams(**settings, action=action, role=role, type=kind)
+def backup_params(replication: ReplicationSettings, backups: BackupSettings, role: str,
+                  action: str = "configure", kind: str = "full") -> BackupParams:  # fmt: skip
+    """A backup step's parameters: the cluster, the repository, retention and schedules, and
+    the server's pools (paused around a restart for archive_mode)."""
+    pool, db = replication.pool, replication.db_name
+    return BackupParams(
+        **named(BackupParams, replication, backups), action=action, role=role, type=kind,
+        databases=(db, read_pool_name(db)) if pool else (),
+        pgbouncer_port=pool.pgbouncer_port if pool else 0,
+    )  # fmt: skip
 
 
 def backup_now_step(

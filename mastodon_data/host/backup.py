@@ -27,6 +27,7 @@ from common import (
     systemd_running,
     write_if_changed,
 )
+from pooler import running as pooler_running
 from repository import (
     BACKUP_TIMEOUT,
     PGBACKREST,
@@ -38,6 +39,7 @@ from repository import (
     write_conf,
 )
 from repository import info as stanza_info
+from switchover import pause, resume
 
 UNIT_DIR = Path("/etc/systemd/system")
 SETTINGS_FILE = "mastodon-data-backup.conf"
@@ -67,7 +69,7 @@ def write_archive_settings(cluster: Cluster, params: dict) -> bool:
     return write_if_changed(cluster.confdir / "conf.d" / SETTINGS_FILE, content, owner="postgres")
 
 
-def apply_archive_settings(cluster: Cluster, changed: bool) -> str:
+def apply_archive_settings(cluster: Cluster, params: dict, changed: bool) -> str:
     """Reload; restart only when a setting waits for one (archive_mode on its first run)."""
     # A restore rehearsal's `--archive-mode=off` sits in postgresql.auto.conf and would win.
     if cluster.sql("SELECT count(*) FROM pg_file_settings WHERE name = 'archive_mode' "
@@ -80,10 +82,24 @@ def apply_archive_settings(cluster: Cluster, changed: bool) -> str:
     time.sleep(0.5)  # the postmaster applies a reload asynchronously
     if cluster.sql("SELECT count(*) FROM pg_settings WHERE pending_restart;") != "0":
         log("restarting PostgreSQL: archive_mode changes only with a restart")
-        cluster.ctl("restart")
-        cluster.wait_ready()
+        restart_paused(cluster, params)
         return "restarted"
     return "reloaded"
+
+
+def restart_paused(cluster: Cluster, params: dict) -> None:
+    """The restart inside a pause of this server's running PgBouncer (Mastodon's database and
+    its read pool), so their clients wait instead of failing: backups turned on for a running
+    server, or a blue/green upgrade's new primary at retirement."""
+    paused = bool(params["databases"]) and pooler_running()
+    if paused:
+        pause(params)
+    try:
+        cluster.ctl("restart")
+        cluster.wait_ready()
+    finally:
+        if paused:
+            resume(params)
 
 
 def unit_files(params: dict) -> dict[str, str]:
@@ -187,7 +203,7 @@ def configure(params: dict, cluster: Cluster) -> dict:
         changed.append("pgbackrest installed")
     if write_conf(params, cluster.version, cluster.port):
         changed.append("pgbackrest.conf written")
-    server = apply_archive_settings(cluster, write_archive_settings(cluster, params))
+    server = apply_archive_settings(cluster, params, write_archive_settings(cluster, params))
     if server != "unchanged":
         changed.append(f"WAL archiving on: server {server}")
     units_changed, timers = install_timers(params)

@@ -10,6 +10,7 @@ results/upgrade_engine.json."""
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from labkit import new_secrets, own_lab, wait_until, write_figures
 from lab import bluegreen, rootfs
 from lab import namespaces as lab_hosts
 from lab.bluegreen import StatusWriter
+from lab.s3 import LabS3
 from lab.stack import LabStack
 from lab.write_load import TABLE, WriteLoad, connect
 from tests.fixtures import COMMAND
@@ -33,6 +35,8 @@ LAB = lab_hosts.Lab(
     images={3: IMAGE, 4: IMAGE},
 )
 H1, H2, H3, H4 = (LAB.host(i) for i in (1, 2, 3, 4))
+S3_DIR, S3_PORTS = Path("/var/lib/mastodon-lab-bluegreen-engine-s3"), (19070, 19071)
+BUCKET = "mlbe-pg-backups"
 PAUSE_GOAL = 5.0  # seconds: the longest write pause the issue allows
 FIGURES: dict[str, object] = {}
 SCHEMA = (
@@ -51,9 +55,15 @@ def every_host() -> dict:
     return lab_hosts.stack_config(LAB, 1, 4, sources_for=4) | {"pgbouncer": True}
 
 
-def on_15() -> dict:
+def on_15(store: LabS3) -> dict:
+    """The stack before the upgrade: 15 on h1 and h2, backups into the lab's store."""
     every = every_host()
-    return every | {"hosts": every["hosts"][:2]}
+    backups = {
+        "backups": True, "backupBucket": BUCKET, "backupEndpoint": store.endpoint,
+        "backupAccessKeyId": "mlbe-lab-key", "backupCaCert": store.ca_cert.read_text(),
+        "backupArchiveTimeout": "10s",
+    }  # fmt: skip
+    return every | {"hosts": every["hosts"][:2]} | backups
 
 
 def upgrading(serve: str) -> dict:
@@ -125,18 +135,24 @@ def in_sync_both_ways() -> None:
 def lab(tmp_path_factory):
     if not rootfs.built(IMAGE):
         pytest.fail(f"the Debian 13 image {IMAGE} is not built: run `make rootfs`")
+    store = LabS3(LAB.operator_address, S3_DIR, *S3_PORTS)
     with own_lab(LAB, 4):
-        stack = LabStack("bgengine", tmp_path_factory.mktemp("bgengine") / "stack")
-        stack.prepare()
-        stack.configure(on_15(), new_secrets(LAB))
-        stack.up()
-        env = stack.outputs()["mastodon_env"]
-        with connect(env) as conn:
-            for statement in SCHEMA:
-                conn.execute(statement)
         try:
+            store.start()
+            store.make_bucket(BUCKET)
+            stack = LabStack("bgengine", tmp_path_factory.mktemp("bgengine") / "stack")
+            stack.prepare()
+            backup_secrets = {"backupCipherPassphrase": secrets.token_urlsafe(32),
+                              "backupSecretAccessKey": secrets.token_urlsafe(30)}  # fmt: skip
+            stack.configure(on_15(store), new_secrets(LAB) | backup_secrets)
+            stack.up()
+            env = stack.outputs()["mastodon_env"]
+            with connect(env) as conn:
+                for statement in SCHEMA:
+                    conn.execute(statement)
             yield {"stack": stack, "env": env}
         finally:
+            store.stop()
             write_figures("upgrade_engine", FIGURES)
 
 
@@ -175,6 +191,9 @@ def test_pulumi_up_upgrades_to_17_under_writes(lab):
     names = steps(stack)
     assert {"replication-pg15-primary", "replication-pg17-primary",
             "replication-pg17-replica-mlbe-h4", "postgres-upgrade-run"} <= names  # fmt: skip
+    # The backups stay with the old servers until they retire (h1 archives what h3 takes).
+    assert "replication-pg15-backup-mlbe-h1" in names
+    assert not {n for n in names if n.startswith("replication-pg17-backup")}
 
 
 def test_a_second_run_changes_nothing(lab):
@@ -203,7 +222,13 @@ def test_the_way_back_to_17_then_retirement_leaves_only_the_new_servers(lab):
     new_env = stack.outputs()["mastodon_env"]
     stack.remove("upgradeFrom")
     load, statuses = up_under_load(stack, new_env)
-    assert load.errors == [] and statuses.errors == []
+    FIGURES["retirement_longest_write_pause_s"] = load.longest_pause_s
+    assert load.errors == [] and statuses.errors == []  # h3's restart for archiving: paused
+    assert load.longest_pause_s <= PAUSE_GOAL
+    backup = stack.step_reports()["backup-mlbe-h3"]
+    assert (backup["stanza"], backup["restarted"]) == ("upgraded and checked", True)
+    checked = operator_command(stack, "backups", "check")
+    assert checked.returncode == 0, checked.stderr
     names = steps(stack)
     assert not {n for n in names if "pg15" in n or n.startswith("postgres-upgrade")}
     assert "replication-pg17-primary" in names

@@ -125,8 +125,13 @@ def test_plan_adds_a_backup_step_per_host_after_replication_and_before_the_repor
         "backup_archive_timeout": "60s",
     }
     # The backup scripts ship repository.py with them; secrets only in the payload.
-    for script in ("backup", "restore", "status"):  # each imports repository.py
+    for script in ("restore", "status"):  # each imports repository.py
         assert set(plan.script_files(script)) == {"common.py", "repository.py", f"{script}.py"}
+    # backup.py pauses the server's pools around a restart (switchover.py's PAUSE and RESUME)
+    assert set(plan.script_files("backup")) == {
+        "backup.py", "common.py", "pooler.py", "promote.py", "repository.py", "switchover.py",
+        "tls.py",
+    }  # fmt: skip
     payload = plan.payload(by_name["backup-db1"], params, {
         "backupAccessKeyId": "KEYID123", "backupSecretAccessKey": HOST_KEY_SECRET,
         "backupCipherPassphrase": PASSPHRASE})  # fmt: skip
