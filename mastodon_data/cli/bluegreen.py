@@ -103,20 +103,23 @@ class BlueGreen:
             list(pool.map(lambda h: self.switchover(h, action, **values), names))
 
     def publish(self, on: str, peer: str) -> dict:
-        """`on` publishes for `peer`. Its wal_level restart pauses its own pools (the step) and
-        the write pool of every other server of its generation (they send writes to it)."""
+        """`on` publishes for `peer`. Its wal_level restart runs alone inside a pause of its
+        own pools and of every other server's write pool of its generation (they send writes
+        to it); the checks before and the publication after run outside the pause."""
         generation, _ = self.hosts[on]
         replication = generation.replication
-        restarts = self.upgrade(on, "wal_level")["wal_level"] != "logical"
+        restarts = self.upgrade(on, "prepare_logical")["restart_needed"]
         if replication.pool is None or not restarts:
             return self.upgrade(on, "publish", peer=peer)
         db = replication.db_name
         others = [h.name for h in generation.hosts if h.name != on]
         self.on_pools(others, "pause", databases=(db,))
         try:
-            return self.upgrade(on, "publish", peer=peer, databases=[db, read_pool_name(db)])
+            pools = [db, read_pool_name(db)]
+            restart = self.upgrade(on, "restart_logical", databases=pools)["restart_s"]
         finally:
             self.on_pools(others, "resume", databases=(db,))
+        return {**self.upgrade(on, "publish", peer=peer), "restart_s": restart}
 
     def cut_over(
         self, old: str, new: str, pools: tuple[str, ...], catch_up_wait: int = CATCH_UP_WAIT

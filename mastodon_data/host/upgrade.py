@@ -28,7 +28,8 @@ again finishes what an interrupted run left.
                 confirms the peer's current LSN
     sequences   the subscriber: each sequence set to the peer's last_value (never back)
     detach      the subscriber: DROP SUBSCRIPTION (its slot on the peer goes with it)
-    wal_level   this server's (publish restarts it unless logical)
+    prepare_logical  publish's refusals, wal_level set and a checkpoint, before any pause
+    restart_logical  publish's restart alone (this server's pools paused around it)
     state       its subscriptions, publication and whether Mastodon's role may write
     retire      the server that stays: its publication and subscribers' slots dropped
 
@@ -113,6 +114,19 @@ def peer_sql(cluster: Cluster, params: dict, statement: str) -> str:
 
 
 # --- the publisher -------------------------------------------------------------------------
+def prepare_logical(cluster: Cluster, params: dict) -> dict:
+    """publish's refusals and its wal_level set for the restart, with a checkpoint (the
+    shutdown's own is then short): run first, outside any pause, so the pause that follows
+    (publish) spans the restart only."""
+    check_carried(cluster, params["db_name"])
+    check_headroom(cluster)
+    if cluster.sql("SHOW wal_level;") == "logical":
+        return {"restart_needed": False}
+    cluster.sql("ALTER SYSTEM SET wal_level = 'logical';")
+    cluster.sql("CHECKPOINT;")
+    return {"restart_needed": True}
+
+
 def ensure_logical(cluster: Cluster, params: dict) -> float | None:
     """wal_level=logical through ALTER SYSTEM (postgresql.auto.conf, read after the host
     scripts' conf.d file, so a later `pulumi up` keeps it). A restart: this server's pools
@@ -458,7 +472,8 @@ ACTIONS = {
     "sequences": sequences,
     "detach": detach,
     "refresh_views": refresh_views,
-    "wal_level": lambda cluster, params: {"wal_level": cluster.sql("SHOW wal_level;")},
+    "prepare_logical": prepare_logical,
+    "restart_logical": lambda cluster, params: {"restart_s": ensure_logical(cluster, params)},
     "state": state,
     "retire": retire,
 }

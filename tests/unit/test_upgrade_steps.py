@@ -121,7 +121,7 @@ def test_catch_up_reads_the_peers_notice():
 
 
 def test_an_unknown_action_names_the_known_ones():
-    known = r"\(one of \['catch_up', 'detach', 'publish', 'read_only', 'refresh_views', "
+    known = r"\(one of \['catch_up', 'detach', 'prepare_logical', 'publish', 'read_only', "
     with pytest.raises(common.HostError, match=r"unknown upgrade action 'flip' " + known):
         upgrade.step({"action": "flip", "postgres_version": 17, "port": 5432})
 
