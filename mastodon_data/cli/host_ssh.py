@@ -22,6 +22,9 @@ from mastodon_data.config import Host
 
 STEP_TIMEOUT = 1800  # seconds; a base backup of a large primary takes a while
 SERVE_START = 60  # seconds for a serving script to start (ssh, sudo, Python)
+# plan.script_files reads the scripts' imports with ast.parse, which CPython 3.11 does not make
+# thread-safe ("AST constructor recursion depth mismatch", seen once starting Servings at once).
+PARSING = threading.Lock()
 SHORT_TMP = "/tmp" if Path("/tmp").is_dir() else None  # else TMPDIR
 # The operator's long-running host script (`mastodon-data switchover`): the scripts on the first
 # line of stdin; the rest of stdin, line by line, is the script's (`--serve`). The command waits
@@ -172,7 +175,9 @@ class Serving:
         self.errors: list[str] = []
         threading.Thread(target=self._read_answers, daemon=True).start()
         threading.Thread(target=self._relay_log, daemon=True).start()
-        self._send({"files": plan.script_files(script), "run": f"{script}.py"})
+        with PARSING:  # Servings start in threads
+            files = plan.script_files(script)
+        self._send({"files": files, "run": f"{script}.py"})
         self._answer(SERVE_START)  # {"ready": true}
 
     def ask(self, params: dict, timeout: float = STEP_TIMEOUT) -> dict:
