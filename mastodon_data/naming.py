@@ -26,3 +26,8 @@ def generation_name(version: int) -> str:
     """The replication steps' component name: a blue/green upgrade's two generations of servers
     are told apart by the version they run."""
     return f"replication-pg{version}"
+
+
+def tier_name(version: int) -> str:
+    """The droplet tier's component name, by the version its droplets run (as generation_name)."""
+    return f"db-pg{version}"

@@ -18,7 +18,7 @@ import pulumi
 
 from mastodon_data import cert_renewal, components, monitoring, outputs, stack_config
 from mastodon_data.config import REDIS_URL_KEY, SLACK_URL_KEY, Settings
-from mastodon_data.naming import generation_name
+from mastodon_data.naming import generation_name, tier_name
 
 
 def run() -> None:
@@ -74,36 +74,67 @@ def replicated_postgres(settings: Settings, network, secrets: dict, reseed: froz
     backup repository, the replication steps on the servers (both generations' during a
     blue/green upgrade) and the admin keys. Returns (what Mastodon is served by, the repository
     or None, the secrets with the repository's key added)."""
-    droplets, lifecycle, upgrade = settings.droplets, settings.lifecycle, settings.upgrade
-    tier = components.DropletTier("db", droplets, network, lifecycle) if droplets else None
-    hosts = tier.hosts if tier else settings.hosts
-    if tier:
-        alert_policies("db-alerts", settings, [d.id for d in tier.droplets], secrets)
+    lifecycle, upgrade = settings.lifecycle, settings.upgrade
+    tiers = droplet_tiers(settings, network) if settings.droplets else {}
+    tier = tiers.get("new")
+    if tiers:
+        every_droplet = [d.id for t in tiers.values() for d in t.droplets]
+        alert_policies("db-alerts", settings, every_droplet, secrets)
     repository, secrets = components.BackupRepository.with_key("backups", settings.backups, secrets)
     generation = functools.partial(
-        replication_steps, secrets=secrets, reseed=reseed, hosts_outlive_stack=not tier,
-        read_address=read_address(settings.replication, tier),
-    )  # fmt: skip
+        replication_steps, secrets=secrets, reseed=reseed, hosts_outlive_stack=not tiers
+    )
+    hosts = tier.hosts if tier else settings.hosts
     # Backups stay with the old generation until it is retired (docs/operators/major-upgrade.md)
     postgres = generation(settings.replication, hosts, settings.backups if not upgrade else None,
-                          legacy_name=not upgrade)  # fmt: skip
-    served_hosts = hosts
+                          legacy_name=not upgrade,
+                          read_address=read_address(settings.replication, tier))  # fmt: skip
+    served_hosts, served_tier = hosts, tier
     if upgrade:
-        postgres, served_hosts = blue_green(settings, upgrade, generation, postgres, secrets)
-    if tier and tier.read_endpoint:
-        health = settings.replication.replica_health_port
+        postgres, served_hosts = blue_green(settings, upgrade, generation, postgres, secrets, tiers)
+        served_tier = tiers.get(upgrade.serve)
+    if served_tier and served_tier.read_endpoint:
+        endpoint, health = served_tier.read_endpoint, settings.replication.replica_health_port
         pulumi.export(
             "read_endpoint",
-            tier.read_endpoint.address.apply(
-                lambda a: outputs.read_endpoint_output(a, tier.read_endpoint.port, health)
+            endpoint.address.apply(
+                lambda a: outputs.read_endpoint_output(a, endpoint.port, health)
             ),
         )
-    elif not tier and settings.replication.replica_count:  # hosts: the operator's HAProxy
+    elif not tiers and settings.replication.replica_count:  # hosts: the operator's HAProxy
         pulumi.export("read_endpoint_haproxy", haproxy_config(settings.replication, served_hosts))
     if lifecycle.authorized_keys:  # admin keys, rotated without a new droplet
         every_host = (*hosts, *(upgrade.hosts if upgrade else ()))
+        if tiers:
+            every_host = tuple(h for t in tiers.values() for h in t.hosts)
         components.AuthorizedKeys("admin-keys", lifecycle.authorized_keys, every_host, secrets)
     return postgres, repository, secrets
+
+
+def droplet_tiers(settings: Settings, network) -> dict:
+    """Droplets mode: the tier of droplets named after its version ("new"), which also answers
+    to the name tiers had before generations; during a blue/green upgrade the old one too
+    ("old", keeping that alias; without protectData once `retire` is set), each firewall
+    letting the other tier's nodes in."""
+    droplets, lifecycle, upgrade = settings.droplets, settings.lifecycle, settings.upgrade
+    version = settings.replication.postgres_version
+    legacy = pulumi.ResourceOptions(aliases=[pulumi.Alias(name="db")])
+    if not upgrade:
+        tier = components.DropletTier(tier_name(version), droplets, network, lifecycle, legacy)
+        tier.guard()
+        return {"new": tier}
+    leaving = dataclasses.replace(
+        lifecycle, protect_data=lifecycle.protect_data and not upgrade.retire
+    )
+    old = components.DropletTier(
+        tier_name(upgrade.postgres_version), droplets, network, leaving, legacy, warn=False
+    )
+    new = components.DropletTier(
+        tier_name(version), droplets, network, lifecycle, suffix=f"-pg{version}"
+    )
+    old.guard((new,))
+    new.guard((old,))
+    return {"old": old, "new": new}
 
 
 def replication_steps(replication, hosts, backups, *, legacy_name: bool, **options):
@@ -117,19 +148,22 @@ def replication_steps(replication, hosts, backups, *, legacy_name: bool, **optio
     )  # fmt: skip
 
 
-def blue_green(settings: Settings, upgrade, generation, new, secrets: dict):
-    """Hosts mode, during a blue/green upgrade: the old generation's steps, the run that moves
-    Mastodon's writes to the side `serve` names, and that side, once the run is done."""
+def blue_green(settings: Settings, upgrade, generation, new, secrets: dict, tiers: dict):
+    """During a blue/green upgrade: the old generation's steps, the run that moves Mastodon's
+    writes to the side `serve` names, and that side's steps and servers, once the run is
+    done. `tiers`: both generations' droplets (droplets mode), else none (hosts mode)."""
+    old_hosts = tuple(tiers["old"].hosts) if tiers else upgrade.hosts
+    new_hosts = tuple(tiers["new"].hosts) if tiers else settings.hosts
     old_replication = dataclasses.replace(
         settings.replication,
         postgres_version=upgrade.postgres_version,
-        replica_count=len(upgrade.hosts) - 1,
+        replica_count=len(old_hosts) - 1,
     )
-    old = generation(old_replication, upgrade.hosts, settings.backups, legacy_name=True)
-    new_hosts = tuple(h for h in settings.hosts if h.role != "spare")
+    old = generation(old_replication, old_hosts, settings.backups, legacy_name=True,
+                     read_address=read_address(old_replication, tiers.get("old")))  # fmt: skip
     sides = {
-        "old": (old_replication, upgrade.hosts, old),
-        "new": (settings.replication, new_hosts, new),
+        "old": (old_replication, old_hosts, old),
+        "new": (settings.replication, tuple(h for h in new_hosts if h.role != "spare"), new),
     }
     run = components.BlueGreenUpgrade("postgres-upgrade", upgrade, sides, secrets)
     pulumi.export("upgrade", run.report)
@@ -158,7 +192,7 @@ def alert_policies(name: str, settings: Settings, entities: list, secrets: dict)
 
 def read_address(replication, tier):
     """Mastodon's REPLICA_DB_HOST when a read endpoint serves the replicas (replicaLoadBalancer):
-    the load balancer (droplets), HAProxy on each app server (hosts); else None."""
+    `tier`'s load balancer (droplets), HAProxy on each app server (hosts); else None."""
     if tier:
         return tier.read_endpoint.address if tier.read_endpoint else None
     return "127.0.0.1" if replication.replica_load_balancer else None

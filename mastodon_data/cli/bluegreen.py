@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run = json.load(sys.stdin)
     generations = {side: generation_from(run["generations"][side]) for side in ("old", "new")}
-    driver = BlueGreen(generations, run["ssh_private_key"])
+    driver = BlueGreen(generations, run["ssh_private_key"], host_ssh.FIRST_USE)
     try:
         upgrade = Upgrade(driver, float(run["sync_wait"]))
         report = upgrade.serve(run["serve"]) if action == ["serve"] else upgrade.retire()

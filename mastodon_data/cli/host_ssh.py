@@ -45,6 +45,11 @@ class StepFailed(RuntimeError):
     pass
 
 
+# known_hosts for a run of the program's (`pulumi up`): hosts without a pinned hostKey are
+# trusted on first use in a throw-away file, as the steps' own connections trust them.
+FIRST_USE = Path("first-use")
+
+
 @contextmanager
 def private_key(secret: str) -> Iterator[Path]:
     """The stack's ssh key in a 0600 file of a private directory, removed afterwards with the
@@ -82,8 +87,10 @@ def ssh_argv(
     host: Host, key_file: Path, known_hosts: Path | None, shared: bool = False
 ) -> list[str]:
     """ssh with the host key checked: the stack's `hostKey` when set, else `known_hosts`,
-    else trust on first use (recorded in ~/.ssh/known_hosts). `shared`: one connection per
-    host, kept beside the key file (a switchover's steps skip the handshake and the login)."""
+    else trust on first use (recorded in ~/.ssh/known_hosts; with `known_hosts` FIRST_USE, in a
+    throw-away file beside the key, as the steps' own connections without a hostKey).
+    `shared`: one connection per host, kept beside the key file (a switchover's steps skip the
+    handshake and the login)."""
     if host.host_key:
         pinned = key_file.with_name(f"known_hosts.{host.name}")
         address = (
@@ -93,11 +100,18 @@ def ssh_argv(
         )
         pinned.write_text(f"{address} {host.host_key}\n")
         known_hosts = pinned
-    checking = (
-        ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-        if known_hosts
-        else ["-o", "StrictHostKeyChecking=accept-new"]
-    )
+    if known_hosts == FIRST_USE:
+        throwaway = key_file.with_name("known_hosts")
+        checking = [
+            "-o",
+            f"UserKnownHostsFile={throwaway}",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+        ]
+    elif known_hosts:
+        checking = ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    else:
+        checking = ["-o", "StrictHostKeyChecking=accept-new"]
     sharing = ["-o", "ControlMaster=auto", "-o", "ControlPersist=60"]
     sharing += ["-o", f"ControlPath={key_file.parent}/cm-%C"]
     return [

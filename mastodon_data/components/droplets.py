@@ -2,14 +2,17 @@
 primary (primaryNode), all with one tag, each with a data volume for PostgreSQL, and a cloud
 firewall (22 from the admin CIDRs only, 5432 and the pools' port from the allowed private
 sources only, the replica health endpoint from the VPC only); with replicas, the read endpoint
-over them (components/read_endpoint.py)."""
+over them (components/read_endpoint.py). During a blue/green upgrade each generation is a tier
+of its own, the new one's names carrying its version; their firewalls let each other's nodes
+in to PostgreSQL (the logical replication and the repointed pools between them).
+"""
 
 from __future__ import annotations
 
 import pulumi
 import pulumi_digitalocean as do
 
-from mastodon_data.components.lifecycle import data_droplet, keep_data
+from mastodon_data.components.lifecycle import CREATE_ONLY_NAME, data_droplet, keep_data
 from mastodon_data.components.network import PrivateNetwork
 from mastodon_data.components.read_endpoint import ReadEndpoint
 from mastodon_data.config import DropletSettings, Host, LifecycleSettings
@@ -22,10 +25,15 @@ OUTBOUND = [("udp", "53"), ("tcp", "53"), ("tcp", "80"), ("tcp", "443"), ("udp",
 
 
 def firewall_inbound(
-    droplets: DropletSettings, nodes_tag: str | None, vpc_cidr: str, read_endpoint=None
+    droplets: DropletSettings,
+    nodes_tag: str | None,
+    vpc_cidr: str,
+    read_endpoint=None,
+    peer_tags: tuple = (),
 ) -> list[dict]:
     """Inbound rules as plain data (tested without Pulumi's engine); `read_endpoint`: the load
-    balancer's id (an Output), let in to the read port whatever the allowed sources."""
+    balancer's id (an Output), let in to the read port whatever the allowed sources;
+    `peer_tags`: the other generation's tag during a blue/green upgrade."""
     rules = [
         {"protocol": "tcp", "port_range": "22", "source_addresses": list(droplets.admin_cidrs)},
         {
@@ -49,10 +57,10 @@ def firewall_inbound(
              "source_addresses": list(droplets.monitoring_sources)}
             for port in ports
         ]  # fmt: skip
-    if nodes_tag:  # replication connections between the nodes, whatever the allowed sources
-        rules.append(
-            {"protocol": "tcp", "port_range": str(droplets.port), "source_tags": [nodes_tag]}
-        )
+    tags = [*([nodes_tag] if nodes_tag else []), *peer_tags]
+    if tags:  # replication connections between the nodes, whatever the allowed sources
+        rules.append({"protocol": "tcp", "port_range": str(droplets.port), "source_tags": tags})
+    if nodes_tag:
         # The replica health endpoint: the read endpoint's checks, from the VPC only.
         health = str(droplets.replica_health_port)
         rules.append({"protocol": "tcp", "port_range": health, "source_addresses": [vpc_cidr]})
@@ -115,10 +123,11 @@ def former_name(index: int) -> str:
 
 
 class DropletTier(pulumi.ComponentResource):
-    """Database droplets named by position (db-0 .. db-<replicaCount>) and their firewall in
-    `network`'s VPC; which one is the primary is configuration (primaryNode), so a failover
-    renames nothing. `hosts`: the servers the replication steps run on (addresses are Outputs
-    until the droplets exist)."""
+    """Database droplets named by position (db-0 .. db-<replicaCount>) in `network`'s VPC;
+    which one is the primary is configuration (primaryNode), so a failover renames nothing.
+    `hosts`: the servers the replication steps run on (addresses are Outputs until the droplets
+    exist). `suffix`: what the names of a blue/green upgrade's new tier carry (its version);
+    names are given at create only. The firewall comes with guard(), once every tier exists."""
 
     def __init__(
         self,
@@ -127,20 +136,24 @@ class DropletTier(pulumi.ComponentResource):
         network: PrivateNetwork,
         lifecycle: LifecycleSettings,
         opts: pulumi.ResourceOptions | None = None,
+        *,
+        suffix: str = "",
+        warn: bool = True,
     ):
         super().__init__("mastodon-data:index:DropletTier", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        stack = pulumi.get_stack()
+        self.name, self.settings, self.network = name, droplets, network
+        self.suffix, stack = suffix, pulumi.get_stack()
+        named = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), CREATE_ONLY_NAME)
         # One tag for every database droplet: each may stream from whichever is the primary.
-        tag = do.Tag(f"{name}-nodes", name=f"mastodon-data-{stack}-db", opts=child)
+        self.tag = do.Tag(f"{name}-nodes", name=f"mastodon-data-{stack}-db{suffix}", opts=named)
         self.droplets: list[do.Droplet] = []
         self.volumes: list[do.Volume] = []
         self.hosts: list[Host] = []
         for index in range(1 + droplets.replica_count):
             role = "primary" if index == lifecycle.primary_node else "replica"
-            droplet_name = f"mastodon-db-{stack}-{index}"
+            droplet_name = f"mastodon-db-{stack}{suffix}-{index}"
             droplet = self._droplet(
-                name, index, droplet_name, role, tag, droplets, network, lifecycle
+                name, index, droplet_name, role, self.tag, droplets, network, lifecycle
             )
             self.droplets.append(droplet)
             volume, device = self._data_volume(
@@ -163,32 +176,35 @@ class DropletTier(pulumi.ComponentResource):
                 f"{name}-read",
                 network.region,
                 network.vpc.id,
-                tag.name,
+                self.tag.name,
                 read_port(droplets),
                 droplets.replica_health_port,
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self),
+                lb_name=f"mastodon-db-{stack}{suffix}-read",
             )
-        self.firewall = self._firewall(name, droplets, network, tag)
-        # At preview too: the droplets' keys and image are then the state's (ignored changes).
-        made = [pulumi.Output.all(d.name, d.ssh_keys, d.image) for d in self.droplets]
-        pulumi.Output.all(*made).apply(lambda made: self._warn(droplets, made))
+        if warn:  # at preview too: keys and image are then the state's (ignored changes)
+            made = [pulumi.Output.all(d.name, d.ssh_keys, d.image) for d in self.droplets]
+            pulumi.Output.all(*made).apply(lambda made: self._warn(droplets, made))
         self.register_outputs({})
 
-    def _firewall(
-        self, name: str, droplets: DropletSettings, network: PrivateNetwork, tag: do.Tag
-    ) -> do.Firewall:
-        """One firewall for every database droplet of the stack."""
-        nodes_tag = tag.name if droplets.replica_count else None
+    def guard(self, peers: tuple[DropletTier, ...] = ()) -> None:
+        """One firewall for every database droplet of the tier; `peers`' nodes let in to
+        PostgreSQL (the other generation of a blue/green upgrade)."""
+        droplets, network = self.settings, self.network
+        nodes_tag = self.tag.name if droplets.replica_count else None
         balancer = self.read_endpoint.load_balancer.id if self.read_endpoint else None
-        inbound = firewall_inbound(droplets, nodes_tag, network.cidr, balancer)
+        peer_tags = tuple(peer.tag.name for peer in peers)
+        inbound = firewall_inbound(droplets, nodes_tag, network.cidr, balancer, peer_tags)
         outbound = firewall_outbound(droplets.port, network.cidr)
-        return do.Firewall(
-            f"{name}-firewall",
-            name=f"mastodon-db-{pulumi.get_stack()}",
+        self.firewall = do.Firewall(
+            f"{self.name}-firewall",
+            name=f"mastodon-db-{pulumi.get_stack()}{self.suffix}",
             droplet_ids=[d.id.apply(int) for d in self.droplets],
             inbound_rules=[do.FirewallInboundRuleArgs(**r) for r in inbound],
             outbound_rules=[do.FirewallOutboundRuleArgs(**r) for r in outbound],
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions.merge(
+                pulumi.ResourceOptions(parent=self), CREATE_ONLY_NAME
+            ),
         )
 
     def _warn(self, droplets: DropletSettings, made: list) -> None:
@@ -221,8 +237,11 @@ class DropletTier(pulumi.ComponentResource):
             tags=[tag.name],
             opts=data_droplet(
                 lifecycle.protect_data,
-                pulumi.ResourceOptions(
-                    parent=self, aliases=[pulumi.Alias(name=f"{name}-{former_name(index)}")]
+                pulumi.ResourceOptions.merge(
+                    pulumi.ResourceOptions(
+                        parent=self, aliases=[pulumi.Alias(name=f"{name}-{former_name(index)}")]
+                    ),
+                    CREATE_ONLY_NAME,
                 ),
             ),
         )
@@ -248,7 +267,10 @@ class DropletTier(pulumi.ComponentResource):
             region=region,
             size=droplets.data_volume_size,
             # No description: DigitalOcean replaces a volume whose description changes.
-            opts=keep_data(lifecycle.protect_data, pulumi.ResourceOptions(parent=self)),
+            opts=keep_data(
+                lifecycle.protect_data,
+                pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), CREATE_ONLY_NAME),
+            ),
         )
         self.volumes.append(volume)
         attachment = do.VolumeAttachment(
@@ -257,4 +279,6 @@ class DropletTier(pulumi.ComponentResource):
             volume_id=volume.id,
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
-        return volume, attachment.id.apply(lambda _: volume_device(volume_name))
+        # The name the volume was made with (a tier's names are given at create only).
+        made = pulumi.Output.all(attachment.id, volume.name)
+        return volume, made.apply(lambda a: volume_device(a[1]))

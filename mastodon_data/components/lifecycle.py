@@ -5,6 +5,9 @@
   with the resource and the reason, until the operator turns protectData off for that run.
 - `DROPLET_IGNORED`: droplet inputs the provider can only apply by making a new droplet, on a
   droplet whose disk holds a database; they matter at create only (keys: see authorizedKeys).
+- `CREATE_ONLY_NAME`: the names of a droplet tier's resources are given when they are made (a
+  volume's or a tag's new name would mean a new one); a blue/green upgrade's new tier is named
+  after its version, and keeps that name once the old tier is retired.
 - `POOL_OPTIONS`: a connection pool has no update, and Pulumi's default create-before-delete
   makes the new pool under the old one's name first, which DigitalOcean refuses.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import pulumi
 
 DROPLET_IGNORED = ["sshKeys", "image", "userData"]
+CREATE_ONLY_NAME = pulumi.ResourceOptions(ignore_changes=["name"])
 
 
 def keep_data(protect: bool, opts: pulumi.ResourceOptions | None = None) -> pulumi.ResourceOptions:

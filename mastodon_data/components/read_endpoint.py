@@ -50,12 +50,13 @@ class ReadEndpoint(pulumi.ComponentResource):
         read_port: int,
         health_port: int,
         opts: pulumi.ResourceOptions | None = None,
+        lb_name: str | None = None,
     ):
         super().__init__("mastodon-data:index:ReadEndpoint", name, None, opts)
         args = load_balancer_args(read_port, health_port)
         self.load_balancer = do.LoadBalancer(
             f"{name}-lb",
-            name=f"mastodon-db-{pulumi.get_stack()}-read",
+            name=lb_name or f"mastodon-db-{pulumi.get_stack()}-read",
             region=region,
             vpc_uuid=vpc_id,
             network="INTERNAL",
@@ -65,7 +66,8 @@ class ReadEndpoint(pulumi.ComponentResource):
                 do.LoadBalancerForwardingRuleArgs(**rule) for rule in args["forwarding_rules"]
             ],
             healthcheck=do.LoadBalancerHealthcheckArgs(**args["healthcheck"]),
-            opts=pulumi.ResourceOptions(parent=self),
+            # Given at create only, as the tier's other names (a blue/green upgrade's new tier).
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["name"]),
         )
         self.address = self.load_balancer.ip
         self.port = read_port

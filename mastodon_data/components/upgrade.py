@@ -1,4 +1,4 @@
-"""A blue/green major upgrade in hosts mode (config/upgrade.py): one command, run by `pulumi up`
+"""A blue/green major upgrade (config/upgrade.py): one command, run by `pulumi up`
 on the operator's machine after both generations' steps, that drives the servers over ssh
 (mastodon_data/cli/bluegreen.py) until Mastodon writes to the side `upgradeFrom.serve` names.
 Its input changes (serve, a certificate, a password) run it again; it reads where the servers
@@ -7,6 +7,7 @@ removed, retires the old side: the old primary's subscription to the new one and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -37,8 +38,9 @@ class BlueGreenUpgrade(pulumi.ComponentResource):
         super().__init__("mastodon-data:index:BlueGreenUpgrade", name, None, opts)
         passwords = (secrets["dbPassword"], secrets["replicationPassword"])
         run = pulumi.Output.all(
-            sides["old"][2].ca_cert, sides["new"][2].ca_cert, *passwords, secrets["sshPrivateKey"]
-        ).apply(lambda a: run_input(upgrade, sides, *a))
+            resolved_hosts(sides["old"][1]), resolved_hosts(sides["new"][1]),
+            sides["old"][2].ca_cert, sides["new"][2].ca_cert, *passwords, secrets["sshPrivateKey"],
+        ).apply(lambda a: run_input(upgrade, sides, *a))  # fmt: skip
         python = [sys.executable, "-m", "mastodon_data.cli.bluegreen"]
         self.command = local.Command(
             f"{name}-run",
@@ -57,12 +59,30 @@ class BlueGreenUpgrade(pulumi.ComponentResource):
         self.register_outputs({})
 
 
-def run_input(upgrade: UpgradeSettings, sides: dict, old_ca, new_ca, db_pw, repl_pw, key) -> str:
+def resolved_hosts(hosts: tuple[Host, ...]) -> pulumi.Output:
+    """`hosts` with their addresses known (a droplet's are Outputs until it exists)."""
+    addresses = [
+        pulumi.Output.all(h.public_address, h.private_address, h.data_device, h.data_volume_size)
+        for h in hosts
+    ]
+    return pulumi.Output.all(*addresses).apply(
+        lambda known: tuple(
+            dataclasses.replace(h, public_address=a[0], private_address=a[1], data_device=a[2],
+                                data_volume_size=a[3])
+            for h, a in zip(hosts, known, strict=True)
+        )
+    )  # fmt: skip
+
+
+def run_input(
+    upgrade: UpgradeSettings, sides: dict, old_hosts, new_hosts, old_ca, new_ca, db_pw, repl_pw,
+    key,
+) -> str:  # fmt: skip
     """The command's stdin: both generations, the side to serve, the ssh key."""
-    certificates = {"old": old_ca, "new": new_ca}
+    known = {"old": (old_hosts, old_ca), "new": (new_hosts, new_ca)}
     generations = {
-        side: generation_payload(Generation(replication, hosts, certificates[side], db_pw, repl_pw))
-        for side, (replication, hosts, _) in sides.items()
+        side: generation_payload(Generation(replication, *known[side], db_pw, repl_pw))
+        for side, (replication, _, _) in sides.items()
     }
     return json.dumps({
         "serve": upgrade.serve, "sync_wait": SYNC_WAIT, "ssh_private_key": key,

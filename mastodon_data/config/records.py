@@ -173,12 +173,14 @@ class BackupSettings:
 
 @dataclass(frozen=True)
 class UpgradeSettings:
-    """A blue/green major upgrade (hosts mode, config/upgrade.py): the old generation's version
-    and servers (the primary first), and which generation Mastodon writes to after the run."""
+    """A blue/green major upgrade (config/upgrade.py): the old generation's version and servers
+    (the primary first; droplets mode: none, the droplets made for it), which generation
+    Mastodon writes to after the run, and whether the old one is about to be retired."""
 
     postgres_version: int
     hosts: tuple[Host, ...]
     serve: str = "new"  # new | old
+    retire: bool = False  # lifts protectData from the old droplets
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""A blue/green major upgrade (hosts mode): `upgradeFrom` names the generation being left, its
-PostgreSQL version and its servers; postgresVersion and hosts name the one being moved to;
-`serve` says which of the two Mastodon writes to after the run (new: the cut-over; old: not
-yet, or a rollback). Removing `upgradeFrom` retires the old servers."""
+"""A blue/green major upgrade (hosts and droplets mode): `upgradeFrom` names the generation being
+left, its PostgreSQL version and (hosts mode) its servers; postgresVersion and hosts (or, in
+droplets mode, image and the droplets made for it) name the one being moved to; `serve` says
+which of the two Mastodon writes to after the run (new: the cut-over; old: not yet, or a
+rollback). `retire: true` lifts protectData from the old droplets; removing `upgradeFrom`
+retires the old servers."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from mastodon_data.config.records import Host, PoolSettings, UpgradeSettings
 from mastodon_data.config.topology import POSTGRES_VERSIONS
 
 UPGRADE_KEY = "upgradeFrom"
-UPGRADE_ENTRY_KEYS = ("postgresVersion", "hosts", "serve")
+UPGRADE_ENTRY_KEYS = ("postgresVersion", "hosts", "serve", "retire")
 SERVE = ("new", "old")
 OLD_HOSTS = f"{UPGRADE_KEY}.hosts"
 # Modes without a blue/green upgrade: why, and the fix before `pulumi config rm`.
@@ -24,7 +26,6 @@ NOT_UPGRADE_MODE = {
         "managed mode upgrades the cluster in place",
         f"{set_command('postgresUpgradeTo', '<postgresVersion>')}; ",
     ),
-    "droplets": ("droplets mode has no blue/green upgrade yet (hosts mode has)", ""),
 }
 
 
@@ -46,11 +47,19 @@ def parse_upgrade(
     before = len(v.lines)
     check_entry_keys(v, UPGRADE_KEY, value, UPGRADE_ENTRY_KEYS)
     old_version = check_old_version(v, value.get("postgresVersion"), version)
-    old_hosts = parse_old_hosts(v, value.get("hosts"), hosts)
+    old_hosts = parse_old_hosts(v, value.get("hosts"), hosts) if mode == "hosts" else ()
+    if mode == "droplets" and "hosts" in value:
+        v.add(
+            OLD_HOSTS,
+            "<list>",
+            "droplets mode made the old servers: they are the stack's droplets now",
+            f"pulumi config rm --path '{PROJECT}:{OLD_HOSTS}'",
+        )
     serve = value.get("serve", "new")
     if serve not in SERVE:
         fix = set_path_command(f"{UPGRADE_KEY}.serve", "new")
         v.bad(f"{UPGRADE_KEY}.serve", serve, "not new or old", fix)
+    retire = check_retire(v, value.get("retire", False), serve)
     if pool is None:
         v.add(
             UPGRADE_KEY,
@@ -58,9 +67,25 @@ def parse_upgrade(
             "the cut-over pauses PgBouncer's pools, and pgbouncer is off",
             set_command("pgbouncer", "true"),
         )
-    if mode != "hosts" or len(v.lines) > before:
+    if mode not in ("hosts", "droplets") or len(v.lines) > before:
         return None
-    return UpgradeSettings(old_version, old_hosts, serve)
+    return UpgradeSettings(old_version, old_hosts, serve, retire)
+
+
+def check_retire(v: Validation, retire: Any, serve: Any) -> bool:
+    """`retire: true`: the old servers are about to go (protectData lifted from the old
+    droplets), so only once Mastodon writes to the new ones."""
+    key = f"{UPGRADE_KEY}.retire"
+    if not isinstance(retire, bool):
+        v.bad(key, retire, "not true or false", set_path_command(key, "true"))
+    elif retire and serve == "old":
+        v.bad(
+            key,
+            retire,
+            "the old servers still take Mastodon's writes (serve old)",
+            f"{set_path_command(f'{UPGRADE_KEY}.serve', 'new')}, pulumi up, then retire",
+        )
+    return retire is True
 
 
 def check_old_version(v: Validation, old: Any, new: Any) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,8 @@ class Mocks(pulumi.runtime.Mocks):
             # Addresses follow the position in the name, db-<n> (registration order is not
             # deterministic).
             n = 1 + int(args.name.rsplit("-", 1)[1])
+            if re.search(r"-pg\d+-\d+$", state.get("name", "")):  # an upgrade's new tier
+                n += 20
             state |= {"ipv4Address": f"203.0.113.{n}", "ipv4AddressPrivate": f"10.118.0.{n + 1}"}
             state |= self.made_with
             return [str(1000 + n), state]
@@ -87,8 +90,8 @@ class Mocks(pulumi.runtime.Mocks):
 
 def digitalocean_outputs(typ: str, name: str, inputs: dict) -> dict | None:
     """Computed outputs of a DigitalOcean resource as the provider reports them (camelCase)."""
-    if typ == "loadBalancer:LoadBalancer":
-        return {"ip": "10.118.0.200", "status": "active"}
+    if typ == "loadBalancer:LoadBalancer":  # an upgrade's new tier's: .220
+        return {"ip": f"10.118.0.2{2 if '-pg' in inputs['name'] else 0}0", "status": "active"}
     if typ == "databaseCluster:DatabaseCluster":
         valkey = inputs.get("engine") == "valkey"
         slug = inputs["name"]

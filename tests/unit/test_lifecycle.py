@@ -38,7 +38,8 @@ def protected(run) -> list[str]:
 def test_every_resource_holding_data_is_protected_by_default():
     droplets = run_program({**DROPLETS, **SPACES, "replicaCount": 2})
     assert stateful(droplets) == [
-        "db-0", "db-0-data", "db-1", "db-1-data", "db-2", "db-2-data", "media-bucket"
+        "db-pg18-0", "db-pg18-0-data", "db-pg18-1", "db-pg18-1-data", "db-pg18-2",
+        "db-pg18-2-data", "media-bucket",
     ]  # fmt: skip
     assert protected(droplets) == stateful(droplets)
     managed = run_program(MANAGED_ALL, secrets={})
@@ -53,18 +54,23 @@ def test_every_resource_holding_data_is_protected_by_default():
 
 def test_protect_data_false_unprotects_them_for_the_run():
     droplets = run_program({**DROPLETS, **SPACES, "protectData": False})
-    assert stateful(droplets) == ["db-0", "db-0-data", "db-1", "db-1-data", "media-bucket"]
+    assert stateful(droplets) == [
+        "db-pg18-0", "db-pg18-0-data", "db-pg18-1", "db-pg18-1-data", "media-bucket"
+    ]  # fmt: skip
     assert protected(droplets) == []
     assert protected(run_program({**MANAGED_ALL, "protectData": "false"}, secrets={})) == []
 
 
 def test_droplets_ignore_the_inputs_that_would_replace_them_and_keep_their_former_urns():
     run = run_program({**DROPLETS, "replicaCount": 2, "protectData": False})
-    for index, former in enumerate(["db-primary", "db-replica-1", "db-replica-2"]):
-        options = run.options[f"db-{index}"]
-        assert sorted(options.ignore_changes) == ["image", "sshKeys", "userData"]
+    # The tier is named after its version and answers to its name before generations, "db";
+    # the engine carries that alias to its children (db-pg18-0 was db-0).
+    assert [a.name for a in run.options["db-pg18"].aliases] == ["db"]
+    for index, former in enumerate(["primary", "replica-1", "replica-2"]):
+        options = run.options[f"db-pg18-{index}"]
+        assert sorted(options.ignore_changes) == ["image", "name", "sshKeys", "userData"]
         (alias,) = options.aliases
-        assert alias.name == former  # same parent (the tier "db"), same type
+        assert alias.name == f"db-pg18-{former}"  # same parent (the tier), same type
 
 
 def warnings_of(caplog) -> list[str]:
@@ -151,7 +157,7 @@ def test_primary_node_makes_another_droplet_the_primary_and_renames_nothing():
     assert servers(after) == ("db-1", ["db-0", "db-2"])
     for run in (before, after):
         droplets = {d.name: d.inputs["name"] for d in run.of_type("/droplet:Droplet")}
-        assert droplets == {f"db-{i}": f"mastodon-db-unit-{i}" for i in range(3)}
+        assert droplets == {f"db-pg18-{i}": f"mastodon-db-unit-{i}" for i in range(3)}
     commands = {c.name: c for c in after.of_type("command:remote:Command")}
     primary = json.loads(commands["replication-pg18-primary"].inputs["stdin"])["params"]
     assert primary["private_address"] == "10.118.0.3"  # db-1's
@@ -171,7 +177,7 @@ def test_primary_node_makes_another_droplet_the_primary_and_renames_nothing():
 def test_sizes_follow_the_role():
     run = run_program({**DROPLETS, "primaryNode": 1, "primarySize": "s-4vcpu-8gb"})
     sizes = {d.name: d.inputs["size"] for d in run.of_type("/droplet:Droplet")}
-    assert sizes == {"db-0": "s-2vcpu-4gb", "db-1": "s-4vcpu-8gb"}
+    assert sizes == {"db-pg18-0": "s-2vcpu-4gb", "db-pg18-1": "s-4vcpu-8gb"}
 
 
 def test_admin_keys_go_to_every_host_on_stdin_only_when_listed():

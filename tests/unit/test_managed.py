@@ -442,7 +442,7 @@ def test_droplets_mode_puts_valkey_in_the_droplets_vpc():
     run = run_program(config_for("droplets", True, False, "managed"))
     (vpc,) = run.of_type("/vpc:Vpc")
     assert vpc.name == "network-vpc"  # the stack's PrivateNetwork, as in managed mode
-    assert run.one("/droplet:Droplet", "db-0").inputs["vpcUuid"] == "network-vpc-id"
+    assert run.one("/droplet:Droplet", "db-pg18-0").inputs["vpcUuid"] == "network-vpc-id"
     cluster = run.one("/databaseCluster:DatabaseCluster", "redis-cluster")
     assert cluster.inputs["privateNetworkUuid"] == "network-vpc-id"
     assert run.outputs["vpc_id"] == "network-vpc-id"

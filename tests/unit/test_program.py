@@ -34,7 +34,7 @@ def test_droplets_mode_makes_vpc_droplets_and_one_firewall(droplets):
     (vpc,) = droplets.of_type("/vpc:Vpc")
     assert vpc.inputs["ipRange"] == "10.118.0.0/20" and vpc.inputs["region"] == "nyc3"
     by_name = {d.name: d for d in droplets.of_type("/droplet:Droplet")}
-    primary, replica = by_name["db-0"], by_name["db-1"]
+    primary, replica = by_name["db-pg18-0"], by_name["db-pg18-1"]
     for droplet in (primary, replica):
         assert droplet.inputs["monitoring"] is True
         assert droplet.inputs["vpcUuid"] == "network-vpc-id"  # the PrivateNetwork's

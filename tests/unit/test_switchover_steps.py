@@ -126,3 +126,31 @@ def test_a_serving_script_answers_step_after_step_through_the_launcher(monkeypat
     finally:
         serving.close()
     assert serving.process.returncode == 0
+
+
+def checking_of(argv: list[str]) -> list[str]:
+    return [o for o in argv if o.startswith(("UserKnownHostsFile", "StrictHostKeyChecking"))]
+
+
+def test_ssh_checks_the_pinned_key_else_the_file_given_else_first_use(tmp_path):
+    key = tmp_path / "key"
+    pinned = Host("p", "primary", "192.0.2.1", "10.0.0.1", host_key="ssh-ed25519 AAAA")
+    unpinned = Host("u", "replica", "192.0.2.2", "10.0.0.2")
+    assert checking_of(host_ssh.ssh_argv(pinned, key, host_ssh.FIRST_USE)) == [
+        f"UserKnownHostsFile={tmp_path}/known_hosts.p",
+        "StrictHostKeyChecking=yes",
+    ]
+    # A run of `pulumi up`: trusted on first use in a throw-away file beside the key, as the
+    # steps' own connections without a hostKey (never the operator's ~/.ssh/known_hosts).
+    assert checking_of(host_ssh.ssh_argv(unpinned, key, host_ssh.FIRST_USE)) == [
+        f"UserKnownHostsFile={tmp_path}/known_hosts",
+        "StrictHostKeyChecking=accept-new",
+    ]
+    given = tmp_path / "given"
+    assert checking_of(host_ssh.ssh_argv(unpinned, key, given)) == [
+        f"UserKnownHostsFile={given}",
+        "StrictHostKeyChecking=yes",
+    ]
+    assert checking_of(host_ssh.ssh_argv(unpinned, key, None)) == [
+        "StrictHostKeyChecking=accept-new"
+    ]

@@ -1,7 +1,8 @@
-"""A blue/green major upgrade in hosts mode as the program makes it (config/upgrade.py,
+"""A blue/green major upgrade (hosts and droplets mode) as the program makes it (config/upgrade.py,
 components/upgrade.py): `upgradeFrom`'s checks, both generations' steps under their versions'
 names, the run that moves Mastodon's writes, and the env naming the side that serves. The run
-against servers: tests/lab/test_upgrade_engine.py."""
+against servers: tests/lab/test_upgrade_engine.py (hosts), tests/lab/test_upgrade_standin.py
+(droplets)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import pytest
 from program_harness import run_program
 
-from lab.example_stacks import host_entries, hosts_stack
+from lab.example_stacks import DROPLETS, host_entries, hosts_stack
 from mastodon_data.cli import host_ssh
 from mastodon_data.cli.bluegreen import Upgrade
 from mastodon_data.config import ConfigError, parse_settings
@@ -62,17 +63,99 @@ def test_upgrade_from_refuses_a_version_not_older_a_shared_server_and_an_unknown
     ]
 
 
-def test_upgrade_from_needs_the_pools_and_hosts_mode():
+def test_upgrade_from_needs_the_pools():
     assert problems({**UPGRADING, "pgbouncer": False}) == [
         "mastodon-data:upgradeFrom = <object>: the cut-over pauses PgBouncer's pools, and "
         "pgbouncer is off. Fix: pulumi config set mastodon-data:pgbouncer true"
     ]
-    droplets = {k: v for k, v in UPGRADING.items() if k != "hosts"}
-    droplets |= {"postgresMode": "droplets", "sshKeyIds": ["1"], "region": "nyc3"}
-    assert problems(droplets) == [
-        "mastodon-data:upgradeFrom = <object>: droplets mode has no blue/green upgrade yet "
-        "(hosts mode has). Fix: pulumi config rm mastodon-data:upgradeFrom"
+
+
+DROPLETS_UPGRADING = {
+    **DROPLETS, "replicaCount": 1, "pgbouncer": True, "postgresVersion": 17,
+    "image": "debian-13-x64", "upgradeFrom": {"postgresVersion": 15},
+}  # fmt: skip
+
+
+def test_droplets_mode_upgrades_the_stacks_droplets_and_refuses_old_hosts_and_early_retiring():
+    upgrade = parse_settings(DROPLETS_UPGRADING, set(SECRETS)).upgrade
+    assert (upgrade.postgres_version, upgrade.hosts, upgrade.serve, upgrade.retire) == (
+        15, (), "new", False,
+    )  # fmt: skip
+    bad = {"postgresVersion": 15, "hosts": OLD_HOSTS, "serve": "old", "retire": True}
+    assert problems({**DROPLETS_UPGRADING, "upgradeFrom": bad}) == [
+        "mastodon-data:upgradeFrom.hosts = <list>: droplets mode made the old servers: they are "
+        "the stack's droplets now. Fix: pulumi config rm --path 'mastodon-data:upgradeFrom.hosts'",
+        "mastodon-data:upgradeFrom.retire = True: the old servers still take Mastodon's writes "
+        "(serve old). Fix: pulumi config set --path 'mastodon-data:upgradeFrom.serve' new, "
+        "pulumi up, then retire",
     ]
+    assert problems({**UPGRADING, "upgradeFrom": {**UPGRADING["upgradeFrom"], "retire": 1}}) == [
+        "mastodon-data:upgradeFrom.retire = 1: not true or false. Fix: pulumi config set --path "
+        "'mastodon-data:upgradeFrom.retire' true"
+    ]
+
+
+def by_name(run, suffix: str) -> dict:
+    return {r.name: r for r in run.of_type(suffix)}
+
+
+def test_droplets_mode_makes_a_tier_per_version_the_new_ones_names_carrying_it():
+    run = run_program(DROPLETS_UPGRADING)
+    droplets = by_name(run, "/droplet:Droplet")
+    assert {n: d.inputs["name"] for n, d in droplets.items()} == {
+        "db-pg15-0": "mastodon-db-unit-0", "db-pg15-1": "mastodon-db-unit-1",
+        "db-pg17-0": "mastodon-db-unit-pg17-0", "db-pg17-1": "mastodon-db-unit-pg17-1",
+    }  # fmt: skip
+    assert {d.inputs["tags"][0] for d in droplets.values()} == {
+        "mastodon-data-unit-db", "mastodon-data-unit-db-pg17"
+    }  # fmt: skip
+    volumes = {v.inputs["name"] for v in run.of_type("/volume:Volume")}
+    assert volumes == {"mastodon-db-unit-0-data", "mastodon-db-unit-1-data",
+                       "mastodon-db-unit-pg17-0-data", "mastodon-db-unit-pg17-1-data"}  # fmt: skip
+    # The old tier keeps the name tiers had before generations; both keep their data.
+    assert [a.name for a in run.options["db-pg15"].aliases] == ["db"]
+    assert run.options["db-pg17"].aliases is None
+    assert all(run.options[n].protect is True for n in droplets)
+    # Names are given at create only: the new tier keeps its names once the old one retires.
+    for name in ("db-pg17-0", "db-pg17-0-data", "db-pg17-nodes", "db-pg17-firewall"):
+        assert "name" in run.options[name].ignore_changes
+
+
+def test_each_tiers_firewall_lets_the_other_tiers_nodes_in_to_postgres():
+    run = run_program(DROPLETS_UPGRADING)
+    firewalls = by_name(run, "/firewall:Firewall")
+    for tier, peer in (("pg15", "mastodon-data-unit-db-pg17"), ("pg17", "mastodon-data-unit-db")):
+        rules = firewalls[f"db-{tier}-firewall"].inputs["inboundRules"]
+        (tagged,) = [r for r in rules if r.get("sourceTags")]
+        assert tagged["portRange"] == "5432" and peer in tagged["sourceTags"]
+    assert firewalls["db-pg17-firewall"].inputs["name"] == "mastodon-db-unit-pg17"
+    assert sorted(firewalls["db-pg17-firewall"].inputs["dropletIds"]) == [1021, 1022]
+
+
+@pytest.mark.parametrize(("serve", "host", "reads"), [
+    ("new", "10.118.0.22", "10.118.0.220"), ("old", "10.118.0.2", "10.118.0.200"),
+])  # fmt: skip
+def test_droplets_env_and_read_endpoint_follow_the_side_that_serves(serve, host, reads):
+    config = {**DROPLETS_UPGRADING, "replicaLoadBalancer": True,
+              "upgradeFrom": {"postgresVersion": 15, "serve": serve}}  # fmt: skip
+    run = run_program(config)
+    env = run.outputs["mastodon_env"]
+    assert (env["DB_HOST"], env["REPLICA_DB_HOST"]) == (host, reads)
+    assert run.outputs["read_endpoint"]["private_host"] == reads
+    given = json.loads(run.one("command:local:Command", "postgres-upgrade-run").inputs["stdin"])
+    hosts = {side: [(h["name"], h["public_address"]) for h in g["hosts"]]
+             for side, g in given["generations"].items()}  # fmt: skip
+    assert hosts == {"old": [("db-0", "203.0.113.1"), ("db-1", "203.0.113.2")],
+                     "new": [("db-0", "203.0.113.21"), ("db-1", "203.0.113.22")]}  # fmt: skip
+
+
+def test_retire_lifts_protect_data_from_the_old_droplets_only():
+    config = {**DROPLETS_UPGRADING, "upgradeFrom": {"postgresVersion": 15, "retire": True}}
+    run = run_program(config)
+    stateful = [*by_name(run, "/droplet:Droplet"), *by_name(run, "/volume:Volume")]
+    assert sorted(n for n in stateful if run.options[n].protect) == [
+        "db-pg17-0", "db-pg17-0-data", "db-pg17-1", "db-pg17-1-data"
+    ]  # fmt: skip
 
 
 def remote_names(run) -> set[str]:

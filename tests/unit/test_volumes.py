@@ -43,9 +43,9 @@ def test_every_database_droplet_gets_an_unformatted_volume_named_after_it(record
     run, _, _ = recorded
     droplets = {d.name: d for d in run.of_type("/droplet:Droplet")}
     volumes = {v.name: v for v in run.of_type("/volume:Volume")}
-    assert sorted(volumes) == ["db-0-data", "db-1-data", "db-2-data"]
+    assert sorted(volumes) == ["db-pg18-0-data", "db-pg18-1-data", "db-pg18-2-data"]
     for label in ("0", "1", "2"):
-        droplet, volume = droplets[f"db-{label}"], volumes[f"db-{label}-data"]
+        droplet, volume = droplets[f"db-pg18-{label}"], volumes[f"db-pg18-{label}-data"]
         assert droplet.inputs["name"] == f"mastodon-db-unit-{label}"
         assert volume.inputs["name"] == f"mastodon-db-unit-{label}-data"
         assert volume.inputs["size"] == 50
@@ -58,11 +58,11 @@ def test_every_database_droplet_gets_an_unformatted_volume_named_after_it(record
 def test_attachments_join_each_volume_to_its_droplet_detaching_first(recorded):
     run, options, _ = recorded
     attachments = {a.name: a for a in run.of_type("/volumeAttachment:VolumeAttachment")}
-    assert attachments["db-0-data-attachment"].inputs == {
+    assert attachments["db-pg18-0-data-attachment"].inputs == {
         "dropletId": 1001,
-        "volumeId": "db-0-data-id",
+        "volumeId": "db-pg18-0-data-id",
     }
-    assert attachments["db-2-data-attachment"].inputs["dropletId"] == 1003
+    assert attachments["db-pg18-2-data-attachment"].inputs["dropletId"] == 1003
     # A volume has one droplet at a time: a replaced droplet's attachment goes first.
     assert all(options[name].delete_before_replace for name in attachments)
 
