@@ -74,7 +74,7 @@ def replicated_postgres(settings: Settings, network, secrets: dict, reseed: froz
     backup repository, the replication steps on the servers (both generations' during a
     blue/green upgrade) and the admin keys. Returns (what Mastodon is served by, the repository
     or None, the secrets with the repository's key added)."""
-    lifecycle, upgrade = settings.lifecycle, settings.upgrade
+    upgrade = settings.upgrade
     tiers = droplet_tiers(settings, network) if settings.droplets else {}
     tier = tiers.get("new")
     if tiers:
@@ -103,12 +103,24 @@ def replicated_postgres(settings: Settings, network, secrets: dict, reseed: froz
         )
     elif not tiers and settings.replication.replica_count:  # hosts: the operator's HAProxy
         pulumi.export("read_endpoint_haproxy", haproxy_config(settings.replication, served_hosts))
-    if lifecycle.authorized_keys:  # admin keys, rotated without a new droplet
-        every_host = (*hosts, *(upgrade.hosts if upgrade else ()))
-        if tiers:
-            every_host = tuple(h for t in tiers.values() for h in t.hosts)
-        components.AuthorizedKeys("admin-keys", lifecycle.authorized_keys, every_host, secrets)
+    for name, servers in admin_key_groups(settings, tiers):  # rotated without a new droplet
+        components.AuthorizedKeys(name, settings.lifecycle.authorized_keys, servers, secrets)
     return postgres, repository, secrets
+
+
+def admin_key_groups(settings: Settings, tiers: dict) -> list[tuple[str, tuple]]:
+    """authorizedKeys: every server's (hosts mode: of both generations); in droplets mode one
+    group per tier, as both name their droplets db-0, db-1 ..."""
+    upgrade = settings.upgrade
+    if not settings.lifecycle.authorized_keys:
+        return []
+    if not tiers:
+        return [("admin-keys", (*settings.hosts, *(upgrade.hosts if upgrade else ())))]
+    groups = [("admin-keys", tuple(tiers.get("old", tiers["new"]).hosts))]
+    if upgrade:
+        version = settings.replication.postgres_version
+        groups.append((f"admin-keys-pg{version}", tuple(tiers["new"].hosts)))
+    return groups
 
 
 def droplet_tiers(settings: Settings, network) -> dict:

@@ -127,7 +127,8 @@ class DropletTier(pulumi.ComponentResource):
     which one is the primary is configuration (primaryNode), so a failover renames nothing.
     `hosts`: the servers the replication steps run on (addresses are Outputs until the droplets
     exist). `suffix`: what the names of a blue/green upgrade's new tier carry (its version);
-    names are given at create only. The firewall comes with guard(), once every tier exists."""
+    the names of its volumes, tag, firewall and read endpoint are given at create only (a
+    droplet is renamed in place). The firewall comes with guard(), once every tier exists."""
 
     def __init__(
         self,
@@ -237,11 +238,8 @@ class DropletTier(pulumi.ComponentResource):
             tags=[tag.name],
             opts=data_droplet(
                 lifecycle.protect_data,
-                pulumi.ResourceOptions.merge(
-                    pulumi.ResourceOptions(
-                        parent=self, aliases=[pulumi.Alias(name=f"{name}-{former_name(index)}")]
-                    ),
-                    CREATE_ONLY_NAME,
+                pulumi.ResourceOptions(
+                    parent=self, aliases=[pulumi.Alias(name=f"{name}-{former_name(index)}")]
                 ),
             ),
         )

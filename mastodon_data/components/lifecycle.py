@@ -5,9 +5,9 @@
   with the resource and the reason, until the operator turns protectData off for that run.
 - `DROPLET_IGNORED`: droplet inputs the provider can only apply by making a new droplet, on a
   droplet whose disk holds a database; they matter at create only (keys: see authorizedKeys).
-- `CREATE_ONLY_NAME`: the names of a droplet tier's resources are given when they are made (a
-  volume's or a tag's new name would mean a new one); a blue/green upgrade's new tier is named
-  after its version, and keeps that name once the old tier is retired.
+- `CREATE_ONLY_NAME`: names given when a resource is made: a volume's or a tag's new name
+  would mean a new one. A blue/green upgrade's new tier is named after its version, and its
+  volumes keep that name once the old tier is retired.
 - `POOL_OPTIONS`: a connection pool has no update, and Pulumi's default create-before-delete
   makes the new pool under the old one's name first, which DigitalOcean refuses.
 """

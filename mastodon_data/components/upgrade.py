@@ -79,9 +79,18 @@ def run_input(
     key,
 ) -> str:  # fmt: skip
     """The command's stdin: both generations, the side to serve, the ssh key."""
-    known = {"old": (old_hosts, old_ca), "new": (new_hosts, new_ca)}
+    hosts = {"old": old_hosts, "new": new_hosts}
+    if {h.name for h in old_hosts} & {h.name for h in new_hosts}:  # droplets: db-0 on each side
+        hosts = {
+            side: tuple(dataclasses.replace(h, name=f"{h.name}-pg{replication.postgres_version}")
+                        for h in hosts[side])
+            for side, (replication, _, _) in sides.items()
+        }  # fmt: skip
+    certificates = {"old": old_ca, "new": new_ca}
     generations = {
-        side: generation_payload(Generation(replication, *known[side], db_pw, repl_pw))
+        side: generation_payload(
+            Generation(replication, hosts[side], certificates[side], db_pw, repl_pw)
+        )
         for side, (replication, _, _) in sides.items()
     }
     return json.dumps({

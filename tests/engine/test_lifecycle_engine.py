@@ -1,8 +1,9 @@
 """Lifecycle options through the real engine (CLI, language host, DigitalOcean provider, offline,
 the policy pack as a directory), on states a first `up` of this program would have left
 (lifecyclekit):
-- a droplets stack of the earlier layout (droplets named and tagged by role) previews with no
-  droplet created, replaced or deleted: names and tags change in place;
+- a droplets stack of the earlier layout (a tier named db, droplets named and tagged by role)
+  previews with no droplet created, replaced or deleted: the tier takes its version's name
+  (db-pg18, an alias), droplet names and tags change in place;
 - a protected droplet that a change would replace or remove stops the preview with the resource
   and the reason; protectData false lets the engine go on and the policy pack then refuses, until
   the pack's allowDataLoss is given for that run;
@@ -30,6 +31,7 @@ NOT_REPLACED = 'unable to replace resource "{}" as it is currently marked for pr
 NOT_DELETED = 'resource "{}" cannot be deleted because it is protected.'
 PROTECTED = "marked for protection"
 CA = "-----BEGIN CERTIFICATE-----\nMIIBstandinca\n-----END CERTIFICATE-----\n"
+TIER = "db-pg18"  # the droplet tier of DEV (postgresVersion 18); "db" before generations
 
 
 def stack_with_state(tmp_path, name: str, config: dict, secrets: dict, **state_options):
@@ -79,6 +81,12 @@ def former_layout(resource: dict) -> list[dict]:
     return [resource]
 
 
+def before_generations(urn: str) -> str:
+    """`urn` as it was when the tier was named db (its children's names starting db-)."""
+    head, _, name = urn.rpartition("::")
+    return f"{head}::db{name.removeprefix(TIER)}"
+
+
 def tag_of(resource: dict, role: str) -> None:
     """The resource's dependency on the one tag is on the tag of its role instead."""
     resource["dependencies"] = [
@@ -90,20 +98,24 @@ def test_a_stack_of_droplets_named_by_role_keeps_every_droplet(tmp_path):
     stack = engine_stack(tmp_path, "dev", DEV, SECRETS)
     steps = json.loads(stack.preview("--json"))["steps"]
     urns = {name_of(s["urn"]): s["urn"] for s in steps}
-    renamed = {urns["db-0"]: urns["db-0"].replace("::db-0", "::db-primary"),
-               urns["db-1"]: urns["db-1"].replace("::db-1", "::db-replica-1")}  # fmt: skip
+    renamed = {urn: before_generations(urn) for urn in urns.values() if f"::{TIER}" in urn}
+    renamed[urns[f"{TIER}-0"]] = renamed[urns[f"{TIER}-0"]].replace("::db-0", "::db-primary")
+    renamed[urns[f"{TIER}-1"]] = renamed[urns[f"{TIER}-1"]].replace("::db-1", "::db-replica-1")
     import_state(stack, state_from_preview(steps, renamed=renamed, edit=former_layout), tmp_path)
 
     code, document, said = preview(stack)
     assert code == 0, said[-3000:]
     ops = operations(document)
-    assert ops["db-0"] == ["update"] and ops["db-1"] == ["update"], ops  # renamed, retagged
+    droplets = (f"{TIER}-0", f"{TIER}-1")
+    assert [ops[d] for d in droplets] == [["update"], ["update"]], ops  # renamed, retagged
     for step in document["steps"]:
-        if name_of(step["urn"]) in ("db-0", "db-1"):
+        if name_of(step["urn"]) in droplets:
             assert sorted(step["detailedDiff"]) == ["name", "tags[0]"], step["detailedDiff"]
-    assert ops["db-nodes"] == ["create"]
+    assert ops[f"{TIER}-nodes"] == ["create"]
     assert ops["db-primary"] == ["delete"] and ops["db-replica"] == ["delete"]
-    assert ops["db-firewall"] == ["update"] and "network-vpc" not in ops  # the preview: same
+    assert ops[f"{TIER}-firewall"] == ["update"] and "network-vpc" not in ops  # preview: same
+    # Every other resource of the tier, its volumes too, is the same one under its new name.
+    assert [n for n, o in ops.items() if n.startswith(TIER) and "create" in o] == [f"{TIER}-nodes"]
     replaced = [n for n, o in ops.items() if any("replace" in op for op in o)]
     assert replaced == []
 
@@ -116,11 +128,11 @@ def test_a_change_that_would_replace_or_remove_a_protected_droplet_stops_the_pre
     stack.configure({**two, "region": "sfo3"}, SECRETS)  # forces new ones
     code, _, said = preview(stack)
     assert code != 0
-    assert NOT_REPLACED.format(urn(stack, "db-0")) in said
+    assert NOT_REPLACED.format(urn(stack, f"{TIER}-0")) in said
     stack.configure({**DEV, "replicaCount": 1}, SECRETS)  # db-2 would go
     code, _, said = preview(stack)
     assert code != 0
-    assert NOT_DELETED.format(urn(stack, "db-2")) in said
+    assert NOT_DELETED.format(urn(stack, f"{TIER}-2")) in said
 
 
 def urn(stack, droplet: str) -> str:
@@ -144,12 +156,12 @@ def test_unprotected_data_passes_only_a_run_whose_policy_config_allows_it(tmp_pa
     stack.configure({**moved, "protectData": False}, SECRETS)
     code, _, said = preview(stack, *pack(tmp_path, allow=False))
     assert code != 0
-    assert "data-kept" in said and "the database droplet db-0 is not protected" in said
+    assert "data-kept" in said and f"the database droplet {TIER}-0 is not protected" in said
     assert PROTECTED not in said  # protect comes off in this run: the pack is what stops it
     code, document, said = preview(stack, *pack(tmp_path, allow=True))
     assert code == 0, said[-3000:]
     ops = operations(document)
-    for droplet in ("db-0", "db-1"):
+    for droplet in (f"{TIER}-0", f"{TIER}-1"):
         assert sorted(ops[droplet]) == ["create-replacement", "delete-replaced", "replace"]
     stack.configure(DEV, SECRETS)
     code, _, said = preview(stack, *pack(tmp_path, allow=False))

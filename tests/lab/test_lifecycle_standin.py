@@ -115,7 +115,7 @@ def test_first_up_makes_three_protected_droplets_that_replicate(life, first):
     state = json.loads(s.stack.pulumi("stack", "export"))["deployment"]["resources"]
     protected = sorted(r["urn"].rpartition("::")[2] for r in state if r.get("protect"))
     # the droplets and their data volumes
-    assert protected == ["db-0", "db-0-data", "db-1", "db-1-data", "db-2", "db-2-data"]
+    assert protected == [f"db-pg15-{n}" for n in ("0", "0-data", "1", "1-data", "2", "2-data")]
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def changed(life, first):
 
 def test_keys_image_and_sizes_replace_nothing_and_resize_in_place(changed):
     ops = changed["preview"]
-    assert ops == {"db-0": ["update"], "db-1": ["update"], "db-2": ["update"]}, ops
+    assert ops == {f"db-pg15-{n}": ["update"] for n in range(3)}, ops
     assert "replace" not in changed["changes"] and "delete" not in changed["changes"]
     before, after = changed["before"]["droplets"], changed["after"]["droplets"]
     assert {n: i for n, (i, _) in after.items()} == {n: i for n, (i, _) in before.items()}

@@ -169,7 +169,7 @@ def test_a_replaced_replica_joins_the_endpoint_with_no_manual_step(stack):
     urn = next(
         r["urn"]
         for r in json.loads(s.stack.pulumi("stack", "export"))["deployment"]["resources"]
-        if r["type"] == "digitalocean:index/droplet:Droplet" and r["urn"].endswith("::db-1")
+        if r["type"] == "digitalocean:index/droplet:Droplet" and r["urn"].endswith("::db-pg15-1")
     )
     s.stack.up("--replace", urn)
     outputs = s.stack.outputs()

@@ -79,7 +79,7 @@ def story(flow: Flow, ctx: dict) -> None:
     urn = next(
         r["urn"]
         for r in json.loads(s.stack.pulumi("stack", "export"))["deployment"]["resources"]
-        if r["type"] == DATA_TYPES[1] and r["urn"].endswith("::db-0")
+        if r["type"] == DATA_TYPES[1] and r["urn"].endswith("::db-pg15-0")
     )
     replace_plan = preview_steps(s, "--replace", urn)
     s.stack.up("--replace", urn)
@@ -209,7 +209,7 @@ def test_a_replaced_droplet_gets_its_volume_back_with_every_row(flow):
     rc, steps, out = replaced["plan"]
     assert rc == 0, out
     replacing = {s["urn"].rpartition("::")[2] for s in steps if s["op"] == "replace"}
-    assert {"db-0", "db-0-data-attachment"} <= replacing
+    assert {"db-pg15-0", "db-pg15-0-data-attachment"} <= replacing
     # (a preview lists what changes: nothing of a volume)
     assert [s for s in steps if f"${DATA_TYPES[0]}::" in s["urn"]] == []
 
@@ -219,7 +219,7 @@ def test_a_bigger_volume_is_resized_in_place_and_the_filesystem_grown(flow):
     rc, steps, out = grown["plan"]
     assert rc == 0, out
     ops = {s["urn"].rpartition("::")[2]: s["op"] for s in steps if s["op"] != "same"}
-    assert ops["db-0-data"] == "update" and ops["db-1-data"] == "update"
+    assert ops["db-pg15-0-data"] == "update" and ops["db-pg15-1-data"] == "update"
     data = [s for s in steps if any(f"${t}::" in s["urn"] for t in DATA_TYPES)]
     assert {s["op"] for s in data} == {"update"}, data  # the volumes; no droplet
     assert [s for s in steps if "VolumeAttachment" in s["urn"]] == []

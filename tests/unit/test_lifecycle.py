@@ -68,7 +68,7 @@ def test_droplets_ignore_the_inputs_that_would_replace_them_and_keep_their_forme
     assert [a.name for a in run.options["db-pg18"].aliases] == ["db"]
     for index, former in enumerate(["primary", "replica-1", "replica-2"]):
         options = run.options[f"db-pg18-{index}"]
-        assert sorted(options.ignore_changes) == ["image", "name", "sshKeys", "userData"]
+        assert sorted(options.ignore_changes) == ["image", "sshKeys", "userData"]
         (alias,) = options.aliases
         assert alias.name == f"db-pg18-{former}"  # same parent (the tier), same type
 

@@ -116,9 +116,11 @@ def test_droplets_mode_makes_a_tier_per_version_the_new_ones_names_carrying_it()
     assert [a.name for a in run.options["db-pg15"].aliases] == ["db"]
     assert run.options["db-pg17"].aliases is None
     assert all(run.options[n].protect is True for n in droplets)
-    # Names are given at create only: the new tier keeps its names once the old one retires.
-    for name in ("db-pg17-0", "db-pg17-0-data", "db-pg17-nodes", "db-pg17-firewall"):
+    # A volume's and a tag's name are given at create only (a new name: a new volume), so the
+    # new tier keeps them once the old one retires; a droplet is renamed in place.
+    for name in ("db-pg17-0-data", "db-pg17-nodes", "db-pg17-firewall"):
         assert "name" in run.options[name].ignore_changes
+    assert "name" not in run.options["db-pg17-0"].ignore_changes
 
 
 def test_each_tiers_firewall_lets_the_other_tiers_nodes_in_to_postgres():
@@ -145,8 +147,11 @@ def test_droplets_env_and_read_endpoint_follow_the_side_that_serves(serve, host,
     given = json.loads(run.one("command:local:Command", "postgres-upgrade-run").inputs["stdin"])
     hosts = {side: [(h["name"], h["public_address"]) for h in g["hosts"]]
              for side, g in given["generations"].items()}  # fmt: skip
-    assert hosts == {"old": [("db-0", "203.0.113.1"), ("db-1", "203.0.113.2")],
-                     "new": [("db-0", "203.0.113.21"), ("db-1", "203.0.113.22")]}  # fmt: skip
+    # Both tiers name their droplets db-0, db-1: the run tells them apart by version.
+    assert hosts == {
+        "old": [("db-0-pg15", "203.0.113.1"), ("db-1-pg15", "203.0.113.2")],
+        "new": [("db-0-pg17", "203.0.113.21"), ("db-1-pg17", "203.0.113.22")],
+    }
 
 
 def test_retire_lifts_protect_data_from_the_old_droplets_only():
@@ -300,3 +305,11 @@ def test_the_read_endpoint_follows_the_side_that_serves(serve, servers):
         line.split()[1] for line in haproxy.splitlines() if line.strip().startswith("server ")
     ]
     assert tuple(listed) == (*servers, f"{servers[0]}-primary")  # the primary: the backup
+
+
+def test_admin_keys_go_to_each_tier_under_names_of_its_own():
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOkBD4GiLr1kxOzTjkXhN8cDkQ8WM8yV8QSTQJ3ZTvsW admin"
+    run = run_program({**DROPLETS_UPGRADING, "authorizedKeys": [key]})
+    names = sorted(c.name for c in run.of_type("remote:Command") if c.name.startswith("admin"))
+    assert names == ["admin-keys-db-0", "admin-keys-db-1", "admin-keys-pg17-db-0",
+                     "admin-keys-pg17-db-1"]  # fmt: skip
