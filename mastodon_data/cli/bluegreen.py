@@ -258,6 +258,8 @@ class Upgrade:
         self.driver.publish(self.new, self.old)  # for the way back
         scram = published["db_user_scram"]
         seeded = self.driver.upgrade(self.new, "seed", peer=self.old, db_user_scram=scram)
+        for replica in self.driver.generations["new"].hosts[1:]:  # their pools: the same
+            self.driver.upgrade(replica.name, "pool_verifier", db_user_scram=scram)
         synced = self.driver.sync_times(self.new, self.old, self.sync_wait)
         views = self.driver.upgrade(self.new, "refresh_views")
         return {"publish_restart_s": published["restart_s"], "seeded": seeded["changed"],

@@ -61,7 +61,7 @@ from common import (
     scram_verifier,
     write_if_changed,
 )
-from pooler import refresh_user
+from pooler import VERIFIER_WAIT, refresh_user
 from primary import ensure_database, ensure_role
 from switchover import lsn_value, pause, resume, serve
 from upgrade_checks import check_carried, check_headroom
@@ -252,6 +252,23 @@ def ensure_same_verifier(cluster: Cluster, params: dict) -> bool:
         return False
     cluster.sql(f"ALTER ROLE \"{role}\" PASSWORD '{verifier}';", quiet_errors=True)
     return True
+
+
+def pool_verifier(cluster: Cluster, params: dict) -> dict:
+    """A replica of the new primary: once it replays the verifier seed gave Mastodon's role,
+    its own pool's auth file gets it too (the pool logs in with the verifier it holds)."""
+    verifier, role = old_verifier(params), params["db_user"]
+    deadline = time.monotonic() + VERIFIER_WAIT
+    query = f"SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"
+    while (rows := cluster.sql_json(query)) and rows[0]["rolpassword"] != verifier:
+        if time.monotonic() > deadline:
+            raise HostError(
+                f"role {role} on this replica has not replayed the old primary's verifier "
+                f"after {VERIFIER_WAIT} s: check that it streams from the new primary"
+            )
+        time.sleep(0.5)
+    refreshed = refresh_user(role, verifier)
+    return {"changed": ["pool's auth file the old primary's verifier"] if refreshed else []}
 
 
 def check_not_cut_over(cluster: Cluster) -> None:
@@ -464,6 +481,7 @@ def retire(cluster: Cluster, params: dict) -> dict:
 ACTIONS = {
     "publish": publish,
     "seed": seed,
+    "pool_verifier": pool_verifier,
     "reverse": lambda cluster, params: seed(cluster, params, copy_data=False),
     "sync_state": sync_state,
     "read_only": lambda cluster, params: read_only(cluster, params, on=True),

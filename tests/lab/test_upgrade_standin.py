@@ -35,6 +35,7 @@ STACK = "blue"
 PAUSE_BOUND = 15.0  # seconds: 3 times the goal (see test_upgrade_engine.py)
 FIGURES: dict[str, object] = {}
 SCHEMA = (
+    f"CREATE TABLE {TABLE} (client int, n int, PRIMARY KEY (client, n))",
     "CREATE TABLE statuses (id bigserial PRIMARY KEY, body text NOT NULL)",
     "INSERT INTO statuses (body) SELECT 'seeded' FROM generate_series(1, 3000)",
 )

@@ -121,7 +121,7 @@ def test_catch_up_reads_the_peers_notice():
 
 
 def test_an_unknown_action_names_the_known_ones():
-    known = r"\(one of \['catch_up', 'detach', 'prepare_logical', 'publish', 'read_only', "
+    known = r"\(one of \['catch_up', 'detach', 'pool_verifier', 'prepare_logical', 'publish', "
     with pytest.raises(common.HostError, match=r"unknown upgrade action 'flip' " + known):
         upgrade.step({"action": "flip", "postgres_version": 17, "port": 5432})
 
@@ -175,6 +175,24 @@ def test_seed_gives_this_servers_pool_the_new_verifier_and_keeps_its_other_roles
     assert reloads == [1]
     assert pooler.refresh_user("mastodon", "SCRAM-SHA-256$4096:old$c:d") is False  # again
     assert reloads == [1]
+
+
+def test_a_new_replicas_pool_gets_the_verifier_once_it_replays_it(monkeypatch):
+    password = "db-password-0123456789"
+    old = common.scram_verifier(password)
+    params = {"db_user": "mastodon", "db_password": password,
+              "db_user_scram": upgrade.scram_public_part(Roles(old), "mastodon")}  # fmt: skip
+    written = []
+    monkeypatch.setattr(upgrade, "refresh_user", lambda *a: written.append(a) or True)
+    assert upgrade.pool_verifier(Roles(old), params) == {
+        "changed": ["pool's auth file the old primary's verifier"]
+    }
+    assert written == [("mastodon", old)]
+    monkeypatch.setattr(upgrade, "VERIFIER_WAIT", 0)
+    behind = Roles(common.scram_verifier(password))  # its own verifier: not replayed yet
+    with pytest.raises(common.HostError, match="has not replayed the old primary's verifier"):
+        upgrade.pool_verifier(behind, params)
+    assert written == [("mastodon", old)]
 
 
 def test_no_pool_on_the_server_no_auth_file_written(monkeypatch, tmp_path):
