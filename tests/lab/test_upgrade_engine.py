@@ -188,6 +188,9 @@ def test_pulumi_up_upgrades_to_17_under_writes(lab):
     assert (new_env["DB_HOST"], new_env["DB_PORT"]) == (H3.address, env["DB_PORT"])
     assert served_by(new_env) == (H3.address, 17)  # Mastodon's env: the 17 primary's pool
     assert served_by(env) == (H3.address, 17)  # the env it had: its pool repointed
+    # h4's own pool (the read endpoint's) logs Mastodon in with the verifier seed gave the role
+    wait_until(lambda: served_by({**new_env, "DB_HOST": H4.address}) == (H4.address, 17), 30,
+               "a login through h4's pool")  # fmt: skip
     assert_nothing_lost(load, statuses, H3, 17)
     in_sync_both_ways()
     wait_until(lambda: checksums(H4, 17) == checksums(H3, 17), 60, "h4 replaying h3")

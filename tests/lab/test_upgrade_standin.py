@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from labkit import write_figures
 from standinkit import Droplets, public, standin_account, wait_until
@@ -48,6 +49,18 @@ def served_by(env: dict) -> tuple:
         return conn.execute(
             "SELECT host(inet_server_addr()), current_setting('server_version_num')::int / 10000"
         ).fetchone()
+
+
+def reads_on(env: dict, address: str) -> bool:
+    """New connections through the read endpoint land on `address` (17); a wrong password is
+    an error at once, an endpoint not yet serving is only not yet."""
+    reads = {**env, "DB_HOST": env["REPLICA_DB_HOST"], "DB_PORT": env["REPLICA_DB_PORT"]}
+    try:
+        return served_by(reads) == (address, 17)
+    except psycopg.OperationalError as error:
+        if "password authentication failed" in str(error):
+            raise
+        return False
 
 
 def droplets_of(s: Droplets) -> dict[str, str]:
@@ -142,12 +155,7 @@ def test_pulumi_up_makes_a_17_tier_and_moves_the_writes_to_it(lab):
     assert new_env["REPLICA_DB_HOST"] == outputs["read_endpoint"]["private_host"]
     assert new_env["REPLICA_DB_HOST"] != env["REPLICA_DB_HOST"]
     replica = outputs["replicas"][0]
-    reads = {
-        **new_env,
-        "DB_HOST": new_env["REPLICA_DB_HOST"],
-        "DB_PORT": new_env["REPLICA_DB_PORT"],
-    }
-    wait_until(lambda: served_by(reads) == (replica["private_address"], 17), 60,
+    wait_until(lambda: reads_on(new_env, replica["private_address"]), 60,
                "reads on the 17 replica")  # fmt: skip
     old_primary = before["primary"]["public_address"]
     wait_until(lambda: checksums(s, old_primary) == checksums(s, new_primary["public_address"]),
