@@ -21,6 +21,7 @@ from labkit import write_figures
 from standinkit import Droplets, public, standin_account, wait_until
 
 from lab.bluegreen import StatusWriter
+from lab.read_endpoint_probe import landed_on
 from lab.standin.service import StandInLab
 from lab.write_load import TABLE, WriteLoad, connect
 from tests.fixtures import COMMAND
@@ -52,11 +53,10 @@ def served_by(env: dict) -> tuple:
 
 
 def reads_on(env: dict, address: str) -> bool:
-    """New connections through the read endpoint land on `address` (17); a wrong password is
-    an error at once, an endpoint not yet serving is only not yet."""
-    reads = {**env, "DB_HOST": env["REPLICA_DB_HOST"], "DB_PORT": env["REPLICA_DB_PORT"]}
+    """New connections through the read endpoint (REPLICA_DB_*) land on `address`; a wrong
+    password is an error at once, an endpoint not yet serving is only not yet."""
     try:
-        return served_by(reads) == (address, 17)
+        return {landed_on(env) for _ in range(4)} == {address}
     except psycopg.OperationalError as error:
         if "password authentication failed" in str(error):
             raise
