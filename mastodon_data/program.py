@@ -93,19 +93,25 @@ def replicated_postgres(settings: Settings, network, secrets: dict, reseed: froz
     if upgrade:
         postgres, served_hosts = blue_green(settings, upgrade, generation, postgres, secrets, tiers)
         served_tier = tiers.get(upgrade.serve)
-    if served_tier and served_tier.read_endpoint:
-        endpoint, health = served_tier.read_endpoint, settings.replication.replica_health_port
+    export_read_endpoint(settings.replication, served_tier, served_hosts)
+    for name, servers in admin_key_groups(settings, tiers):  # rotated without a new droplet
+        components.AuthorizedKeys(name, settings.lifecycle.authorized_keys, servers, secrets)
+    return postgres, repository, secrets
+
+
+def export_read_endpoint(replication, tier, hosts) -> None:
+    """The read endpoint over the replicas of the side that serves: `tier`'s load balancer
+    (droplets mode), else HAProxy's configuration over `hosts` (hosts mode)."""
+    if tier and tier.read_endpoint:
+        endpoint, health = tier.read_endpoint, replication.replica_health_port
         pulumi.export(
             "read_endpoint",
             endpoint.address.apply(
                 lambda a: outputs.read_endpoint_output(a, endpoint.port, health)
             ),
         )
-    elif not tiers and settings.replication.replica_count:  # hosts: the operator's HAProxy
-        pulumi.export("read_endpoint_haproxy", haproxy_config(settings.replication, served_hosts))
-    for name, servers in admin_key_groups(settings, tiers):  # rotated without a new droplet
-        components.AuthorizedKeys(name, settings.lifecycle.authorized_keys, servers, secrets)
-    return postgres, repository, secrets
+    elif not tier and replication.replica_count:  # hosts: the operator's HAProxy
+        pulumi.export("read_endpoint_haproxy", haproxy_config(replication, hosts))
 
 
 def admin_key_groups(settings: Settings, tiers: dict) -> list[tuple[str, tuple]]:

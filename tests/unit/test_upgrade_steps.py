@@ -9,6 +9,7 @@ import pooler
 import pytest
 import upgrade
 import upgrade_checks
+import upgrade_verifier
 
 H1 = "10.227.0.11"
 WORKER = [{"pid": 4242, "received_lsn": "0/3000100", "latest_end_lsn": "0/3000100"}]
@@ -144,18 +145,18 @@ class Roles:
 def test_the_new_primary_gets_the_old_primarys_verifier_from_its_public_part():
     password = "db-password-0123456789"
     old = common.scram_verifier(password)
-    public = upgrade.scram_public_part(Roles(old), "mastodon")
+    public = upgrade_verifier.scram_public_part(Roles(old), "mastodon")
     assert old.startswith(f"SCRAM-SHA-256${public}$")
     params = {"db_user": "mastodon", "db_password": password, "db_user_scram": public}
     other = Roles(common.scram_verifier(password))  # the same password, another salt
-    assert upgrade.ensure_same_verifier(other, params) is True
+    assert upgrade_verifier.ensure_same_verifier(other, params) is True
     assert other.statements == [f"ALTER ROLE \"mastodon\" PASSWORD '{old}';"]
-    assert upgrade.ensure_same_verifier(Roles(old), params) is False
+    assert upgrade_verifier.ensure_same_verifier(Roles(old), params) is False
 
 
 def test_a_role_without_a_scram_verifier_is_a_clear_error():
     with pytest.raises(common.HostError, match="role mastodon has no SCRAM verifier here"):
-        upgrade.scram_public_part(Roles(None), "mastodon")
+        upgrade_verifier.scram_public_part(Roles(None), "mastodon")
 
 
 def test_seed_gives_this_servers_pool_the_new_verifier_and_keeps_its_other_roles(
@@ -180,18 +181,18 @@ def test_seed_gives_this_servers_pool_the_new_verifier_and_keeps_its_other_roles
 def test_a_new_replicas_pool_gets_the_verifier_once_it_replays_it(monkeypatch):
     password = "db-password-0123456789"
     old = common.scram_verifier(password)
-    params = {"db_user": "mastodon", "db_password": password,
-              "db_user_scram": upgrade.scram_public_part(Roles(old), "mastodon")}  # fmt: skip
+    public = upgrade_verifier.scram_public_part(Roles(old), "mastodon")
+    params = {"db_user": "mastodon", "db_password": password, "db_user_scram": public}
     written = []
-    monkeypatch.setattr(upgrade, "refresh_user", lambda *a: written.append(a) or True)
-    assert upgrade.pool_verifier(Roles(old), params) == {
+    monkeypatch.setattr(upgrade_verifier, "refresh_user", lambda *a: written.append(a) or True)
+    assert upgrade_verifier.pool_verifier(Roles(old), params) == {
         "changed": ["pool's auth file the old primary's verifier"]
     }
     assert written == [("mastodon", old)]
-    monkeypatch.setattr(upgrade, "VERIFIER_WAIT", 0)
+    monkeypatch.setattr(upgrade_verifier, "VERIFIER_WAIT", 0)
     behind = Roles(common.scram_verifier(password))  # its own verifier: not replayed yet
     with pytest.raises(common.HostError, match="has not replayed the old primary's verifier"):
-        upgrade.pool_verifier(behind, params)
+        upgrade_verifier.pool_verifier(behind, params)
     assert written == [("mastodon", old)]
 
 
