@@ -185,6 +185,8 @@ def blue_green(settings: Settings, upgrade, generation, new, secrets: dict, tier
     }
     run = components.BlueGreenUpgrade("postgres-upgrade", upgrade, sides, secrets)
     pulumi.export("upgrade", run.report)
+    if settings.backups:  # where `mastodon-data backups` finds them until the retirement
+        pulumi.export("backup_primary", old.primary)
     served = old if upgrade.serve == "old" else new
     return ServedBy(served, run.report), sides[upgrade.serve][1]
 

@@ -1,5 +1,6 @@
 """Backups of a droplets or hosts stack, by hand: a backup now, or a health check (`pgbackrest
-check` and `info` on the primary, over ssh with the stack's key).
+check` and `info` on the primary, over ssh with the stack's key; during a blue/green upgrade,
+the old primary, where the backups stay until the old servers retire).
 
     mastodon-data backups --stack prod now [--type full|diff|incr]
     mastodon-data backups --stack prod check    # exit 1 when unhealthy
@@ -11,6 +12,7 @@ report (JSON) goes to stdout, one line of summary to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -25,6 +27,7 @@ from mastodon_data.config import (
     BACKUP_SECRET_KEY,
     ConfigError,
     Host,
+    ReplicationSettings,
     Settings,
 )
 from mastodon_data.pulumi_cli import PulumiFailed, Stack
@@ -33,11 +36,14 @@ from mastodon_data.pulumi_cli import PulumiFailed, Stack
 @dataclass(frozen=True)
 class BackupStack:
     """A stack's settings and what its backup scripts need: the repository's key (from the
-    stack output `backup_key`), the passphrase and the ssh key (from its configuration)."""
+    stack output `backup_key`), the passphrase and the ssh key (from its configuration), the
+    primary the backups run on and its settings: during a blue/green upgrade, the old
+    generation's (docs/operators/major-upgrade.md)."""
 
     settings: Settings
     secrets: dict[str, str]
     primary: Host
+    replication: ReplicationSettings
 
     @classmethod
     def read(cls, stack: Stack) -> BackupStack:
@@ -45,7 +51,8 @@ class BackupStack:
         settings = loaded.settings
         if settings.backups is None:
             raise ConfigError("backups are off in this stack (mastodon-data:backups)")
-        key = stack.outputs().get("backup_key")
+        outputs = stack.outputs()
+        key = outputs.get("backup_key")
         if not key:
             raise ConfigError("the stack has no backup_key output yet: run `pulumi up` first")
         secrets = {
@@ -54,9 +61,11 @@ class BackupStack:
             "backupAccessKeyId": key["access_key_id"],
             BACKUP_SECRET_KEY: key["secret_access_key"],
         }
-        primary = next((h for h in settings.hosts if h.role == "primary"), None)
+        replication, upgrade = settings.replication, settings.upgrade
+        hosts = upgrade.hosts if upgrade else settings.hosts
+        primary = next((h for h in hosts if h.role == "primary"), None)
         if primary is None:  # droplets: the addresses are the stack's outputs
-            address = stack.outputs()["primary"]
+            address = outputs["backup_primary" if upgrade else "primary"]
             primary = Host(
                 address["name"],
                 "primary",
@@ -64,7 +73,11 @@ class BackupStack:
                 address["private_address"],
                 settings.droplets.ssh_user,
             )
-        return cls(settings, secrets, primary)
+        if upgrade:
+            replication = dataclasses.replace(
+                replication, postgres_version=upgrade.postgres_version
+            )
+        return cls(settings, secrets, primary, replication)
 
     def host(self, name: str) -> Host:
         """A host of the stack's `hosts` setting (spares included) by name."""
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data backups") -> 
     args = parser.parse_args(argv)
     try:
         stack = BackupStack.read(Stack(args.stack, args.cwd))
-        replication, backups = stack.settings.replication, stack.settings.backups
+        replication, backups = stack.replication, stack.settings.backups
         if args.action == "now":
             step = plan.backup_now_step(replication, backups, stack.primary, args.type)
         else:

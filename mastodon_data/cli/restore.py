@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None, prog: str = "mastodon-data restore") -> 
         stack = BackupStack.read(Stack(args.stack, args.cwd))
         host = target(stack, args)
         step = plan.restore_step(
-            stack.settings.replication, stack.settings.backups, host, args.time, args.overwrite
+            stack.replication, stack.settings.backups, host, args.time, args.overwrite
         )
         report = stack.run(step)
     except (ConfigError, PulumiFailed, host_ssh.StepFailed, KeyError) as exc:

@@ -206,6 +206,15 @@ def test_a_second_run_changes_nothing(lab):
     lab["stack"].preview("--expect-no-changes")
 
 
+def test_backups_during_the_upgrade_run_on_the_old_primary(lab):
+    """Until the retirement the backups stay with the old servers: the command goes there (the
+    17 primary has no repository yet: there it would fail)."""
+    result = operator_command(lab["stack"], "backups", "now", "--type", "full")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["last_backup"]["type"] == "full"
+
+
 def test_a_rollback_is_one_command_and_loses_nothing(lab):
     stack, env = lab["stack"], lab["env"]
     load, statuses, result = under_load(env, lambda: operator_command(stack, "upgrade", "old"))

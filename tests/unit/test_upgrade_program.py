@@ -313,3 +313,52 @@ def test_admin_keys_go_to_each_tier_under_names_of_its_own():
     names = sorted(c.name for c in run.of_type("remote:Command") if c.name.startswith("admin"))
     assert names == ["admin-keys-db-0", "admin-keys-db-1", "admin-keys-pg17-db-0",
                      "admin-keys-pg17-db-1"]  # fmt: skip
+
+
+class ListedStack:
+    """A Stack as the backups command reads it: `pulumi config --json`'s listing, outputs."""
+
+    def __init__(self, config: dict, secrets: dict, outputs: dict):
+        listing = {f"mastodon-data:{k}": {"value": v} for k, v in config.items()}
+        listing |= {f"mastodon-data:{k}": {"value": v, "secret": True} for k, v in secrets.items()}
+        for item in listing.values():
+            if isinstance(item["value"], dict | list):
+                item["objectValue"] = item.pop("value")
+        self.listing, self.given = listing, outputs
+
+    def config_listing(self) -> dict:
+        return self.listing
+
+    def outputs(self) -> dict:
+        return self.given
+
+
+BACKUPS = {"backups": True, "backupBucket": "mastodon-pg-backups"}
+BACKUP_SECRETS = {**SECRETS, "backupCipherPassphrase": "backup-passphrase-0123456789"}
+KEY = {"access_key_id": "KEYID", "secret_access_key": "SECRET"}
+
+
+def test_backups_run_on_the_old_primary_until_the_retirement():
+    from mastodon_data.cli.backups import BackupStack
+
+    old_primary = {"name": "db-0", "public_address": "203.0.113.1", "private_address": "10.0.0.1"}
+    run = run_program({**DROPLETS_UPGRADING, **BACKUPS}, secrets=BACKUP_SECRETS)
+    assert run.outputs["backup_primary"]["public_address"] == "203.0.113.1"  # the 15 tier's
+    outputs = {"backup_key": KEY, "backup_primary": old_primary, "primary": {"name": "x"}}
+    stack = BackupStack.read(ListedStack({**DROPLETS_UPGRADING, **BACKUPS}, BACKUP_SECRETS,
+                                         outputs))  # fmt: skip
+    assert (stack.primary.public_address, stack.replication.postgres_version) == (
+        "203.0.113.1", 15,
+    )  # fmt: skip
+    hosts = {**UPGRADING, **BACKUPS, "backupAccessKeyId": "KEYID"}
+    secrets = {**BACKUP_SECRETS, "backupSecretAccessKey": "SECRET"}
+    stack = BackupStack.read(ListedStack(hosts, secrets, {"backup_key": KEY}))
+    assert (stack.primary.name, stack.replication.postgres_version) == ("db1", 15)
+    settled = {
+        **hosts_stack(replicas=1),
+        **BACKUPS,
+        "backupAccessKeyId": "KEYID",
+        "postgresVersion": 17,
+    }
+    stack = BackupStack.read(ListedStack(settled, secrets, {"backup_key": KEY}))
+    assert (stack.primary.name, stack.replication.postgres_version) == ("db1", 17)
