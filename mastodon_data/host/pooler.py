@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import socket
 import tempfile
@@ -215,10 +216,29 @@ def refresh_user(user: str, verifier: str) -> bool:
 
 def trusted_servers(params: dict, cluster: Cluster, extra: str = "") -> str:
     """server_tls_ca_file: this host's own anchor, the primary's CAs, and `extra` (a
-    switchover's new primary, whose certificate is still its own until its primary step)."""
+    switchover's new primary, whose certificate is still its own until its primary step), each
+    certificate once."""
     parts = [trust_anchor(cluster), params["primary_ca_cert"], extra]
-    unique = dict.fromkeys(p.strip() + "\n" for p in parts if p.strip())
+    unique = dict.fromkeys(c + "\n" for part in parts for c in PEM.findall(part))
     return "".join(unique)
+
+
+PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+# After a blue/green upgrade's cut-over (host/upgrade.py) this generation's primary follows the
+# other one's by subscription, Mastodon's role read-only there: the publisher takes the writes.
+UPGRADE_PUBLISHER = """
+SELECT substring(s.subconninfo from 'host=(\\S+)') AS host FROM pg_subscription s
+WHERE s.subname LIKE 'mdata\\_from\\_%' AND EXISTS (
+  SELECT 1 FROM pg_db_role_setting d JOIN pg_roles r ON r.oid = d.setrole
+  WHERE r.rolname = '{user}' AND 'default_transaction_read_only=on' = ANY (d.setconfig))"""
+
+
+def upgrade_publisher(cluster: Cluster, params: dict) -> str | None:
+    """Where the cut-over of a blue/green upgrade sent DB_NAME's writes, while this server's
+    generation is the one left (a pooler run then keeps them there), else None. The catalogs
+    are the primary's on its replicas too."""
+    rows = cluster.sql_json(UPGRADE_PUBLISHER.format(user=params["db_user"]))
+    return rows[0]["host"] if rows else None
 
 
 def tls_fingerprint(cluster: Cluster) -> str:
@@ -231,15 +251,19 @@ def tls_fingerprint(cluster: Cluster) -> str:
     return digest.hexdigest() + "\n"
 
 
-def write_files(params: dict, cluster: Cluster, users: dict[str, str]) -> tuple[bool, bool]:
-    """(anything changed, a restart is needed: a listening setting changed)."""
+def write_files(
+    params: dict, cluster: Cluster, users: dict[str, str], write_host: str | None = None
+) -> tuple[bool, bool]:
+    """(anything changed, a restart is needed: a listening setting changed); `write_host`: an
+    upgrade's publisher, whose certificate the cut-over made trusted (kept)."""
     CONF_DIR.mkdir(mode=0o755, exist_ok=True)
     old = ini_settings(INI.read_text()) if INI.exists() else {}
-    text = ini_text(params, cluster)
+    text = ini_text(params, cluster, write_host)
     restart = any(old.get(key) != ini_settings(text)[key] for key in RESTART_KEYS)
     changed = write_if_changed(INI, text, mode=0o640, owner="postgres")
     changed |= write_if_changed(USERLIST, userlist_text(users), mode=0o600, owner="postgres")
-    trusted = trusted_servers(params, cluster)
+    kept = SERVER_CA.read_text() if write_host and SERVER_CA.exists() else ""
+    trusted = trusted_servers(params, cluster, kept)
     changed |= write_if_changed(SERVER_CA, trusted, mode=0o644, owner="postgres")
     changed |= write_if_changed(TLS_STATE, tls_fingerprint(cluster), mode=0o600)
     return changed, restart and bool(old)
@@ -392,7 +416,10 @@ def main() -> dict:
         users[params["monitor_user"]] = monitor_verifier(
             cluster, params["monitor_user"], VERIFIER_WAIT
         )
-    files_changed, restart = write_files(params, cluster, users)
+    publisher = upgrade_publisher(cluster, params)
+    if publisher:
+        log(f"{params['db_name']} to {publisher}: the upgrade's cut-over moved the writes there")
+    files_changed, restart = write_files(params, cluster, users, publisher)
     if files_changed:
         changed.append("configuration written")
     action = apply(params, files_changed, restart)

@@ -215,6 +215,18 @@ def test_backups_during_the_upgrade_run_on_the_old_primary(lab):
     assert report["last_backup"]["type"] == "full"
 
 
+def test_a_pool_setting_changed_before_the_retirement_keeps_the_writes_on_17(lab):
+    """Every pooler step runs again, the old servers' too: their pools keep sending the writes
+    where the cut-over sent them (the old primary follows the new one, read-only)."""
+    stack, env = lab["stack"], lab["env"]
+    stack.set_plain({"pgbouncerMaxClientConn": 1500})
+    load, statuses = up_under_load(stack, env)
+    reports = stack.step_reports()
+    assert reports["pooler-mlbe-h1"]["max_client_conn"] == 1500
+    assert served_by(env) == (H3.address, 17)
+    assert_nothing_lost(load, statuses, H3, 17)
+
+
 def test_a_rollback_is_one_command_and_loses_nothing(lab):
     stack, env = lab["stack"], lab["env"]
     load, statuses, result = under_load(env, lambda: operator_command(stack, "upgrade", "old"))

@@ -208,3 +208,45 @@ def write_as_is(path, text, mode=0o644, owner=None):
         return False
     path.write_text(text)
     return True
+
+
+CERT = "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----"
+
+
+class Asked:
+    """What the pooler step asks this server's catalogs: rows of its query, the query seen."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows, self.queries = rows, []
+
+    def sql_json(self, query, database="postgres"):
+        self.queries.append(query)
+        return self.rows
+
+
+def test_a_pool_of_the_generation_left_keeps_sending_writes_to_the_upgrades_publisher():
+    # After the cut-over the old primary subscribes to the new one and Mastodon's role is
+    # read-only there (catalogs its replicas share): a pooler run keeps DB_NAME on the new one.
+    catalog = Asked([{"host": "10.0.0.21"}])
+    assert pooler.upgrade_publisher(catalog, {"db_user": "mastodon"}) == "10.0.0.21"
+    (query,) = catalog.queries
+    assert "pg_subscription" in query and "r.rolname = 'mastodon'" in query
+    assert "'default_transaction_read_only=on' = ANY (d.setconfig)" in query
+    assert pooler.upgrade_publisher(Asked([]), {"db_user": "mastodon"}) is None
+    params = {"db_name": "mastodon_production", "read_db_name": "mastodon_production_replica",
+              "private_address": "10.0.0.2", "port": 5432}  # fmt: skip
+    assert pooler.databases(params, "10.0.0.21") == {
+        "mastodon_production": "host=10.0.0.21 port=5432 dbname=mastodon_production",
+        "mastodon_production_replica": "host=10.0.0.2 port=5432 dbname=mastodon_production",
+    }
+
+
+def test_trusted_servers_keeps_each_certificate_once(monkeypatch):
+    own, primary, new = CERT.format("own"), CERT.format("primary"), CERT.format("new")
+    monkeypatch.setattr(pooler, "trust_anchor", lambda cluster: own + "\n")
+    # A pooler run after the cut-over keeps what the file trusts (the new primary's, which
+    # the cut-over added); run again, it writes the same text.
+    kept = f"{own}\n{primary}\n{new}\n"
+    text = pooler.trusted_servers({"primary_ca_cert": primary}, None, kept)
+    assert text == kept
+    assert pooler.trusted_servers({"primary_ca_cert": primary}, None, text) == kept
