@@ -344,6 +344,8 @@ def test_backups_run_on_the_old_primary_until_the_retirement():
     old_primary = {"name": "db-0", "public_address": "203.0.113.1", "private_address": "10.0.0.1"}
     run = run_program({**DROPLETS_UPGRADING, **BACKUPS}, secrets=BACKUP_SECRETS)
     assert run.outputs["backup_primary"]["public_address"] == "203.0.113.1"  # the 15 tier's
+    backup_steps = sorted(c.name for c in run.of_type("remote:Command") if "-backup-" in c.name)
+    assert backup_steps == [f"replication-pg15-backup-db-{n}" for n in (0, 1)]  # none on 17 yet
     outputs = {"backup_key": KEY, "backup_primary": old_primary, "primary": {"name": "x"}}
     stack = BackupStack.read(ListedStack({**DROPLETS_UPGRADING, **BACKUPS}, BACKUP_SECRETS,
                                          outputs))  # fmt: skip
