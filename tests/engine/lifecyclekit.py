@@ -109,3 +109,14 @@ def operations(preview: dict) -> dict[str, list[str]]:
         if "$digitalocean:" in step["urn"] or "::digitalocean:" in step["urn"]:
             found.setdefault(name_of(step["urn"]), []).append(step["op"])
     return found
+
+
+def before_generations(urns, tier: str) -> dict[str, str]:
+    """`urns` of the droplet tier `tier` (db-pg<version>) and its children as they were when the
+    tier was named db (its children's names starting db-): current -> former."""
+    renamed = {}
+    for urn in urns:
+        head, _, name = urn.rpartition("::")
+        if name.startswith(tier):
+            renamed[urn] = f"{head}::db{name.removeprefix(tier)}"
+    return renamed

@@ -19,7 +19,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from enginekit import POLICY, SECRETS, engine_stack, example_config, pack_venv
-from lifecyclekit import import_state, kind, name_of, operations, state_from_preview
+from lifecyclekit import (
+    before_generations,
+    import_state,
+    kind,
+    name_of,
+    operations,
+    state_from_preview,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -81,12 +88,6 @@ def former_layout(resource: dict) -> list[dict]:
     return [resource]
 
 
-def before_generations(urn: str) -> str:
-    """`urn` as it was when the tier was named db (its children's names starting db-)."""
-    head, _, name = urn.rpartition("::")
-    return f"{head}::db{name.removeprefix(TIER)}"
-
-
 def tag_of(resource: dict, role: str) -> None:
     """The resource's dependency on the one tag is on the tag of its role instead."""
     resource["dependencies"] = [
@@ -98,7 +99,7 @@ def test_a_stack_of_droplets_named_by_role_keeps_every_droplet(tmp_path):
     stack = engine_stack(tmp_path, "dev", DEV, SECRETS)
     steps = json.loads(stack.preview("--json"))["steps"]
     urns = {name_of(s["urn"]): s["urn"] for s in steps}
-    renamed = {urn: before_generations(urn) for urn in urns.values() if f"::{TIER}" in urn}
+    renamed = before_generations(urns.values(), TIER)
     renamed[urns[f"{TIER}-0"]] = renamed[urns[f"{TIER}-0"]].replace("::db-0", "::db-primary")
     renamed[urns[f"{TIER}-1"]] = renamed[urns[f"{TIER}-1"]].replace("::db-1", "::db-replica-1")
     import_state(stack, state_from_preview(steps, renamed=renamed, edit=former_layout), tmp_path)

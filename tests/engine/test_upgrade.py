@@ -7,7 +7,8 @@ DigitalOcean resource. The state is this program's own preview with the former U
 Former URNs kept by aliases:
 - droplets mode: the VPC was `db-vpc` under the DropletTier `db`; it is now `network-vpc` under the
   stack's PrivateNetwork `network` (mastodon_data/components/network.py). Without the alias the
-  preview deletes that VPC and replaces both droplets."""
+  preview deletes that VPC and replaces both droplets. The tier itself is now named after its
+  version (`db-pg18`), with `db` an alias."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import json
 
 import pytest
 from enginekit import SECRETS, engine_stack, example_config
-from lifecyclekit import import_state, state_from_preview
+from lifecyclekit import before_generations, import_state, state_from_preview
 
 pytestmark = pytest.mark.engine
 
@@ -45,7 +46,9 @@ def test_a_droplets_stack_made_when_the_tier_owned_its_vpc_keeps_vpc_and_droplet
     current = f"{prefix}::mastodon-data:index:PrivateNetwork${vpc}::network-vpc"
     former = f"{prefix}::mastodon-data:index:DropletTier${vpc}::db-vpc"
     edit = tier_owned_vpc(former, f"{prefix}::{TIER}::db")
-    resources = state_from_preview(steps, renamed={current: former}, edit=edit, protect=False)
+    # ... when the tier was named db, not yet after its version (db-pg18)
+    renamed = before_generations((s["urn"] for s in steps), "db-pg18") | {current: former}
+    resources = state_from_preview(steps, renamed=renamed, edit=edit, protect=False)
     import_state(stack, resources, tmp_path)
 
     preview = json.loads(stack.preview("--json"))
@@ -57,7 +60,7 @@ def test_a_droplets_stack_made_when_the_tier_owned_its_vpc_keeps_vpc_and_droplet
     }
     # No create, update, replace or delete of any of them; only the data volumes are new.
     assert changes == {
-        f"db-{n}-{what}": "create" for n in (0, 1) for what in ("data", "data-attachment")
+        f"db-pg18-{n}-{what}": "create" for n in (0, 1) for what in ("data", "data-attachment")
     }, changes
     # the stack, the tier, the replication component, the VPC, the tag, two droplets, the
     # firewall
