@@ -221,7 +221,9 @@ def test_with_systemd_a_change_is_a_reload_and_the_limit_a_restart(monkeypatch, 
 
 
 def test_pgbouncer_trusts_its_own_server_the_primarys_cas_and_a_new_primary(monkeypatch, tmp_path):
-    own, primary_ca, promoted = "OWN CERT", "PRIMARY CA\nNEXT CA", "PROMOTED CERT"
+    pem = "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----".format
+    own, promoted = pem("own"), pem("promoted")
+    primary_ca = f"{pem('primary CA')}\n{pem('next CA')}"  # a CA being rotated: both
     monkeypatch.setattr(pooler, "trust_anchor", lambda cluster: own)
     params = {**PARAMS, "primary_ca_cert": primary_ca + "\n"}
     cluster = common.Cluster(15)
