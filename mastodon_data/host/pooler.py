@@ -214,6 +214,9 @@ def refresh_user(user: str, verifier: str) -> bool:
     return True
 
 
+PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+
+
 def trusted_servers(params: dict, cluster: Cluster, extra: str = "") -> str:
     """server_tls_ca_file: this host's own anchor, the primary's CAs, and `extra` (a
     switchover's new primary, whose certificate is still its own until its primary step), each
@@ -223,7 +226,6 @@ def trusted_servers(params: dict, cluster: Cluster, extra: str = "") -> str:
     return "".join(unique)
 
 
-PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
 # After a blue/green upgrade's cut-over (host/upgrade.py) this generation's primary follows the
 # other one's by subscription, Mastodon's role read-only there: the publisher takes the writes.
 UPGRADE_PUBLISHER = """
